@@ -1,0 +1,97 @@
+//! Parameters and buffers: created by the runtime, handed to the plugin.
+//!
+//! A blueprint never allocates its own trainable state. It asks the runtime-provided
+//! [`Params`] for each named tensor (shape and initialiser); the runtime creates it on
+//! the seed's device, keeps it in its own store, and returns a handle that shares the
+//! storage. So the runtime can checkpoint, move devices, build optimizers and monitor
+//! gradients for every plugin alike.
+
+use crate::{PluginError, TensorOut};
+use abi_stable::{
+    sabi_trait,
+    std_types::{RResult, RSlice, RStr},
+    StableAbi,
+};
+use tch::Tensor;
+
+/// How a parameter or buffer is initialised.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    Zeros,
+    Ones,
+    Constant {
+        value: f64,
+    },
+    Uniform {
+        lo: f64,
+        hi: f64,
+    },
+    Normal {
+        mean: f64,
+        std: f64,
+    },
+    /// Kaiming-uniform over the fan-in (the second dimension times the rest).
+    KaimingUniform,
+}
+
+/// One request for a named tensor.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct ParamSpec<'a> {
+    pub name: RStr<'a>,
+    pub shape: RSlice<'a, i64>,
+    pub init: Init,
+    /// `true` for a parameter (gets gradients, is optimised); `false` for a buffer.
+    pub trainable: bool,
+}
+
+/// Implemented by the runtime; called by the plugin while a seed is created.
+#[sabi_trait]
+pub trait ParamSink {
+    /// Creates (and keeps) the tensor, returning an owned handle that shares its storage.
+    fn create(&mut self, spec: ParamSpec<'_>) -> RResult<TensorOut, PluginError>;
+}
+
+/// The erased form of a [`ParamSink`] as it crosses the boundary.
+pub type ParamSinkRef<'a> = ParamSink_TO<'a, abi_stable::sabi_types::RMut<'a, ()>>;
+
+/// What a blueprint's `create` receives to obtain its parameters and buffers.
+pub struct Params<'a> {
+    sink: ParamSinkRef<'a>,
+}
+
+impl<'a> Params<'a> {
+    pub fn new(sink: ParamSinkRef<'a>) -> Self {
+        Self { sink }
+    }
+
+    /// A trainable parameter, owned by the runtime.
+    pub fn param(&mut self, name: &str, shape: &[i64], init: Init) -> Result<Tensor, PluginError> {
+        self.request(name, shape, init, true)
+    }
+
+    /// A non-trainable buffer (e.g. running statistics), owned by the runtime.
+    pub fn buffer(&mut self, name: &str, shape: &[i64], init: Init) -> Result<Tensor, PluginError> {
+        self.request(name, shape, init, false)
+    }
+
+    fn request(
+        &mut self,
+        name: &str,
+        shape: &[i64],
+        init: Init,
+        trainable: bool,
+    ) -> Result<Tensor, PluginError> {
+        let spec = ParamSpec {
+            name: name.into(),
+            shape: shape.into(),
+            init,
+            trainable,
+        };
+        self.sink
+            .create(spec)
+            .into_result()
+            .map(TensorOut::into_tensor)
+    }
+}

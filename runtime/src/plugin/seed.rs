@@ -1,0 +1,78 @@
+//! A seed instance created from a plugin blueprint: the plugin's module plus the
+//! runtime-owned parameters.
+
+use super::{LoadedPlugin, PluginError};
+use esper_plugin_api::{SeedBox, TensorRef};
+use std::{path::Path, sync::Arc};
+use tch::{nn, Device, Tensor};
+
+pub struct PluginSeed {
+    // Field order is drop order: the module (which holds handles to the parameters)
+    // goes before the store, and the library handle last.
+    module: SeedBox,
+    vars: nn::VarStore,
+    key: String,
+    channels: i64,
+    plugin: Arc<LoadedPlugin>,
+}
+
+impl PluginSeed {
+    pub(crate) fn new(
+        module: SeedBox,
+        vars: nn::VarStore,
+        key: String,
+        channels: i64,
+        plugin: Arc<LoadedPlugin>,
+    ) -> Self {
+        Self {
+            module,
+            vars,
+            key,
+            channels,
+            plugin,
+        }
+    }
+
+    /// Runs the plugin's forward. Errors and panics inside the plugin come back as
+    /// errors naming the blueprint and the library.
+    pub fn forward(&self, input: &Tensor, train: bool) -> Result<Tensor, PluginError> {
+        self.module
+            .forward(TensorRef::new(input), train)
+            .into_result()
+            .map(|out| out.into_tensor())
+            .map_err(|e| PluginError::from_plugin(&self.key, self.plugin.path(), e))
+    }
+
+    /// `topology:name` of the blueprint.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+    pub fn channels(&self) -> i64 {
+        self.channels
+    }
+    pub fn plugin_path(&self) -> &Path {
+        self.plugin.path()
+    }
+    /// The runtime-owned parameters and buffers.
+    pub fn vars(&self) -> &nn::VarStore {
+        &self.vars
+    }
+    pub fn vars_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vars
+    }
+    pub fn trainable(&self) -> Vec<Tensor> {
+        self.vars.trainable_variables()
+    }
+    /// Number of trainable scalars.
+    pub fn num_parameters(&self) -> i64 {
+        self.trainable().iter().map(|t| t.numel() as i64).sum()
+    }
+    pub fn device(&self) -> Device {
+        self.vars.device()
+    }
+    /// Moves every parameter and buffer; the plugin's handles follow (they share the
+    /// tensors, whose data is swapped in place).
+    pub fn set_device(&mut self, device: Device) {
+        self.vars.set_device(device);
+    }
+}

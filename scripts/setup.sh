@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One-command set-up for a fresh machine, idempotent (a second run takes seconds).
+#
+# libtorch 2.11.0 (what tch 0.24 expects) comes from, in order:
+#   1. $LIBTORCH, when it is set and holds include/ and lib/;
+#   2. a cache outside the checkout: the torch==2.11.0 wheel from PyPI installed in a
+#      virtualenv under ${ESPER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/esper-runtime}.
+# The chosen libtorch is linked as <repo>/.libtorch (git-ignored); .cargo/config.toml points
+# tch at it and every binary carries an rpath to it, so plain `cargo build/test/run` work.
+set -euo pipefail
+
+TORCH_VERSION=2.11.0
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache=${ESPER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/esper-runtime}
+venv="$cache/torch-$TORCH_VERSION"
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+valid_libtorch() { [ -d "$1/include" ] && [ -f "$1/lib/libtorch_cpu.so" ]; }
+
+if [ -n "${LIBTORCH:-}" ]; then
+    valid_libtorch "$LIBTORCH" || { log "LIBTORCH=$LIBTORCH has no include/ and lib/libtorch_cpu.so"; exit 1; }
+    libtorch=$(cd "$LIBTORCH" && pwd)
+    log "using LIBTORCH=$libtorch"
+else
+    site=$(ls -d "$venv"/lib/python3*/site-packages 2>/dev/null | head -n1 || true)
+    if [ -n "$site" ] && [ -f "$venv/.complete" ] && valid_libtorch "$site/torch"; then
+        libtorch="$site/torch"
+        log "libtorch $TORCH_VERSION already installed at $libtorch"
+    else
+        command -v python3 >/dev/null || { log "python3 is needed to install torch==$TORCH_VERSION from PyPI"; exit 1; }
+        log "installing torch==$TORCH_VERSION from PyPI into $venv (about 3 GB, a few minutes, once)"
+        mkdir -p "$cache"
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir "torch==$TORCH_VERSION"
+        site=$(ls -d "$venv"/lib/python3*/site-packages | head -n1)
+        libtorch="$site/torch"
+        valid_libtorch "$libtorch" || { log "the torch wheel has no libtorch at $libtorch"; exit 1; }
+        touch "$venv/.complete"
+    fi
+fi
+
+# Link it where .cargo/config.toml and the binaries' rpath expect it.
+if [ "$(readlink "$repo/.libtorch" 2>/dev/null || true)" != "$libtorch" ]; then
+    ln -sfn "$libtorch" "$repo/.libtorch"
+    log "linked $repo/.libtorch -> $libtorch"
+fi
