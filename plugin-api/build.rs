@@ -9,12 +9,8 @@ fn main() {
         .expect("torch-sys did not report its libtorch lib directory (DEP_TCH_LIBTORCH_LIB)");
     let header = PathBuf::from(&lib).join("../include/torch/headeronly/version.h");
     println!("cargo:rerun-if-changed={}", header.display());
-    let text = fs::read_to_string(&header).unwrap_or_else(|e| {
-        panic!(
-            "cannot read libtorch version header {}: {e}",
-            header.display()
-        )
-    });
+    let text = fs::read_to_string(&header)
+        .unwrap_or_else(|e| panic!("cannot read libtorch version header {}: {e}", header.display()));
     let field = |name: &str| -> String {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("#define {name} ")))
@@ -22,11 +18,7 @@ fn main() {
             .trim()
             .to_string()
     };
-    let version = format!(
-        "{}.{}.{}",
-        field("TORCH_VERSION_MAJOR"),
-        field("TORCH_VERSION_MINOR"),
-        field("TORCH_VERSION_PATCH")
-    );
+    let version =
+        format!("{}.{}.{}", field("TORCH_VERSION_MAJOR"), field("TORCH_VERSION_MINOR"), field("TORCH_VERSION_PATCH"));
     println!("cargo:rustc-env=ESPER_LIBTORCH_VERSION={version}");
 }

@@ -23,11 +23,7 @@ pub trait Blueprint: 'static {
     type Seed: Seed;
 
     /// Creates a seed for `channels` input channels, asking `params` for its parameters.
-    fn create(
-        params: &mut Params<'_>,
-        channels: i64,
-        options: Self::Options,
-    ) -> Result<Self::Seed, PluginError>;
+    fn create(params: &mut Params<'_>, channels: i64, options: Self::Options) -> Result<Self::Seed, PluginError>;
 }
 
 /// Options of a blueprint that takes none: any key is an error.
@@ -62,11 +58,7 @@ pub struct Registration {
 impl Registration {
     /// The registration of blueprint `B` (used by `register_blueprint!`).
     pub const fn of<B: Blueprint>() -> Self {
-        Self {
-            name: B::NAME,
-            descriptor: descriptor::<B>,
-            create: create::<B>,
-        }
+        Self { name: B::NAME, descriptor: descriptor::<B>, create: create::<B> }
     }
 }
 
@@ -81,11 +73,7 @@ fn descriptor<B: Blueprint>() -> BlueprintDescriptor {
     }
 }
 
-fn create<B: Blueprint>(
-    params: &mut Params<'_>,
-    channels: i64,
-    options_json: &str,
-) -> Result<SeedBox, PluginError> {
+fn create<B: Blueprint>(params: &mut Params<'_>, channels: i64, options_json: &str) -> Result<SeedBox, PluginError> {
     let options = parse_options::<B::Options>(B::NAME, options_json)?;
     if channels <= 0 {
         return Err(PluginError::invalid_argument(format!(
@@ -99,18 +87,14 @@ fn create<B: Blueprint>(
 /// Parses blueprint options: a JSON object (empty text means `{}`), unknown keys refused.
 pub fn parse_options<T: DeserializeOwned>(blueprint: &str, json: &str) -> Result<T, PluginError> {
     let json = if json.trim().is_empty() { "{}" } else { json };
-    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| {
-        PluginError::bad_options(format!(
-            "blueprint `{blueprint}`: options are not valid JSON: {e}"
-        ))
-    })?;
+    let value: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| PluginError::bad_options(format!("blueprint `{blueprint}`: options are not valid JSON: {e}")))?;
     if !value.is_object() {
         return Err(PluginError::bad_options(format!(
             "blueprint `{blueprint}`: options must be a JSON object, got {value}"
         )));
     }
-    serde_json::from_value(value)
-        .map_err(|e| PluginError::bad_options(format!("blueprint `{blueprint}`: {e}")))
+    serde_json::from_value(value).map_err(|e| PluginError::bad_options(format!("blueprint `{blueprint}`: {e}")))
 }
 
 #[cfg(test)]
@@ -126,10 +110,7 @@ mod tests {
 
     #[test]
     fn options_accept_known_and_empty() {
-        assert_eq!(
-            parse_options::<Opts>("b", r#"{"width": 3}"#).unwrap(),
-            Opts { width: 3 }
-        );
+        assert_eq!(parse_options::<Opts>("b", r#"{"width": 3}"#).unwrap(), Opts { width: 3 });
         assert_eq!(parse_options::<Opts>("b", "").unwrap(), Opts { width: 0 });
     }
 

@@ -44,10 +44,7 @@ pub struct PluginError {
 
 impl PluginError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: RString::from(message.into()),
-        }
+        Self { kind, message: RString::from(message.into()) }
     }
     pub fn bad_options(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::BadOptions, message)
@@ -65,10 +62,7 @@ impl PluginError {
             .map(|s| s.to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "non-string panic payload".to_string());
-        Self::new(
-            ErrorKind::Panic,
-            format!("plugin panicked in {context}: {what}"),
-        )
+        Self::new(ErrorKind::Panic, format!("plugin panicked in {context}: {what}"))
     }
 }
 

@@ -76,22 +76,8 @@ impl<'a> Params<'a> {
         self.request(name, shape, init, false)
     }
 
-    fn request(
-        &mut self,
-        name: &str,
-        shape: &[i64],
-        init: Init,
-        trainable: bool,
-    ) -> Result<Tensor, PluginError> {
-        let spec = ParamSpec {
-            name: name.into(),
-            shape: shape.into(),
-            init,
-            trainable,
-        };
-        self.sink
-            .create(spec)
-            .into_result()
-            .map(TensorOut::into_tensor)
+    fn request(&mut self, name: &str, shape: &[i64], init: Init, trainable: bool) -> Result<Tensor, PluginError> {
+        let spec = ParamSpec { name: name.into(), shape: shape.into(), init, trainable };
+        self.sink.create(spec).into_result().map(TensorOut::into_tensor)
     }
 }

@@ -5,8 +5,7 @@
 //! panics, so none crosses the boundary.
 
 use crate::{
-    blueprint::Registration, BlueprintDescriptor, ErrorKind, Handshake, ParamSinkRef, Params,
-    PluginError, SeedBox,
+    blueprint::Registration, BlueprintDescriptor, ErrorKind, Handshake, ParamSinkRef, Params, PluginError, SeedBox,
 };
 use abi_stable::{
     declare_root_module_statics,
@@ -42,10 +41,8 @@ pub struct PluginRoot {
     pub blueprints: extern "C" fn() -> RResult<RVec<BlueprintDescriptor>, PluginError>,
     /// Creates a seed of a blueprint, its parameters requested from `params`.
     #[sabi(last_prefix_field)]
-    pub create_seed: extern "C" fn(
-        request: CreateRequest<'_>,
-        params: ParamSinkRef<'_>,
-    ) -> RResult<SeedBox, PluginError>,
+    pub create_seed:
+        extern "C" fn(request: CreateRequest<'_>, params: ParamSinkRef<'_>) -> RResult<SeedBox, PluginError>,
 }
 
 impl RootModule for PluginRootRef {
@@ -66,50 +63,26 @@ inventory::collect!(PluginInfo);
 /// The standard `handshake`: the versions compiled into this plugin.
 pub extern "C" fn handshake() -> Handshake {
     let info = inventory::iter::<PluginInfo>.into_iter().next();
-    Handshake::current(
-        info.map_or("unknown", |i| i.name),
-        info.map_or("unknown", |i| i.version),
-    )
+    Handshake::current(info.map_or("unknown", |i| i.name), info.map_or("unknown", |i| i.version))
 }
 
 /// The standard `blueprints`: every blueprint registered in this plugin's inventory.
 pub extern "C" fn blueprints() -> RResult<RVec<BlueprintDescriptor>, PluginError> {
-    guard("blueprints", || {
-        Ok(inventory::iter::<Registration>
-            .into_iter()
-            .map(|r| (r.descriptor)())
-            .collect())
-    })
+    guard("blueprints", || Ok(inventory::iter::<Registration>.into_iter().map(|r| (r.descriptor)()).collect()))
 }
 
 /// The standard `create_seed`: finds the blueprint in this plugin's inventory and creates it.
-pub extern "C" fn create_seed(
-    request: CreateRequest<'_>,
-    params: ParamSinkRef<'_>,
-) -> RResult<SeedBox, PluginError> {
+pub extern "C" fn create_seed(request: CreateRequest<'_>, params: ParamSinkRef<'_>) -> RResult<SeedBox, PluginError> {
     guard("create", || {
         let name = request.blueprint.as_str();
-        let registration = inventory::iter::<Registration>
-            .into_iter()
-            .find(|r| r.name == name)
-            .ok_or_else(|| {
-                let known: Vec<&str> = inventory::iter::<Registration>
-                    .into_iter()
-                    .map(|r| r.name)
-                    .collect();
-                PluginError::new(
-                    ErrorKind::UnknownBlueprint,
-                    format!(
-                        "no blueprint `{name}` in this plugin (it has: {})",
-                        known.join(", ")
-                    ),
-                )
-            })?;
-        (registration.create)(
-            &mut Params::new(params),
-            request.channels,
-            request.options_json.as_str(),
-        )
+        let registration = inventory::iter::<Registration>.into_iter().find(|r| r.name == name).ok_or_else(|| {
+            let known: Vec<&str> = inventory::iter::<Registration>.into_iter().map(|r| r.name).collect();
+            PluginError::new(
+                ErrorKind::UnknownBlueprint,
+                format!("no blueprint `{name}` in this plugin (it has: {})", known.join(", ")),
+            )
+        })?;
+        (registration.create)(&mut Params::new(params), request.channels, request.options_json.as_str())
     })
 }
 
@@ -123,12 +96,7 @@ fn guard<T>(context: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResul
 /// The standard root module, made of the functions above.
 pub fn standard_root() -> PluginRootRef {
     use abi_stable::prefix_type::PrefixTypeTrait;
-    PluginRoot {
-        handshake,
-        blueprints,
-        create_seed,
-    }
-    .leak_into_prefix()
+    PluginRoot { handshake, blueprints, create_seed }.leak_into_prefix()
 }
 
 extern "C" fn standard_root_erased() -> RootModuleResult {
@@ -140,9 +108,11 @@ extern "C" fn standard_root_erased() -> RootModuleResult {
 // SAFETY: `standard_root_erased` returns the `PluginRootRef` made by `standard_root`,
 // erased by abi_stable's own `__call_root_module_loader`, which is exactly the
 // requirement of `from_constructor::<PluginRootRef>`; the layout is still checked.
-pub const STANDARD_HEADER: LibHeader = unsafe {
-    LibHeader::from_constructor::<PluginRootRef>(standard_root_erased, CheckTypeLayout::Yes)
-};
+// A `const`, not a `static`, on purpose: each plugin's `export_plugin!` copies it into its
+// own exported static, so every library has its own (lazily filled) header.
+#[allow(clippy::declare_interior_mutable_const)]
+pub const STANDARD_HEADER: LibHeader =
+    unsafe { LibHeader::from_constructor::<PluginRootRef>(standard_root_erased, CheckTypeLayout::Yes) };
 
 /// Exports this library as an Esper plugin: once per plugin crate, beside one
 /// [`register_blueprint!`](crate::register_blueprint) line per blueprint.
@@ -171,9 +141,6 @@ macro_rules! register_blueprint {
 mod tests {
     #[test]
     fn exported_symbol_is_abi_stables_loader_name() {
-        assert_eq!(
-            abi_stable::library::ROOT_MODULE_LOADER_NAME,
-            "_1as_0lib_1header_0root_bmodule_bloader"
-        );
+        assert_eq!(abi_stable::library::ROOT_MODULE_LOADER_NAME, "_1as_0lib_1header_0root_bmodule_bloader");
     }
 }

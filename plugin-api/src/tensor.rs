@@ -30,10 +30,7 @@ impl<'a> TensorRef<'a> {
     /// Lends `tensor` for the lifetime of the borrow.
     pub fn new(tensor: &'a Tensor) -> Self {
         let ptr = NonNull::new(tensor.as_ptr() as *mut c_void).expect("tch tensors are never null");
-        Self {
-            ptr,
-            _borrow: PhantomData,
-        }
+        Self { ptr, _borrow: PhantomData }
     }
 
     /// Views the borrowed tensor as a `tch::Tensor` for the duration of the borrow.
@@ -43,10 +40,7 @@ impl<'a> TensorRef<'a> {
         // `ManuallyDrop` and never dropped, so the lender keeps sole ownership, and
         // `TensorView` only hands out `&Tensor`, so it cannot be moved out or freed.
         let tensor = unsafe { Tensor::from_ptr(self.ptr.as_ptr() as *mut C_tensor) };
-        TensorView {
-            tensor: ManuallyDrop::new(tensor),
-            _borrow: PhantomData,
-        }
+        TensorView { tensor: ManuallyDrop::new(tensor), _borrow: PhantomData }
     }
 }
 
@@ -78,8 +72,7 @@ impl TensorOut {
     /// Gives up ownership of `tensor` so that it can cross the boundary.
     pub fn new(tensor: Tensor) -> Self {
         let mut tensor = ManuallyDrop::new(tensor);
-        let ptr =
-            NonNull::new(tensor.as_mut_ptr() as *mut c_void).expect("tch tensors are never null");
+        let ptr = NonNull::new(tensor.as_mut_ptr() as *mut c_void).expect("tch tensors are never null");
         Self { ptr }
     }
 
@@ -110,11 +103,11 @@ mod tests {
     #[test]
     fn borrowed_view_reads_the_same_tensor_without_taking_it() {
         let t = Tensor::arange(6, (Kind::Float, Device::Cpu)).reshape([2, 3]);
-        let r = TensorRef::new(&t);
-        let v = r.view();
-        assert_eq!(v.size(), vec![2, 3]);
-        assert_eq!(v.data_ptr(), t.data_ptr());
-        drop(v);
+        {
+            let v = TensorRef::new(&t).view();
+            assert_eq!(v.size(), vec![2, 3]);
+            assert_eq!(v.data_ptr(), t.data_ptr());
+        }
         // `t` is still alive and intact after the view is gone.
         assert_eq!(t.sum(Kind::Float).double_value(&[]), 15.0);
     }

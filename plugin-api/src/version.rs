@@ -44,9 +44,7 @@ impl Handshake {
         let mut out = Vec::new();
         let mut check = |what: &str, plugin: &RString, runtime: &str| {
             if plugin.as_str() != runtime {
-                out.push(format!(
-                    "{what}: plugin built with {plugin}, runtime has {runtime}"
-                ));
+                out.push(format!("{what}: plugin built with {plugin}, runtime has {runtime}"));
             }
         };
         check("plugin API", &self.plugin_api, PLUGIN_API_VERSION);
@@ -70,12 +68,7 @@ mod tests {
         let mut h = Handshake::current("p", "1");
         h.libtorch = "2.10.0".into();
         let m = h.mismatches();
-        assert_eq!(
-            m,
-            vec![format!(
-                "libtorch: plugin built with 2.10.0, runtime has {LIBTORCH_VERSION}"
-            )]
-        );
+        assert_eq!(m, vec![format!("libtorch: plugin built with 2.10.0, runtime has {LIBTORCH_VERSION}")]);
     }
 
     #[test]

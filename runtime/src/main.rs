@@ -7,11 +7,7 @@ use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
 #[derive(Parser)]
-#[command(
-    name = "esper",
-    version,
-    about = "The Esper morphogenetic seed runtime"
-)]
+#[command(name = "esper", version, about = "The Esper morphogenetic seed runtime")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,19 +35,13 @@ enum PluginsCommand {
 fn default_plugin() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot locate the esper binary")?;
     let dir = exe.parent().context("the esper binary has no folder")?;
-    Ok(dir.join(format!(
-        "{}esper_norm.{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_EXTENSION
-    )))
+    Ok(dir.join(format!("{}esper_norm.{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_EXTENSION)))
 }
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     match Cli::parse().command {
         Command::Run { plugins } => {
@@ -70,39 +60,21 @@ fn main() -> Result<()> {
                 );
             }
             let channels = 64;
-            let seed =
-                registry.create_seed("norm", channels, &serde_json::Value::Null, Device::Cpu)?;
-            println!(
-                "germinated `{}` for {channels} channels: {} parameters",
-                seed.key(),
-                seed.num_parameters()
-            );
+            let seed = registry.create_seed("norm", channels, &serde_json::Value::Null, Device::Cpu)?;
+            println!("germinated `{}` for {channels} channels: {} parameters", seed.key(), seed.num_parameters());
             let x = Tensor::randn([2, channels, 32, 32], (Kind::Float, Device::Cpu));
             let y = seed.forward(&x, false)?;
             let diff = (&y - &x).abs().max().double_value(&[]);
-            println!(
-                "forward {:?} -> {:?}; max |y - x| = {diff} (the identity at birth)",
-                x.size(),
-                y.size()
-            );
+            println!("forward {:?} -> {:?}; max |y - x| = {diff} (the identity at birth)", x.size(), y.size());
         }
         Command::Plugins(PluginsCommand::List { paths }) => {
             let mut registry = BlueprintRegistry::new();
-            let paths = if paths.is_empty() {
-                vec![default_plugin()?]
-            } else {
-                paths
-            };
+            let paths = if paths.is_empty() { vec![default_plugin()?] } else { paths };
             for p in &paths {
                 registry.load(p)?;
             }
             for (key, d, lib) in registry.list() {
-                println!(
-                    "{key:<24} ~{:<8} {:<60} {}",
-                    d.param_estimate,
-                    d.description,
-                    lib.display()
-                );
+                println!("{key:<24} ~{:<8} {:<60} {}", d.param_estimate, d.description, lib.display());
             }
         }
     }

@@ -30,13 +30,7 @@ pub fn num_groups(channels: i64) -> i64 {
 }
 
 /// The norm math on plain tensors (shared by the plugin and in-process comparisons).
-pub fn norm_forward(
-    x: &Tensor,
-    groups: i64,
-    weight: &Tensor,
-    bias: &Tensor,
-    scale: &Tensor,
-) -> Tensor {
+pub fn norm_forward(x: &Tensor, groups: i64, weight: &Tensor, bias: &Tensor, scale: &Tensor) -> Tensor {
     let normed = x.group_norm(groups, Some(weight), Some(bias), EPS, true);
     x + scale.tanh() * (normed - x)
 }
@@ -53,17 +47,12 @@ pub struct NormSeed {
 impl Blueprint for NormBlueprint {
     const NAME: &'static str = "norm";
     const TOPOLOGY: &'static str = "cnn";
-    const DESCRIPTION: &'static str =
-        "GroupNorm with a learned tanh-gated blend; the identity at birth";
+    const DESCRIPTION: &'static str = "GroupNorm with a learned tanh-gated blend; the identity at birth";
     const PARAM_ESTIMATE: u64 = 130;
     type Options = NoOptions;
     type Seed = NormSeed;
 
-    fn create(
-        params: &mut Params<'_>,
-        channels: i64,
-        _options: NoOptions,
-    ) -> Result<NormSeed, PluginError> {
+    fn create(params: &mut Params<'_>, channels: i64, _options: NoOptions) -> Result<NormSeed, PluginError> {
         Ok(NormSeed {
             groups: num_groups(channels),
             weight: params.param("weight", &[channels], Init::Ones)?,
@@ -75,13 +64,7 @@ impl Blueprint for NormBlueprint {
 
 impl Seed for NormSeed {
     fn forward(&self, x: &Tensor, _train: bool) -> Result<Tensor, PluginError> {
-        Ok(norm_forward(
-            x,
-            self.groups,
-            &self.weight,
-            &self.bias,
-            &self.scale,
-        ))
+        Ok(norm_forward(x, self.groups, &self.weight, &self.bias, &self.scale))
     }
 }
 

@@ -16,17 +16,10 @@ pub enum PluginError {
     AbiMismatch { path: PathBuf, cause: String },
 
     #[error("plugin {path} was built with other versions than this runtime: {}", .mismatches.join("; "))]
-    VersionMismatch {
-        path: PathBuf,
-        mismatches: Vec<String>,
-    },
+    VersionMismatch { path: PathBuf, mismatches: Vec<String> },
 
     #[error("blueprint `{key}` is exported by two plugins: {first} and {second}")]
-    Duplicate {
-        key: String,
-        first: PathBuf,
-        second: PathBuf,
-    },
+    Duplicate { key: String, first: PathBuf, second: PathBuf },
 
     #[error("plugin folder {path} has no plugin libraries (*.so)")]
     EmptyFolder { path: PathBuf },
@@ -35,53 +28,27 @@ pub enum PluginError {
     Folder { path: PathBuf, cause: String },
 
     #[error("unknown blueprint `{name}`; available: {}", if .available.is_empty() { "none (no plugin loaded)".to_string() } else { .available.join(", ") })]
-    UnknownBlueprint {
-        name: String,
-        available: Vec<String>,
-    },
+    UnknownBlueprint { name: String, available: Vec<String> },
 
     #[error("blueprint `{name}` is ambiguous; say which: {}", .candidates.join(", "))]
-    Ambiguous {
-        name: String,
-        candidates: Vec<String>,
-    },
+    Ambiguous { name: String, candidates: Vec<String> },
 
     #[error("bad options for blueprint `{key}` (plugin {path}): {message}")]
-    BadOptions {
-        key: String,
-        path: PathBuf,
-        message: String,
-    },
+    BadOptions { key: String, path: PathBuf, message: String },
 
     #[error("plugin {path} panicked in blueprint `{key}` (contained; the runtime is unaffected): {message}")]
-    Panicked {
-        key: String,
-        path: PathBuf,
-        message: String,
-    },
+    Panicked { key: String, path: PathBuf, message: String },
 
     #[error("blueprint `{key}` (plugin {path}) failed: {message}")]
-    Failed {
-        key: String,
-        path: PathBuf,
-        message: String,
-    },
+    Failed { key: String, path: PathBuf, message: String },
 
     #[error("blueprint `{key}` (plugin {path}) asked for an invalid parameter: {message}")]
-    BadParameter {
-        key: String,
-        path: PathBuf,
-        message: String,
-    },
+    BadParameter { key: String, path: PathBuf, message: String },
 }
 
 impl PluginError {
     /// Maps an error reported by a plugin into a runtime error naming blueprint and file.
-    pub(crate) fn from_plugin(
-        key: &str,
-        path: &std::path::Path,
-        e: esper_plugin_api::PluginError,
-    ) -> Self {
+    pub(crate) fn from_plugin(key: &str, path: &std::path::Path, e: esper_plugin_api::PluginError) -> Self {
         use esper_plugin_api::ErrorKind as K;
         let (key, path, message) = (key.to_string(), path.to_path_buf(), e.message.into_string());
         match e.kind {

@@ -19,13 +19,9 @@ impl LoadedPlugin {
     /// Opens and checks the plugin library at `path`.
     pub fn load(path: &Path) -> Result<Self, PluginError> {
         if !path.is_file() {
-            return Err(PluginError::NotFound {
-                path: path.to_path_buf(),
-            });
+            return Err(PluginError::NotFound { path: path.to_path_buf() });
         }
-        let path = path.canonicalize().map_err(|_| PluginError::NotFound {
-            path: path.to_path_buf(),
-        })?;
+        let path = path.canonicalize().map_err(|_| PluginError::NotFound { path: path.to_path_buf() })?;
         let root = lib_header_from_path(&path)
             .and_then(|header| header.init_root_module::<PluginRootRef>())
             .map_err(|e| classify(&path, e))?;
@@ -36,18 +32,9 @@ impl LoadedPlugin {
         }
         let blueprints = (root.blueprints())()
             .into_result()
-            .map_err(|e| PluginError::Failed {
-                key: "<list>".into(),
-                path: path.clone(),
-                message: e.to_string(),
-            })?
+            .map_err(|e| PluginError::Failed { key: "<list>".into(), path: path.clone(), message: e.to_string() })?
             .into_vec();
-        Ok(Self {
-            path,
-            handshake,
-            blueprints,
-            root,
-        })
+        Ok(Self { path, handshake, blueprints, root })
     }
 
     pub fn path(&self) -> &Path {
@@ -77,30 +64,21 @@ impl std::fmt::Debug for LoadedPlugin {
 fn classify(path: &Path, e: LibraryError) -> PluginError {
     let path = path.to_path_buf();
     match e {
-        LibraryError::OpenError { err, .. } => PluginError::NotAPlugin {
-            path,
-            cause: format!("cannot open it as a shared library: {err}"),
-        },
+        LibraryError::OpenError { err, .. } => {
+            PluginError::NotAPlugin { path, cause: format!("cannot open it as a shared library: {err}") }
+        }
         LibraryError::GetSymbolError { .. } => PluginError::NotAPlugin {
             path,
-            cause: "it exports no abi_stable root module (was it built with `export_plugin!`?)"
-                .into(),
+            cause: "it exports no abi_stable root module (was it built with `export_plugin!`?)".into(),
         },
-        LibraryError::RootModule { err, .. } => PluginError::NotAPlugin {
-            path,
-            cause: format!("its root module failed to initialise: {err}"),
-        },
+        LibraryError::RootModule { err, .. } => {
+            PluginError::NotAPlugin { path, cause: format!("its root module failed to initialise: {err}") }
+        }
         other @ (LibraryError::AbiInstability(_)
         | LibraryError::InvalidAbiHeader(_)
         | LibraryError::InvalidCAbi { .. }
         | LibraryError::IncompatibleVersionNumber { .. }
-        | LibraryError::ParseVersionError(_)) => PluginError::AbiMismatch {
-            path,
-            cause: other.to_string(),
-        },
-        other => PluginError::AbiMismatch {
-            path,
-            cause: other.to_string(),
-        },
+        | LibraryError::ParseVersionError(_)) => PluginError::AbiMismatch { path, cause: other.to_string() },
+        other => PluginError::AbiMismatch { path, cause: other.to_string() },
     }
 }

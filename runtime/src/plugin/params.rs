@@ -19,25 +19,17 @@ pub(crate) struct StoreSink<'a> {
 
 impl<'a> StoreSink<'a> {
     pub(crate) fn new(path: nn::Path<'a>) -> Self {
-        Self {
-            path,
-            names: HashSet::new(),
-            refused: None,
-        }
+        Self { path, names: HashSet::new(), refused: None }
     }
 
     fn make(&mut self, spec: &ParamSpec<'_>) -> Result<Tensor, String> {
         let name = spec.name.as_str();
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!(
-                "parameter name `{name}` must be non-empty ASCII letters, digits or `_`"
-            ));
+            return Err(format!("parameter name `{name}` must be non-empty ASCII letters, digits or `_`"));
         }
         let shape = spec.shape.as_slice();
         if shape.iter().any(|&d| d < 0) {
-            return Err(format!(
-                "parameter `{name}` has a negative dimension in {shape:?}"
-            ));
+            return Err(format!("parameter `{name}` has a negative dimension in {shape:?}"));
         }
         if !self.names.insert(name.to_string()) {
             return Err(format!("parameter `{name}` requested twice"));

@@ -30,20 +30,11 @@ impl BlueprintRegistry {
     /// Loads a plugin library, or every library in a folder. All or nothing: on error
     /// the registry is left as it was. Returns the keys of the blueprints added.
     pub fn load(&mut self, path: &Path) -> Result<Vec<String>, PluginError> {
-        let libraries = if path.is_dir() {
-            Self::libraries_in(path)?
-        } else {
-            vec![path.to_path_buf()]
-        };
+        let libraries = if path.is_dir() { Self::libraries_in(path)? } else { vec![path.to_path_buf()] };
         let mut loaded = Vec::new();
         for lib in &libraries {
             let canonical = lib.canonicalize().unwrap_or_else(|_| lib.clone());
-            if self
-                .plugins
-                .iter()
-                .chain(loaded.iter())
-                .any(|p: &Arc<LoadedPlugin>| p.path() == canonical)
-            {
+            if self.plugins.iter().chain(loaded.iter()).any(|p: &Arc<LoadedPlugin>| p.path() == canonical) {
                 continue; // the same file twice is not a conflict
             }
             loaded.push(Arc::new(LoadedPlugin::load(lib)?));
@@ -53,11 +44,8 @@ impl BlueprintRegistry {
         for plugin in &loaded {
             for d in plugin.blueprints() {
                 let key = d.key();
-                let first = self
-                    .entries
-                    .get(&key)
-                    .map(|e| e.plugin.path())
-                    .or_else(|| added.get(&key).map(|p| p.path()));
+                let first =
+                    self.entries.get(&key).map(|e| e.plugin.path()).or_else(|| added.get(&key).map(|p| p.path()));
                 if let Some(first) = first {
                     return Err(PluginError::Duplicate {
                         key,
@@ -71,13 +59,7 @@ impl BlueprintRegistry {
         let keys: Vec<String> = added.keys().cloned().collect();
         for plugin in loaded {
             for d in plugin.blueprints() {
-                self.entries.insert(
-                    d.key(),
-                    Entry {
-                        plugin: plugin.clone(),
-                        descriptor: d.clone(),
-                    },
-                );
+                self.entries.insert(d.key(), Entry { plugin: plugin.clone(), descriptor: d.clone() });
             }
             tracing::info!(plugin = %plugin.path().display(), blueprints = plugin.blueprints().len(), "plugin loaded");
             self.plugins.push(plugin);
@@ -86,25 +68,17 @@ impl BlueprintRegistry {
     }
 
     fn libraries_in(dir: &Path) -> Result<Vec<PathBuf>, PluginError> {
-        let folder_err = |e: std::io::Error| PluginError::Folder {
-            path: dir.to_path_buf(),
-            cause: e.to_string(),
-        };
+        let folder_err = |e: std::io::Error| PluginError::Folder { path: dir.to_path_buf(), cause: e.to_string() };
         let mut libs = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(folder_err)? {
             let p = entry.map_err(folder_err)?.path();
-            if p.is_file()
-                && p.extension()
-                    .is_some_and(|e| e == std::env::consts::DLL_EXTENSION)
-            {
+            if p.is_file() && p.extension().is_some_and(|e| e == std::env::consts::DLL_EXTENSION) {
                 libs.push(p);
             }
         }
         libs.sort();
         if libs.is_empty() {
-            return Err(PluginError::EmptyFolder {
-                path: dir.to_path_buf(),
-            });
+            return Err(PluginError::EmptyFolder { path: dir.to_path_buf() });
         }
         Ok(libs)
     }
@@ -116,9 +90,7 @@ impl BlueprintRegistry {
 
     /// Every blueprint: key, descriptor and the library it comes from, sorted by key.
     pub fn list(&self) -> impl Iterator<Item = (&str, &BlueprintDescriptor, &Path)> {
-        self.entries
-            .iter()
-            .map(|(k, e)| (k.as_str(), &e.descriptor, e.plugin.path()))
+        self.entries.iter().map(|(k, e)| (k.as_str(), &e.descriptor, e.plugin.path()))
     }
 
     /// Finds a blueprint by `topology:name`, or by bare name when that is unambiguous.
@@ -126,11 +98,8 @@ impl BlueprintRegistry {
         if let Some((k, e)) = self.entries.get_key_value(name) {
             return Ok((k.as_str(), &e.descriptor));
         }
-        let matches: Vec<(&String, &Entry)> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.descriptor.name.as_str() == name)
-            .collect();
+        let matches: Vec<(&String, &Entry)> =
+            self.entries.iter().filter(|(_, e)| e.descriptor.name.as_str() == name).collect();
         match matches.as_slice() {
             [(k, e)] => Ok((k.as_str(), &e.descriptor)),
             [] => Err(PluginError::UnknownBlueprint {
@@ -174,26 +143,13 @@ impl BlueprintRegistry {
             channels,
             options_json: options_json.as_str().into(),
         };
-        let created = (entry.plugin.root().create_seed())(
-            request,
-            ParamSink_TO::from_ptr(&mut sink, TD_Opaque),
-        )
-        .into_result();
+        let created =
+            (entry.plugin.root().create_seed())(request, ParamSink_TO::from_ptr(&mut sink, TD_Opaque)).into_result();
         if let Some(message) = sink.refused.take() {
-            return Err(PluginError::BadParameter {
-                key: key.into(),
-                path: path.into(),
-                message,
-            });
+            return Err(PluginError::BadParameter { key: key.into(), path: path.into(), message });
         }
         let module = created.map_err(|e| PluginError::from_plugin(key, path, e))?;
         tracing::debug!(blueprint = key, channels, "seed created");
-        Ok(PluginSeed::new(
-            module,
-            vars,
-            key.to_string(),
-            channels,
-            entry.plugin.clone(),
-        ))
+        Ok(PluginSeed::new(module, vars, key.to_string(), channels, entry.plugin.clone()))
     }
 }

@@ -24,13 +24,7 @@ impl PluginSeed {
         channels: i64,
         plugin: Arc<LoadedPlugin>,
     ) -> Self {
-        Self {
-            module,
-            vars,
-            key,
-            channels,
-            plugin,
-        }
+        Self { module, vars, key, channels, plugin }
     }
 
     /// Runs the plugin's forward. Errors and panics inside the plugin come back as

@@ -1,0 +1,1 @@
+//! The seed-slot lifecycle: stages, transitions, gates, alpha schedule, metrics.

@@ -1,0 +1,215 @@
+//! The plugin loader and the `norm` plugin, through the real built libraries.
+
+use esper_runtime::plugin::{BlueprintRegistry, PluginError};
+use esper_tests::{plugin_lib, temp_dir};
+use serde_json::{json, Value};
+use tch::{Device, Kind, Tensor};
+
+fn registry_with(crates: &[&str]) -> BlueprintRegistry {
+    let mut r = BlueprintRegistry::new();
+    for c in crates {
+        r.load(&plugin_lib(c)).unwrap_or_else(|e| panic!("loading {c}: {e}"));
+    }
+    r
+}
+
+fn load_err(path: &std::path::Path) -> PluginError {
+    BlueprintRegistry::new().load(path).expect_err("load should fail")
+}
+
+fn keys(r: &BlueprintRegistry) -> Vec<String> {
+    r.list().map(|(k, _, _)| k.to_string()).collect()
+}
+
+#[test]
+fn norm_plugin_loads_with_matching_handshake() {
+    let r = registry_with(&["esper-norm"]);
+    assert_eq!(keys(&r), vec!["cnn:norm"]);
+    let plugin = r.plugins().next().unwrap();
+    let h = plugin.handshake();
+    assert_eq!(h.plugin_name.as_str(), "esper-norm");
+    assert_eq!(h.libtorch.as_str(), "2.11.0");
+    assert_eq!(h.tch.as_str(), esper_plugin_api::TCH_VERSION);
+    let (_, d) = r.resolve("norm").unwrap();
+    assert_eq!(d.param_estimate, 130);
+    assert_eq!(d.topology.as_str(), "cnn");
+}
+
+/// Groups the DESIGN rule gives: 16 channels per group where possible.
+const EXPECTED_GROUPS: [(i64, i64); 6] = [(16, 1), (48, 2), (64, 4), (80, 4), (112, 4), (256, 16)];
+
+#[test]
+fn norm_group_count_and_shape_for_each_channel_count() {
+    let r = registry_with(&["esper-norm"]);
+    for (c, groups) in EXPECTED_GROUPS {
+        let seed = r.create_seed("cnn:norm", c, &Value::Null, Device::Cpu).unwrap();
+        // Parameters are runtime-owned: turn the blend fully on from this side.
+        let vars = seed.vars().variables();
+        let _ = tch::no_grad(|| vars["scale"].shallow_clone().fill_(10.0));
+        let x = Tensor::randn([2, c, 5, 7], (Kind::Float, Device::Cpu));
+        let y = seed.forward(&x, true).unwrap();
+        assert_eq!(y.size(), x.size(), "shape preserved for {c} channels");
+        let with = |g: i64| {
+            let gn = x.group_norm(g, Some(&vars["weight"]), Some(&vars["bias"]), 1e-5, true);
+            &x + (gn - &x) * 10f64.tanh()
+        };
+        let err = |g: i64| (&y - with(g)).abs().max().double_value(&[]);
+        assert!(err(groups) < 1e-5, "{c} channels: output matches {groups} groups (err {})", err(groups));
+        // The check discriminates: a neighbouring group count gives another output.
+        let other = if c % (groups * 2) == 0 { groups * 2 } else { groups / 2 };
+        if other >= 1 {
+            assert!(err(other) > 1e-3, "{c} channels: {other} groups must differ");
+        }
+    }
+}
+
+#[test]
+fn norm_is_the_identity_at_birth_and_scale_gets_a_gradient() {
+    let r = registry_with(&["esper-norm"]);
+    let seed = r.create_seed("norm", 64, &json!({}), Device::Cpu).unwrap();
+    assert_eq!(seed.num_parameters(), 64 + 64 + 1);
+    let x = Tensor::randn([4, 64, 8, 8], (Kind::Float, Device::Cpu));
+    let y = seed.forward(&x, true).unwrap();
+    assert_eq!((&y - &x).abs().max().double_value(&[]), 0.0, "identity at birth");
+    (&y * &y).sum(Kind::Float).backward();
+    let scale = &seed.vars().variables()["scale"];
+    let g = scale.grad();
+    assert!(g.defined(), "scale has a gradient");
+    assert!(g.abs().double_value(&[0]) > 0.0, "scale gradient is non-zero");
+}
+
+#[test]
+fn missing_file_is_named() {
+    let path = temp_dir("missing").join("libnothing.so");
+    let e = load_err(&path);
+    assert!(matches!(e, PluginError::NotFound { .. }), "{e:?}");
+    assert_eq!(e.to_string(), format!("plugin library {} does not exist", path.display()));
+}
+
+#[test]
+fn a_file_that_is_no_library_is_not_a_plugin() {
+    let path = temp_dir("garbage").join("libgarbage.so");
+    std::fs::write(&path, b"this is not an ELF file").unwrap();
+    let e = load_err(&path);
+    let msg = e.to_string();
+    assert!(matches!(e, PluginError::NotAPlugin { .. }), "{e:?}");
+    assert!(msg.contains("libgarbage.so") && msg.contains("cannot open it as a shared library"), "{msg}");
+}
+
+#[test]
+fn a_library_without_root_module_is_not_a_plugin() {
+    let path = plugin_lib("esper-fixture-not-a-plugin");
+    let e = load_err(&path);
+    let msg = e.to_string();
+    assert!(matches!(e, PluginError::NotAPlugin { .. }), "{e:?}");
+    assert!(msg.contains("libesper_fixture_not_a_plugin.so is not an Esper plugin"), "{msg}");
+    assert!(msg.contains("exports no abi_stable root module"), "{msg}");
+}
+
+#[test]
+fn layout_mismatch_is_refused_by_the_abi_check() {
+    let e = load_err(&plugin_lib("esper-fixture-layout-mismatch"));
+    let msg = e.to_string();
+    assert!(matches!(e, PluginError::AbiMismatch { .. }), "{e:?}");
+    assert!(msg.contains("libesper_fixture_layout_mismatch.so has an incompatible ABI layout"), "{msg}");
+}
+
+#[test]
+fn version_mismatch_names_both_sides() {
+    let e = load_err(&plugin_lib("esper-fixture-wrong-version"));
+    let msg = e.to_string();
+    assert!(matches!(e, PluginError::VersionMismatch { .. }), "{e:?}");
+    assert!(msg.contains("libesper_fixture_wrong_version.so was built with other versions"), "{msg}");
+    assert!(msg.contains("libtorch: plugin built with 2.10.0, runtime has 2.11.0"), "{msg}");
+    assert!(msg.contains("tch: plugin built with 0.23.0, runtime has 0.24.0"), "{msg}");
+}
+
+#[test]
+fn the_same_blueprint_from_two_plugins_is_refused_and_nothing_is_lost() {
+    let mut r = registry_with(&["esper-norm"]);
+    let dup = plugin_lib("esper-fixture-duplicate-norm");
+    let e = r.load(&dup).expect_err("duplicate");
+    let msg = e.to_string();
+    assert!(matches!(e, PluginError::Duplicate { .. }), "{e:?}");
+    assert!(msg.contains("`cnn:norm` is exported by two plugins"), "{msg}");
+    assert!(msg.contains("libesper_norm.so") && msg.contains("libesper_fixture_duplicate_norm.so"), "{msg}");
+    // The registry is as it was: the real norm still serves.
+    assert_eq!(keys(&r), vec!["cnn:norm"]);
+    assert_eq!(r.plugins().count(), 1);
+    assert!(r.create_seed("norm", 16, &Value::Null, Device::Cpu).is_ok());
+    // Loading the same file again is not a conflict.
+    r.load(&plugin_lib("esper-norm")).unwrap();
+    assert_eq!(r.plugins().count(), 1);
+}
+
+#[test]
+fn unknown_blueprint_lists_the_available_ones() {
+    let r = registry_with(&["esper-norm", "esper-fixture-broken"]);
+    let e = r.create_seed("attention", 16, &Value::Null, Device::Cpu).err().expect("unknown");
+    assert_eq!(
+        e.to_string(),
+        "unknown blueprint `attention`; available: cnn:norm, cnn:panic-create, cnn:panic-forward"
+    );
+}
+
+#[test]
+fn bad_options_name_the_key() {
+    let r = registry_with(&["esper-norm"]);
+    let e = r.create_seed("norm", 16, &json!({"groups": 4}), Device::Cpu).err().expect("bad options");
+    let msg = e.to_string();
+    assert!(matches!(e, PluginError::BadOptions { .. }), "{e:?}");
+    assert!(msg.contains("bad options for blueprint `cnn:norm`") && msg.contains("libesper_norm.so"), "{msg}");
+    assert!(msg.contains("unknown field `groups`"), "{msg}");
+    let e = r.create_seed("norm", 16, &json!([1, 2]), Device::Cpu).err().expect("not an object");
+    assert!(e.to_string().contains("options must be a JSON object"), "{e}");
+}
+
+#[test]
+fn a_panic_in_create_is_contained_and_reported() {
+    let r = registry_with(&["esper-norm", "esper-fixture-broken"]);
+    let e = r.create_seed("panic-create", 24, &Value::Null, Device::Cpu).err().expect("panic");
+    let msg = e.to_string();
+    assert!(matches!(e, PluginError::Panicked { .. }), "{e:?}");
+    assert!(msg.contains("libesper_fixture_broken.so panicked in blueprint `cnn:panic-create`"), "{msg}");
+    assert!(msg.contains("deliberate panic in create (24 channels)"), "{msg}");
+    // The process is up and the registry still works.
+    let seed = r.create_seed("norm", 16, &Value::Null, Device::Cpu).unwrap();
+    assert!(seed.forward(&Tensor::zeros([1, 16, 2, 2], (Kind::Float, Device::Cpu)), false).is_ok());
+}
+
+#[test]
+fn a_panic_in_forward_is_contained_and_reported() {
+    let r = registry_with(&["esper-fixture-broken"]);
+    let seed = r.create_seed("panic-forward", 8, &Value::Null, Device::Cpu).unwrap();
+    let x = Tensor::zeros([1, 8, 4, 4], (Kind::Float, Device::Cpu));
+    for _ in 0..2 {
+        let e = seed.forward(&x, true).expect_err("panic");
+        let msg = e.to_string();
+        assert!(matches!(e, PluginError::Panicked { .. }), "{e:?}");
+        assert!(msg.contains("deliberate panic in forward on input [1, 8, 4, 4]"), "{msg}");
+    }
+}
+
+#[test]
+fn a_folder_loads_every_library_in_it_or_nothing() {
+    let dir = temp_dir("folder-ok");
+    std::fs::copy(plugin_lib("esper-norm"), dir.join("libesper_norm.so")).unwrap();
+    std::fs::copy(plugin_lib("esper-fixture-broken"), dir.join("libbroken.so")).unwrap();
+    std::fs::write(dir.join("README.txt"), "not a library").unwrap();
+    let mut r = BlueprintRegistry::new();
+    let added = r.load(&dir).unwrap();
+    assert_eq!(added, vec!["cnn:norm", "cnn:panic-create", "cnn:panic-forward"]);
+
+    // A folder with one bad library adds nothing.
+    let bad = temp_dir("folder-bad");
+    std::fs::copy(plugin_lib("esper-norm"), bad.join("liba_norm.so")).unwrap();
+    std::fs::copy(plugin_lib("esper-fixture-wrong-version"), bad.join("libb_wrong.so")).unwrap();
+    let mut r = BlueprintRegistry::new();
+    let e = r.load(&bad).expect_err("wrong version inside");
+    assert!(e.to_string().contains("libb_wrong.so"), "{e}");
+    assert_eq!(r.list().count(), 0);
+
+    let empty = temp_dir("folder-empty");
+    let e = BlueprintRegistry::new().load(&empty).expect_err("empty");
+    assert_eq!(e.to_string(), format!("plugin folder {} has no plugin libraries (*.so)", empty.display()));
+}

@@ -1,0 +1,32 @@
+//! Helpers for the workspace tests: where the built plugin libraries are.
+
+use std::path::PathBuf;
+
+/// The cargo output folder the test binary runs from (`target/<profile>`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test-binary>
+    exe.parent().and_then(|d| d.parent()).expect("test binary is inside target/<profile>/deps").to_path_buf()
+}
+
+/// Path of the built plugin library of crate `crate_name` (e.g. `esper-norm`).
+/// Panics with a clear message when it has not been built.
+pub fn plugin_lib(crate_name: &str) -> PathBuf {
+    let file =
+        format!("{}{}.{}", std::env::consts::DLL_PREFIX, crate_name.replace('-', "_"), std::env::consts::DLL_EXTENSION);
+    let path = target_dir().join(file);
+    assert!(
+        path.is_file(),
+        "{} is not built; build the workspace first (`cargo build --workspace`, as scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A fresh, empty temporary folder for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("esper-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
