@@ -1,0 +1,272 @@
+//! The CNN host: blocks of conv3x3 (no bias), BatchNorm and ReLU, max-pool after the
+//! first `pool_layers` blocks, global average pool and a linear classifier.
+//!
+//! The forward is a fixed list of *ops* (block, pool, head). Injection points sit
+//! between ops: `r0c{i}` after block `i` (before its pool) and `r1c{i}` after pool `i`.
+//! A *segment* is a contiguous range of ops between two points (or from the input, or
+//! to the logits); segments are plain index ranges, computed once.
+
+use super::MemoryFormat;
+use serde::{Deserialize, Serialize};
+use tch::{nn, nn::ModuleT, Tensor};
+use thiserror::Error;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CnnHostConfig {
+    pub in_channels: i64,
+    pub blocks: usize,
+    pub base_channels: i64,
+    /// Blocks followed by a 2x2 max-pool, counted from the first (default: all).
+    pub pool_layers: Option<usize>,
+    pub kernel_size: i64,
+    pub num_classes: i64,
+    pub memory_format: MemoryFormat,
+}
+
+impl Default for CnnHostConfig {
+    fn default() -> Self {
+        Self {
+            in_channels: 3,
+            blocks: 3,
+            base_channels: 32,
+            pool_layers: None,
+            kernel_size: 3,
+            num_classes: 10,
+            memory_format: MemoryFormat::ChannelsLast,
+        }
+    }
+}
+
+#[derive(Debug, Error, PartialEq)]
+pub enum HostError {
+    #[error("invalid host config: {0}")]
+    Config(String),
+    #[error("unknown injection point `{name}`; valid: {}", .valid.join(", "))]
+    UnknownPoint { name: String, valid: Vec<String> },
+    #[error("segment from `{from}` to `{to}` runs backwards (execution order: {})", .order.join(", "))]
+    Backwards { from: String, to: String, order: Vec<String> },
+}
+
+/// An injection point: where a seed slot can sit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InjectionPoint {
+    pub id: String,
+    pub channels: i64,
+    /// Position in execution order.
+    pub order: usize,
+    /// Index of the op after which the point sits (ops `0..=op` run before it).
+    op: usize,
+}
+
+/// One step of the host's forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Block(usize),
+    Pool,
+    Head,
+}
+
+#[derive(Debug)]
+struct ConvBlock {
+    conv: nn::Conv2D,
+    bn: nn::BatchNorm,
+}
+
+/// A range of ops `start..end`, the unit of routing between slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    start: usize,
+    end: usize,
+}
+
+#[derive(Debug)]
+pub struct CnnHost {
+    config: CnnHostConfig,
+    blocks: Vec<ConvBlock>,
+    head: nn::Linear,
+    ops: Vec<Op>,
+    points: Vec<InjectionPoint>,
+}
+
+impl CnnHost {
+    /// Builds the host with its parameters under `path`.
+    pub fn new(path: &nn::Path, config: CnnHostConfig) -> Result<Self, HostError> {
+        let pool_layers = config.pool_layers.unwrap_or(config.blocks);
+        if config.blocks < 2 {
+            return Err(HostError::Config(format!("blocks must be at least 2, got {}", config.blocks)));
+        }
+        if pool_layers > config.blocks {
+            return Err(HostError::Config(format!("pool_layers ({pool_layers}) exceeds blocks ({})", config.blocks)));
+        }
+        if config.base_channels < 1 || config.in_channels < 1 || config.num_classes < 1 {
+            return Err(HostError::Config("channels and classes must be positive".into()));
+        }
+        if config.kernel_size < 1 || config.kernel_size % 2 == 0 {
+            return Err(HostError::Config(format!("kernel_size must be odd and positive, got {}", config.kernel_size)));
+        }
+        let conv_cfg = nn::ConvConfig { padding: config.kernel_size / 2, bias: false, ..Default::default() };
+        let (mut blocks, mut ops, mut points) = (Vec::new(), Vec::new(), Vec::new());
+        let mut in_c = config.in_channels;
+        for i in 0..config.blocks {
+            let out_c = config.base_channels << i;
+            let p = path / format!("block{i}");
+            blocks.push(ConvBlock {
+                conv: nn::conv2d(&p / "conv", in_c, out_c, config.kernel_size, conv_cfg),
+                bn: nn::batch_norm2d(&p / "bn", out_c, Default::default()),
+            });
+            ops.push(Op::Block(i));
+            points.push(InjectionPoint {
+                id: format!("r0c{i}"),
+                channels: out_c,
+                order: points.len(),
+                op: ops.len() - 1,
+            });
+            if i < pool_layers {
+                ops.push(Op::Pool);
+                points.push(InjectionPoint {
+                    id: format!("r1c{i}"),
+                    channels: out_c,
+                    order: points.len(),
+                    op: ops.len() - 1,
+                });
+            }
+            in_c = out_c;
+        }
+        ops.push(Op::Head);
+        let head = nn::linear(path / "head", in_c, config.num_classes, Default::default());
+        if config.memory_format == MemoryFormat::ChannelsLast {
+            // Conv weights in channels-last too, once, so convolutions stay in that format.
+            tch::no_grad(|| {
+                for b in &mut blocks {
+                    let w = b.conv.ws.shallow_clone();
+                    b.conv.ws.set_data(&super::to_channels_last(&w));
+                }
+            });
+        }
+        Ok(Self { config, blocks, head, ops, points })
+    }
+
+    pub fn config(&self) -> &CnnHostConfig {
+        &self.config
+    }
+
+    /// Injection points in execution order: r0c0, r1c0, r0c1, r1c1, ...
+    pub fn injection_points(&self) -> &[InjectionPoint] {
+        &self.points
+    }
+
+    pub fn point(&self, id: &str) -> Result<&InjectionPoint, HostError> {
+        self.points.iter().find(|p| p.id == id).ok_or_else(|| HostError::UnknownPoint {
+            name: id.to_string(),
+            valid: self.points.iter().map(|p| p.id.clone()).collect(),
+        })
+    }
+
+    /// The segment from `from` (None: the input) to `to` (None: the logits).
+    pub fn segment(&self, from: Option<&str>, to: Option<&str>) -> Result<Segment, HostError> {
+        let start = match from {
+            None => 0,
+            Some(id) => self.point(id)?.op + 1,
+        };
+        let end = match to {
+            None => self.ops.len(),
+            Some(id) => self.point(id)?.op + 1,
+        };
+        if end < start || (from.is_some() && from == to) {
+            return Err(HostError::Backwards {
+                from: from.unwrap_or("input").into(),
+                to: to.unwrap_or("logits").into(),
+                order: self.points.iter().map(|p| p.id.clone()).collect(),
+            });
+        }
+        Ok(Segment { start, end })
+    }
+
+    /// Puts the network input in the host's memory format: once, at the entry.
+    pub fn prepare_input(&self, x: &Tensor) -> Tensor {
+        self.config.memory_format.apply(x)
+    }
+
+    /// Runs the ops of `segment` on `x`. Input must already be prepared if the segment
+    /// starts at the network entry.
+    pub fn run_segment(&self, segment: Segment, x: &Tensor, train: bool) -> Tensor {
+        let mut h = x.shallow_clone();
+        for &op in &self.ops[segment.start..segment.end] {
+            h = self.run_op(op, &h, train);
+        }
+        h
+    }
+
+    fn run_op(&self, op: Op, x: &Tensor, train: bool) -> Tensor {
+        match op {
+            Op::Block(i) => self.blocks[i].bn.forward_t(&x.apply(&self.blocks[i].conv), train).relu(),
+            Op::Pool => x.max_pool2d_default(2),
+            Op::Head => x.mean_dim([2i64, 3].as_slice(), false, x.kind()).apply(&self.head),
+        }
+    }
+
+    /// Number of ops (for callers that run op by op, like the memory-format benchmark).
+    pub fn num_ops(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// The segment made of op `i` alone.
+    pub fn op_segment(&self, i: usize) -> Segment {
+        Segment { start: i, end: i + 1 }
+    }
+
+    /// The whole host, input to logits.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        self.run_segment(Segment { start: 0, end: self.ops.len() }, &self.prepare_input(x), train)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::is_channels_last;
+    use tch::{Device, Kind};
+
+    fn host(config: CnnHostConfig) -> (nn::VarStore, CnnHost) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let h = CnnHost::new(&vs.root(), config).unwrap();
+        (vs, h)
+    }
+
+    #[test]
+    fn points_channels_and_order() {
+        let (_vs, h) = host(CnnHostConfig { pool_layers: Some(2), ..Default::default() });
+        let ids: Vec<_> = h.injection_points().iter().map(|p| (p.id.as_str(), p.channels)).collect();
+        assert_eq!(ids, vec![("r0c0", 32), ("r1c0", 32), ("r0c1", 64), ("r1c1", 64), ("r0c2", 128)]);
+    }
+
+    #[test]
+    fn forward_shapes_and_segments_compose() {
+        let (_vs, h) = host(CnnHostConfig::default());
+        let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let logits = h.forward(&x, false);
+        assert_eq!(logits.size(), vec![2, 10]);
+        let xin = h.prepare_input(&x);
+        assert!(is_channels_last(&xin));
+        let a = h.run_segment(h.segment(None, Some("r0c1")).unwrap(), &xin, false);
+        assert_eq!(a.size(), vec![2, 64, 16, 16]);
+        assert!(is_channels_last(&a), "the format set at entry survives the blocks");
+        let b = h.run_segment(h.segment(Some("r0c1"), Some("r1c2")).unwrap(), &a, false);
+        assert_eq!(b.size(), vec![2, 128, 4, 4]);
+        let out = h.run_segment(h.segment(Some("r1c2"), None).unwrap(), &b, false);
+        assert!((out - &logits).abs().max().double_value(&[]) < 1e-5);
+    }
+
+    #[test]
+    fn bad_segments_and_configs_are_errors() {
+        let (_vs, h) = host(CnnHostConfig::default());
+        let e = h.segment(Some("r1c1"), Some("r0c1")).unwrap_err();
+        assert!(e.to_string().starts_with("segment from `r1c1` to `r0c1` runs backwards"), "{e}");
+        let e = h.segment(None, Some("r9c9")).unwrap_err();
+        assert_eq!(e.to_string(), "unknown injection point `r9c9`; valid: r0c0, r1c0, r0c1, r1c1, r0c2, r1c2");
+        let vs = nn::VarStore::new(Device::Cpu);
+        assert!(CnnHost::new(&vs.root(), CnnHostConfig { blocks: 1, ..Default::default() }).is_err());
+        assert!(CnnHost::new(&vs.root(), CnnHostConfig { kernel_size: 4, ..Default::default() }).is_err());
+    }
+}

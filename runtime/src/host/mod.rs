@@ -1,0 +1,7 @@
+//! Host networks: the backbone that exposes injection points for seed slots.
+
+mod cnn;
+mod memory_format;
+
+pub use cnn::{CnnHost, CnnHostConfig, HostError, InjectionPoint, Segment};
+pub use memory_format::{is_channels_last, to_channels_last, MemoryFormat};

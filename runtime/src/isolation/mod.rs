@@ -1,0 +1,66 @@
+//! The isolation layer: what every seed goes through, whatever plugin it comes from.
+//!
+//! * The seed never sees the host's autograd graph when isolation is on: its input is
+//!   made contiguous **before** it is detached (BUG-005: libtorch 2.11 segfaults in
+//!   `group_norm` backward on a detached channels-last tensor), while the host stream
+//!   keeps its own memory format.
+//! * TRAINING (alpha 0): the straight-through estimator `host + (seed - seed.detach())`,
+//!   so the forward equals the host and the seed still gets gradients.
+//! * BLENDING and later: ADD, MULTIPLY or GATE blends (see [`blend`]).
+//! * The [`GradientHealthMonitor`] compares host and seed gradient norms per device.
+
+mod blend;
+mod monitor;
+
+pub use blend::{BlendAlgorithm, GateNet};
+pub use monitor::{GradientHealthMonitor, GradientSample};
+
+use tch::Tensor;
+
+/// The tensor a seed receives: the host features themselves without isolation; with
+/// isolation, a contiguous copy (only if needed) that is then detached.
+pub fn seed_input(host: &Tensor, isolate: bool) -> Tensor {
+    if !isolate {
+        return host.shallow_clone();
+    }
+    if host.is_contiguous() {
+        host.detach()
+    } else {
+        // Contiguity before detach (BUG-005). The host stream is left as it is.
+        host.contiguous().detach()
+    }
+}
+
+/// Straight-through estimator: forward equals `host`, backward reaches the seed.
+pub fn straight_through(host: &Tensor, seed: &Tensor) -> Tensor {
+    host + (seed - seed.detach())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::{is_channels_last, to_channels_last};
+    use tch::{Device, Kind};
+
+    #[test]
+    fn isolated_input_is_contiguous_detached_and_host_keeps_its_format() {
+        let h = to_channels_last(&Tensor::randn([2, 4, 3, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true));
+        let s = seed_input(&h, true);
+        assert!(s.is_contiguous() && !s.requires_grad());
+        assert!(is_channels_last(&h), "the host stream keeps channels-last");
+        assert!(s.equal(&h));
+        let n = seed_input(&h, false);
+        assert!(n.requires_grad() && is_channels_last(&n));
+    }
+
+    #[test]
+    fn straight_through_forward_is_host_and_seed_gets_gradient() {
+        let host = Tensor::randn([3, 2], (Kind::Float, Device::Cpu));
+        let w = Tensor::ones([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let seed = &host * &w * 3.0;
+        let y = straight_through(&host, &seed);
+        assert!(y.equal(&host));
+        y.sum(Kind::Float).backward();
+        assert!(w.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    }
+}
