@@ -6,6 +6,7 @@
 //! * [`plugin`]: the plugin loader and blueprint registry (dynamic blueprint plugins
 //!   through the stable ABI in `esper-plugin-api`).
 
+pub mod device;
 pub mod host;
 pub mod isolation;
 pub mod lifecycle;
