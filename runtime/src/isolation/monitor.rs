@@ -8,14 +8,14 @@
 //! three numbers, not one sync per parameter.
 //!
 //! Ratio = (seed_norm / host_norm) * sqrt(host_params / seed_params), clamped to 10,
-//! and 0 when host_norm < 1e-8. The EMA uses decay 0.9 (the first sample initialises it).
+//! and 0 when host_norm < 1e-8. (Its EMA, decay 0.9, lives with the seed's metrics in
+//! `lifecycle::SeedMetrics`.)
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 pub const RATIO_CLAMP: f64 = 10.0;
 pub const HOST_NORM_FLOOR: f64 = 1e-8;
-pub const EMA_DECAY: f64 = 0.9;
 
 /// Parameters grouped by the device they live on.
 #[derive(Debug, Default)]
@@ -79,19 +79,17 @@ pub struct GradientSample {
     pub host_norm: f64,
     pub seed_norm: f64,
     pub ratio: f64,
-    pub ratio_ema: f64,
 }
 
 #[derive(Debug, Default)]
 pub struct GradientHealthMonitor {
     host: DeviceGroups,
     seed: DeviceGroups,
-    ratio_ema: Option<f64>,
 }
 
 impl GradientHealthMonitor {
     pub fn new(host_params: &[Tensor], seed_params: &[Tensor]) -> Self {
-        Self { host: DeviceGroups::new(host_params), seed: DeviceGroups::new(seed_params), ratio_ema: None }
+        Self { host: DeviceGroups::new(host_params), seed: DeviceGroups::new(seed_params) }
     }
 
     /// Re-groups after the parameters moved device (they are shared handles, so they
@@ -118,20 +116,11 @@ impl GradientHealthMonitor {
         Some([host_norm, seed_norm, ratio])
     }
 
-    /// Computes, reads back (one transfer) and updates the EMA.
-    pub fn sample(&mut self) -> Option<GradientSample> {
+    /// Computes and reads back the three numbers (one transfer).
+    pub fn sample(&self) -> Option<GradientSample> {
         let values = Tensor::stack(&self.compute()?, 0).to_device(Device::Cpu);
         let v: Vec<f64> = Vec::<f64>::try_from(&values.to_kind(Kind::Double)).ok()?;
-        let ema = match self.ratio_ema {
-            Some(prev) => EMA_DECAY * prev + (1.0 - EMA_DECAY) * v[2],
-            None => v[2],
-        };
-        self.ratio_ema = Some(ema);
-        Some(GradientSample { host_norm: v[0], seed_norm: v[1], ratio: v[2], ratio_ema: ema })
-    }
-
-    pub fn ratio_ema(&self) -> Option<f64> {
-        self.ratio_ema
+        Some(GradientSample { host_norm: v[0], seed_norm: v[1], ratio: v[2] })
     }
 }
 
@@ -149,14 +138,11 @@ mod tests {
     fn ratio_matches_the_formula() {
         let host = [param_with_grad(&[3.0, 4.0]), param_with_grad(&[0.0, 0.0, 0.0, 0.0])]; // |g| = 5, 6 params
         let seed = [param_with_grad(&[1.0, 0.0])]; // |g| = 1, 2 params
-        let mut m = GradientHealthMonitor::new(&host, &seed);
+        let m = GradientHealthMonitor::new(&host, &seed);
         let s = m.sample().unwrap();
         assert!((s.host_norm - 5.0).abs() < 1e-6 && (s.seed_norm - 1.0).abs() < 1e-6);
         let expected = (1.0 / 5.0) * (6.0f64 / 2.0).sqrt();
         assert!((s.ratio - expected).abs() < 1e-6, "{s:?}");
-        assert_eq!(s.ratio_ema, s.ratio, "first sample initialises the EMA");
-        let s2 = m.sample().unwrap();
-        assert!((s2.ratio_ema - s.ratio).abs() < 1e-9);
     }
 
     #[test]

@@ -1,1 +1,33 @@
 //! The seed-slot lifecycle: stages, transitions, gates, alpha schedule, metrics.
+//!
+//! Pure logic, no tensors. A seed moves along
+//! DORMANT -> GERMINATED -> TRAINING -> BLENDING -> HOLDING -> FOSSILIZED, each step
+//! forward guarded by a quality gate (G0, G1, G2, G3, G5). Any live stage before
+//! FOSSILIZED may be pruned: PRUNED -> EMBARGOED (5 epochs) -> RESETTING -> DORMANT,
+//! after which the slot takes a new seed. FOSSILIZED is terminal.
+//!
+//! * [`stage`]: [`SeedStage`], its numbers and the transition table.
+//! * [`alpha`]: easing curves and the [`AlphaController`] (one tick per epoch).
+//! * [`metrics`]: [`SeedMetrics`] (accuracy, gradient ratio and health, contribution).
+//! * [`gates`]: [`QualityGates`] and [`GateResult`].
+//! * [`state`]: [`SeedState`], one seed's full state.
+//! * [`slot_core`]: [`Lifecycle`], one slot's clock: `germinate`, `advance`,
+//!   `prune`, `schedule_prune`, `step_epoch`, `alpha`.
+//!
+//! Every refusal is a [`LifecycleError`].
+
+pub mod alpha;
+mod error;
+pub mod gates;
+pub mod metrics;
+pub mod slot_core;
+pub mod stage;
+pub mod state;
+
+pub use alpha::{AlphaController, AlphaCurve, AlphaMode, BlendSchedule, DEFAULT_BLEND_TEMPO_EPOCHS, SIGMOID_STEEPNESS};
+pub use error::LifecycleError;
+pub use gates::{GateLevel, GateMode, GateResult, QualityGates};
+pub use metrics::{normalized_gradient_ratio, GradientHealth, SeedMetrics};
+pub use slot_core::{Lifecycle, StageChange, EMBARGO_EPOCHS_AFTER_PRUNE};
+pub use stage::{can_transition, SeedStage};
+pub use state::{ScheduledPrune, SeedState, StageRecord};
