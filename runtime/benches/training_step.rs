@@ -25,7 +25,11 @@ const CHANNELS: i64 = 64; // r0c1 of the default host
 fn plugin_path() -> std::path::PathBuf {
     let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
     let p = dir.join("libesper_norm.so");
-    assert!(p.is_file(), "{} missing: run `cargo build --release -p esper-norm` first (scripts/bench.sh does)", p.display());
+    assert!(
+        p.is_file(),
+        "{} missing: run `cargo build --release -p esper-norm` first (scripts/bench.sh does)",
+        p.display()
+    );
     p
 }
 
@@ -76,7 +80,8 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let h = host.run_segment(to_slot, &host.prepare_input(&x), true);
                 let s = seed.forward(&seed_input(&h, true), true).unwrap();
-                let loss = host.run_segment(from_slot, &straight_through(&h, &s), true).cross_entropy_for_logits(&labels);
+                let loss =
+                    host.run_segment(from_slot, &straight_through(&h, &s), true).cross_entropy_for_logits(&labels);
                 host_opt.zero_grad();
                 seed_opt.zero_grad();
                 loss.backward();
@@ -88,7 +93,8 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let h = host.run_segment(to_slot, &host.prepare_input(&x), true);
                 let s = local.forward(&seed_input(&h, true));
-                let loss = host.run_segment(from_slot, &straight_through(&h, &s), true).cross_entropy_for_logits(&labels);
+                let loss =
+                    host.run_segment(from_slot, &straight_through(&h, &s), true).cross_entropy_for_logits(&labels);
                 host_opt.zero_grad();
                 local_opt.zero_grad();
                 loss.backward();

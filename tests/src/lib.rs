@@ -1,4 +1,7 @@
-//! Helpers for the workspace tests: where the built plugin libraries are.
+//! Helpers for the workspace tests: where the built plugin libraries are, and models
+//! with seeds in a given stage.
+
+pub mod model;
 
 use std::path::PathBuf;
 

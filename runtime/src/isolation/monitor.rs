@@ -46,10 +46,10 @@ impl DeviceGroups {
         self.groups.iter().map(|(d, _)| *d).collect()
     }
 
-    /// Sum of squared gradient norms, reduced per device, then on `target`.
-    /// None when no parameter has a gradient.
-    fn sum_sq(&self, target: Device) -> Option<Tensor> {
-        let mut total: Option<Tensor> = None;
+    /// Per-tensor gradient norms, stacked per device and moved to `target`
+    /// (parameters without a gradient are skipped). None when none has one.
+    fn norms(&self, target: Device) -> Option<Tensor> {
+        let mut parts = Vec::with_capacity(self.groups.len());
         for (device, params) in &self.groups {
             let norms: Vec<Tensor> = params
                 .iter()
@@ -60,25 +60,25 @@ impl DeviceGroups {
             if norms.is_empty() {
                 continue;
             }
-            let mut partial = Tensor::stack(&norms, 0).square().sum(Kind::Float);
-            if *device != target {
-                partial = partial.to_device_(target, Kind::Float, true, false);
-            }
-            total = Some(match total {
-                Some(t) => t + partial,
-                None => partial,
-            });
+            let stacked = Tensor::stack(&norms, 0);
+            parts.push(if *device == target { stacked } else { stacked.to_device_(target, Kind::Float, true, false) });
         }
-        total
+        match parts.len() {
+            0 => None,
+            1 => parts.pop(),
+            _ => Some(Tensor::cat(&parts, 0)),
+        }
     }
 }
 
 /// One measurement, read back to the host.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GradientSample {
     pub host_norm: f64,
     pub seed_norm: f64,
     pub ratio: f64,
+    /// Norm of each seed parameter's gradient (for the gradient-health summary).
+    pub seed_param_norms: Vec<f64>,
 }
 
 #[derive(Debug, Default)]
@@ -104,23 +104,24 @@ impl GradientHealthMonitor {
         (self.host.devices(), self.seed.devices())
     }
 
-    /// Host norm, seed norm and ratio as device tensors (no host sync). None until
-    /// both sides have gradients.
-    pub fn compute(&self) -> Option<[Tensor; 3]> {
+    /// `[host_norm, seed_norm, ratio, seed per-tensor norms...]` as one device tensor
+    /// (no host sync). None until both sides have gradients.
+    pub fn compute(&self) -> Option<Tensor> {
         let target = self.host.groups.first().or(self.seed.groups.first())?.0;
-        let host_norm = self.host.sum_sq(target)?.sqrt();
-        let seed_norm = self.seed.sum_sq(target)?.sqrt();
+        let host_norm = self.host.norms(target)?.square().sum(Kind::Float).sqrt();
+        let seed_norms = self.seed.norms(target)?;
+        let seed_norm = seed_norms.square().sum(Kind::Float).sqrt();
         let scale = (self.host.numel as f64 / self.seed.numel.max(1) as f64).sqrt();
         let raw = (&seed_norm / host_norm.clamp_min(HOST_NORM_FLOOR) * scale).clamp_max(RATIO_CLAMP);
         let ratio = raw.where_self(&host_norm.ge(HOST_NORM_FLOOR), &raw.zeros_like());
-        Some([host_norm, seed_norm, ratio])
+        Some(Tensor::cat(&[Tensor::stack(&[host_norm, seed_norm, ratio], 0), seed_norms], 0))
     }
 
-    /// Computes and reads back the three numbers (one transfer).
+    /// Computes and reads everything back in one transfer.
     pub fn sample(&self) -> Option<GradientSample> {
-        let values = Tensor::stack(&self.compute()?, 0).to_device(Device::Cpu);
-        let v: Vec<f64> = Vec::<f64>::try_from(&values.to_kind(Kind::Double)).ok()?;
-        Some(GradientSample { host_norm: v[0], seed_norm: v[1], ratio: v[2] })
+        let values = self.compute()?.to_device(Device::Cpu).to_kind(Kind::Double);
+        let v: Vec<f64> = Vec::<f64>::try_from(&values).ok()?;
+        Some(GradientSample { host_norm: v[0], seed_norm: v[1], ratio: v[2], seed_param_norms: v[3..].to_vec() })
     }
 }
 
@@ -143,6 +144,7 @@ mod tests {
         assert!((s.host_norm - 5.0).abs() < 1e-6 && (s.seed_norm - 1.0).abs() < 1e-6);
         let expected = (1.0 / 5.0) * (6.0f64 / 2.0).sqrt();
         assert!((s.ratio - expected).abs() < 1e-6, "{s:?}");
+        assert_eq!(s.seed_param_norms, vec![1.0]);
     }
 
     #[test]

@@ -1,0 +1,266 @@
+//! The runtime core through the real `norm` plugin: BUG-005 regressions, gradient
+//! isolation, the germination probe, pruning, embargo and slot recycling, the
+//! counterfactual forward, and the per-device gradient monitor (BUG-013, CPU side).
+
+use esper_runtime::{
+    host::{is_channels_last, to_channels_last, CnnHostConfig, MemoryFormat},
+    isolation::BlendAlgorithm,
+    lifecycle::{SeedStage, EMBARGO_EPOCHS_AFTER_PRUNE},
+    model::{ModelError, MorphogeneticModel, SlotConfig},
+    plugin::BlueprintRegistry,
+};
+use esper_tests::{
+    model::{batch, lenient_gates, model_in_stage, norm_registry, train_step},
+    plugin_lib,
+};
+use serde_json::Value;
+use tch::{Device, Kind, Tensor};
+
+const SLOT: &str = "r0c1";
+
+fn isolated() -> SlotConfig {
+    SlotConfig { isolate_gradients: true, ..Default::default() }
+}
+
+// ---- BUG-005: channels_last + isolate_gradients (libtorch 2.11 segfaults without the fix)
+
+#[test]
+fn bug005_training_stage_with_channels_last_no_crash() {
+    let r = norm_registry();
+    let mut m = model_in_stage(&r, CnnHostConfig::default(), SLOT, isolated(), SeedStage::Training);
+    assert_eq!(m.host().config().memory_format, MemoryFormat::ChannelsLast);
+    let (x, y) = batch(4, Device::Cpu);
+    let loss = train_step(&mut m, &x, &y);
+    assert!(loss.is_finite());
+}
+
+#[test]
+fn bug005_training_stage_with_channels_last_gradient_telemetry() {
+    let r = norm_registry();
+    let mut m = model_in_stage(&r, CnnHostConfig::default(), SLOT, isolated(), SeedStage::Training);
+    let (x, y) = batch(4, Device::Cpu);
+    train_step(&mut m, &x, &y);
+    let state = m.slot(SLOT).unwrap().lifecycle().state().unwrap();
+    let ratio = state.metrics().seed_gradient_norm_ratio().expect("ratio measured");
+    assert!(ratio.is_finite() && ratio > 0.0, "ratio {ratio}");
+}
+
+#[test]
+fn bug005_training_stage_explicit_channels_last() {
+    let r = norm_registry();
+    let mut m = model_in_stage(&r, CnnHostConfig::default(), SLOT, isolated(), SeedStage::Training);
+    let (x, y) = batch(4, Device::Cpu);
+    let x = to_channels_last(&x);
+    assert!(is_channels_last(&x));
+    assert!(train_step(&mut m, &x, &y).is_finite());
+}
+
+#[test]
+fn bug005_training_stage_contiguous_format_still_works() {
+    let r = norm_registry();
+    let host = CnnHostConfig { memory_format: MemoryFormat::Contiguous, ..Default::default() };
+    let mut m = model_in_stage(&r, host, SLOT, isolated(), SeedStage::Training);
+    let (x, y) = batch(4, Device::Cpu);
+    assert!(train_step(&mut m, &x, &y).is_finite());
+}
+
+#[test]
+fn bug005_blending_stage_channels_last_with_fix() {
+    let r = norm_registry();
+    let mut m = model_in_stage(&r, CnnHostConfig::default(), SLOT, isolated(), SeedStage::Blending);
+    m.step_epoch().unwrap();
+    assert!(m.slot(SLOT).unwrap().alpha() > 0.0, "blending with a non-zero alpha");
+    let (x, y) = batch(4, Device::Cpu);
+    assert!(train_step(&mut m, &x, &y).is_finite());
+}
+
+#[test]
+fn bug005_training_without_isolate_gradients_no_issue() {
+    let r = norm_registry();
+    let config = SlotConfig { isolate_gradients: false, ..Default::default() };
+    let mut m = model_in_stage(&r, CnnHostConfig::default(), SLOT, config, SeedStage::Training);
+    let (x, y) = batch(4, Device::Cpu);
+    assert!(train_step(&mut m, &x, &y).is_finite());
+}
+
+// ---- Isolation
+
+fn host_grads(m: &MorphogeneticModel) -> Vec<Tensor> {
+    m.host_parameters().iter().map(|p| p.grad().copy()).collect()
+}
+
+#[test]
+fn host_gradients_are_exactly_the_same_with_and_without_a_training_seed() {
+    let r = norm_registry();
+    let with_seed = model_in_stage(&r, CnnHostConfig::default(), SLOT, isolated(), SeedStage::Training);
+    let mut without = MorphogeneticModel::new(CnnHostConfig::default(), &[SLOT], isolated(), Device::Cpu).unwrap();
+    without.host_vars_mut().copy(with_seed.host_vars()).unwrap();
+    for p in with_seed.host_parameters().iter_mut().chain(without.host_parameters().iter_mut()) {
+        p.zero_grad();
+    }
+    let (x, y) = batch(8, Device::Cpu);
+    let out_with = with_seed.forward(&x, true).unwrap();
+    let out_without = without.forward(&x, true).unwrap();
+    assert!(out_with.equal(&out_without), "TRAINING forward equals the host exactly");
+    out_with.cross_entropy_for_logits(&y).backward();
+    out_without.cross_entropy_for_logits(&y).backward();
+    let (a, b) = (host_grads(&with_seed), host_grads(&without));
+    assert_eq!(a.len(), b.len());
+    for (i, (ga, gb)) in a.iter().zip(&b).enumerate() {
+        assert!(ga.equal(gb), "host parameter {i}: gradients differ");
+    }
+    // ... while the seed did learn something.
+    let seed_grad_total: f64 =
+        with_seed.seed_parameters().iter().map(|p| p.grad().abs().sum(Kind::Float).double_value(&[])).sum();
+    assert!(seed_grad_total > 0.0);
+}
+
+#[test]
+fn every_blend_runs_forward_and_backward_in_blending() {
+    let r = norm_registry();
+    for blend in [BlendAlgorithm::Add, BlendAlgorithm::Multiply, BlendAlgorithm::Gate] {
+        let config = SlotConfig { blend, ..Default::default() };
+        let mut m = model_in_stage(&r, CnnHostConfig::default(), SLOT, config, SeedStage::Blending);
+        m.step_epoch().unwrap();
+        let (x, y) = batch(4, Device::Cpu);
+        assert!(train_step(&mut m, &x, &y).is_finite(), "{blend:?}");
+        let gate_params = if blend == BlendAlgorithm::Gate { 4 } else { 0 };
+        assert_eq!(m.seed_parameters().len(), 3 + gate_params, "{blend:?}");
+    }
+}
+
+// ---- Model, germination and lifecycle through slots
+
+#[test]
+fn unknown_and_duplicate_slots_are_errors() {
+    let e =
+        MorphogeneticModel::new(CnnHostConfig::default(), &["r7c0"], SlotConfig::default(), Device::Cpu).err().unwrap();
+    assert_eq!(e.to_string(), "unknown slot `r7c0`; valid slots: r0c0, r1c0, r0c1, r1c1, r0c2, r1c2");
+    let e = MorphogeneticModel::new(CnnHostConfig::default(), &["r0c1", "r0c1"], SlotConfig::default(), Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(matches!(e, ModelError::DuplicateSlot(_)), "{e}");
+}
+
+#[test]
+fn slots_run_in_execution_order_and_report() {
+    let r = norm_registry();
+    let mut m =
+        MorphogeneticModel::new(CnnHostConfig::default(), &["r1c1", "r0c0"], SlotConfig::default(), Device::Cpu)
+            .unwrap();
+    let ids: Vec<_> = m.slots().iter().map(|s| (s.id().to_string(), s.channels())).collect();
+    assert_eq!(ids, vec![("r0c0".to_string(), 32), ("r1c1".to_string(), 64)]);
+    m.germinate(&r, "r1c1", "norm", "s1", &Value::Null).unwrap();
+    let report = m.report();
+    assert_eq!(report[0].stage, SeedStage::Dormant);
+    assert_eq!(report[1].stage, SeedStage::Germinated);
+    assert_eq!(report[1].stage_number, 2);
+    assert_eq!(report[1].seed_parameters, 64 + 64 + 1);
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json[1]["stage"], "GERMINATED");
+    assert_eq!(m.seed_parameters().len(), 3);
+    assert_eq!(m.host_parameters().len(), 3 * 3 + 2, "conv + bn weight/bias per block, head");
+}
+
+#[test]
+fn germination_probe_refuses_a_shape_changing_seed_and_keeps_the_slot() {
+    let mut r = norm_registry();
+    r.load(&plugin_lib("esper-fixture-broken")).unwrap();
+    let mut m = MorphogeneticModel::new(CnnHostConfig::default(), &[SLOT], SlotConfig::default(), Device::Cpu).unwrap();
+    let e = m.germinate(&r, SLOT, "shape-change", "s1", &Value::Null).err().unwrap();
+    assert_eq!(
+        e.to_string(),
+        "slot `r0c1`: blueprint `cnn:shape-change` changes the shape [1, 64, 32, 32] to [1, 64, 16, 16]; germination refused"
+    );
+    assert_eq!(m.slot(SLOT).unwrap().stage(), SeedStage::Dormant);
+    m.germinate(&r, SLOT, "norm", "s2", &Value::Null).unwrap();
+    // A second germination into an occupied slot is refused.
+    let e = m.germinate(&r, SLOT, "norm", "s3", &Value::Null).err().unwrap();
+    assert!(e.to_string().starts_with("slot `r0c1`:"), "{e}");
+}
+
+#[test]
+fn a_plugin_failure_in_forward_is_an_error_not_a_crash() {
+    let mut r = BlueprintRegistry::new();
+    r.load(&plugin_lib("esper-fixture-broken")).unwrap();
+    let mut m = MorphogeneticModel::new(CnnHostConfig::default(), &[SLOT], SlotConfig::default(), Device::Cpu).unwrap();
+    // The probe itself runs forward: the panic is contained and germination refused.
+    let e = m.germinate(&r, SLOT, "panic-forward", "s1", &Value::Null).err().unwrap();
+    assert!(e.to_string().contains("deliberate panic in forward"), "{e}");
+    assert_eq!(m.slot(SLOT).unwrap().stage(), SeedStage::Dormant);
+}
+
+#[test]
+fn prune_embargo_and_slot_recycling() {
+    let r = norm_registry();
+    let mut m = model_in_stage(&r, CnnHostConfig::default(), SLOT, isolated(), SeedStage::Training);
+    m.prune(SLOT, "test").unwrap();
+    assert_eq!(m.slot(SLOT).unwrap().stage(), SeedStage::Pruned);
+    assert!(m.seed_parameters().is_empty(), "a pruned seed's parameters leave the model");
+    m.step_epoch().unwrap();
+    assert_eq!(m.slot(SLOT).unwrap().stage(), SeedStage::Embargoed);
+    let e = m.germinate(&r, SLOT, "norm", "s2", &Value::Null).err().unwrap();
+    assert!(e.to_string().contains("slot `r0c1`"), "embargoed slot refuses germination: {e}");
+    let mut stages = Vec::new();
+    for _ in 0..EMBARGO_EPOCHS_AFTER_PRUNE + 1 {
+        m.step_epoch().unwrap();
+        stages.push(m.slot(SLOT).unwrap().stage());
+    }
+    let embargoed = stages.iter().filter(|s| **s == SeedStage::Embargoed).count() as u32;
+    assert_eq!(
+        embargoed + 1,
+        EMBARGO_EPOCHS_AFTER_PRUNE,
+        "embargo lasts {EMBARGO_EPOCHS_AFTER_PRUNE} epochs: {stages:?}"
+    );
+    assert_eq!(stages[stages.len() - 2..], [SeedStage::Resetting, SeedStage::Dormant]);
+    m.germinate(&r, SLOT, "norm", "s2", &Value::Null).unwrap();
+    assert_eq!(m.slot(SLOT).unwrap().stage(), SeedStage::Germinated);
+}
+
+#[test]
+fn fossilized_seeds_cannot_be_pruned() {
+    let r = norm_registry();
+    let mut m = model_in_stage(&r, CnnHostConfig::default(), SLOT, isolated(), SeedStage::Holding);
+    m.slot_mut(SLOT).unwrap().lifecycle_mut().metrics_mut().unwrap().set_counterfactual_contribution(Some(2.0));
+    let result = m.slot_mut(SLOT).unwrap().advance(&lenient_gates()).unwrap();
+    assert!(result.passed, "{result}");
+    assert_eq!(m.slot(SLOT).unwrap().stage(), SeedStage::Fossilized);
+    let e = m.prune(SLOT, "no").err().unwrap();
+    assert!(e.to_string().starts_with("slot `r0c1`:"), "{e}");
+    assert_eq!(m.slot(SLOT).unwrap().stage(), SeedStage::Fossilized);
+}
+
+#[test]
+fn counterfactual_forward_is_the_host_alone() {
+    let r = norm_registry();
+    let m = model_in_stage(&r, CnnHostConfig::default(), SLOT, isolated(), SeedStage::Holding);
+    // Make the seed matter: a large blend scale.
+    let scale = &m.slot(SLOT).unwrap().seed().unwrap().vars().variables()["scale"];
+    let _ = tch::no_grad(|| scale.shallow_clone().fill_(3.0));
+    let (x, _) = batch(4, Device::Cpu);
+    let full = m.forward(&x, false).unwrap();
+    let counterfactual = m.forward_counterfactual(&x, SLOT).unwrap();
+    let mut host_only = MorphogeneticModel::new(CnnHostConfig::default(), &[SLOT], isolated(), Device::Cpu).unwrap();
+    host_only.host_vars_mut().copy(m.host_vars()).unwrap();
+    let host = host_only.forward(&x, false).unwrap();
+    assert!(counterfactual.equal(&host), "alpha forced to 0 is the host");
+    assert!((full - &host).abs().max().double_value(&[]) > 1e-4, "the seed changes the output");
+}
+
+#[test]
+fn bug013_monitor_groups_per_device_and_measures_on_cpu() {
+    let r = norm_registry();
+    let mut m = model_in_stage(&r, CnnHostConfig::default(), SLOT, isolated(), SeedStage::Training);
+    let (x, y) = batch(4, Device::Cpu);
+    train_step(&mut m, &x, &y);
+    let slot = m.slot(SLOT).unwrap();
+    let monitor = slot.monitor().unwrap();
+    assert_eq!(monitor.devices(), (vec![Device::Cpu], vec![Device::Cpu]));
+    let s = monitor.sample().unwrap();
+    assert!(s.host_norm > 0.0 && s.seed_norm > 0.0);
+    assert_eq!(s.seed_param_norms.len(), 3);
+    let expected = (s.seed_norm / s.host_norm
+        * (m.host_parameters().iter().map(|p| p.numel()).sum::<usize>() as f64 / 129.0).sqrt())
+    .min(10.0);
+    assert!((s.ratio - expected).abs() < 1e-4 * expected.max(1.0), "{} vs {expected}", s.ratio);
+}
