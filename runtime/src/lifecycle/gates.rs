@@ -131,8 +131,10 @@ impl Checks {
     }
 }
 
-/// Thresholds and mode of the quality gates.
+/// Thresholds and mode of the quality gates (a config section: missing keys take the
+/// strict defaults, unknown keys are refused).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct QualityGates {
     pub mode: GateMode,
     pub min_training_improvement: f64,

@@ -54,11 +54,22 @@ pub struct SeedSlot {
     seed: Option<PluginSeed>,
     gate: Option<(nn::VarStore, GateNet)>,
     monitor: Option<GradientHealthMonitor>,
+    /// The blueprint options the seed was created with (kept for checkpoints).
+    options: serde_json::Value,
 }
 
 impl SeedSlot {
     pub fn new(id: &str, channels: i64, config: SlotConfig) -> Self {
-        Self { id: id.into(), channels, config, lifecycle: Lifecycle::new(id), seed: None, gate: None, monitor: None }
+        Self {
+            id: id.into(),
+            channels,
+            config,
+            lifecycle: Lifecycle::new(id),
+            seed: None,
+            gate: None,
+            monitor: None,
+            options: serde_json::Value::Null,
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -124,7 +135,7 @@ impl SeedSlot {
                 self.lifecycle_err(LifecycleError::SlotOccupied { slot_id: self.id.clone(), stage: self.stage() })
             );
         }
-        let seed = registry.create_seed(blueprint, self.channels, options, device)?;
+        let (seed, gate) = self.create_seed(registry, blueprint, options, device)?;
         let probe = Tensor::randn([1, self.channels, PROBE_SIZE, PROBE_SIZE], (Kind::Float, device));
         let out = tch::no_grad(|| seed.forward(&probe, false))?;
         if out.size() != probe.size() {
@@ -135,29 +146,99 @@ impl SeedSlot {
                 got: out.size(),
             });
         }
+        let schedule = BlendSchedule { curve: self.config.alpha_curve, tempo_epochs: self.config.blend_tempo };
+        self.lifecycle.germinate_with(seed_id, seed.key(), schedule).map_err(|e| self.lifecycle_err(e))?;
+        tracing::info!(event = "germinated", slot = %self.id, blueprint = seed.key(), seed_id, "germinated");
+        self.install(seed, gate, options.clone(), host_params);
+        Ok(())
+    }
+
+    fn create_seed(
+        &self,
+        registry: &BlueprintRegistry,
+        blueprint: &str,
+        options: &serde_json::Value,
+        device: Device,
+    ) -> Result<(PluginSeed, Option<(nn::VarStore, GateNet)>), ModelError> {
+        let seed = registry.create_seed(blueprint, self.channels, options, device)?;
         let gate = (self.config.blend == BlendAlgorithm::Gate).then(|| {
             let vs = nn::VarStore::new(device);
             let net = GateNet::new(&vs.root(), self.channels);
             (vs, net)
         });
-        let schedule = BlendSchedule { curve: self.config.alpha_curve, tempo_epochs: self.config.blend_tempo };
-        self.lifecycle.germinate_with(seed_id, seed.key(), schedule).map_err(|e| self.lifecycle_err(e))?;
+        Ok((seed, gate))
+    }
+
+    fn install(
+        &mut self,
+        seed: PluginSeed,
+        gate: Option<(nn::VarStore, GateNet)>,
+        options: serde_json::Value,
+        host_params: &[Tensor],
+    ) {
         let mut seed_params = seed.trainable();
         if let Some((vs, _)) = &gate {
             seed_params.extend(vs.trainable_variables());
         }
         self.monitor = Some(GradientHealthMonitor::new(host_params, &seed_params));
-        tracing::info!(slot = %self.id, blueprint = seed.key(), seed_id, "germinated");
         self.seed = Some(seed);
         self.gate = gate;
+        self.options = options;
+    }
+
+    /// Restores a checkpointed lifecycle: a live seed is re-created from its blueprint
+    /// (its parameters are loaded by the caller).
+    pub fn restore(
+        &mut self,
+        registry: &BlueprintRegistry,
+        lifecycle: Lifecycle,
+        options: serde_json::Value,
+        device: Device,
+        host_params: &[Tensor],
+    ) -> Result<(), ModelError> {
+        self.drop_seed();
+        let live = lifecycle.state().filter(|s| {
+            use SeedStage::*;
+            matches!(s.stage(), Germinated | Training | Blending | Holding | Fossilized)
+        });
+        if let Some(state) = live {
+            let (seed, gate) = self.create_seed(registry, state.blueprint_id(), &options, device)?;
+            self.install(seed, gate, options, host_params);
+        }
+        self.lifecycle = lifecycle;
         Ok(())
+    }
+
+    /// The blueprint options of the live seed (null when none).
+    pub fn options(&self) -> &serde_json::Value {
+        &self.options
+    }
+
+    /// Named runtime-owned tensors of the seed and its gate (`seed.*`, `gate.*`).
+    pub fn named_seed_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        if let Some(seed) = &self.seed {
+            out.extend(seed.vars().variables().into_iter().map(|(n, t)| (format!("seed.{n}"), t)));
+        }
+        if let Some((vs, _)) = &self.gate {
+            out.extend(vs.variables().into_iter().map(|(n, t)| (format!("gate.{n}"), t)));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// Evaluates the gate to the next stage and moves there if it passes.
     pub fn advance(&mut self, gates: &QualityGates) -> Result<GateResult, ModelError> {
         let from = self.stage();
         let result = self.lifecycle.advance(gates).map_err(|e| self.lifecycle_err(e))?;
-        tracing::info!(slot = %self.id, gate = ?result.gate, passed = result.passed, from = %from, to = %self.stage(), "gate evaluated");
+        let to = self.stage();
+        tracing::info!(event = "gate_evaluated", slot = %self.id, gate = ?result.gate, passed = result.passed, checks_failed = ?result.checks_failed, "gate evaluated");
+        if to != from {
+            tracing::info!(event = "stage_changed", slot = %self.id, from = %from, to = %to, "stage changed");
+            if to == SeedStage::Fossilized {
+                tracing::info!(event = "fossilized", slot = %self.id, "fossilized");
+            }
+        }
         Ok(result)
     }
 
@@ -165,7 +246,7 @@ impl SeedSlot {
     pub fn prune(&mut self, reason: &str) -> Result<StageChange, ModelError> {
         let change = self.lifecycle.prune(reason).map_err(|e| self.lifecycle_err(e))?;
         self.drop_seed();
-        tracing::info!(slot = %self.id, reason, "pruned");
+        tracing::info!(event = "pruned", slot = %self.id, reason, "pruned");
         Ok(change)
     }
 
@@ -176,7 +257,7 @@ impl SeedSlot {
             if c.to == SeedStage::Pruned {
                 self.drop_seed();
             }
-            tracing::info!(slot = %self.id, from = %c.from, to = %c.to, "stage changed");
+            tracing::info!(event = "stage_changed", slot = %self.id, from = %c.from, to = %c.to, "stage changed");
         }
         Ok(change)
     }
@@ -185,6 +266,7 @@ impl SeedSlot {
         self.seed = None;
         self.gate = None;
         self.monitor = None;
+        self.options = serde_json::Value::Null;
     }
 
     /// After backward: measures host and seed gradient norms (one read-back) and records

@@ -1,0 +1,46 @@
+//! The `esper` command line: one module per command family.
+
+mod config;
+mod plugins;
+mod run;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::{path::PathBuf, process::ExitCode};
+
+#[derive(Parser)]
+#[command(name = "esper", version, about = "The Esper morphogenetic seed runtime", propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a training job (the built-in default job when no CONFIG is given).
+    Run(run::RunArgs),
+    /// Inspect plugin libraries.
+    #[command(subcommand)]
+    Plugins(plugins::PluginsCommand),
+    /// Work with run configs.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+}
+
+/// The `norm` plugin built beside the running binary (`target/<profile>/libesper_norm.so`).
+pub fn default_plugin() -> Result<PathBuf> {
+    use anyhow::Context;
+    let exe = std::env::current_exe().context("cannot locate the esper binary")?;
+    let dir = exe.parent().context("the esper binary has no folder")?;
+    Ok(dir.join(format!("{}esper_norm.{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_EXTENSION)))
+}
+
+impl Cli {
+    pub fn run(self) -> Result<ExitCode> {
+        match self.command {
+            Command::Run(args) => args.run(),
+            Command::Plugins(cmd) => cmd.run(),
+            Command::Config(cmd) => cmd.run(),
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! `esper plugins list` and `esper plugins inspect`.
+
+use super::default_plugin;
+use crate::{plugin::BlueprintRegistry, telemetry};
+use anyhow::Result;
+use clap::Subcommand;
+use std::{path::PathBuf, process::ExitCode};
+use tch::Device;
+
+#[derive(Subcommand)]
+pub enum PluginsCommand {
+    /// List the blueprints of plugin libraries or folders (default: the built-in `norm`).
+    List { paths: Vec<PathBuf> },
+    /// Show a library's handshake and blueprints, with declared against actual
+    /// parameter counts for a channel count.
+    Inspect {
+        library: PathBuf,
+        /// Channel count the blueprints are instantiated with.
+        #[arg(long, default_value_t = 64)]
+        channels: i64,
+    },
+}
+
+impl PluginsCommand {
+    pub fn run(self) -> Result<ExitCode> {
+        telemetry::init("warn", None)?;
+        match self {
+            PluginsCommand::Inspect { library, channels } => {
+                let mut registry = BlueprintRegistry::new();
+                registry.load(&library)?;
+                let plugin = registry.plugins().next().expect("one plugin loaded");
+                let h = plugin.handshake();
+                println!("plugin   {} {} ({})", h.plugin_name, h.plugin_version, plugin.path().display());
+                println!("built with plugin API {}, libtorch {}, tch {}", h.plugin_api, h.libtorch, h.tch);
+                for (key, d, _) in registry.list() {
+                    let actual = match registry.create_seed(key, channels, &serde_json::Value::Null, Device::Cpu) {
+                        Ok(seed) => seed.num_parameters().to_string(),
+                        Err(e) => format!("cannot create: {e}"),
+                    };
+                    println!("  {key:<24} {}", d.description);
+                    println!(
+                        "  {:<24} parameters at {channels} channels: declared ~{}, actual {actual}",
+                        "", d.param_estimate
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            PluginsCommand::List { paths } => {
+                let mut registry = BlueprintRegistry::new();
+                let paths = if paths.is_empty() { vec![default_plugin()?] } else { paths };
+                for p in &paths {
+                    registry.load(p)?;
+                }
+                for (key, d, lib) in registry.list() {
+                    println!("{key:<24} ~{:<8} {:<60} {}", d.param_estimate, d.description, lib.display());
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Plugin entries of the run config, with their optional sha256.
+
+use super::ConfigError;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSource {
+    /// A plugin library or a folder of them.
+    pub path: PathBuf,
+    /// Hex sha256 of the library file, checked before it is opened.
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+/// Hex sha256 of a file.
+pub fn sha256_hex(path: &Path) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl PluginSource {
+    /// The file exists and, when a sha256 is given, matches it.
+    pub fn check(&self, config: &Path) -> Result<(), ConfigError> {
+        if !self.path.exists() {
+            return Err(ConfigError::MissingPlugin { path: config.to_path_buf(), plugin: self.path.clone() });
+        }
+        let Some(expected) = &self.sha256 else { return Ok(()) };
+        let invalid = |message: String| ConfigError::Invalid { path: config.to_path_buf(), message };
+        if self.path.is_dir() {
+            return Err(invalid(format!(
+                "plugin {}: a sha256 can only be given for a file, not a folder",
+                self.path.display()
+            )));
+        }
+        let actual = sha256_hex(&self.path)
+            .map_err(|e| invalid(format!("plugin {}: cannot read it: {e}", self.path.display())))?;
+        if !actual.eq_ignore_ascii_case(expected.trim()) {
+            return Err(ConfigError::Sha256Mismatch {
+                path: config.to_path_buf(),
+                plugin: self.path.clone(),
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+}

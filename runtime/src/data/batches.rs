@@ -1,0 +1,242 @@
+//! One epoch of mini-batches over a split.
+
+use super::rng::Rng;
+use super::Split;
+use tch::{Device, Kind, Tensor};
+
+/// Stream ids under the epoch seed, so shuffling and flipping draw independent numbers.
+const SHUFFLE_STREAM: u64 = 1;
+const FLIP_STREAM: u64 = 2;
+
+/// An iterator over one epoch of `(images, labels)` batches of a [`Split`]: images f32
+/// `(B, C, H, W)`, labels i64 `(B)`, on the target device. Every example appears exactly
+/// once per epoch; all batches have `batch_size` examples except perhaps the last.
+///
+/// Made by [`Split::batches`]: in order, or in a permutation determined by a seed. Each batch is gathered with one `index_select` where the split
+/// lives, then moved to the target device (non-blocking; a no-op when it is already
+/// there). For CUDA, moving the whole data set once with [`super::Dataset::to_device`]
+/// avoids host-to-device copies altogether. In-order batches of a split already on the
+/// target device are views of it: do not modify them in place.
+///
+/// The iterator holds shallow clones of the split's tensors, so it borrows nothing.
+#[derive(Debug)]
+pub struct Batches {
+    images: Tensor,
+    labels: Tensor,
+    /// The epoch's example order; `None` is `0..len` (batches are then slices).
+    order: Option<Vec<i64>>,
+    /// Per example (by index in the split): whether to flip it horizontally.
+    flips: Option<Vec<bool>>,
+    seed: u64,
+    len: usize,
+    batch_size: usize,
+    device: Device,
+    next: usize,
+}
+
+impl Batches {
+    pub(super) fn new(split: &Split, batch_size: i64, shuffle: Option<u64>, device: Device) -> Self {
+        assert!(batch_size > 0, "batch size must be at least 1, got {batch_size}");
+        let batch_size = batch_size as usize;
+        let len = split.len();
+        let seed = shuffle.unwrap_or(0);
+        let order = shuffle.map(|seed| Rng::stream(seed, &[SHUFFLE_STREAM]).permutation(len));
+        Self {
+            images: split.images().shallow_clone(),
+            labels: split.labels().shallow_clone(),
+            order,
+            flips: None,
+            seed,
+            len,
+            batch_size,
+            device,
+            next: 0,
+        }
+    }
+
+    /// With `on`, flips each example horizontally with probability 1/2, decided by the
+    /// shuffle seed (0 for in-order batches): the same every time for the same seed,
+    /// different for another. A data augmentation for training splits; off by default.
+    pub fn with_hflip(mut self, on: bool) -> Self {
+        self.flips = on.then(|| {
+            let mut rng = Rng::stream(self.seed, &[FLIP_STREAM]);
+            (0..self.len).map(|_| rng.coin()).collect()
+        });
+        self
+    }
+
+    /// Batches in the whole epoch (the iterator's `len()` is what remains).
+    pub fn num_batches(&self) -> usize {
+        self.len.div_ceil(self.batch_size)
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// Examples in the epoch.
+    pub fn num_examples(&self) -> usize {
+        self.len
+    }
+}
+
+impl Iterator for Batches {
+    type Item = (Tensor, Tensor);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.len {
+            return None;
+        }
+        let (start, end) = (self.next, (self.next + self.batch_size).min(self.len));
+        self.next = end;
+        let (x, y) = match &self.order {
+            None => {
+                let n = (end - start) as i64;
+                (self.images.narrow(0, start as i64, n), self.labels.narrow(0, start as i64, n))
+            }
+            Some(order) => {
+                let index = Tensor::from_slice(&order[start..end]).to_device(self.images.device());
+                (self.images.index_select(0, &index), self.labels.index_select(0, &index))
+            }
+        };
+        let mut x = x.to_device_(self.device, Kind::Float, true, false);
+        let y = y.to_device_(self.device, Kind::Int64, true, false);
+        if let Some(flips) = &self.flips {
+            let mask: Vec<bool> = match &self.order {
+                None => flips[start..end].to_vec(),
+                Some(order) => order[start..end].iter().map(|&i| flips[i as usize]).collect(),
+            };
+            if mask.iter().any(|&f| f) {
+                let mask = Tensor::from_slice(&mask).to_device(self.device).view([-1, 1, 1, 1]);
+                x = x.flip([3i64]).where_self(&mask, &x);
+            }
+        }
+        Some((x, y))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = (self.len - self.next).div_ceil(self.batch_size);
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for Batches {}
+
+#[cfg(test)]
+mod tests {
+    use super::super::epoch_seed;
+    use super::*;
+
+    /// `n` examples; example i has label i and pixel (c, h, w) = 1000 i + w.
+    fn indexed_split(n: i64) -> Split {
+        let w = Tensor::arange(32, (Kind::Float, Device::Cpu)).view([1, 1, 1, 32]);
+        let i = Tensor::arange(n, (Kind::Float, Device::Cpu)).view([n, 1, 1, 1]) * 1000.0;
+        let images = (w + i).expand([n, 3, 32, 32], false).contiguous();
+        Split::new(images, Tensor::arange(n, (Kind::Int64, Device::Cpu))).unwrap()
+    }
+
+    fn labels_of(batches: Batches) -> Vec<Vec<i64>> {
+        batches.map(|(_, y)| Vec::<i64>::try_from(&y).unwrap()).collect()
+    }
+
+    #[test]
+    fn in_order_covers_all_with_partial_last_batch() {
+        let s = indexed_split(10);
+        let b = s.batches(4, None, Device::Cpu);
+        assert_eq!((b.num_batches(), b.len(), b.num_examples(), b.batch_size()), (3, 3, 10, 4));
+        let batches: Vec<_> = b.collect();
+        assert_eq!(batches.len(), 3);
+        let sizes: Vec<_> = batches.iter().map(|(x, y)| (x.size(), y.size())).collect();
+        assert_eq!(sizes[0], (vec![4, 3, 32, 32], vec![4]));
+        assert_eq!(sizes[2], (vec![2, 3, 32, 32], vec![2]));
+        let labels: Vec<i64> = batches.iter().flat_map(|(_, y)| Vec::<i64>::try_from(y).unwrap()).collect();
+        assert_eq!(labels, (0..10).collect::<Vec<_>>());
+        // Images travel with their labels.
+        for (x, y) in &batches {
+            let want = y.to_kind(Kind::Float) * 1000.0;
+            assert!(x.select(3, 0).select(2, 5).select(1, 2).allclose(&want, 0.0, 0.0, false));
+        }
+        // Batch size larger than the split: one batch.
+        assert_eq!(labels_of(s.batches(64, None, Device::Cpu)), vec![(0..10).collect::<Vec<_>>()]);
+    }
+
+    #[test]
+    fn shuffled_is_a_permutation_reproducible_and_epoch_dependent() {
+        let s = indexed_split(103);
+        let flat = |b: Batches| -> Vec<i64> { labels_of(b).concat() };
+        let e0 = flat(s.batches(16, Some(epoch_seed(7, 0)), Device::Cpu));
+        let mut sorted = e0.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..103).collect::<Vec<_>>(), "every example exactly once");
+        assert_ne!(e0, (0..103).collect::<Vec<_>>(), "shuffled");
+        assert_eq!(e0, flat(s.batches(16, Some(epoch_seed(7, 0)), Device::Cpu)), "reproducible");
+        // The order does not depend on the batch size.
+        assert_eq!(e0, flat(s.batches(5, Some(epoch_seed(7, 0)), Device::Cpu)));
+        let e1 = flat(s.batches(16, Some(epoch_seed(7, 1)), Device::Cpu));
+        assert_ne!(e0, e1, "differs between epochs");
+        let mut sorted = e1.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..103).collect::<Vec<_>>());
+        assert_ne!(e0, flat(s.batches(16, Some(epoch_seed(8, 0)), Device::Cpu)), "differs between seeds");
+        let sizes: Vec<i64> = s.batches(16, Some(epoch_seed(7, 0)), Device::Cpu).map(|(_, y)| y.size()[0]).collect();
+        assert_eq!(sizes, vec![16, 16, 16, 16, 16, 16, 7]);
+        // Images still travel with their labels.
+        for (x, y) in s.batches(16, Some(epoch_seed(7, 0)), Device::Cpu) {
+            let want = y.to_kind(Kind::Float) * 1000.0 + 31.0;
+            assert!(x.select(3, 31).select(2, 0).select(1, 1).allclose(&want, 0.0, 0.0, false));
+        }
+    }
+
+    #[test]
+    fn hflip_is_deterministic_and_keeps_labels() {
+        let s = indexed_split(200);
+        let flipped_ids = |epoch: u64| -> Vec<i64> {
+            let mut ids = Vec::new();
+            for (x, y) in s.batches(32, Some(epoch_seed(3, epoch)), Device::Cpu).with_hflip(true) {
+                let y = Vec::<i64>::try_from(&y).unwrap();
+                let first_col = Vec::<f32>::try_from(&x.select(1, 0).select(1, 0).select(1, 0)).unwrap();
+                for (label, v) in y.iter().zip(first_col) {
+                    let base = *label as f32 * 1000.0;
+                    // Column 0 holds w = 0 when unflipped and w = 31 when flipped.
+                    assert!(v == base || v == base + 31.0, "example {label}: {v}");
+                    if v == base + 31.0 {
+                        ids.push(*label);
+                    }
+                }
+            }
+            ids.sort_unstable();
+            ids
+        };
+        let e0 = flipped_ids(0);
+        assert!((60..140).contains(&e0.len()), "about half flipped: {}", e0.len());
+        assert_eq!(e0, flipped_ids(0));
+        assert_ne!(e0, flipped_ids(1));
+        // Off: nothing flipped; and in-order batches can flip too.
+        let unflipped = s.batches(50, None, Device::Cpu).with_hflip(false).all(|(x, y)| {
+            x.select(3, 0).select(2, 0).select(1, 0).allclose(&(y.to_kind(Kind::Float) * 1000.0), 0.0, 0.0, false)
+        });
+        assert!(unflipped);
+        let n: i64 = s
+            .batches(50, None, Device::Cpu)
+            .with_hflip(true)
+            .map(|(x, _)| {
+                x.select(3, 0).select(2, 0).select(1, 0).remainder(1000.0).eq(31.0).sum(Kind::Int64).int64_value(&[])
+            })
+            .sum();
+        assert!((60..140).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn empty_split_yields_nothing() {
+        let s = indexed_split(0);
+        let b = s.batches(8, Some(epoch_seed(0, 0)), Device::Cpu);
+        assert_eq!(b.num_batches(), 0);
+        assert_eq!(b.count(), 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "batch size must be at least 1")]
+    fn zero_batch_size_panics() {
+        let _ = indexed_split(3).batches(0, None, Device::Cpu);
+    }
+}

@@ -1,0 +1,371 @@
+//! The training job: host and seed optimizers, validation, gradient telemetry,
+//! counterfactual contributions, the lifecycle controller, checkpoints and the report.
+
+pub mod checkpoint;
+pub mod controller;
+pub mod optim;
+pub mod report;
+
+use crate::{
+    config::{sha256_hex, RunConfig},
+    data::Dataset,
+    lifecycle::{Lifecycle, SeedStage},
+    model::MorphogeneticModel,
+    plugin::BlueprintRegistry,
+};
+use anyhow::{bail, Context, Result};
+use controller::{Action, Controller};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use optim::Optimizer;
+use report::{EpochRecord, SlotRecord};
+use serde::{Deserialize, Serialize};
+use std::{collections::BTreeMap, path::PathBuf, time::Instant};
+use tch::{Device, Kind, Tensor};
+
+/// What a checkpoint's `state.json` holds besides tensors.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedState {
+    format: u32,
+    epoch: u32,
+    config: RunConfig,
+    /// Each loaded plugin file with its sha256 at checkpoint time.
+    plugins: Vec<(PathBuf, String)>,
+    slots: Vec<SavedSlot>,
+    history: Vec<EpochRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedSlot {
+    lifecycle: Lifecycle,
+    options: serde_json::Value,
+}
+
+pub struct Trainer {
+    config: RunConfig,
+    registry: BlueprintRegistry,
+    model: MorphogeneticModel,
+    data: Dataset,
+    host_opt: Optimizer,
+    seed_opts: BTreeMap<String, Optimizer>,
+    controller: Controller,
+    history: Vec<EpochRecord>,
+    device: Device,
+}
+
+impl Trainer {
+    /// Loads the plugins and data and builds the model of `config`.
+    pub fn new(config: RunConfig) -> Result<Self> {
+        let mut registry = BlueprintRegistry::new();
+        for p in &config.plugins {
+            registry.load(&p.path)?;
+        }
+        let device = config.device.resolve().map_err(anyhow::Error::msg)?;
+        // libtorch's generator drives parameter init (and is re-seeded every epoch), so
+        // the same config gives the same run, and a resumed one continues it exactly.
+        tch::manual_seed(config.training.seed as i64);
+        let slots: Vec<&str> = config.slots.iter().map(String::as_str).collect();
+        let model = MorphogeneticModel::new(config.host.clone(), &slots, config.lifecycle.slot_config(), device)?;
+        let data = config.data.load().context("loading the data set")?;
+        let host_opt = Optimizer::new(config.training.host_optimizer, model.host_parameters());
+        let controller = Controller::new(config.lifecycle.controller.clone(), config.lifecycle.schedule.clone());
+        tracing::info!(device = ?device, train = data.train.len(), val = data.val.len(), slots = ?config.slots, "run prepared");
+        Ok(Self {
+            config,
+            registry,
+            model,
+            data,
+            host_opt,
+            seed_opts: BTreeMap::new(),
+            controller,
+            history: Vec::new(),
+            device,
+        })
+    }
+
+    /// Continues the run whose output folder (or checkpoint) is `dir`.
+    pub fn resume(dir: &std::path::Path) -> Result<Self> {
+        let ckpt = checkpoint::Reader::open(dir)?;
+        let saved: SavedState = ckpt.json(checkpoint::STATE)?;
+        for (path, sha) in &saved.plugins {
+            if !path.exists() {
+                bail!("cannot resume from {}: plugin {} is missing", ckpt.dir().display(), path.display());
+            }
+            let now = sha256_hex(path).with_context(|| format!("reading plugin {}", path.display()))?;
+            if &now != sha {
+                bail!(
+                    "cannot resume from {}: plugin {} changed since the checkpoint (sha256 {sha} then, {now} now)",
+                    ckpt.dir().display(),
+                    path.display()
+                );
+            }
+        }
+        let mut trainer = Self::new(saved.config)?;
+        let (device, host_params) = (trainer.device, trainer.model.host_parameters());
+        if saved.slots.len() != trainer.model.slots().len() {
+            bail!(
+                "checkpoint {} has {} slots, the config {}",
+                ckpt.dir().display(),
+                saved.slots.len(),
+                trainer.model.slots().len()
+            );
+        }
+        for (slot, s) in trainer.model.slots_mut().iter_mut().zip(saved.slots) {
+            slot.restore(&trainer.registry, s.lifecycle, s.options, device, &host_params)?;
+        }
+        ckpt.load_vars("host.safetensors", &checkpoint::named(trainer.model.host_vars()))?;
+        trainer.host_opt.load_state(&ckpt.tensors("optim-host.safetensors")?).map_err(anyhow::Error::msg)?;
+        trainer.sync_seed_optimizers();
+        for slot in trainer.model.slots() {
+            let named = slot.named_seed_tensors();
+            if named.is_empty() {
+                continue;
+            }
+            ckpt.load_vars(&format!("slot-{}.safetensors", slot.id()), &named)?;
+            let state = ckpt.tensors(&format!("optim-{}.safetensors", slot.id()))?;
+            trainer
+                .seed_opts
+                .get_mut(slot.id())
+                .expect("optimizer for a live seed")
+                .load_state(&state)
+                .map_err(anyhow::Error::msg)?;
+        }
+        trainer.history = saved.history;
+        tracing::info!(checkpoint = %ckpt.dir().display(), epoch = saved.epoch, "resumed");
+        Ok(trainer)
+    }
+
+    pub fn model(&self) -> &MorphogeneticModel {
+        &self.model
+    }
+    pub fn history(&self) -> &[EpochRecord] {
+        &self.history
+    }
+    pub fn config(&self) -> &RunConfig {
+        &self.config
+    }
+
+    /// Runs up to this epoch (to extend a resumed run).
+    pub fn set_epochs(&mut self, epochs: u32) {
+        self.config.training.epochs = epochs;
+    }
+
+    /// Runs the remaining epochs.
+    pub fn run(&mut self, progress: &MultiProgress) -> Result<()> {
+        let total = self.config.training.epochs;
+        let start = self.history.last().map_or(0, |r| r.epoch);
+        if start == 0 {
+            self.act(0, &mut Vec::new()); // scheduled germinations for epoch 1
+        }
+        let epochs_bar = progress.add(ProgressBar::new(total as u64));
+        epochs_bar.set_style(ProgressStyle::with_template("epochs  {bar:30} {pos}/{len} {msg}")?);
+        epochs_bar.set_position(start as u64);
+        for epoch in start + 1..=total {
+            let record = self.epoch(epoch, progress)?;
+            epochs_bar.set_position(epoch as u64);
+            epochs_bar.set_message(format!("val {:.1}%", record.val_accuracy));
+            if self.config.output.checkpoint {
+                self.save_checkpoint(epoch)?;
+            }
+        }
+        epochs_bar.finish_and_clear();
+        Ok(())
+    }
+
+    fn epoch(&mut self, epoch: u32, progress: &MultiProgress) -> Result<EpochRecord> {
+        let started = Instant::now();
+        tch::manual_seed(self.config.training.seed as i64 * 1_000_003 + epoch as i64);
+        let cfg = &self.config.training;
+        let batches = self.data.train.batches(cfg.batch_size, Some(cfg.seed.wrapping_add(epoch as u64)), self.device);
+        let n_batches = batches.len();
+        let bar = progress.add(ProgressBar::new(n_batches as u64));
+        bar.set_style(ProgressStyle::with_template("batches {bar:30} {pos}/{len}")?);
+        let (mut loss_sum, mut correct, mut seen) =
+            (Tensor::zeros([], (Kind::Float, self.device)), Tensor::zeros([], (Kind::Int64, self.device)), 0i64);
+        for (i, (x, y)) in batches.enumerate() {
+            let logits = self.model.forward(&x, true)?;
+            let loss = logits.cross_entropy_for_logits(&y);
+            self.host_opt.zero_grad();
+            self.seed_opts.values_mut().for_each(Optimizer::zero_grad);
+            loss.backward();
+            if i % cfg.gradient_every == 0 || i + 1 == n_batches {
+                self.model.capture_gradients();
+            }
+            self.host_opt.step();
+            self.seed_opts.values_mut().for_each(Optimizer::step);
+            let n = y.size()[0];
+            loss_sum += loss.detach() * n as f64;
+            correct += logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64);
+            seen += n;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let train_loss = loss_sum.double_value(&[]) / seen.max(1) as f64;
+        let train_accuracy = 100.0 * correct.int64_value(&[]) as f64 / seen.max(1) as f64;
+        let (val_loss, val_accuracy) = self.evaluate(None)?;
+
+        // Metrics for each live seed: accuracy, and the counterfactual contribution
+        // (alpha forced to 0) once the seed affects the output.
+        let mut contributions = BTreeMap::new();
+        let ids: Vec<String> = self.model.slots().iter().map(|s| s.id().to_string()).collect();
+        for id in &ids {
+            let stage = self.model.slot(id)?.stage();
+            let contribution = if matches!(stage, SeedStage::Blending | SeedStage::Holding | SeedStage::Fossilized) {
+                Some(val_accuracy - self.evaluate(Some(id))?.1)
+            } else {
+                None
+            };
+            let slot = self.model.slot_mut(id)?;
+            slot.lifecycle_mut().record_accuracy(val_accuracy);
+            if let (Some(c), Some(m)) = (contribution, slot.lifecycle_mut().metrics_mut()) {
+                m.set_counterfactual_contribution(Some(c));
+            }
+            contributions.insert(id.clone(), contribution);
+        }
+        let mut events = Vec::new();
+        for slot in self.model.slots_mut() {
+            let id = slot.id().to_string();
+            if let Some(c) = slot.step_epoch()? {
+                events.push(format!("{id}: {} -> {}", c.from, c.to));
+            }
+        }
+        self.act(epoch, &mut events);
+
+        let slots = self
+            .model
+            .slots()
+            .iter()
+            .map(|s| SlotRecord {
+                slot: s.id().into(),
+                stage: s.stage(),
+                alpha: s.alpha(),
+                contribution: contributions[s.id()],
+            })
+            .collect();
+        let record = EpochRecord {
+            epoch,
+            train_loss,
+            train_accuracy,
+            val_loss,
+            val_accuracy,
+            seconds: started.elapsed().as_secs_f64(),
+            slots,
+            events,
+        };
+        tracing::info!(
+            event = "epoch",
+            epoch,
+            train_loss,
+            train_accuracy,
+            val_loss,
+            val_accuracy,
+            slots = %serde_json::to_string(&record.slots)?,
+            "epoch {epoch}: train loss {train_loss:.4}, val accuracy {val_accuracy:.2}%"
+        );
+        self.history.push(record.clone());
+        Ok(record)
+    }
+
+    /// The controller's decisions, applied. A failing action (a plugin that fails to
+    /// create, a probe refusal) is reported and the run goes on.
+    fn act(&mut self, epoch: u32, events: &mut Vec<String>) {
+        let val: Vec<f64> = self.history.iter().map(|r| r.val_accuracy).collect();
+        let gates = self.config.lifecycle.gates.clone();
+        for action in self.controller.decide(epoch, &val, &self.model) {
+            let outcome = match &action {
+                Action::Germinate { slot, blueprint, options, seed_id } => self
+                    .model
+                    .germinate(&self.registry, slot, blueprint, seed_id, options)
+                    .map(|()| format!("{slot}: germinated {blueprint}")),
+                Action::Advance { slot } => self.model.slot_mut(slot).and_then(|s| {
+                    let from = s.stage();
+                    let r = s.advance(&gates)?;
+                    Ok(if r.passed { format!("{slot}: {from} -> {}", s.stage()) } else { String::new() })
+                }),
+                Action::Prune { slot, reason } => {
+                    self.model.prune(slot, reason).map(|()| format!("{slot}: pruned ({reason})"))
+                }
+            };
+            match outcome {
+                Ok(e) if !e.is_empty() => events.push(e),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(action = ?action, error = %e, "lifecycle action failed");
+                    events.push(format!("failed: {e}"));
+                }
+            }
+        }
+        self.sync_seed_optimizers();
+    }
+
+    /// One optimizer per live seed: created at germination, dropped with the seed.
+    fn sync_seed_optimizers(&mut self) {
+        let live: Vec<(String, Vec<Tensor>)> = self
+            .model
+            .slots()
+            .iter()
+            .filter(|s| s.seed().is_some())
+            .map(|s| (s.id().to_string(), s.seed_parameters()))
+            .collect();
+        self.seed_opts.retain(|id, _| live.iter().any(|(l, _)| l == id));
+        for (id, params) in live {
+            self.seed_opts.entry(id).or_insert_with(|| Optimizer::new(self.config.training.seed_optimizer, params));
+        }
+    }
+
+    /// Validation loss and accuracy (%), eval mode; with `bypass`, that slot's alpha is
+    /// forced to 0 (the counterfactual).
+    fn evaluate(&self, bypass: Option<&str>) -> Result<(f64, f64)> {
+        tch::no_grad(|| {
+            let (mut loss, mut correct, mut seen) = (0.0, 0i64, 0i64);
+            for (x, y) in self.data.val.batches(256, None, self.device) {
+                let logits = match bypass {
+                    Some(id) => self.model.forward_counterfactual(&x, id)?,
+                    None => self.model.forward(&x, false)?,
+                };
+                let n = y.size()[0];
+                loss += logits.cross_entropy_for_logits(&y).double_value(&[]) * n as f64;
+                correct += logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
+                seen += n;
+            }
+            Ok((loss / seen.max(1) as f64, 100.0 * correct as f64 / seen.max(1) as f64))
+        })
+    }
+
+    fn save_checkpoint(&self, epoch: u32) -> Result<()> {
+        let w = checkpoint::Writer::begin(&self.config.output.dir, epoch)?;
+        w.tensors("host.safetensors", &checkpoint::named(self.model.host_vars()))?;
+        w.tensors("optim-host.safetensors", &self.host_opt.state_tensors())?;
+        for slot in self.model.slots() {
+            let named = slot.named_seed_tensors();
+            if !named.is_empty() {
+                w.tensors(&format!("slot-{}.safetensors", slot.id()), &named)?;
+                w.tensors(&format!("optim-{}.safetensors", slot.id()), &self.seed_opts[slot.id()].state_tensors())?;
+            }
+        }
+        let plugins = self
+            .registry
+            .plugins()
+            .map(|p| Ok((p.path().to_path_buf(), sha256_hex(p.path())?)))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let slots = self
+            .model
+            .slots()
+            .iter()
+            .map(|s| SavedSlot { lifecycle: s.lifecycle().clone(), options: s.options().clone() })
+            .collect();
+        w.json(
+            checkpoint::STATE,
+            &SavedState {
+                format: 1,
+                epoch,
+                config: self.config.clone(),
+                plugins,
+                slots,
+                history: self.history.clone(),
+            },
+        )?;
+        let dir = w.commit()?;
+        tracing::debug!(checkpoint = %dir.display(), "checkpoint written");
+        Ok(())
+    }
+}

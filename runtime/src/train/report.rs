@@ -1,0 +1,166 @@
+//! The end-of-run report: a per-epoch table on stdout, the same as JSON, and a plot
+//! of validation accuracy and each slot's alpha against epoch (PNG, plotters).
+
+use crate::lifecycle::SeedStage;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::{fmt::Write as _, path::Path};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlotRecord {
+    pub slot: String,
+    pub stage: SeedStage,
+    pub alpha: f64,
+    /// Counterfactual contribution in accuracy points (when measured this epoch).
+    pub contribution: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: u32,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    pub seconds: f64,
+    pub slots: Vec<SlotRecord>,
+    /// Lifecycle events of this epoch, in order ("r0c1: germinated norm", ...).
+    pub events: Vec<String>,
+}
+
+/// The table printed at the end of a run.
+pub fn table(history: &[EpochRecord]) -> String {
+    let mut out = String::new();
+    let slots: Vec<&str> =
+        history.first().map(|r| r.slots.iter().map(|s| s.slot.as_str()).collect()).unwrap_or_default();
+    let _ = write!(out, "{:>5} {:>10} {:>9} {:>9} {:>8}", "epoch", "train_loss", "train_acc", "val_loss", "val_acc");
+    for s in &slots {
+        let _ = write!(out, "  {:<18}", format!("{s} stage/alpha"));
+    }
+    out.push('\n');
+    for r in history {
+        let _ = write!(
+            out,
+            "{:>5} {:>10.4} {:>8.2}% {:>9.4} {:>7.2}%",
+            r.epoch, r.train_loss, r.train_accuracy, r.val_loss, r.val_accuracy
+        );
+        for s in &r.slots {
+            let _ = write!(out, "  {:<18}", format!("{} {:.2}", s.stage, s.alpha));
+        }
+        if !r.events.is_empty() {
+            let _ = write!(out, "  {}", r.events.join("; "));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+pub fn write_json(path: &Path, history: &[EpochRecord], final_slots: &serde_json::Value) -> Result<()> {
+    let report = serde_json::json!({ "epochs": history, "final_slots": final_slots });
+    std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A font for the plot's labels, if this machine has one of the usual ones.
+fn find_font() -> Option<Vec<u8>> {
+    const CANDIDATES: [&str; 4] = [
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+        "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    ];
+    CANDIDATES.iter().find_map(|p| std::fs::read(p).ok())
+}
+
+/// Plots validation accuracy (left axis, %) and each slot's alpha (scaled to 0-100)
+/// against epoch. Without a system font the plot is drawn without text (and says so
+/// in the returned note).
+pub fn plot(path: &Path, history: &[EpochRecord]) -> Result<Option<&'static str>> {
+    use plotters::prelude::*;
+    let labelled = match find_font() {
+        Some(bytes) => {
+            let leaked: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font("sans-serif", FontStyle::Normal, leaked).is_ok()
+        }
+        None => false,
+    };
+    let root = BitMapBackend::new(path, (960, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let epochs = history.last().map_or(1, |r| r.epoch).max(1);
+    let mut builder = ChartBuilder::on(&root);
+    builder.margin(20);
+    if labelled {
+        builder
+            .caption("validation accuracy and seed alpha", ("sans-serif", 22))
+            .x_label_area_size(40)
+            .y_label_area_size(50);
+    }
+    let mut chart = builder.build_cartesian_2d(0u32..epochs, 0f64..100f64)?;
+    if labelled {
+        chart.configure_mesh().x_desc("epoch").y_desc("accuracy % / alpha x 100").draw()?;
+    }
+    let acc = LineSeries::new(history.iter().map(|r| (r.epoch, r.val_accuracy)), BLUE.stroke_width(2));
+    let s = chart.draw_series(acc)?;
+    if labelled {
+        s.label("val accuracy").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    }
+    let colors = [RED, GREEN, MAGENTA, CYAN, BLACK];
+    let slot_names: Vec<String> =
+        history.first().map(|r| r.slots.iter().map(|s| s.slot.clone()).collect()).unwrap_or_default();
+    for (i, name) in slot_names.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let points =
+            history.iter().filter_map(|r| r.slots.iter().find(|s| &s.slot == name).map(|s| (r.epoch, s.alpha * 100.0)));
+        let s = chart.draw_series(LineSeries::new(points, color.stroke_width(2)))?;
+        if labelled {
+            s.label(format!("{name} alpha")).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+    }
+    if labelled {
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    }
+    root.present().with_context(|| format!("writing {}", path.display()))?;
+    Ok((!labelled).then_some("no system font found: the plot has no labels"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows() -> Vec<EpochRecord> {
+        (1..=3)
+            .map(|e| EpochRecord {
+                epoch: e,
+                train_loss: 1.0 / e as f64,
+                train_accuracy: 10.0 * e as f64,
+                val_loss: 1.0,
+                val_accuracy: 20.0 * e as f64,
+                seconds: 1.0,
+                slots: vec![SlotRecord {
+                    slot: "r0c1".into(),
+                    stage: SeedStage::Blending,
+                    alpha: e as f64 / 3.0,
+                    contribution: None,
+                }],
+                events: if e == 2 { vec!["r0c1: advanced to BLENDING".into()] } else { vec![] },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn table_has_a_row_per_epoch_with_slot_columns() {
+        let t = table(&rows());
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert!(lines[0].contains("r0c1 stage/alpha"));
+        assert!(lines[2].contains("BLENDING 0.67") && lines[2].contains("advanced to BLENDING"), "{}", lines[2]);
+    }
+
+    #[test]
+    fn plot_writes_a_png() {
+        let path = std::env::temp_dir().join(format!("esper-plot-{}.png", std::process::id()));
+        plot(&path, &rows()).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+        let _ = std::fs::remove_file(path);
+    }
+}

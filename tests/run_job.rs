@@ -1,0 +1,281 @@
+//! The training job through the config file, the `esper` binary and the library:
+//! config errors, a short end-to-end run, resume equivalence, checkpoint safety and
+//! the CIFAR-10 loader wiring.
+
+use esper_runtime::{
+    config::{sha256_hex, RunConfig},
+    lifecycle::SeedStage,
+    train::Trainer,
+};
+use esper_tests::{plugin_lib, target_dir, temp_dir};
+use indicatif::{MultiProgress, ProgressDrawTarget};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+fn esper() -> Command {
+    let bin = target_dir().join("esper");
+    assert!(bin.is_file(), "{} is not built (cargo build --workspace)", bin.display());
+    let mut c = Command::new(bin);
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn hidden() -> MultiProgress {
+    MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
+}
+
+/// A small, fast job: tiny synthetic data, a narrow host, a seed scheduled at epoch 1
+/// and gates that let it through quickly.
+fn small_config(dir: &Path, plugin: &Path, epochs: u32) -> PathBuf {
+    let text = format!(
+        r#"
+device = "cpu"
+slots = ["r0c1"]
+
+[[plugins]]
+path = "{plugin}"
+
+[host]
+base_channels = 8
+
+[data]
+kind = "synthetic"
+train_size = 256
+val_size = 128
+
+[training]
+epochs = {epochs}
+batch_size = 64
+gradient_every = 2
+
+[lifecycle]
+blend_tempo = 2
+
+[lifecycle.gates]
+mode = "permissive"
+min_blending_epochs = 1
+min_gradient_health_for_blending = 0.0
+
+[lifecycle.controller]
+enabled = false
+
+[[lifecycle.schedule]]
+epoch = 1
+slot = "r0c1"
+blueprint = "norm"
+
+[output]
+dir = "out"
+"#,
+        plugin = plugin.display()
+    );
+    let path = dir.join("run.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn write(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("run.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn config_errors_name_file_line_and_cause() {
+    let dir = temp_dir("config-errors");
+    let norm = plugin_lib("esper-norm");
+
+    let path = write(&dir, "[training]\nepochs = 2\nlearning_rate = 0.1\n");
+    let e = RunConfig::load(&path).unwrap_err().to_string();
+    assert!(e.contains(&format!("config {}", path.display())), "{e}");
+    assert!(e.contains("line 3, column 1") && e.contains("unknown field `learning_rate`"), "{e}");
+
+    let path = write(&dir, "[training]\nbatch_size = \"large\"\n");
+    let e = RunConfig::load(&path).unwrap_err().to_string();
+    assert!(e.contains("line 2") && e.contains("invalid type: string \"large\""), "{e}");
+
+    let path = write(&dir, "[[plugins]]\npath = \"nowhere/libmissing.so\"\n");
+    let e = RunConfig::load(&path).unwrap_err().to_string();
+    assert!(e.contains("plugin") && e.contains("nowhere/libmissing.so does not exist"), "{e}");
+
+    let path = write(&dir, &format!("[[plugins]]\npath = \"{}\"\nsha256 = \"{}\"\n", norm.display(), "ab".repeat(32)));
+    let e = RunConfig::load(&path).unwrap_err().to_string();
+    let actual = sha256_hex(&norm).unwrap();
+    assert!(e.contains("sha256 mismatch") && e.contains(&"ab".repeat(32)) && e.contains(&actual), "{e}");
+
+    // The right sha256 passes, in any case.
+    let path =
+        write(&dir, &format!("[[plugins]]\npath = \"{}\"\nsha256 = \"{}\"\n", norm.display(), actual.to_uppercase()));
+    RunConfig::load(&path).unwrap();
+
+    // The CLI says the same and fails.
+    let path = write(&dir, "[host]\nblocks = 3\nwidth = 2\n");
+    let out = esper().args(["config", "check"]).arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown field `width`") && stderr.contains("line 3"), "{stderr}");
+}
+
+#[test]
+fn config_check_accepts_a_good_config_and_refuses_unknown_slots_and_blueprints() {
+    let dir = temp_dir("config-check");
+    let path = small_config(&dir, &plugin_lib("esper-norm"), 2);
+    let out = esper().args(["config", "check"]).arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok (2 epochs, slots r0c1"));
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    write(&dir, &text.replace("slots = [\"r0c1\"]", "slots = [\"r0c1\", \"r5c0\"]"));
+    let out = esper().args(["config", "check"]).arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown injection point `r5c0`"));
+
+    write(&dir, &text.replace("blueprint = \"norm\"", "blueprint = \"attention\""));
+    let out = esper().args(["config", "check"]).arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown blueprint `attention`; available: cnn:norm"));
+}
+
+#[test]
+fn a_short_job_runs_the_lifecycle_with_telemetry_checkpoints_and_report() {
+    let dir = temp_dir("short-job");
+    let path = small_config(&dir, &plugin_lib("esper-norm"), 6);
+    let out = esper().arg("run").arg(&path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    // The table has a row per epoch and the lifecycle went through its stages.
+    assert!(stdout.contains("epoch train_loss"), "{stdout}");
+    for stage in ["TRAINING", "BLENDING", "HOLDING"] {
+        assert!(stdout.contains(stage), "stage {stage} missing:\n{stdout}");
+    }
+    let out_dir = dir.join("out");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["epochs"].as_array().unwrap().len(), 6);
+    let final_stage = report["final_slots"][0]["stage"].as_str().unwrap();
+    assert!(["FOSSILIZED", "PRUNED", "EMBARGOED", "HOLDING"].contains(&final_stage), "{final_stage}");
+    let png = std::fs::read(out_dir.join("report.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    // Telemetry: one JSON object per line, with the lifecycle events.
+    let events = std::fs::read_to_string(out_dir.join("events.jsonl")).unwrap();
+    let kinds: Vec<String> = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("each line is JSON"))
+        .filter_map(|v| v["fields"]["event"].as_str().map(String::from))
+        .collect();
+    for kind in ["germinated", "gate_evaluated", "stage_changed", "epoch"] {
+        assert!(kinds.iter().any(|k| k == kind), "no `{kind}` event in {kinds:?}");
+    }
+    assert_eq!(kinds.iter().filter(|k| *k == "epoch").count(), 6);
+    // A checkpoint for the last epoch.
+    let latest = std::fs::read_to_string(out_dir.join("checkpoints/latest")).unwrap();
+    assert_eq!(latest, "epoch-0006");
+}
+
+#[test]
+fn the_built_in_default_job_runs_on_a_short_schedule() {
+    let dir = temp_dir("default-job");
+    let out = esper().args(["run", "--epochs", "1", "--output"]).arg(&dir).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("validation accuracy:") && stdout.contains("after epoch 1"), "{stdout}");
+    assert!(dir.join("report.json").is_file() && dir.join("checkpoints/epoch-0001/COMPLETE").is_file());
+}
+
+/// In-process jobs share libtorch's global generator: one at a time, so each is
+/// reproducible.
+static JOBS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_job_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    JOBS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn run_to_end(config: RunConfig) -> Trainer {
+    let mut t = Trainer::new(config).unwrap();
+    t.run(&hidden()).unwrap();
+    t
+}
+
+fn params(t: &Trainer) -> Vec<tch::Tensor> {
+    let mut p = t.model().host_parameters();
+    p.extend(t.model().seed_parameters());
+    p
+}
+
+#[test]
+fn a_resumed_run_reaches_the_same_state_as_an_uninterrupted_one() {
+    let _one = one_job_at_a_time();
+    let norm = plugin_lib("esper-norm");
+    let dir_a = temp_dir("resume-a");
+    let a = run_to_end(RunConfig::load(&small_config(&dir_a, &norm, 5)).unwrap());
+
+    let dir_b = temp_dir("resume-b");
+    run_to_end(RunConfig::load(&small_config(&dir_b, &norm, 2)).unwrap());
+    let mut b = Trainer::resume(&dir_b.join("out")).unwrap();
+    b.set_epochs(5);
+    b.run(&hidden()).unwrap();
+
+    let report = |t: &Trainer| serde_json::to_value(t.model().report()).unwrap();
+    assert_eq!(report(&a), report(&b), "same slots, stages, alpha and metrics");
+    let strip = |t: &Trainer| {
+        t.history().iter().map(|r| (r.epoch, r.val_accuracy, r.train_loss, r.slots.clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&a), strip(&b));
+    let (pa, pb) = (params(&a), params(&b));
+    assert_eq!(pa.len(), pb.len());
+    for (x, y) in pa.iter().zip(&pb) {
+        assert!(x.equal(y), "parameters differ after resume");
+    }
+    assert!(a.history().iter().any(|r| r.slots[0].stage != SeedStage::Dormant));
+}
+
+#[test]
+fn resume_refuses_a_missing_plugin_and_an_incomplete_checkpoint() {
+    let _one = one_job_at_a_time();
+    let dir = temp_dir("resume-errors");
+    let plugin = dir.join("libesper_norm_copy.so");
+    std::fs::copy(plugin_lib("esper-norm"), &plugin).unwrap();
+    run_to_end(RunConfig::load(&small_config(&dir, &plugin, 2)).unwrap());
+    let out = dir.join("out");
+
+    // An interrupted write of epoch 3 (no COMPLETE marker, `latest` untouched).
+    let partial = out.join("checkpoints/epoch-0003.tmp");
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(partial.join("host.safetensors"), b"truncated").unwrap();
+    let t = Trainer::resume(&out).unwrap();
+    assert_eq!(t.history().len(), 2, "resumed from epoch 2, the last complete one");
+    drop(t);
+
+    // A checkpoint folder without its marker is refused.
+    let e = Trainer::resume(&partial).err().unwrap().to_string();
+    assert!(e.contains("is incomplete"), "{e}");
+
+    std::fs::remove_file(&plugin).unwrap();
+    let e = Trainer::resume(&out).err().unwrap().to_string();
+    assert!(e.contains("plugin") && e.contains("libesper_norm_copy.so is missing"), "{e}");
+}
+
+#[test]
+fn cifar10_data_from_the_config() {
+    let _one = one_job_at_a_time();
+    let dir = temp_dir("cifar-job");
+    let data = dir.join("cifar");
+    std::fs::create_dir_all(&data).unwrap();
+    // 20 records per file in the standard binary format: label byte + 3072 pixel bytes.
+    let records = |n: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| std::iter::once((i % 10) as u8).chain((0..3072).map(move |p| ((p + i) % 256) as u8)))
+            .collect()
+    };
+    std::fs::write(data.join("data_batch_1.bin"), records(20)).unwrap();
+    std::fs::write(data.join("test_batch.bin"), records(10)).unwrap();
+    let text = std::fs::read_to_string(small_config(&dir, &plugin_lib("esper-norm"), 1))
+        .unwrap()
+        .replace("kind = \"synthetic\"\ntrain_size = 256\nval_size = 128", "kind = \"cifar10\"\npath = \"cifar\"");
+    let path = write(&dir, &text);
+    let t = run_to_end(RunConfig::load(&path).unwrap());
+    assert_eq!(t.history().len(), 1);
+    assert!(t.history()[0].val_accuracy >= 0.0);
+}
