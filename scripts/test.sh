@@ -6,4 +6,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
 # The plugin libraries (cdylibs) the tests load must exist before the tests run.
 cargo build --workspace
+# The out-of-tree example plugin is its own Cargo project: build it here, into the same
+# target folder (so the compiled tch is reused: seconds, not minutes), because a cargo
+# run from inside `cargo test` could deadlock on that folder's lock.
+cargo build --manifest-path examples/blueprint-plugin/Cargo.toml --target-dir target
 cargo test --workspace "$@"

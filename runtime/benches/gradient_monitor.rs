@@ -23,7 +23,8 @@ fn bench(c: &mut Criterion) {
     group.bench_function("per_tensor_norms_stacked", |b| b.iter(|| monitor.compute().unwrap()));
     group.bench_function("flatten_cat_single_norm", |b| {
         b.iter(|| {
-            let flat = |ps: &[Tensor]| Tensor::cat(&ps.iter().map(|p| p.grad().reshape(-1)).collect::<Vec<_>>(), 0).norm();
+            let flat =
+                |ps: &[Tensor]| Tensor::cat(&ps.iter().map(|p| p.grad().reshape(-1)).collect::<Vec<_>>(), 0).norm();
             let (h, s) = (flat(host_params), flat(seed_params));
             (&s / &h).to_kind(Kind::Float)
         })

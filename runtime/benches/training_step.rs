@@ -5,6 +5,9 @@
 //!   the isolation layer (contiguous-detached input, straight-through estimator);
 //! * `in_process`: the same, with the norm math written here, no plugin boundary.
 //!
+//! And `seed_forward`: the norm seed's forward alone on a (1, 64, 8, 8) input, through
+//! the plugin and in-process, to isolate the per-call cost of the boundary.
+//!
 //! Needs the release plugin: `cargo build --release -p esper-norm` (scripts/bench.sh).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -103,6 +106,22 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    group.finish();
+
+    // The boundary alone: one seed forward (eval, no grad) on a small input, where the
+    // per-call cost of crossing the ABI is not hidden by the network's work.
+    let mut group = c.benchmark_group("seed_forward");
+    let seed = registry.create_seed("norm", CHANNELS, &serde_json::Value::Null, Device::Cpu).unwrap();
+    let local_vs = nn::VarStore::new(Device::Cpu);
+    let local = InProcessNorm {
+        weight: local_vs.root().var("weight", &[CHANNELS], nn::Init::Const(1.0)),
+        bias: local_vs.root().var("bias", &[CHANNELS], nn::Init::Const(0.0)),
+        scale: local_vs.root().var("scale", &[1], nn::Init::Const(0.0)),
+    };
+    let x = Tensor::randn([1, CHANNELS, 8, 8], (Kind::Float, Device::Cpu));
+    let _guard = tch::no_grad_guard();
+    group.bench_function("plugin", |b| b.iter(|| seed.forward(&x, false).unwrap()));
+    group.bench_function("in_process", |b| b.iter(|| local.forward(&x)));
     group.finish();
 }
 

@@ -14,8 +14,9 @@
 //!   through the stable ABI in `esper-plugin-api`).
 
 pub mod cli;
-pub mod data;
 pub mod config;
+pub mod conformance;
+pub mod data;
 pub mod device;
 pub mod host;
 pub mod isolation;

@@ -1,6 +1,7 @@
 //! The `esper` command line: one module per command family.
 
 mod config;
+mod conformance;
 mod plugins;
 mod run;
 
@@ -25,6 +26,8 @@ enum Command {
     /// Work with run configs.
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Run the plugin conformance suite on a plugin library.
+    Conformance(conformance::ConformanceArgs),
 }
 
 /// The `norm` plugin built beside the running binary (`target/<profile>/libesper_norm.so`).
@@ -41,6 +44,7 @@ impl Cli {
             Command::Run(args) => args.run(),
             Command::Plugins(cmd) => cmd.run(),
             Command::Config(cmd) => cmd.run(),
+            Command::Conformance(args) => args.run(),
         }
     }
 }

@@ -8,7 +8,7 @@ pub mod report;
 
 use crate::{
     config::{sha256_hex, RunConfig},
-    data::Dataset,
+    data::{epoch_seed, Dataset},
     lifecycle::{Lifecycle, SeedStage},
     model::MorphogeneticModel,
     plugin::BlueprintRegistry,
@@ -175,7 +175,7 @@ impl Trainer {
         let started = Instant::now();
         tch::manual_seed(self.config.training.seed as i64 * 1_000_003 + epoch as i64);
         let cfg = &self.config.training;
-        let batches = self.data.train.batches(cfg.batch_size, Some(cfg.seed.wrapping_add(epoch as u64)), self.device);
+        let batches = self.data.train.batches(cfg.batch_size, Some(epoch_seed(cfg.seed, epoch as u64)), self.device);
         let n_batches = batches.len();
         let bar = progress.add(ProgressBar::new(n_batches as u64));
         bar.set_style(ProgressStyle::with_template("batches {bar:30} {pos}/{len}")?);

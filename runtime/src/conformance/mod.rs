@@ -1,0 +1,268 @@
+//! The plugin conformance suite: does a blueprint plugin behave as the runtime needs?
+//!
+//! Three ways in, one suite:
+//!
+//! * `esper conformance LIB [--blueprint NAME] [--json]`: a readable report (or JSON) and
+//!   a non-zero exit status when a check fails;
+//! * [`conformance_test!`](crate::conformance_test): one line in a plugin crate's tests;
+//! * [`run_suite`] from Rust (the workspace tests run it on every shipped plugin and on
+//!   the broken fixtures).
+//!
+//! The suite loads the library into a fresh [`BlueprintRegistry`] (which checks the ABI
+//! layout and the handshake), then runs every check of [`Check::BLUEPRINT`] on each
+//! blueprint, on the CPU; `device_move` moves seeds to CUDA when a device is available
+//! (else CPU to CPU, and says so). Each check reports pass, fail, warn or skip with a
+//! one-line reason. Panics inside the plugin are contained by the ABI and reported (by
+//! `no_panic`); a libtorch error on the runtime's side fails the check it happened in.
+//! The suite never panics itself.
+
+mod checks;
+mod report;
+
+pub use checks::{
+    guarded, host_isolation_with, Subject, BATCHES, CHANNELS, ESTIMATE_FACTOR, KNOWN_TOPOLOGIES, PRIMARY_CHANNELS,
+    SIZES, UNKNOWN_OPTION,
+};
+pub use report::{BlueprintReport, Check, CheckResult, HandshakeReport, Status, SuiteReport, Summary};
+
+use crate::{device::cuda_available, plugin::BlueprintRegistry};
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct SuiteOptions {
+    /// Only this blueprint (`topology:name`, or the bare name when unambiguous); all when `None`.
+    pub blueprint: Option<String>,
+    /// Where `device_move` moves seeds; `None`: CUDA when available, else the CPU.
+    pub move_to: Option<Device>,
+}
+
+/// Where `device_move` goes by default: the first CUDA device when there is one.
+pub fn default_move_target() -> Device {
+    if cuda_available() {
+        Device::Cuda(0)
+    } else {
+        Device::Cpu
+    }
+}
+
+/// Runs the suite on the plugin library at `library`.
+pub fn run_suite(library: &Path, options: &SuiteOptions) -> SuiteReport {
+    let target = options.move_to.unwrap_or_else(default_move_target);
+    let target_name = checks::device_name(target);
+    let plugin = library.to_path_buf();
+    let mut registry = BlueprintRegistry::new();
+    let loaded = if library.is_dir() {
+        Err(format!("{} is a folder; give one plugin library file", library.display()))
+    } else {
+        registry.load(library).map_err(|e| e.to_string())
+    };
+    if let Err(e) = loaded {
+        let checks = vec![
+            CheckResult::fail(Check::Handshake, e),
+            CheckResult::skip(Check::Blueprints, "the library did not load"),
+        ];
+        return SuiteReport::new(plugin, None, target_name, checks, Vec::new());
+    }
+    let (handshake, handshake_check) = handshake(&registry);
+    let mut checks = vec![handshake_check];
+    let keys: Vec<String> = registry.list().map(|(k, _, _)| k.to_string()).collect();
+    let selected = match &options.blueprint {
+        None if keys.is_empty() => {
+            checks.push(CheckResult::fail(
+                Check::Blueprints,
+                "the library exports no blueprint (no register_blueprint!)",
+            ));
+            Vec::new()
+        }
+        None => {
+            checks.push(CheckResult::pass(Check::Blueprints, format!("{}: {}", keys.len(), keys.join(", "))));
+            keys
+        }
+        Some(name) => match registry.resolve(name) {
+            Ok((key, _)) => {
+                checks.push(CheckResult::pass(Check::Blueprints, format!("checking `{key}` of: {}", keys.join(", "))));
+                vec![key.to_string()]
+            }
+            Err(e) => {
+                checks.push(CheckResult::fail(Check::Blueprints, e.to_string()));
+                Vec::new()
+            }
+        },
+    };
+    let blueprints = selected
+        .iter()
+        .map(|key| match Subject::new(&registry, key) {
+            Ok(subject) => run_blueprint(&subject, target),
+            Err(e) => BlueprintReport::new(key.clone(), vec![CheckResult::fail(Check::Create, e.to_string())]),
+        })
+        .collect();
+    SuiteReport::new(plugin, handshake, target_name, checks, blueprints)
+}
+
+fn handshake(registry: &BlueprintRegistry) -> (Option<HandshakeReport>, CheckResult) {
+    let Some(plugin) = registry.plugins().next() else {
+        return (None, CheckResult::fail(Check::Handshake, "no plugin loaded"));
+    };
+    let h = plugin.handshake();
+    let report = HandshakeReport {
+        plugin_name: h.plugin_name.to_string(),
+        plugin_version: h.plugin_version.to_string(),
+        plugin_api: h.plugin_api.to_string(),
+        libtorch: h.libtorch.to_string(),
+        tch: h.tch.to_string(),
+        runtime_plugin_api: esper_plugin_api::PLUGIN_API_VERSION.to_string(),
+        runtime_libtorch: esper_plugin_api::LIBTORCH_VERSION.to_string(),
+        runtime_tch: esper_plugin_api::TCH_VERSION.to_string(),
+    };
+    let mismatches = h.mismatches();
+    let check = if mismatches.is_empty() {
+        CheckResult::pass(
+            Check::Handshake,
+            format!(
+                "{} {}: plugin API {}, libtorch {}, tch {}: the runtime's own; ABI layout accepted",
+                report.plugin_name, report.plugin_version, report.plugin_api, report.libtorch, report.tch
+            ),
+        )
+    } else {
+        // The loader refuses these; kept so a loader regression cannot pass silently.
+        CheckResult::fail(Check::Handshake, mismatches.join("; "))
+    };
+    (Some(report), check)
+}
+
+/// Runs every blueprint check on one blueprint, in [`Check::BLUEPRINT`] order. When no
+/// seed can be created, the checks that need one are skipped, saying why (`create`
+/// itself fails).
+pub fn run_blueprint(subject: &Subject<'_>, move_to: Device) -> BlueprintReport {
+    let mut results = vec![checks::metadata(subject.descriptor())];
+    results.push(guarded(Check::Create, || checks::create(subject)));
+    let no_seed = subject.create(PRIMARY_CHANNELS).err();
+    let seed_checks: [(Check, &dyn Fn() -> CheckResult); 9] = [
+        (Check::ShapeDtypeDevice, &|| checks::shape_dtype_device(subject)),
+        (Check::TrainEvalFlag, &|| checks::train_eval_flag(subject)),
+        (Check::ParameterGradients, &|| checks::parameter_gradients(subject)),
+        (Check::HostIsolation, &|| checks::host_isolation(subject)),
+        (Check::ChannelsLast, &|| checks::channels_last(subject)),
+        (Check::FiniteOutputs, &|| checks::finite_outputs(subject)),
+        (Check::Determinism, &|| checks::determinism(subject)),
+        (Check::DeviceMove, &|| checks::device_move(subject, move_to)),
+        (Check::ParamEstimate, &|| checks::param_estimate(subject)),
+    ];
+    for (check, run) in seed_checks {
+        results.push(match &no_seed {
+            Some(e) => CheckResult::skip(check, format!("no seed to check: {e}")),
+            None => guarded(check, run),
+        });
+    }
+    results.push(guarded(Check::UnknownOptions, || checks::unknown_options(subject)));
+    results.push(checks::no_panic(subject));
+    BlueprintReport::new(subject.key().to_string(), results)
+}
+
+/// The plugin library of package `package` (e.g. `esper-norm`) as built for the running
+/// test binary (`target/<profile>/deps/<test>`): `lib<package with '-' as '_'>.so` in
+/// `deps/` (where `cargo test` builds it when the crate is also an `rlib`) or in
+/// `target/<profile>/` (where `cargo build` puts it), whichever is newer.
+pub fn crate_library(package: &str) -> PathBuf {
+    let file =
+        format!("{}{}.{}", std::env::consts::DLL_PREFIX, package.replace('-', "_"), std::env::consts::DLL_EXTENSION);
+    let exe = std::env::current_exe().unwrap_or_default();
+    let deps = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let profile = deps.parent().map(Path::to_path_buf).unwrap_or_default();
+    let candidates = [deps.join(&file), profile.join(&file)];
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    candidates
+        .iter()
+        .filter_map(|p| Some((modified(p)?, p)))
+        .max_by_key(|(t, _)| *t)
+        .map(|(_, p)| p.clone())
+        .unwrap_or_else(|| candidates[1].clone())
+}
+
+/// A file of the crate at `crate_dir` (its `Cargo.toml` or anything under `src/`) that
+/// is newer than `library`: the library is stale.
+pub fn newer_source(library: &Path, crate_dir: &Path) -> Option<PathBuf> {
+    let built = std::fs::metadata(library).and_then(|m| m.modified()).ok()?;
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    let mut stack = vec![crate_dir.join("src"), crate_dir.join("Cargo.toml")];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).into_iter().flatten().flatten().map(|e| e.path()));
+        } else if let Ok(t) = std::fs::metadata(&path).and_then(|m| m.modified()) {
+            if newest.as_ref().is_none_or(|(n, _)| t > *n) {
+                newest = Some((t, path));
+            }
+        }
+    }
+    newest.filter(|(t, _)| *t > built).map(|(_, p)| p)
+}
+
+/// Runs the suite and panics, printing the report, when a check fails. Prints the
+/// report on success too (shown with `cargo test -- --nocapture`).
+pub fn assert_conformant(library: &Path, blueprint: Option<&str>) {
+    assert!(
+        library.is_file(),
+        "plugin library {} not found: the crate must be a cdylib (`[lib] crate-type = [\"cdylib\", \"rlib\"]`) \
+         whose library name is the package name with '-' as '_', built into the same target folder as this test",
+        library.display()
+    );
+    let report = run_suite(library, &SuiteOptions { blueprint: blueprint.map(str::to_string), move_to: None });
+    if !report.passed {
+        panic!("plugin {} is not conformant:\n\n{}", library.display(), report.render());
+    }
+    println!("{}", report.render());
+}
+
+/// What [`conformance_test!`](crate::conformance_test) runs: the suite on the calling
+/// crate's own cdylib, refusing a library older than the crate's sources.
+#[doc(hidden)]
+pub fn assert_crate_conformant(package: &str, crate_dir: &str, blueprint: Option<&str>) {
+    let library = crate_library(package);
+    if let Some(source) = newer_source(&library, Path::new(crate_dir)) {
+        panic!(
+            "plugin library {} is older than {}: it was not rebuilt for this test. Add \"rlib\" to `[lib] crate-type` \
+             (`[\"cdylib\", \"rlib\"]`: `cargo test` then rebuilds the plugin), or run `cargo build` first",
+            library.display(),
+            source.display()
+        );
+    }
+    assert_conformant(&library, blueprint);
+}
+
+/// The conformance suite as one test of a plugin crate. In `tests/conformance.rs`:
+///
+/// ```ignore
+/// esper_runtime::conformance_test!();                      // every blueprint of this crate
+/// esper_runtime::conformance_test!("channel-scale");       // or one blueprint
+/// esper_runtime::conformance_test!(scale_conforms, "channel-scale"); // named, to have several
+/// ```
+///
+/// It expands to a `#[test]` that runs the suite on the crate's own built cdylib
+/// (`lib<crate_name>.so` beside the test binary, see [`crate_library`]) and fails,
+/// printing the report, when any check fails. Make the crate `["cdylib", "rlib"]`, so
+/// that `cargo test` rebuilds the library first; a library older than the crate's
+/// sources is refused rather than checked.
+#[macro_export]
+macro_rules! conformance_test {
+    (@test $name:ident, $blueprint:expr) => {
+        #[test]
+        fn $name() {
+            $crate::conformance::assert_crate_conformant(
+                env!("CARGO_PKG_NAME"),
+                env!("CARGO_MANIFEST_DIR"),
+                $blueprint,
+            );
+        }
+    };
+    () => {
+        $crate::conformance_test!(@test esper_conformance, ::core::option::Option::None);
+    };
+    ($name:ident, $blueprint:expr $(,)?) => {
+        $crate::conformance_test!(@test $name, ::core::option::Option::Some($blueprint));
+    };
+    ($blueprint:expr $(,)?) => {
+        $crate::conformance_test!(@test esper_conformance, ::core::option::Option::Some($blueprint));
+    };
+}

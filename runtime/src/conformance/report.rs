@@ -1,0 +1,319 @@
+//! What the conformance suite reports: one [`CheckResult`] per check, grouped per
+//! blueprint, with serde `Serialize` for `--json` and a readable rendering.
+
+use serde::{Serialize, Serializer};
+use std::{fmt, path::PathBuf};
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pass,
+    /// Fails the suite.
+    Fail,
+    /// Worth a look, but does not fail the suite.
+    Warn,
+    /// Could not run (e.g. no seed because `create` failed); the reason says why.
+    Skip,
+}
+
+impl Status {
+    fn label(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Fail => "FAIL",
+            Status::Warn => "warn",
+            Status::Skip => "skip",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// Every check of the suite. Serialized (and printed) as its [`name`](Check::name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Check {
+    // Per library.
+    Handshake,
+    Blueprints,
+    // Per blueprint.
+    Metadata,
+    Create,
+    ShapeDtypeDevice,
+    TrainEvalFlag,
+    ParameterGradients,
+    HostIsolation,
+    ChannelsLast,
+    FiniteOutputs,
+    Determinism,
+    ParamEstimate,
+    UnknownOptions,
+    NoPanic,
+    DeviceMove,
+}
+
+impl Check {
+    /// The checks run once per library, in report order.
+    pub const LIBRARY: [Check; 2] = [Check::Handshake, Check::Blueprints];
+    /// The checks run for each blueprint, in report order.
+    pub const BLUEPRINT: [Check; 13] = [
+        Check::Metadata,
+        Check::Create,
+        Check::ShapeDtypeDevice,
+        Check::TrainEvalFlag,
+        Check::ParameterGradients,
+        Check::HostIsolation,
+        Check::ChannelsLast,
+        Check::FiniteOutputs,
+        Check::Determinism,
+        Check::DeviceMove,
+        Check::ParamEstimate,
+        Check::UnknownOptions,
+        Check::NoPanic,
+    ];
+
+    /// The check's name in reports and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Check::Handshake => "handshake",
+            Check::Blueprints => "blueprints",
+            Check::Metadata => "metadata",
+            Check::Create => "create",
+            Check::ShapeDtypeDevice => "shape_dtype_device",
+            Check::TrainEvalFlag => "train_eval_flag",
+            Check::ParameterGradients => "parameter_gradients",
+            Check::HostIsolation => "host_isolation",
+            Check::ChannelsLast => "channels_last",
+            Check::FiniteOutputs => "finite_outputs",
+            Check::Determinism => "determinism",
+            Check::ParamEstimate => "param_estimate",
+            Check::UnknownOptions => "unknown_options",
+            Check::NoPanic => "no_panic",
+            Check::DeviceMove => "device_move",
+        }
+    }
+
+    /// What the check requires, in one line.
+    pub fn what(self) -> &'static str {
+        match self {
+            Check::Handshake => "the library loads: abi_stable layout, plugin-API, libtorch and tch versions match",
+            Check::Blueprints => "the library exports at least one blueprint (and the one asked for)",
+            Check::Metadata => "name and topology are non-empty identifiers; the description is one non-empty line",
+            Check::Create => "create succeeds with no options for every channel count tried",
+            Check::ShapeDtypeDevice => {
+                "eval-mode output has the input's shape, dtype and device for every channel count, size and batch"
+            }
+            Check::TrainEvalFlag => {
+                "forward runs with train=true and train=false (same shape, finite); forward changes no parameter \
+                 and eval mode changes no buffer"
+            }
+            Check::ParameterGradients => "every trainable parameter gets a gradient from a train-mode backward",
+            Check::HostIsolation => {
+                "through the runtime's isolation layer (straight-through, ADD, MULTIPLY) no gradient reaches the \
+                 host input through the seed, while the seed's parameters still get theirs"
+            }
+            Check::ChannelsLast => {
+                "a channels-last host survives backward through the isolation layer (BUG-005), and a channels-last \
+                 input gives the same output as a contiguous one"
+            }
+            Check::FiniteOutputs => "outputs are finite for normal inputs (randn, relu(randn), zeros), train and eval",
+            Check::Determinism => {
+                "eval mode: the same input and parameters give the same output (twice, and in a second seed with \
+                 the parameters copied)"
+            }
+            Check::ParamEstimate => "the declared parameter estimate is within a factor 10 of the actual count",
+            Check::UnknownOptions => "an unknown option key is refused as bad options, naming the key",
+            Check::NoPanic => "no create or forward call panicked (panics are contained and reported here)",
+            Check::DeviceMove => "the seed still works after its parameters move device (CUDA when available)",
+        }
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for Check {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// One check's outcome and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    pub check: Check,
+    pub status: Status,
+    /// One line: why it passed, failed, warned or was skipped.
+    pub reason: String,
+    /// What the check requires (from [`Check::what`]).
+    pub requires: &'static str,
+}
+
+impl CheckResult {
+    pub fn new(check: Check, status: Status, reason: impl Into<String>) -> Self {
+        Self { check, status, reason: reason.into(), requires: check.what() }
+    }
+    pub fn pass(check: Check, reason: impl Into<String>) -> Self {
+        Self::new(check, Status::Pass, reason)
+    }
+    pub fn fail(check: Check, reason: impl Into<String>) -> Self {
+        Self::new(check, Status::Fail, reason)
+    }
+    pub fn warn(check: Check, reason: impl Into<String>) -> Self {
+        Self::new(check, Status::Warn, reason)
+    }
+    pub fn skip(check: Check, reason: impl Into<String>) -> Self {
+        Self::new(check, Status::Skip, reason)
+    }
+    /// Pass with the `Ok` reason, fail with the `Err` one.
+    pub fn from_outcome(check: Check, outcome: Result<String, String>) -> Self {
+        match outcome {
+            Ok(reason) => Self::pass(check, reason),
+            Err(reason) => Self::fail(check, reason),
+        }
+    }
+}
+
+/// The versions a plugin states in its handshake, beside the runtime's.
+#[derive(Debug, Clone, Serialize)]
+pub struct HandshakeReport {
+    pub plugin_name: String,
+    pub plugin_version: String,
+    pub plugin_api: String,
+    pub libtorch: String,
+    pub tch: String,
+    pub runtime_plugin_api: String,
+    pub runtime_libtorch: String,
+    pub runtime_tch: String,
+}
+
+/// One blueprint's checks.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlueprintReport {
+    /// `topology:name`.
+    pub name: String,
+    pub passed: bool,
+    pub checks: Vec<CheckResult>,
+}
+
+impl BlueprintReport {
+    pub fn new(name: String, checks: Vec<CheckResult>) -> Self {
+        let passed = checks.iter().all(|c| c.status != Status::Fail);
+        Self { name, passed, checks }
+    }
+    /// The result of `check`, if it ran for this blueprint.
+    pub fn check(&self, check: Check) -> Option<&CheckResult> {
+        self.checks.iter().find(|c| c.check == check)
+    }
+    /// The checks that failed.
+    pub fn failed(&self) -> impl Iterator<Item = &CheckResult> {
+        self.checks.iter().filter(|c| c.status == Status::Fail)
+    }
+}
+
+/// How many checks ended in each status, over the whole report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub pass: usize,
+    pub fail: usize,
+    pub warn: usize,
+    pub skip: usize,
+}
+
+/// The whole suite's report for one plugin library.
+#[derive(Debug, Clone, Serialize)]
+pub struct SuiteReport {
+    /// The library checked.
+    pub plugin: PathBuf,
+    /// No check failed (warnings and skips do not fail).
+    pub passed: bool,
+    /// The handshake, when the library could be loaded.
+    pub handshake: Option<HandshakeReport>,
+    /// Where the device-move check moved seeds (`cuda:0`, or `cpu` without CUDA).
+    pub device_move_target: String,
+    /// Library-level checks ([`Check::LIBRARY`]).
+    pub checks: Vec<CheckResult>,
+    pub blueprints: Vec<BlueprintReport>,
+    pub summary: Summary,
+}
+
+impl SuiteReport {
+    pub fn new(
+        plugin: PathBuf,
+        handshake: Option<HandshakeReport>,
+        device_move_target: String,
+        checks: Vec<CheckResult>,
+        blueprints: Vec<BlueprintReport>,
+    ) -> Self {
+        let mut summary = Summary::default();
+        for c in checks.iter().chain(blueprints.iter().flat_map(|b| b.checks.iter())) {
+            match c.status {
+                Status::Pass => summary.pass += 1,
+                Status::Fail => summary.fail += 1,
+                Status::Warn => summary.warn += 1,
+                Status::Skip => summary.skip += 1,
+            }
+        }
+        Self { plugin, passed: summary.fail == 0, handshake, device_move_target, checks, blueprints, summary }
+    }
+
+    /// The report of blueprint `name` (`topology:name` or the bare name).
+    pub fn blueprint(&self, name: &str) -> Option<&BlueprintReport> {
+        self.blueprints.iter().find(|b| b.name == name || b.name.split_once(':').is_some_and(|(_, n)| n == name))
+    }
+
+    /// The library-level result of `check`.
+    pub fn check(&self, check: Check) -> Option<&CheckResult> {
+        self.checks.iter().find(|c| c.check == check)
+    }
+
+    /// The readable report (what `esper conformance` prints).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let line = |out: &mut String, indent: &str, c: &CheckResult| {
+            out.push_str(&format!("{indent}{:<4}  {:<20} {}\n", c.status.label(), c.check.name(), c.reason));
+        };
+        out.push_str(&format!("Esper plugin conformance: {}\n", self.plugin.display()));
+        for c in &self.checks {
+            line(&mut out, "  ", c);
+        }
+        for b in &self.blueprints {
+            out.push_str(&format!("\nblueprint {}: {}\n", b.name, if b.passed { "PASS" } else { "FAIL" }));
+            for c in &b.checks {
+                line(&mut out, "  ", c);
+            }
+        }
+        let s = self.summary;
+        out.push_str(&format!(
+            "\n{}: {} blueprint(s); {} passed, {} failed, {} warning(s), {} skipped (device move to {})\n",
+            if self.passed { "PASS" } else { "FAIL" },
+            self.blueprints.len(),
+            s.pass,
+            s.fail,
+            s.warn,
+            s.skip,
+            self.device_move_target,
+        ));
+        if !self.passed {
+            out.push_str("failed:\n");
+            for c in &self.checks {
+                if c.status == Status::Fail {
+                    out.push_str(&format!("  {}: {}\n", c.check, c.requires));
+                }
+            }
+            for b in &self.blueprints {
+                for c in b.failed() {
+                    out.push_str(&format!("  {} {}: {}\n", b.name, c.check, c.requires));
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,361 @@
+//! The plugin conformance suite: it passes every shipped plugin, fails each broken
+//! fixture blueprint on the right named check (and still passes it on the checks the
+//! defect has nothing to do with), and `esper conformance` reports it with the right
+//! exit status and JSON.
+
+use esper_runtime::{
+    conformance::{
+        host_isolation_with, run_blueprint, run_suite, BlueprintReport, Check, Status, Subject, SuiteOptions,
+        SuiteReport,
+    },
+    isolation::seed_input,
+    plugin::BlueprintRegistry,
+};
+use esper_tests::{plugin_lib, target_dir};
+use serde_json::Value;
+use std::{path::PathBuf, process::Command};
+use tch::Device;
+
+/// Package names of the shipped plugins: every `plugins/*/Cargo.toml`.
+fn shipped_plugins() -> Vec<String> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .expect("plugins/ folder")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("Cargo.toml")).ok())
+        .map(|manifest| {
+            manifest
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("name = \""))
+                .map(|n| n.trim_end_matches('"').to_string())
+                .expect("package name in a plugin's Cargo.toml")
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn suite(crate_name: &str, blueprint: Option<&str>) -> SuiteReport {
+    run_suite(&plugin_lib(crate_name), &SuiteOptions { blueprint: blueprint.map(str::to_string), move_to: None })
+}
+
+fn status(report: &BlueprintReport, check: Check) -> Status {
+    report.check(check).unwrap_or_else(|| panic!("{}: no `{check}` result", report.name)).status
+}
+
+#[test]
+fn every_shipped_plugin_passes() {
+    let plugins = shipped_plugins();
+    assert!(plugins.contains(&"esper-norm".to_string()), "{plugins:?}");
+    for name in plugins {
+        let report = suite(&name, None);
+        assert!(report.passed, "shipped plugin {name} is not conformant:\n{}", report.render());
+        assert!(!report.blueprints.is_empty(), "{name} exports no blueprint");
+        for b in &report.blueprints {
+            let ran: Vec<Check> = b.checks.iter().map(|c| c.check).collect();
+            assert_eq!(ran, Check::BLUEPRINT, "{}: every check, in order", b.name);
+            for c in &b.checks {
+                assert!(
+                    matches!(c.status, Status::Pass | Status::Warn),
+                    "{} {}: {:?} {}",
+                    b.name,
+                    c.check,
+                    c.status,
+                    c.reason
+                );
+                assert!(!c.reason.is_empty());
+            }
+        }
+    }
+}
+
+#[test]
+fn norm_report_in_detail() {
+    let report = suite("esper-norm", None);
+    assert!(report.passed, "{}", report.render());
+    let h = report.handshake.as_ref().expect("handshake");
+    assert_eq!((h.plugin_name.as_str(), h.libtorch.as_str(), h.tch.as_str()), ("esper-norm", "2.11.0", "0.24.0"));
+    assert_eq!(h.plugin_api, h.runtime_plugin_api);
+    let norm = report.blueprint("norm").expect("cnn:norm");
+    assert_eq!(norm.name, "cnn:norm");
+    // Every check passed outright: norm's estimate (130) is within the factor (129 actual).
+    for c in &norm.checks {
+        assert_eq!(c.status, Status::Pass, "{}: {}", c.check, c.reason);
+    }
+    let estimate = norm.check(Check::ParamEstimate).unwrap();
+    assert!(estimate.reason.contains("129 actual vs 130 declared"), "{}", estimate.reason);
+    let grads = norm.check(Check::ParameterGradients).unwrap();
+    assert!(grads.reason.contains("bias, scale, weight"), "{}", grads.reason);
+    let shapes = norm.check(Check::ShapeDtypeDevice).unwrap();
+    assert!(shapes.reason.contains("48") && shapes.reason.contains("80") && shapes.reason.contains("112"));
+    let device = norm.check(Check::DeviceMove).unwrap();
+    assert!(device.reason.contains(&report.device_move_target), "{}", device.reason);
+    let text = report.render();
+    for check in Check::LIBRARY.iter().chain(Check::BLUEPRINT.iter()) {
+        assert!(text.contains(check.name()), "readable report names `{check}`:\n{text}");
+    }
+}
+
+/// A broken fixture blueprint: fails `right` (its reason containing `why`), and passes
+/// each of `still_pass`.
+fn assert_fails_on(blueprint: &str, right: Check, why: &str, still_pass: &[Check]) -> BlueprintReport {
+    let report = suite("esper-fixture-broken", Some(blueprint));
+    assert!(!report.passed, "{blueprint} must fail:\n{}", report.render());
+    assert_eq!(report.blueprints.len(), 1, "--blueprint selects one");
+    let b = report.blueprints[0].clone();
+    assert!(!b.passed);
+    let r = b.check(right).expect("the right check ran");
+    assert_eq!(r.status, Status::Fail, "{blueprint} fails `{right}`:\n{}", report.render());
+    assert!(r.reason.contains(why), "{blueprint} `{right}` says why ({why:?}): {}", r.reason);
+    for &check in still_pass {
+        assert_eq!(status(&b, check), Status::Pass, "{blueprint}: `{check}` should still pass:\n{}", report.render());
+    }
+    b
+}
+
+#[test]
+fn shape_change_fails_shape_dtype_device() {
+    let b = assert_fails_on(
+        "shape-change",
+        Check::ShapeDtypeDevice,
+        "output [1, 16, 16, 16] for input [1, 16, 32, 32]",
+        &[
+            Check::Metadata,
+            Check::Create,
+            Check::ParameterGradients,
+            Check::FiniteOutputs,
+            Check::Determinism,
+            Check::UnknownOptions,
+            Check::NoPanic,
+        ],
+    );
+    // The checks that route its output into a host of the input's shape cannot work either.
+    assert_eq!(status(&b, Check::HostIsolation), Status::Fail);
+}
+
+#[test]
+fn emit_nan_fails_finite_outputs() {
+    let b = assert_fails_on(
+        "emit-nan",
+        Check::FiniteOutputs,
+        "NaN or infinite",
+        &[
+            Check::Create,
+            Check::ShapeDtypeDevice,
+            Check::ParameterGradients,
+            Check::HostIsolation,
+            Check::ChannelsLast,
+            Check::Determinism,
+            Check::DeviceMove,
+            Check::ParamEstimate,
+            Check::UnknownOptions,
+            Check::NoPanic,
+        ],
+    );
+    // Both flags must give finite outputs too.
+    assert_eq!(status(&b, Check::TrainEvalFlag), Status::Fail);
+}
+
+#[test]
+fn panic_in_create_is_contained_and_fails_no_panic() {
+    let b = assert_fails_on(
+        "panic-create",
+        Check::NoPanic,
+        "deliberate panic in create",
+        &[Check::Metadata, Check::UnknownOptions],
+    );
+    let create = b.check(Check::Create).unwrap();
+    assert_eq!(create.status, Status::Fail);
+    assert!(
+        create.reason.contains("plugin panicked in create") && create.reason.contains("(contained)"),
+        "{}",
+        create.reason
+    );
+    // With no seed, the seed checks are skipped, saying why.
+    for check in [Check::ShapeDtypeDevice, Check::HostIsolation, Check::DeviceMove, Check::ParamEstimate] {
+        let r = b.check(check).unwrap();
+        assert_eq!(r.status, Status::Skip, "{check}");
+        assert!(r.reason.contains("no seed") && r.reason.contains("panicked"), "{check}: {}", r.reason);
+    }
+}
+
+#[test]
+fn panic_in_forward_is_contained_and_fails_no_panic() {
+    let b = assert_fails_on(
+        "panic-forward",
+        Check::NoPanic,
+        "deliberate panic in forward",
+        &[Check::Metadata, Check::Create, Check::ParamEstimate, Check::UnknownOptions],
+    );
+    let shapes = b.check(Check::ShapeDtypeDevice).unwrap();
+    assert_eq!(shapes.status, Status::Fail);
+    assert!(shapes.reason.contains("plugin panicked in forward"), "{}", shapes.reason);
+}
+
+#[test]
+fn ignore_options_fails_unknown_options_only() {
+    let b = assert_fails_on(
+        "ignore-options",
+        Check::UnknownOptions,
+        "accepted {\"esper_conformance_unknown_key\":1}",
+        &[
+            Check::Metadata,
+            Check::Create,
+            Check::ShapeDtypeDevice,
+            Check::TrainEvalFlag,
+            Check::ParameterGradients,
+            Check::HostIsolation,
+            Check::ChannelsLast,
+            Check::FiniteOutputs,
+            Check::Determinism,
+            Check::DeviceMove,
+            Check::ParamEstimate,
+            Check::NoPanic,
+        ],
+    );
+    assert_eq!(b.failed().count(), 1);
+}
+
+#[test]
+fn dead_parameter_fails_parameter_gradients_and_warns_on_the_estimate() {
+    let b = assert_fails_on(
+        "dead-parameter",
+        Check::ParameterGradients,
+        "no gradient reached 1 of 2 trainable parameter(s): `unused` [64]",
+        &[
+            Check::Metadata,
+            Check::Create,
+            Check::ShapeDtypeDevice,
+            Check::TrainEvalFlag,
+            Check::HostIsolation,
+            Check::ChannelsLast,
+            Check::FiniteOutputs,
+            Check::Determinism,
+            Check::DeviceMove,
+            Check::UnknownOptions,
+            Check::NoPanic,
+        ],
+    );
+    assert_eq!(b.failed().count(), 1);
+    // Declares 2, has 1 + 64: a warning that states the factor, not a failure.
+    let estimate = b.check(Check::ParamEstimate).unwrap();
+    assert_eq!(estimate.status, Status::Warn);
+    assert!(estimate.reason.contains("65 actual vs 2 declared (factor 32.50"), "{}", estimate.reason);
+}
+
+#[test]
+fn the_whole_broken_library_fails_every_blueprint() {
+    let report = suite("esper-fixture-broken", None);
+    assert!(!report.passed);
+    assert_eq!(report.blueprints.len(), 6);
+    assert!(report.blueprints.iter().all(|b| !b.passed), "{}", report.render());
+    assert_eq!(report.check(Check::Handshake).unwrap().status, Status::Pass);
+}
+
+#[test]
+fn the_isolation_check_catches_a_leak() {
+    // The real isolation layer passes; feeding the seed the host tensor itself (no
+    // detach) lets gradient into the host, and the check must say so.
+    let mut registry = BlueprintRegistry::new();
+    registry.load(&plugin_lib("esper-norm")).unwrap();
+    let subject = Subject::new(&registry, "norm").unwrap();
+    let isolated = host_isolation_with(&subject, &|h| seed_input(h, true));
+    assert_eq!(isolated.status, Status::Pass, "{}", isolated.reason);
+    let leaky = host_isolation_with(&subject, &|h| seed_input(h, false));
+    assert_eq!(leaky.status, Status::Fail, "{}", leaky.reason);
+    assert!(leaky.reason.contains("gradient leaked through the seed into the host"), "{}", leaky.reason);
+    // run_blueprint on the same subject (a CPU -> CPU move) passes.
+    assert!(run_blueprint(&subject, Device::Cpu).passed);
+}
+
+#[test]
+fn libraries_that_do_not_load_fail_the_handshake() {
+    let wrong = suite("esper-fixture-wrong-version", None);
+    assert!(!wrong.passed && wrong.blueprints.is_empty() && wrong.handshake.is_none());
+    let h = wrong.check(Check::Handshake).unwrap();
+    assert_eq!(h.status, Status::Fail);
+    assert!(h.reason.contains("libtorch: plugin built with 2.10.0, runtime has 2.11.0"), "{}", h.reason);
+    assert_eq!(wrong.check(Check::Blueprints).unwrap().status, Status::Skip);
+
+    let not_plugin = suite("esper-fixture-not-a-plugin", None);
+    let h = not_plugin.check(Check::Handshake).unwrap();
+    assert_eq!(h.status, Status::Fail);
+    assert!(h.reason.contains("is not an Esper plugin"), "{}", h.reason);
+}
+
+#[test]
+fn an_unknown_blueprint_fails_the_blueprints_check() {
+    let report = suite("esper-norm", Some("attention"));
+    assert!(!report.passed && report.blueprints.is_empty());
+    let b = report.check(Check::Blueprints).unwrap();
+    assert_eq!(b.status, Status::Fail);
+    assert!(b.reason.contains("unknown blueprint `attention`; available: cnn:norm"), "{}", b.reason);
+}
+
+fn esper() -> Command {
+    let bin = target_dir().join("esper");
+    assert!(
+        bin.is_file(),
+        "{} is not built; run `cargo build --workspace` first (scripts/test.sh does)",
+        bin.display()
+    );
+    Command::new(bin)
+}
+
+#[test]
+fn esper_conformance_passes_norm_with_exit_status_zero() {
+    let lib = plugin_lib("esper-norm");
+    let out = esper().arg("conformance").arg(&lib).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exit {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("blueprint cnn:norm: PASS"), "{stdout}");
+    assert!(stdout.contains("pass  no_panic"), "{stdout}");
+    assert!(stdout.lines().last().unwrap_or_default().starts_with("PASS: 1 blueprint(s)"), "{stdout}");
+
+    let out = esper().args(["conformance", "--json"]).arg(&lib).output().unwrap();
+    assert!(out.status.success());
+    let json: Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON on stdout");
+    assert_eq!(json["passed"], true);
+    assert_eq!(json["plugin"], lib.display().to_string());
+    assert_eq!(json["handshake"]["plugin_name"], "esper-norm");
+    assert_eq!(json["summary"]["fail"], 0);
+    let library_checks: Vec<&str> =
+        json["checks"].as_array().unwrap().iter().map(|c| c["check"].as_str().unwrap()).collect();
+    assert_eq!(library_checks, ["handshake", "blueprints"]);
+    let blueprint = &json["blueprints"][0];
+    assert_eq!(blueprint["name"], "cnn:norm");
+    assert_eq!(blueprint["passed"], true);
+    let checks = blueprint["checks"].as_array().unwrap();
+    let names: Vec<&str> = checks.iter().map(|c| c["check"].as_str().unwrap()).collect();
+    let expected: Vec<&str> = Check::BLUEPRINT.iter().map(|c| c.name()).collect();
+    assert_eq!(names, expected);
+    for c in checks {
+        assert_eq!(c["status"], "pass", "{c}");
+        assert!(c["reason"].as_str().is_some_and(|r| !r.is_empty()) && c["requires"].is_string(), "{c}");
+    }
+}
+
+#[test]
+fn esper_conformance_fails_a_broken_blueprint_with_a_non_zero_exit() {
+    let lib = plugin_lib("esper-fixture-broken");
+    let out = esper().args(["conformance", "--blueprint", "emit-nan", "--json"]).arg(&lib).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout, even on failure");
+    assert_eq!(json["passed"], false);
+    assert_eq!(json["blueprints"].as_array().unwrap().len(), 1);
+    let finite = json["blueprints"][0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "finite_outputs")
+        .expect("finite_outputs");
+    assert_eq!(finite["status"], "fail");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not conformant"));
+
+    // The readable report names the failing check; an unknown blueprint fails too.
+    let out = esper().args(["conformance", "--blueprint", "ignore-options"]).arg(&lib).output().unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("FAIL  unknown_options"), "{stdout}");
+    let out = esper().args(["conformance", "--blueprint", "attention"]).arg(&lib).output().unwrap();
+    assert!(!out.status.success());
+}
