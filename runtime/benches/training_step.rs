@@ -43,6 +43,16 @@ struct InProcessNorm {
 }
 
 impl InProcessNorm {
+    /// The norm seed's parameters, initialised as the plugin's are.
+    fn new(vs: &nn::VarStore) -> Self {
+        let root = vs.root();
+        Self {
+            weight: root.var("weight", &[CHANNELS], nn::Init::Const(1.0)),
+            bias: root.var("bias", &[CHANNELS], nn::Init::Const(0.0)),
+            scale: root.var("scale", &[1], nn::Init::Const(0.0)),
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> Tensor {
         let normed = x.group_norm(4, Some(&self.weight), Some(&self.bias), 1e-5, true);
         x + self.scale.tanh() * (normed - x)
@@ -66,11 +76,7 @@ fn bench(c: &mut Criterion) {
         let seed = registry.create_seed("norm", CHANNELS, &serde_json::Value::Null, Device::Cpu).unwrap();
         let mut seed_opt = nn::Sgd::default().build(seed.vars(), 0.01).unwrap();
         let local_vs = nn::VarStore::new(Device::Cpu);
-        let local = InProcessNorm {
-            weight: local_vs.root().var("weight", &[CHANNELS], nn::Init::Const(1.0)),
-            bias: local_vs.root().var("bias", &[CHANNELS], nn::Init::Const(0.0)),
-            scale: local_vs.root().var("scale", &[1], nn::Init::Const(0.0)),
-        };
+        let local = InProcessNorm::new(&local_vs);
         let mut local_opt = nn::Sgd::default().build(&local_vs, 0.01).unwrap();
 
         group.bench_function(BenchmarkId::new("host", batch), |b| {
@@ -113,11 +119,7 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("seed_forward");
     let seed = registry.create_seed("norm", CHANNELS, &serde_json::Value::Null, Device::Cpu).unwrap();
     let local_vs = nn::VarStore::new(Device::Cpu);
-    let local = InProcessNorm {
-        weight: local_vs.root().var("weight", &[CHANNELS], nn::Init::Const(1.0)),
-        bias: local_vs.root().var("bias", &[CHANNELS], nn::Init::Const(0.0)),
-        scale: local_vs.root().var("scale", &[1], nn::Init::Const(0.0)),
-    };
+    let local = InProcessNorm::new(&local_vs);
     let x = Tensor::randn([1, CHANNELS, 8, 8], (Kind::Float, Device::Cpu));
     let _guard = tch::no_grad_guard();
     group.bench_function("plugin", |b| b.iter(|| seed.forward(&x, false).unwrap()));
