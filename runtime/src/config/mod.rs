@@ -168,7 +168,7 @@ pub struct ControllerConfig {
     pub prune_below_contribution: f64,
     /// Prune a seed that has been HOLDING this long without passing G5.
     pub max_holding_epochs: u32,
-    /// At most this many seeds alive at once.
+    /// At most this many seeds in flight at once (germinated to holding).
     pub max_live_seeds: usize,
 }
 

@@ -42,7 +42,9 @@ impl Controller {
     /// Decisions at the end of `epoch` (1-based), given validation accuracy so far.
     pub fn decide(&self, epoch: u32, val_accuracy: &[f64], model: &MorphogeneticModel) -> Vec<Action> {
         let mut actions = Vec::new();
-        let mut live = model.slots().iter().filter(|s| s.seed().is_some()).count();
+        // Seeds in flight (a fossilized seed is part of the host now).
+        let mut live =
+            model.slots().iter().filter(|s| s.seed().is_some() && s.stage() != SeedStage::Fossilized).count();
         for slot in model.slots() {
             let id = slot.id().to_string();
             let state = slot.lifecycle().state();
@@ -102,6 +104,44 @@ mod tests {
 
     fn controller(delta: f64) -> Controller {
         Controller::new(ControllerConfig { plateau_epochs: 2, plateau_delta: delta, ..Default::default() }, vec![])
+    }
+
+    fn model() -> MorphogeneticModel {
+        use crate::{host::CnnHostConfig, model::SlotConfig};
+        let host = CnnHostConfig { base_channels: 4, ..Default::default() };
+        MorphogeneticModel::new(host, &["r0c1", "r1c1"], SlotConfig::default(), tch::Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn germinates_on_a_plateau_into_the_first_free_slot_once() {
+        let c = Controller::new(ControllerConfig { min_epoch: 3, ..ControllerConfig::default() }, vec![]);
+        let m = model();
+        let flat = [40.0, 40.2, 40.1, 40.3];
+        assert!(c.decide(2, &flat[..2], &m).is_empty(), "before min_epoch");
+        let actions = c.decide(4, &flat, &m);
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        assert!(
+            matches!(&actions[0], Action::Germinate { slot, blueprint, .. } if slot == "r0c1" && blueprint == "norm")
+        );
+        assert!(c.decide(4, &[10.0, 20.0, 30.0, 40.0], &m).is_empty(), "still improving");
+    }
+
+    #[test]
+    fn schedule_fires_at_its_epoch_even_when_disabled() {
+        let schedule = vec![ScheduledSeed {
+            epoch: 2,
+            slot: "r1c1".into(),
+            blueprint: "x".into(),
+            options: serde_json::Value::Null,
+        }];
+        let c = Controller::new(ControllerConfig { enabled: false, ..ControllerConfig::default() }, schedule);
+        let m = model();
+        assert!(c.decide(0, &[], &m).is_empty());
+        let actions = c.decide(1, &[50.0], &m);
+        assert!(
+            matches!(&actions[..], [Action::Germinate { slot, blueprint, .. }] if slot == "r1c1" && blueprint == "x"),
+            "{actions:?}"
+        );
     }
 
     #[test]
