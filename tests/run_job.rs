@@ -143,8 +143,10 @@ fn a_short_job_runs_the_lifecycle_with_telemetry_checkpoints_and_report() {
     let dir = temp_dir("short-job");
     let path = small_config(&dir, &plugin_lib("esper-norm"), 6);
     let out = esper().arg("run").arg(&path).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // Output is not a terminal here: no progress bar is drawn.
+    assert!(!stderr.contains("batches") && !stderr.contains('░'), "{stderr}");
     // The table has a row per epoch and the lifecycle went through its stages.
     assert!(stdout.contains("epoch train_loss"), "{stdout}");
     for stage in ["TRAINING", "BLENDING", "HOLDING"] {

@@ -1,6 +1,6 @@
 //! Seed modules: the trait a plugin author implements, and its ABI-stable form.
 
-use crate::{ErrorKind, PluginError, TensorOut, TensorRef};
+use crate::{PluginError, TensorOut, TensorRef};
 use abi_stable::{
     sabi_trait,
     std_types::{RBox, RResult},
@@ -43,11 +43,4 @@ impl<S: Seed> SeedModule for Guarded<S> {
 
 pub(crate) fn seed_box<S: Seed>(seed: S) -> SeedBox {
     SeedModule_TO::from_value(Guarded(seed), abi_stable::sabi_trait::TD_Opaque)
-}
-
-impl ErrorKind {
-    /// Whether this error came from a caught panic.
-    pub fn is_panic(self) -> bool {
-        self == ErrorKind::Panic
-    }
 }

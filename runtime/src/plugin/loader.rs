@@ -74,11 +74,7 @@ fn classify(path: &Path, e: LibraryError) -> PluginError {
         LibraryError::RootModule { err, .. } => {
             PluginError::NotAPlugin { path, cause: format!("its root module failed to initialise: {err}") }
         }
-        other @ (LibraryError::AbiInstability(_)
-        | LibraryError::InvalidAbiHeader(_)
-        | LibraryError::InvalidCAbi { .. }
-        | LibraryError::IncompatibleVersionNumber { .. }
-        | LibraryError::ParseVersionError(_)) => PluginError::AbiMismatch { path, cause: other.to_string() },
+        // AbiInstability, InvalidAbiHeader, InvalidCAbi, IncompatibleVersionNumber, ...
         other => PluginError::AbiMismatch { path, cause: other.to_string() },
     }
 }
