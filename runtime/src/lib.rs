@@ -13,6 +13,8 @@
 //! * [`plugin`]: the plugin loader and blueprint registry (dynamic blueprint plugins
 //!   through the stable ABI in `esper-plugin-api`).
 
+#![forbid(unsafe_code)]
+
 pub mod cli;
 pub mod config;
 pub mod conformance;

@@ -1,5 +1,7 @@
 //! `esper`: the runtime's command line (see `esper --help`).
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {

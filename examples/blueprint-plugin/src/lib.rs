@@ -15,6 +15,8 @@
 //! Options (a JSON object; unknown keys are refused by name):
 //! `{"reduction": 4}` (the default).
 
+#![forbid(unsafe_code)] // a plugin needs none: the plugin API does the boundary work
+
 use esper_plugin_api::{tch::Tensor, Blueprint, Init, Params, PluginError, Seed};
 use serde::Deserialize;
 

@@ -10,6 +10,8 @@
 //! apply. Groups: the first of 32, 16, 8, 4, 2, 1 that divides C with at least 16
 //! channels per group, else the first that divides C.
 
+#![forbid(unsafe_code)]
+
 use esper_plugin_api::{tch::Tensor, Blueprint, Init, NoOptions, Params, PluginError, Seed};
 
 /// GroupNorm's epsilon (PyTorch's default).
