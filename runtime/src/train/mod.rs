@@ -316,18 +316,22 @@ impl Trainer {
     /// forced to 0 (the counterfactual).
     fn evaluate(&self, bypass: Option<&str>) -> Result<(f64, f64)> {
         tch::no_grad(|| {
-            let (mut loss, mut correct, mut seen) = (0.0, 0i64, 0i64);
+            // Summed on the device; read back once at the end (no sync per batch).
+            let mut loss = Tensor::zeros([], (Kind::Float, self.device));
+            let mut correct = Tensor::zeros([], (Kind::Int64, self.device));
+            let mut seen = 0i64;
             for (x, y) in self.data.val.batches(256, None, self.device) {
                 let logits = match bypass {
                     Some(id) => self.model.forward_counterfactual(&x, id)?,
                     None => self.model.forward(&x, false)?,
                 };
                 let n = y.size()[0];
-                loss += logits.cross_entropy_for_logits(&y).double_value(&[]) * n as f64;
-                correct += logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
+                loss += logits.cross_entropy_for_logits(&y) * n as f64;
+                correct += logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64);
                 seen += n;
             }
-            Ok((loss / seen.max(1) as f64, 100.0 * correct as f64 / seen.max(1) as f64))
+            let seen = seen.max(1) as f64;
+            Ok((loss.double_value(&[]) / seen, 100.0 * correct.int64_value(&[]) as f64 / seen))
         })
     }
 
