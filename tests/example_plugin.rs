@@ -28,11 +28,7 @@ fn example_dir() -> PathBuf {
 
 /// The example's library, built by scripts/test.sh; a clear message when it is not.
 fn example_lib() -> PathBuf {
-    let path = target_dir().join(format!(
-        "{}esper_example_plugin.{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_EXTENSION
-    ));
+    let path = target_dir().join(esper_runtime::plugin::library_file_name("esper-example-plugin"));
     assert!(
         path.is_file(),
         "{} is not built. The example plugin is its own Cargo project, built before the workspace tests into the \

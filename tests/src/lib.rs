@@ -15,9 +15,7 @@ pub fn target_dir() -> PathBuf {
 /// Path of the built plugin library of crate `crate_name` (e.g. `esper-norm`).
 /// Panics with a clear message when it has not been built.
 pub fn plugin_lib(crate_name: &str) -> PathBuf {
-    let file =
-        format!("{}{}.{}", std::env::consts::DLL_PREFIX, crate_name.replace('-', "_"), std::env::consts::DLL_EXTENSION);
-    let path = target_dir().join(file);
+    let path = target_dir().join(esper_runtime::plugin::library_file_name(crate_name));
     assert!(
         path.is_file(),
         "{} is not built; build the workspace first (`cargo build --workspace`, as scripts/test.sh does)",

@@ -35,7 +35,7 @@ pub fn default_plugin() -> Result<PathBuf> {
     use anyhow::Context;
     let exe = std::env::current_exe().context("cannot locate the esper binary")?;
     let dir = exe.parent().context("the esper binary has no folder")?;
-    Ok(dir.join(format!("{}esper_norm.{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_EXTENSION)))
+    Ok(dir.join(crate::plugin::library_file_name("esper-norm")))
 }
 
 impl Cli {

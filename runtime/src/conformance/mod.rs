@@ -166,8 +166,7 @@ pub fn run_blueprint(subject: &Subject<'_>, move_to: Device) -> BlueprintReport 
 /// `deps/` (where `cargo test` builds it when the crate is also an `rlib`) or in
 /// `target/<profile>/` (where `cargo build` puts it), whichever is newer.
 pub fn crate_library(package: &str) -> PathBuf {
-    let file =
-        format!("{}{}.{}", std::env::consts::DLL_PREFIX, package.replace('-', "_"), std::env::consts::DLL_EXTENSION);
+    let file = crate::plugin::library_file_name(package);
     let exe = std::env::current_exe().unwrap_or_default();
     let deps = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     let profile = deps.parent().map(Path::to_path_buf).unwrap_or_default();

@@ -176,14 +176,10 @@ impl SeedSlot {
         options: serde_json::Value,
         host_params: &[Tensor],
     ) {
-        let mut seed_params = seed.trainable();
-        if let Some((vs, _)) = &gate {
-            seed_params.extend(vs.trainable_variables());
-        }
-        self.monitor = Some(GradientHealthMonitor::new(host_params, &seed_params));
         self.seed = Some(seed);
         self.gate = gate;
         self.options = options;
+        self.monitor = Some(GradientHealthMonitor::new(host_params, &self.seed_parameters()));
     }
 
     /// Restores a checkpointed lifecycle: a live seed is re-created from its blueprint

@@ -16,3 +16,17 @@ pub use error::PluginError;
 pub use loader::LoadedPlugin;
 pub use registry::BlueprintRegistry;
 pub use seed::PluginSeed;
+
+/// The file name cargo gives the `cdylib` of package `package` on this platform
+/// (`esper-norm` -> `libesper_norm.so` on Linux).
+pub fn library_file_name(package: &str) -> String {
+    format!("{}{}.{}", std::env::consts::DLL_PREFIX, package.replace('-', "_"), std::env::consts::DLL_EXTENSION)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #[test]
+    fn library_file_name_follows_cargo() {
+        assert_eq!(super::library_file_name("esper-norm"), "libesper_norm.so");
+    }
+}

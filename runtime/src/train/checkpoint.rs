@@ -20,6 +20,20 @@ pub const CHECKPOINTS: &str = "checkpoints";
 const LATEST: &str = "latest";
 const COMPLETE: &str = "COMPLETE";
 pub const STATE: &str = "state.json";
+/// The host's parameters and buffers.
+pub const HOST: &str = "host.safetensors";
+/// The host optimizer's state.
+pub const HOST_OPTIMIZER: &str = "optim-host.safetensors";
+
+/// A slot's seed (and gate) tensors.
+pub fn slot_file(slot: &str) -> String {
+    format!("slot-{slot}.safetensors")
+}
+
+/// A slot's seed-optimizer state.
+pub fn slot_optimizer_file(slot: &str) -> String {
+    format!("optim-{slot}.safetensors")
+}
 /// Checkpoints kept on disk (the newest ones).
 const KEEP: usize = 2;
 

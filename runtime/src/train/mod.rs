@@ -112,16 +112,16 @@ impl Trainer {
         for (slot, s) in trainer.model.slots_mut().iter_mut().zip(saved.slots) {
             slot.restore(&trainer.registry, s.lifecycle, s.options, device, &host_params)?;
         }
-        ckpt.load_vars("host.safetensors", &checkpoint::named(trainer.model.host_vars()))?;
-        trainer.host_opt.load_state(&ckpt.tensors("optim-host.safetensors")?).map_err(anyhow::Error::msg)?;
+        ckpt.load_vars(checkpoint::HOST, &checkpoint::named(trainer.model.host_vars()))?;
+        trainer.host_opt.load_state(&ckpt.tensors(checkpoint::HOST_OPTIMIZER)?).map_err(anyhow::Error::msg)?;
         trainer.sync_seed_optimizers();
         for slot in trainer.model.slots() {
             let named = slot.named_seed_tensors();
             if named.is_empty() {
                 continue;
             }
-            ckpt.load_vars(&format!("slot-{}.safetensors", slot.id()), &named)?;
-            let state = ckpt.tensors(&format!("optim-{}.safetensors", slot.id()))?;
+            ckpt.load_vars(&checkpoint::slot_file(slot.id()), &named)?;
+            let state = ckpt.tensors(&checkpoint::slot_optimizer_file(slot.id()))?;
             trainer
                 .seed_opts
                 .get_mut(slot.id())
@@ -337,13 +337,13 @@ impl Trainer {
 
     fn save_checkpoint(&self, epoch: u32) -> Result<()> {
         let w = checkpoint::Writer::begin(&self.config.output.dir, epoch)?;
-        w.tensors("host.safetensors", &checkpoint::named(self.model.host_vars()))?;
-        w.tensors("optim-host.safetensors", &self.host_opt.state_tensors())?;
+        w.tensors(checkpoint::HOST, &checkpoint::named(self.model.host_vars()))?;
+        w.tensors(checkpoint::HOST_OPTIMIZER, &self.host_opt.state_tensors())?;
         for slot in self.model.slots() {
             let named = slot.named_seed_tensors();
             if !named.is_empty() {
-                w.tensors(&format!("slot-{}.safetensors", slot.id()), &named)?;
-                w.tensors(&format!("optim-{}.safetensors", slot.id()), &self.seed_opts[slot.id()].state_tensors())?;
+                w.tensors(&checkpoint::slot_file(slot.id()), &named)?;
+                w.tensors(&checkpoint::slot_optimizer_file(slot.id()), &self.seed_opts[slot.id()].state_tensors())?;
             }
         }
         let plugins = self
