@@ -243,10 +243,50 @@ fn dead_parameter_fails_parameter_gradients_and_warns_on_the_estimate() {
 }
 
 #[test]
+fn nondeterministic_fails_determinism() {
+    assert_fails_on(
+        "nondeterministic",
+        Check::Determinism,
+        "the same input twice gave different outputs",
+        &[
+            Check::Metadata,
+            Check::Create,
+            Check::ShapeDtypeDevice,
+            Check::TrainEvalFlag,
+            Check::ParameterGradients,
+            Check::FiniteOutputs,
+            Check::UnknownOptions,
+            Check::NoPanic,
+        ],
+    );
+}
+
+#[test]
+fn eval_updates_buffer_fails_train_eval_flag() {
+    assert_fails_on(
+        "eval-updates-buffer",
+        Check::TrainEvalFlag,
+        "forward(train=false) changed calls: eval mode must not update state",
+        &[
+            Check::Metadata,
+            Check::Create,
+            Check::ShapeDtypeDevice,
+            Check::ParameterGradients,
+            Check::HostIsolation,
+            Check::ChannelsLast,
+            Check::FiniteOutputs,
+            Check::Determinism,
+            Check::UnknownOptions,
+            Check::NoPanic,
+        ],
+    );
+}
+
+#[test]
 fn the_whole_broken_library_fails_every_blueprint() {
     let report = suite("esper-fixture-broken", None);
     assert!(!report.passed);
-    assert_eq!(report.blueprints.len(), 6);
+    assert_eq!(report.blueprints.len(), 8);
     assert!(report.blueprints.iter().all(|b| !b.passed), "{}", report.render());
     assert_eq!(report.check(Check::Handshake).unwrap().status, Status::Pass);
 }

@@ -148,8 +148,8 @@ fn unknown_blueprint_lists_the_available_ones() {
     let e = r.create_seed("attention", 16, &Value::Null, Device::Cpu).err().expect("unknown");
     assert_eq!(
         e.to_string(),
-        "unknown blueprint `attention`; available: cnn:dead-parameter, cnn:emit-nan, cnn:ignore-options, cnn:norm, \
-         cnn:panic-create, cnn:panic-forward, cnn:shape-change"
+        "unknown blueprint `attention`; available: cnn:dead-parameter, cnn:emit-nan, cnn:eval-updates-buffer, \
+         cnn:ignore-options, cnn:nondeterministic, cnn:norm, cnn:panic-create, cnn:panic-forward, cnn:shape-change"
     );
 }
 
@@ -199,7 +199,7 @@ fn a_folder_loads_every_library_in_it_or_nothing() {
     std::fs::write(dir.join("README.txt"), "not a library").unwrap();
     let mut r = BlueprintRegistry::new();
     let added = r.load(&dir).unwrap();
-    assert_eq!(added.len(), 7);
+    assert_eq!(added.len(), 9);
     assert!(added.contains(&"cnn:norm".to_string()) && added.contains(&"cnn:panic-forward".to_string()));
 
     // A folder with one bad library adds nothing.
