@@ -117,7 +117,7 @@ fn shape_change_fails_shape_dtype_device() {
     let b = assert_fails_on(
         "shape-change",
         Check::ShapeDtypeDevice,
-        "output [1, 16, 16, 16] for input [1, 16, 32, 32]",
+        "on [1, 16, 32, 32] Float cpu: output shape [1, 16, 16, 16], expected exactly the input's [1, 16, 32, 32]",
         &[
             Check::Metadata,
             Check::Create,

@@ -170,7 +170,9 @@ fn germination_probe_refuses_a_shape_changing_seed_and_keeps_the_slot() {
     let e = m.germinate(&r, SLOT, "shape-change", "s1", &Value::Null).err().unwrap();
     assert_eq!(
         e.to_string(),
-        "slot `r0c1`: blueprint `cnn:shape-change` changes the shape [1, 64, 32, 32] to [1, 64, 16, 16]; germination refused"
+        "slot `r0c1`: blueprint `cnn:shape-change` failed the germination probe (train mode, input [2, 64, 32, 32]): \
+         output shape [2, 64, 16, 16], expected exactly the input's [2, 64, 32, 32] (no broadcasting); germination \
+         refused"
     );
     assert_eq!(m.slot(SLOT).unwrap().stage(), SeedStage::Dormant);
     m.germinate(&r, SLOT, "norm", "s2", &Value::Null).unwrap();

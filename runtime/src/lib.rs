@@ -26,4 +26,5 @@ pub mod lifecycle;
 pub mod model;
 pub mod plugin;
 pub mod telemetry;
+pub mod torch_error;
 pub mod train;

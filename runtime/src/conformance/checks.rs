@@ -7,7 +7,7 @@
 use super::report::{Check, CheckResult};
 use crate::{
     host::{is_channels_last, to_channels_last},
-    isolation::{seed_input, straight_through, BlendAlgorithm},
+    isolation::{contract, seed_input, straight_through, BlendAlgorithm},
     plugin::{BlueprintRegistry, PluginError, PluginSeed},
 };
 use esper_plugin_api::BlueprintDescriptor;
@@ -82,6 +82,14 @@ impl<'a> Subject<'a> {
         self.create_with(channels, &Value::Null).map_err(|e| format!("create for {channels} channels: {}", short(&e)))
     }
 
+    /// Drops a seed through the ABI's `release`, recording a panic in its `Drop`.
+    pub fn release(&self, seed: PluginSeed) {
+        self.calls.set(self.calls.get() + 1);
+        if let Err(PluginError::Panicked { message, .. }) = seed.release() {
+            self.panics.borrow_mut().push(format!("drop: {message}"));
+        }
+    }
+
     /// Runs the seed's forward; the error is a report line naming the input.
     pub fn forward(&self, seed: &PluginSeed, x: &Tensor, train: bool) -> Result<Tensor, String> {
         self.calls.set(self.calls.get() + 1);
@@ -109,13 +117,7 @@ pub fn describe(x: &Tensor) -> String {
     format!("{:?} {:?} {}", x.size(), x.kind(), device_name(x.device()))
 }
 
-pub fn device_name(d: Device) -> String {
-    match d {
-        Device::Cpu => "cpu".into(),
-        Device::Cuda(i) => format!("cuda:{i}"),
-        other => format!("{other:?}").to_lowercase(),
-    }
-}
+pub use crate::isolation::contract::device_name;
 
 fn randn(shape: &[i64]) -> Tensor {
     Tensor::randn(shape, (Kind::Float, Device::Cpu))
@@ -315,25 +317,27 @@ fn shape_sweep(s: &Subject<'_>) -> Outcome {
         let seed = s.create(c)?;
         for (h, w) in SIZES {
             for b in BATCHES {
-                let x = randn(&[b, c, h, w]);
-                let y = tch::no_grad(|| s.forward(&seed, &x, false))?;
-                require_same_shape(&x, &y)?;
-                if y.kind() != x.kind() {
-                    return Err(format!("output dtype {:?} for a {:?} input {:?}", y.kind(), x.kind(), x.size()));
+                for train in [false, true] {
+                    let x = randn(&[b, c, h, w]);
+                    let version = contract::input_version(&x).map_err(|e| e.to_string())?;
+                    let y = tch::no_grad(|| s.forward(&seed, &x, train))?;
+                    // Shape, dtype and device exactly as the runtime checks them in a run.
+                    if let Err(
+                        v @ (contract::ContractViolation::Shape { .. }
+                        | contract::ContractViolation::Dtype { .. }
+                        | contract::ContractViolation::Device { .. }),
+                    ) = contract::check_output(&x, version, &y)
+                    {
+                        return Err(format!("forward(train={train}) on {}: {v}", describe(&x)));
+                    }
+                    cases += 1;
                 }
-                if y.device() != x.device() {
-                    return Err(format!(
-                        "output on {} for an input on {}",
-                        device_name(y.device()),
-                        device_name(x.device())
-                    ));
-                }
-                cases += 1;
             }
         }
     }
     Ok(format!(
-        "{cases} eval-mode inputs ({} channels; {} from 1x1 to 64x64; batch {}): output shape, Float and cpu kept",
+        "{cases} inputs, train and eval ({} channels; {} from 1x1 to 64x64; batch {}): output shape, Float and cpu \
+         kept",
         list(&CHANNELS),
         SIZES.len(),
         list(&BATCHES)
@@ -540,13 +544,63 @@ fn finite(s: &Subject<'_>) -> Outcome {
     let shape = [4, PRIMARY_CHANNELS, 16, 16];
     let inputs =
         [("randn", randn(&shape)), ("relu(randn)", randn(&shape).relu()), ("zeros", randn(&shape).zeros_like())];
-    for (name, x) in &inputs {
-        for train in [true, false] {
-            let y = s.forward(&seed, x, train)?;
-            require_finite(&y, &format!("{name} input {:?}, train={train}", x.size()))?;
+    for round in 1..=REPEATS {
+        for (name, x) in &inputs {
+            for train in [true, false] {
+                let y = s.forward(&seed, x, train)?;
+                require_finite(&y, &format!("call round {round}: {name} input {:?}, train={train}", x.size()))?;
+            }
         }
     }
-    Ok(format!("finite for randn, relu(randn) and zeros inputs {shape:?}, train and eval (parameters perturbed)"))
+    Ok(format!(
+        "finite for randn, relu(randn) and zeros inputs {shape:?}, train and eval, {REPEATS} rounds (parameters \
+         perturbed)"
+    ))
+}
+
+/// How often the checks that look for a seed that misbehaves only after a while (NaN
+/// after some steps, a late in-place write, a late device change) repeat their calls.
+pub const REPEATS: usize = 4;
+
+pub fn input_untouched(s: &Subject<'_>) -> CheckResult {
+    CheckResult::from_outcome(Check::InputUntouched, untouched(s))
+}
+
+fn untouched(s: &Subject<'_>) -> Outcome {
+    let seed = s.create(PRIMARY_CHANNELS)?;
+    perturb(&seed);
+    let mut calls = 0;
+    for round in 1..=REPEATS {
+        for channels_last in [false, true] {
+            for train in [true, false] {
+                // A host activation as the runtime hands it to a seed: detached, and made
+                // contiguous first when the host is channels-last (BUG-005).
+                let leaf = randn(&[2, PRIMARY_CHANNELS, 8, 8]).set_requires_grad(true);
+                let host = if channels_last { to_channels_last(&(&leaf * 1.0)) } else { &leaf * 1.0 };
+                let input = seed_input(&host, true);
+                let reference = host.detach().copy();
+                let version = contract::input_version(&input).map_err(|e| e.to_string())?;
+                let layout = if channels_last { "channels-last" } else { "contiguous" };
+                let out = s.forward(&seed, &input, train)?;
+                calls += 1;
+                if let Err(v @ contract::ContractViolation::InputWritten { .. }) =
+                    contract::check_output(&input, version, &out)
+                {
+                    return Err(format!("call {calls} (round {round}, {layout} host, train={train}): {v}"));
+                }
+                if !host.detach().equal(&reference) {
+                    return Err(format!(
+                        "call {calls} (round {round}, {layout} host, train={train}): the host activation's values \
+                         changed under the seed (written without the version counter)"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(format!(
+        "{calls} calls (train and eval, contiguous and channels-last hosts, {REPEATS} rounds): the input's version \
+         counter and values never changed"
+    ))
 }
 
 pub fn determinism(s: &Subject<'_>) -> CheckResult {
@@ -614,15 +668,24 @@ pub fn unknown_options(s: &Subject<'_>) -> CheckResult {
     CheckResult::from_outcome(Check::UnknownOptions, outcome)
 }
 
-/// Run last: sums up the panics every earlier check ran into.
+/// Run last: sums up the panics every earlier check ran into, after dropping one more
+/// used seed through the ABI (so a panic in a seed's `Drop` shows here).
 pub fn no_panic(s: &Subject<'_>) -> CheckResult {
+    if let Ok(seed) = s.create(PRIMARY_CHANNELS) {
+        let x = randn(&[2, PRIMARY_CHANNELS, 8, 8]);
+        let _ = s.forward(&seed, &x, true);
+        s.release(seed);
+    }
     let panics = s.panics.borrow();
     match panics.first() {
-        None => CheckResult::pass(Check::NoPanic, format!("no panic in {} create and forward calls", s.calls.get())),
+        None => {
+            CheckResult::pass(Check::NoPanic, format!("no panic in {} create, forward and drop calls", s.calls.get()))
+        }
         Some(first) => CheckResult::fail(
             Check::NoPanic,
             format!(
-                "{} of {} calls panicked (each contained; the runtime is unaffected); first: {first}",
+                "{} of {} create, forward and drop calls panicked (each contained; the runtime is unaffected); \
+                 first: {first}",
                 panics.len(),
                 s.calls.get()
             ),
@@ -645,7 +708,9 @@ fn moved(s: &Subject<'_>, target: Device) -> Outcome {
     if let Some((name, t)) = seed.vars().variables().into_iter().find(|(_, t)| t.device() != target) {
         return Err(format!("after set_device({}), `{name}` is on {}", device_name(target), device_name(t.device())));
     }
-    let xt = x.to_device(target);
+    // A copy even when the target is the CPU: a seed that writes its input must not
+    // spoil the reference input.
+    let xt = x.to_device(target).copy();
     let y = tch::no_grad(|| s.forward(&seed, &xt, false))
         .map_err(|e| format!("after the move to {}: {e}", device_name(target)))?;
     if y.device() != target {
@@ -658,6 +723,16 @@ fn moved(s: &Subject<'_>, target: Device) -> Outcome {
     close(&y, &reference, 1e-4, 1e-5)
         .map_err(|e| format!("after the move to {}, the output differs from the cpu one: {e}", device_name(target)))?;
     let params = trainable(&seed);
+    for call in 1..=REPEATS {
+        let y = s.forward(&seed, &xt.copy(), true)?;
+        if y.device() != target {
+            return Err(format!(
+                "after the move, train-mode call {call}: the output is on {} for an input on {}",
+                device_name(y.device()),
+                device_name(target)
+            ));
+        }
+    }
     if !live.is_empty() {
         let y = s.forward(&seed, &xt, true)?;
         let _ = backward_through(&y)?;

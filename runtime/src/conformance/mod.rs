@@ -139,11 +139,12 @@ pub fn run_blueprint(subject: &Subject<'_>, move_to: Device) -> BlueprintReport 
     let mut results = vec![checks::metadata(subject.descriptor())];
     results.push(guarded(Check::Create, || checks::create(subject)));
     let no_seed = subject.create(PRIMARY_CHANNELS).err();
-    let seed_checks: [(Check, &dyn Fn() -> CheckResult); 9] = [
+    let seed_checks: [(Check, &dyn Fn() -> CheckResult); 10] = [
         (Check::ShapeDtypeDevice, &|| checks::shape_dtype_device(subject)),
         (Check::TrainEvalFlag, &|| checks::train_eval_flag(subject)),
         (Check::ParameterGradients, &|| checks::parameter_gradients(subject)),
         (Check::HostIsolation, &|| checks::host_isolation(subject)),
+        (Check::InputUntouched, &|| checks::input_untouched(subject)),
         (Check::ChannelsLast, &|| checks::channels_last(subject)),
         (Check::FiniteOutputs, &|| checks::finite_outputs(subject)),
         (Check::Determinism, &|| checks::determinism(subject)),

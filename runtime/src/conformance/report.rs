@@ -47,6 +47,7 @@ pub enum Check {
     TrainEvalFlag,
     ParameterGradients,
     HostIsolation,
+    InputUntouched,
     ChannelsLast,
     FiniteOutputs,
     Determinism,
@@ -60,13 +61,14 @@ impl Check {
     /// The checks run once per library, in report order.
     pub const LIBRARY: [Check; 2] = [Check::Handshake, Check::Blueprints];
     /// The checks run for each blueprint, in report order.
-    pub const BLUEPRINT: [Check; 13] = [
+    pub const BLUEPRINT: [Check; 14] = [
         Check::Metadata,
         Check::Create,
         Check::ShapeDtypeDevice,
         Check::TrainEvalFlag,
         Check::ParameterGradients,
         Check::HostIsolation,
+        Check::InputUntouched,
         Check::ChannelsLast,
         Check::FiniteOutputs,
         Check::Determinism,
@@ -87,6 +89,7 @@ impl Check {
             Check::TrainEvalFlag => "train_eval_flag",
             Check::ParameterGradients => "parameter_gradients",
             Check::HostIsolation => "host_isolation",
+            Check::InputUntouched => "input_untouched",
             Check::ChannelsLast => "channels_last",
             Check::FiniteOutputs => "finite_outputs",
             Check::Determinism => "determinism",
@@ -105,7 +108,8 @@ impl Check {
             Check::Metadata => "name and topology are non-empty identifiers; the description is one non-empty line",
             Check::Create => "create succeeds with no options for every channel count tried",
             Check::ShapeDtypeDevice => {
-                "eval-mode output has the input's shape, dtype and device for every channel count, size and batch"
+                "train- and eval-mode outputs have the input's shape (exactly: no broadcasting), dtype and device \
+                 for every channel count, size and batch"
             }
             Check::TrainEvalFlag => {
                 "forward runs with train=true and train=false (same shape, finite); forward changes no parameter \
@@ -116,19 +120,28 @@ impl Check {
                 "through the runtime's isolation layer (straight-through, ADD, MULTIPLY) no gradient reaches the \
                  host input through the seed, while the seed's parameters still get theirs"
             }
+            Check::InputUntouched => {
+                "repeated train- and eval-mode forwards never write their input (version counter and values), for \
+                 contiguous and channels-last hosts through the isolation layer"
+            }
             Check::ChannelsLast => {
                 "a channels-last host survives backward through the isolation layer (BUG-005), and a channels-last \
                  input gives the same output as a contiguous one"
             }
-            Check::FiniteOutputs => "outputs are finite for normal inputs (randn, relu(randn), zeros), train and eval",
+            Check::FiniteOutputs => {
+                "outputs stay finite over repeated calls on normal inputs (randn, relu(randn), zeros), train and eval"
+            }
             Check::Determinism => {
                 "eval mode: the same input and parameters give the same output (twice, and in a second seed with \
                  the parameters copied)"
             }
             Check::ParamEstimate => "the declared parameter estimate is within a factor 10 of the actual count",
             Check::UnknownOptions => "an unknown option key is refused as bad options, naming the key",
-            Check::NoPanic => "no create or forward call panicked (panics are contained and reported here)",
-            Check::DeviceMove => "the seed still works after its parameters move device (CUDA when available)",
+            Check::NoPanic => "no create, forward or drop panicked (panics are contained by the ABI and reported here)",
+            Check::DeviceMove => {
+                "the seed still works after its parameters move device (CUDA when available): outputs on that \
+                 device over repeated train-mode calls"
+            }
         }
     }
 }

@@ -8,11 +8,18 @@
 //!   so the forward equals the host and the seed still gets gradients.
 //! * BLENDING and later: ADD, MULTIPLY or GATE blends (see [`blend`]).
 //! * The [`GradientHealthMonitor`] compares host and seed gradient norms per device.
+//! * Every seed forward is held to the output [`contract`] (shape, dtype, device, input
+//!   untouched); a breach, an error, or non-finite values become a [`SeedFault`]
+//!   attributed to the seed, which the runtime then prunes.
 
 mod blend;
+pub mod contract;
+mod fault;
 mod monitor;
 
 pub use blend::{BlendAlgorithm, GateNet};
+pub use contract::ContractViolation;
+pub use fault::{FaultKind, SeedFault};
 pub use monitor::{GradientHealthMonitor, GradientSample};
 
 use tch::Tensor;

@@ -221,6 +221,9 @@ impl QualityGates {
                 format!("insufficient_training_{epochs}_of_{min}"),
             );
             c.check(m.gradient_ratio_measured(), "gradient_ratio_measured", "gradient_stats_never_measured");
+            if m.seed_gradient_norm_ratio_ema().is_some_and(f64::is_nan) {
+                c.failed.push("seed_gradient_ratio_nan".into());
+            }
             match m.gradient_health() {
                 None => {
                     c.failed.push("gradient_health_not_measured".into());
@@ -256,6 +259,9 @@ impl QualityGates {
         match m.seed_gradient_norm_ratio_ema() {
             None => {
                 c.failed.push("gradient_stats_never_measured".into());
+            }
+            Some(ratio) if ratio.is_nan() => {
+                c.failed.push("seed_gradient_ratio_nan".into());
             }
             Some(ratio) => {
                 c.check(
@@ -430,6 +436,21 @@ mod tests {
         s.metrics_mut().record_gradient_ratio(0.5); // EMA = 0.05
         let r = g.check(&s, SeedStage::Blending).unwrap();
         assert_failed(&r, &["seed_gradient_low_0.05"]);
+
+        // A NaN gradient ratio fails G2 (it used to be clamped to 10 and pass).
+        let mut s = seed_in(SeedStage::Training);
+        train(&mut s, 10, 50.0, 2.0);
+        s.metrics_mut().record_gradient_ratio(f64::NAN);
+        assert_failed(&g.check(&s, SeedStage::Blending).unwrap(), &["seed_gradient_ratio_nan"]);
+    }
+
+    #[test]
+    fn g2_permissive_fails_a_nan_gradient_ratio() {
+        let mut s = permissive_ready();
+        assert!(QualityGates::permissive().check(&s, SeedStage::Blending).unwrap().passed);
+        s.metrics_mut().record_gradient_ratio(f64::NAN);
+        let r = QualityGates::permissive().check(&s, SeedStage::Blending).unwrap();
+        assert_failed(&r, &["seed_gradient_ratio_nan"]);
     }
 
     fn permissive_ready() -> SeedState {

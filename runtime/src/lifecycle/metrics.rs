@@ -23,7 +23,8 @@ pub const VANISHING_GRAD_NORM: f64 = 1e-7;
 /// The parameter-normalised seed/host gradient ratio:
 /// `(seed_norm / host_norm) * sqrt(host_params / seed_params)`, clamped to
 /// [0, [`MAX_GRADIENT_RATIO`]]; 0 when `host_norm < 1e-8`; the raw ratio when either
-/// parameter count is 0; a non-finite result counts as the maximum.
+/// parameter count is 0; +inf counts as the maximum, and NaN stays NaN (a NaN gradient
+/// is a broken seed, and G2 fails on it).
 pub fn normalized_gradient_ratio(seed_norm: f64, host_norm: f64, seed_params: u64, host_params: u64) -> f64 {
     if host_norm < GRADIENT_EPSILON {
         return 0.0;
@@ -36,12 +37,10 @@ pub fn normalized_gradient_ratio(seed_norm: f64, host_norm: f64, seed_params: u6
 }
 
 fn clamp_ratio(ratio: f64) -> f64 {
-    if ratio.is_finite() {
-        ratio.clamp(0.0, MAX_GRADIENT_RATIO)
-    } else if ratio == f64::NEG_INFINITY {
-        0.0
+    if ratio.is_nan() {
+        f64::NAN
     } else {
-        MAX_GRADIENT_RATIO
+        ratio.clamp(0.0, MAX_GRADIENT_RATIO)
     }
 }
 
@@ -122,7 +121,8 @@ impl SeedMetrics {
     }
 
     /// Record one seed/host gradient ratio sample (see [`normalized_gradient_ratio`]);
-    /// it is clamped to [0, 10] and folded into the EMA (the first sample sets it).
+    /// it is clamped to [0, 10] and folded into the EMA (the first sample sets it). A NaN
+    /// sample makes the EMA NaN, which G2 refuses.
     pub fn record_gradient_ratio(&mut self, ratio: f64) {
         let ratio = clamp_ratio(ratio);
         self.seed_gradient_norm_ratio = Some(ratio);
@@ -258,10 +258,12 @@ mod tests {
         // Clamped samples.
         m.record_gradient_ratio(50.0);
         assert_eq!(m.seed_gradient_norm_ratio(), Some(MAX_GRADIENT_RATIO));
-        m.record_gradient_ratio(f64::NAN);
-        assert_eq!(m.seed_gradient_norm_ratio(), Some(MAX_GRADIENT_RATIO));
         m.record_gradient_ratio(-1.0);
         assert_eq!(m.seed_gradient_norm_ratio(), Some(0.0));
+        // NaN is not clamped into a passing value: it stays NaN, and so does the EMA.
+        m.record_gradient_ratio(f64::NAN);
+        assert!(m.seed_gradient_norm_ratio().is_some_and(f64::is_nan));
+        assert!(m.seed_gradient_norm_ratio_ema().is_some_and(f64::is_nan));
     }
 
     #[test]

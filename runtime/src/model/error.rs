@@ -1,4 +1,4 @@
-use crate::{host::HostError, lifecycle::LifecycleError, plugin::PluginError};
+use crate::{host::HostError, isolation::SeedFault, lifecycle::LifecycleError, plugin::PluginError};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -13,6 +13,19 @@ pub enum ModelError {
     UnknownSlot { name: String, valid: Vec<String> },
     #[error("slot `{0}` is listed twice")]
     DuplicateSlot(String),
-    #[error("slot `{slot}`: blueprint `{blueprint}` changes the shape {expected:?} to {got:?}; germination refused")]
-    ShapeChanged { slot: String, blueprint: String, expected: Vec<i64>, got: Vec<i64> },
+    /// A seed broke the contract, failed or went non-finite: prune it, go on.
+    #[error(transparent)]
+    Seed(Box<SeedFault>),
+    /// The germination probe refused the seed.
+    #[error("slot `{slot}`: blueprint `{blueprint}` failed the germination probe ({mode}, input {input:?}): {cause}; germination refused")]
+    ProbeRefused { slot: String, blueprint: String, mode: &'static str, input: Vec<i64>, cause: String },
+    /// libtorch failed on the host's own side (not attributable to a seed).
+    #[error("host computation failed: {0}")]
+    Torch(String),
+}
+
+impl From<tch::TchError> for ModelError {
+    fn from(e: tch::TchError) -> Self {
+        ModelError::Torch(e.to_string())
+    }
 }

@@ -4,10 +4,11 @@ mod error;
 mod slot;
 
 pub use error::ModelError;
-pub use slot::{SeedSlot, SlotConfig, SlotReport, PROBE_SIZE};
+pub use slot::{SeedSlot, SlotConfig, SlotReport, PROBE_BATCH, PROBE_SIZE};
 
 use crate::{
     host::{CnnHost, CnnHostConfig, Segment},
+    isolation::GradientSample,
     plugin::BlueprintRegistry,
 };
 use tch::{nn, Device, Tensor};
@@ -20,6 +21,9 @@ pub struct MorphogeneticModel {
     /// `plan[i]` runs the host up to slot `i`; the last entry runs to the logits.
     /// Computed once: slots are fixed for the model's life.
     plan: Vec<Segment>,
+    /// Bumped whenever a slot may have changed (seed added, removed, moved): lets
+    /// callers cache per-topology lists (e.g. the buffers to snapshot each step).
+    generation: u64,
 }
 
 impl MorphogeneticModel {
@@ -52,7 +56,7 @@ impl MorphogeneticModel {
         }
         plan.push(host.segment(prev, None)?);
         let slots = points.iter().map(|p| SeedSlot::new(&p.id, p.channels, slot_config.clone())).collect();
-        Ok(Self { host_vs, host, slots, plan })
+        Ok(Self { host_vs, host, slots, plan, generation: 0 })
     }
 
     pub fn host(&self) -> &CnnHost {
@@ -73,7 +77,13 @@ impl MorphogeneticModel {
         &self.slots
     }
     pub fn slots_mut(&mut self) -> &mut [SeedSlot] {
+        self.generation += 1;
         &mut self.slots
+    }
+
+    /// Changes whenever a slot may have changed (see the field).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     fn index(&self, id: &str) -> Result<usize, ModelError> {
@@ -88,29 +98,93 @@ impl MorphogeneticModel {
     }
     pub fn slot_mut(&mut self, id: &str) -> Result<&mut SeedSlot, ModelError> {
         let i = self.index(id)?;
+        self.generation += 1;
         Ok(&mut self.slots[i])
     }
 
     /// Logits for `x` (NCHW); the host's memory format is applied once, here.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor, ModelError> {
-        self.run(x, train, None)
+        self.run(x, train, &|_| false)
     }
 
     /// The counterfactual forward (eval mode): slot `id` with its alpha forced to 0,
     /// which for every blend is the host stream itself.
     pub fn forward_counterfactual(&self, x: &Tensor, id: &str) -> Result<Tensor, ModelError> {
-        self.run(x, false, Some(self.index(id)?))
+        let bypass = self.index(id)?;
+        self.run(x, false, &|i| i == bypass)
     }
 
-    fn run(&self, x: &Tensor, train: bool, bypass: Option<usize>) -> Result<Tensor, ModelError> {
+    /// The forward with only slot `only` running its seed (the others pass the host
+    /// through): to find which seed a failing backward belongs to.
+    pub fn forward_only(&self, x: &Tensor, train: bool, only: usize) -> Result<Tensor, ModelError> {
+        self.run(x, train, &|i| i != only)
+    }
+
+    fn run(&self, x: &Tensor, train: bool, bypass: &dyn Fn(usize) -> bool) -> Result<Tensor, ModelError> {
         let mut h = self.host.prepare_input(x);
         for (i, slot) in self.slots.iter().enumerate() {
             h = self.host.run_segment(self.plan[i], &h, train);
-            if bypass != Some(i) {
+            if !bypass(i) {
                 h = slot.forward(h, train)?;
             }
         }
         Ok(self.host.run_segment(self.plan[self.slots.len()], &h, train))
+    }
+
+    /// Indices of the slots whose seed takes part in the forward pass.
+    pub fn running_slots(&self) -> Vec<usize> {
+        self.slots.iter().enumerate().filter(|(_, s)| s.runs_seed()).map(|(i, _)| i).collect()
+    }
+
+    /// The slots whose seed produced a non-finite output since it was installed: the
+    /// flags of every running seed, read back in one transfer.
+    pub fn non_finite_slots(&self) -> Result<Vec<usize>, ModelError> {
+        let (idx, flags): (Vec<usize>, Vec<Tensor>) = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.finite_flag().map(|f| (i, f.to_device(Device::Cpu))))
+            .unzip();
+        if flags.is_empty() {
+            return Ok(Vec::new());
+        }
+        let torch = |e: tch::TchError| ModelError::Torch(e.to_string());
+        let read = Tensor::f_stack(&flags, 0).map_err(torch)?;
+        let ok = Vec::<bool>::try_from(&read).map_err(torch)?;
+        Ok(idx.into_iter().zip(ok).filter(|(_, ok)| !ok).map(|(i, _)| i).collect())
+    }
+
+    /// Buffers (non-trainable state: BatchNorm statistics) of the host and every live
+    /// seed, sorted by name: what a discarded train-mode forward may have changed.
+    pub fn buffers(&self) -> Vec<(String, Tensor)> {
+        let mut out: Vec<(String, Tensor)> = self
+            .host_vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| !t.requires_grad())
+            .map(|(n, t)| (format!("host.{n}"), t))
+            .collect();
+        for slot in &self.slots {
+            out.extend(
+                slot.named_seed_tensors()
+                    .into_iter()
+                    .filter(|(_, t)| !t.requires_grad())
+                    .map(|(n, t)| (format!("{}.{n}", slot.id()), t)),
+            );
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Every parameter and buffer of the host and the live seeds, sorted by name.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut out: Vec<(String, Tensor)> =
+            self.host_vs.variables().into_iter().map(|(n, t)| (format!("host.{n}"), t)).collect();
+        for slot in &self.slots {
+            out.extend(slot.named_seed_tensors().into_iter().map(|(n, t)| (format!("{}.{n}", slot.id()), t)));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// Germinates a seed of `blueprint` (from any loaded plugin) into slot `id`.
@@ -141,14 +215,14 @@ impl MorphogeneticModel {
     }
 
     /// Measures gradients after backward in every slot with a running seed.
-    pub fn capture_gradients(&mut self) {
-        for slot in &mut self.slots {
-            slot.capture_gradients();
-        }
+    /// Returns each slot's sample (by slot index).
+    pub fn capture_gradients(&mut self) -> Vec<(usize, GradientSample)> {
+        self.slots.iter_mut().enumerate().filter_map(|(i, slot)| Some((i, slot.capture_gradients()?))).collect()
     }
 
     /// Advances every slot's clock by one epoch.
     pub fn step_epoch(&mut self) -> Result<(), ModelError> {
+        self.generation += 1;
         for slot in &mut self.slots {
             slot.step_epoch()?;
         }
@@ -157,6 +231,7 @@ impl MorphogeneticModel {
 
     /// Moves host, seeds, gates and monitors to `device`.
     pub fn set_device(&mut self, device: Device) {
+        self.generation += 1;
         self.host_vs.set_device(device);
         for slot in &mut self.slots {
             slot.set_device(device);

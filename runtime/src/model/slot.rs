@@ -3,7 +3,10 @@
 
 use super::ModelError;
 use crate::{
-    isolation::{seed_input, straight_through, BlendAlgorithm, GateNet, GradientHealthMonitor, GradientSample},
+    isolation::{
+        contract, seed_input, straight_through, BlendAlgorithm, FaultKind, GateNet, GradientHealthMonitor,
+        GradientSample, SeedFault,
+    },
     lifecycle::{
         AlphaCurve, BlendSchedule, GateResult, GradientHealth, Lifecycle, LifecycleError, QualityGates, SeedStage,
         SeedState, StageChange,
@@ -31,8 +34,12 @@ impl Default for SlotConfig {
     }
 }
 
-/// Side of the germination probe (a random (1, C, 32, 32) input in eval mode).
+/// Side of the germination probe (a random (PROBE_BATCH, C, 32, 32) input, train and
+/// eval mode).
 pub const PROBE_SIZE: i64 = 32;
+/// Batch of the germination probe: at least 2, so a seed that collapses the batch
+/// (returns `(1, C, H, W)`, which would broadcast) is refused.
+pub const PROBE_BATCH: i64 = 2;
 
 /// What a slot reports about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,8 +61,13 @@ pub struct SeedSlot {
     seed: Option<PluginSeed>,
     gate: Option<(nn::VarStore, GateNet)>,
     monitor: Option<GradientHealthMonitor>,
+    /// On the seed's device: false once any output of the seed was NaN or infinite.
+    /// Accumulated without a sync; read where the training loop already reads.
+    finite: Option<Tensor>,
     /// The blueprint options the seed was created with (kept for checkpoints).
     options: serde_json::Value,
+    /// Plugin errors met while dropping seeds, for the run's events (drained by the trainer).
+    release_errors: Vec<String>,
 }
 
 impl SeedSlot {
@@ -68,7 +80,9 @@ impl SeedSlot {
             seed: None,
             gate: None,
             monitor: None,
+            finite: None,
             options: serde_json::Value::Null,
+            release_errors: Vec::new(),
         }
     }
 
@@ -102,16 +116,21 @@ impl SeedSlot {
     }
 
     /// Whether the seed takes part in the forward pass.
-    fn runs_seed(&self) -> bool {
+    pub fn runs_seed(&self) -> bool {
         self.seed.is_some() && self.stage().is_active()
     }
 
     /// The slot's forward: the host features pass through unchanged unless a seed is
-    /// active; then the isolation layer and the stage's blend apply.
+    /// active; then the isolation layer and the stage's blend apply. The seed's output
+    /// is checked against the contract first; a breach or a plugin error is a
+    /// [`ModelError::Seed`] naming the seed (the caller prunes it).
     pub fn forward(&self, host: Tensor, train: bool) -> Result<Tensor, ModelError> {
         let Some(seed) = self.seed.as_ref().filter(|_| self.runs_seed()) else { return Ok(host) };
         let input = seed_input(&host, self.config.isolate_gradients);
-        let out = seed.forward(&input, train)?;
+        let out = checked_forward(seed, &input, train).map_err(|kind| self.fault(kind))?;
+        if let Some(flag) = &self.finite {
+            note_finite(flag, &out).map_err(|e| self.fault(FaultKind::Forward(e.to_string())))?;
+        }
         let alpha = self.alpha();
         if self.stage() == SeedStage::Training && alpha == 0.0 {
             return Ok(straight_through(&host, &out));
@@ -136,20 +155,33 @@ impl SeedSlot {
             );
         }
         let (seed, gate) = self.create_seed(registry, blueprint, options, device)?;
-        let probe = Tensor::randn([1, self.channels, PROBE_SIZE, PROBE_SIZE], (Kind::Float, device));
-        let out = tch::no_grad(|| seed.forward(&probe, false))?;
-        if out.size() != probe.size() {
-            return Err(ModelError::ShapeChanged {
-                slot: self.id.clone(),
-                blueprint: seed.key().into(),
-                expected: probe.size(),
-                got: out.size(),
-            });
-        }
+        self.probe(&seed, device)?;
         let schedule = BlendSchedule { curve: self.config.alpha_curve, tempo_epochs: self.config.blend_tempo };
         self.lifecycle.germinate_with(seed_id, seed.key(), schedule).map_err(|e| self.lifecycle_err(e))?;
         tracing::info!(event = "germinated", slot = %self.id, blueprint = seed.key(), seed_id, "germinated");
         self.install(seed, gate, options.clone(), host_params);
+        Ok(())
+    }
+
+    /// The germination probe: a random (PROBE_BATCH, C, 32, 32) input in train and
+    /// eval mode, through the same contract check as every forward, outputs finite.
+    fn probe(&self, seed: &PluginSeed, device: Device) -> Result<(), ModelError> {
+        let shape = [PROBE_BATCH, self.channels, PROBE_SIZE, PROBE_SIZE];
+        for (mode, train) in [("train mode", true), ("eval mode", false)] {
+            let refuse = |cause: String| ModelError::ProbeRefused {
+                slot: self.id.clone(),
+                blueprint: seed.key().into(),
+                mode,
+                input: shape.to_vec(),
+                cause,
+            };
+            let probe = Tensor::f_randn(shape, (Kind::Float, device)).map_err(|e| ModelError::Torch(e.to_string()))?;
+            let out = tch::no_grad(|| checked_forward(seed, &probe, train)).map_err(|k| refuse(k.to_string()))?;
+            let finite = out.f_isfinite().and_then(|f| f.f_all()).map(|f| bool::try_from(&f).unwrap_or(false));
+            if !finite.unwrap_or(false) {
+                return Err(refuse("non-finite output".into()));
+            }
+        }
         Ok(())
     }
 
@@ -176,6 +208,7 @@ impl SeedSlot {
         options: serde_json::Value,
         host_params: &[Tensor],
     ) {
+        self.finite = Tensor::f_ones([], (Kind::Bool, seed.device())).ok();
         self.seed = Some(seed);
         self.gate = gate;
         self.options = options;
@@ -258,10 +291,61 @@ impl SeedSlot {
         Ok(change)
     }
 
+    /// Removes a faulty seed from the run: pruned (reason `code: detail`), or, when the
+    /// lifecycle cannot prune it (FOSSILIZED), its module dropped so it runs no more.
+    pub fn contain(&mut self, fault: &SeedFault) -> Result<(), ModelError> {
+        let reason = fault.reason();
+        tracing::warn!(event = "seed_fault", slot = %self.id, seed_id = %fault.seed_id, blueprint = %fault.blueprint,
+            plugin = %fault.plugin.display(), code = fault.kind.code(), "{fault}");
+        if self.stage() == SeedStage::Fossilized {
+            tracing::warn!(event = "quarantined", slot = %self.id, reason = %reason, "fossilized seed quarantined");
+            self.drop_seed();
+            return Ok(());
+        }
+        self.prune(&reason).map(drop)
+    }
+
+    /// Builds the fault record for this slot's live seed.
+    fn fault(&self, kind: FaultKind) -> ModelError {
+        let state = self.lifecycle.state();
+        ModelError::Seed(Box::new(SeedFault {
+            slot: self.id.clone(),
+            seed_id: state.map(|s| s.seed_id().to_string()).unwrap_or_default(),
+            blueprint: self.seed.as_ref().map(|s| s.key().to_string()).unwrap_or_default(),
+            plugin: self.seed.as_ref().map(|s| s.plugin_path().to_path_buf()).unwrap_or_default(),
+            kind,
+        }))
+    }
+
+    /// A fault of `kind` by this slot's seed, as a value (for the trainer's own checks).
+    pub fn fault_of(&self, kind: FaultKind) -> Option<SeedFault> {
+        match self.fault(kind) {
+            ModelError::Seed(f) if self.seed.is_some() => Some(*f),
+            _ => None,
+        }
+    }
+
+    /// The device flag "every output so far was finite" of a running seed.
+    pub fn finite_flag(&self) -> Option<&Tensor> {
+        self.finite.as_ref().filter(|_| self.runs_seed())
+    }
+
+    /// Plugin errors met while dropping seeds since the last call.
+    pub fn take_release_errors(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.release_errors)
+    }
+
     fn drop_seed(&mut self) {
-        self.seed = None;
+        if let Some(seed) = self.seed.take() {
+            let key = seed.key().to_string();
+            if let Err(e) = seed.release() {
+                tracing::warn!(event = "plugin_error", slot = %self.id, blueprint = %key, error = %e, "dropping the seed failed (contained)");
+                self.release_errors.push(format!("{}: dropping seed failed (contained): {e}", self.id));
+            }
+        }
         self.gate = None;
         self.monitor = None;
+        self.finite = None;
         self.options = serde_json::Value::Null;
     }
 
@@ -295,6 +379,9 @@ impl SeedSlot {
         if let Some((vs, _)) = &mut self.gate {
             vs.set_device(device);
         }
+        if let Some(f) = &mut self.finite {
+            *f = f.to_device(device);
+        }
         if let Some(m) = &mut self.monitor {
             m.follow_device_move();
         }
@@ -320,4 +407,18 @@ impl SeedSlot {
     fn lifecycle_err(&self, source: LifecycleError) -> ModelError {
         ModelError::Lifecycle { slot: self.id.clone(), source }
     }
+}
+
+/// Runs the seed's forward and holds the output to the contract.
+fn checked_forward(seed: &PluginSeed, input: &Tensor, train: bool) -> Result<Tensor, FaultKind> {
+    let version = contract::input_version(input).map_err(|e| FaultKind::Forward(e.to_string()))?;
+    let out = seed.forward(input, train).map_err(|e| FaultKind::Forward(e.to_string()))?;
+    contract::check_output(input, version, &out)?;
+    Ok(out)
+}
+
+/// `flag &= all(isfinite(out))`, on the device, without a sync.
+fn note_finite(flag: &Tensor, out: &Tensor) -> Result<(), tch::TchError> {
+    let all = out.f_isfinite()?.f_all()?;
+    flag.shallow_clone().f_logical_and_(&all).map(drop)
 }

@@ -37,6 +37,12 @@ impl PluginSeed {
             .map_err(|e| PluginError::from_plugin(&self.key, self.plugin.path(), e))
     }
 
+    /// Drops the plugin's seed now; a panic in its `Drop` comes back as an error (the
+    /// ABI contains it either way).
+    pub fn release(mut self) -> Result<(), PluginError> {
+        self.module.release().into_result().map_err(|e| PluginError::from_plugin(&self.key, self.plugin.path(), e))
+    }
+
     /// `topology:name` of the blueprint.
     pub fn key(&self) -> &str {
         &self.key

@@ -5,6 +5,8 @@ pub mod checkpoint;
 pub mod controller;
 pub mod optim;
 pub mod report;
+mod rollback;
+mod step;
 
 use crate::{
     config::{sha256_hex, RunConfig},
@@ -50,6 +52,7 @@ pub struct Trainer {
     controller: Controller,
     history: Vec<EpochRecord>,
     device: Device,
+    guard: step::StepGuard,
 }
 
 impl Trainer {
@@ -79,6 +82,7 @@ impl Trainer {
             controller,
             history: Vec::new(),
             device,
+            guard: step::StepGuard::default(),
         })
     }
 
@@ -179,29 +183,22 @@ impl Trainer {
         let n_batches = batches.len();
         let bar = progress.add(ProgressBar::new(n_batches as u64));
         bar.set_style(ProgressStyle::with_template("batches {bar:30} {pos}/{len}")?);
-        let (mut loss_sum, mut correct, mut seen) =
-            (Tensor::zeros([], (Kind::Float, self.device)), Tensor::zeros([], (Kind::Int64, self.device)), 0i64);
+        let gradient_every = cfg.gradient_every;
+        let mut events = Vec::new();
+        let mut totals = step::Totals::new(self.device);
+        if self.model.slots().iter().any(|s| s.runs_seed()) {
+            self.save_good()?; // the first state a non-finite seed can be rolled back to
+        }
         for (i, (x, y)) in batches.enumerate() {
-            let logits = self.model.forward(&x, true)?;
-            let loss = logits.cross_entropy_for_logits(&y);
-            self.host_opt.zero_grad();
-            self.seed_opts.values_mut().for_each(Optimizer::zero_grad);
-            loss.backward();
-            if i % cfg.gradient_every == 0 || i + 1 == n_batches {
-                self.model.capture_gradients();
-            }
-            self.host_opt.step();
-            self.seed_opts.values_mut().for_each(Optimizer::step);
-            let n = y.size()[0];
-            loss_sum += loss.detach() * n as f64;
-            correct += logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64);
-            seen += n;
+            let capture = i % gradient_every == 0 || i + 1 == n_batches;
+            self.train_batch(&x, &y, capture, &mut totals, &mut events)?;
             bar.inc(1);
         }
         bar.finish_and_clear();
-        let train_loss = loss_sum.double_value(&[]) / seen.max(1) as f64;
-        let train_accuracy = 100.0 * correct.int64_value(&[]) as f64 / seen.max(1) as f64;
-        let (val_loss, val_accuracy) = self.evaluate(None)?;
+        let seen = totals.seen.max(1) as f64;
+        let train_loss = totals.loss.f_double_value(&[])? / seen;
+        let train_accuracy = 100.0 * totals.correct.f_int64_value(&[])? as f64 / seen;
+        let (val_loss, val_accuracy) = self.evaluate_contained(None, &mut events)?;
 
         // Metrics for each live seed: accuracy, and the counterfactual contribution
         // (alpha forced to 0) once the seed affects the output.
@@ -210,7 +207,7 @@ impl Trainer {
         for id in &ids {
             let stage = self.model.slot(id)?.stage();
             let contribution = if matches!(stage, SeedStage::Blending | SeedStage::Holding | SeedStage::Fossilized) {
-                Some(val_accuracy - self.evaluate(Some(id))?.1)
+                Some(val_accuracy - self.evaluate_contained(Some(id), &mut events)?.1)
             } else {
                 None
             };
@@ -221,7 +218,6 @@ impl Trainer {
             }
             contributions.insert(id.clone(), contribution);
         }
-        let mut events = Vec::new();
         for slot in self.model.slots_mut() {
             let id = slot.id().to_string();
             if let Some(c) = slot.step_epoch()? {
@@ -229,6 +225,17 @@ impl Trainer {
             }
         }
         self.act(epoch, &mut events);
+        for slot in self.model.slots_mut() {
+            events.extend(slot.take_release_errors());
+        }
+        if self.guard.snapshots > 0 {
+            tracing::debug!(
+                snapshots = self.guard.snapshots,
+                snapshot_ms = self.guard.snapshot_time.as_secs_f64() * 1e3,
+                rollbacks = self.guard.rollbacks,
+                "rollback copies this run"
+            );
+        }
 
         let slots = self
             .model
@@ -312,9 +319,31 @@ impl Trainer {
         }
     }
 
+    /// [`Trainer::evaluate`], containing seeds at fault: a seed that breaks the contract,
+    /// fails or gives non-finite outputs is pruned and the evaluation run again.
+    fn evaluate_contained(&mut self, bypass: Option<&str>, events: &mut Vec<String>) -> Result<(f64, f64)> {
+        loop {
+            let faults = match self.evaluate(bypass) {
+                Ok(result) => {
+                    let bad = self.model.non_finite_slots()?;
+                    if bad.is_empty() {
+                        return Ok(result);
+                    }
+                    let slots = self.model.slots();
+                    bad.iter()
+                        .filter_map(|&i| slots[i].fault_of(crate::isolation::FaultKind::NonFinite { what: "outputs" }))
+                        .collect()
+                }
+                Err(crate::model::ModelError::Seed(fault)) => vec![*fault],
+                Err(e) => return Err(e.into()),
+            };
+            self.contain(faults, events)?;
+        }
+    }
+
     /// Validation loss and accuracy (%), eval mode; with `bypass`, that slot's alpha is
     /// forced to 0 (the counterfactual).
-    fn evaluate(&self, bypass: Option<&str>) -> Result<(f64, f64)> {
+    fn evaluate(&self, bypass: Option<&str>) -> Result<(f64, f64), crate::model::ModelError> {
         tch::no_grad(|| {
             // Summed on the device; read back once at the end (no sync per batch).
             let mut loss = Tensor::zeros([], (Kind::Float, self.device));
@@ -326,12 +355,12 @@ impl Trainer {
                     None => self.model.forward(&x, false)?,
                 };
                 let n = y.size()[0];
-                loss += logits.cross_entropy_for_logits(&y) * n as f64;
-                correct += logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64);
+                let _ = loss.f_add_(&step::cross_entropy(&logits, &y)?.f_mul_scalar(n as f64)?)?;
+                let _ = correct.f_add_(&logits.f_argmax(1, false)?.f_eq_tensor(&y)?.f_sum(Kind::Int64)?)?;
                 seen += n;
             }
             let seen = seen.max(1) as f64;
-            Ok((loss.double_value(&[]) / seen, 100.0 * correct.int64_value(&[]) as f64 / seen))
+            Ok((loss.f_double_value(&[])? / seen, 100.0 * correct.f_int64_value(&[])? as f64 / seen))
         })
     }
 

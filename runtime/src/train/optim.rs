@@ -4,6 +4,13 @@
 use crate::config::OptimizerConfig;
 use tch::{Kind, Tensor};
 
+/// An optimizer's state, copied for a rollback (see [`Optimizer::save_into`]).
+#[derive(Debug, Default)]
+pub struct StateCopy {
+    steps: i64,
+    state: Vec<Vec<Tensor>>,
+}
+
 pub struct Optimizer {
     config: OptimizerConfig,
     params: Vec<Tensor>,
@@ -77,6 +84,46 @@ impl Optimizer {
         out
     }
 
+    /// Copies the state into `copy`, in place once `copy` has the same structure (no
+    /// allocation per call), for an in-memory rollback.
+    pub fn save_into(&self, copy: &mut StateCopy) -> Result<(), tch::TchError> {
+        copy.steps = self.steps;
+        let same =
+            copy.state.len() == self.state.len() && copy.state.iter().zip(&self.state).all(|(c, s)| c.len() == s.len());
+        if !same {
+            copy.state = self
+                .state
+                .iter()
+                .map(|s| s.iter().map(|t| t.f_detach_copy()).collect::<Result<Vec<_>, _>>())
+                .collect::<Result<_, _>>()?;
+            return Ok(());
+        }
+        tch::no_grad(|| {
+            for (c, s) in copy.state.iter_mut().flatten().zip(self.state.iter().flatten()) {
+                c.f_copy_(s)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Restores what [`Optimizer::save_into`] copied (state created after the copy is
+    /// dropped, as if it never existed).
+    pub fn restore_from(&mut self, copy: &StateCopy) -> Result<(), tch::TchError> {
+        self.steps = copy.steps;
+        tch::no_grad(|| {
+            for (mine, saved) in self.state.iter_mut().zip(&copy.state) {
+                if mine.len() == saved.len() {
+                    for (m, s) in mine.iter_mut().zip(saved) {
+                        m.f_copy_(s)?;
+                    }
+                } else {
+                    *mine = saved.iter().map(|t| t.f_detach_copy()).collect::<Result<_, _>>()?;
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Restores what [`Optimizer::state_tensors`] saved.
     pub fn load_state(&mut self, tensors: &[(String, Tensor)]) -> Result<(), String> {
         let get = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t);
@@ -122,6 +169,39 @@ mod tests {
         assert!(
             quadratic_descent(OptimizerConfig::Adam { lr: 0.1, beta1: 0.9, beta2: 0.999, weight_decay: 0.0 }) < 1e-2
         );
+    }
+
+    #[test]
+    fn rollback_restores_the_state_exactly_even_when_it_was_created_later() {
+        let config = OptimizerConfig::Sgd { lr: 0.1, momentum: 0.9, weight_decay: 0.0 };
+        let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
+        let mut opt = Optimizer::new(config, vec![p.shallow_clone()]);
+        let step = |opt: &mut Optimizer| {
+            opt.zero_grad();
+            (&p * &p * &p).sum(Kind::Float).backward();
+            opt.step();
+        };
+        let mut copy = StateCopy::default();
+        opt.save_into(&mut copy).unwrap(); // before the momentum buffer exists
+        let p0 = p.detach().copy();
+        step(&mut opt);
+        step(&mut opt);
+        tch::no_grad(|| p.shallow_clone().copy_(&p0));
+        opt.restore_from(&copy).unwrap();
+        step(&mut opt);
+        let once = p.detach().copy();
+        // The same single step from scratch.
+        let q = p0.copy().set_requires_grad(true);
+        let mut fresh = Optimizer::new(config, vec![q.shallow_clone()]);
+        fresh.zero_grad();
+        (&q * &q * &q).sum(Kind::Float).backward();
+        fresh.step();
+        assert!(once.equal(&q.detach()), "{once} vs {q}");
+        // Saved in place once the structure matches: the copy follows later states.
+        opt.save_into(&mut copy).unwrap();
+        step(&mut opt);
+        opt.restore_from(&copy).unwrap();
+        assert_eq!(opt.steps, copy.steps);
     }
 
     #[test]

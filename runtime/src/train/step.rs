@@ -1,0 +1,250 @@
+//! One training step, contained.
+//!
+//! A seed that breaks the output contract, fails in forward or backward, or goes
+//! non-finite is pruned, and the step it spoiled is discarded: no parameter update comes
+//! from it. A contract breach or an error is seen during the step itself: the buffers
+//! (BatchNorm statistics) the discarded forward touched are restored from a copy taken
+//! before the step, and the step is re-run without the seed, so the host trains exactly
+//! as it would have without that seed. Non-finite values are accumulated on the device
+//! and read where the loop already reads (the gradient capture, every
+//! `gradient_every` steps): then the whole state (parameters, buffers, optimizer state)
+//! goes back to an in-memory copy of the last step read as good, and the step is re-run
+//! without the seed. An error that is the host's own ends the run.
+
+use super::{optim::StateCopy, rollback::TensorCopy, Trainer};
+use crate::{
+    isolation::{FaultKind, SeedFault},
+    model::ModelError,
+    torch_error,
+};
+use anyhow::{anyhow, Result};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+use tch::{Kind, Tensor};
+
+/// What the contained step keeps between steps.
+#[derive(Debug, Default)]
+pub(super) struct StepGuard {
+    /// The model generation the buffer list was taken at.
+    buffers_generation: Option<u64>,
+    /// Buffers as they were before the current step.
+    buffers: TensorCopy,
+    /// Parameters and buffers at the last step read as good.
+    good: TensorCopy,
+    good_host_opt: StateCopy,
+    good_seed_opts: BTreeMap<String, StateCopy>,
+    /// Time spent taking the good-state copies, and how many were taken.
+    pub(super) snapshot_time: Duration,
+    pub(super) snapshots: u32,
+    pub(super) rollbacks: u32,
+}
+
+/// The epoch's running sums, on the device (read once at the end).
+pub(super) struct Totals {
+    pub loss: Tensor,
+    pub correct: Tensor,
+    pub seen: i64,
+}
+
+impl Totals {
+    pub fn new(device: tch::Device) -> Self {
+        Self {
+            loss: Tensor::zeros([], (Kind::Float, device)),
+            correct: Tensor::zeros([], (Kind::Int64, device)),
+            seen: 0,
+        }
+    }
+
+    fn add(&mut self, loss: &Tensor, logits: &Tensor, y: &Tensor) -> Result<(), tch::TchError> {
+        let n = y.size().first().copied().unwrap_or(0);
+        let _ = self.loss.f_add_(&loss.f_detach()?.f_mul_scalar(n as f64)?)?;
+        let _ = self.correct.f_add_(&logits.f_argmax(1, false)?.f_eq_tensor(y)?.f_sum(Kind::Int64)?)?;
+        self.seen += n;
+        Ok(())
+    }
+}
+
+/// Mean cross-entropy of `logits` for class indices `y` (tch's `cross_entropy_for_logits`,
+/// fallible).
+pub(super) fn cross_entropy(logits: &Tensor, y: &Tensor) -> Result<Tensor, tch::TchError> {
+    logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss(y, None::<Tensor>, tch::Reduction::Mean, -100)
+}
+
+/// Why an attempt at a step did not apply.
+enum Spoiled {
+    /// Seeds at fault, seen during the step (nothing was updated yet).
+    Seeds(Vec<SeedFault>),
+    /// Seeds read back non-finite: steps since the last good read are suspect.
+    NonFinite(Vec<SeedFault>),
+    /// The host's own error: the run ends.
+    Host(anyhow::Error),
+}
+
+fn host_error(what: &str, e: impl std::fmt::Display) -> Spoiled {
+    let text = e.to_string();
+    tracing::debug!(error = %text, "{what} failed (full text)");
+    Spoiled::Host(anyhow!("{what} failed: {}", torch_error::summary(&text)))
+}
+
+fn from_model(e: ModelError) -> Spoiled {
+    match e {
+        ModelError::Seed(f) => Spoiled::Seeds(vec![*f]),
+        other => host_error("the host's forward", other),
+    }
+}
+
+impl Trainer {
+    /// Trains on one batch, containing any seed at fault (see the module docs).
+    pub(super) fn train_batch(
+        &mut self,
+        x: &Tensor,
+        y: &Tensor,
+        capture: bool,
+        totals: &mut Totals,
+        events: &mut Vec<String>,
+    ) -> Result<()> {
+        loop {
+            let seeded = self.model.slots().iter().any(|s| s.runs_seed());
+            if seeded {
+                self.save_buffers()?;
+            }
+            match self.attempt(x, y, capture, seeded) {
+                Ok((loss, logits)) => return Ok(totals.add(&loss, &logits, y)?),
+                Err(Spoiled::Seeds(faults)) => {
+                    self.guard.buffers.restore()?;
+                    self.contain(faults, events)?;
+                }
+                Err(Spoiled::NonFinite(faults)) => {
+                    self.roll_back()?;
+                    self.contain(faults, events)?;
+                }
+                Err(Spoiled::Host(e)) => return Err(e),
+            }
+        }
+    }
+
+    fn attempt(&mut self, x: &Tensor, y: &Tensor, capture: bool, seeded: bool) -> Result<(Tensor, Tensor), Spoiled> {
+        let logits = self.model.forward(x, true).map_err(from_model)?;
+        let loss = cross_entropy(&logits, y).map_err(|e| host_error("the loss", e))?;
+        self.zero_grads();
+        if let Err(e) = loss.f_backward() {
+            return Err(self.blame_backward(x, y, e));
+        }
+        if capture {
+            let faults = self.read_health().map_err(|e| host_error("reading seed health", e))?;
+            if !faults.is_empty() {
+                return Err(Spoiled::NonFinite(faults));
+            }
+        }
+        self.host_opt.step();
+        self.seed_opts.values_mut().for_each(|o| o.step());
+        if capture && seeded {
+            self.save_good().map_err(|e| host_error("the rollback copy", e))?;
+        }
+        Ok((loss, logits))
+    }
+
+    fn zero_grads(&mut self) {
+        self.host_opt.zero_grad();
+        self.seed_opts.values_mut().for_each(|o| o.zero_grad());
+    }
+
+    /// A failed backward: the seed whose forward alone makes it fail is at fault; when
+    /// no seed runs, or none fails alone, the error is the host's.
+    fn blame_backward(&mut self, x: &Tensor, y: &Tensor, error: tch::TchError) -> Spoiled {
+        let running = self.model.running_slots();
+        let culprits: Vec<usize> = if running.len() == 1 {
+            running
+        } else {
+            running
+                .into_iter()
+                .filter(|&i| {
+                    let _ = self.guard.buffers.restore();
+                    self.zero_grads();
+                    let alone = self.model.forward_only(x, true, i).map_err(|e| e.to_string()).and_then(|logits| {
+                        cross_entropy(&logits, y).and_then(|l| l.f_backward()).map_err(|e| e.to_string())
+                    });
+                    alone.is_err()
+                })
+                .collect()
+        };
+        if culprits.is_empty() {
+            return host_error("backward", error);
+        }
+        let text = torch_error::summary(&error.to_string());
+        let slots = self.model.slots();
+        Spoiled::Seeds(culprits.iter().filter_map(|&i| slots[i].fault_of(FaultKind::Backward(text.clone()))).collect())
+    }
+
+    /// Reads the running seeds' finiteness flags (one transfer) and gradient norms (the
+    /// monitor's one transfer per slot). A seed is at fault for non-finite outputs, or
+    /// for non-finite gradients while the host's are finite.
+    fn read_health(&mut self) -> Result<Vec<SeedFault>, ModelError> {
+        let bad_outputs = self.model.non_finite_slots()?;
+        let samples = self.model.capture_gradients();
+        let slots = self.model.slots();
+        let mut faults: Vec<SeedFault> =
+            bad_outputs.iter().filter_map(|&i| slots[i].fault_of(FaultKind::NonFinite { what: "outputs" })).collect();
+        for (i, sample) in samples {
+            if !bad_outputs.contains(&i) && !sample.seed_norm.is_finite() && sample.host_norm.is_finite() {
+                faults.extend(slots[i].fault_of(FaultKind::NonFinite { what: "gradients" }));
+            }
+        }
+        Ok(faults)
+    }
+
+    /// Copies the buffers a discarded forward could change (the list is taken again
+    /// only when the model's slots changed).
+    fn save_buffers(&mut self) -> Result<()> {
+        let generation = self.model.generation();
+        if self.guard.buffers_generation == Some(generation) {
+            self.guard.buffers.refresh()?;
+        } else {
+            self.guard.buffers.save(self.model.buffers())?;
+            self.guard.buffers_generation = Some(generation);
+        }
+        Ok(())
+    }
+
+    /// Copies the whole training state: the last step read as good.
+    pub(super) fn save_good(&mut self) -> Result<(), tch::TchError> {
+        let started = Instant::now();
+        self.guard.good.save(self.model.state())?;
+        self.host_opt.save_into(&mut self.guard.good_host_opt)?;
+        self.guard.good_seed_opts.retain(|id, _| self.seed_opts.contains_key(id));
+        for (id, opt) in &self.seed_opts {
+            opt.save_into(self.guard.good_seed_opts.entry(id.clone()).or_default())?;
+        }
+        self.guard.snapshot_time += started.elapsed();
+        self.guard.snapshots += 1;
+        Ok(())
+    }
+
+    fn roll_back(&mut self) -> Result<()> {
+        self.guard.good.restore()?;
+        self.host_opt.restore_from(&self.guard.good_host_opt)?;
+        for (id, opt) in self.seed_opts.iter_mut() {
+            if let Some(copy) = self.guard.good_seed_opts.get(id) {
+                opt.restore_from(copy)?;
+            }
+        }
+        self.guard.rollbacks += 1;
+        tracing::warn!(event = "rolled_back", "training state restored from the last step read as good");
+        Ok(())
+    }
+
+    /// Prunes each faulty seed (or quarantines a fossilized one) and records it.
+    pub(super) fn contain(&mut self, faults: Vec<SeedFault>, events: &mut Vec<String>) -> Result<()> {
+        if faults.is_empty() {
+            return Err(anyhow!("internal: a step was spoiled without a seed at fault"));
+        }
+        for fault in faults {
+            self.model.slot_mut(&fault.slot)?.contain(&fault)?;
+            events.push(format!("{}: pruned ({})", fault.slot, fault.reason()));
+        }
+        self.sync_seed_optimizers();
+        Ok(())
+    }
+}

@@ -1,0 +1,194 @@
+//! Containment: every misbehaving fixture (tests/fixtures/misbehaving) runs in a real
+//! `esper run` to the last epoch with its seed pruned and the reason recorded; the host
+//! trains exactly as it would have without a seed that breaks the contract in TRAINING;
+//! the conformance suite fails each fixture on its named check; the germination probe
+//! refuses a seed that misbehaves from its first call.
+
+use esper_runtime::{
+    config::RunConfig,
+    conformance::{run_suite, Status, SuiteOptions},
+    host::CnnHostConfig,
+    model::{ModelError, MorphogeneticModel, SlotConfig},
+    plugin::BlueprintRegistry,
+    train::Trainer,
+};
+use esper_tests::{plugin_lib, target_dir, temp_dir};
+use indicatif::{MultiProgress, ProgressDrawTarget};
+use serde_json::{json, Value};
+use std::{path::Path, process::Command};
+use tch::Device;
+
+const FIXTURE: &str = "esper-fixture-misbehaving";
+
+/// A small job: the fixture `blueprint` germinated into r0c1 before epoch 1 (it behaves
+/// through the probe and its first train steps, then misbehaves), the controller off.
+fn config_text(dir: &Path, blueprint: Option<&str>, memory_format: &str, epochs: u32) -> String {
+    let schedule = blueprint.map_or(String::new(), |b| {
+        format!("[[lifecycle.schedule]]\nepoch = 1\nslot = \"r0c1\"\nblueprint = \"{b}\"\n")
+    });
+    format!(
+        r#"
+device = "cpu"
+slots = ["r0c1"]
+
+[[plugins]]
+path = "{plugin}"
+
+[host]
+base_channels = 8
+memory_format = "{memory_format}"
+
+[data]
+kind = "synthetic"
+train_size = 256
+val_size = 128
+
+[training]
+epochs = {epochs}
+batch_size = 32
+gradient_every = 2
+
+[lifecycle.controller]
+enabled = false
+
+{schedule}
+[output]
+dir = "{out}"
+"#,
+        plugin = plugin_lib(FIXTURE).display(),
+        out = dir.join("out").display(),
+    )
+}
+
+fn esper() -> Command {
+    let mut c = Command::new(target_dir().join("esper"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+/// Runs the binary on `config` and returns (events.jsonl, report.json) after checking
+/// that it finished every epoch with exit code 0.
+fn run_binary(dir: &Path, config: &str, epochs: u32) -> (String, Value) {
+    let path = dir.join("run.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = esper().arg("run").arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "esper run must finish (exit 0, no panic, no signal):\n{stderr}");
+    let events = std::fs::read_to_string(dir.join("out/events.jsonl")).unwrap();
+    let report: Value = serde_json::from_slice(&std::fs::read(dir.join("out/report.json")).unwrap()).unwrap();
+    let epochs_run = report["epochs"].as_array().map_or(0, Vec::len);
+    assert_eq!(epochs_run, epochs as usize, "every epoch ran: {report}");
+    (events, report)
+}
+
+fn assert_pruned_for(events: &str, report: &Value, code: &str) {
+    let pruned = events.lines().any(|l| l.contains("\"pruned\"") && l.contains(code));
+    assert!(pruned, "events.jsonl has no `pruned` event with reason `{code}`:\n{events}");
+    let text = report.to_string();
+    assert!(text.contains(&format!("pruned ({code}")), "report.json names the prune reason `{code}`: {text}");
+}
+
+#[test]
+fn each_misbehaving_seed_is_pruned_and_the_run_finishes() {
+    for (blueprint, code, memory_format) in [
+        ("inplace-input", "input_written", "contiguous"),
+        ("inplace-input", "input_written", "channels_last"),
+        ("wrong-dtype", "wrong_dtype", "channels_last"),
+        ("broadcast-output", "wrong_shape", "channels_last"),
+        ("nan-after-n-steps", "non_finite", "channels_last"),
+    ] {
+        let dir = temp_dir(&format!("contain-{blueprint}-{memory_format}"));
+        let (events, report) = run_binary(&dir, &config_text(&dir, Some(blueprint), memory_format, 2), 2);
+        assert_pruned_for(&events, &report, code);
+    }
+}
+
+#[test]
+fn a_panic_in_a_seeds_drop_is_contained_and_reported() {
+    // The controller prunes the seed once it blends (any contribution is below 1000),
+    // which drops it: the panic in its Drop is caught by the ABI and reported.
+    let dir = temp_dir("contain-panic-in-drop");
+    let text = config_text(&dir, Some("panic-in-drop"), "channels_last", 4).replace(
+        "[lifecycle.controller]\nenabled = false",
+        "[lifecycle.gates]\nmode = \"permissive\"\nmin_blending_epochs = 1\nmin_gradient_health_for_blending = 0.0\n\n\
+         [lifecycle.controller]\nenabled = true\nprune_below_contribution = 1000.0",
+    );
+    let (events, report) = run_binary(&dir, &text, 4);
+    assert!(events.contains("plugin_error") && events.contains("deliberate panic in the seed's Drop"), "{events}");
+    let text = report.to_string();
+    assert!(text.contains("dropping seed failed (contained)"), "{text}");
+}
+
+fn hidden() -> MultiProgress {
+    MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
+}
+
+fn host_params_after(dir: &Path, blueprint: Option<&str>) -> (Trainer, Vec<(String, tch::Tensor)>) {
+    let path = dir.join("run.toml");
+    std::fs::write(&path, config_text(dir, blueprint, "contiguous", 2)).unwrap();
+    let mut trainer = Trainer::new(RunConfig::load(&path).unwrap()).unwrap();
+    trainer.run(&hidden()).unwrap();
+    let mut vars: Vec<(String, tch::Tensor)> = trainer.model().host_vars().variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    (trainer, vars)
+}
+
+#[test]
+fn an_in_place_write_in_training_leaves_the_host_exactly_as_without_the_seed() {
+    let (with_seed, host_a) = host_params_after(&temp_dir("bitwise-with"), Some("inplace-input"));
+    let (_, host_b) = host_params_after(&temp_dir("bitwise-without"), None);
+    let events: Vec<&String> = with_seed.history().iter().flat_map(|r| &r.events).collect();
+    assert!(events.iter().any(|e| e.contains("pruned (input_written")), "{events:?}");
+    assert_eq!(host_a.len(), host_b.len());
+    for ((name, a), (_, b)) in host_a.iter().zip(&host_b) {
+        assert!(a.equal(b), "host tensor `{name}` differs from the run without the seed");
+    }
+}
+
+#[test]
+fn a_non_finite_seed_is_rolled_back_and_the_host_stays_finite() {
+    let dir = temp_dir("rollback-nan");
+    let path = dir.join("run.toml");
+    std::fs::write(&path, config_text(&dir, Some("nan-after-n-steps"), "channels_last", 2)).unwrap();
+    let mut trainer = Trainer::new(RunConfig::load(&path).unwrap()).unwrap();
+    trainer.run(&hidden()).unwrap();
+    for (name, t) in trainer.model().host_vars().variables() {
+        assert!(bool::try_from(t.isfinite().all()).unwrap(), "host tensor `{name}` is not finite");
+    }
+    let last = trainer.history().last().unwrap();
+    assert!(last.train_loss.is_finite() && last.val_loss.is_finite(), "{last:?}");
+}
+
+#[test]
+fn conformance_fails_each_fixture_on_its_named_check() {
+    let lib = plugin_lib(FIXTURE);
+    for (blueprint, check) in [
+        ("inplace-input", "input_untouched"),
+        ("wrong-dtype", "shape_dtype_device"),
+        ("broadcast-output", "shape_dtype_device"),
+        ("nan-after-n-steps", "finite_outputs"),
+        ("panic-in-drop", "no_panic"),
+    ] {
+        let report = run_suite(&lib, &SuiteOptions { blueprint: Some(blueprint.into()), move_to: Some(Device::Cpu) });
+        assert!(!report.passed, "{blueprint} must not pass");
+        let failed: Vec<&str> =
+            report.blueprints[0].checks.iter().filter(|c| c.status == Status::Fail).map(|c| c.check.name()).collect();
+        assert_eq!(failed, vec![check], "{blueprint}: failed checks\n{}", report.render());
+    }
+}
+
+#[test]
+fn the_probe_refuses_a_seed_that_misbehaves_from_its_first_call() {
+    let mut registry = BlueprintRegistry::new();
+    registry.load(&plugin_lib(FIXTURE)).unwrap();
+    let host = CnnHostConfig { base_channels: 8, ..Default::default() };
+    for (blueprint, code) in
+        [("inplace-input", "wrote its input"), ("wrong-dtype", "dtype"), ("broadcast-output", "no broadcasting")]
+    {
+        let mut model = MorphogeneticModel::new(host.clone(), &["r0c1"], SlotConfig::default(), Device::Cpu).unwrap();
+        let err = model.germinate(&registry, "r0c1", blueprint, "s1", &json!({"after": 0})).unwrap_err();
+        assert!(matches!(err, ModelError::ProbeRefused { .. }), "{blueprint}: {err}");
+        assert!(err.to_string().contains(code), "{blueprint}: {err}");
+        assert!(model.slot("r0c1").unwrap().seed().is_none(), "the slot is left as it was");
+    }
+}
