@@ -192,3 +192,21 @@ fn the_probe_refuses_a_seed_that_misbehaves_from_its_first_call() {
         assert!(model.slot("r0c1").unwrap().seed().is_none(), "the slot is left as it was");
     }
 }
+
+#[test]
+#[ignore = "needs CUDA: run scripts/test-gpu.sh"]
+fn a_seed_answering_on_the_wrong_device_is_pruned_on_cuda() {
+    assert!(esper_runtime::device::cuda_available(), "this test needs a CUDA device");
+    let dir = temp_dir("contain-wrong-device");
+    let text =
+        config_text(&dir, Some("wrong-device"), "channels_last", 2).replace("device = \"cpu\"", "device = \"cuda\"");
+    let (events, report) = run_binary(&dir, &text, 2);
+    assert_pruned_for(&events, &report, "wrong_device");
+    let report = run_suite(
+        &plugin_lib(FIXTURE),
+        &SuiteOptions { blueprint: Some("wrong-device".into()), move_to: Some(Device::Cuda(0)) },
+    );
+    let failed: Vec<&str> =
+        report.blueprints[0].checks.iter().filter(|c| c.status == Status::Fail).map(|c| c.check.name()).collect();
+    assert_eq!(failed, vec!["device_move"], "{}", report.render());
+}

@@ -5,7 +5,7 @@ pub mod checkpoint;
 pub mod controller;
 pub mod optim;
 pub mod report;
-mod rollback;
+pub mod rollback;
 mod step;
 
 use crate::{
@@ -53,6 +53,24 @@ pub struct Trainer {
     history: Vec<EpochRecord>,
     device: Device,
     guard: step::StepGuard,
+}
+
+/// Runs one phase of epoch `epoch`. Seeds at fault are contained inside it; what is left
+/// is the host's own failure, and it ends the run with an error (never a panic), the
+/// checkpoints already written kept.
+fn contained<T>(epoch: u32, phase: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let text = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        tracing::debug!(error = %text, "host failure (full text)");
+        Err(anyhow::anyhow!("{}", crate::torch_error::summary(&text)))
+    });
+    outcome.with_context(|| {
+        format!("epoch {epoch}: {phase} failed on the host's side (the complete checkpoints written so far are kept)")
+    })
 }
 
 impl Trainer {
@@ -164,11 +182,11 @@ impl Trainer {
         epochs_bar.set_style(ProgressStyle::with_template("epochs  {bar:30} {pos}/{len} {msg}")?);
         epochs_bar.set_position(start as u64);
         for epoch in start + 1..=total {
-            let record = self.epoch(epoch, progress)?;
+            let record = contained(epoch, "training", || self.epoch(epoch, progress))?;
             epochs_bar.set_position(epoch as u64);
             epochs_bar.set_message(format!("val {:.1}%", record.val_accuracy));
             if self.config.output.checkpoint {
-                self.save_checkpoint(epoch)?;
+                contained(epoch, "writing the checkpoint", || self.save_checkpoint(epoch))?;
             }
         }
         epochs_bar.finish_and_clear();
@@ -400,5 +418,22 @@ impl Trainer {
         let dir = w.commit()?;
         tracing::debug!(checkpoint = %dir.display(), "checkpoint written");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contained;
+
+    #[test]
+    fn a_host_side_panic_becomes_an_error_without_the_cpp_frames() {
+        let err = contained(3, "training", || -> anyhow::Result<()> {
+            panic!("Torch(\"out of memory\nException raised from alloc at c10/core/Alloc.cpp:1\nframe #0: f\")")
+        })
+        .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.starts_with("epoch 3: training failed on the host's side"), "{text}");
+        assert!(text.contains("out of memory") && !text.contains("frame #0"), "{text}");
+        assert_eq!(contained(1, "x", || Ok(5)).unwrap(), 5);
     }
 }
