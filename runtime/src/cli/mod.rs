@@ -38,6 +38,17 @@ pub fn default_plugin() -> Result<PathBuf> {
     Ok(dir.join(crate::plugin::library_file_name("esper-norm")))
 }
 
+/// Fills in the shipped plugins (as the built-in job uses them, see [`default_plugin`])
+/// when a config names none; returns the plugin used then, for the caller to report.
+pub fn use_shipped_plugins_if_none(config: &mut crate::config::RunConfig) -> Result<Option<PathBuf>> {
+    if !config.plugins.is_empty() {
+        return Ok(None);
+    }
+    let plugin = default_plugin()?;
+    config.plugins = vec![crate::config::PluginSource { path: plugin.clone(), sha256: None }];
+    Ok(Some(plugin))
+}
+
 impl Cli {
     pub fn run(self) -> Result<ExitCode> {
         match self.command {

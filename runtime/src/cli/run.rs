@@ -1,14 +1,23 @@
 //! `esper run`: the training job, its report, and `--resume`.
+//!
+//! A run's output folder belongs to that run: `esper run` refuses a folder that is not
+//! empty, unless told to continue the run in it (`--resume DIR`) or to clear it first
+//! (`--overwrite`); `--output DIR` picks another folder.
 
 use crate::{
     config::RunConfig,
     lifecycle::SeedStage,
     telemetry,
-    train::{report, Trainer},
+    train::{checkpoint, report, Trainer},
 };
 use anyhow::Result;
 use clap::Args;
-use std::{collections::BTreeSet, path::PathBuf, process::ExitCode};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+use thiserror::Error;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -23,6 +32,64 @@ pub struct RunArgs {
     /// Override the output folder.
     #[arg(long, value_name = "DIR")]
     output: Option<PathBuf>,
+    /// Start over in an output folder that holds an earlier run: remove that run's
+    /// files (checkpoints, events, report) first.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
+}
+
+/// Files and folders a run writes in its output folder (all `--overwrite` removes).
+const RUN_OUTPUTS: [&str; 4] = [checkpoint::CHECKPOINTS, "events.jsonl", "report.json", "report.png"];
+
+#[derive(Debug, Error)]
+pub enum OutputFolderError {
+    #[error(
+        "output folder {dir} is not empty (it holds an earlier run); pass --resume {dir} to continue that run, \
+         --overwrite to delete it and start over, or --output DIR to write this run somewhere else"
+    )]
+    NotEmpty { dir: PathBuf },
+    #[error(
+        "output folder {dir} holds files esper did not write (such as {entry}), so --overwrite leaves it alone; \
+         pass --output DIR to write this run somewhere else"
+    )]
+    Foreign { dir: PathBuf, entry: String },
+    #[error("cannot {action} output folder {dir}: {cause}")]
+    Io { dir: PathBuf, action: &'static str, cause: std::io::Error },
+}
+
+/// Makes `dir` ready for a new run: created if missing; refused if it holds anything
+/// unless `overwrite`, which removes an earlier run's files (and only those).
+pub fn prepare_output_folder(dir: &Path, overwrite: bool) -> Result<(), OutputFolderError> {
+    let io = |action: &'static str| move |cause| OutputFolderError::Io { dir: dir.to_path_buf(), action, cause };
+    if dir.exists() {
+        let mut entries: Vec<String> = std::fs::read_dir(dir)
+            .map_err(io("read"))?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()
+            .map_err(io("read"))?;
+        entries.sort();
+        if !entries.is_empty() {
+            if !overwrite {
+                return Err(OutputFolderError::NotEmpty { dir: dir.to_path_buf() });
+            }
+            // `.tmp` files are what the run's own atomic writes leave when interrupted.
+            let ours = |e: &String| {
+                RUN_OUTPUTS.iter().any(|o| e == o || e.strip_prefix(o).is_some_and(|r| r.starts_with('.')))
+            };
+            if let Some(entry) = entries.iter().find(|e| !ours(e)) {
+                return Err(OutputFolderError::Foreign { dir: dir.to_path_buf(), entry: entry.clone() });
+            }
+            for entry in &entries {
+                let path = dir.join(entry);
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path).map_err(io("clear"))?;
+                } else {
+                    std::fs::remove_file(&path).map_err(io("clear"))?;
+                }
+            }
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(io("create"))
 }
 
 impl RunArgs {
@@ -35,9 +102,10 @@ impl RunArgs {
             }
             None => {
                 let mut config = match &self.config {
-                    Some(path) => RunConfig::load(path)?,
+                    Some(path) => RunConfig::read(path)?,
                     None => RunConfig::default_job(super::default_plugin()?),
                 };
+                let shipped = super::use_shipped_plugins_if_none(&mut config)?;
                 if let Some(dir) = &self.output {
                     config.output.dir = dir.clone();
                 }
@@ -45,9 +113,12 @@ impl RunArgs {
                     config.training.epochs = epochs;
                 }
                 config.validate(self.config.as_deref().unwrap_or("<built-in default job>".as_ref()))?;
-                std::fs::create_dir_all(&config.output.dir)?;
+                prepare_output_folder(&config.output.dir, self.overwrite)?;
                 let jsonl = config.output.jsonl.then(|| config.output.dir.join("events.jsonl"));
                 let progress = telemetry::init("info", jsonl.as_deref())?;
+                if let Some(plugin) = shipped {
+                    tracing::info!(plugin = %plugin.display(), "the config names no [[plugins]]: using the shipped plugin");
+                }
                 (Trainer::new(config)?, progress)
             }
         };
@@ -74,5 +145,50 @@ impl RunArgs {
             println!("note: {note}");
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("esper-out-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn a_new_or_empty_folder_is_used_as_is() {
+        let dir = temp("new");
+        prepare_output_folder(&dir, false).unwrap();
+        assert!(dir.is_dir());
+        prepare_output_folder(&dir, false).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_earlier_run_is_refused_or_cleared_and_foreign_files_are_kept() {
+        let dir = temp("earlier");
+        std::fs::create_dir_all(dir.join("checkpoints/epoch-0003")).unwrap();
+        std::fs::write(dir.join("events.jsonl"), "{}").unwrap();
+        std::fs::write(dir.join("report.json.tmp"), "{").unwrap();
+        let e = prepare_output_folder(&dir, false).unwrap_err().to_string();
+        let shown = dir.display().to_string();
+        assert!(e.starts_with(&format!("output folder {shown} is not empty")), "{e}");
+        assert!(
+            e.contains(&format!("--resume {shown}")) && e.contains("--overwrite") && e.contains("--output DIR"),
+            "{e}"
+        );
+        assert!(dir.join("events.jsonl").is_file(), "nothing removed without --overwrite");
+        prepare_output_folder(&dir, true).unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        // A folder that is not a run's is never cleared.
+        std::fs::write(dir.join("thesis.tex"), "").unwrap();
+        std::fs::write(dir.join("report.json"), "").unwrap();
+        let e = prepare_output_folder(&dir, true).unwrap_err().to_string();
+        assert!(e.contains("holds files esper did not write (such as thesis.tex)"), "{e}");
+        assert!(dir.join("thesis.tex").is_file() && dir.join("report.json").is_file());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

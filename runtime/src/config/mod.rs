@@ -5,20 +5,30 @@
 //! device = "auto"                      # cpu | cuda | auto
 //! slots = ["r0c1", "r1c1"]
 //!
-//! [[plugins]]
+//! [[plugins]]                         # none: the `esper` CLI uses its shipped plugins
 //! path = "plugins/libesper_norm.so"    # file or folder, relative to this file
-//! sha256 = "…"                         # optional, checked before the library is opened
+//! sha256 = "…"                         # optional: the bytes hashed are the bytes loaded
 //!
 //! [host]      # blocks, base_channels, pool_layers, kernel_size, num_classes, memory_format
 //! [data]      # kind = "synthetic" | "cifar10"
-//! [training]  # epochs, batch_size, host_optimizer, seed_optimizer, seed
-//! [lifecycle] # gates, blend, blend_tempo, alpha_curve, isolate_gradients, schedule, controller
+//! [training]  # epochs, batch_size, host_optimizer, seed_optimizer, seed, memory_limit_gb
+//! [lifecycle] # gates, blend, blend_tempo, alpha_curve, isolate_gradients, schedule,
+//!             # controller, plugin_param_factor
 //! [output]    # dir, checkpoint, jsonl
 //! ```
+//!
+//! Validation also does the arithmetic that keeps a run from failing late: the host's
+//! parameter count and the memory of one training step are estimated from the config
+//! (nothing is allocated, see [`crate::host::budget`]) and held against
+//! `training.memory_limit_gb` (default: the machine's available memory on the CPU, a
+//! conservative [`DEFAULT_CUDA_MEMORY_GIB`] on CUDA); and the controller must leave a
+//! seed enough epochs in TRAINING to pass G2.
 
 mod plugins;
+mod resources;
 
 pub use plugins::{sha256_hex, PluginSource};
+pub use resources::{MemoryLimit, ResourceError, DEFAULT_CUDA_MEMORY_GIB, FALLBACK_CPU_MEMORY_GIB};
 
 use crate::{
     data::DataConfig,
@@ -44,6 +54,12 @@ pub enum ConfigError {
     MissingPlugin { path: PathBuf, plugin: PathBuf },
     #[error("config {path}: plugin {plugin}: sha256 mismatch: the config says {expected}, the file has {actual}")]
     Sha256Mismatch { path: PathBuf, plugin: PathBuf, expected: String, actual: String },
+    #[error("config {path}: {source}")]
+    Resources {
+        path: PathBuf,
+        #[source]
+        source: ResourceError,
+    },
 }
 
 /// A whole run.
@@ -120,6 +136,10 @@ pub struct TrainingConfig {
     pub seed: u64,
     /// Measure gradient health every this many batches (and on the last one).
     pub gradient_every: usize,
+    /// Refuse a run whose estimated memory for one training step exceeds this many GiB.
+    /// Default: the available memory (`MemAvailable`) on the CPU, a conservative
+    /// [`DEFAULT_CUDA_MEMORY_GIB`] on CUDA (the smaller of the two for `device = "auto"`).
+    pub memory_limit_gb: Option<f64>,
 }
 
 impl Default for TrainingConfig {
@@ -131,6 +151,7 @@ impl Default for TrainingConfig {
             seed_optimizer: OptimizerConfig::Adam { lr: 3e-3, beta1: 0.9, beta2: 0.999, weight_decay: 0.0 },
             seed: 0,
             gradient_every: 10,
+            memory_limit_gb: None,
         }
     }
 }
@@ -162,11 +183,13 @@ pub struct ControllerConfig {
     pub plateau_delta: f64,
     /// No germination before this epoch.
     pub min_epoch: u32,
-    /// Prune a seed still in TRAINING after this many epochs.
+    /// Prune a seed still in TRAINING after this many epochs. Must exceed the gates'
+    /// `min_blending_epochs` (epochs in TRAINING that G2 needs), or no seed can pass G2.
     pub max_training_epochs: u32,
     /// Prune a seed whose counterfactual contribution falls below this (points).
     pub prune_below_contribution: f64,
-    /// Prune a seed that has been HOLDING this long without passing G5.
+    /// Prune a seed that has been HOLDING this long without passing G5 (at least 2: the
+    /// limit is checked before G5 is tried at each epoch's end).
     pub max_holding_epochs: u32,
     /// At most this many seeds in flight at once (germinated to holding).
     pub max_live_seeds: usize,
@@ -181,13 +204,21 @@ impl Default for ControllerConfig {
             plateau_epochs: 2,
             plateau_delta: 1.0,
             min_epoch: 3,
-            max_training_epochs: 8,
+            // Above the strict and permissive gates' default `min_blending_epochs`
+            // (10), so a seed gets two tries at G2 before it is pruned.
+            max_training_epochs: DEFAULT_MAX_TRAINING_EPOCHS,
             prune_below_contribution: -0.5,
             max_holding_epochs: 4,
             max_live_seeds: 1,
         }
     }
 }
+
+/// The controller's default TRAINING limit (see [`ControllerConfig::max_training_epochs`]).
+pub const DEFAULT_MAX_TRAINING_EPOCHS: u32 = crate::lifecycle::gates::DEFAULT_MIN_BLENDING_EPOCHS + 2;
+
+/// Default of [`LifecycleConfig::plugin_param_factor`].
+pub const DEFAULT_PLUGIN_PARAM_FACTOR: f64 = 100.0;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -199,6 +230,10 @@ pub struct LifecycleConfig {
     pub isolate_gradients: bool,
     pub schedule: Vec<ScheduledSeed>,
     pub controller: ControllerConfig,
+    /// A seed's parameters and buffers together may hold at most this many times its
+    /// blueprint's declared `param_estimate` elements (and at least
+    /// [`crate::plugin::MIN_SEED_ELEMENT_CAP`]); a bigger request is a create error.
+    pub plugin_param_factor: f64,
 }
 
 impl Default for LifecycleConfig {
@@ -212,6 +247,7 @@ impl Default for LifecycleConfig {
             isolate_gradients: slot.isolate_gradients,
             schedule: Vec::new(),
             controller: ControllerConfig::default(),
+            plugin_param_factor: DEFAULT_PLUGIN_PARAM_FACTOR,
         }
     }
 }
@@ -248,12 +284,20 @@ impl RunConfig {
     /// Reads, parses and validates a config file. Relative paths in it (plugins, data,
     /// output) are taken relative to the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let config = Self::read(path)?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Reads and parses a config file and resolves its relative paths, without
+    /// [`RunConfig::validate`] (for callers that fill in more first, such as the CLI's
+    /// default plugins, and validate after).
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::Read { path: path.to_path_buf(), cause: e.to_string() })?;
         let mut config = Self::parse(&text, path)?;
         let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         config.resolve_paths(base);
-        config.validate(path)?;
         Ok(config)
     }
 
@@ -289,7 +333,9 @@ impl RunConfig {
     }
 
     /// Checks what a parse cannot: values in range, slots and schedule consistent,
-    /// plugins present and matching their sha256.
+    /// controller and gates compatible, the host within the memory limit (arithmetic
+    /// only, nothing is allocated), plugins present and matching their sha256 (an early
+    /// answer: loading checks the pin again on the bytes it loads).
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |message: String| ConfigError::Invalid { path: path.to_path_buf(), message };
         if self.training.epochs == 0 {
@@ -326,11 +372,60 @@ impl RunConfig {
                 )));
             }
         }
+        self.check_controller_and_gates().map_err(invalid)?;
+        let factor = self.lifecycle.plugin_param_factor;
+        if !(factor > 0.0 && factor.is_finite()) {
+            return Err(invalid(format!("lifecycle.plugin_param_factor must be positive, got {factor}")));
+        }
+        self.check_resources(None).map_err(|source| ConfigError::Resources { path: path.to_path_buf(), source })?;
         if self.plugins.is_empty() {
-            return Err(invalid("no plugins: add at least one [[plugins]] entry".into()));
+            return Err(invalid(
+                "no plugins: add at least one [[plugins]] entry (the `esper` command uses its shipped plugins \
+                 when a config has none)"
+                    .into(),
+            ));
         }
         for p in &self.plugins {
             p.check(path)?;
+        }
+        Ok(())
+    }
+
+    /// A seed can pass G2 before the controller prunes it, and G5 before it gives up
+    /// on HOLDING. The controller walks every seed, scheduled ones too, so this holds
+    /// whenever seeds can be germinated.
+    fn check_controller_and_gates(&self) -> Result<(), String> {
+        let ctl = &self.lifecycle.controller;
+        if !ctl.enabled && self.lifecycle.schedule.is_empty() {
+            return Ok(());
+        }
+        let gates = &self.lifecycle.gates;
+        // At each epoch's end the controller prunes a seed with `max_training_epochs`
+        // epochs in TRAINING, and only otherwise tries G2, which needs
+        // `min_blending_epochs` of them.
+        if ctl.max_training_epochs <= gates.min_blending_epochs {
+            return Err(format!(
+                "lifecycle.controller.max_training_epochs = {} prunes every seed before G2 can pass: G2 needs \
+                 lifecycle.gates.min_blending_epochs = {} epochs in TRAINING ({} gates), and the controller prunes \
+                 a seed once it has max_training_epochs of them; set lifecycle.controller.max_training_epochs to \
+                 at least {} or lower lifecycle.gates.min_blending_epochs",
+                ctl.max_training_epochs,
+                gates.min_blending_epochs,
+                match gates.mode {
+                    crate::lifecycle::GateMode::Strict => "strict",
+                    crate::lifecycle::GateMode::Permissive => "permissive",
+                },
+                gates.min_blending_epochs.saturating_add(1)
+            ));
+        }
+        // G5 has no minimum epochs, but the HOLDING limit is checked first, one epoch
+        // after the seed entered HOLDING.
+        if ctl.max_holding_epochs < 2 {
+            return Err(format!(
+                "lifecycle.controller.max_holding_epochs = {} prunes every seed in HOLDING before G5 is tried \
+                 (the limit is checked first, one epoch after a seed enters HOLDING); set it to at least 2",
+                ctl.max_holding_epochs
+            ));
         }
         Ok(())
     }
@@ -384,5 +479,52 @@ mod tests {
         let c = RunConfig::default_job(PathBuf::from("libesper_norm.so"));
         assert!(c.lifecycle.controller.enabled);
         assert_eq!(c.plugins.len(), 1);
+        c.check_controller_and_gates().unwrap();
+        c.check_resources(None).unwrap();
+    }
+
+    #[test]
+    fn controller_defaults_leave_room_for_every_gate() {
+        use crate::lifecycle::gates::DEFAULT_MIN_BLENDING_EPOCHS;
+        let ctl = ControllerConfig::default();
+        assert!(ctl.max_training_epochs > DEFAULT_MIN_BLENDING_EPOCHS);
+        assert!(ctl.max_holding_epochs >= 2);
+        // The defaults (strict gates, controller on) and the README's permissive variant.
+        parse("").unwrap().check_controller_and_gates().unwrap();
+        parse("[lifecycle.gates]\nmode = \"permissive\"\n").unwrap().check_controller_and_gates().unwrap();
+    }
+
+    #[test]
+    fn a_controller_that_prunes_before_g2_is_refused_naming_both_settings() {
+        let c = parse("[lifecycle.controller]\nmax_training_epochs = 8\n").unwrap();
+        let e = c.validate(Path::new("run.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("config run.toml: lifecycle.controller.max_training_epochs = 8 prunes"), "{e}");
+        assert!(e.contains("lifecycle.gates.min_blending_epochs = 10") && e.contains("strict"), "{e}");
+        assert!(e.contains("at least 11"), "{e}");
+        // Equal is not enough: the limit is checked before G2 is tried.
+        let c = parse("[lifecycle.gates]\nmode = \"permissive\"\nmin_blending_epochs = 4\n[lifecycle.controller]\nmax_training_epochs = 4\n").unwrap();
+        let e = c.check_controller_and_gates().unwrap_err();
+        assert!(
+            e.contains("max_training_epochs = 4")
+                && e.contains("min_blending_epochs = 4 epochs in TRAINING (permissive"),
+            "{e}"
+        );
+        let c = parse("[lifecycle.gates]\nmin_blending_epochs = 4\n[lifecycle.controller]\nmax_training_epochs = 5\n")
+            .unwrap();
+        c.check_controller_and_gates().unwrap();
+        // A schedule alone is walked by the same controller.
+        let c = parse("[lifecycle.controller]\nenabled = false\nmax_training_epochs = 3\n").unwrap();
+        c.check_controller_and_gates().unwrap();
+        let c = parse("[lifecycle.controller]\nenabled = false\nmax_training_epochs = 3\n[[lifecycle.schedule]]\nepoch = 1\nslot = \"r0c1\"\nblueprint = \"norm\"\n").unwrap();
+        assert!(c.check_controller_and_gates().is_err());
+        let c = parse("[lifecycle.controller]\nmax_holding_epochs = 1\n").unwrap();
+        let e = c.check_controller_and_gates().unwrap_err();
+        assert!(e.contains("lifecycle.controller.max_holding_epochs = 1") && e.contains("G5"), "{e}");
+    }
+
+    #[test]
+    fn a_config_without_plugins_says_what_to_do() {
+        let e = parse("").unwrap().validate(Path::new("run.toml")).unwrap_err().to_string();
+        assert!(e.contains("no plugins") && e.contains("shipped plugins"), "{e}");
     }
 }

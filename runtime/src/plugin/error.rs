@@ -44,6 +44,12 @@ pub enum PluginError {
 
     #[error("blueprint `{key}` (plugin {path}) asked for an invalid parameter: {message}")]
     BadParameter { key: String, path: PathBuf, message: String },
+
+    #[error("plugin {path}: sha256 mismatch: the pin says {expected}, the file has {actual}; nothing was loaded")]
+    PinMismatch { path: PathBuf, expected: String, actual: String },
+
+    #[error("plugin {path}: cannot load it pinned: {cause}")]
+    Pinned { path: PathBuf, cause: String },
 }
 
 impl PluginError {

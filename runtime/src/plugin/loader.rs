@@ -1,15 +1,29 @@
 //! Loading one plugin library: open it, check its ABI layout (abi_stable), check the
 //! handshake (plugin-API, libtorch and tch versions), list its blueprints.
+//!
+//! A pinned load ([`LoadedPlugin::load_pinned`]) hashes and opens the *same bytes*: the
+//! file is read once, its sha256 compared with the pin, and exactly those bytes written
+//! to a private copy (a fresh folder of mode 0700 under the temp folder, the file 0600,
+//! both created exclusively), which is what the dynamic loader opens; the copy is
+//! unlinked right after (the mapping stays valid). Replacing the original file between
+//! the check and the load therefore changes nothing. Messages name the original path.
 
 use super::PluginError;
 use abi_stable::library::{lib_header_from_path, LibraryError};
 use esper_plugin_api::{BlueprintDescriptor, Handshake, PluginRootRef};
-use std::path::{Path, PathBuf};
+use sha2::{Digest, Sha256};
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 /// A loaded, checked plugin library. Libraries are never unloaded (seeds created from
 /// them may live as long as the process).
 pub struct LoadedPlugin {
     path: PathBuf,
+    /// The pin the library was loaded under (lowercase hex), if any.
+    sha256: Option<String>,
     handshake: Handshake,
     blueprints: Vec<BlueprintDescriptor>,
     root: PluginRootRef,
@@ -22,9 +36,36 @@ impl LoadedPlugin {
             return Err(PluginError::NotFound { path: path.to_path_buf() });
         }
         let path = path.canonicalize().map_err(|_| PluginError::NotFound { path: path.to_path_buf() })?;
-        let root = lib_header_from_path(&path)
+        Self::open(&path, path.clone(), None)
+    }
+
+    /// Loads the library at `path` only if its bytes hash to `expected_sha256` (hex, any
+    /// case), and loads exactly the bytes hashed (see the module docs).
+    pub fn load_pinned(path: &Path, expected_sha256: &str) -> Result<Self, PluginError> {
+        if !path.is_file() {
+            return Err(PluginError::NotFound { path: path.to_path_buf() });
+        }
+        let original = path.canonicalize().map_err(|_| PluginError::NotFound { path: path.to_path_buf() })?;
+        let pinned = |cause: String| PluginError::Pinned { path: original.clone(), cause };
+        let bytes = std::fs::read(&original).map_err(|e| pinned(format!("cannot read it: {e}")))?;
+        let actual = sha256_hex(&bytes);
+        let expected = expected_sha256.trim().to_ascii_lowercase();
+        if actual != expected {
+            return Err(PluginError::PinMismatch { path: original, expected: expected_sha256.trim().into(), actual });
+        }
+        let file_name = original.file_name().map_or_else(|| "plugin".into(), |n| n.to_os_string());
+        let copy = PrivateCopy::write(&bytes, &file_name)
+            .map_err(|e| pinned(format!("cannot write a private copy to load: {e}")))?;
+        let loaded = Self::open(copy.path(), original, Some(actual));
+        drop(copy); // unlinked: the loader keeps its mapping
+        loaded
+    }
+
+    /// Opens the library file `file`, naming it `path` in messages and afterwards.
+    fn open(file: &Path, path: PathBuf, sha256: Option<String>) -> Result<Self, PluginError> {
+        let root = lib_header_from_path(file)
             .and_then(|header| header.init_root_module::<PluginRootRef>())
-            .map_err(|e| classify(&path, e))?;
+            .map_err(|e| classify(&path, e, file))?;
         let handshake = (root.handshake())();
         let mismatches = handshake.mismatches();
         if !mismatches.is_empty() {
@@ -34,11 +75,15 @@ impl LoadedPlugin {
             .into_result()
             .map_err(|e| PluginError::Failed { key: "<list>".into(), path: path.clone(), message: e.to_string() })?
             .into_vec();
-        Ok(Self { path, handshake, blueprints, root })
+        Ok(Self { path, sha256, handshake, blueprints, root })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+    /// The sha256 pin it was loaded under (lowercase hex), if it was pinned.
+    pub fn sha256(&self) -> Option<&str> {
+        self.sha256.as_deref()
     }
     pub fn handshake(&self) -> &Handshake {
         &self.handshake
@@ -61,8 +106,92 @@ impl std::fmt::Debug for LoadedPlugin {
     }
 }
 
-fn classify(path: &Path, e: LibraryError) -> PluginError {
-    let path = path.to_path_buf();
+/// Lowercase hex sha256 of `bytes`.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A private copy of a library's bytes: a fresh folder only this user can enter, holding
+/// one file only this user can read, both created exclusively (never an existing one).
+/// Dropping it removes both.
+struct PrivateCopy {
+    dir: PathBuf,
+    file: PathBuf,
+}
+
+impl PrivateCopy {
+    fn write(bytes: &[u8], file_name: &std::ffi::OsStr) -> std::io::Result<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let base = std::env::temp_dir();
+        let mut attempt = 0;
+        let dir = loop {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            let dir = base.join(format!(
+                "esper-plugin-{}-{}-{nanos:x}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            match create_private_dir(&dir) {
+                Ok(()) => break dir,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 16 => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        };
+        let copy = Self { file: dir.join(file_name), dir };
+        let mut f = create_private_file(&copy.file)?;
+        f.write_all(bytes)?;
+        f.flush()?;
+        Ok(copy)
+    }
+
+    fn path(&self) -> &Path {
+        &self.file
+    }
+}
+
+impl Drop for PrivateCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.file);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(dir)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new().create(dir)
+}
+
+#[cfg(unix)]
+fn create_private_file(file: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(file)
+}
+
+#[cfg(not(unix))]
+fn create_private_file(file: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().write(true).create_new(true).open(file)
+}
+
+/// Maps a loader error for the library opened from `file` to one naming `path` (they
+/// differ for a pinned load's private copy).
+fn classify(path: &Path, e: LibraryError, file: &Path) -> PluginError {
+    let original = path.to_path_buf();
+    let mut error = classify_at(original.clone(), e);
+    if file != path {
+        if let PluginError::NotAPlugin { cause, .. } | PluginError::AbiMismatch { cause, .. } = &mut error {
+            *cause = cause.replace(&*file.to_string_lossy(), &original.to_string_lossy());
+        }
+    }
+    error
+}
+
+fn classify_at(path: PathBuf, e: LibraryError) -> PluginError {
     match e {
         LibraryError::OpenError { err, .. } => {
             PluginError::NotAPlugin { path, cause: format!("cannot open it as a shared library: {err}") }
@@ -76,5 +205,46 @@ fn classify(path: &Path, e: LibraryError) -> PluginError {
         }
         // AbiInstability, InvalidAbiHeader, InvalidCAbi, IncompatibleVersionNumber, ...
         other => PluginError::AbiMismatch { path, cause: other.to_string() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_private_copy_is_private_and_goes_away() {
+        let copy = PrivateCopy::write(b"bytes", std::ffi::OsStr::new("libx.so")).unwrap();
+        assert_eq!(std::fs::read(copy.path()).unwrap(), b"bytes");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(copy.path()) & 0o077, 0, "file readable by others");
+            assert_eq!(mode(&copy.dir) & 0o077, 0, "folder open to others");
+        }
+        let (file, dir) = (copy.file.clone(), copy.dir.clone());
+        drop(copy);
+        assert!(!file.exists() && !dir.exists());
+        assert_eq!(sha256_hex(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    }
+
+    #[test]
+    fn a_wrong_pin_loads_nothing_and_names_the_file_and_both_hashes() {
+        let dir = std::env::temp_dir().join(format!("esper-pin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let lib = dir.join("libnot_a_plugin.so");
+        std::fs::write(&lib, b"not a library").unwrap();
+        let e = LoadedPlugin::load_pinned(&lib, &"ab".repeat(32)).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, PluginError::PinMismatch { .. }), "{text}");
+        assert!(text.contains("libnot_a_plugin.so") && text.contains(&"ab".repeat(32)), "{text}");
+        assert!(text.contains(&sha256_hex(b"not a library")), "{text}");
+        // The right pin gets as far as the loader, whose error names the original file.
+        let e = LoadedPlugin::load_pinned(&lib, &sha256_hex(b"not a library").to_uppercase()).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains(&*lib.canonicalize().unwrap().to_string_lossy()), "{text}");
+        assert!(!text.contains("esper-plugin-"), "the private copy leaks into: {text}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,5 +1,7 @@
 //! The runtime's side of parameter creation: every tensor a plugin asks for is created
-//! here, on the seed's device, and kept in the seed's `VarStore`.
+//! here, on the seed's device, and kept in the seed's `VarStore`. Requests are counted
+//! (checked arithmetic on the shape) against the seed's cap before anything is
+//! allocated, so a plugin asking for terabytes gets an error naming the request.
 
 use abi_stable::std_types::RResult;
 use esper_plugin_api::{ErrorKind, Init, ParamSink, ParamSpec, PluginError as ApiError, TensorOut};
@@ -9,17 +11,51 @@ use std::{
 };
 use tch::{nn, Kind, Tensor};
 
+/// How many elements (parameters and buffers together) one seed may hold, and the
+/// rule that gave the number (for messages).
+#[derive(Debug, Clone)]
+pub(crate) struct SeedCap {
+    pub(crate) elements: u64,
+    pub(crate) rule: String,
+}
+
+/// Bytes per element of the tensors created here (float32).
+const BYTES_PER_ELEMENT: u64 = 4;
+
 /// Creates named tensors in a `VarStore` path on behalf of a plugin.
 pub(crate) struct StoreSink<'a> {
     path: nn::Path<'a>,
     names: HashSet<String>,
+    cap: SeedCap,
+    /// Elements created so far.
+    elements: u64,
     /// The first refused request, kept to report it even if the plugin swallows it.
     pub(crate) refused: Option<String>,
 }
 
 impl<'a> StoreSink<'a> {
-    pub(crate) fn new(path: nn::Path<'a>) -> Self {
-        Self { path, names: HashSet::new(), refused: None }
+    pub(crate) fn new(path: nn::Path<'a>, cap: SeedCap) -> Self {
+        Self { path, names: HashSet::new(), cap, elements: 0, refused: None }
+    }
+
+    /// Counts a request of `shape` against the cap; nothing is allocated.
+    fn reserve(&mut self, name: &str, shape: &[i64]) -> Result<(), String> {
+        let numel = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)).ok_or_else(|| {
+            format!("parameter `{name}` of shape {shape:?}: its element count overflows 64 bits; nothing was allocated")
+        })?;
+        let total = self.elements.checked_add(numel).filter(|&t| t <= self.cap.elements).ok_or_else(|| {
+            format!(
+                "parameter `{name}` of shape {shape:?} asks for {numel} elements ({}){}, over this seed's cap of {} \
+                 elements ({}; {}); nothing was allocated",
+                human(numel.saturating_mul(BYTES_PER_ELEMENT)),
+                if self.elements > 0 { format!(" on top of {} already created", self.elements) } else { String::new() },
+                self.cap.elements,
+                human(self.cap.elements.saturating_mul(BYTES_PER_ELEMENT)),
+                self.cap.rule
+            )
+        })?;
+        self.elements = total;
+        Ok(())
     }
 
     fn make(&mut self, spec: &ParamSpec<'_>) -> Result<Tensor, String> {
@@ -31,9 +67,11 @@ impl<'a> StoreSink<'a> {
         if shape.iter().any(|&d| d < 0) {
             return Err(format!("parameter `{name}` has a negative dimension in {shape:?}"));
         }
-        if !self.names.insert(name.to_string()) {
+        if self.names.contains(name) {
             return Err(format!("parameter `{name}` requested twice"));
         }
+        self.reserve(name, shape)?;
+        self.names.insert(name.to_string());
         let init = match spec.init {
             Init::Zeros => nn::Init::Const(0.0),
             Init::Ones => nn::Init::Const(1.0),
@@ -65,5 +103,46 @@ impl ParamSink for StoreSink<'_> {
                 RResult::RErr(ApiError::new(ErrorKind::InvalidArgument, message))
             }
         }
+    }
+}
+
+fn human(bytes: u64) -> String {
+    crate::host::budget::human_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abi_stable::std_types::{RSlice, RStr};
+    use tch::Device;
+
+    fn spec<'a>(name: &'a str, shape: &'a [i64]) -> ParamSpec<'a> {
+        ParamSpec { name: RStr::from_str(name), shape: RSlice::from_slice(shape), init: Init::Zeros, trainable: true }
+    }
+
+    fn cap(elements: u64) -> SeedCap {
+        SeedCap { elements, rule: "test cap".into() }
+    }
+
+    #[test]
+    fn a_request_over_the_cap_is_refused_before_allocation() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut sink = StoreSink::new(vs.root(), cap(1 << 20));
+        // 10^11 elements, 400 GB: refused by arithmetic, instantly.
+        let started = std::time::Instant::now();
+        let e = sink.make(&spec("huge", &[100_000, 100_000, 10])).unwrap_err();
+        assert!(started.elapsed().as_secs() < 1);
+        assert!(e.contains("parameter `huge` of shape [100000, 100000, 10] asks for 100000000000 elements"), "{e}");
+        assert!(e.contains("372.5 GiB") && e.contains("cap of 1048576 elements (4.0 MiB; test cap)"), "{e}");
+        assert!(vs.variables().is_empty(), "nothing created");
+        // Overflowing shapes are refused too.
+        let e = sink.make(&spec("wild", &[i64::MAX, i64::MAX])).unwrap_err();
+        assert!(e.contains("overflows"), "{e}");
+        // Requests add up.
+        sink.make(&spec("a", &[1024, 512])).unwrap();
+        sink.make(&spec("b", &[1024, 512])).unwrap();
+        let e = sink.make(&spec("c", &[1])).unwrap_err();
+        assert!(e.contains("on top of 1048576 already created"), "{e}");
+        assert_eq!(vs.variables().len(), 2);
     }
 }

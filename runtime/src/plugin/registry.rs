@@ -1,6 +1,9 @@
 //! The blueprint registry: every blueprint of every loaded plugin, keyed `topology:name`.
 
-use super::{params::StoreSink, LoadedPlugin, PluginError, PluginSeed};
+use super::{
+    params::{SeedCap, StoreSink},
+    LoadedPlugin, PluginError, PluginSeed,
+};
 use abi_stable::sabi_trait::TD_Opaque;
 use esper_plugin_api::{BlueprintDescriptor, CreateRequest, ParamSink_TO};
 use std::{
@@ -16,15 +19,45 @@ struct Entry {
 }
 
 /// Blueprints from any number of plugin libraries.
-#[derive(Default)]
 pub struct BlueprintRegistry {
     plugins: Vec<Arc<LoadedPlugin>>,
     entries: BTreeMap<String, Entry>,
+    param_factor: f64,
+}
+
+impl Default for BlueprintRegistry {
+    fn default() -> Self {
+        Self { plugins: Vec::new(), entries: BTreeMap::new(), param_factor: Self::DEFAULT_PARAM_FACTOR }
+    }
 }
 
 impl BlueprintRegistry {
+    /// Default of [`BlueprintRegistry::set_param_factor`].
+    pub const DEFAULT_PARAM_FACTOR: f64 = 100.0;
+    /// The least a seed may always hold, in elements (parameters and buffers together),
+    /// whatever its blueprint declares.
+    pub const MIN_SEED_ELEMENT_CAP: u64 = 1 << 20;
+
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A seed's parameters and buffers together may hold at most `factor` times its
+    /// blueprint's declared `param_estimate` elements (at least
+    /// [`Self::MIN_SEED_ELEMENT_CAP`]). Requests are counted before anything is
+    /// allocated; one over the cap fails the seed's creation. `factor` must be positive
+    /// (anything else keeps the current one).
+    pub fn set_param_factor(&mut self, factor: f64) {
+        if factor > 0.0 && !factor.is_nan() {
+            self.param_factor = factor;
+        }
+    }
+
+    /// The element cap of a seed of a blueprint declaring `param_estimate`.
+    pub fn seed_element_cap(&self, param_estimate: u64) -> u64 {
+        // `as` saturates: an infinite or huge product is u64::MAX.
+        let scaled = (param_estimate as f64 * self.param_factor) as u64;
+        scaled.max(Self::MIN_SEED_ELEMENT_CAP)
     }
 
     /// Loads a plugin library, or every library in a folder. All or nothing: on error
@@ -39,6 +72,40 @@ impl BlueprintRegistry {
             }
             loaded.push(Arc::new(LoadedPlugin::load(lib)?));
         }
+        self.add(loaded)
+    }
+
+    /// Loads a library as a config entry describes it: with a sha256 pin, only a file
+    /// whose bytes match it, and exactly those bytes (see [`LoadedPlugin::load_pinned`]);
+    /// without one, like [`BlueprintRegistry::load`] (a file or a folder).
+    pub fn load_pinned(&mut self, path: &Path, sha256: Option<&str>) -> Result<Vec<String>, PluginError> {
+        let Some(expected) = sha256 else { return self.load(path) };
+        if path.is_dir() {
+            return Err(PluginError::Pinned {
+                path: path.to_path_buf(),
+                cause: "a sha256 pin names one library file, not a folder".into(),
+            });
+        }
+        let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        if let Some(already) = self.plugins.iter().find(|p| p.path() == canonical) {
+            // The same file twice is not a conflict, if what was loaded matches the pin.
+            let wanted = expected.trim().to_ascii_lowercase();
+            return match already.sha256() {
+                Some(sha) if sha == wanted => Ok(Vec::new()),
+                Some(sha) => Err(PluginError::PinMismatch { path: canonical, expected: wanted, actual: sha.into() }),
+                None => Err(PluginError::Pinned {
+                    path: canonical,
+                    cause: "it is already loaded without a pin; pin every entry that names it".into(),
+                }),
+            };
+        }
+        let plugin = LoadedPlugin::load_pinned(path, expected)?;
+        tracing::info!(plugin = %plugin.path().display(), sha256 = plugin.sha256().unwrap_or(""), "plugin pinned");
+        self.add(vec![Arc::new(plugin)])
+    }
+
+    /// Adds loaded plugins, all or nothing.
+    fn add(&mut self, loaded: Vec<Arc<LoadedPlugin>>) -> Result<Vec<String>, PluginError> {
         // Check every new key against the registry and each other before adding any.
         let mut added: BTreeMap<String, &Arc<LoadedPlugin>> = BTreeMap::new();
         for plugin in &loaded {
@@ -137,7 +204,17 @@ impl BlueprintRegistry {
             }
         };
         let vars = nn::VarStore::new(device);
-        let mut sink = StoreSink::new(vars.root());
+        let cap = SeedCap {
+            elements: self.seed_element_cap(entry.descriptor.param_estimate),
+            rule: format!(
+                "{}x the declared estimate of {} elements, at least {}; raise `[lifecycle] plugin_param_factor` \
+                 if the blueprint really needs more",
+                self.param_factor,
+                entry.descriptor.param_estimate,
+                Self::MIN_SEED_ELEMENT_CAP
+            ),
+        };
+        let mut sink = StoreSink::new(vars.root(), cap);
         let request = CreateRequest {
             blueprint: entry.descriptor.name.as_rstr(),
             channels,
