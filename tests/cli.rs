@@ -68,3 +68,57 @@ fn help_is_everywhere() {
     }
     assert!(!esper(&["frobnicate"]).status.success());
 }
+
+fn checkpoints(out: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_second_run_into_the_same_folder_is_refused_unless_overwrite_or_resume() {
+    let dir = esper_tests::temp_dir("run-twice");
+    let config = dir.join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "device = \"cpu\"\nslots = [\"r0c1\"]\n[[plugins]]\npath = \"{}\"\n[host]\nbase_channels = 8\n[data]\nkind = \
+             \"synthetic\"\ntrain_size = 128\nval_size = 64\n[training]\nepochs = 3\nbatch_size = 64\n[output]\ndir = \
+             \"out\"\n",
+            plugin_lib("esper-norm").display()
+        ),
+    )
+    .unwrap();
+    let (config, out) = (config.to_str().unwrap(), dir.join("out"));
+    let run = esper(&["run", config]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(checkpoints(&out), ["epoch-0002", "epoch-0003", "latest"]);
+
+    // Again into the same folder: refused, nothing touched, the three ways out named.
+    let again = esper(&["run", config]);
+    assert_eq!(again.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&again.stderr);
+    let shown = out.display().to_string();
+    assert!(e.starts_with(&format!("error: output folder {shown} is not empty")), "{e}");
+    assert!(e.contains(&format!("--resume {shown}")) && e.contains("--overwrite") && e.contains("--output DIR"), "{e}");
+    assert_eq!(checkpoints(&out), ["epoch-0002", "epoch-0003", "latest"]);
+
+    // --overwrite starts over: none of the earlier run's checkpoints survive.
+    let fresh = esper(&["run", config, "--overwrite", "--epochs", "1"]);
+    assert!(fresh.status.success(), "{}", String::from_utf8_lossy(&fresh.stderr));
+    assert_eq!(checkpoints(&out), ["epoch-0001", "latest"]);
+    assert_eq!(std::fs::read_to_string(out.join("checkpoints/latest")).unwrap(), "epoch-0001");
+
+    // --resume continues it; the new checkpoint does not remove the one before.
+    let resumed = esper(&["run", "--resume", out.to_str().unwrap(), "--epochs", "2"]);
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert_eq!(checkpoints(&out), ["epoch-0001", "epoch-0002", "latest"]);
+
+    // The two cannot be combined.
+    let both = esper(&["run", "--resume", out.to_str().unwrap(), "--overwrite"]);
+    assert_eq!(both.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
+}

@@ -54,12 +54,9 @@ pub enum ConfigError {
     MissingPlugin { path: PathBuf, plugin: PathBuf },
     #[error("config {path}: plugin {plugin}: sha256 mismatch: the config says {expected}, the file has {actual}")]
     Sha256Mismatch { path: PathBuf, plugin: PathBuf, expected: String, actual: String },
-    #[error("config {path}: {source}")]
-    Resources {
-        path: PathBuf,
-        #[source]
-        source: ResourceError,
-    },
+    /// Not a source (its text is already in this one's message).
+    #[error("config {path}: {cause}")]
+    Resources { path: PathBuf, cause: Box<ResourceError> },
 }
 
 /// A whole run.
@@ -377,7 +374,8 @@ impl RunConfig {
         if !(factor > 0.0 && factor.is_finite()) {
             return Err(invalid(format!("lifecycle.plugin_param_factor must be positive, got {factor}")));
         }
-        self.check_resources(None).map_err(|source| ConfigError::Resources { path: path.to_path_buf(), source })?;
+        self.check_resources(None)
+            .map_err(|cause| ConfigError::Resources { path: path.to_path_buf(), cause: Box::new(cause) })?;
         if self.plugins.is_empty() {
             return Err(invalid(
                 "no plugins: add at least one [[plugins]] entry (the `esper` command uses its shipped plugins \

@@ -20,22 +20,17 @@ const GIB: f64 = (1u64 << 30) as f64;
 
 #[derive(Debug, Error)]
 pub enum ResourceError {
+    /// Not a source (its text is already in this one's message).
     #[error("host: {0}")]
-    Host(#[from] BudgetError),
+    Host(BudgetError),
     #[error(
-        "the host needs an estimated {estimate} of memory for one training step ({parameters} parameters; \
-         {breakdown}), over the limit of {limit} ({source_of_limit}); make it smaller ([host] blocks or \
-         base_channels, [training] batch_size) or raise the limit with `[training] memory_limit_gb`"
+        "the host needs an estimated {} of memory for one training step ({parameters} parameters; \
+         {breakdown}), over the limit of {} ({source_of_limit}); make it smaller ([host] blocks or \
+         base_channels, [training] batch_size) or raise the limit with `[training] memory_limit_gb`",
+        human_bytes(*.estimate_bytes),
+        human_bytes(*.limit_bytes)
     )]
-    OverLimit {
-        estimate: String,
-        limit: String,
-        estimate_bytes: u64,
-        limit_bytes: u64,
-        parameters: u64,
-        breakdown: String,
-        source_of_limit: String,
-    },
+    OverLimit { estimate_bytes: u64, limit_bytes: u64, parameters: u64, breakdown: String, source_of_limit: String },
     #[error("training.memory_limit_gb must be positive, got {0}")]
     BadLimit(f64),
     #[error(
@@ -43,6 +38,12 @@ pub enum ResourceError {
          lower host.pool_layers or host.blocks"
     )]
     TooManyPools { pools: usize, size: i64, max: usize },
+}
+
+impl From<BudgetError> for ResourceError {
+    fn from(e: BudgetError) -> Self {
+        ResourceError::Host(e)
+    }
 }
 
 /// A memory limit and where it comes from (for messages).
@@ -130,7 +131,7 @@ impl RunConfig {
     /// config alone.
     pub fn step_estimate(&self, device: Option<Device>) -> Result<StepEstimate, ResourceError> {
         let optimizer_states = match self.training.host_optimizer {
-            OptimizerConfig::Sgd { momentum, .. } if momentum == 0.0 => 0,
+            OptimizerConfig::Sgd { momentum: 0.0, .. } => 0,
             OptimizerConfig::Sgd { .. } => 1,
             OptimizerConfig::Adam { .. } => 2,
         };
@@ -168,8 +169,6 @@ impl RunConfig {
         let limit = self.memory_limit(device)?;
         if estimate.total_bytes > limit.bytes {
             return Err(ResourceError::OverLimit {
-                estimate: human_bytes(estimate.total_bytes),
-                limit: human_bytes(limit.bytes),
                 estimate_bytes: estimate.total_bytes,
                 limit_bytes: limit.bytes,
                 parameters: estimate.parameters,

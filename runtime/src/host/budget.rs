@@ -26,7 +26,7 @@ pub const BYTES_PER_ELEMENT: u64 = 4;
 pub enum BudgetError {
     #[error("{0}")]
     Config(String),
-    #[error("{what} overflows 64-bit arithmetic ({detail}); make the host smaller")]
+    #[error("{what} overflows 64-bit arithmetic ({detail}); make the host smaller (host.blocks, host.base_channels)")]
     Overflow { what: String, detail: String },
 }
 

@@ -139,8 +139,8 @@ mod tests {
         let e = sink.make(&spec("wild", &[i64::MAX, i64::MAX])).unwrap_err();
         assert!(e.contains("overflows"), "{e}");
         // Requests add up.
-        sink.make(&spec("a", &[1024, 512])).unwrap();
-        sink.make(&spec("b", &[1024, 512])).unwrap();
+        let _a = sink.make(&spec("a", &[1024, 512])).unwrap();
+        let _b = sink.make(&spec("b", &[1024, 512])).unwrap();
         let e = sink.make(&spec("c", &[1])).unwrap_err();
         assert!(e.contains("on top of 1048576 already created"), "{e}");
         assert_eq!(vs.variables().len(), 2);

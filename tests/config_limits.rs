@@ -1,0 +1,206 @@
+//! Limits a config is held to before anything is allocated or loaded: the host's
+//! memory estimate against the limit (through `esper config check`, `esper run` and
+//! `Trainer::new`), sha256 pins on the bytes actually loaded (registry and library
+//! API), plugin parameter requests against their cap, controller against gates, and a
+//! config without `[[plugins]]`.
+
+use esper_runtime::{
+    config::{sha256_hex, PluginSource, RunConfig},
+    plugin::{BlueprintRegistry, PluginError},
+    train::Trainer,
+};
+use esper_tests::{plugin_lib, target_dir, temp_dir};
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+fn esper(args: &[&std::ffi::OsStr]) -> (Output, Duration) {
+    let bin = target_dir().join("esper");
+    assert!(bin.is_file(), "{} is not built (cargo build --workspace)", bin.display());
+    let started = Instant::now();
+    let out = Command::new(bin).args(args).env("RUST_LOG", "info").output().unwrap();
+    (out, started.elapsed())
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A small CPU job (tiny data, narrow host); `extra` is appended.
+fn small(plugin: Option<&Path>, extra: &str) -> String {
+    let plugins = plugin.map_or(String::new(), |p| format!("[[plugins]]\npath = \"{}\"\n", p.display()));
+    format!(
+        "device = \"cpu\"\nslots = [\"r0c1\"]\n{plugins}\n[data]\nkind = \"synthetic\"\ntrain_size = 128\nval_size = \
+         64\n\n[training]\nepochs = 1\nbatch_size = 32\n\n[output]\ndir = \"out\"\n{extra}"
+    )
+}
+
+fn huge(blocks: usize) -> String {
+    format!(
+        "device = \"cpu\"\n[[plugins]]\npath = \"{}\"\n[host]\nblocks = {blocks}\nbase_channels = 16\n",
+        plugin_lib("esper-norm").display()
+    )
+}
+
+#[test]
+fn a_huge_host_fails_fast_in_config_check_and_run_naming_estimate_limit_and_setting() {
+    let dir = temp_dir("huge-host");
+    for (blocks, expect) in [(12, "the host needs an estimated"), (40, "overflows 64-bit arithmetic")] {
+        let path = write(&dir, &format!("blocks{blocks}.toml"), &huge(blocks));
+        let out_dir = dir.join(format!("out{blocks}"));
+        for args in [
+            vec!["config".as_ref(), "check".as_ref(), path.as_os_str()],
+            vec!["run".as_ref(), path.as_os_str(), "--output".as_ref(), out_dir.as_os_str()],
+        ] {
+            let (out, took) = esper(&args);
+            let e = stderr(&out);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: exit {:?}\n{e}", out.status);
+            assert!(took < Duration::from_secs(20), "{args:?} took {took:?}: it must not allocate");
+            assert!(e.starts_with(&format!("error: config {}: ", path.display())), "{e}");
+            assert!(e.contains(expect), "{args:?}: {e}");
+            if blocks == 12 {
+                assert!(e.contains("GiB of memory for one training step") && e.contains("over the limit of"), "{e}");
+                assert!(e.contains("[training] memory_limit_gb") && e.contains("[host] blocks"), "{e}");
+            } else {
+                assert!(e.contains("host.blocks"), "{e}");
+            }
+            assert_eq!(e.matches(expect).count(), 1, "said once: {e}");
+        }
+        assert!(!out_dir.exists(), "refused before the output folder was made");
+    }
+}
+
+#[test]
+fn trainer_new_refuses_a_host_over_the_memory_limit_before_building_it() {
+    let mut config = RunConfig::parse(&huge(12), Path::new("huge.toml")).unwrap();
+    config.plugins = vec![PluginSource { path: plugin_lib("esper-norm"), sha256: None }];
+    let started = Instant::now();
+    let e = Trainer::new(config.clone()).err().expect("refused").to_string();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(e.contains("the host needs an estimated") && e.contains("memory_limit_gb"), "{e}");
+    // The limit is a setting: a small host under a tiny explicit limit is refused too.
+    let mut config = RunConfig::parse(&small(Some(&plugin_lib("esper-norm")), ""), Path::new("s.toml")).unwrap();
+    config.training.memory_limit_gb = Some(0.001);
+    let e = Trainer::new(config).err().expect("refused").to_string();
+    assert!(e.contains("over the limit of 1.0 MiB (training.memory_limit_gb = 0.001)"), "{e}");
+}
+
+#[test]
+fn config_check_prints_the_parameter_count_and_estimate_without_building_the_host() {
+    let dir = temp_dir("check-estimate");
+    let path = write(&dir, "run.toml", &small(Some(&plugin_lib("esper-norm")), ""));
+    let (out, _) = esper(&["config".as_ref(), "check".as_ref(), path.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    // Default host (3 blocks, base 32, 10 classes): 94,762 parameters.
+    assert!(text.contains("host: 94762 parameters; one training step at batch 32 needs about"), "{text}");
+    assert!(text.contains("activations") && text.contains("limit"), "{text}");
+}
+
+#[test]
+fn a_config_without_plugins_uses_the_shipped_plugin_in_check_and_run() {
+    let dir = temp_dir("no-plugins");
+    let shipped = target_dir().join(esper_runtime::plugin::library_file_name("esper-norm"));
+    let path = write(&dir, "run.toml", &small(None, ""));
+    let (out, _) = esper(&["config".as_ref(), "check".as_ref(), path.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("plugins: none in the config; using the shipped plugin {}", shipped.display())),
+        "{}",
+        stdout(&out)
+    );
+    let (out, _) = esper(&["run".as_ref(), path.as_os_str()]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let e = stderr(&out);
+    assert!(
+        e.contains("the config names no [[plugins]]: using the shipped plugin") && e.contains("libesper_norm.so"),
+        "{e}"
+    );
+    // The library API still asks for plugins (and says how the CLI fills them in).
+    let e = RunConfig::load(&path).unwrap_err().to_string();
+    assert!(e.contains("no plugins") && e.contains("shipped plugins"), "{e}");
+}
+
+#[test]
+fn pinned_loads_check_the_bytes_they_load() {
+    let norm = plugin_lib("esper-norm");
+    let right = sha256_hex(&norm).unwrap();
+    let wrong = "ab".repeat(32);
+    let mut registry = BlueprintRegistry::new();
+    let e = registry.load_pinned(&norm, Some(&wrong)).unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, PluginError::PinMismatch { .. }), "{text}");
+    assert!(text.contains("libesper_norm.so") && text.contains(&wrong) && text.contains(&right), "{text}");
+    assert_eq!(registry.plugins().count(), 0, "nothing loaded");
+    let keys = registry.load_pinned(&norm, Some(&right.to_uppercase())).unwrap();
+    assert_eq!(keys, vec!["cnn:norm".to_string()]);
+    let plugin = registry.plugins().next().unwrap();
+    assert_eq!(plugin.path(), norm.canonicalize().unwrap(), "named by its original path");
+    assert_eq!(plugin.sha256(), Some(right.as_str()));
+    // The pinned library works: a seed from it.
+    registry.create_seed("norm", 8, &serde_json::Value::Null, tch::Device::Cpu).unwrap();
+    // Loading the same file again with the same pin is no conflict; with another it is.
+    assert!(registry.load_pinned(&norm, Some(&right)).unwrap().is_empty());
+    assert!(matches!(registry.load_pinned(&norm, Some(&wrong)), Err(PluginError::PinMismatch { .. })));
+    // A pin names a file, not a folder.
+    let folder = norm.parent().unwrap();
+    let e = BlueprintRegistry::new().load_pinned(folder, Some(&right)).unwrap_err().to_string();
+    assert!(e.contains("not a folder"), "{e}");
+}
+
+#[test]
+fn trainer_new_enforces_pins() {
+    let norm = plugin_lib("esper-norm");
+    let right = sha256_hex(&norm).unwrap();
+    let mut config = RunConfig::parse(&small(None, ""), Path::new("run.toml")).unwrap();
+    config.output.dir = temp_dir("trainer-pin").join("out");
+    config.plugins = vec![PluginSource { path: norm.clone(), sha256: Some("00".repeat(32)) }];
+    let e = Trainer::new(config.clone()).err().expect("a wrong pin is refused").to_string();
+    assert!(e.contains("sha256 mismatch") && e.contains(&"00".repeat(32)) && e.contains(&right), "{e}");
+    assert!(e.contains("libesper_norm.so"), "{e}");
+    config.plugins[0].sha256 = Some(right);
+    Trainer::new(config).expect("the right pin loads");
+}
+
+#[test]
+fn a_plugin_asking_for_too_many_parameters_gets_a_create_error_not_an_allocation() {
+    let mut registry = BlueprintRegistry::new();
+    registry.load(&plugin_lib("esper-norm")).unwrap();
+    // `norm` declares ~130 parameters; at 2M channels it asks for far more than the
+    // 1Mi-element floor of its cap.
+    let e = registry.create_seed("norm", 2_000_000, &serde_json::Value::Null, tch::Device::Cpu).err().unwrap();
+    let text = e.to_string();
+    assert!(matches!(e, PluginError::BadParameter { .. }), "{text}");
+    assert!(text.contains("of shape [2000000]") && text.contains("over this seed's cap of 1048576 elements"), "{text}");
+    assert!(text.contains("plugin_param_factor"), "{text}");
+    // The factor is configurable.
+    registry.set_param_factor(1e6);
+    registry.create_seed("norm", 2_000_000, &serde_json::Value::Null, tch::Device::Cpu).unwrap();
+}
+
+#[test]
+fn a_controller_that_prunes_before_g2_is_refused_by_config_check() {
+    let dir = temp_dir("controller-gates");
+    let extra = "[lifecycle.gates]\nmode = \"strict\"\n[lifecycle.controller]\nmax_training_epochs = 8\n";
+    let path = write(&dir, "run.toml", &small(Some(&plugin_lib("esper-norm")), extra));
+    let (out, _) = esper(&["config".as_ref(), "check".as_ref(), path.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = stderr(&out);
+    assert!(e.contains("lifecycle.controller.max_training_epochs = 8"), "{e}");
+    assert!(e.contains("lifecycle.gates.min_blending_epochs = 10"), "{e}");
+    let (out, _) = esper(&["run".as_ref(), path.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("lifecycle.controller.max_training_epochs = 8"), "{}", stderr(&out));
+}
