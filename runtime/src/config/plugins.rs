@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 pub struct PluginSource {
     /// A plugin library or a folder of them.
     pub path: PathBuf,
-    /// Hex sha256 of the library file, checked before it is opened.
+    /// Hex sha256 of the library file. Enforced where the library is loaded
+    /// (`BlueprintRegistry::load_pinned`: the bytes hashed are the bytes loaded);
+    /// [`PluginSource::check`] also compares it early, for a quick answer.
     #[serde(default)]
     pub sha256: Option<String>,
 }
@@ -23,7 +25,8 @@ pub fn sha256_hex(path: &Path) -> std::io::Result<String> {
 }
 
 impl PluginSource {
-    /// The file exists and, when a sha256 is given, matches it.
+    /// The file exists and, when a sha256 is given, matches it now (an early answer
+    /// only: the load checks the pin again on the bytes it loads).
     pub fn check(&self, config: &Path) -> Result<(), ConfigError> {
         if !self.path.exists() {
             return Err(ConfigError::MissingPlugin { path: config.to_path_buf(), plugin: self.path.clone() });
