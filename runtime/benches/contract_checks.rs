@@ -87,12 +87,12 @@ fn bench(c: &mut Criterion) {
                 host_opt.zero_grad();
                 seed_opt.zero_grad();
                 loss.backward();
-                if step % GRADIENT_EVERY == 0 {
+                if step.is_multiple_of(GRADIENT_EVERY) {
                     assert!(model.non_finite_slots().unwrap().is_empty());
                 }
                 host_opt.step();
                 seed_opt.step();
-                if step % GRADIENT_EVERY == 0 {
+                if step.is_multiple_of(GRADIENT_EVERY) {
                     good.save(model.state()).unwrap();
                     host_opt.save_into(&mut host_copy).unwrap();
                     seed_opt.save_into(&mut seed_copy).unwrap();

@@ -61,7 +61,9 @@ impl DeviceGroups {
                 continue;
             }
             let stacked = Tensor::stack(&norms, 0);
-            parts.push(if *device == target { stacked } else { stacked.to_device_(target, Kind::Float, true, false) });
+            // A blocking copy: a non-blocking device-to-host copy into pinned memory is read
+            // on the CPU before anything waits for it (BUG-013's mixed-device case).
+            parts.push(if *device == target { stacked } else { stacked.to_device_(target, Kind::Float, false, false) });
         }
         match parts.len() {
             0 => None,
