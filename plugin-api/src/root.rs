@@ -60,10 +60,24 @@ pub struct PluginInfo {
 
 inventory::collect!(PluginInfo);
 
-/// The standard `handshake`: the versions compiled into this plugin.
+/// The standard `handshake`: the versions compiled into this plugin. A panic in it is
+/// caught here and answered with [`Handshake::panicked`], which the runtime refuses.
 pub extern "C" fn handshake() -> Handshake {
-    let info = inventory::iter::<PluginInfo>.into_iter().next();
-    Handshake::current(info.map_or("unknown", |i| i.name), info.map_or("unknown", |i| i.version))
+    guard_handshake(|| {
+        let info = inventory::iter::<PluginInfo>.into_iter().next();
+        Handshake::current(info.map_or("unknown", |i| i.name), info.map_or("unknown", |i| i.version))
+    })
+}
+
+fn guard_handshake(f: impl FnOnce() -> Handshake) -> Handshake {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".to_string());
+        Handshake::panicked(&what)
+    })
 }
 
 /// The standard `blueprints`: every blueprint registered in this plugin's inventory.
@@ -139,6 +153,17 @@ macro_rules! register_blueprint {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_panic_in_handshake_is_caught_and_refused() {
+        let h = super::guard_handshake(|| panic!("handshake exploded"));
+        assert_eq!(h.panic_message(), Some("handshake exploded"));
+        let m = h.mismatches();
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert!(m[0].contains("panicked") && m[0].contains("handshake exploded"), "{m:?}");
+        let ok = super::guard_handshake(|| crate::Handshake::current("p", "1"));
+        assert!(ok.mismatches().is_empty());
+    }
+
     #[test]
     fn exported_symbol_is_abi_stables_loader_name() {
         assert_eq!(abi_stable::library::ROOT_MODULE_LOADER_NAME, "_1as_0lib_1header_0root_bmodule_bloader");

@@ -10,6 +10,9 @@ pub const LIBTORCH_VERSION: &str = env!("ESPER_LIBTORCH_VERSION");
 /// tch version this crate is pinned to (`tch = "=0.24.0"`; a test checks the lock file).
 pub const TCH_VERSION: &str = "0.24.0";
 
+/// How [`Handshake::panicked`] marks the versions of a handshake that panicked.
+const PANICKED_PREFIX: &str = "<panicked in handshake: ";
+
 /// What a plugin states about itself and the toolchain it was built with.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
@@ -38,9 +41,32 @@ impl Handshake {
         }
     }
 
+    /// The handshake a plugin answers when its handshake function panicked (the panic is
+    /// caught inside the plugin): every version reads `<panicked in handshake: MESSAGE>`,
+    /// which matches no runtime, so the runtime refuses the plugin naming the panic.
+    pub fn panicked(message: &str) -> Self {
+        let marker: RString = format!("{PANICKED_PREFIX}{message}>").into();
+        Self {
+            plugin_name: "unknown".into(),
+            plugin_version: "unknown".into(),
+            plugin_api: marker.clone(),
+            libtorch: marker.clone(),
+            tch: marker,
+        }
+    }
+
+    /// The panic message, when this handshake is one [`Handshake::panicked`] made.
+    pub fn panic_message(&self) -> Option<&str> {
+        self.plugin_api.as_str().strip_prefix(PANICKED_PREFIX).map(|m| m.strip_suffix('>').unwrap_or(m))
+    }
+
     /// Compares this (a plugin's) handshake with the running side's versions.
-    /// Returns one line per mismatch, naming both sides.
+    /// Returns one line per mismatch, naming both sides (one line naming the panic when
+    /// the plugin's handshake panicked).
     pub fn mismatches(&self) -> Vec<String> {
+        if let Some(message) = self.panic_message() {
+            return vec![format!("its handshake panicked (contained; its versions are unknown): {message}")];
+        }
         let mut out = Vec::new();
         let mut check = |what: &str, plugin: &RString, runtime: &str| {
             if plugin.as_str() != runtime {
@@ -69,6 +95,15 @@ mod tests {
         h.libtorch = "2.10.0".into();
         let m = h.mismatches();
         assert_eq!(m, vec![format!("libtorch: plugin built with 2.10.0, runtime has {LIBTORCH_VERSION}")]);
+    }
+
+    #[test]
+    fn a_panicked_handshake_is_refused_naming_the_panic() {
+        let h = Handshake::panicked("boom");
+        assert_eq!(h.plugin_api.as_str(), "<panicked in handshake: boom>");
+        assert_eq!(h.panic_message(), Some("boom"));
+        assert_eq!(h.mismatches(), vec!["its handshake panicked (contained; its versions are unknown): boom"]);
+        assert_eq!(Handshake::current("p", "1").panic_message(), None);
     }
 
     #[test]

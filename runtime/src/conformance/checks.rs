@@ -104,12 +104,13 @@ impl<'a> Subject<'a> {
 
 /// A plugin error without the library path (the report names the library once).
 fn short(e: &PluginError) -> String {
-    match e {
+    let text = match e {
         PluginError::Panicked { message, .. } => format!("{message} (contained)"),
         PluginError::BadOptions { message, .. } => format!("bad options: {message}"),
         PluginError::Failed { message, .. } | PluginError::BadParameter { message, .. } => message.clone(),
         other => other.to_string(),
-    }
+    };
+    crate::torch_error::summarize("conformance", &text)
 }
 
 /// `[2, 64, 8, 8] Float cpu`.
@@ -232,7 +233,8 @@ pub fn guarded(check: Check, f: impl FnOnce() -> CheckResult) -> CheckResult {
             .map(|s| s.to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown error".into());
-        let what = what.lines().next().unwrap_or_default().to_string();
+        let what = crate::torch_error::summarize(&format!("conformance check {check}"), &what);
+        let what = what.lines().next().unwrap_or_default();
         CheckResult::fail(check, format!("the check hit an error on the seed's output: {what}"))
     })
 }

@@ -170,8 +170,11 @@ pub struct CheckResult {
 }
 
 impl CheckResult {
+    /// A libtorch error inside `reason` keeps its reason and loses its C++ frame list (the
+    /// full text goes to the debug log), whichever check built the message.
     pub fn new(check: Check, status: Status, reason: impl Into<String>) -> Self {
-        Self { check, status, reason: reason.into(), requires: check.what() }
+        let reason = crate::torch_error::summarize(&format!("conformance check {check}"), &reason.into());
+        Self { check, status, reason, requires: check.what() }
     }
     pub fn pass(check: Check, reason: impl Into<String>) -> Self {
         Self::new(check, Status::Pass, reason)
@@ -328,5 +331,36 @@ impl SuiteReport {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind, Tensor};
+
+    #[test]
+    fn a_libtorch_error_in_a_reason_is_reported_without_its_frames() {
+        let a = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
+        let full = match a.f_matmul(&Tensor::zeros([4, 5], (Kind::Float, Device::Cpu))) {
+            Ok(_) => panic!("mismatched shapes must fail"),
+            Err(e) => e.to_string(),
+        };
+        assert!(full.contains("frame #"), "premise: libtorch's text has frames: {full}");
+        let c = CheckResult::fail(Check::ShapeDtypeDevice, format!("forward failed: {full}"));
+        assert!(c.reason.starts_with("forward failed: ") && c.reason.contains("shapes cannot be multiplied"), "{c:?}");
+        let report = SuiteReport::new(
+            PathBuf::from("/p/lib.so"),
+            None,
+            "cpu".into(),
+            vec![],
+            vec![BlueprintReport::new("cnn:x".into(), vec![c])],
+        );
+        let shown = report.render();
+        let json = serde_json::to_string(&report).unwrap_or_default();
+        for text in [&shown, &json] {
+            assert!(text.contains("shapes cannot be multiplied"), "{text}");
+            assert!(!text.contains("frame #") && !text.contains("Exception raised from"), "{text}");
+        }
     }
 }

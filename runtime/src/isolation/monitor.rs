@@ -1,76 +1,110 @@
 //! Gradient health monitor: host and seed gradient norms compared after backward.
 //!
 //! Norms are computed where the gradients live: parameters are grouped **per device**
-//! once (and again after a device move), each group is reduced on its own device
-//! (one norm kernel per tensor, one stack and sum per group), and the per-device partial
-//! sums are moved to one device and added (BUG-013: mixed devices never fail). The whole
-//! computation stays on the device; reading a [`GradientSample`] costs one transfer of
-//! three numbers, not one sync per parameter.
+//! once (and again after a device move), each gradient's norm is one kernel on its own
+//! device (float32 accumulation at least), and each group's norms are stacked and moved
+//! to one device as float64 (BUG-013: mixed devices never fail). The sums of squares,
+//! square roots and the ratio are computed there in float64, so the cross-device sum is
+//! exact to float64 rounding.
+//!
+//! **Transfers.** Every move is a blocking copy (`non_blocking = false`): a device→host
+//! copy is complete when it returns, so no value is read before it has arrived (a
+//! non-blocking copy into pinned memory, read at once, would be a race). The common
+//! device is the CPU when any group lives there (then the other device's norms cross
+//! once, device→host, and the read-back is free), else the first group's device (then the
+//! read-back is the one device→host transfer). Either way a capture ([`sample`]) costs
+//! one transfer per accelerator holding parameters — one on a single-GPU model, mixed or
+//! not — never one per parameter.
 //!
 //! Ratio = (seed_norm / host_norm) * sqrt(host_params / seed_params), clamped to 10,
 //! and 0 when host_norm < 1e-8. (Its EMA, decay 0.9, lives with the seed's metrics in
 //! `lifecycle::SeedMetrics`.)
+//!
+//! [`sample`]: GradientHealthMonitor::sample
 
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind, TchError, Tensor};
 
 pub const RATIO_CLAMP: f64 = 10.0;
 pub const HOST_NORM_FLOOR: f64 = 1e-8;
 
-/// Parameters grouped by the device they live on.
+/// Parameters grouped by the device they live on, each with its index in the list given.
 #[derive(Debug, Default)]
 struct DeviceGroups {
-    groups: Vec<(Device, Vec<Tensor>)>,
+    groups: Vec<(Device, Vec<(usize, Tensor)>)>,
     numel: i64,
 }
 
 impl DeviceGroups {
     fn new(params: &[Tensor]) -> Self {
-        let mut groups: Vec<(Device, Vec<Tensor>)> = Vec::new();
-        for p in params {
+        Self::from_indexed(params.iter().map(Tensor::shallow_clone).enumerate())
+    }
+
+    fn from_indexed(params: impl Iterator<Item = (usize, Tensor)>) -> Self {
+        let mut groups: Vec<(Device, Vec<(usize, Tensor)>)> = Vec::new();
+        let mut numel = 0i64;
+        for (i, p) in params {
+            numel += p.numel() as i64;
             let d = p.device();
             match groups.iter_mut().find(|(g, _)| *g == d) {
-                Some((_, v)) => v.push(p.shallow_clone()),
-                None => groups.push((d, vec![p.shallow_clone()])),
+                Some((_, v)) => v.push((i, p)),
+                None => groups.push((d, vec![(i, p)])),
             }
         }
-        Self { groups, numel: params.iter().map(|p| p.numel() as i64).sum() }
+        Self { groups, numel }
     }
 
     fn regroup(&mut self) {
-        let all: Vec<Tensor> = self.groups.drain(..).flat_map(|(_, v)| v).collect();
-        *self = Self::new(&all);
+        let mut all: Vec<(usize, Tensor)> = self.groups.drain(..).flat_map(|(_, v)| v).collect();
+        all.sort_by_key(|(i, _)| *i);
+        *self = Self::from_indexed(all.into_iter());
     }
 
     fn devices(&self) -> Vec<Device> {
         self.groups.iter().map(|(d, _)| *d).collect()
     }
 
-    /// Per-tensor gradient norms, stacked per device and moved to `target`
-    /// (parameters without a gradient are skipped). None when none has one.
-    fn norms(&self, target: Device) -> Option<Tensor> {
+    /// Per-tensor gradient norms, stacked per device and moved to `target` as float64 with
+    /// a blocking copy (parameters without a gradient are skipped), with the parameter
+    /// index of each norm. None when no parameter has a gradient.
+    fn norms(&self, target: Device) -> Result<Option<(Tensor, Vec<usize>)>, TchError> {
         let mut parts = Vec::with_capacity(self.groups.len());
-        for (device, params) in &self.groups {
-            let norms: Vec<Tensor> = params
-                .iter()
-                .map(|p| p.grad())
-                .filter(|g| g.defined())
-                .map(|g| g.norm().to_kind(Kind::Float))
-                .collect();
+        let mut order = Vec::new();
+        for (_, params) in &self.groups {
+            let mut norms = Vec::with_capacity(params.len());
+            for (i, p) in params {
+                let g = p.grad();
+                if g.defined() {
+                    norms.push(grad_norm(&g)?);
+                    order.push(*i);
+                }
+            }
             if norms.is_empty() {
                 continue;
             }
-            let stacked = Tensor::stack(&norms, 0);
-            // A blocking copy: a non-blocking device-to-host copy into pinned memory is read
-            // on the CPU before anything waits for it (BUG-013's mixed-device case).
-            parts.push(if *device == target { stacked } else { stacked.to_device_(target, Kind::Float, false, false) });
+            // non_blocking = false: complete when it returns (a no-op on `target` itself).
+            parts.push(Tensor::f_stack(&norms, 0)?.f_to_device_(target, Kind::Double, false, false)?);
         }
-        match parts.len() {
+        Ok(match parts.len() {
             0 => None,
-            1 => parts.pop(),
-            _ => Some(Tensor::cat(&parts, 0)),
-        }
+            1 => parts.pop().map(|t| (t, order)),
+            _ => Some((Tensor::f_cat(&parts, 0)?, order)),
+        })
     }
+}
+
+/// The 2-norm of one gradient, accumulated in at least float32 (half-precision gradients
+/// are not reduced in half precision), on the gradient's device.
+fn grad_norm(g: &Tensor) -> Result<Tensor, TchError> {
+    match g.kind() {
+        Kind::Double => g.f_norm(),
+        _ => g.f_norm_scalaropt_dtype(2, Kind::Float),
+    }
+}
+
+/// `sqrt(sum(norms^2))` in float64.
+fn global_norm(norms: &Tensor) -> Result<Tensor, TchError> {
+    norms.f_square()?.f_sum(Kind::Double)?.f_sqrt()
 }
 
 /// One measurement, read back to the host.
@@ -79,7 +113,9 @@ pub struct GradientSample {
     pub host_norm: f64,
     pub seed_norm: f64,
     pub ratio: f64,
-    /// Norm of each seed parameter's gradient (for the gradient-health summary).
+    /// Norm of each seed parameter's gradient (for the gradient-health summary), in the
+    /// order of the seed parameters given to the monitor; parameters without a gradient
+    /// are left out.
     pub seed_param_norms: Vec<f64>,
 }
 
@@ -106,24 +142,67 @@ impl GradientHealthMonitor {
         (self.host.devices(), self.seed.devices())
     }
 
-    /// `[host_norm, seed_norm, ratio, seed per-tensor norms...]` as one device tensor
-    /// (no host sync). None until both sides have gradients.
-    pub fn compute(&self) -> Option<Tensor> {
-        let target = self.host.groups.first().or(self.seed.groups.first())?.0;
-        let host_norm = self.host.norms(target)?.square().sum(Kind::Float).sqrt();
-        let seed_norms = self.seed.norms(target)?;
-        let seed_norm = seed_norms.square().sum(Kind::Float).sqrt();
-        let scale = (self.host.numel as f64 / self.seed.numel.max(1) as f64).sqrt();
-        let raw = (&seed_norm / host_norm.clamp_min(HOST_NORM_FLOOR) * scale).clamp_max(RATIO_CLAMP);
-        let ratio = raw.where_self(&host_norm.ge(HOST_NORM_FLOOR), &raw.zeros_like());
-        Some(Tensor::cat(&[Tensor::stack(&[host_norm, seed_norm, ratio], 0), seed_norms], 0))
+    /// The device everything is gathered on: the CPU when any group is there, else the
+    /// first group's device. None without parameters.
+    fn common_device(&self) -> Option<Device> {
+        let mut devices = self.host.groups.iter().chain(&self.seed.groups).map(|(d, _)| *d);
+        let first = devices.next()?;
+        Some(if first == Device::Cpu || devices.any(|d| d == Device::Cpu) { Device::Cpu } else { first })
     }
 
-    /// Computes and reads everything back in one transfer.
+    /// `[host_norm, seed_norm, ratio, seed per-tensor norms...]` as one float64 tensor on
+    /// the common device, not read back (the per-tensor norms grouped by device; see
+    /// [`sample`](Self::sample) for them in parameter order). None until both sides have
+    /// gradients, or when libtorch refused a step.
+    pub fn compute(&self) -> Option<Tensor> {
+        self.gather().ok().flatten().map(|(values, _)| values)
+    }
+
+    /// [`compute`](Self::compute), with the seed parameter index of each per-tensor norm.
+    fn gather(&self) -> Result<Option<(Tensor, Vec<usize>)>, TchError> {
+        let Some(target) = self.common_device() else { return Ok(None) };
+        let Some((host_norms, _)) = self.host.norms(target)? else { return Ok(None) };
+        let Some((seed_norms, seed_order)) = self.seed.norms(target)? else { return Ok(None) };
+        let host_norm = global_norm(&host_norms)?;
+        let seed_norm = global_norm(&seed_norms)?;
+        let scale = (self.host.numel as f64 / self.seed.numel.max(1) as f64).sqrt();
+        let raw =
+            seed_norm.f_div(&host_norm.f_clamp_min(HOST_NORM_FLOOR)?)?.f_mul_scalar(scale)?.f_clamp_max(RATIO_CLAMP)?;
+        let ratio = raw.f_where_self(&host_norm.f_ge(HOST_NORM_FLOOR)?, &raw.f_zeros_like()?)?;
+        let head = Tensor::f_stack(&[host_norm, seed_norm, ratio], 0)?;
+        Ok(Some((Tensor::f_cat(&[head, seed_norms], 0)?, seed_order)))
+    }
+
+    /// Computes and reads everything back (see the module docs for the transfers). None
+    /// until both sides have gradients, or when libtorch refused a step (logged).
     pub fn sample(&self) -> Option<GradientSample> {
-        let values = self.compute()?.to_device(Device::Cpu).to_kind(Kind::Double);
-        let v: Vec<f64> = Vec::<f64>::try_from(&values).ok()?;
-        Some(GradientSample { host_norm: v[0], seed_norm: v[1], ratio: v[2], seed_param_norms: v[3..].to_vec() })
+        self.try_sample().unwrap_or_else(|e| {
+            let error = crate::torch_error::summarize("gradient monitor", &e.to_string());
+            tracing::warn!(%error, "gradient norms could not be measured");
+            None
+        })
+    }
+
+    /// [`sample`](Self::sample), with libtorch's error when a step fails.
+    pub fn try_sample(&self) -> Result<Option<GradientSample>, TchError> {
+        let Some((values, order)) = self.gather()? else { return Ok(None) };
+        // Blocking device→host copy (a no-op when the values are already on the CPU).
+        let values = values.f_to_device_(Device::Cpu, Kind::Double, false, false)?;
+        let v = Vec::<f64>::try_from(&values)?;
+        let [host_norm, seed_norm, ratio, per_param @ ..] = v.as_slice() else {
+            return Err(TchError::Shape(format!(
+                "gradient monitor: {} values read back, at least 3 expected",
+                v.len()
+            )));
+        };
+        let mut per_param: Vec<(usize, f64)> = order.into_iter().zip(per_param.iter().copied()).collect();
+        per_param.sort_by_key(|(i, _)| *i);
+        Ok(Some(GradientSample {
+            host_norm: *host_norm,
+            seed_norm: *seed_norm,
+            ratio: *ratio,
+            seed_param_norms: per_param.into_iter().map(|(_, n)| n).collect(),
+        }))
     }
 }
 
@@ -156,6 +235,56 @@ mod tests {
         assert_eq!(GradientHealthMonitor::new(&host, &seed).sample().unwrap().ratio, RATIO_CLAMP);
         let host = [param_with_grad(&[0.0])];
         assert_eq!(GradientHealthMonitor::new(&host, &seed).sample().unwrap().ratio, 0.0);
+    }
+
+    /// Parameters of the given sizes with gradient `randn * scale` (grad = g exactly).
+    fn params_with_random_grads(sizes: &[i64], scale: f64) -> (Vec<Tensor>, Vec<Tensor>) {
+        let params: Vec<Tensor> =
+            sizes.iter().map(|&n| Tensor::zeros([n], (Kind::Float, Device::Cpu)).set_requires_grad(true)).collect();
+        let grads: Vec<Tensor> =
+            sizes.iter().map(|&n| Tensor::randn([n], (Kind::Float, Device::Cpu)) * scale).collect();
+        let loss = params
+            .iter()
+            .zip(&grads)
+            .map(|(p, g)| (p * g).sum(Kind::Float))
+            .fold(None, |acc: Option<Tensor>, t| Some(acc.map_or(t.shallow_clone(), |a| a + t)));
+        loss.expect("at least one parameter").backward();
+        (params, grads)
+    }
+
+    /// `sqrt(sum(g^2))` over `grads`, in float64.
+    fn reference_norm(grads: &[Tensor]) -> f64 {
+        grads.iter().map(|g| g.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt()
+    }
+
+    fn rel(a: f64, b: f64) -> f64 {
+        (a - b).abs() / b.abs().max(1e-30)
+    }
+
+    #[test]
+    fn values_match_a_float64_reference() {
+        for round in 0..20 {
+            let (host, host_g) = params_with_random_grads(&[100_000, 7, 3 * 3 * 64], 1e-3 * (round + 1) as f64);
+            let (seed, seed_g) = params_with_random_grads(&[50_000, 1, 64], 1e-4);
+            let s = GradientHealthMonitor::new(&host, &seed).sample().expect("gradients on both sides");
+            let (h, sd) = (reference_norm(&host_g), reference_norm(&seed_g));
+            let ratio = ((sd / h) * ((100_000 + 7 + 576) as f64 / (50_000 + 1 + 64) as f64).sqrt()).min(RATIO_CLAMP);
+            assert!(rel(s.host_norm, h) < 1e-6 && rel(s.seed_norm, sd) < 1e-6 && rel(s.ratio, ratio) < 1e-6, "{s:?}");
+            assert_eq!(s.seed_param_norms.len(), 3);
+            for (got, g) in s.seed_param_norms.iter().zip(&seed_g) {
+                assert!(rel(*got, reference_norm(std::slice::from_ref(g))) < 1e-6, "{s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn per_parameter_norms_keep_parameter_order_and_skip_missing_gradients() {
+        let host = [param_with_grad(&[1.0])];
+        let no_grad = Tensor::ones([3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let seed = [param_with_grad(&[3.0, 4.0]), no_grad, param_with_grad(&[2.0])];
+        let s = GradientHealthMonitor::new(&host, &seed).sample().unwrap();
+        assert_eq!(s.seed_param_norms, vec![5.0, 2.0]);
+        assert_eq!(s.seed_norm, 29f64.sqrt());
     }
 
     #[test]

@@ -54,13 +54,44 @@ pub enum PluginError {
 
 impl PluginError {
     /// Maps an error reported by a plugin into a runtime error naming blueprint and file.
+    /// A libtorch error inside the message keeps its reason and loses its C++ frame list
+    /// (the full text goes to the debug log).
     pub(crate) fn from_plugin(key: &str, path: &std::path::Path, e: esper_plugin_api::PluginError) -> Self {
         use esper_plugin_api::ErrorKind as K;
-        let (key, path, message) = (key.to_string(), path.to_path_buf(), e.message.into_string());
+        let message =
+            crate::torch_error::summarize(&format!("blueprint `{key}` ({})", path.display()), e.message.as_str());
+        let (key, path) = (key.to_string(), path.to_path_buf());
         match e.kind {
             K::BadOptions => Self::BadOptions { key, path, message },
             K::Panic => Self::Panicked { key, path, message },
             _ => Self::Failed { key, path, message },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use esper_plugin_api::ErrorKind;
+    use tch::{Device, Kind, Tensor};
+
+    #[test]
+    fn a_libtorch_error_from_a_plugin_reads_as_its_reason() {
+        let a = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
+        let full = match a.f_matmul(&Tensor::zeros([4, 5], (Kind::Float, Device::Cpu))) {
+            Ok(_) => panic!("mismatched shapes must fail"),
+            Err(e) => e.to_string(),
+        };
+        assert!(full.contains("frame #"), "premise: libtorch's text has frames: {full}");
+        for kind in [ErrorKind::Tensor, ErrorKind::Panic, ErrorKind::BadOptions] {
+            let e = PluginError::from_plugin(
+                "cnn:norm",
+                std::path::Path::new("/p/libx.so"),
+                esper_plugin_api::PluginError::new(kind, full.clone()),
+            );
+            let shown = e.to_string();
+            assert!(shown.contains("shapes cannot be multiplied") && shown.contains("cnn:norm"), "{shown}");
+            assert!(!shown.contains("frame #") && !shown.contains("Exception raised from"), "{shown}");
         }
     }
 }
