@@ -5,8 +5,17 @@ pub mod model;
 
 use std::path::PathBuf;
 
-/// The cargo output folder the test binary runs from (`target/<profile>`).
+/// Names the folder that holds the built `esper` binary and plugin libraries when the
+/// tests run away from the cargo target folder (a test binary carried to the GPU machine
+/// by `scripts/test-gpu.sh --pack`).
+pub const TARGET_DIR_ENV: &str = "ESPER_TARGET_DIR";
+
+/// The cargo output folder the test binary runs from (`target/<profile>`), or
+/// `$ESPER_TARGET_DIR` when that is set.
 pub fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(TARGET_DIR_ENV).filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/<test-binary>
     exe.parent().and_then(|d| d.parent()).expect("test binary is inside target/<profile>/deps").to_path_buf()
