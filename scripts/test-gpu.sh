@@ -43,9 +43,9 @@ declare -A filter=([gpu]="" [containment]="cuda")
 run_suite() {
     local name=$1 bin=$2 out
     out=$(mktemp)
-    log "$name: $bin --ignored ${filter[$name]}"
+    log "$name: $bin --ignored --nocapture ${filter[$name]}"
     # shellcheck disable=SC2086 # the filter is one word or none
-    if ! "$bin" --ignored --test-threads=1 ${filter[$name]} 2>&1 | tee "$out"; then
+    if ! "$bin" --ignored --test-threads=1 --nocapture ${filter[$name]} 2>&1 | tee "$out"; then
         rm -f "$out"
         log "$name: FAILED"
         return 1
