@@ -124,7 +124,16 @@ impl Trainer {
                 );
             }
         }
-        let mut trainer = Self::new(saved.config)?;
+        // Pin each plugin file to the hash recorded at checkpoint time, so the bytes loaded
+        // are the bytes checked (the check above gives the readable early answer).
+        let mut config = saved.config;
+        for source in config.plugins.iter_mut().filter(|s| s.sha256.is_none()) {
+            let canonical = source.path.canonicalize().ok();
+            if let Some((_, sha)) = saved.plugins.iter().find(|(p, _)| Some(p) == canonical.as_ref()) {
+                source.sha256 = Some(sha.clone());
+            }
+        }
+        let mut trainer = Self::new(config)?;
         let (device, host_params) = (trainer.device, trainer.model.host_parameters());
         if saved.slots.len() != trainer.model.slots().len() {
             bail!(
@@ -147,12 +156,10 @@ impl Trainer {
             }
             ckpt.load_vars(&checkpoint::slot_file(slot.id()), &named)?;
             let state = ckpt.tensors(&checkpoint::slot_optimizer_file(slot.id()))?;
-            trainer
-                .seed_opts
-                .get_mut(slot.id())
-                .expect("optimizer for a live seed")
-                .load_state(&state)
-                .map_err(anyhow::Error::msg)?;
+            let opt = trainer.seed_opts.get_mut(slot.id()).with_context(|| {
+                format!("checkpoint {}: slot `{}` has a seed but no seed optimizer", ckpt.dir().display(), slot.id())
+            })?;
+            opt.load_state(&state).map_err(anyhow::Error::msg)?;
         }
         trainer.history = saved.history;
         tracing::info!(checkpoint = %ckpt.dir().display(), epoch = saved.epoch, "resumed");
