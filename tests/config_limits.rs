@@ -204,3 +204,23 @@ fn a_controller_that_prunes_before_g2_is_refused_by_config_check() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("lifecycle.controller.max_training_epochs = 8"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_misspelled_blueprint_fails_run_before_the_first_epoch_as_config_check_does() {
+    let norm = plugin_lib("esper-norm");
+    for (setting, extra) in [
+        ("lifecycle.controller.blueprint", "[lifecycle.controller]\nblueprint = \"nrom\"\n"),
+        ("lifecycle.schedule", "[[lifecycle.schedule]]\nepoch = 1\nslot = \"r0c1\"\nblueprint = \"nrom\"\n"),
+    ] {
+        let dir = temp_dir(&format!("misspelled-{setting}"));
+        let path = write(&dir, "run.toml", &small(Some(&norm), extra));
+        let (check, _) = esper(&["config".as_ref(), "check".as_ref(), path.as_os_str()]);
+        let (run, _) = esper(&["run".as_ref(), path.as_os_str()]);
+        assert_eq!((check.status.code(), run.status.code()), (Some(1), Some(1)), "{}", stderr(&run));
+        let expected = format!("config {}: {setting}: unknown blueprint `nrom`", path.display());
+        let line = |o: &Output| stderr(o).lines().find(|l| l.starts_with("error:")).unwrap_or_default().to_string();
+        assert!(line(&check).contains(&expected), "config check: {}", stderr(&check));
+        assert_eq!(line(&run), line(&check), "esper run says what config check says");
+        assert!(!dir.join("out/checkpoints").exists(), "no epoch ran");
+    }
+}

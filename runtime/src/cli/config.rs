@@ -1,12 +1,7 @@
 //! `esper config check`.
 
-use crate::{
-    config::RunConfig,
-    host::{budget, budget::human_bytes, HostError},
-    plugin::BlueprintRegistry,
-    telemetry,
-};
-use anyhow::{bail, Result};
+use crate::{config::RunConfig, host::budget::human_bytes, telemetry};
+use anyhow::{Context, Result};
 use clap::Subcommand;
 use std::{path::PathBuf, process::ExitCode};
 
@@ -26,31 +21,8 @@ impl ConfigCommand {
         let shipped = super::use_shipped_plugins_if_none(&mut config)?;
         config.validate(&path)?;
         // Arithmetic only: the host is never built here.
-        let estimate = config.check_resources(None).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
-        let limit = config.memory_limit(None).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
-        let points = budget::injection_points(&config.host)
-            .map_err(|e| anyhow::anyhow!("config {}: host: {e}", path.display()))?;
-        for slot in &config.slots {
-            if !points.iter().any(|(id, _)| id == slot) {
-                let e =
-                    HostError::UnknownPoint { name: slot.clone(), valid: points.iter().map(|p| p.0.clone()).collect() };
-                bail!("config {}: slots: {e}", path.display());
-            }
-        }
-        let mut registry = BlueprintRegistry::new();
-        registry.set_param_factor(config.lifecycle.plugin_param_factor);
-        for p in &config.plugins {
-            registry.load_pinned(&p.path, p.sha256.as_deref())?;
-        }
-        let mut blueprints: Vec<&str> = config.lifecycle.schedule.iter().map(|s| s.blueprint.as_str()).collect();
-        if config.lifecycle.controller.enabled {
-            blueprints.push(&config.lifecycle.controller.blueprint);
-        }
-        for b in blueprints {
-            if let Err(e) = registry.resolve(b) {
-                bail!("config {}: {e}", path.display());
-            }
-        }
+        let preflight = config.preflight(None).with_context(|| format!("config {}", path.display()))?;
+        let (registry, estimate, limit) = (preflight.registry, preflight.estimate, preflight.limit);
         println!(
             "{}: ok ({} epochs, slots {}, {} blueprint(s) from {} plugin(s))",
             path.display(),

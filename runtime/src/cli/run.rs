@@ -10,7 +10,7 @@ use crate::{
     telemetry,
     train::{checkpoint, report, Trainer},
 };
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use std::{
     collections::BTreeSet,
@@ -119,7 +119,8 @@ impl RunArgs {
                 if let Some(plugin) = shipped {
                     tracing::info!(plugin = %plugin.display(), "the config names no [[plugins]]: using the shipped plugin");
                 }
-                (Trainer::new(config)?, progress)
+                let source = self.config.as_deref().unwrap_or("<built-in default job>".as_ref());
+                (Trainer::new(config).with_context(|| format!("config {}", source.display()))?, progress)
             }
         };
         if let (Some(_), Some(epochs)) = (&self.resume, self.epochs) {

@@ -25,9 +25,11 @@
 //! seed enough epochs in TRAINING to pass G2.
 
 mod plugins;
+mod preflight;
 mod resources;
 
 pub use plugins::{sha256_hex, PluginSource};
+pub use preflight::Preflight;
 pub use resources::{MemoryLimit, ResourceError, DEFAULT_CUDA_MEMORY_GIB, FALLBACK_CPU_MEMORY_GIB};
 
 use crate::{

@@ -76,14 +76,10 @@ fn contained<T>(epoch: u32, phase: &str, f: impl FnOnce() -> Result<T>) -> Resul
 impl Trainer {
     /// Loads the plugins and data and builds the model of `config`.
     pub fn new(config: RunConfig) -> Result<Self> {
-        let mut registry = BlueprintRegistry::new();
-        registry.set_param_factor(config.lifecycle.plugin_param_factor);
-        for p in &config.plugins {
-            registry.load_pinned(&p.path, p.sha256.as_deref())?;
-        }
         let device = config.device.resolve().map_err(anyhow::Error::msg)?;
-        // Arithmetic, before anything is allocated: the host's memory against the limit.
-        config.check_resources(Some(device))?;
+        // Before anything is allocated: slots, memory against the limit, plugins loaded
+        // and pinned, every blueprint the run names resolved (as `esper config check`).
+        let registry = config.preflight(Some(device))?.registry;
         // libtorch's generator drives parameter init (and is re-seeded every epoch), so
         // the same config gives the same run, and a resumed one continues it exactly.
         tch::manual_seed(config.training.seed as i64);
