@@ -111,7 +111,7 @@ fn a_panic_in_a_seeds_drop_is_contained_and_reported() {
     let text = config_text(&dir, Some("panic-in-drop"), "channels_last", 4).replace(
         "[lifecycle.controller]\nenabled = false",
         "[lifecycle.gates]\nmode = \"permissive\"\nmin_blending_epochs = 1\nmin_gradient_health_for_blending = 0.0\n\n\
-         [lifecycle.controller]\nenabled = true\nprune_below_contribution = 1000.0",
+         [lifecycle.controller]\nenabled = true\nblueprint = \"panic-in-drop\"\nprune_below_contribution = 1000.0",
     );
     let (events, report) = run_binary(&dir, &text, 4);
     assert!(events.contains("plugin_error") && events.contains("deliberate panic in the seed's Drop"), "{events}");

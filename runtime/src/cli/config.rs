@@ -31,6 +31,9 @@ impl ConfigCommand {
             registry.list().count(),
             registry.plugins().count()
         );
+        for d in &config.deprecations {
+            println!("warning: {d}");
+        }
         if let Some(plugin) = shipped {
             println!("plugins: none in the config; using the shipped plugin {}", plugin.display());
         }

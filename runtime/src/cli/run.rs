@@ -116,6 +116,9 @@ impl RunArgs {
                 prepare_output_folder(&config.output.dir, self.overwrite)?;
                 let jsonl = config.output.jsonl.then(|| config.output.dir.join("events.jsonl"));
                 let progress = telemetry::init("info", jsonl.as_deref())?;
+                for d in &config.deprecations {
+                    tracing::warn!("config: {d}");
+                }
                 if let Some(plugin) = shipped {
                     tracing::info!(plugin = %plugin.display(), "the config names no [[plugins]]: using the shipped plugin");
                 }

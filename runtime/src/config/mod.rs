@@ -12,8 +12,8 @@
 //! [host]      # blocks, base_channels, pool_layers, kernel_size, num_classes, memory_format
 //! [data]      # kind = "synthetic" | "cifar10"
 //! [training]  # epochs, batch_size, host_optimizer, seed_optimizer, seed, memory_limit_gb
-//! [lifecycle] # gates, blend, blend_tempo, alpha_curve, isolate_gradients, schedule,
-//!             # controller, plugin_param_factor
+//! [slot]      # isolate_gradients, blend, alpha_curve, blend_tempo (every slot's settings)
+//! [lifecycle] # gates, schedule, controller, plugin_param_factor
 //! [output]    # dir, checkpoint, jsonl
 //! ```
 //!
@@ -72,6 +72,9 @@ pub struct RunConfig {
     pub slots: Vec<String>,
     #[serde(default)]
     pub plugins: Vec<PluginSource>,
+    /// How every slot runs its seed: isolation and blend.
+    #[serde(default)]
+    pub slot: SlotConfig,
     #[serde(default)]
     pub host: CnnHostConfig,
     #[serde(default)]
@@ -82,6 +85,10 @@ pub struct RunConfig {
     pub lifecycle: LifecycleConfig,
     #[serde(default)]
     pub output: OutputConfig,
+    /// Deprecated keys met while reading, each with its replacement (for the caller to
+    /// show once logging is up).
+    #[serde(skip)]
+    pub deprecations: Vec<String>,
 }
 
 fn default_slots() -> Vec<String> {
@@ -223,41 +230,35 @@ pub const DEFAULT_PLUGIN_PARAM_FACTOR: f64 = 100.0;
 #[serde(deny_unknown_fields, default)]
 pub struct LifecycleConfig {
     pub gates: QualityGates,
-    pub blend: BlendAlgorithm,
-    pub blend_tempo: u32,
-    pub alpha_curve: AlphaCurve,
-    pub isolate_gradients: bool,
     pub schedule: Vec<ScheduledSeed>,
     pub controller: ControllerConfig,
     /// A seed's parameters and buffers together may hold at most this many times its
     /// blueprint's declared `param_estimate` elements (and at least
     /// [`crate::plugin::MIN_SEED_ELEMENT_CAP`]); a bigger request is a create error.
     pub plugin_param_factor: f64,
+    /// Deprecated aliases of the `[slot]` keys, once written under `[lifecycle]`: read
+    /// (from configs and old checkpoints), moved to `slot` with a warning, never written.
+    #[serde(default, skip_serializing)]
+    isolate_gradients: Option<bool>,
+    #[serde(default, skip_serializing)]
+    blend: Option<BlendAlgorithm>,
+    #[serde(default, skip_serializing)]
+    alpha_curve: Option<AlphaCurve>,
+    #[serde(default, skip_serializing)]
+    blend_tempo: Option<u32>,
 }
 
 impl Default for LifecycleConfig {
     fn default() -> Self {
-        let slot = SlotConfig::default();
         Self {
             gates: QualityGates::strict(),
-            blend: slot.blend,
-            blend_tempo: slot.blend_tempo,
-            alpha_curve: slot.alpha_curve,
-            isolate_gradients: slot.isolate_gradients,
             schedule: Vec::new(),
             controller: ControllerConfig::default(),
             plugin_param_factor: DEFAULT_PLUGIN_PARAM_FACTOR,
-        }
-    }
-}
-
-impl LifecycleConfig {
-    pub fn slot_config(&self) -> SlotConfig {
-        SlotConfig {
-            isolate_gradients: self.isolate_gradients,
-            blend: self.blend,
-            alpha_curve: self.alpha_curve,
-            blend_tempo: self.blend_tempo,
+            isolate_gradients: None,
+            blend: None,
+            alpha_curve: None,
+            blend_tempo: None,
         }
     }
 }
@@ -302,10 +303,37 @@ impl RunConfig {
 
     /// Parses TOML text (`path` is only used in messages).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e: toml::de::Error| ConfigError::Parse {
+        let mut config: Self = toml::from_str(text).map_err(|e: toml::de::Error| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
-        })
+        })?;
+        config.migrate_deprecated();
+        Ok(config)
+    }
+
+    /// Moves the deprecated `[lifecycle]` slot keys into `[slot]` (they win over the
+    /// defaults there) and records a note for each in `deprecations`.
+    pub fn migrate_deprecated(&mut self) {
+        let (l, slot, notes) = (&mut self.lifecycle, &mut self.slot, &mut self.deprecations);
+        let mut note = |key: &str| {
+            notes.push(format!("`lifecycle.{key}` is deprecated: write it as `{key}` under `[slot]`"));
+        };
+        if let Some(v) = l.isolate_gradients.take() {
+            slot.isolate_gradients = v;
+            note("isolate_gradients");
+        }
+        if let Some(v) = l.blend.take() {
+            slot.blend = v;
+            note("blend");
+        }
+        if let Some(v) = l.alpha_curve.take() {
+            slot.alpha_curve = v;
+            note("alpha_curve");
+        }
+        if let Some(v) = l.blend_tempo.take() {
+            slot.blend_tempo = v;
+            note("blend_tempo");
+        }
     }
 
     /// The built-in default job: the `norm` plugin built beside this binary, the
@@ -440,6 +468,50 @@ mod tests {
 
     fn parse(text: &str) -> Result<RunConfig, ConfigError> {
         RunConfig::parse(text, Path::new("run.toml"))
+    }
+
+    #[test]
+    fn slot_settings_live_in_slot_and_the_old_lifecycle_keys_still_work_with_a_warning() {
+        let new = parse(
+            "[slot]
+blend = \"multiply\"
+blend_tempo = 7
+isolate_gradients = false
+",
+        )
+        .unwrap();
+        assert_eq!(
+            (new.slot.blend, new.slot.blend_tempo, new.slot.isolate_gradients),
+            (BlendAlgorithm::Multiply, 7, false)
+        );
+        assert!(new.deprecations.is_empty());
+        let old = parse(
+            "[lifecycle]
+blend = \"multiply\"
+blend_tempo = 7
+isolate_gradients = false
+",
+        )
+        .unwrap();
+        assert_eq!(old.slot, new.slot, "the deprecated keys mean the same");
+        assert_eq!(old.deprecations.len(), 3, "{:?}", old.deprecations);
+        assert!(old.deprecations[0].contains("`lifecycle.isolate_gradients` is deprecated"), "{:?}", old.deprecations);
+        // Written back (as in a checkpoint), only `[slot]` remains, and it reads the same.
+        let json = serde_json::to_value(&old).unwrap();
+        assert!(json["lifecycle"].get("blend").is_none() && json["slot"]["blend"] == "multiply", "{json}");
+        let again: RunConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(again.slot, new.slot);
+        assert!(
+            parse(
+                "[slot]
+blnd = \"add\"
+"
+            )
+            .unwrap_err()
+            .to_string()
+            .contains("blnd"),
+            "unknown keys refused"
+        );
     }
 
     #[test]

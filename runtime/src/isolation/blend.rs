@@ -7,10 +7,14 @@
 //!   gate: mean-pool over H, W, Linear(C, C/4), ReLU, Linear(., 1), sigmoid.
 //!
 //! Alpha is a host-side scalar: no tensor is allocated for it and nothing syncs.
+//!
+//! [`BlendAlgorithm`] is the configured choice; [`Blend`] is the slot's live blend, made
+//! from it at germination (GATE owns its network and that network's variables).
 
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::Module, Tensor};
+use tch::{nn, nn::Module, Device, Tensor};
 
+/// The blend a slot is configured with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BlendAlgorithm {
@@ -20,20 +24,24 @@ pub enum BlendAlgorithm {
     Gate,
 }
 
-/// The learned per-sample gate of the GATE blend.
+/// The learned per-sample gate of the GATE blend, with its own variables.
 #[derive(Debug)]
 pub struct GateNet {
+    vars: nn::VarStore,
     hidden: nn::Linear,
     out: nn::Linear,
 }
 
 impl GateNet {
-    pub fn new(path: &nn::Path, channels: i64) -> Self {
+    pub fn new(channels: i64, device: Device) -> Self {
+        let vars = nn::VarStore::new(device);
         let hidden = (channels / 4).max(1);
-        Self {
-            hidden: nn::linear(path / "gate_hidden", channels, hidden, Default::default()),
-            out: nn::linear(path / "gate_out", hidden, 1, Default::default()),
-        }
+        let root = vars.root();
+        let (hidden, out) = (
+            nn::linear(&root / "gate_hidden", channels, hidden, Default::default()),
+            nn::linear(&root / "gate_out", hidden, 1, Default::default()),
+        );
+        Self { vars, hidden, out }
     }
 
     /// Per-sample gate in [0, 1], shaped (B, 1, 1, 1).
@@ -43,23 +51,55 @@ impl GateNet {
     }
 }
 
-impl BlendAlgorithm {
+/// A slot's live blend.
+#[derive(Debug)]
+pub enum Blend {
+    Add,
+    Multiply,
+    Gate(GateNet),
+}
+
+impl Blend {
+    /// The blend of `algorithm` for `channels` channels (GATE creates its network on `device`).
+    pub fn new(algorithm: BlendAlgorithm, channels: i64, device: Device) -> Self {
+        match algorithm {
+            BlendAlgorithm::Add => Blend::Add,
+            BlendAlgorithm::Multiply => Blend::Multiply,
+            BlendAlgorithm::Gate => Blend::Gate(GateNet::new(channels, device)),
+        }
+    }
+
+    pub fn algorithm(&self) -> BlendAlgorithm {
+        match self {
+            Blend::Add => BlendAlgorithm::Add,
+            Blend::Multiply => BlendAlgorithm::Multiply,
+            Blend::Gate(_) => BlendAlgorithm::Gate,
+        }
+    }
+
+    /// The blend's own variables (GATE's network), if it has any.
+    pub fn vars(&self) -> Option<&nn::VarStore> {
+        match self {
+            Blend::Gate(g) => Some(&g.vars),
+            _ => None,
+        }
+    }
+
+    pub fn vars_mut(&mut self) -> Option<&mut nn::VarStore> {
+        match self {
+            Blend::Gate(g) => Some(&mut g.vars),
+            _ => None,
+        }
+    }
+
     /// Blends `seed` into `host` with amplitude `alpha` in [0, 1]. `seed_input` is what
-    /// the seed received (the MULTIPLY reference); `gate` is required for GATE.
-    pub fn blend(
-        self,
-        host: &Tensor,
-        seed: &Tensor,
-        seed_input: &Tensor,
-        alpha: f64,
-        gate: Option<&GateNet>,
-    ) -> Tensor {
+    /// the seed received (the MULTIPLY reference and the gate's input).
+    pub fn apply(&self, host: &Tensor, seed: &Tensor, seed_input: &Tensor, alpha: f64) -> Tensor {
         let alpha = alpha.clamp(0.0, 1.0);
         match self {
-            BlendAlgorithm::Add => host.lerp(seed, alpha),
-            BlendAlgorithm::Multiply => host * ((seed - seed_input).tanh() * alpha + 1.0),
-            BlendAlgorithm::Gate => {
-                let gate = gate.expect("GATE blend needs its gate network (created with the slot)");
+            Blend::Add => host.lerp(seed, alpha),
+            Blend::Multiply => host * ((seed - seed_input).tanh() * alpha + 1.0),
+            Blend::Gate(gate) => {
                 let effective = (gate.gate(seed_input) * alpha).clamp(0.0, 1.0);
                 host.lerp_tensor(seed, &effective)
             }
@@ -70,7 +110,7 @@ impl BlendAlgorithm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Device, Kind};
+    use tch::Kind;
 
     fn t(shape: &[i64]) -> Tensor {
         Tensor::randn(shape, (Kind::Float, Device::Cpu))
@@ -78,11 +118,12 @@ mod tests {
 
     #[test]
     fn every_blend_is_the_identity_at_alpha_zero() {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let gate = GateNet::new(&vs.root(), 8);
         let (h, s) = (t(&[2, 8, 3, 3]), t(&[2, 8, 3, 3]));
         for algo in [BlendAlgorithm::Add, BlendAlgorithm::Multiply, BlendAlgorithm::Gate] {
-            let y = algo.blend(&h, &s, &h, 0.0, Some(&gate));
+            let blend = Blend::new(algo, 8, Device::Cpu);
+            assert_eq!(blend.algorithm(), algo);
+            assert_eq!(blend.vars().is_some(), algo == BlendAlgorithm::Gate, "only GATE has variables");
+            let y = blend.apply(&h, &s, &h, 0.0);
             assert!((y - &h).abs().max().double_value(&[]) < 1e-7, "{algo:?}");
         }
     }
@@ -90,21 +131,21 @@ mod tests {
     #[test]
     fn add_at_one_is_the_seed_and_multiply_is_bounded() {
         let (h, s) = (t(&[2, 4, 2, 2]), t(&[2, 4, 2, 2]));
-        let y = BlendAlgorithm::Add.blend(&h, &s, &h, 1.0, None);
+        let y = Blend::Add.apply(&h, &s, &h, 1.0);
         assert!((y - &s).abs().max().double_value(&[]) < 1e-6);
-        let y = BlendAlgorithm::Multiply.blend(&h, &(&h + 100.0), &h, 0.5, None);
+        let y = Blend::Multiply.apply(&h, &(&h + 100.0), &h, 0.5);
         // tanh(100) ~ 1: y = 1.5 h
         assert!((y - &h * 1.5).abs().max().double_value(&[]) < 1e-5);
     }
 
     #[test]
     fn gate_is_per_sample_and_convex() {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let gate = GateNet::new(&vs.root(), 4);
+        let blend = Blend::new(BlendAlgorithm::Gate, 4, Device::Cpu);
+        let Blend::Gate(gate) = &blend else { unreachable!("GATE makes a gate network") };
         let (h, s) = (t(&[3, 4, 2, 2]), t(&[3, 4, 2, 2]));
         let g = gate.gate(&h);
         assert_eq!(g.size(), vec![3, 1, 1, 1]);
-        let y = BlendAlgorithm::Gate.blend(&h, &s, &h, 1.0, Some(&gate));
+        let y = blend.apply(&h, &s, &h, 1.0);
         let expected = &h + (&s - &h) * &g;
         assert!((y - expected).abs().max().double_value(&[]) < 1e-6);
     }

@@ -17,7 +17,7 @@ pub mod contract;
 mod fault;
 mod monitor;
 
-pub use blend::{BlendAlgorithm, GateNet};
+pub use blend::{Blend, BlendAlgorithm, GateNet};
 pub use contract::ContractViolation;
 pub use fault::{FaultKind, SeedFault};
 pub use monitor::{GradientHealthMonitor, GradientSample};

@@ -4,7 +4,7 @@
 use super::ModelError;
 use crate::{
     isolation::{
-        contract, seed_input, straight_through, BlendAlgorithm, FaultKind, GateNet, GradientHealthMonitor,
+        contract, seed_input, straight_through, Blend, BlendAlgorithm, FaultKind, GradientHealthMonitor,
         GradientSample, SeedFault,
     },
     lifecycle::{
@@ -14,7 +14,7 @@ use crate::{
     plugin::{BlueprintRegistry, PluginSeed},
 };
 use serde::{Deserialize, Serialize};
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// How a slot runs its seed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,7 +59,8 @@ pub struct SeedSlot {
     config: SlotConfig,
     lifecycle: Lifecycle,
     seed: Option<PluginSeed>,
-    gate: Option<(nn::VarStore, GateNet)>,
+    /// The live seed's blend (made at germination from `config.blend`).
+    blend: Option<Blend>,
     monitor: Option<GradientHealthMonitor>,
     /// On the seed's device: false once any output of the seed was NaN or infinite.
     /// Accumulated without a sync; read where the training loop already reads.
@@ -78,7 +79,7 @@ impl SeedSlot {
             config,
             lifecycle: Lifecycle::new(id),
             seed: None,
-            gate: None,
+            blend: None,
             monitor: None,
             finite: None,
             options: serde_json::Value::Null,
@@ -125,7 +126,9 @@ impl SeedSlot {
     /// is checked against the contract first; a breach or a plugin error is a
     /// [`ModelError::Seed`] naming the seed (the caller prunes it).
     pub fn forward(&self, host: Tensor, train: bool) -> Result<Tensor, ModelError> {
-        let Some(seed) = self.seed.as_ref().filter(|_| self.runs_seed()) else { return Ok(host) };
+        let Some((seed, blend)) = self.seed.as_ref().zip(self.blend.as_ref()).filter(|_| self.runs_seed()) else {
+            return Ok(host);
+        };
         let input = seed_input(&host, self.config.isolate_gradients);
         let out = checked_forward(seed, &input, train).map_err(|kind| self.fault(kind))?;
         if let Some(flag) = &self.finite {
@@ -135,7 +138,7 @@ impl SeedSlot {
         if self.stage() == SeedStage::Training && alpha == 0.0 {
             return Ok(straight_through(&host, &out));
         }
-        Ok(self.config.blend.blend(&host, &out, &input, alpha, self.gate.as_ref().map(|(_, g)| g)))
+        Ok(blend.apply(&host, &out, &input, alpha))
     }
 
     /// Creates a seed of `blueprint` from the registry, probes it, and germinates it.
@@ -154,12 +157,12 @@ impl SeedSlot {
                 self.lifecycle_err(LifecycleError::SlotOccupied { slot_id: self.id.clone(), stage: self.stage() })
             );
         }
-        let (seed, gate) = self.create_seed(registry, blueprint, options, device)?;
+        let (seed, blend) = self.create_seed(registry, blueprint, options, device)?;
         self.probe(&seed, device)?;
         let schedule = BlendSchedule { curve: self.config.alpha_curve, tempo_epochs: self.config.blend_tempo };
         self.lifecycle.germinate_with(seed_id, seed.key(), schedule).map_err(|e| self.lifecycle_err(e))?;
         tracing::info!(event = "germinated", slot = %self.id, blueprint = seed.key(), seed_id, "germinated");
-        self.install(seed, gate, options.clone(), host_params);
+        self.install(seed, blend, options.clone(), host_params);
         Ok(())
     }
 
@@ -191,26 +194,15 @@ impl SeedSlot {
         blueprint: &str,
         options: &serde_json::Value,
         device: Device,
-    ) -> Result<(PluginSeed, Option<(nn::VarStore, GateNet)>), ModelError> {
+    ) -> Result<(PluginSeed, Blend), ModelError> {
         let seed = registry.create_seed(blueprint, self.channels, options, device)?;
-        let gate = (self.config.blend == BlendAlgorithm::Gate).then(|| {
-            let vs = nn::VarStore::new(device);
-            let net = GateNet::new(&vs.root(), self.channels);
-            (vs, net)
-        });
-        Ok((seed, gate))
+        Ok((seed, Blend::new(self.config.blend, self.channels, device)))
     }
 
-    fn install(
-        &mut self,
-        seed: PluginSeed,
-        gate: Option<(nn::VarStore, GateNet)>,
-        options: serde_json::Value,
-        host_params: &[Tensor],
-    ) {
+    fn install(&mut self, seed: PluginSeed, blend: Blend, options: serde_json::Value, host_params: &[Tensor]) {
         self.finite = Tensor::f_ones([], (Kind::Bool, seed.device())).ok();
         self.seed = Some(seed);
-        self.gate = gate;
+        self.blend = Some(blend);
         self.options = options;
         self.monitor = Some(GradientHealthMonitor::new(host_params, &self.seed_parameters()));
     }
@@ -231,8 +223,8 @@ impl SeedSlot {
             matches!(s.stage(), Germinated | Training | Blending | Holding | Fossilized)
         });
         if let Some(state) = live {
-            let (seed, gate) = self.create_seed(registry, state.blueprint_id(), &options, device)?;
-            self.install(seed, gate, options, host_params);
+            let (seed, blend) = self.create_seed(registry, state.blueprint_id(), &options, device)?;
+            self.install(seed, blend, options, host_params);
         }
         self.lifecycle = lifecycle;
         Ok(())
@@ -249,7 +241,7 @@ impl SeedSlot {
         if let Some(seed) = &self.seed {
             out.extend(seed.vars().variables().into_iter().map(|(n, t)| (format!("seed.{n}"), t)));
         }
-        if let Some((vs, _)) = &self.gate {
+        if let Some(vs) = self.blend.as_ref().and_then(Blend::vars) {
             out.extend(vs.variables().into_iter().map(|(n, t)| (format!("gate.{n}"), t)));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -343,7 +335,7 @@ impl SeedSlot {
                 self.release_errors.push(format!("{}: dropping seed failed (contained): {e}", self.id));
             }
         }
-        self.gate = None;
+        self.blend = None;
         self.monitor = None;
         self.finite = None;
         self.options = serde_json::Value::Null;
@@ -366,7 +358,7 @@ impl SeedSlot {
     /// Trainable parameters of the seed and its blend (gate), runtime-owned.
     pub fn seed_parameters(&self) -> Vec<Tensor> {
         let mut p = self.seed.as_ref().map(|s| s.trainable()).unwrap_or_default();
-        if let Some((vs, _)) = &self.gate {
+        if let Some(vs) = self.blend.as_ref().and_then(Blend::vars) {
             p.extend(vs.trainable_variables());
         }
         p
@@ -376,7 +368,7 @@ impl SeedSlot {
         if let Some(seed) = &mut self.seed {
             seed.set_device(device);
         }
-        if let Some((vs, _)) = &mut self.gate {
+        if let Some(vs) = self.blend.as_mut().and_then(Blend::vars_mut) {
             vs.set_device(device);
         }
         if let Some(f) = &mut self.finite {

@@ -84,7 +84,7 @@ impl Trainer {
         // the same config gives the same run, and a resumed one continues it exactly.
         tch::manual_seed(config.training.seed as i64);
         let slots: Vec<&str> = config.slots.iter().map(String::as_str).collect();
-        let model = MorphogeneticModel::new(config.host.clone(), &slots, config.lifecycle.slot_config(), device)?;
+        let model = MorphogeneticModel::new(config.host.clone(), &slots, config.slot.clone(), device)?;
         let data = config.data.load().context("loading the data set")?;
         let host_opt = Optimizer::new(config.training.host_optimizer, model.host_parameters());
         let controller = Controller::new(config.lifecycle.controller.clone(), config.lifecycle.schedule.clone());
@@ -123,6 +123,10 @@ impl Trainer {
         // Pin each plugin file to the hash recorded at checkpoint time, so the bytes loaded
         // are the bytes checked (the check above gives the readable early answer).
         let mut config = saved.config;
+        config.migrate_deprecated(); // a checkpoint from before `[slot]`
+        for d in &config.deprecations {
+            tracing::debug!("checkpoint config: {d}");
+        }
         for source in config.plugins.iter_mut().filter(|s| s.sha256.is_none()) {
             let canonical = source.path.canonicalize().ok();
             if let Some((_, sha)) = saved.plugins.iter().find(|(p, _)| Some(p) == canonical.as_ref()) {
