@@ -29,7 +29,7 @@ fn norm_plugin_loads_with_matching_handshake() {
     let h = plugin.handshake();
     assert_eq!(h.plugin_name.as_str(), "esper-norm");
     assert_eq!(h.libtorch.as_str(), "2.11.0");
-    assert_eq!(h.tch.as_str(), esper_plugin_api::TCH_VERSION);
+    assert_eq!(h.tch.as_str(), esper_plugin_api::abi::TCH_VERSION);
     let (_, d) = r.resolve("norm").unwrap();
     assert_eq!(d.param_estimate, 130);
     assert_eq!(d.topology.as_str(), "cnn");

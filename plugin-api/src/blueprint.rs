@@ -1,6 +1,6 @@
 //! Blueprints: what a plugin exports, described and registered with `inventory`.
 
-use crate::{seed::seed_box, Params, PluginError, Seed, SeedBox};
+use crate::{abi::SeedBox, seed::seed_box, Params, PluginError, Seed};
 use abi_stable::{std_types::RString, StableAbi};
 use serde::{de::DeserializeOwned, Deserialize};
 

@@ -6,7 +6,7 @@
 //! storage. So the runtime can checkpoint, move devices, build optimizers and monitor
 //! gradients for every plugin alike.
 
-use crate::{PluginError, TensorOut};
+use crate::{abi::TensorOut, ErrorKind, PluginError};
 use abi_stable::{
     sabi_trait,
     std_types::{RResult, RSlice, RStr},
@@ -59,11 +59,20 @@ pub type ParamSinkRef<'a> = ParamSink_TO<'a, abi_stable::sabi_types::RMut<'a, ()
 /// What a blueprint's `create` receives to obtain its parameters and buffers.
 pub struct Params<'a> {
     sink: ParamSinkRef<'a>,
+    /// `conv.` inside `params.sub("conv")`; empty at the root.
+    prefix: String,
 }
 
 impl<'a> Params<'a> {
     pub fn new(sink: ParamSinkRef<'a>) -> Self {
-        Self { sink }
+        Self { sink, prefix: String::new() }
+    }
+
+    /// The parameters of a part of a composite seed, named under `name` (as candle's
+    /// `pp` or tch's `path / "name"`): `params.sub("conv").param("weight", ..)` is
+    /// `conv.weight`. A name asked for twice is refused by the runtime.
+    pub fn sub(&mut self, name: &str) -> Params<'_> {
+        Params { sink: self.sink.sabi_reborrow_mut(), prefix: format!("{}{name}.", self.prefix) }
     }
 
     /// A trainable parameter, owned by the runtime.
@@ -77,7 +86,14 @@ impl<'a> Params<'a> {
     }
 
     fn request(&mut self, name: &str, shape: &[i64], init: Init, trainable: bool) -> Result<Tensor, PluginError> {
-        let spec = ParamSpec { name: name.into(), shape: shape.into(), init, trainable };
+        if name.contains('.') {
+            return Err(PluginError::new(
+                ErrorKind::InvalidArgument,
+                format!("parameter name `{}{name}`: use `Params::sub` for nesting, not `.` in a name", self.prefix),
+            ));
+        }
+        let full = format!("{}{name}", self.prefix);
+        let spec = ParamSpec { name: full.as_str().into(), shape: shape.into(), init, trainable };
         self.sink.create(spec).into_result().map(TensorOut::into_tensor)
     }
 }

@@ -5,7 +5,8 @@
 //! panics, so none crosses the boundary.
 
 use crate::{
-    blueprint::Registration, BlueprintDescriptor, ErrorKind, Handshake, ParamSinkRef, Params, PluginError, SeedBox,
+    abi::{BlueprintDescriptor, Handshake, ParamSinkRef, Registration, SeedBox},
+    ErrorKind, Params, PluginError,
 };
 use abi_stable::{
     declare_root_module_statics,
@@ -134,12 +135,11 @@ pub const STANDARD_HEADER: LibHeader =
 macro_rules! export_plugin {
     () => {
         $crate::inventory::submit! {
-            $crate::PluginInfo { name: env!("CARGO_PKG_NAME"), version: env!("CARGO_PKG_VERSION") }
+            $crate::abi::PluginInfo { name: env!("CARGO_PKG_NAME"), version: env!("CARGO_PKG_VERSION") }
         }
         /// The abi_stable root-module header of this plugin.
         #[no_mangle]
-        pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::__private::LibHeader =
-            $crate::root::STANDARD_HEADER;
+        pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::__private::LibHeader = $crate::abi::STANDARD_HEADER;
     };
 }
 
@@ -147,7 +147,7 @@ macro_rules! export_plugin {
 #[macro_export]
 macro_rules! register_blueprint {
     ($blueprint:ty) => {
-        $crate::inventory::submit! { $crate::Registration::of::<$blueprint>() }
+        $crate::inventory::submit! { $crate::abi::Registration::of::<$blueprint>() }
     };
 }
 
@@ -160,7 +160,7 @@ mod tests {
         let m = h.mismatches();
         assert_eq!(m.len(), 1, "{m:?}");
         assert!(m[0].contains("panicked") && m[0].contains("handshake exploded"), "{m:?}");
-        let ok = super::guard_handshake(|| crate::Handshake::current("p", "1"));
+        let ok = super::guard_handshake(|| crate::abi::Handshake::current("p", "1"));
         assert!(ok.mismatches().is_empty());
     }
 

@@ -1,6 +1,9 @@
 //! Seed modules: the trait a plugin author implements, and its ABI-stable form.
 
-use crate::{ErrorKind, PluginError, TensorOut, TensorRef};
+use crate::{
+    abi::{TensorOut, TensorRef},
+    ErrorKind, PluginError,
+};
 use abi_stable::{
     sabi_trait,
     std_types::{RBox, RResult},

@@ -10,7 +10,7 @@ use crate::{
     isolation::{contract, seed_input, straight_through, Blend},
     plugin::{BlueprintRegistry, PluginError, PluginSeed},
 };
-use esper_plugin_api::BlueprintDescriptor;
+use esper_plugin_api::abi::BlueprintDescriptor;
 use serde_json::{json, Value};
 use std::{
     cell::{Cell, RefCell},

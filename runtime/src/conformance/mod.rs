@@ -112,9 +112,9 @@ fn handshake(registry: &BlueprintRegistry) -> (Option<HandshakeReport>, CheckRes
         plugin_api: h.plugin_api.to_string(),
         libtorch: h.libtorch.to_string(),
         tch: h.tch.to_string(),
-        runtime_plugin_api: esper_plugin_api::PLUGIN_API_VERSION.to_string(),
-        runtime_libtorch: esper_plugin_api::LIBTORCH_VERSION.to_string(),
-        runtime_tch: esper_plugin_api::TCH_VERSION.to_string(),
+        runtime_plugin_api: esper_plugin_api::abi::PLUGIN_API_VERSION.to_string(),
+        runtime_libtorch: esper_plugin_api::abi::LIBTORCH_VERSION.to_string(),
+        runtime_tch: esper_plugin_api::abi::TCH_VERSION.to_string(),
     };
     let mismatches = h.mismatches();
     let check = if mismatches.is_empty() {

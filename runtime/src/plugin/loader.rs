@@ -10,7 +10,7 @@
 
 use super::PluginError;
 use abi_stable::library::{lib_header_from_path, LibraryError};
-use esper_plugin_api::{BlueprintDescriptor, Handshake, PluginRootRef};
+use esper_plugin_api::abi::{BlueprintDescriptor, Handshake, PluginRootRef};
 use sha2::{Digest, Sha256};
 use std::{
     io::Write,

@@ -4,7 +4,10 @@
 //! allocated, so a plugin asking for terabytes gets an error naming the request.
 
 use abi_stable::std_types::RResult;
-use esper_plugin_api::{ErrorKind, Init, ParamSink, ParamSpec, PluginError as ApiError, TensorOut};
+use esper_plugin_api::{
+    abi::{ParamSink, ParamSpec, TensorOut},
+    ErrorKind, Init, PluginError as ApiError,
+};
 use std::{
     collections::HashSet,
     panic::{catch_unwind, AssertUnwindSafe},
@@ -60,8 +63,12 @@ impl<'a> StoreSink<'a> {
 
     fn make(&mut self, spec: &ParamSpec<'_>) -> Result<Tensor, String> {
         let name = spec.name.as_str();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("parameter name `{name}` must be non-empty ASCII letters, digits or `_`"));
+        // `conv.weight` from `params.sub("conv")`: each part an identifier.
+        let parts: Vec<&str> = name.split('.').collect();
+        if parts.iter().any(|p| p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
+            return Err(format!(
+                "parameter name `{name}` must be ASCII letters, digits or `_` (sub-parts joined by `.`, from `Params::sub`)"
+            ));
         }
         let shape = spec.shape.as_slice();
         if shape.iter().any(|&d| d < 0) {
@@ -87,7 +94,9 @@ impl<'a> StoreSink<'a> {
         };
         let tensor = nn::init::f_init(init, shape, self.path.device(), Kind::Float)
             .map_err(|e| format!("parameter `{name}`: {e}"))?;
-        Ok(self.path.add(name, tensor, spec.trainable))
+        let (leaf, parents) = parts.split_last().ok_or_else(|| format!("parameter name `{name}` is empty"))?;
+        let path = parents.iter().fold(self.path.clone(), |path, part| &path / *part);
+        Ok(path.add(leaf, tensor, spec.trainable))
     }
 }
 
@@ -122,6 +131,26 @@ mod tests {
 
     fn cap(elements: u64) -> SeedCap {
         SeedCap { elements, rule: "test cap".into() }
+    }
+
+    #[test]
+    fn params_sub_nests_names_and_a_name_asked_twice_is_refused() {
+        use abi_stable::sabi_trait::TD_Opaque;
+        use esper_plugin_api::{abi::ParamSink_TO, Params};
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut sink = StoreSink::new(vs.root(), cap(1 << 20));
+        let mut params = Params::new(ParamSink_TO::from_ptr(&mut sink, TD_Opaque));
+        let w = params.sub("conv").param("weight", &[4, 2], Init::Ones).unwrap();
+        let _stat = params.sub("conv").sub("inner").buffer("stat", &[3], Init::Zeros).unwrap();
+        let _scale = params.param("scale", &[1], Init::Zeros).unwrap();
+        let again = params.sub("conv").param("weight", &[4, 2], Init::Ones).unwrap_err();
+        assert!(again.message.as_str().contains("`conv.weight` requested twice"), "{again}");
+        let dotted = params.param("a.b", &[1], Init::Zeros).unwrap_err();
+        assert!(dotted.message.as_str().contains("use `Params::sub`"), "{dotted}");
+        let mut names: Vec<String> = vs.variables().into_keys().collect();
+        names.sort();
+        assert_eq!(names, ["conv.inner.stat", "conv.weight", "scale"]);
+        assert_eq!(vs.variables()["conv.weight"].data_ptr(), w.data_ptr(), "the plugin's handle is the stored tensor");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use super::{
     LoadedPlugin, PluginError, PluginSeed,
 };
 use abi_stable::sabi_trait::TD_Opaque;
-use esper_plugin_api::{BlueprintDescriptor, CreateRequest, ParamSink_TO};
+use esper_plugin_api::abi::{BlueprintDescriptor, CreateRequest, ParamSink_TO};
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},

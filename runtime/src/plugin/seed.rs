@@ -2,7 +2,7 @@
 //! runtime-owned parameters.
 
 use super::{LoadedPlugin, PluginError};
-use esper_plugin_api::{SeedBox, TensorRef};
+use esper_plugin_api::abi::{SeedBox, TensorRef};
 use std::{path::Path, sync::Arc};
 use tch::{nn, Device, Tensor};
 
