@@ -9,7 +9,7 @@
 //!   the broken fixtures).
 //!
 //! The suite loads the library into a fresh [`BlueprintRegistry`] (which checks the ABI
-//! layout and the handshake), then runs every check of [`Check::BLUEPRINT`] on each
+//! layout and the handshake), then runs every blueprint check of [`CHECKS`] on each
 //! blueprint, on the CPU; `device_move` moves seeds to CUDA when a device is available
 //! (else CPU to CPU, and says so). Each check reports pass, fail, warn or skip with a
 //! one-line reason. Panics inside the plugin are contained by the ABI and reported (by
@@ -18,12 +18,14 @@
 
 mod checks;
 mod report;
+mod table;
 
 pub use checks::{
     guarded, host_isolation_with, Subject, BATCHES, CHANNELS, ESTIMATE_FACTOR, KNOWN_TOPOLOGIES, PRIMARY_CHANNELS,
     SIZES, UNKNOWN_OPTION,
 };
 pub use report::{BlueprintReport, Check, CheckResult, HandshakeReport, Status, SuiteReport, Summary};
+pub use table::{CheckSpec, Runner, Scope, CHECKS};
 
 use crate::{device::cuda_available, plugin::BlueprintRegistry};
 use std::path::{Path, PathBuf};
@@ -132,33 +134,26 @@ fn handshake(registry: &BlueprintRegistry) -> (Option<HandshakeReport>, CheckRes
     (Some(report), check)
 }
 
-/// Runs every blueprint check on one blueprint, in [`Check::BLUEPRINT`] order. When no
-/// seed can be created, the checks that need one are skipped, saying why (`create`
-/// itself fails).
+/// Runs every blueprint check of the table on one blueprint, in order. When no seed can
+/// be created, the checks that need one are skipped, saying why (`create` itself fails).
+/// Every check runs guarded: an error on the runtime's side fails that check only.
 pub fn run_blueprint(subject: &Subject<'_>, move_to: Device) -> BlueprintReport {
-    let mut results = vec![checks::metadata(subject.descriptor())];
-    results.push(guarded(Check::Create, || checks::create(subject)));
-    let no_seed = subject.create(PRIMARY_CHANNELS).err();
-    let seed_checks: [(Check, &dyn Fn() -> CheckResult); 10] = [
-        (Check::ShapeDtypeDevice, &|| checks::shape_dtype_device(subject)),
-        (Check::TrainEvalFlag, &|| checks::train_eval_flag(subject)),
-        (Check::ParameterGradients, &|| checks::parameter_gradients(subject)),
-        (Check::HostIsolation, &|| checks::host_isolation(subject)),
-        (Check::InputUntouched, &|| checks::input_untouched(subject)),
-        (Check::ChannelsLast, &|| checks::channels_last(subject)),
-        (Check::FiniteOutputs, &|| checks::finite_outputs(subject)),
-        (Check::Determinism, &|| checks::determinism(subject)),
-        (Check::DeviceMove, &|| checks::device_move(subject, move_to)),
-        (Check::ParamEstimate, &|| checks::param_estimate(subject)),
-    ];
-    for (check, run) in seed_checks {
-        results.push(match &no_seed {
-            Some(e) => CheckResult::skip(check, format!("no seed to check: {e}")),
-            None => guarded(check, run),
-        });
+    let mut no_seed = None;
+    let mut results = Vec::new();
+    for spec in &CHECKS {
+        let result = match spec.scope {
+            Scope::Library => continue,
+            Scope::Seed(run) => {
+                let no_seed = no_seed.get_or_insert_with(|| subject.create(PRIMARY_CHANNELS).err());
+                match no_seed {
+                    Some(e) => CheckResult::skip(spec.check, format!("no seed to check: {e}")),
+                    None => guarded(spec.check, || run(subject, move_to)),
+                }
+            }
+            Scope::Blueprint(run) => guarded(spec.check, || run(subject, move_to)),
+        };
+        results.push(result);
     }
-    results.push(guarded(Check::UnknownOptions, || checks::unknown_options(subject)));
-    results.push(checks::no_panic(subject));
     BlueprintReport::new(subject.key().to_string(), results)
 }
 

@@ -34,7 +34,9 @@ impl fmt::Display for Status {
     }
 }
 
-/// Every check of the suite. Serialized (and printed) as its [`name`](Check::name).
+/// Every check of the suite, in report order. Serialized (and printed) as its
+/// [`name`](Check::name); names, descriptions, scopes and runners are in the one table,
+/// [`CHECKS`](super::table::CHECKS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Check {
     // Per library.
@@ -51,98 +53,36 @@ pub enum Check {
     ChannelsLast,
     FiniteOutputs,
     Determinism,
+    DeviceMove,
     ParamEstimate,
     UnknownOptions,
     NoPanic,
-    DeviceMove,
 }
 
 impl Check {
-    /// The checks run once per library, in report order.
-    pub const LIBRARY: [Check; 2] = [Check::Handshake, Check::Blueprints];
-    /// The checks run for each blueprint, in report order.
-    pub const BLUEPRINT: [Check; 14] = [
-        Check::Metadata,
-        Check::Create,
-        Check::ShapeDtypeDevice,
-        Check::TrainEvalFlag,
-        Check::ParameterGradients,
-        Check::HostIsolation,
-        Check::InputUntouched,
-        Check::ChannelsLast,
-        Check::FiniteOutputs,
-        Check::Determinism,
-        Check::DeviceMove,
-        Check::ParamEstimate,
-        Check::UnknownOptions,
-        Check::NoPanic,
-    ];
+    /// Its row of the table.
+    pub fn spec(self) -> &'static super::table::CheckSpec {
+        &super::table::CHECKS[self as usize]
+    }
 
     /// The check's name in reports and JSON.
     pub fn name(self) -> &'static str {
-        match self {
-            Check::Handshake => "handshake",
-            Check::Blueprints => "blueprints",
-            Check::Metadata => "metadata",
-            Check::Create => "create",
-            Check::ShapeDtypeDevice => "shape_dtype_device",
-            Check::TrainEvalFlag => "train_eval_flag",
-            Check::ParameterGradients => "parameter_gradients",
-            Check::HostIsolation => "host_isolation",
-            Check::InputUntouched => "input_untouched",
-            Check::ChannelsLast => "channels_last",
-            Check::FiniteOutputs => "finite_outputs",
-            Check::Determinism => "determinism",
-            Check::ParamEstimate => "param_estimate",
-            Check::UnknownOptions => "unknown_options",
-            Check::NoPanic => "no_panic",
-            Check::DeviceMove => "device_move",
-        }
+        self.spec().name
     }
 
     /// What the check requires, in one line.
     pub fn what(self) -> &'static str {
-        match self {
-            Check::Handshake => "the library loads: abi_stable layout, plugin-API, libtorch and tch versions match",
-            Check::Blueprints => "the library exports at least one blueprint (and the one asked for)",
-            Check::Metadata => "name and topology are non-empty identifiers; the description is one non-empty line",
-            Check::Create => "create succeeds with no options for every channel count tried",
-            Check::ShapeDtypeDevice => {
-                "train- and eval-mode outputs have the input's shape (exactly: no broadcasting), dtype and device \
-                 for every channel count, size and batch"
-            }
-            Check::TrainEvalFlag => {
-                "forward runs with train=true and train=false (same shape, finite); forward changes no parameter \
-                 and eval mode changes no buffer"
-            }
-            Check::ParameterGradients => "every trainable parameter gets a gradient from a train-mode backward",
-            Check::HostIsolation => {
-                "through the runtime's isolation layer (straight-through, ADD, MULTIPLY) no gradient reaches the \
-                 host input through the seed, while the seed's parameters still get theirs"
-            }
-            Check::InputUntouched => {
-                "repeated train- and eval-mode forwards never write their input (version counter and values), for \
-                 contiguous and channels-last hosts through the isolation layer"
-            }
-            Check::ChannelsLast => {
-                "a channels-last host survives backward through the isolation layer (BUG-005), and a channels-last \
-                 input gives the same output as a contiguous one"
-            }
-            Check::FiniteOutputs => {
-                "outputs stay finite over repeated calls on normal inputs (randn, relu(randn), zeros), train and eval"
-            }
-            Check::Determinism => {
-                "eval mode: the same input and parameters give the same output (twice, and in a second seed with \
-                 the parameters copied)"
-            }
-            Check::ParamEstimate => "the declared parameter estimate is within a factor 10 of the actual count",
-            Check::UnknownOptions => "an unknown option key is refused as bad options, naming the key",
-            Check::NoPanic => "no create, forward or drop panicked (panics are contained by the ABI and reported here)",
-            Check::DeviceMove => {
-                "the seed still works after its parameters move device (CUDA when available): outputs on that \
-                 device over repeated train-mode calls"
-            }
-        }
+        self.spec().what
+    }
+
+    /// The checks run once per library, in report order.
+    pub fn library() -> impl Iterator<Item = Check> {
+        super::table::CHECKS.iter().filter(|s| s.scope.is_library()).map(|s| s.check)
+    }
+
+    /// The checks run for each blueprint, in report order.
+    pub fn blueprint() -> impl Iterator<Item = Check> {
+        super::table::CHECKS.iter().filter(|s| !s.scope.is_library()).map(|s| s.check)
     }
 }
 
@@ -254,7 +194,7 @@ pub struct SuiteReport {
     pub handshake: Option<HandshakeReport>,
     /// Where the device-move check moved seeds (`cuda:0`, or `cpu` without CUDA).
     pub device_move_target: String,
-    /// Library-level checks ([`Check::LIBRARY`]).
+    /// Library-level checks ([`Check::library`]).
     pub checks: Vec<CheckResult>,
     pub blueprints: Vec<BlueprintReport>,
     pub summary: Summary,

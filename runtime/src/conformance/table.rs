@@ -1,0 +1,160 @@
+//! The suite's one table: every check with its name, what it requires, where it runs
+//! and how. The report, `esper conformance` (text and JSON) and the tests all take their
+//! lists from here; [`Check`]'s variants are in the same order (tested).
+
+use super::{
+    checks::{self, Subject},
+    report::{Check, CheckResult},
+};
+use tch::Device;
+
+/// Runs one blueprint check; the device is where `device_move` moves seeds.
+pub type Runner = fn(&Subject<'_>, Device) -> CheckResult;
+
+/// Where a check runs.
+#[derive(Clone, Copy)]
+pub enum Scope {
+    /// Once per library (run by the suite itself, before any blueprint).
+    Library,
+    /// For each blueprint.
+    Blueprint(Runner),
+    /// For each blueprint that can create a seed (skipped, saying why, otherwise).
+    Seed(Runner),
+}
+
+impl Scope {
+    pub fn is_library(self) -> bool {
+        matches!(self, Scope::Library)
+    }
+}
+
+/// One row of the table.
+pub struct CheckSpec {
+    pub check: Check,
+    pub name: &'static str,
+    /// What the check requires, in one line.
+    pub what: &'static str,
+    pub scope: Scope,
+}
+
+/// Every check, in report order (`no_panic` last: it sums up the others' panics).
+pub const CHECKS: [CheckSpec; 16] = [
+    CheckSpec {
+        check: Check::Handshake,
+        name: "handshake",
+        what: "the library loads: abi_stable layout, plugin-API, libtorch and tch versions match",
+        scope: Scope::Library,
+    },
+    CheckSpec {
+        check: Check::Blueprints,
+        name: "blueprints",
+        what: "the library exports at least one blueprint (and the one asked for)",
+        scope: Scope::Library,
+    },
+    CheckSpec {
+        check: Check::Metadata,
+        name: "metadata",
+        what: "name and topology are non-empty identifiers; the description is one non-empty line",
+        scope: Scope::Blueprint(|s, _| checks::metadata(s.descriptor())),
+    },
+    CheckSpec {
+        check: Check::Create,
+        name: "create",
+        what: "create succeeds with no options for every channel count tried",
+        scope: Scope::Blueprint(|s, _| checks::create(s)),
+    },
+    CheckSpec {
+        check: Check::ShapeDtypeDevice,
+        name: "shape_dtype_device",
+        what: "train- and eval-mode outputs have the input's shape (exactly: no broadcasting), dtype and device for \
+               every channel count, size and batch",
+        scope: Scope::Seed(|s, _| checks::shape_dtype_device(s)),
+    },
+    CheckSpec {
+        check: Check::TrainEvalFlag,
+        name: "train_eval_flag",
+        what: "forward runs with train=true and train=false (same shape, finite); forward changes no parameter and \
+               eval mode changes no buffer",
+        scope: Scope::Seed(|s, _| checks::train_eval_flag(s)),
+    },
+    CheckSpec {
+        check: Check::ParameterGradients,
+        name: "parameter_gradients",
+        what: "every trainable parameter gets a gradient from a train-mode backward",
+        scope: Scope::Seed(|s, _| checks::parameter_gradients(s)),
+    },
+    CheckSpec {
+        check: Check::HostIsolation,
+        name: "host_isolation",
+        what: "through the runtime's isolation layer (straight-through, ADD, MULTIPLY) no gradient reaches the host \
+               input through the seed, while the seed's parameters still get theirs",
+        scope: Scope::Seed(|s, _| checks::host_isolation(s)),
+    },
+    CheckSpec {
+        check: Check::InputUntouched,
+        name: "input_untouched",
+        what: "repeated train- and eval-mode forwards never write their input (version counter and values), for \
+               contiguous and channels-last hosts through the isolation layer",
+        scope: Scope::Seed(|s, _| checks::input_untouched(s)),
+    },
+    CheckSpec {
+        check: Check::ChannelsLast,
+        name: "channels_last",
+        what: "a channels-last host survives backward through the isolation layer (BUG-005), and a channels-last \
+               input gives the same output as a contiguous one",
+        scope: Scope::Seed(|s, _| checks::channels_last(s)),
+    },
+    CheckSpec {
+        check: Check::FiniteOutputs,
+        name: "finite_outputs",
+        what: "outputs stay finite over repeated calls on normal inputs (randn, relu(randn), zeros), train and eval",
+        scope: Scope::Seed(|s, _| checks::finite_outputs(s)),
+    },
+    CheckSpec {
+        check: Check::Determinism,
+        name: "determinism",
+        what: "eval mode: the same input and parameters give the same output (twice, and in a second seed with the \
+               parameters copied)",
+        scope: Scope::Seed(|s, _| checks::determinism(s)),
+    },
+    CheckSpec {
+        check: Check::DeviceMove,
+        name: "device_move",
+        what: "the seed still works after its parameters move device (CUDA when available): outputs on that device \
+               over repeated train-mode calls",
+        scope: Scope::Seed(checks::device_move),
+    },
+    CheckSpec {
+        check: Check::ParamEstimate,
+        name: "param_estimate",
+        what: "the declared parameter estimate is within a factor 10 of the actual count",
+        scope: Scope::Seed(|s, _| checks::param_estimate(s)),
+    },
+    CheckSpec {
+        check: Check::UnknownOptions,
+        name: "unknown_options",
+        what: "an unknown option key is refused as bad options, naming the key",
+        scope: Scope::Blueprint(|s, _| checks::unknown_options(s)),
+    },
+    CheckSpec {
+        check: Check::NoPanic,
+        name: "no_panic",
+        what: "no create, forward or drop panicked (panics are contained by the ABI and reported here)",
+        scope: Scope::Blueprint(|s, _| checks::no_panic(s)),
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_follows_the_enum_and_names_are_unique() {
+        for (i, spec) in CHECKS.iter().enumerate() {
+            assert_eq!(spec.check as usize, i, "{} is out of order", spec.name);
+            assert!(CHECKS[..i].iter().all(|s| s.name != spec.name), "{} twice", spec.name);
+        }
+        assert_eq!(Check::library().count() + Check::blueprint().count(), CHECKS.len());
+        assert_eq!(Check::blueprint().last(), Some(Check::NoPanic), "no_panic sums up the others: last");
+    }
+}
