@@ -202,30 +202,40 @@ pub fn estimate_step(config: &CnnHostConfig, input: StepInput) -> Result<StepEst
     parameters = add(parameters, add(mul(in_c, classes, "classifier")?, classes, "classifier")?, "parameters")?;
     // Gradients of the largest activations in flight during backward.
     activations = add(activations, mul(2, largest, "activations")?, "activations")?;
+    StepEstimate::from_elements(parameters, buffers, activations, &input)
+}
 
-    let bytes = |elements: u64, what: &str| mul(elements, BYTES_PER_ELEMENT, what);
-    let parameter_bytes = bytes(parameters, "parameter bytes")?;
-    let gradient_bytes = parameter_bytes;
-    let optimizer_bytes = mul(parameter_bytes, input.optimizer_states, "optimizer state bytes")?;
-    let snapshot_bytes =
-        add(add(parameter_bytes, bytes(buffers, "buffer bytes")?, "rollback copy")?, optimizer_bytes, "rollback copy")?;
-    let activation_bytes = bytes(activations, "activation bytes")?;
-    let mut total = add(parameter_bytes, bytes(buffers, "buffer bytes")?, "total")?;
-    for part in [gradient_bytes, optimizer_bytes, snapshot_bytes, activation_bytes, input.resident_data_bytes] {
-        total = add(total, part, "the step's memory estimate")?;
+impl StepEstimate {
+    /// The bytes of a step from its element counts: parameters, their gradients, the
+    /// optimizer state, the rollback copy, the activations and the resident data.
+    fn from_elements(parameters: u64, buffers: u64, activations: u64, input: &StepInput) -> Result<Self, BudgetError> {
+        let bytes = |elements: u64, what: &str| mul(elements, BYTES_PER_ELEMENT, what);
+        let parameter_bytes = bytes(parameters, "parameter bytes")?;
+        let gradient_bytes = parameter_bytes;
+        let optimizer_bytes = mul(parameter_bytes, input.optimizer_states, "optimizer state bytes")?;
+        let snapshot_bytes = add(
+            add(parameter_bytes, bytes(buffers, "buffer bytes")?, "rollback copy")?,
+            optimizer_bytes,
+            "rollback copy",
+        )?;
+        let activation_bytes = bytes(activations, "activation bytes")?;
+        let mut total = add(parameter_bytes, bytes(buffers, "buffer bytes")?, "total")?;
+        for part in [gradient_bytes, optimizer_bytes, snapshot_bytes, activation_bytes, input.resident_data_bytes] {
+            total = add(total, part, "the step's memory estimate")?;
+        }
+        Ok(StepEstimate {
+            parameters,
+            buffers,
+            activation_elements: activations,
+            parameter_bytes,
+            gradient_bytes,
+            optimizer_bytes,
+            snapshot_bytes,
+            activation_bytes,
+            data_bytes: input.resident_data_bytes,
+            total_bytes: total,
+        })
     }
-    Ok(StepEstimate {
-        parameters,
-        buffers,
-        activation_elements: activations,
-        parameter_bytes,
-        gradient_bytes,
-        optimizer_bytes,
-        snapshot_bytes,
-        activation_bytes,
-        data_bytes: input.resident_data_bytes,
-        total_bytes: total,
-    })
 }
 
 #[cfg(test)]
