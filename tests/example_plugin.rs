@@ -96,8 +96,7 @@ fn its_run_config_loads_it_and_germinates_a_seed() {
     assert_eq!(config.lifecycle.controller.blueprint, "channel-scale");
     // Germinate as the run would: the slot's germination probe accepts the seed.
     let slots: Vec<&str> = config.slots.iter().map(String::as_str).collect();
-    let mut model =
-        MorphogeneticModel::new(config.host.clone(), &slots, config.slot.clone(), Device::Cpu).unwrap();
+    let mut model = MorphogeneticModel::new(config.host.clone(), &slots, config.slot.clone(), Device::Cpu).unwrap();
     model.germinate(&registry, &scheduled.slot, &scheduled.blueprint, "example-1", &scheduled.options).unwrap();
     let logits = model.forward(&Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu)), true).unwrap();
     assert_eq!(logits.size(), [2, 10]);
