@@ -210,3 +210,29 @@ fn a_seed_answering_on_the_wrong_device_is_pruned_on_cuda() {
         report.blueprints[0].checks.iter().filter(|c| c.status == Status::Fail).map(|c| c.check.name()).collect();
     assert_eq!(failed, vec!["device_move"], "{}", report.render());
 }
+
+#[test]
+fn esper_conformance_fails_each_fixture_on_its_named_check_and_passes_norm() {
+    let lib = plugin_lib(FIXTURE);
+    for (blueprint, check) in [
+        ("inplace-input", "input_untouched"),
+        ("wrong-dtype", "shape_dtype_device"),
+        ("broadcast-output", "shape_dtype_device"),
+        ("nan-after-n-steps", "finite_outputs"),
+        ("panic-in-drop", "no_panic"),
+    ] {
+        let out = esper().arg("conformance").arg(&lib).args(["--blueprint", blueprint, "--json"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{blueprint}: a failing suite exits 1");
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let failed: Vec<&str> = report["blueprints"][0]["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["status"] == "fail")
+            .filter_map(|c| c["check"].as_str())
+            .collect();
+        assert_eq!(failed, vec![check], "{blueprint}: {report}");
+    }
+    let out = esper().arg("conformance").arg(plugin_lib("esper-norm")).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "the shipped norm plugin passes:\n{}", String::from_utf8_lossy(&out.stdout));
+}
