@@ -168,6 +168,7 @@ fn conformance_fails_each_fixture_on_its_named_check() {
         ("broadcast-output", "shape_dtype_device"),
         ("nan-after-n-steps", "finite_outputs"),
         ("panic-in-drop", "no_panic"),
+        ("backward-error", "device_move"),
     ] {
         let report = run_suite(&lib, &SuiteOptions { blueprint: Some(blueprint.into()), move_to: Some(Device::Cpu) });
         assert!(!report.passed, "{blueprint} must not pass");
@@ -220,6 +221,7 @@ fn esper_conformance_fails_each_fixture_on_its_named_check_and_passes_norm() {
         ("broadcast-output", "shape_dtype_device"),
         ("nan-after-n-steps", "finite_outputs"),
         ("panic-in-drop", "no_panic"),
+        ("backward-error", "device_move"),
     ] {
         let out = esper().arg("conformance").arg(&lib).args(["--blueprint", blueprint, "--json"]).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{blueprint}: a failing suite exits 1");
@@ -235,4 +237,28 @@ fn esper_conformance_fails_each_fixture_on_its_named_check_and_passes_norm() {
     }
     let out = esper().arg("conformance").arg(plugin_lib("esper-norm")).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "the shipped norm plugin passes:\n{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn a_failing_backward_is_attributed_to_its_seed_among_several() {
+    // Two seeds run: `backward-error` at r0c1 breaks backward after a few steps, `norm`
+    // at r1c1 is healthy. The failing backward is blamed on the seed whose forward alone
+    // makes it fail; only that seed is pruned.
+    let dir = temp_dir("contain-backward-error");
+    let text = config_text(&dir, Some("backward-error"), "channels_last", 2)
+        .replace("slots = [\"r0c1\"]", "slots = [\"r0c1\", \"r1c1\"]")
+        .replace(
+            "[output]",
+            &format!(
+                "[[plugins]]\npath = \"{}\"\n\n[[lifecycle.schedule]]\nepoch = 1\nslot = \"r1c1\"\nblueprint = \"norm\"\n\n\
+                 [output]",
+                plugin_lib("esper-norm").display()
+            ),
+        );
+    let (events, report) = run_binary(&dir, &text, 2);
+    assert_pruned_for(&events, &report, "backward_error");
+    let slots = report["final_slots"].as_array().unwrap();
+    let stage = |id: &str| slots.iter().find(|s| s["slot"] == id).map(|s| s["stage"].to_string()).unwrap();
+    assert!(stage("r0c1").contains("PRUNED") || stage("r0c1").contains("EMBARGOED"), "{}", stage("r0c1"));
+    assert!(stage("r1c1").contains("TRAINING"), "the healthy seed runs on: {}", stage("r1c1"));
 }
