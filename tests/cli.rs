@@ -1,16 +1,10 @@
 //! The `esper` binary's plugin commands and help, as a user runs them.
 
-use esper_tests::{plugin_lib, target_dir};
-use std::process::{Command, Output};
+use esper_tests::{plugin_lib, stdout};
+use std::process::Output;
 
 fn esper(args: &[&str]) -> Output {
-    let bin = target_dir().join("esper");
-    assert!(bin.is_file(), "{} is not built (cargo build --workspace)", bin.display());
-    Command::new(bin).args(args).env("RUST_LOG", "warn").output().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    esper_tests::esper().args(args).output().unwrap()
 }
 
 #[test]
@@ -121,4 +115,37 @@ fn a_second_run_into_the_same_folder_is_refused_unless_overwrite_or_resume() {
     let both = esper(&["run", "--resume", out.to_str().unwrap(), "--overwrite"]);
     assert_eq!(both.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
+}
+
+#[test]
+fn redirected_logs_have_no_escape_codes_and_the_plot_its_labels_without_system_fonts() {
+    let dir = esper_tests::temp_dir("plain-logs");
+    // No system fonts: fontconfig reads an empty config (the plot's font is embedded).
+    let fonts = esper_tests::write_file(&dir, "fonts.conf", "<?xml version=\"1.0\"?>\n<fontconfig></fontconfig>\n");
+    let config = esper_tests::write_file(
+        &dir,
+        "run.toml",
+        &format!(
+            "device = \"cpu\"\nslots = [\"r0c1\"]\n[[plugins]]\npath = \"{}\"\n[host]\nbase_channels = 8\n[data]\nkind = \
+             \"synthetic\"\ntrain_size = 64\nval_size = 32\n[training]\nepochs = 1\nbatch_size = 32\n[output]\ndir = \
+             \"out\"\n",
+            plugin_lib("esper-norm").display()
+        ),
+    );
+    let run = esper_tests::esper()
+        .arg("run")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env("FONTCONFIG_FILE", &fonts)
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let e = esper_tests::stderr(&run);
+    assert!(run.status.success(), "{e}");
+    assert!(e.contains("run prepared"), "the run logs at info: {e}");
+    assert!(!e.contains("\x1b["), "stderr is not a terminal, yet has escape codes: {e:?}");
+    let out = stdout(&run);
+    assert!(!out.contains("no labels"), "{out}");
+    let png = std::fs::read(dir.join("out/report.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
 }

@@ -9,33 +9,19 @@ use esper_runtime::{
     plugin::{BlueprintRegistry, PluginError},
     train::Trainer,
 };
-use esper_tests::{plugin_lib, target_dir, temp_dir};
+use esper_tests::{plugin_lib, stderr, stdout, target_dir, temp_dir, write_file as write};
 use std::{
-    path::{Path, PathBuf},
-    process::{Command, Output},
+    path::Path,
+    process::Output,
     time::{Duration, Instant},
 };
 
 fn esper(args: &[&std::ffi::OsStr]) -> (Output, Duration) {
-    let bin = target_dir().join("esper");
-    assert!(bin.is_file(), "{} is not built (cargo build --workspace)", bin.display());
+    let mut command = esper_tests::esper();
+    command.args(args).env("RUST_LOG", "info");
     let started = Instant::now();
-    let out = Command::new(bin).args(args).env("RUST_LOG", "info").output().unwrap();
+    let out = command.output().unwrap();
     (out, started.elapsed())
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
 }
 
 /// A small CPU job (tiny data, narrow host); `extra` is appended.

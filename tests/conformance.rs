@@ -11,9 +11,9 @@ use esper_runtime::{
     isolation::seed_input,
     plugin::BlueprintRegistry,
 };
-use esper_tests::{plugin_lib, target_dir};
+use esper_tests::{esper, plugin_lib};
 use serde_json::Value;
-use std::{path::PathBuf, process::Command};
+use std::path::PathBuf;
 use tch::Device;
 
 /// Package names of the shipped plugins: every `plugins/*/Cargo.toml`.
@@ -329,16 +329,6 @@ fn an_unknown_blueprint_fails_the_blueprints_check() {
     let b = report.check(Check::Blueprints).unwrap();
     assert_eq!(b.status, Status::Fail);
     assert!(b.reason.contains("unknown blueprint `attention`; available: cnn:norm"), "{}", b.reason);
-}
-
-fn esper() -> Command {
-    let bin = target_dir().join("esper");
-    assert!(
-        bin.is_file(),
-        "{} is not built; run `cargo build --workspace` first (scripts/test.sh does)",
-        bin.display()
-    );
-    Command::new(bin)
 }
 
 #[test]

@@ -12,10 +12,9 @@ use esper_runtime::{
     plugin::BlueprintRegistry,
     train::Trainer,
 };
-use esper_tests::{plugin_lib, target_dir, temp_dir};
-use indicatif::{MultiProgress, ProgressDrawTarget};
+use esper_tests::{esper, hidden, plugin_lib, temp_dir};
 use serde_json::{json, Value};
-use std::{path::Path, process::Command};
+use std::path::Path;
 use tch::Device;
 
 const FIXTURE: &str = "esper-fixture-misbehaving";
@@ -58,12 +57,6 @@ dir = "{out}"
         plugin = plugin_lib(FIXTURE).display(),
         out = dir.join("out").display(),
     )
-}
-
-fn esper() -> Command {
-    let mut c = Command::new(target_dir().join("esper"));
-    c.env("RUST_LOG", "warn");
-    c
 }
 
 /// Runs the binary on `config` and returns (events.jsonl, report.json) after checking
@@ -117,10 +110,6 @@ fn a_panic_in_a_seeds_drop_is_contained_and_reported() {
     assert!(events.contains("plugin_error") && events.contains("deliberate panic in the seed's Drop"), "{events}");
     let text = report.to_string();
     assert!(text.contains("dropping seed failed (contained)"), "{text}");
-}
-
-fn hidden() -> MultiProgress {
-    MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
 }
 
 fn host_params_after(dir: &Path, blueprint: Option<&str>) -> (Trainer, Vec<(String, tch::Tensor)>) {

@@ -7,24 +7,8 @@ use esper_runtime::{
     lifecycle::SeedStage,
     train::Trainer,
 };
-use esper_tests::{plugin_lib, target_dir, temp_dir};
-use indicatif::{MultiProgress, ProgressDrawTarget};
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
-
-fn esper() -> Command {
-    let bin = target_dir().join("esper");
-    assert!(bin.is_file(), "{} is not built (cargo build --workspace)", bin.display());
-    let mut c = Command::new(bin);
-    c.env("RUST_LOG", "warn");
-    c
-}
-
-fn hidden() -> MultiProgress {
-    MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
-}
+use esper_tests::{esper, hidden, plugin_lib, temp_dir, write_file};
+use std::path::{Path, PathBuf};
 
 /// A small, fast job: tiny synthetic data, a narrow host, a seed scheduled at epoch 1
 /// and gates that let it through quickly.
@@ -71,15 +55,11 @@ dir = "out"
 "#,
         plugin = plugin.display()
     );
-    let path = dir.join("run.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    write(dir, &text)
 }
 
 fn write(dir: &Path, text: &str) -> PathBuf {
-    let path = dir.join("run.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    write_file(dir, "run.toml", text)
 }
 
 #[test]

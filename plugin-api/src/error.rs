@@ -57,13 +57,19 @@ impl PluginError {
     }
     /// Turns a caught panic payload into an error.
     pub fn from_panic(context: &str, payload: Box<dyn std::any::Any + Send>) -> Self {
-        let what = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string panic payload".to_string());
+        let what = panic_message(payload.as_ref());
         Self::new(ErrorKind::Panic, format!("plugin panicked in {context}: {what}"))
     }
+}
+
+/// The text of a panic payload (what `catch_unwind` returns): the message of a
+/// `panic!("...")` (a `&str` or a `String`), or a placeholder for any other payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_string())
 }
 
 impl fmt::Display for PluginError {
@@ -77,5 +83,23 @@ impl std::error::Error for PluginError {}
 impl From<tch::TchError> for PluginError {
     fn from(e: tch::TchError) -> Self {
         Self::new(ErrorKind::Tensor, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_message_reads_str_and_string_payloads() {
+        let s = std::panic::catch_unwind(|| panic!("static text")).unwrap_err();
+        assert_eq!(panic_message(s.as_ref()), "static text");
+        let n = 3;
+        let s = std::panic::catch_unwind(|| panic!("formatted {n}")).unwrap_err();
+        assert_eq!(panic_message(s.as_ref()), "formatted 3");
+        let s = std::panic::catch_unwind(|| std::panic::panic_any(7_u32)).unwrap_err();
+        assert_eq!(panic_message(s.as_ref()), "non-string panic payload");
+        let e = PluginError::from_panic("forward", Box::new("boom"));
+        assert!(e.to_string().contains("plugin panicked in forward: boom"), "{e}");
     }
 }

@@ -30,7 +30,7 @@ pub mod abi;
 
 // The author's prelude: what a blueprint plugin uses (plus the two macros).
 pub use blueprint::{parse_options, Blueprint, NoOptions};
-pub use error::{ErrorKind, PluginError};
+pub use error::{panic_message, ErrorKind, PluginError};
 pub use params::{Init, Params};
 pub use seed::Seed;
 

@@ -41,7 +41,11 @@ pub fn init(level: &str, jsonl: Option<&Path>) -> anyhow::Result<MultiProgress> 
         ProgressDrawTarget::hidden()
     });
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let stderr = tracing_subscriber::fmt::layer().with_writer(BarAwareStderr(progress.clone())).with_filter(filter());
+    // Colours only for a terminal: redirected logs stay free of escape codes.
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(BarAwareStderr(progress.clone()))
+        .with_filter(filter());
     let json = match jsonl {
         Some(path) => {
             if let Some(dir) = path.parent() {

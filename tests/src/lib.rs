@@ -3,7 +3,11 @@
 
 pub mod model;
 
-use std::path::PathBuf;
+use indicatif::{MultiProgress, ProgressDrawTarget};
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
 
 /// Names the folder that holds the built `esper` binary and plugin libraries when the
 /// tests run away from the cargo target folder (a test binary carried to the GPU machine
@@ -39,4 +43,46 @@ pub fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create temp dir");
     dir
+}
+
+/// Path of the built `esper` binary. Panics with a clear message when it has not been
+/// built.
+pub fn esper_bin() -> PathBuf {
+    let bin = target_dir().join("esper");
+    assert!(
+        bin.is_file(),
+        "{} is not built; build the workspace first (`cargo build --workspace`, as scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A command running the built `esper` binary, logging at `warn` (`RUST_LOG`; a test
+/// that wants more sets it again).
+pub fn esper() -> Command {
+    let mut c = Command::new(esper_bin());
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+/// A finished command's stdout, as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A finished command's stderr, as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Progress bars that draw nothing, for runs inside a test.
+pub fn hidden() -> MultiProgress {
+    MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path
 }

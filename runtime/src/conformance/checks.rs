@@ -228,11 +228,7 @@ fn starved<'p>(params: &'p [(String, Tensor)], live: &[String]) -> Vec<&'p str> 
 /// say) fails the check instead of the suite.
 pub fn guarded(check: Check, f: impl FnOnce() -> CheckResult) -> CheckResult {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-        let what = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown error".into());
+        let what = esper_plugin_api::panic_message(payload.as_ref());
         let what = crate::torch_error::summarize(&format!("conformance check {check}"), &what);
         let what = what.lines().next().unwrap_or_default();
         CheckResult::fail(check, format!("the check hit an error on the seed's output: {what}"))

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod controller;
+mod font;
 pub mod optim;
 pub mod report;
 pub mod rollback;
@@ -60,11 +61,7 @@ pub struct Trainer {
 /// checkpoints already written kept.
 fn contained<T>(epoch: u32, phase: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-        let text = payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown panic".into());
+        let text = esper_plugin_api::panic_message(payload.as_ref());
         tracing::debug!(error = %text, "host failure (full text)");
         Err(anyhow::anyhow!("{}", crate::torch_error::summary(&text)))
     });

@@ -60,29 +60,12 @@ pub fn write_json(path: &Path, history: &[EpochRecord], final_slots: &serde_json
     std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", path.display()))
 }
 
-/// A font for the plot's labels, if this machine has one of the usual ones.
-fn find_font() -> Option<Vec<u8>> {
-    const CANDIDATES: [&str; 4] = [
-        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-        "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-        "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    ];
-    CANDIDATES.iter().find_map(|p| std::fs::read(p).ok())
-}
-
 /// Plots validation accuracy (left axis, %) and each slot's alpha (scaled to 0-100)
-/// against epoch. Without a system font the plot is drawn without text (and says so
-/// in the returned note).
+/// against epoch, labelled with the embedded font (`train/font.rs`). Should that font
+/// fail to load, the plot is drawn without text (and says so in the returned note).
 pub fn plot(path: &Path, history: &[EpochRecord]) -> Result<Option<&'static str>> {
     use plotters::prelude::*;
-    let labelled = match find_font() {
-        Some(bytes) => {
-            let leaked: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            plotters::style::register_font("sans-serif", FontStyle::Normal, leaked).is_ok()
-        }
-        None => false,
-    };
+    let labelled = super::font::register();
     let root = BitMapBackend::new(path, (960, 540)).into_drawing_area();
     root.fill(&WHITE)?;
     let epochs = history.last().map_or(1, |r| r.epoch).max(1);
@@ -119,7 +102,7 @@ pub fn plot(path: &Path, history: &[EpochRecord]) -> Result<Option<&'static str>
         chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
     }
     root.present().with_context(|| format!("writing {}", path.display()))?;
-    Ok((!labelled).then_some("no system font found: the plot has no labels"))
+    Ok((!labelled).then_some("the embedded font did not load: the plot has no labels"))
 }
 
 #[cfg(test)]
