@@ -19,6 +19,16 @@ use tch::Device;
 
 const FIXTURE: &str = "esper-fixture-misbehaving";
 
+/// Each misbehaving blueprint of the fixture and the one conformance check it fails.
+const FAILS_ON: [(&str, &str); 6] = [
+    ("inplace-input", "input_untouched"),
+    ("wrong-dtype", "shape_dtype_device"),
+    ("broadcast-output", "shape_dtype_device"),
+    ("nan-after-n-steps", "finite_outputs"),
+    ("panic-in-drop", "no_panic"),
+    ("backward-error", "device_move"),
+];
+
 /// A small job: the fixture `blueprint` germinated into r0c1 before epoch 1 (it behaves
 /// through the probe and its first train steps, then misbehaves), the controller off.
 fn config_text(dir: &Path, blueprint: Option<&str>, memory_format: &str, epochs: u32) -> String {
@@ -151,14 +161,7 @@ fn a_non_finite_seed_is_rolled_back_and_the_host_stays_finite() {
 #[test]
 fn conformance_fails_each_fixture_on_its_named_check() {
     let lib = plugin_lib(FIXTURE);
-    for (blueprint, check) in [
-        ("inplace-input", "input_untouched"),
-        ("wrong-dtype", "shape_dtype_device"),
-        ("broadcast-output", "shape_dtype_device"),
-        ("nan-after-n-steps", "finite_outputs"),
-        ("panic-in-drop", "no_panic"),
-        ("backward-error", "device_move"),
-    ] {
+    for (blueprint, check) in FAILS_ON {
         let report = run_suite(&lib, &SuiteOptions { blueprint: Some(blueprint.into()), move_to: Some(Device::Cpu) });
         assert!(!report.passed, "{blueprint} must not pass");
         let failed: Vec<&str> =
@@ -204,14 +207,7 @@ fn a_seed_answering_on_the_wrong_device_is_pruned_on_cuda() {
 #[test]
 fn esper_conformance_fails_each_fixture_on_its_named_check_and_passes_norm() {
     let lib = plugin_lib(FIXTURE);
-    for (blueprint, check) in [
-        ("inplace-input", "input_untouched"),
-        ("wrong-dtype", "shape_dtype_device"),
-        ("broadcast-output", "shape_dtype_device"),
-        ("nan-after-n-steps", "finite_outputs"),
-        ("panic-in-drop", "no_panic"),
-        ("backward-error", "device_move"),
-    ] {
+    for (blueprint, check) in FAILS_ON {
         let out = esper().arg("conformance").arg(&lib).args(["--blueprint", blueprint, "--json"]).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{blueprint}: a failing suite exits 1");
         let report: Value = serde_json::from_slice(&out.stdout).unwrap();
