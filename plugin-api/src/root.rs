@@ -71,14 +71,8 @@ pub extern "C" fn handshake() -> Handshake {
 }
 
 fn guard_handshake(f: impl FnOnce() -> Handshake) -> Handshake {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-        let what = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string panic payload".to_string());
-        Handshake::panicked(&what)
-    })
+    catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|payload| Handshake::panicked(&crate::error::panic_message(payload.as_ref())))
 }
 
 /// The standard `blueprints`: every blueprint registered in this plugin's inventory.
