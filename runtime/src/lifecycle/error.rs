@@ -1,6 +1,7 @@
 //! The one error type of the lifecycle module.
 
 use super::alpha::AlphaMode;
+use super::check::{join_checks, GateCheck};
 use super::gates::GateLevel;
 use super::stage::SeedStage;
 
@@ -40,8 +41,8 @@ pub enum LifecycleError {
     CannotPruneFossilized { seed_id: String },
 
     /// A gate check that did not pass where passing is required (germination).
-    #[error("{gate} gate failed: {}", checks_failed.join(", "))]
-    GateFailed { gate: GateLevel, checks_failed: Vec<String> },
+    #[error("{gate} gate failed: {}", join_checks(checks_failed))]
+    GateFailed { gate: GateLevel, checks_failed: Vec<GateCheck> },
 
     /// A target stage that no quality gate leads to.
     #[error("no quality gate leads to stage {0}")]

@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::alpha::{AlphaMode, ALPHA_EPSILON};
+use super::check::{join_checks, GateCheck};
 use super::error::LifecycleError;
 use super::stage::SeedStage;
 use super::state::SeedState;
@@ -78,8 +79,8 @@ pub enum GateMode {
 pub struct GateResult {
     pub gate: GateLevel,
     pub passed: bool,
-    pub checks_passed: Vec<String>,
-    pub checks_failed: Vec<String>,
+    pub checks_passed: Vec<GateCheck>,
+    pub checks_failed: Vec<GateCheck>,
     pub message: String,
 }
 
@@ -94,9 +95,9 @@ impl GateResult {
         }
     }
 
-    /// Whether a failed check starts with `prefix`.
-    pub fn failed_check(&self, prefix: &str) -> bool {
-        self.checks_failed.iter().any(|c| c.starts_with(prefix))
+    /// Whether a failed check matches `pred` (e.g. `|c| matches!(c, GateCheck::Unhealthy)`).
+    pub fn failed(&self, pred: impl Fn(&GateCheck) -> bool) -> bool {
+        self.checks_failed.iter().any(pred)
     }
 }
 
@@ -105,10 +106,10 @@ impl fmt::Display for GateResult {
         let verdict = if self.passed { "passed" } else { "FAILED" };
         write!(f, "{} {verdict}: {}", self.gate, self.message)?;
         if !self.checks_failed.is_empty() {
-            write!(f, "; failed: {}", self.checks_failed.join(", "))?;
+            write!(f, "; failed: {}", join_checks(&self.checks_failed))?;
         }
         if !self.checks_passed.is_empty() {
-            write!(f, "; passed: {}", self.checks_passed.join(", "))?;
+            write!(f, "; passed: {}", join_checks(&self.checks_passed))?;
         }
         Ok(())
     }
@@ -116,16 +117,16 @@ impl fmt::Display for GateResult {
 
 #[derive(Default)]
 struct Checks {
-    passed: Vec<String>,
-    failed: Vec<String>,
+    passed: Vec<GateCheck>,
+    failed: Vec<GateCheck>,
 }
 
 impl Checks {
-    fn check(&mut self, ok: bool, pass: impl Into<String>, fail: impl Into<String>) -> bool {
+    fn check(&mut self, ok: bool, pass: GateCheck, fail: GateCheck) -> bool {
         if ok {
-            self.passed.push(pass.into());
+            self.passed.push(pass);
         } else {
-            self.failed.push(fail.into());
+            self.failed.push(fail);
         }
         ok
     }
@@ -188,8 +189,8 @@ impl QualityGates {
     /// G0: the seed has an id and a blueprint.
     pub fn check_g0(state: &SeedState) -> GateResult {
         let mut c = Checks::default();
-        c.check(!state.seed_id().is_empty(), "seed_id_present", "seed_id_missing");
-        c.check(!state.blueprint_id().is_empty(), "blueprint_id_present", "blueprint_id_missing");
+        c.check(!state.seed_id().is_empty(), GateCheck::SeedIdPresent, GateCheck::SeedIdMissing);
+        c.check(!state.blueprint_id().is_empty(), GateCheck::BlueprintIdPresent, GateCheck::BlueprintIdMissing);
         let message = if c.failed.is_empty() { "germination gate" } else { "missing required fields" };
         GateResult::from_checks(GateLevel::G0, c, message.into())
     }
@@ -197,7 +198,7 @@ impl QualityGates {
     /// G1: the seed is germinated.
     pub fn check_g1(state: &SeedState) -> GateResult {
         let mut c = Checks::default();
-        let ok = c.check(state.stage() == SeedStage::Germinated, "germinated", "not_germinated");
+        let ok = c.check(state.stage() == SeedStage::Germinated, GateCheck::Germinated, GateCheck::NotGerminated);
         let message = if ok { "ready for training" } else { "not germinated" };
         GateResult::from_checks(GateLevel::G1, c, message.into())
     }
@@ -217,27 +218,34 @@ impl QualityGates {
             let min = self.min_blending_epochs;
             c.check(
                 epochs >= min,
-                format!("trained_{epochs}_epochs"),
-                format!("insufficient_training_{epochs}_of_{min}"),
+                GateCheck::TrainedEpochs { epochs },
+                GateCheck::InsufficientTraining { epochs, min },
             );
-            c.check(m.gradient_ratio_measured(), "gradient_ratio_measured", "gradient_stats_never_measured");
+            c.check(
+                m.gradient_ratio_measured(),
+                GateCheck::GradientRatioMeasured,
+                GateCheck::GradientStatsNeverMeasured,
+            );
             if m.seed_gradient_norm_ratio_ema().is_some_and(f64::is_nan) {
-                c.failed.push("seed_gradient_ratio_nan".into());
+                c.failed.push(GateCheck::SeedGradientRatioNan);
             }
             match m.gradient_health() {
                 None => {
-                    c.failed.push("gradient_health_not_measured".into());
+                    c.failed.push(GateCheck::GradientHealthNotMeasured);
                 }
                 Some(health) => {
-                    let not_exploding =
-                        c.check(!m.has_exploding_gradients(), "no_exploding_gradients", "exploding_gradients");
+                    let not_exploding = c.check(
+                        !m.has_exploding_gradients(),
+                        GateCheck::NoExplodingGradients,
+                        GateCheck::ExplodingGradients,
+                    );
                     // Health is moot while gradients explode.
                     if not_exploding {
                         let need = self.min_gradient_health_for_blending;
                         c.check(
                             health >= need,
-                            format!("gradient_health_{health:.2}"),
-                            format!("gradient_health_low_{health:.2}_need_{need:.2}"),
+                            GateCheck::GradientHealth { health },
+                            GateCheck::GradientHealthLow { health, need },
                         );
                     }
                 }
@@ -248,26 +256,26 @@ impl QualityGates {
 
         c.check(
             improvement >= self.min_training_improvement,
-            format!("global_improvement_{improvement:.2}%"),
-            format!("global_improvement_insufficient_{improvement:.2}%"),
+            GateCheck::GlobalImprovement { improvement },
+            GateCheck::GlobalImprovementInsufficient { improvement },
         );
         c.check(
             epochs >= self.min_blending_epochs,
-            "seed_ready",
-            format!("seed_not_ready_{epochs}_of_{}_epochs", self.min_blending_epochs),
+            GateCheck::SeedReady,
+            GateCheck::SeedNotReady { epochs, min: self.min_blending_epochs },
         );
         match m.seed_gradient_norm_ratio_ema() {
             None => {
-                c.failed.push("gradient_stats_never_measured".into());
+                c.failed.push(GateCheck::GradientStatsNeverMeasured);
             }
             Some(ratio) if ratio.is_nan() => {
-                c.failed.push("seed_gradient_ratio_nan".into());
+                c.failed.push(GateCheck::SeedGradientRatioNan);
             }
             Some(ratio) => {
                 c.check(
                     ratio >= self.min_seed_gradient_ratio,
-                    format!("seed_gradient_active_{ratio:.2}"),
-                    format!("seed_gradient_low_{ratio:.2}"),
+                    GateCheck::SeedGradientActive { ratio },
+                    GateCheck::SeedGradientLow { ratio },
                 );
             }
         }
@@ -280,11 +288,11 @@ impl QualityGates {
         let ctl = state.alpha_controller();
         let mut c = Checks::default();
         let (alpha, target, mode) = (ctl.alpha(), ctl.alpha_target(), ctl.mode());
-        c.check(target >= 1.0 - ALPHA_EPSILON, "alpha_target_full", format!("alpha_target_not_full_{target:.2}"));
+        c.check(target >= 1.0 - ALPHA_EPSILON, GateCheck::AlphaTargetFull, GateCheck::AlphaTargetNotFull { target });
         c.check(
             mode == AlphaMode::Hold && (alpha - target).abs() <= ALPHA_EPSILON,
-            "alpha_target_reached",
-            format!("alpha_not_at_target_{alpha:.2}_target_{target:.2}_mode_{mode}"),
+            GateCheck::AlphaTargetReached,
+            GateCheck::AlphaNotAtTarget { alpha, target, mode },
         );
         if self.permissive_mode() {
             return GateResult::from_checks(GateLevel::G3, c, "permissive G3: alpha completion only".into());
@@ -292,8 +300,8 @@ impl QualityGates {
         let epochs = state.metrics().epochs_in_current_stage();
         c.check(
             epochs >= self.min_blending_epochs,
-            "blending_complete",
-            format!("blending_incomplete_{epochs}_of_{}", self.min_blending_epochs),
+            GateCheck::BlendingComplete,
+            GateCheck::BlendingIncomplete { epochs, min: self.min_blending_epochs },
         );
         GateResult::from_checks(GateLevel::G3, c, format!("alpha {alpha:.2}"))
     }
@@ -303,11 +311,11 @@ impl QualityGates {
     fn check_g5(&self, state: &SeedState) -> GateResult {
         let mut c = Checks::default();
         let Some(contribution) = state.metrics().counterfactual_contribution() else {
-            c.failed.push("counterfactual_not_available".into());
+            c.failed.push(GateCheck::CounterfactualNotAvailable);
             return GateResult::from_checks(GateLevel::G5, c, "counterfactual contribution not measured".into());
         };
-        c.passed.push(format!("counterfactual_available_{contribution:.2}%"));
-        c.check(state.is_healthy(), "healthy", "unhealthy");
+        c.passed.push(GateCheck::CounterfactualAvailable { contribution });
+        c.check(state.is_healthy(), GateCheck::Healthy, GateCheck::Unhealthy);
         if self.permissive_mode() {
             return GateResult::from_checks(
                 GateLevel::G5,
@@ -318,8 +326,8 @@ impl QualityGates {
         let need = self.min_fossilize_contribution;
         c.check(
             contribution >= need,
-            format!("sufficient_contribution_{contribution:.2}%"),
-            format!("insufficient_contribution_{contribution:.2}%_below_{need:.2}%"),
+            GateCheck::SufficientContribution { contribution },
+            GateCheck::InsufficientContribution { contribution, need },
         );
         GateResult::from_checks(GateLevel::G5, c, format!("contribution: {contribution:.2}%"))
     }
@@ -356,7 +364,7 @@ mod tests {
     fn assert_failed(r: &GateResult, prefixes: &[&str]) {
         assert!(!r.passed, "{r}");
         for p in prefixes {
-            assert!(r.failed_check(p), "{p} missing from {r}");
+            assert!(r.failed(|c| c.to_string().starts_with(p)), "{p} missing from {r}");
         }
         assert_eq!(r.checks_failed.len(), prefixes.len(), "{r}");
     }
@@ -521,7 +529,10 @@ mod tests {
         train(&mut s, 10, 50.0, 1.0);
         let r = strict.check(&s, SeedStage::Holding).unwrap();
         assert_failed(&r, &["alpha_not_at_target_0.20_target_1.00_mode_UP"]);
-        assert!(QualityGates::permissive().check(&s, SeedStage::Holding).unwrap().failed_check("alpha_not_at_target"));
+        assert!(QualityGates::permissive()
+            .check(&s, SeedStage::Holding)
+            .unwrap()
+            .failed(|c| matches!(c, GateCheck::AlphaNotAtTarget { .. })));
 
         // At rest, but at a partial target.
         let mut s = seed_in(SeedStage::Blending);

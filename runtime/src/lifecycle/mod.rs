@@ -17,6 +17,7 @@
 //! Every refusal is a [`LifecycleError`].
 
 pub mod alpha;
+pub mod check;
 mod error;
 pub mod gates;
 pub mod metrics;
@@ -25,6 +26,7 @@ pub mod stage;
 pub mod state;
 
 pub use alpha::{AlphaController, AlphaCurve, AlphaMode, BlendSchedule, DEFAULT_BLEND_TEMPO_EPOCHS, SIGMOID_STEEPNESS};
+pub use check::{GateCheck, UnknownGateCheck};
 pub use error::LifecycleError;
 pub use gates::{GateLevel, GateMode, GateResult, QualityGates};
 pub use metrics::{normalized_gradient_ratio, GradientHealth, SeedMetrics};

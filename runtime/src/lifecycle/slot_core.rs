@@ -255,6 +255,7 @@ impl Lifecycle {
 mod tests {
     use super::*;
     use crate::lifecycle::alpha::AlphaCurve;
+    use crate::lifecycle::GateCheck;
     use SeedStage::*;
 
     /// Record `n` epochs of accuracy rising by 0.2 points each.
@@ -304,7 +305,7 @@ mod tests {
         let gates = QualityGates::strict();
         // G5 needs the counterfactual contribution.
         let r = lc.advance(&gates).unwrap();
-        assert!(r.failed_check("counterfactual_not_available"), "{r}");
+        assert!(r.failed(|c| matches!(c, GateCheck::CounterfactualNotAvailable)), "{r}");
         assert_eq!(lc.stage(), Holding);
         lc.metrics_mut().unwrap().set_counterfactual_contribution(Some(2.0));
         let r = lc.advance(&gates).unwrap();
@@ -342,7 +343,7 @@ mod tests {
         assert_eq!(alphas[4], 1.0);
         // Strict G3 still needs 10 epochs in BLENDING.
         let r = lc.advance(&QualityGates::strict()).unwrap();
-        assert!(r.failed_check("blending_incomplete_0_of_10"), "{r}");
+        assert!(r.failed(|c| *c == GateCheck::BlendingIncomplete { epochs: 0, min: 10 }), "{r}");
         assert_eq!(lc.stage(), Blending);
     }
 
@@ -459,7 +460,7 @@ mod tests {
         let err = lc.germinate("", "norm").unwrap_err();
         assert_eq!(
             err,
-            LifecycleError::GateFailed { gate: GateLevel::G0, checks_failed: vec!["seed_id_missing".into()] }
+            LifecycleError::GateFailed { gate: GateLevel::G0, checks_failed: vec![GateCheck::SeedIdMissing] }
         );
         assert!(err.to_string().contains("seed_id_missing"));
         assert!(lc.is_available());

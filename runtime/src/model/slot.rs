@@ -253,7 +253,7 @@ impl SeedSlot {
         let from = self.stage();
         let result = self.lifecycle.advance(gates).map_err(|e| self.lifecycle_err(e))?;
         let to = self.stage();
-        tracing::info!(event = "gate_evaluated", slot = %self.id, gate = ?result.gate, passed = result.passed, checks_failed = ?result.checks_failed, "gate evaluated");
+        tracing::info!(event = "gate_evaluated", slot = %self.id, gate = ?result.gate, passed = result.passed, checks_failed = ?result.checks_failed.iter().map(ToString::to_string).collect::<Vec<_>>(), "gate evaluated");
         if to != from {
             tracing::info!(event = "stage_changed", slot = %self.id, from = %from, to = %to, "stage changed");
             if to == SeedStage::Fossilized {
