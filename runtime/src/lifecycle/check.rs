@@ -136,6 +136,9 @@ fn two_u32(s: &str, prefix: &str, suffix: &str) -> Option<(u32, u32)> {
     Some((num(p[0])?, num(p[1])?))
 }
 
+/// A check with one number: its prefix, its suffix and how to make it.
+type Valued = (&'static str, &'static str, fn(f64) -> GateCheck);
+
 fn parse_valued(s: &str) -> Option<GateCheck> {
     use GateCheck::*;
     if let Some(p) = fields(s, "gradient_health_low_", "", "_need_", 2) {
@@ -161,7 +164,7 @@ fn parse_valued(s: &str) -> Option<GateCheck> {
     if let Some(epochs) = s.strip_prefix("trained_").and_then(|r| r.strip_suffix("_epochs")).and_then(num) {
         return Some(TrainedEpochs { epochs });
     }
-    let single: [(&str, &str, fn(f64) -> GateCheck); 8] = [
+    let single: [Valued; 8] = [
         ("gradient_health_", "", |health| GradientHealth { health }),
         ("global_improvement_insufficient_", "%", |improvement| GlobalImprovementInsufficient { improvement }),
         ("global_improvement_", "%", |improvement| GlobalImprovement { improvement }),
