@@ -44,6 +44,10 @@ fn clamp_ratio(ratio: f64) -> f64 {
     }
 }
 
+/// Below this gradient health a seed is unhealthy (as is one with an exploding
+/// gradient), and G5 refuses to fossilize it.
+pub const MIN_HEALTHY_GRADIENT_HEALTH: f64 = 0.5;
+
 /// Gradient health of one set of parameters, from their per-parameter L2 norms.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct GradientHealth {
@@ -71,6 +75,12 @@ impl GradientHealth {
             0.0
         };
         GradientHealth { health, has_exploding: exploding > 0, has_vanishing: vanishing > 0, global_norm }
+    }
+
+    /// Whether a seed with these gradients is healthy: no exploding gradient and a
+    /// health of at least [`MIN_HEALTHY_GRADIENT_HEALTH`].
+    pub fn is_healthy(&self) -> bool {
+        !self.has_exploding && self.health >= MIN_HEALTHY_GRADIENT_HEALTH
     }
 }
 
@@ -304,6 +314,20 @@ mod tests {
 
         // Exactly at the bound is not exploding.
         assert!(!GradientHealth::from_param_norms(&[EXPLODING_GRAD_NORM]).has_exploding);
+    }
+
+    #[test]
+    fn healthy_means_no_explosion_and_health_at_least_the_minimum() {
+        assert!(GradientHealth::from_param_norms(&[]).is_healthy());
+        assert!(GradientHealth::from_param_norms(&[0.1, 1.0]).is_healthy());
+        // One of four exploding: health 0.8, but exploding.
+        assert!(!GradientHealth::from_param_norms(&[0.1, 0.5, 1.0, 11.0]).is_healthy());
+        assert!(!GradientHealth::from_param_norms(&[1.0, f64::NAN]).is_healthy());
+        // All vanishing: health 0.5, at the minimum; below it is unhealthy.
+        assert!(GradientHealth::from_param_norms(&[0.0, 0.0]).is_healthy());
+        let low =
+            GradientHealth { health: MIN_HEALTHY_GRADIENT_HEALTH - 0.01, ..GradientHealth::from_param_norms(&[]) };
+        assert!(!low.is_healthy());
     }
 
     #[test]

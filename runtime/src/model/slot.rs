@@ -352,6 +352,8 @@ impl SeedSlot {
         let metrics = self.lifecycle.metrics_mut()?;
         metrics.record_gradient_ratio(sample.ratio);
         metrics.record_gradient_health_summary(&health);
+        // The latest sample decides: G5 fossilizes only a seed healthy now.
+        self.lifecycle.set_healthy(health.is_healthy());
         Some(sample)
     }
 
