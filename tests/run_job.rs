@@ -261,3 +261,41 @@ fn cifar10_data_from_the_config() {
     assert_eq!(t.history().len(), 1);
     assert!(t.history()[0].val_accuracy >= 0.0);
 }
+
+/// The checkpoint that the first checkpoint format (`format: 1`, written before the
+/// typed lifecycle vocabulary) left after epoch 2 of `small_config` with 3 epochs,
+/// copied with its plugin path and output folder pointed at this machine's.
+fn checkpoint_v1(dir: &Path) -> PathBuf {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/checkpoint-v1");
+    let ckpt = dir.join("checkpoint-v1");
+    std::fs::create_dir_all(&ckpt).unwrap();
+    for entry in std::fs::read_dir(&fixture).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, ckpt.join(path.file_name().unwrap())).unwrap();
+    }
+    let norm = plugin_lib("esper-norm");
+    let text = std::fs::read_to_string(ckpt.join("state.json")).unwrap();
+    let mut state: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(state["format"], 1);
+    state["plugins"] = serde_json::json!([[norm, sha256_hex(&norm).unwrap()]]);
+    state["config"]["plugins"][0]["path"] = serde_json::json!(norm);
+    state["config"]["output"]["dir"] = serde_json::json!(dir.join("out"));
+    std::fs::write(ckpt.join("state.json"), serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+    ckpt
+}
+
+#[test]
+fn a_checkpoint_of_the_first_format_resumes_and_runs_on() {
+    let _one = one_job_at_a_time();
+    let dir = temp_dir("checkpoint-v1");
+    let mut t = Trainer::resume(&checkpoint_v1(&dir)).unwrap();
+    let h = t.history();
+    assert_eq!(h.len(), 2);
+    assert_eq!(h[0].events.iter().map(ToString::to_string).collect::<Vec<_>>(), ["r0c1: GERMINATED -> TRAINING"]);
+    assert_eq!(h[1].events.iter().map(ToString::to_string).collect::<Vec<_>>(), ["r0c1: TRAINING -> BLENDING"]);
+    assert_eq!(t.model().slots()[0].stage(), SeedStage::Blending);
+    t.set_epochs(3);
+    t.run(&hidden()).unwrap();
+    assert_eq!(t.history().len(), 3);
+    assert!(dir.join("out/checkpoints/epoch-0003/COMPLETE").is_file());
+}
