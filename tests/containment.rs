@@ -136,7 +136,7 @@ fn host_params_after(dir: &Path, blueprint: Option<&str>) -> (Trainer, Vec<(Stri
 fn an_in_place_write_in_training_leaves_the_host_exactly_as_without_the_seed() {
     let (with_seed, host_a) = host_params_after(&temp_dir("bitwise-with"), Some("inplace-input"));
     let (_, host_b) = host_params_after(&temp_dir("bitwise-without"), None);
-    let events: Vec<&String> = with_seed.history().iter().flat_map(|r| &r.events).collect();
+    let events: Vec<String> = with_seed.history().iter().flat_map(|r| &r.events).map(ToString::to_string).collect();
     assert!(events.iter().any(|e| e.contains("pruned (input_written")), "{events:?}");
     assert_eq!(host_a.len(), host_b.len());
     for ((name, a), (_, b)) in host_a.iter().zip(&host_b) {

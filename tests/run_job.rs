@@ -298,4 +298,9 @@ fn a_checkpoint_of_the_first_format_resumes_and_runs_on() {
     t.run(&hidden()).unwrap();
     assert_eq!(t.history().len(), 3);
     assert!(dir.join("out/checkpoints/epoch-0003/COMPLETE").is_file());
+    let state = std::fs::read_to_string(dir.join("out/checkpoints/epoch-0003/state.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(state["format"], 2, "written in the current format");
+    let old = &state["history"][0]["events"][0];
+    assert_eq!((&old["event"], &old["text"]), (&"note".into(), &"r0c1: GERMINATED -> TRAINING".into()), "{old}");
 }

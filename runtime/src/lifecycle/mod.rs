@@ -19,6 +19,7 @@
 pub mod alpha;
 pub mod check;
 mod error;
+pub mod event;
 pub mod gates;
 pub mod metrics;
 pub mod slot_core;
@@ -28,6 +29,7 @@ pub mod state;
 pub use alpha::{AlphaController, AlphaCurve, AlphaMode, BlendSchedule, DEFAULT_BLEND_TEMPO_EPOCHS, SIGMOID_STEEPNESS};
 pub use check::{GateCheck, UnknownGateCheck};
 pub use error::LifecycleError;
+pub use event::LifecycleEvent;
 pub use gates::{GateLevel, GateMode, GateResult, QualityGates};
 pub use metrics::{normalized_gradient_ratio, GradientHealth, SeedMetrics};
 pub use slot_core::{Lifecycle, StageChange, EMBARGO_EPOCHS_AFTER_PRUNE};

@@ -8,8 +8,8 @@ use crate::{
         GradientSample, SeedFault,
     },
     lifecycle::{
-        AlphaCurve, BlendSchedule, GateResult, GradientHealth, Lifecycle, LifecycleError, QualityGates, SeedStage,
-        SeedState, StageChange,
+        AlphaCurve, BlendSchedule, GateResult, GradientHealth, Lifecycle, LifecycleError, LifecycleEvent, QualityGates,
+        SeedStage, SeedState, StageChange,
     },
     plugin::{BlueprintRegistry, PluginSeed},
 };
@@ -68,7 +68,7 @@ pub struct SeedSlot {
     /// The blueprint options the seed was created with (kept for checkpoints).
     options: serde_json::Value,
     /// Plugin errors met while dropping seeds, for the run's events (drained by the trainer).
-    release_errors: Vec<String>,
+    release_errors: Vec<LifecycleEvent>,
 }
 
 impl SeedSlot {
@@ -323,7 +323,7 @@ impl SeedSlot {
     }
 
     /// Plugin errors met while dropping seeds since the last call.
-    pub fn take_release_errors(&mut self) -> Vec<String> {
+    pub fn take_release_errors(&mut self) -> Vec<LifecycleEvent> {
         std::mem::take(&mut self.release_errors)
     }
 
@@ -332,7 +332,7 @@ impl SeedSlot {
             let key = seed.key().to_string();
             if let Err(e) = seed.release() {
                 tracing::warn!(event = "plugin_error", slot = %self.id, blueprint = %key, error = %e, "dropping the seed failed (contained)");
-                self.release_errors.push(format!("{}: dropping seed failed (contained): {e}", self.id));
+                self.release_errors.push(LifecycleEvent::ReleaseFailed { slot: self.id.clone(), error: e.to_string() });
             }
         }
         self.blend = None;

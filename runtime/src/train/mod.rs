@@ -12,7 +12,7 @@ mod step;
 use crate::{
     config::{sha256_hex, RunConfig},
     data::{epoch_seed, Dataset},
-    lifecycle::{Lifecycle, SeedStage},
+    lifecycle::{Lifecycle, LifecycleEvent, SeedStage},
     model::MorphogeneticModel,
     plugin::BlueprintRegistry,
 };
@@ -24,6 +24,10 @@ use report::{EpochRecord, SlotRecord};
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, path::PathBuf, time::Instant};
 use tch::{Device, Kind, Tensor};
+
+/// The `format` of a checkpoint's `state.json`: 2 since the run's events are typed
+/// (1, plain event lines, is still read).
+const STATE_FORMAT: u32 = 2;
 
 /// What a checkpoint's `state.json` holds besides tensors.
 #[derive(Debug, Serialize, Deserialize)]
@@ -104,6 +108,13 @@ impl Trainer {
     pub fn resume(dir: &std::path::Path) -> Result<Self> {
         let ckpt = checkpoint::Reader::open(dir)?;
         let saved: SavedState = ckpt.json(checkpoint::STATE)?;
+        if saved.format > STATE_FORMAT {
+            bail!(
+                "cannot resume from {}: checkpoint format {} is newer than this esper reads ({STATE_FORMAT})",
+                ckpt.dir().display(),
+                saved.format
+            );
+        }
         for (path, sha) in &saved.plugins {
             if !path.exists() {
                 bail!("cannot resume from {}: plugin {} is missing", ckpt.dir().display(), path.display());
@@ -246,7 +257,7 @@ impl Trainer {
         for slot in self.model.slots_mut() {
             let id = slot.id().to_string();
             if let Some(c) = slot.step_epoch()? {
-                events.push(format!("{id}: {} -> {}", c.from, c.to));
+                events.push(LifecycleEvent::StageChanged { slot: id, from: c.from, to: c.to });
             }
         }
         self.act(epoch, &mut events);
@@ -299,7 +310,7 @@ impl Trainer {
 
     /// The controller's decisions, applied. A failing action (a plugin that fails to
     /// create, a probe refusal) is reported and the run goes on.
-    fn act(&mut self, epoch: u32, events: &mut Vec<String>) {
+    fn act(&mut self, epoch: u32, events: &mut Vec<LifecycleEvent>) {
         let val: Vec<f64> = self.history.iter().map(|r| r.val_accuracy).collect();
         let gates = self.config.lifecycle.gates.clone();
         for action in self.controller.decide(epoch, &val, &self.model) {
@@ -307,22 +318,23 @@ impl Trainer {
                 Action::Germinate { slot, blueprint, options, seed_id } => self
                     .model
                     .germinate(&self.registry, slot, blueprint, seed_id, options)
-                    .map(|()| format!("{slot}: germinated {blueprint}")),
+                    .map(|()| Some(LifecycleEvent::Germinated { slot: slot.clone(), blueprint: blueprint.clone() })),
                 Action::Advance { slot } => self.model.slot_mut(slot).and_then(|s| {
                     let from = s.stage();
                     let r = s.advance(&gates)?;
-                    Ok(if r.passed { format!("{slot}: {from} -> {}", s.stage()) } else { String::new() })
+                    Ok(r.passed.then(|| LifecycleEvent::StageChanged { slot: slot.clone(), from, to: s.stage() }))
                 }),
-                Action::Prune { slot, reason } => {
-                    self.model.prune(slot, reason).map(|()| format!("{slot}: pruned ({reason})"))
-                }
+                Action::Prune { slot, reason } => self
+                    .model
+                    .prune(slot, reason)
+                    .map(|()| Some(LifecycleEvent::Pruned { slot: slot.clone(), reason: reason.clone() })),
             };
             match outcome {
-                Ok(e) if !e.is_empty() => events.push(e),
-                Ok(_) => {}
+                Ok(Some(e)) => events.push(e),
+                Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(action = ?action, error = %e, "lifecycle action failed");
-                    events.push(format!("failed: {e}"));
+                    events.push(LifecycleEvent::ActionFailed { error: e.to_string() });
                 }
             }
         }
@@ -346,7 +358,7 @@ impl Trainer {
 
     /// [`Trainer::evaluate`], containing seeds at fault: a seed that breaks the contract,
     /// fails or gives non-finite outputs is pruned and the evaluation run again.
-    fn evaluate_contained(&mut self, bypass: Option<&str>, events: &mut Vec<String>) -> Result<(f64, f64)> {
+    fn evaluate_contained(&mut self, bypass: Option<&str>, events: &mut Vec<LifecycleEvent>) -> Result<(f64, f64)> {
         loop {
             let faults = match self.evaluate(bypass) {
                 Ok(result) => {
@@ -414,7 +426,7 @@ impl Trainer {
         w.json(
             checkpoint::STATE,
             &SavedState {
-                format: 1,
+                format: STATE_FORMAT,
                 epoch,
                 config: self.config.clone(),
                 plugins,

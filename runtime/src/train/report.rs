@@ -1,7 +1,7 @@
 //! The end-of-run report: a per-epoch table on stdout, the same as JSON, and a plot
 //! of validation accuracy and each slot's alpha against epoch (PNG, plotters).
 
-use crate::lifecycle::SeedStage;
+use crate::lifecycle::{LifecycleEvent, SeedStage};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::{fmt::Write as _, path::Path};
@@ -25,7 +25,7 @@ pub struct EpochRecord {
     pub seconds: f64,
     pub slots: Vec<SlotRecord>,
     /// Lifecycle events of this epoch, in order ("r0c1: germinated norm", ...).
-    pub events: Vec<String>,
+    pub events: Vec<LifecycleEvent>,
 }
 
 /// The table printed at the end of a run.
@@ -48,15 +48,18 @@ pub fn table(history: &[EpochRecord]) -> String {
             let _ = write!(out, "  {:<18}", format!("{} {:.2}", s.stage, s.alpha));
         }
         if !r.events.is_empty() {
-            let _ = write!(out, "  {}", r.events.join("; "));
+            let _ = write!(out, "  {}", r.events.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "));
         }
         out.push('\n');
     }
     out
 }
 
+/// The `format` of `report.json`: 2 since events are tagged objects (1: plain lines).
+pub const REPORT_FORMAT: u32 = 2;
+
 pub fn write_json(path: &Path, history: &[EpochRecord], final_slots: &serde_json::Value) -> Result<()> {
-    let report = serde_json::json!({ "epochs": history, "final_slots": final_slots });
+    let report = serde_json::json!({ "format": REPORT_FORMAT, "epochs": history, "final_slots": final_slots });
     std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", path.display()))
 }
 
@@ -124,7 +127,7 @@ mod tests {
                     alpha: e as f64 / 3.0,
                     contribution: None,
                 }],
-                events: if e == 2 { vec!["r0c1: advanced to BLENDING".into()] } else { vec![] },
+                events: if e == 2 { vec![LifecycleEvent::Note("r0c1: advanced to BLENDING".into())] } else { vec![] },
             })
             .collect()
     }

@@ -14,6 +14,7 @@
 use super::{optim::StateCopy, rollback::TensorCopy, Trainer};
 use crate::{
     isolation::{FaultKind, SeedFault},
+    lifecycle::LifecycleEvent,
     model::ModelError,
     torch_error,
 };
@@ -103,7 +104,7 @@ impl Trainer {
         y: &Tensor,
         capture: bool,
         totals: &mut Totals,
-        events: &mut Vec<String>,
+        events: &mut Vec<LifecycleEvent>,
     ) -> Result<()> {
         loop {
             let seeded = self.model.slots().iter().any(|s| s.runs_seed());
@@ -236,13 +237,13 @@ impl Trainer {
     }
 
     /// Prunes each faulty seed (or quarantines a fossilized one) and records it.
-    pub(super) fn contain(&mut self, faults: Vec<SeedFault>, events: &mut Vec<String>) -> Result<()> {
+    pub(super) fn contain(&mut self, faults: Vec<SeedFault>, events: &mut Vec<LifecycleEvent>) -> Result<()> {
         if faults.is_empty() {
             return Err(anyhow!("internal: a step was spoiled without a seed at fault"));
         }
         for fault in faults {
             self.model.slot_mut(&fault.slot)?.contain(&fault)?;
-            events.push(format!("{}: pruned ({})", fault.slot, fault.reason()));
+            events.push(LifecycleEvent::Pruned { slot: fault.slot.clone(), reason: fault.reason().to_string() });
         }
         self.sync_seed_optimizers();
         Ok(())
