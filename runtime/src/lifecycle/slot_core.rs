@@ -157,7 +157,6 @@ impl Lifecycle {
             (SeedStage::Blending, SeedStage::Holding) => state.alpha_controller.snap_to(1.0),
             _ => {}
         }
-        tracing::info!(slot_id = %self.slot_id, from = %from, to = %target, "seed advanced");
         Ok(result)
     }
 
@@ -173,7 +172,6 @@ impl Lifecycle {
         state.alpha_controller.snap_to(0.0);
         state.scheduled_prune = None;
         state.prune_reason = Some(reason.to_string());
-        tracing::info!(slot_id = %self.slot_id, seed_id = %state.seed_id, from = %from, reason, "seed pruned");
         Ok(StageChange { from, to: SeedStage::Pruned })
     }
 
