@@ -64,20 +64,23 @@ pub fn summarize(context: &str, message: &str) -> String {
     summary(message)
 }
 
+/// A real libtorch error (mismatched matmul), as tch reports it: for the tests that show
+/// its C++ frames are dropped.
+#[cfg(test)]
+pub(crate) fn matmul_error() -> String {
+    use tch::{Device, Kind, Tensor};
+    let a = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
+    let b = Tensor::zeros([4, 5], (Kind::Float, Device::Cpu));
+    match a.f_matmul(&b) {
+        Ok(_) => panic!("mismatched shapes must fail"),
+        Err(e) => e.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tch::{Device, Kind, Tensor};
-
-    /// A real libtorch error, as tch reports it.
-    fn matmul_error() -> String {
-        let a = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
-        let b = Tensor::zeros([4, 5], (Kind::Float, Device::Cpu));
-        match a.f_matmul(&b) {
-            Ok(_) => panic!("mismatched shapes must fail"),
-            Err(e) => e.to_string(),
-        }
-    }
 
     #[test]
     fn a_real_libtorch_error_keeps_its_reason_and_loses_its_frames() {
