@@ -139,18 +139,15 @@ impl MorphogeneticModel {
     /// The slots whose seed produced a non-finite output since it was installed: the
     /// flags of every running seed, read back in one transfer.
     pub fn non_finite_slots(&self) -> Result<Vec<usize>, ModelError> {
-        let (idx, flags): (Vec<usize>, Vec<Tensor>) = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.finite_flag().map(|f| (i, f.to_device(Device::Cpu))))
-            .unzip();
-        if flags.is_empty() {
-            return Ok(Vec::new());
-        }
-        let torch = |e: tch::TchError| ModelError::Torch(e.to_string());
-        let read = Tensor::f_stack(&flags, 0).map_err(torch)?;
-        let ok = Vec::<bool>::try_from(&read).map_err(torch)?;
+        let (idx, flags): (Vec<usize>, Vec<&Tensor>) =
+            self.slots.iter().enumerate().filter_map(|(i, s)| s.finite_flag().map(|f| (i, f))).unzip();
+        let Some(first) = flags.first() else { return Ok(Vec::new()) };
+        // Stacked where the first flag lives (a no-op move for flags already there), then
+        // one transfer to the host.
+        let device = first.device();
+        let on_one = flags.iter().map(|f| f.f_to_device(device)).collect::<Result<Vec<_>, _>>()?;
+        let read = Tensor::f_stack(&on_one, 0)?.f_to_device(Device::Cpu)?;
+        let ok = Vec::<bool>::try_from(&read)?;
         Ok(idx.into_iter().zip(ok).filter(|(_, ok)| !ok).map(|(i, _)| i).collect())
     }
 

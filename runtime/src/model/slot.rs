@@ -299,21 +299,22 @@ impl SeedSlot {
 
     /// Builds the fault record for this slot's live seed.
     fn fault(&self, kind: FaultKind) -> ModelError {
-        let state = self.lifecycle.state();
-        ModelError::Seed(Box::new(SeedFault {
+        ModelError::Seed(Box::new(self.seed_fault(kind)))
+    }
+
+    /// A fault of `kind` by this slot's live seed, as a value (for the trainer's own
+    /// checks); None when the slot has no seed.
+    pub fn fault_of(&self, kind: FaultKind) -> Option<SeedFault> {
+        self.seed.is_some().then(|| self.seed_fault(kind))
+    }
+
+    fn seed_fault(&self, kind: FaultKind) -> SeedFault {
+        SeedFault {
             slot: self.id.clone(),
-            seed_id: state.map(|s| s.seed_id().to_string()).unwrap_or_default(),
+            seed_id: self.lifecycle.state().map(|s| s.seed_id().to_string()).unwrap_or_default(),
             blueprint: self.seed.as_ref().map(|s| s.key().to_string()).unwrap_or_default(),
             plugin: self.seed.as_ref().map(|s| s.plugin_path().to_path_buf()).unwrap_or_default(),
             kind,
-        }))
-    }
-
-    /// A fault of `kind` by this slot's seed, as a value (for the trainer's own checks).
-    pub fn fault_of(&self, kind: FaultKind) -> Option<SeedFault> {
-        match self.fault(kind) {
-            ModelError::Seed(f) if self.seed.is_some() => Some(*f),
-            _ => None,
         }
     }
 

@@ -362,14 +362,11 @@ impl Trainer {
         loop {
             let faults = match self.evaluate(bypass) {
                 Ok(result) => {
-                    let bad = self.model.non_finite_slots()?;
-                    if bad.is_empty() {
+                    let faults = self.non_finite_outputs()?;
+                    if faults.is_empty() {
                         return Ok(result);
                     }
-                    let slots = self.model.slots();
-                    bad.iter()
-                        .filter_map(|&i| slots[i].fault_of(crate::isolation::FaultKind::NonFinite { what: "outputs" }))
-                        .collect()
+                    faults
                 }
                 Err(crate::model::ModelError::Seed(fault)) => vec![*fault],
                 Err(e) => return Err(e.into()),

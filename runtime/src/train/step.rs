@@ -183,17 +183,23 @@ impl Trainer {
     /// monitor's one transfer per slot). A seed is at fault for non-finite outputs, or
     /// for non-finite gradients while the host's are finite.
     fn read_health(&mut self) -> Result<Vec<SeedFault>, ModelError> {
-        let bad_outputs = self.model.non_finite_slots()?;
+        let mut faults = self.non_finite_outputs()?;
         let samples = self.model.capture_gradients();
         let slots = self.model.slots();
-        let mut faults: Vec<SeedFault> =
-            bad_outputs.iter().filter_map(|&i| slots[i].fault_of(FaultKind::NonFinite { what: "outputs" })).collect();
         for (i, sample) in samples {
-            if !bad_outputs.contains(&i) && !sample.seed_norm.is_finite() && sample.host_norm.is_finite() {
+            let already = faults.iter().any(|f| f.slot == slots[i].id());
+            if !already && !sample.seed_norm.is_finite() && sample.host_norm.is_finite() {
                 faults.extend(slots[i].fault_of(FaultKind::NonFinite { what: "gradients" }));
             }
         }
         Ok(faults)
+    }
+
+    /// The running seeds whose outputs were not all finite (one read of their flags).
+    pub(super) fn non_finite_outputs(&self) -> Result<Vec<SeedFault>, ModelError> {
+        let slots = self.model.slots();
+        let bad = self.model.non_finite_slots()?;
+        Ok(bad.iter().filter_map(|&i| slots[i].fault_of(FaultKind::NonFinite { what: "outputs" })).collect())
     }
 
     /// Copies the buffers a discarded forward could change (the list is taken again
