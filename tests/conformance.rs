@@ -3,14 +3,10 @@
 //! defect has nothing to do with), and `esper conformance` reports it with the right
 //! exit status and JSON.
 
-use esper_runtime::{
-    conformance::{
-        host_isolation_with, run_blueprint, run_suite, BlueprintReport, Check, Status, Subject, SuiteOptions,
-        SuiteReport,
-    },
-    isolation::seed_input,
-    plugin::BlueprintRegistry,
+use esper_conformance::{
+    host_isolation_with, run_blueprint, run_suite, BlueprintReport, Check, Status, Subject, SuiteOptions, SuiteReport,
 };
+use esper_runtime::{isolation::seed_input, plugin::BlueprintRegistry};
 use esper_tests::{esper, plugin_lib};
 use serde_json::Value;
 use std::path::PathBuf;

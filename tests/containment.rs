@@ -4,15 +4,15 @@
 //! the conformance suite fails each fixture on its named check; the germination probe
 //! refuses a seed that misbehaves from its first call.
 
+use esper_conformance::{run_suite, Status, SuiteOptions};
 use esper_runtime::{
     config::RunConfig,
-    conformance::{run_suite, Status, SuiteOptions},
     host::CnnHostConfig,
     model::{ModelError, MorphogeneticModel, SlotConfig},
     plugin::BlueprintRegistry,
-    train::Trainer,
+    train::{Silent, Trainer},
 };
-use esper_tests::{esper, hidden, plugin_lib, temp_dir};
+use esper_tests::{esper, plugin_lib, temp_dir};
 use serde_json::{json, Value};
 use std::path::Path;
 use tch::Device;
@@ -126,7 +126,7 @@ fn host_params_after(dir: &Path, blueprint: Option<&str>) -> (Trainer, Vec<(Stri
     let path = dir.join("run.toml");
     std::fs::write(&path, config_text(dir, blueprint, "contiguous", 2)).unwrap();
     let mut trainer = Trainer::new(RunConfig::load(&path).unwrap()).unwrap();
-    trainer.run(&hidden()).unwrap();
+    trainer.run(&mut Silent).unwrap();
     let mut vars: Vec<(String, tch::Tensor)> = trainer.model().host_vars().variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     (trainer, vars)
@@ -150,7 +150,7 @@ fn a_non_finite_seed_is_rolled_back_and_the_host_stays_finite() {
     let path = dir.join("run.toml");
     std::fs::write(&path, config_text(&dir, Some("nan-after-n-steps"), "channels_last", 2)).unwrap();
     let mut trainer = Trainer::new(RunConfig::load(&path).unwrap()).unwrap();
-    trainer.run(&hidden()).unwrap();
+    trainer.run(&mut Silent).unwrap();
     for (name, t) in trainer.model().host_vars().variables() {
         assert!(bool::try_from(t.isfinite().all()).unwrap(), "host tensor `{name}` is not finite");
     }

@@ -5,9 +5,9 @@
 //! before the tests run; these tests load that library, run the conformance suite on it,
 //! and load it through its run config as `esper run` would.
 
+use esper_conformance::{newer_source, run_suite, Check, Status, SuiteOptions};
 use esper_runtime::{
     config::RunConfig,
-    conformance::{newer_source, run_suite, Check, Status, SuiteOptions},
     model::MorphogeneticModel,
     plugin::{BlueprintRegistry, PluginError},
 };
@@ -117,5 +117,5 @@ fn its_run_config_loads_it_and_germinates_a_seed() {
 fn its_conformance_test_is_one_line() {
     let test = std::fs::read_to_string(example_dir().join("tests/conformance.rs")).unwrap();
     let code: Vec<&str> = test.lines().filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with("//")).collect();
-    assert_eq!(code, ["esper_runtime::conformance_test!();"]);
+    assert_eq!(code, ["esper_conformance::conformance_test!();"]);
 }

@@ -5,9 +5,9 @@
 use esper_runtime::{
     config::{sha256_hex, RunConfig},
     lifecycle::SeedStage,
-    train::Trainer,
+    train::{Silent, Trainer},
 };
-use esper_tests::{esper, hidden, plugin_lib, temp_dir, write_file};
+use esper_tests::{esper, plugin_lib, temp_dir, write_file};
 use std::path::{Path, PathBuf};
 
 /// A small, fast job: tiny synthetic data, a narrow host, a seed scheduled at epoch 1
@@ -176,7 +176,7 @@ fn one_job_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 
 fn run_to_end(config: RunConfig) -> Trainer {
     let mut t = Trainer::new(config).unwrap();
-    t.run(&hidden()).unwrap();
+    t.run(&mut Silent).unwrap();
     t
 }
 
@@ -197,7 +197,7 @@ fn a_resumed_run_reaches_the_same_state_as_an_uninterrupted_one() {
     run_to_end(RunConfig::load(&small_config(&dir_b, &norm, 2)).unwrap());
     let mut b = Trainer::resume(&dir_b.join("out")).unwrap();
     b.set_epochs(5);
-    b.run(&hidden()).unwrap();
+    b.run(&mut Silent).unwrap();
 
     let report = |t: &Trainer| serde_json::to_value(t.model().report()).unwrap();
     assert_eq!(report(&a), report(&b), "same slots, stages, alpha and metrics");
@@ -295,7 +295,7 @@ fn a_checkpoint_of_the_first_format_resumes_and_runs_on() {
     assert_eq!(h[1].events.iter().map(ToString::to_string).collect::<Vec<_>>(), ["r0c1: TRAINING -> BLENDING"]);
     assert_eq!(t.model().slots()[0].stage(), SeedStage::Blending);
     t.set_epochs(3);
-    t.run(&hidden()).unwrap();
+    t.run(&mut Silent).unwrap();
     assert_eq!(t.history().len(), 3);
     assert!(dir.join("out/checkpoints/epoch-0003/COMPLETE").is_file());
     let state = std::fs::read_to_string(dir.join("out/checkpoints/epoch-0003/state.json")).unwrap();

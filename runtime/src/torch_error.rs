@@ -65,9 +65,9 @@ pub fn summarize(context: &str, message: &str) -> String {
 }
 
 /// A real libtorch error (mismatched matmul), as tch reports it: for the tests that show
-/// its C++ frames are dropped.
-#[cfg(test)]
-pub(crate) fn matmul_error() -> String {
+/// its C++ frames are dropped (here and in the crates built on this one).
+#[doc(hidden)]
+pub fn matmul_error() -> String {
     use tch::{Device, Kind, Tensor};
     let a = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
     let b = Tensor::zeros([4, 5], (Kind::Float, Device::Cpu));

@@ -3,7 +3,6 @@
 
 pub mod model;
 
-use indicatif::{MultiProgress, ProgressDrawTarget};
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
@@ -73,11 +72,6 @@ pub fn stdout(o: &Output) -> String {
 /// A finished command's stderr, as text.
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Progress bars that draw nothing, for runs inside a test.
-pub fn hidden() -> MultiProgress {
-    MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
 }
 
 /// Writes `text` to `dir/name` and returns the path.

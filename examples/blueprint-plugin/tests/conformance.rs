@@ -1,2 +1,2 @@
 //! The Esper conformance suite on this crate's own built plugin library.
-esper_runtime::conformance_test!();
+esper_conformance::conformance_test!();

@@ -3,7 +3,7 @@
 
 pub mod checkpoint;
 pub mod controller;
-mod font;
+pub mod observer;
 pub mod optim;
 pub mod report;
 pub mod rollback;
@@ -18,7 +18,7 @@ use crate::{
 };
 use anyhow::{bail, Context, Result};
 use controller::{Action, Controller};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+pub use observer::{Observer, Silent};
 use optim::Optimizer;
 use report::{EpochRecord, SlotRecord};
 use serde::{Deserialize, Serialize};
@@ -189,36 +189,32 @@ impl Trainer {
         self.config.training.epochs = epochs;
     }
 
-    /// Runs the remaining epochs.
-    pub fn run(&mut self, progress: &MultiProgress) -> Result<()> {
+    /// Runs the remaining epochs, telling `observer` how it goes.
+    pub fn run(&mut self, observer: &mut dyn Observer) -> Result<()> {
         let total = self.config.training.epochs;
         let start = self.history.last().map_or(0, |r| r.epoch);
         if start == 0 {
             self.act(0, &mut Vec::new()); // scheduled germinations for epoch 1
         }
-        let epochs_bar = progress.add(ProgressBar::new(total as u64));
-        epochs_bar.set_style(ProgressStyle::with_template("epochs  {bar:30} {pos}/{len} {msg}")?);
-        epochs_bar.set_position(start as u64);
+        observer.run_started(start + 1, total);
         for epoch in start + 1..=total {
-            let record = contained(epoch, "training", || self.epoch(epoch, progress))?;
-            epochs_bar.set_position(epoch as u64);
-            epochs_bar.set_message(format!("val {:.1}%", record.val_accuracy));
+            let record = contained(epoch, "training", || self.epoch(epoch, observer))?;
+            observer.epoch_done(&record);
             if self.config.output.checkpoint {
                 contained(epoch, "writing the checkpoint", || self.save_checkpoint(epoch))?;
             }
         }
-        epochs_bar.finish_and_clear();
+        observer.run_done();
         Ok(())
     }
 
-    fn epoch(&mut self, epoch: u32, progress: &MultiProgress) -> Result<EpochRecord> {
+    fn epoch(&mut self, epoch: u32, observer: &mut dyn Observer) -> Result<EpochRecord> {
         let started = Instant::now();
         tch::manual_seed(self.config.training.seed as i64 * 1_000_003 + epoch as i64);
         let cfg = &self.config.training;
         let batches = self.data.train.batches(cfg.batch_size, Some(epoch_seed(cfg.seed, epoch as u64)), self.device);
         let n_batches = batches.len();
-        let bar = progress.add(ProgressBar::new(n_batches as u64));
-        bar.set_style(ProgressStyle::with_template("batches {bar:30} {pos}/{len}")?);
+        observer.epoch_started(epoch, n_batches);
         let gradient_every = cfg.gradient_every;
         let mut events = Vec::new();
         let mut totals = step::Totals::new(self.device);
@@ -228,9 +224,8 @@ impl Trainer {
         for (i, (x, y)) in batches.enumerate() {
             let capture = i % gradient_every == 0 || i + 1 == n_batches;
             self.train_batch(&x, &y, capture, &mut totals, &mut events)?;
-            bar.inc(1);
+            observer.batch_done();
         }
-        bar.finish_and_clear();
         let seen = totals.seen.max(1) as f64;
         let train_loss = totals.loss.f_double_value(&[])? / seen;
         let train_accuracy = 100.0 * totals.correct.f_int64_value(&[])? as f64 / seen;

@@ -1,10 +1,10 @@
-//! The end-of-run report: a per-epoch table on stdout, the same as JSON, and a plot
-//! of validation accuracy and each slot's alpha against epoch (PNG, plotters).
+//! The run's record: one [`EpochRecord`] per epoch, and `report.json` (the same as JSON,
+//! with each slot's final state). Drawing it (the table, the plot) is the `esper` binary's.
 
 use crate::lifecycle::{LifecycleEvent, SeedStage};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use std::{fmt::Write as _, path::Path};
+use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SlotRecord {
@@ -28,125 +28,10 @@ pub struct EpochRecord {
     pub events: Vec<LifecycleEvent>,
 }
 
-/// The table printed at the end of a run.
-pub fn table(history: &[EpochRecord]) -> String {
-    let mut out = String::new();
-    let slots: Vec<&str> =
-        history.first().map(|r| r.slots.iter().map(|s| s.slot.as_str()).collect()).unwrap_or_default();
-    let _ = write!(out, "{:>5} {:>10} {:>9} {:>9} {:>8}", "epoch", "train_loss", "train_acc", "val_loss", "val_acc");
-    for s in &slots {
-        let _ = write!(out, "  {:<18}", format!("{s} stage/alpha"));
-    }
-    out.push('\n');
-    for r in history {
-        let _ = write!(
-            out,
-            "{:>5} {:>10.4} {:>8.2}% {:>9.4} {:>7.2}%",
-            r.epoch, r.train_loss, r.train_accuracy, r.val_loss, r.val_accuracy
-        );
-        for s in &r.slots {
-            let _ = write!(out, "  {:<18}", format!("{} {:.2}", s.stage, s.alpha));
-        }
-        if !r.events.is_empty() {
-            let _ = write!(out, "  {}", r.events.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "));
-        }
-        out.push('\n');
-    }
-    out
-}
-
 /// The `format` of `report.json`: 2 since events are tagged objects (1: plain lines).
 pub const REPORT_FORMAT: u32 = 2;
 
 pub fn write_json(path: &Path, history: &[EpochRecord], final_slots: &serde_json::Value) -> Result<()> {
     let report = serde_json::json!({ "format": REPORT_FORMAT, "epochs": history, "final_slots": final_slots });
     std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", path.display()))
-}
-
-/// Plots validation accuracy (left axis, %) and each slot's alpha (scaled to 0-100)
-/// against epoch, labelled with the embedded font (`train/font.rs`). Should that font
-/// fail to load, the plot is drawn without text (and says so in the returned note).
-pub fn plot(path: &Path, history: &[EpochRecord]) -> Result<Option<&'static str>> {
-    use plotters::prelude::*;
-    let labelled = super::font::register();
-    let root = BitMapBackend::new(path, (960, 540)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let epochs = history.last().map_or(1, |r| r.epoch).max(1);
-    let mut builder = ChartBuilder::on(&root);
-    builder.margin(20);
-    if labelled {
-        builder
-            .caption("validation accuracy and seed alpha", ("sans-serif", 22))
-            .x_label_area_size(40)
-            .y_label_area_size(50);
-    }
-    let mut chart = builder.build_cartesian_2d(0u32..epochs, 0f64..100f64)?;
-    if labelled {
-        chart.configure_mesh().x_desc("epoch").y_desc("accuracy % / alpha x 100").draw()?;
-    }
-    let acc = LineSeries::new(history.iter().map(|r| (r.epoch, r.val_accuracy)), BLUE.stroke_width(2));
-    let s = chart.draw_series(acc)?;
-    if labelled {
-        s.label("val accuracy").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-    }
-    let colors = [RED, GREEN, MAGENTA, CYAN, BLACK];
-    let slot_names: Vec<String> =
-        history.first().map(|r| r.slots.iter().map(|s| s.slot.clone()).collect()).unwrap_or_default();
-    for (i, name) in slot_names.iter().enumerate() {
-        let color = colors[i % colors.len()];
-        let points =
-            history.iter().filter_map(|r| r.slots.iter().find(|s| &s.slot == name).map(|s| (r.epoch, s.alpha * 100.0)));
-        let s = chart.draw_series(LineSeries::new(points, color.stroke_width(2)))?;
-        if labelled {
-            s.label(format!("{name} alpha")).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        }
-    }
-    if labelled {
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
-    }
-    root.present().with_context(|| format!("writing {}", path.display()))?;
-    Ok((!labelled).then_some("the embedded font did not load: the plot has no labels"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rows() -> Vec<EpochRecord> {
-        (1..=3)
-            .map(|e| EpochRecord {
-                epoch: e,
-                train_loss: 1.0 / e as f64,
-                train_accuracy: 10.0 * e as f64,
-                val_loss: 1.0,
-                val_accuracy: 20.0 * e as f64,
-                seconds: 1.0,
-                slots: vec![SlotRecord {
-                    slot: "r0c1".into(),
-                    stage: SeedStage::Blending,
-                    alpha: e as f64 / 3.0,
-                    contribution: None,
-                }],
-                events: if e == 2 { vec![LifecycleEvent::Note("r0c1: advanced to BLENDING".into())] } else { vec![] },
-            })
-            .collect()
-    }
-
-    #[test]
-    fn table_has_a_row_per_epoch_with_slot_columns() {
-        let t = table(&rows());
-        let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 4);
-        assert!(lines[0].contains("r0c1 stage/alpha"));
-        assert!(lines[2].contains("BLENDING 0.67") && lines[2].contains("advanced to BLENDING"), "{}", lines[2]);
-    }
-
-    #[test]
-    fn plot_writes_a_png() {
-        let path = std::env::temp_dir().join(format!("esper-plot-{}.png", std::process::id()));
-        plot(&path, &rows()).unwrap();
-        let bytes = std::fs::read(&path).unwrap();
-        assert_eq!(&bytes[1..4], b"PNG");
-        let _ = std::fs::remove_file(path);
-    }
 }

@@ -4,14 +4,14 @@
 //! empty, unless told to continue the run in it (`--resume DIR`) or to clear it first
 //! (`--overwrite`); `--output DIR` picks another folder.
 
-use crate::{
-    config::RunConfig,
-    lifecycle::SeedStage,
-    telemetry,
-    train::{checkpoint, report, Trainer},
-};
+use crate::{progress::Bars, report, telemetry};
 use anyhow::{Context, Result};
 use clap::Args;
+use esper_runtime::{
+    config::RunConfig,
+    lifecycle::SeedStage,
+    train::{checkpoint, Trainer},
+};
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
@@ -129,11 +129,15 @@ impl RunArgs {
         if let (Some(_), Some(epochs)) = (&self.resume, self.epochs) {
             trainer.set_epochs(epochs);
         }
-        trainer.run(&progress)?;
+        trainer.run(&mut Bars::new(&progress))?;
         let history = trainer.history();
         let out = trainer.config().output.dir.clone();
         println!("{}", report::table(history));
-        report::write_json(&out.join("report.json"), history, &serde_json::to_value(trainer.model().report())?)?;
+        esper_runtime::train::report::write_json(
+            &out.join("report.json"),
+            history,
+            &serde_json::to_value(trainer.model().report())?,
+        )?;
         let note = report::plot(&out.join("report.png"), history)?;
         let stages: BTreeSet<SeedStage> = history.iter().flat_map(|r| r.slots.iter().map(|s| s.stage)).collect();
         let names: Vec<String> = stages.iter().map(ToString::to_string).collect();

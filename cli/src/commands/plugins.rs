@@ -1,9 +1,10 @@
 //! `esper plugins list` and `esper plugins inspect`.
 
 use super::default_plugin;
-use crate::{plugin::BlueprintRegistry, telemetry};
+use crate::telemetry;
 use anyhow::Result;
 use clap::Subcommand;
+use esper_runtime::plugin::BlueprintRegistry;
 use std::{path::PathBuf, process::ExitCode};
 use tch::Device;
 

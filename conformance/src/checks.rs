@@ -5,12 +5,12 @@
 //! parameter changes never leak into another.
 
 use super::report::{Check, CheckResult};
-use crate::{
+use esper_plugin_api::abi::BlueprintDescriptor;
+use esper_runtime::{
     host::{is_channels_last, to_channels_last},
     isolation::{contract, seed_input, straight_through, Blend},
     plugin::{BlueprintRegistry, PluginError, PluginSeed},
 };
-use esper_plugin_api::abi::BlueprintDescriptor;
 use serde_json::{json, Value};
 use std::{
     cell::{Cell, RefCell},
@@ -110,7 +110,7 @@ fn short(e: &PluginError) -> String {
         PluginError::Failed { message, .. } | PluginError::BadParameter { message, .. } => message.clone(),
         other => other.to_string(),
     };
-    crate::torch_error::summarize("conformance", &text)
+    esper_runtime::torch_error::summarize("conformance", &text)
 }
 
 /// `[2, 64, 8, 8] Float cpu`.
@@ -118,7 +118,7 @@ pub fn describe(x: &Tensor) -> String {
     format!("{:?} {:?} {}", x.size(), x.kind(), device_name(x.device()))
 }
 
-pub use crate::isolation::contract::device_name;
+pub use esper_runtime::isolation::contract::device_name;
 
 fn randn(shape: &[i64]) -> Tensor {
     Tensor::randn(shape, (Kind::Float, Device::Cpu))
@@ -229,7 +229,7 @@ fn starved<'p>(params: &'p [(String, Tensor)], live: &[String]) -> Vec<&'p str> 
 pub fn guarded(check: Check, f: impl FnOnce() -> CheckResult) -> CheckResult {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
         let what = esper_plugin_api::panic_message(payload.as_ref());
-        let what = crate::torch_error::summarize(&format!("conformance check {check}"), &what);
+        let what = esper_runtime::torch_error::summarize(&format!("conformance check {check}"), &what);
         let what = what.lines().next().unwrap_or_default();
         CheckResult::fail(check, format!("the check hit an error on the seed's output: {what}"))
     })

@@ -27,7 +27,7 @@ pub use checks::{
 pub use report::{BlueprintReport, Check, CheckResult, HandshakeReport, Status, SuiteReport, Summary};
 pub use table::{CheckSpec, Runner, Scope, CHECKS};
 
-use crate::{device::cuda_available, plugin::BlueprintRegistry};
+use esper_runtime::{device::cuda_available, plugin::BlueprintRegistry};
 use std::path::{Path, PathBuf};
 use tch::Device;
 
@@ -162,7 +162,7 @@ pub fn run_blueprint(subject: &Subject<'_>, move_to: Device) -> BlueprintReport 
 /// `deps/` (where `cargo test` builds it when the crate is also an `rlib`) or in
 /// `target/<profile>/` (where `cargo build` puts it), whichever is newer.
 pub fn crate_library(package: &str) -> PathBuf {
-    let file = crate::plugin::library_file_name(package);
+    let file = esper_runtime::plugin::library_file_name(package);
     let exe = std::env::current_exe().unwrap_or_default();
     let deps = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     let profile = deps.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -229,9 +229,9 @@ pub fn assert_crate_conformant(package: &str, crate_dir: &str, blueprint: Option
 /// The conformance suite as one test of a plugin crate. In `tests/conformance.rs`:
 ///
 /// ```ignore
-/// esper_runtime::conformance_test!();                      // every blueprint of this crate
-/// esper_runtime::conformance_test!("channel-scale");       // or one blueprint
-/// esper_runtime::conformance_test!(scale_conforms, "channel-scale"); // named, to have several
+/// esper_conformance::conformance_test!();                      // every blueprint of this crate
+/// esper_conformance::conformance_test!("channel-scale");       // or one blueprint
+/// esper_conformance::conformance_test!(scale_conforms, "channel-scale"); // named, to have several
 /// ```
 ///
 /// It expands to a `#[test]` that runs the suite on the crate's own built cdylib
@@ -244,7 +244,7 @@ macro_rules! conformance_test {
     (@test $name:ident, $blueprint:expr) => {
         #[test]
         fn $name() {
-            $crate::conformance::assert_crate_conformant(
+            $crate::assert_crate_conformant(
                 env!("CARGO_PKG_NAME"),
                 env!("CARGO_MANIFEST_DIR"),
                 $blueprint,

@@ -1,5 +1,5 @@
 //! The font of `report.png`'s title, axes and legend: DejaVu Sans, embedded in the
-//! binary (`runtime/assets/fonts`, Bitstream Vera license), so the plot has its text on
+//! binary (`cli/assets/fonts`, Bitstream Vera license), so the plot has its text on
 //! a machine with no system fonts.
 
 use plotters::style::FontStyle;
@@ -53,7 +53,7 @@ mod tests {
     #[test]
     fn the_report_plot_is_labelled() {
         let path = std::env::temp_dir().join(format!("esper-font-plot-{}.png", std::process::id()));
-        let note = super::super::report::plot(&path, &[]).unwrap();
+        let note = super::super::plot(&path, &[]).unwrap();
         assert_eq!(note, None, "the plot says it has no labels");
         let _ = std::fs::remove_file(path);
     }

@@ -1,8 +1,8 @@
 //! `esper conformance LIB [--blueprint NAME] [--json]`: the plugin conformance suite.
 
-use crate::conformance::{run_suite, SuiteOptions};
 use anyhow::Result;
 use clap::Args;
+use esper_conformance::{run_suite, SuiteOptions};
 use std::{path::PathBuf, process::ExitCode};
 
 #[derive(Args)]

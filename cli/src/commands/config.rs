@@ -1,8 +1,9 @@
 //! `esper config check`.
 
-use crate::{config::RunConfig, host::budget::human_bytes, telemetry};
+use crate::telemetry;
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use esper_runtime::{config::RunConfig, host::budget::human_bytes};
 use std::{path::PathBuf, process::ExitCode};
 
 #[derive(Subcommand)]

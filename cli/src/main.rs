@@ -1,11 +1,21 @@
 //! `esper`: the runtime's command line (see `esper --help`).
+//!
+//! * `commands`: one module per command family (`run`, `plugins`, `config`, `conformance`);
+//! * `telemetry`: logs on stderr and `events.jsonl` (tracing);
+//! * `progress`: the progress bars (the trainer's observer);
+//! * `report`: the end-of-run table and `report.png`.
 
 #![forbid(unsafe_code)]
+
+mod commands;
+mod progress;
+mod report;
+mod telemetry;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    match esper_runtime::cli::Cli::parse().run() {
+    match commands::Cli::parse().run() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", readable(&e));

@@ -35,17 +35,17 @@ pub fn default_plugin() -> Result<PathBuf> {
     use anyhow::Context;
     let exe = std::env::current_exe().context("cannot locate the esper binary")?;
     let dir = exe.parent().context("the esper binary has no folder")?;
-    Ok(dir.join(crate::plugin::library_file_name("esper-norm")))
+    Ok(dir.join(esper_runtime::plugin::library_file_name("esper-norm")))
 }
 
 /// Fills in the shipped plugins (as the built-in job uses them, see [`default_plugin`])
 /// when a config names none; returns the plugin used then, for the caller to report.
-pub fn use_shipped_plugins_if_none(config: &mut crate::config::RunConfig) -> Result<Option<PathBuf>> {
+pub fn use_shipped_plugins_if_none(config: &mut esper_runtime::config::RunConfig) -> Result<Option<PathBuf>> {
     if !config.plugins.is_empty() {
         return Ok(None);
     }
     let plugin = default_plugin()?;
-    config.plugins = vec![crate::config::PluginSource { path: plugin.clone(), sha256: None }];
+    config.plugins = vec![esper_runtime::config::PluginSource { path: plugin.clone(), sha256: None }];
     Ok(Some(plugin))
 }
 

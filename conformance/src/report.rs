@@ -113,7 +113,7 @@ impl CheckResult {
     /// A libtorch error inside `reason` keeps its reason and loses its C++ frame list (the
     /// full text goes to the debug log), whichever check built the message.
     pub fn new(check: Check, status: Status, reason: impl Into<String>) -> Self {
-        let reason = crate::torch_error::summarize(&format!("conformance check {check}"), &reason.into());
+        let reason = esper_runtime::torch_error::summarize(&format!("conformance check {check}"), &reason.into());
         Self { check, status, reason, requires: check.what() }
     }
     pub fn pass(check: Check, reason: impl Into<String>) -> Self {
@@ -280,7 +280,7 @@ mod tests {
 
     #[test]
     fn a_libtorch_error_in_a_reason_is_reported_without_its_frames() {
-        let full = crate::torch_error::matmul_error();
+        let full = esper_runtime::torch_error::matmul_error();
         assert!(full.contains("frame #"), "premise: libtorch's text has frames: {full}");
         let c = CheckResult::fail(Check::ShapeDtypeDevice, format!("forward failed: {full}"));
         assert!(c.reason.starts_with("forward failed: ") && c.reason.contains("shapes cannot be multiplied"), "{c:?}");
