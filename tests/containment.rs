@@ -10,7 +10,7 @@ use esper_runtime::{
     host::CnnHostConfig,
     model::{ModelError, MorphogeneticModel, SlotConfig},
     plugin::BlueprintRegistry,
-    train::{Silent, Trainer},
+    train::{germinate, Silent, Trainer},
 };
 use esper_tests::{esper, plugin_lib, temp_dir};
 use serde_json::{json, Value};
@@ -179,7 +179,7 @@ fn the_probe_refuses_a_seed_that_misbehaves_from_its_first_call() {
         [("inplace-input", "wrote its input"), ("wrong-dtype", "dtype"), ("broadcast-output", "no broadcasting")]
     {
         let mut model = MorphogeneticModel::new(host.clone(), &["r0c1"], SlotConfig::default(), Device::Cpu).unwrap();
-        let err = model.germinate(&registry, "r0c1", blueprint, "s1", &json!({"after": 0})).unwrap_err();
+        let err = germinate(&mut model, &registry, "r0c1", blueprint, "s1", &json!({"after": 0})).unwrap_err();
         assert!(matches!(err, ModelError::ProbeRefused { .. }), "{blueprint}: {err}");
         assert!(err.to_string().contains(code), "{blueprint}: {err}");
         assert!(model.slot("r0c1").unwrap().seed().is_none(), "the slot is left as it was");

@@ -10,6 +10,7 @@ use esper_runtime::{
     config::RunConfig,
     model::MorphogeneticModel,
     plugin::{BlueprintRegistry, PluginError},
+    train::germinate,
 };
 use esper_tests::target_dir;
 use serde_json::json;
@@ -97,7 +98,7 @@ fn its_run_config_loads_it_and_germinates_a_seed() {
     // Germinate as the run would: the slot's germination probe accepts the seed.
     let slots: Vec<&str> = config.slots.iter().map(String::as_str).collect();
     let mut model = MorphogeneticModel::new(config.host.clone(), &slots, config.slot.clone(), Device::Cpu).unwrap();
-    model.germinate(&registry, &scheduled.slot, &scheduled.blueprint, "example-1", &scheduled.options).unwrap();
+    germinate(&mut model, &registry, &scheduled.slot, &scheduled.blueprint, "example-1", &scheduled.options).unwrap();
     let logits = model.forward(&Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu)), true).unwrap();
     assert_eq!(logits.size(), [2, 10]);
     assert_eq!(logits.isfinite().all().int64_value(&[]), 1);

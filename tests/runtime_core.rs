@@ -8,6 +8,7 @@ use esper_runtime::{
     lifecycle::{SeedStage, EMBARGO_EPOCHS_AFTER_PRUNE},
     model::{ModelError, MorphogeneticModel, SlotConfig},
     plugin::BlueprintRegistry,
+    train::germinate,
 };
 use esper_tests::{
     model::{batch, lenient_gates, model_in_stage, norm_registry, train_step},
@@ -150,7 +151,7 @@ fn slots_run_in_execution_order_and_report() {
             .unwrap();
     let ids: Vec<_> = m.slots().iter().map(|s| (s.id().to_string(), s.channels())).collect();
     assert_eq!(ids, vec![("r0c0".to_string(), 32), ("r1c1".to_string(), 64)]);
-    m.germinate(&r, "r1c1", "norm", "s1", &Value::Null).unwrap();
+    germinate(&mut m, &r, "r1c1", "norm", "s1", &Value::Null).unwrap();
     let report = m.report();
     assert_eq!(report[0].stage, SeedStage::Dormant);
     assert_eq!(report[1].stage, SeedStage::Germinated);
@@ -163,11 +164,43 @@ fn slots_run_in_execution_order_and_report() {
 }
 
 #[test]
+fn a_slot_takes_only_a_seed_made_for_it_and_restores_only_its_own_seed() {
+    let r = norm_registry();
+    let mut m =
+        MorphogeneticModel::new(CnnHostConfig::default(), &["r0c0", "r1c1"], SlotConfig::default(), Device::Cpu)
+            .unwrap();
+    // The seed comes from the caller (the trainer); one made for 64 channels does not fit r0c0 (32).
+    let seed = r.create_seed("norm", 64, &Value::Null, Device::Cpu).unwrap();
+    let e = m.germinate("r0c0", seed, "s1", &Value::Null).err().unwrap();
+    assert_eq!(e.to_string(), "slot `r0c0` has 32 channels; the `cnn:norm` seed handed to it was created for 64");
+    assert_eq!(m.slot("r0c0").unwrap().stage(), SeedStage::Dormant);
+    let seed = r.create_seed("norm", 64, &Value::Null, Device::Cpu).unwrap();
+    m.germinate("r1c1", seed, "s1", &Value::Null).unwrap();
+    // Restoring the germinated lifecycle needs its seed back; an empty one takes none.
+    let lifecycle = m.slot("r1c1").unwrap().lifecycle().clone();
+    assert_eq!(lifecycle.live_blueprint(), Some("cnn:norm"));
+    let e = m.restore_slot("r1c1", lifecycle.clone(), None, Value::Null).err().unwrap();
+    assert_eq!(
+        e.to_string(),
+        "slot `r1c1`: the checkpointed lifecycle runs cnn:norm, the seed given to restore it is no seed"
+    );
+    let empty = m.slot("r0c0").unwrap().lifecycle().clone();
+    let seed = r.create_seed("norm", 32, &Value::Null, Device::Cpu).unwrap();
+    let e = m.restore_slot("r0c0", empty, Some(seed), Value::Null).err().unwrap();
+    assert!(e.to_string().contains("runs no seed, the seed given to restore it is cnn:norm"), "{e}");
+    // The right seed restores it.
+    let seed = r.create_seed("norm", 64, &Value::Null, Device::Cpu).unwrap();
+    m.restore_slot("r1c1", lifecycle, Some(seed), Value::Null).unwrap();
+    assert_eq!(m.slot("r1c1").unwrap().stage(), SeedStage::Germinated);
+    assert!(m.slot("r1c1").unwrap().seed().is_some());
+}
+
+#[test]
 fn germination_probe_refuses_a_shape_changing_seed_and_keeps_the_slot() {
     let mut r = norm_registry();
     r.load(&plugin_lib("esper-fixture-broken")).unwrap();
     let mut m = MorphogeneticModel::new(CnnHostConfig::default(), &[SLOT], SlotConfig::default(), Device::Cpu).unwrap();
-    let e = m.germinate(&r, SLOT, "shape-change", "s1", &Value::Null).err().unwrap();
+    let e = germinate(&mut m, &r, SLOT, "shape-change", "s1", &Value::Null).err().unwrap();
     assert_eq!(
         e.to_string(),
         "slot `r0c1`: blueprint `cnn:shape-change` failed the germination probe (train mode, input [2, 64, 32, 32]): \
@@ -175,9 +208,9 @@ fn germination_probe_refuses_a_shape_changing_seed_and_keeps_the_slot() {
          refused"
     );
     assert_eq!(m.slot(SLOT).unwrap().stage(), SeedStage::Dormant);
-    m.germinate(&r, SLOT, "norm", "s2", &Value::Null).unwrap();
+    germinate(&mut m, &r, SLOT, "norm", "s2", &Value::Null).unwrap();
     // A second germination into an occupied slot is refused.
-    let e = m.germinate(&r, SLOT, "norm", "s3", &Value::Null).err().unwrap();
+    let e = germinate(&mut m, &r, SLOT, "norm", "s3", &Value::Null).err().unwrap();
     assert!(e.to_string().starts_with("slot `r0c1`:"), "{e}");
 }
 
@@ -187,7 +220,7 @@ fn a_plugin_failure_in_forward_is_an_error_not_a_crash() {
     r.load(&plugin_lib("esper-fixture-broken")).unwrap();
     let mut m = MorphogeneticModel::new(CnnHostConfig::default(), &[SLOT], SlotConfig::default(), Device::Cpu).unwrap();
     // The probe itself runs forward: the panic is contained and germination refused.
-    let e = m.germinate(&r, SLOT, "panic-forward", "s1", &Value::Null).err().unwrap();
+    let e = germinate(&mut m, &r, SLOT, "panic-forward", "s1", &Value::Null).err().unwrap();
     assert!(e.to_string().contains("deliberate panic in forward"), "{e}");
     assert_eq!(m.slot(SLOT).unwrap().stage(), SeedStage::Dormant);
 }
@@ -201,7 +234,7 @@ fn prune_embargo_and_slot_recycling() {
     assert!(m.seed_parameters().is_empty(), "a pruned seed's parameters leave the model");
     m.step_epoch().unwrap();
     assert_eq!(m.slot(SLOT).unwrap().stage(), SeedStage::Embargoed);
-    let e = m.germinate(&r, SLOT, "norm", "s2", &Value::Null).err().unwrap();
+    let e = germinate(&mut m, &r, SLOT, "norm", "s2", &Value::Null).err().unwrap();
     assert!(e.to_string().contains("slot `r0c1`"), "embargoed slot refuses germination: {e}");
     let mut stages = Vec::new();
     for _ in 0..EMBARGO_EPOCHS_AFTER_PRUNE + 1 {
@@ -215,7 +248,7 @@ fn prune_embargo_and_slot_recycling() {
         "embargo lasts {EMBARGO_EPOCHS_AFTER_PRUNE} epochs: {stages:?}"
     );
     assert_eq!(stages[stages.len() - 2..], [SeedStage::Resetting, SeedStage::Dormant]);
-    m.germinate(&r, SLOT, "norm", "s2", &Value::Null).unwrap();
+    germinate(&mut m, &r, SLOT, "norm", "s2", &Value::Null).unwrap();
     assert_eq!(m.slot(SLOT).unwrap().stage(), SeedStage::Germinated);
 }
 

@@ -23,6 +23,7 @@ use esper_runtime::{
     model::{MorphogeneticModel, SlotConfig},
     plugin::BlueprintRegistry,
     train::{
+        germinate,
         optim::{Optimizer, StateCopy},
         rollback::TensorCopy,
     },
@@ -51,7 +52,7 @@ fn bench(c: &mut Criterion) {
     for batch in [8i64, 128] {
         let mut model =
             MorphogeneticModel::new(CnnHostConfig::default(), &[SLOT], SlotConfig::default(), Device::Cpu).unwrap();
-        model.germinate(&registry, SLOT, "norm", "s1", &serde_json::Value::Null).unwrap();
+        germinate(&mut model, &registry, SLOT, "norm", "s1", &serde_json::Value::Null).unwrap();
         model.slot_mut(SLOT).unwrap().advance(&QualityGates::permissive()).unwrap(); // to TRAINING
         let mut host_opt = Optimizer::new(sgd, model.host_parameters());
         let mut seed_opt = Optimizer::new(sgd, model.seed_parameters());
@@ -106,7 +107,7 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("rollback_copy");
     let mut model =
         MorphogeneticModel::new(CnnHostConfig::default(), &[SLOT], SlotConfig::default(), Device::Cpu).unwrap();
-    model.germinate(&registry, SLOT, "norm", "s1", &serde_json::Value::Null).unwrap();
+    germinate(&mut model, &registry, SLOT, "norm", "s1", &serde_json::Value::Null).unwrap();
     // With the momentum buffers in place, as after the first step.
     let mut host_opt = Optimizer::new(sgd, model.host_parameters());
     let loss =

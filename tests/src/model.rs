@@ -5,6 +5,7 @@ use esper_runtime::{
     lifecycle::{QualityGates, SeedStage},
     model::{MorphogeneticModel, SlotConfig},
     plugin::BlueprintRegistry,
+    train::germinate,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -48,7 +49,7 @@ pub fn model_in_stage(
 ) -> MorphogeneticModel {
     let device = Device::Cpu;
     let mut model = MorphogeneticModel::new(host, &[slot], config, device).expect("model");
-    model.germinate(registry, slot, "norm", "seed-1", &serde_json::Value::Null).expect("germinate");
+    germinate(&mut model, registry, slot, "norm", "seed-1", &serde_json::Value::Null).expect("germinate");
     let gates = lenient_gates();
     while model.slot(slot).unwrap().stage() != stage {
         let current = model.slot(slot).unwrap().stage();

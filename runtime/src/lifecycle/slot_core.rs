@@ -60,6 +60,14 @@ impl Lifecycle {
         self.state.as_ref().map_or(0.0, SeedState::alpha)
     }
 
+    /// The blueprint of the seed that runs in this slot, when one does (GERMINATED
+    /// through FOSSILIZED; not while empty, pruned or embargoed).
+    pub fn live_blueprint(&self) -> Option<&str> {
+        use SeedStage::*;
+        let live = |s: &&SeedState| matches!(s.stage, Germinated | Training | Blending | Holding | Fossilized);
+        self.state.as_ref().filter(live).map(SeedState::blueprint_id)
+    }
+
     /// Whether a seed can be germinated here (the slot is empty).
     pub fn is_available(&self) -> bool {
         self.state.is_none()

@@ -19,6 +19,12 @@ pub enum ModelError {
     /// The germination probe refused the seed.
     #[error("slot `{slot}`: blueprint `{blueprint}` failed the germination probe ({mode}, input {input:?}): {cause}; germination refused")]
     ProbeRefused { slot: String, blueprint: String, mode: &'static str, input: Vec<i64>, cause: String },
+    /// A seed handed to a slot was created for another channel count.
+    #[error("slot `{slot}` has {expected} channels; the `{blueprint}` seed handed to it was created for {got}")]
+    SeedMismatch { slot: String, blueprint: String, expected: i64, got: i64 },
+    /// A checkpointed lifecycle restored with the wrong seed (or none, or one too many).
+    #[error("slot `{slot}`: the checkpointed lifecycle runs {lifecycle}, the seed given to restore it is {seed}")]
+    RestoreMismatch { slot: String, lifecycle: String, seed: String },
     /// libtorch failed on the host's own side (not attributable to a seed).
     #[error("host computation failed: {0}")]
     Torch(String),

@@ -9,7 +9,8 @@ pub use slot::{SeedSlot, SlotConfig, SlotReport, PROBE_BATCH, PROBE_SIZE};
 use crate::{
     host::{CnnHost, CnnHostConfig, Segment},
     isolation::GradientSample,
-    plugin::BlueprintRegistry,
+    lifecycle::Lifecycle,
+    plugin::PluginSeed,
 };
 use tch::{nn, Device, Tensor};
 
@@ -184,17 +185,30 @@ impl MorphogeneticModel {
         out
     }
 
-    /// Germinates a seed of `blueprint` (from any loaded plugin) into slot `id`.
+    /// Germinates `seed` (created for slot `id` with `options`, see
+    /// [`crate::train::germinate`]) into slot `id`, after the slot's probe.
     pub fn germinate(
         &mut self,
-        registry: &BlueprintRegistry,
         id: &str,
-        blueprint: &str,
+        seed: PluginSeed,
         seed_id: &str,
         options: &serde_json::Value,
     ) -> Result<(), ModelError> {
-        let (device, host_params) = (self.device(), self.host_parameters());
-        self.slot_mut(id)?.germinate(registry, blueprint, seed_id, options, device, &host_params)
+        let host_params = self.host_parameters();
+        self.slot_mut(id)?.germinate(seed, seed_id, options, &host_params)
+    }
+
+    /// Restores slot `id` to a checkpointed `lifecycle`, with `seed` re-created from its
+    /// live blueprint (see [`SeedSlot::restore`]).
+    pub fn restore_slot(
+        &mut self,
+        id: &str,
+        lifecycle: Lifecycle,
+        seed: Option<PluginSeed>,
+        options: serde_json::Value,
+    ) -> Result<(), ModelError> {
+        let host_params = self.host_parameters();
+        self.slot_mut(id)?.restore(lifecycle, seed, options, &host_params)
     }
 
     pub fn prune(&mut self, id: &str, reason: &str) -> Result<(), ModelError> {

@@ -11,7 +11,7 @@ use crate::{
         AlphaCurve, BlendSchedule, GateResult, GradientHealth, Lifecycle, LifecycleError, LifecycleEvent, QualityGates,
         SeedStage, SeedState, StageChange,
     },
-    plugin::{BlueprintRegistry, PluginSeed},
+    plugin::PluginSeed,
 };
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -141,15 +141,14 @@ impl SeedSlot {
         Ok(blend.apply(&host, &out, &input, alpha))
     }
 
-    /// Creates a seed of `blueprint` from the registry, probes it, and germinates it.
-    /// On any failure the slot is left as it was.
+    /// Probes `seed` (created for this slot's channel count, with `options`) and
+    /// germinates it. On any failure the slot is left as it was (and the seed dropped).
+    /// `host_params` are what its gradient monitor compares the seed's gradients with.
     pub fn germinate(
         &mut self,
-        registry: &BlueprintRegistry,
-        blueprint: &str,
+        seed: PluginSeed,
         seed_id: &str,
         options: &serde_json::Value,
-        device: Device,
         host_params: &[Tensor],
     ) -> Result<(), ModelError> {
         if !self.lifecycle.is_available() {
@@ -157,8 +156,8 @@ impl SeedSlot {
                 self.lifecycle_err(LifecycleError::SlotOccupied { slot_id: self.id.clone(), stage: self.stage() })
             );
         }
-        let (seed, blend) = self.create_seed(registry, blueprint, options, device)?;
-        self.probe(&seed, device)?;
+        let blend = self.new_blend(&seed)?;
+        self.probe(&seed)?;
         let schedule = BlendSchedule { curve: self.config.alpha_curve, tempo_epochs: self.config.blend_tempo };
         self.lifecycle.germinate_with(seed_id, seed.key(), schedule).map_err(|e| self.lifecycle_err(e))?;
         tracing::info!(event = "germinated", slot = %self.id, blueprint = seed.key(), seed_id, "germinated");
@@ -168,7 +167,8 @@ impl SeedSlot {
 
     /// The germination probe: a random (PROBE_BATCH, C, 32, 32) input in train and
     /// eval mode, through the same contract check as every forward, outputs finite.
-    fn probe(&self, seed: &PluginSeed, device: Device) -> Result<(), ModelError> {
+    fn probe(&self, seed: &PluginSeed) -> Result<(), ModelError> {
+        let device = seed.device();
         let shape = [PROBE_BATCH, self.channels, PROBE_SIZE, PROBE_SIZE];
         for (mode, train) in [("train mode", true), ("eval mode", false)] {
             let refuse = |cause: String| ModelError::ProbeRefused {
@@ -188,15 +188,17 @@ impl SeedSlot {
         Ok(())
     }
 
-    fn create_seed(
-        &self,
-        registry: &BlueprintRegistry,
-        blueprint: &str,
-        options: &serde_json::Value,
-        device: Device,
-    ) -> Result<(PluginSeed, Blend), ModelError> {
-        let seed = registry.create_seed(blueprint, self.channels, options, device)?;
-        Ok((seed, Blend::new(self.config.blend, self.channels, device)))
+    /// The blend a seed runs under here; the seed must fit this slot.
+    fn new_blend(&self, seed: &PluginSeed) -> Result<Blend, ModelError> {
+        if seed.channels() != self.channels {
+            return Err(ModelError::SeedMismatch {
+                slot: self.id.clone(),
+                blueprint: seed.key().into(),
+                expected: self.channels,
+                got: seed.channels(),
+            });
+        }
+        Ok(Blend::new(self.config.blend, self.channels, seed.device()))
     }
 
     fn install(&mut self, seed: PluginSeed, blend: Blend, options: serde_json::Value, host_params: &[Tensor]) {
@@ -207,23 +209,28 @@ impl SeedSlot {
         self.monitor = Some(GradientHealthMonitor::new(host_params, &self.seed_parameters()));
     }
 
-    /// Restores a checkpointed lifecycle: a live seed is re-created from its blueprint
-    /// (its parameters are loaded by the caller).
+    /// Restores a checkpointed lifecycle with its seed: `seed` is the one re-created
+    /// from the lifecycle's live blueprint ([`Lifecycle::live_blueprint`]), none when it
+    /// has none (its parameters are loaded by the caller).
     pub fn restore(
         &mut self,
-        registry: &BlueprintRegistry,
         lifecycle: Lifecycle,
+        seed: Option<PluginSeed>,
         options: serde_json::Value,
-        device: Device,
         host_params: &[Tensor],
     ) -> Result<(), ModelError> {
+        let wanted = lifecycle.live_blueprint();
+        let given = seed.as_ref().map(PluginSeed::key);
+        if wanted.is_some() != given.is_some() {
+            return Err(ModelError::RestoreMismatch {
+                slot: self.id.clone(),
+                lifecycle: wanted.unwrap_or("no seed").into(),
+                seed: given.unwrap_or("no seed").into(),
+            });
+        }
         self.drop_seed();
-        let live = lifecycle.state().filter(|s| {
-            use SeedStage::*;
-            matches!(s.stage(), Germinated | Training | Blending | Holding | Fossilized)
-        });
-        if let Some(state) = live {
-            let (seed, blend) = self.create_seed(registry, state.blueprint_id(), &options, device)?;
+        if let Some(seed) = seed {
+            let blend = self.new_blend(&seed)?;
             self.install(seed, blend, options, host_params);
         }
         self.lifecycle = lifecycle;

@@ -1,4 +1,4 @@
-//! Checkpoints: parameters and optimizer state as safetensors, lifecycle state as JSON.
+//! The checkpoint store: parameters and optimizer state as safetensors, lifecycle state as JSON.
 //!
 //! Layout under `<output>/checkpoints/`: one folder per epoch (`epoch-0007/`) and a
 //! `latest` file naming the newest complete one. A folder is written as

@@ -1,0 +1,165 @@
+//! Checkpoints of a run: what the trainer saves at the end of an epoch and how a run
+//! resumes from it. The files and their atomic writes are [`store`]'s.
+
+mod store;
+
+pub use store::*;
+
+use super::{report::EpochRecord, seeds, Trainer};
+use crate::{
+    config::{sha256_hex, RunConfig},
+    lifecycle::Lifecycle,
+};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The `format` of a checkpoint's `state.json`: 2 since the run's events are typed
+/// (1, plain event lines, is still read).
+const STATE_FORMAT: u32 = 2;
+
+/// What a checkpoint's `state.json` holds besides tensors.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedState {
+    format: u32,
+    epoch: u32,
+    config: RunConfig,
+    /// Each loaded plugin file with its sha256 at checkpoint time.
+    plugins: Vec<(PathBuf, String)>,
+    slots: Vec<SavedSlot>,
+    history: Vec<EpochRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedSlot {
+    lifecycle: Lifecycle,
+    options: serde_json::Value,
+}
+
+impl SavedState {
+    /// The state of checkpoint `ckpt`, refused when its format is newer than this
+    /// runtime reads or a plugin it ran is missing or changed.
+    fn read(ckpt: &Reader) -> Result<Self> {
+        let saved: SavedState = ckpt.json(STATE)?;
+        let dir = ckpt.dir().display();
+        if saved.format > STATE_FORMAT {
+            bail!(
+                "cannot resume from {dir}: checkpoint format {} is newer than this esper reads ({STATE_FORMAT})",
+                saved.format
+            );
+        }
+        for (path, sha) in &saved.plugins {
+            if !path.exists() {
+                bail!("cannot resume from {dir}: plugin {} is missing", path.display());
+            }
+            let now = sha256_hex(path).with_context(|| format!("reading plugin {}", path.display()))?;
+            if &now != sha {
+                bail!(
+                    "cannot resume from {dir}: plugin {} changed since the checkpoint (sha256 {sha} then, {now} now)",
+                    path.display()
+                );
+            }
+        }
+        Ok(saved)
+    }
+
+    /// The run's config, each plugin pinned to the hash recorded at checkpoint time, so
+    /// the bytes loaded are the bytes checked (the check in [`SavedState::read`] gives
+    /// the readable early answer).
+    fn pinned_config(&self) -> RunConfig {
+        let mut config = self.config.clone();
+        config.migrate_deprecated(); // a checkpoint from before `[slot]`
+        for d in &config.deprecations {
+            tracing::debug!("checkpoint config: {d}");
+        }
+        for source in config.plugins.iter_mut().filter(|s| s.sha256.is_none()) {
+            let canonical = source.path.canonicalize().ok();
+            if let Some((_, sha)) = self.plugins.iter().find(|(p, _)| Some(p) == canonical.as_ref()) {
+                source.sha256 = Some(sha.clone());
+            }
+        }
+        config
+    }
+}
+
+impl Trainer {
+    /// Continues the run whose output folder (or checkpoint) is `dir`.
+    pub fn resume(dir: &Path) -> Result<Self> {
+        let ckpt = Reader::open(dir)?;
+        let saved = SavedState::read(&ckpt)?;
+        let mut trainer = Self::new(saved.pinned_config())?;
+        if saved.slots.len() != trainer.model.slots().len() {
+            bail!(
+                "checkpoint {} has {} slots, the config {}",
+                ckpt.dir().display(),
+                saved.slots.len(),
+                trainer.model.slots().len()
+            );
+        }
+        let ids: Vec<String> = trainer.model.slots().iter().map(|s| s.id().to_string()).collect();
+        for (id, s) in ids.iter().zip(saved.slots) {
+            seeds::restore(&mut trainer.model, &trainer.registry, id, s.lifecycle, s.options)?;
+        }
+        trainer.load_tensors(&ckpt)?;
+        trainer.history = saved.history;
+        tracing::info!(checkpoint = %ckpt.dir().display(), epoch = saved.epoch, "resumed");
+        Ok(trainer)
+    }
+
+    /// Loads the host's and each seed's parameters and optimizer state from `ckpt`.
+    fn load_tensors(&mut self, ckpt: &Reader) -> Result<()> {
+        ckpt.load_vars(HOST, &named(self.model.host_vars()))?;
+        self.host_opt.load_state(&ckpt.tensors(HOST_OPTIMIZER)?).map_err(anyhow::Error::msg)?;
+        self.sync_seed_optimizers();
+        for slot in self.model.slots() {
+            let named = slot.named_seed_tensors();
+            if named.is_empty() {
+                continue;
+            }
+            ckpt.load_vars(&slot_file(slot.id()), &named)?;
+            let state = ckpt.tensors(&slot_optimizer_file(slot.id()))?;
+            let opt = self.seed_opts.get_mut(slot.id()).with_context(|| {
+                format!("checkpoint {}: slot `{}` has a seed but no seed optimizer", ckpt.dir().display(), slot.id())
+            })?;
+            opt.load_state(&state).map_err(anyhow::Error::msg)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the checkpoint of `epoch` (atomically, see [`Writer`]).
+    pub(super) fn save_checkpoint(&self, epoch: u32) -> Result<()> {
+        let w = Writer::begin(&self.config.output.dir, epoch)?;
+        w.tensors(HOST, &named(self.model.host_vars()))?;
+        w.tensors(HOST_OPTIMIZER, &self.host_opt.state_tensors())?;
+        for slot in self.model.slots() {
+            let named = slot.named_seed_tensors();
+            if !named.is_empty() {
+                w.tensors(&slot_file(slot.id()), &named)?;
+                w.tensors(&slot_optimizer_file(slot.id()), &self.seed_opts[slot.id()].state_tensors())?;
+            }
+        }
+        let plugins = self
+            .registry
+            .plugins()
+            .map(|p| Ok((p.path().to_path_buf(), sha256_hex(p.path())?)))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let slots = self
+            .model
+            .slots()
+            .iter()
+            .map(|s| SavedSlot { lifecycle: s.lifecycle().clone(), options: s.options().clone() })
+            .collect();
+        let state = SavedState {
+            format: STATE_FORMAT,
+            epoch,
+            config: self.config.clone(),
+            plugins,
+            slots,
+            history: self.history.clone(),
+        };
+        w.json(STATE, &state)?;
+        let dir = w.commit()?;
+        tracing::debug!(checkpoint = %dir.display(), "checkpoint written");
+        Ok(())
+    }
+}

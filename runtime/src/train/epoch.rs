@@ -1,0 +1,190 @@
+//! One epoch of a run, as named steps: train over the batches, validate, measure each
+//! seed (accuracy and counterfactual contribution), let the lifecycle and the
+//! controller act, and write the epoch's record.
+
+use super::{report::EpochRecord, report::SlotRecord, step, Observer, Trainer};
+use crate::{
+    data::epoch_seed,
+    lifecycle::{LifecycleEvent, SeedStage},
+    model::ModelError,
+};
+use anyhow::Result;
+use std::{collections::BTreeMap, time::Instant};
+use tch::{Kind, Tensor};
+
+/// Training loss and accuracy (%) of one epoch.
+struct TrainResult {
+    loss: f64,
+    accuracy: f64,
+}
+
+impl Trainer {
+    /// Runs epoch `epoch` and returns (and keeps) its record.
+    pub(super) fn epoch(&mut self, epoch: u32, observer: &mut dyn Observer) -> Result<EpochRecord> {
+        let started = Instant::now();
+        let mut events = Vec::new();
+        let train = self.train_epoch(epoch, observer, &mut events)?;
+        let (val_loss, val_accuracy) = self.evaluate_contained(None, &mut events)?;
+        let contributions = self.measure_seeds(val_accuracy, &mut events)?;
+        self.advance_lifecycle(epoch, &mut events)?;
+        self.log_rollback_costs();
+        let slots = self
+            .model
+            .slots()
+            .iter()
+            .map(|s| SlotRecord {
+                slot: s.id().into(),
+                stage: s.stage(),
+                alpha: s.alpha(),
+                contribution: contributions.get(s.id()).copied().flatten(),
+            })
+            .collect();
+        let record = EpochRecord {
+            epoch,
+            train_loss: train.loss,
+            train_accuracy: train.accuracy,
+            val_loss,
+            val_accuracy,
+            seconds: started.elapsed().as_secs_f64(),
+            slots,
+            events,
+        };
+        tracing::info!(
+            event = "epoch",
+            epoch,
+            train_loss = record.train_loss,
+            train_accuracy = record.train_accuracy,
+            val_loss,
+            val_accuracy,
+            slots = %serde_json::to_string(&record.slots)?,
+            "epoch {epoch}: train loss {:.4}, val accuracy {val_accuracy:.2}%", record.train_loss
+        );
+        self.history.push(record.clone());
+        Ok(record)
+    }
+
+    /// One pass over the training batches (seeded per epoch), each through the
+    /// contained step; gradients captured every `gradient_every` batches and at the last.
+    fn train_epoch(
+        &mut self,
+        epoch: u32,
+        observer: &mut dyn Observer,
+        events: &mut Vec<LifecycleEvent>,
+    ) -> Result<TrainResult> {
+        tch::manual_seed(self.config.training.seed as i64 * 1_000_003 + epoch as i64);
+        let cfg = &self.config.training;
+        let batches = self.data.train.batches(cfg.batch_size, Some(epoch_seed(cfg.seed, epoch as u64)), self.device);
+        let (n_batches, gradient_every) = (batches.len(), cfg.gradient_every);
+        observer.epoch_started(epoch, n_batches);
+        let mut totals = step::Totals::new(self.device);
+        if self.model.slots().iter().any(|s| s.runs_seed()) {
+            self.save_good()?; // the first state a non-finite seed can be rolled back to
+        }
+        for (i, (x, y)) in batches.enumerate() {
+            let capture = i % gradient_every == 0 || i + 1 == n_batches;
+            self.train_batch(&x, &y, capture, &mut totals, events)?;
+            observer.batch_done();
+        }
+        let seen = totals.seen.max(1) as f64;
+        Ok(TrainResult {
+            loss: totals.loss.f_double_value(&[])? / seen,
+            accuracy: 100.0 * totals.correct.f_int64_value(&[])? as f64 / seen,
+        })
+    }
+
+    /// Records this epoch's validation accuracy in each live seed's metrics, and the
+    /// counterfactual contribution (alpha forced to 0) of each seed that affects the
+    /// output. Returns the contributions by slot (`None` where not measured).
+    fn measure_seeds(
+        &mut self,
+        val_accuracy: f64,
+        events: &mut Vec<LifecycleEvent>,
+    ) -> Result<BTreeMap<String, Option<f64>>> {
+        let mut contributions = BTreeMap::new();
+        let ids: Vec<String> = self.model.slots().iter().map(|s| s.id().to_string()).collect();
+        for id in ids {
+            let stage = self.model.slot(&id)?.stage();
+            let contribution = if matches!(stage, SeedStage::Blending | SeedStage::Holding | SeedStage::Fossilized) {
+                Some(val_accuracy - self.evaluate_contained(Some(&id), events)?.1)
+            } else {
+                None
+            };
+            let lifecycle = self.model.slot_mut(&id)?.lifecycle_mut();
+            lifecycle.record_accuracy(val_accuracy);
+            if let (Some(c), Some(m)) = (contribution, lifecycle.metrics_mut()) {
+                m.set_counterfactual_contribution(Some(c));
+            }
+            contributions.insert(id, contribution);
+        }
+        Ok(contributions)
+    }
+
+    /// The epoch's automatic stage changes (alpha ramps), then the controller's
+    /// decisions for the next epoch, then any seed-release failures, as events.
+    fn advance_lifecycle(&mut self, epoch: u32, events: &mut Vec<LifecycleEvent>) -> Result<()> {
+        for slot in self.model.slots_mut() {
+            let id = slot.id().to_string();
+            if let Some(c) = slot.step_epoch()? {
+                events.push(LifecycleEvent::StageChanged { slot: id, from: c.from, to: c.to });
+            }
+        }
+        self.act(epoch, events);
+        for slot in self.model.slots_mut() {
+            events.extend(slot.take_release_errors());
+        }
+        Ok(())
+    }
+
+    fn log_rollback_costs(&self) {
+        if self.guard.snapshots > 0 {
+            tracing::debug!(
+                snapshots = self.guard.snapshots,
+                snapshot_ms = self.guard.snapshot_time.as_secs_f64() * 1e3,
+                rollbacks = self.guard.rollbacks,
+                "rollback copies this run"
+            );
+        }
+    }
+
+    /// [`Trainer::evaluate`], containing seeds at fault: a seed that breaks the contract,
+    /// fails or gives non-finite outputs is pruned and the evaluation run again.
+    fn evaluate_contained(&mut self, bypass: Option<&str>, events: &mut Vec<LifecycleEvent>) -> Result<(f64, f64)> {
+        loop {
+            let faults = match self.evaluate(bypass) {
+                Ok(result) => {
+                    let faults = self.non_finite_outputs()?;
+                    if faults.is_empty() {
+                        return Ok(result);
+                    }
+                    faults
+                }
+                Err(ModelError::Seed(fault)) => vec![*fault],
+                Err(e) => return Err(e.into()),
+            };
+            self.contain(faults, events)?;
+        }
+    }
+
+    /// Validation loss and accuracy (%), eval mode; with `bypass`, that slot's alpha is
+    /// forced to 0 (the counterfactual).
+    fn evaluate(&self, bypass: Option<&str>) -> Result<(f64, f64), ModelError> {
+        tch::no_grad(|| {
+            // Summed on the device; read back once at the end (no sync per batch).
+            let mut loss = Tensor::zeros([], (Kind::Float, self.device));
+            let mut correct = Tensor::zeros([], (Kind::Int64, self.device));
+            let mut seen = 0i64;
+            for (x, y) in self.data.val.batches(256, None, self.device) {
+                let logits = match bypass {
+                    Some(id) => self.model.forward_counterfactual(&x, id)?,
+                    None => self.model.forward(&x, false)?,
+                };
+                let n = y.size()[0];
+                let _ = loss.f_add_(&step::cross_entropy(&logits, &y)?.f_mul_scalar(n as f64)?)?;
+                let _ = correct.f_add_(&logits.f_argmax(1, false)?.f_eq_tensor(&y)?.f_sum(Kind::Int64)?)?;
+                seen += n;
+            }
+            let seen = seen.max(1) as f64;
+            Ok((loss.f_double_value(&[])? / seen, 100.0 * correct.f_int64_value(&[])? as f64 / seen))
+        })
+    }
+}
