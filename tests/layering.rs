@@ -50,3 +50,49 @@ fn the_example_plugin_tests_with_the_conformance_crate_only() {
         .collect();
     assert_eq!(names, ["esper-conformance"], "{dev}");
 }
+
+/// Functions (outside test modules) longer than `max` lines in the `.rs` files under
+/// `dir`, as `path:line name (N lines)`. A function runs from its `fn` line to the first
+/// line that closes it at its own indentation (rustfmt's layout).
+fn long_functions(dir: &std::path::Path, max: usize) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("a source folder") {
+            let path = entry.expect("a folder entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("a source file");
+                let lines: Vec<&str> = text.lines().collect();
+                let end = lines.windows(2).position(|w| w[0] == "#[cfg(test)]" && w[1].starts_with("mod tests"));
+                let lines = &lines[..end.unwrap_or(lines.len())];
+                for (i, line) in lines.iter().enumerate() {
+                    let body = line.trim_start();
+                    let indent = &line[..line.len() - body.len()];
+                    let signature =
+                        ["fn ", "pub fn ", "pub(crate) fn ", "pub(super) fn ", "const fn ", "pub const fn "];
+                    if !signature.iter().any(|s| body.starts_with(s)) || body.ends_with(';') || body.ends_with('}') {
+                        continue;
+                    }
+                    let close = format!("{indent}}}");
+                    let Some(len) = lines[i..].iter().position(|l| *l == close) else { continue };
+                    if len + 1 > max {
+                        let name = body.split("fn ").nth(1).and_then(|r| r.split(['(', '<']).next()).unwrap_or("?");
+                        found.push(format!("{}:{} {name} ({} lines)", path.display(), i + 1, len + 1));
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn no_function_of_the_runtime_library_is_over_60_lines() {
+    let src = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../runtime/src"));
+    let long = long_functions(src, 60);
+    assert!(long.is_empty(), "split these into named steps:\n{}", long.join("\n"));
+    // The scan sees functions: the longest ones are close to the limit, not absent.
+    assert!(!long_functions(src, 40).is_empty(), "premise: the scan finds functions of over 40 lines");
+}

@@ -12,6 +12,7 @@ use esper_runtime::{
     lifecycle::SeedStage,
     train::{checkpoint, Trainer},
 };
+use indicatif::MultiProgress;
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
@@ -100,60 +101,72 @@ impl RunArgs {
                 let progress = telemetry::init("info", jsonl.as_deref())?;
                 (Trainer::resume(dir)?, progress)
             }
-            None => {
-                let mut config = match &self.config {
-                    Some(path) => RunConfig::read(path)?,
-                    None => RunConfig::default_job(super::default_plugin()?),
-                };
-                let shipped = super::use_shipped_plugins_if_none(&mut config)?;
-                if let Some(dir) = &self.output {
-                    config.output.dir = dir.clone();
-                }
-                if let Some(epochs) = self.epochs {
-                    config.training.epochs = epochs;
-                }
-                config.validate(self.config.as_deref().unwrap_or("<built-in default job>".as_ref()))?;
-                prepare_output_folder(&config.output.dir, self.overwrite)?;
-                let jsonl = config.output.jsonl.then(|| config.output.dir.join("events.jsonl"));
-                let progress = telemetry::init("info", jsonl.as_deref())?;
-                for d in &config.deprecations {
-                    tracing::warn!("config: {d}");
-                }
-                if let Some(plugin) = shipped {
-                    tracing::info!(plugin = %plugin.display(), "the config names no [[plugins]]: using the shipped plugin");
-                }
-                let source = self.config.as_deref().unwrap_or("<built-in default job>".as_ref());
-                (Trainer::new(config).with_context(|| format!("config {}", source.display()))?, progress)
-            }
+            None => self.start()?,
         };
         if let (Some(_), Some(epochs)) = (&self.resume, self.epochs) {
             trainer.set_epochs(epochs);
         }
         trainer.run(&mut Bars::new(&progress))?;
-        let history = trainer.history();
-        let out = trainer.config().output.dir.clone();
-        println!("{}", report::table(history));
-        esper_runtime::train::report::write_json(
-            &out.join("report.json"),
-            history,
-            &serde_json::to_value(trainer.model().report())?,
-        )?;
-        let note = report::plot(&out.join("report.png"), history)?;
-        let stages: BTreeSet<SeedStage> = history.iter().flat_map(|r| r.slots.iter().map(|s| s.stage)).collect();
-        let names: Vec<String> = stages.iter().map(ToString::to_string).collect();
-        if let (Some(first), Some(last)) = (history.first(), history.last()) {
-            println!(
-                "validation accuracy: {:.2}% after epoch {} -> {:.2}% after epoch {}",
-                first.val_accuracy, first.epoch, last.val_accuracy, last.epoch
-            );
-        }
-        println!("stages seen: {}", names.join(", "));
-        println!("report: {} and {}", out.join("report.json").display(), out.join("report.png").display());
-        if let Some(note) = note {
-            println!("note: {note}");
-        }
+        summarize(&trainer)?;
         Ok(ExitCode::SUCCESS)
     }
+
+    /// A new run: its config (the file, or the built-in job) with this command's
+    /// overrides, checked, its output folder ready and its logs set up.
+    fn start(&self) -> Result<(Trainer, MultiProgress)> {
+        let mut config = match &self.config {
+            Some(path) => RunConfig::read(path)?,
+            None => RunConfig::default_job(super::default_plugin()?),
+        };
+        let shipped = super::use_shipped_plugins_if_none(&mut config)?;
+        if let Some(dir) = &self.output {
+            config.output.dir = dir.clone();
+        }
+        if let Some(epochs) = self.epochs {
+            config.training.epochs = epochs;
+        }
+        let source = self.config.as_deref().unwrap_or("<built-in default job>".as_ref());
+        config.validate(source)?;
+        prepare_output_folder(&config.output.dir, self.overwrite)?;
+        let jsonl = config.output.jsonl.then(|| config.output.dir.join("events.jsonl"));
+        let progress = telemetry::init("info", jsonl.as_deref())?;
+        for d in &config.deprecations {
+            tracing::warn!("config: {d}");
+        }
+        if let Some(plugin) = shipped {
+            tracing::info!(plugin = %plugin.display(), "the config names no [[plugins]]: using the shipped plugin");
+        }
+        let trainer = Trainer::new(config).with_context(|| format!("config {}", source.display()))?;
+        Ok((trainer, progress))
+    }
+}
+
+/// The end of a run on the terminal: the table, `report.json`, `report.png`, and a
+/// summary of accuracy and the stages seen.
+fn summarize(trainer: &Trainer) -> Result<()> {
+    let history = trainer.history();
+    let out = trainer.config().output.dir.clone();
+    println!("{}", report::table(history));
+    esper_runtime::train::report::write_json(
+        &out.join("report.json"),
+        history,
+        &serde_json::to_value(trainer.model().report())?,
+    )?;
+    let note = report::plot(&out.join("report.png"), history)?;
+    let stages: BTreeSet<SeedStage> = history.iter().flat_map(|r| r.slots.iter().map(|s| s.stage)).collect();
+    let names: Vec<String> = stages.iter().map(ToString::to_string).collect();
+    if let (Some(first), Some(last)) = (history.first(), history.last()) {
+        println!(
+            "validation accuracy: {:.2}% after epoch {} -> {:.2}% after epoch {}",
+            first.val_accuracy, first.epoch, last.val_accuracy, last.epoch
+        );
+    }
+    println!("stages seen: {}", names.join(", "));
+    println!("report: {} and {}", out.join("report.json").display(), out.join("report.png").display());
+    if let Some(note) = note {
+        println!("note: {note}");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

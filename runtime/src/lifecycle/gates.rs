@@ -206,54 +206,14 @@ impl QualityGates {
     /// G2. Strict: improvement since TRAINING started of at least
     /// `min_training_improvement`, at least `min_blending_epochs` epochs in TRAINING,
     /// smoothed gradient ratio measured and at least `min_seed_gradient_ratio`.
-    /// Permissive (safety only): the epochs, gradients measured (ratio and health), no
-    /// exploding gradient, health at least `min_gradient_health_for_blending`.
+    /// Permissive (safety only): see [`QualityGates::check_g2_safety`].
     fn check_g2(&self, state: &SeedState) -> GateResult {
+        if self.permissive_mode() {
+            return self.check_g2_safety(state);
+        }
         let m = state.metrics();
         let mut c = Checks::default();
-        let epochs = m.epochs_in_current_stage();
-        let improvement = m.improvement_since_stage_start();
-
-        if self.permissive_mode() {
-            let min = self.min_blending_epochs;
-            c.check(
-                epochs >= min,
-                GateCheck::TrainedEpochs { epochs },
-                GateCheck::InsufficientTraining { epochs, min },
-            );
-            c.check(
-                m.gradient_ratio_measured(),
-                GateCheck::GradientRatioMeasured,
-                GateCheck::GradientStatsNeverMeasured,
-            );
-            if m.seed_gradient_norm_ratio_ema().is_some_and(f64::is_nan) {
-                c.failed.push(GateCheck::SeedGradientRatioNan);
-            }
-            match m.gradient_health() {
-                None => {
-                    c.failed.push(GateCheck::GradientHealthNotMeasured);
-                }
-                Some(health) => {
-                    let not_exploding = c.check(
-                        !m.has_exploding_gradients(),
-                        GateCheck::NoExplodingGradients,
-                        GateCheck::ExplodingGradients,
-                    );
-                    // Health is moot while gradients explode.
-                    if not_exploding {
-                        let need = self.min_gradient_health_for_blending;
-                        c.check(
-                            health >= need,
-                            GateCheck::GradientHealth { health },
-                            GateCheck::GradientHealthLow { health, need },
-                        );
-                    }
-                }
-            }
-            let verdict = if c.failed.is_empty() { "PASS" } else { "FAIL" };
-            return GateResult::from_checks(GateLevel::G2, c, format!("permissive G2 safety: {verdict}"));
-        }
-
+        let (epochs, improvement) = (m.epochs_in_current_stage(), m.improvement_since_stage_start());
         c.check(
             improvement >= self.min_training_improvement,
             GateCheck::GlobalImprovement { improvement },
@@ -265,12 +225,8 @@ impl QualityGates {
             GateCheck::SeedNotReady { epochs, min: self.min_blending_epochs },
         );
         match m.seed_gradient_norm_ratio_ema() {
-            None => {
-                c.failed.push(GateCheck::GradientStatsNeverMeasured);
-            }
-            Some(ratio) if ratio.is_nan() => {
-                c.failed.push(GateCheck::SeedGradientRatioNan);
-            }
+            None => c.failed.push(GateCheck::GradientStatsNeverMeasured),
+            Some(ratio) if ratio.is_nan() => c.failed.push(GateCheck::SeedGradientRatioNan),
             Some(ratio) => {
                 c.check(
                     ratio >= self.min_seed_gradient_ratio,
@@ -280,6 +236,36 @@ impl QualityGates {
             }
         }
         GateResult::from_checks(GateLevel::G2, c, format!("improvement: {improvement:.2}%"))
+    }
+
+    /// Permissive G2 (safety only): at least `min_blending_epochs` epochs, gradients
+    /// measured (ratio, not NaN, and health), no exploding gradient, health at least
+    /// `min_gradient_health_for_blending`.
+    fn check_g2_safety(&self, state: &SeedState) -> GateResult {
+        let m = state.metrics();
+        let mut c = Checks::default();
+        let (epochs, min) = (m.epochs_in_current_stage(), self.min_blending_epochs);
+        c.check(epochs >= min, GateCheck::TrainedEpochs { epochs }, GateCheck::InsufficientTraining { epochs, min });
+        c.check(m.gradient_ratio_measured(), GateCheck::GradientRatioMeasured, GateCheck::GradientStatsNeverMeasured);
+        if m.seed_gradient_norm_ratio_ema().is_some_and(f64::is_nan) {
+            c.failed.push(GateCheck::SeedGradientRatioNan);
+        }
+        match m.gradient_health() {
+            None => c.failed.push(GateCheck::GradientHealthNotMeasured),
+            // Health is moot while gradients explode.
+            Some(_) if m.has_exploding_gradients() => c.failed.push(GateCheck::ExplodingGradients),
+            Some(health) => {
+                c.passed.push(GateCheck::NoExplodingGradients);
+                let need = self.min_gradient_health_for_blending;
+                c.check(
+                    health >= need,
+                    GateCheck::GradientHealth { health },
+                    GateCheck::GradientHealthLow { health, need },
+                );
+            }
+        }
+        let verdict = if c.failed.is_empty() { "PASS" } else { "FAIL" };
+        GateResult::from_checks(GateLevel::G2, c, format!("permissive G2 safety: {verdict}"))
     }
 
     /// G3: the alpha target is full amplitude and the controller has reached it and
