@@ -117,7 +117,7 @@ fn a_panic_in_a_seeds_drop_is_contained_and_reported() {
          [lifecycle.controller]\nenabled = true\nblueprint = \"panic-in-drop\"\nprune_below_contribution = 1000.0",
     );
     let (events, report) = run_binary(&dir, &text, 4);
-    assert!(events.contains("plugin_error") && events.contains("deliberate panic in the seed's Drop"), "{events}");
+    assert!(events.contains("release_failed") && events.contains("deliberate panic in the seed's Drop"), "{events}");
     let text = report.to_string();
     assert!(text.contains("dropping seed failed (contained)"), "{text}");
 }

@@ -151,6 +151,12 @@ fn a_short_job_runs_the_lifecycle_with_telemetry_checkpoints_and_report() {
         assert!(kinds.iter().any(|k| k == kind), "no `{kind}` event in {kinds:?}");
     }
     assert_eq!(kinds.iter().filter(|k| *k == "epoch").count(), 6);
+    // Each lifecycle event is emitted once, and it is the one the report records.
+    let recorded: Vec<&serde_json::Value> =
+        report["epochs"].as_array().unwrap().iter().flat_map(|e| e["events"].as_array().unwrap()).collect();
+    let changes = recorded.iter().filter(|e| e["event"] == "stage_changed").count();
+    assert!(changes >= 3, "{recorded:?}");
+    assert_eq!(kinds.iter().filter(|k| *k == "stage_changed").count(), changes, "{events}");
     // A checkpoint for the last epoch.
     let latest = std::fs::read_to_string(out_dir.join("checkpoints/latest")).unwrap();
     assert_eq!(latest, "epoch-0006");

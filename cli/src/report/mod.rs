@@ -28,8 +28,10 @@ pub fn table(history: &[EpochRecord]) -> String {
         for s in &r.slots {
             let _ = write!(out, "  {:<18}", format!("{} {:.2}", s.stage, s.alpha));
         }
-        if !r.events.is_empty() {
-            let _ = write!(out, "  {}", r.events.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "));
+        // Gate evaluations stay in report.json; a pass shows here as its stage change.
+        let headlines: Vec<String> = r.events.iter().filter(|e| e.is_headline()).map(ToString::to_string).collect();
+        if !headlines.is_empty() {
+            let _ = write!(out, "  {}", headlines.join("; "));
         }
         out.push('\n');
     }

@@ -1,12 +1,15 @@
-//! What happened to a slot in an epoch, as the run's record keeps it: one typed event
-//! per germination, stage change, prune, failed action or failed release. `Display`
-//! gives the line the report shows (e.g. `r0c1: pruned (input_written ...)`).
+//! What happened to a slot, as one typed value: germination, gate evaluation, stage
+//! change, prune, seed fault, quarantine, failed action or failed release. A slot
+//! produces its events; the trainer collects them, emits each once to tracing
+//! ([`LifecycleEvent::emit`], so `events.jsonl` has it) and keeps it in the epoch's
+//! record (`report.json`, the checkpoint, the end-of-run table). `Display` gives the
+//! line the report shows (e.g. `r0c1: pruned (input_written ...)`).
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::stage::SeedStage;
+use super::{check::GateCheck, gates::GateLevel, stage::SeedStage};
 
 /// One lifecycle event of an epoch. In JSON it is an object tagged by `event`
 /// (`germinated`, `stage_changed`, `pruned`, ...) with its fields and its `text`; an
@@ -19,12 +22,33 @@ pub enum LifecycleEvent {
         slot: String,
         blueprint: String,
     },
+    /// The gate to the next stage was evaluated (passed or not), with the checks failed.
+    GateEvaluated {
+        slot: String,
+        gate: GateLevel,
+        passed: bool,
+        failed: Vec<GateCheck>,
+    },
     StageChanged {
         slot: String,
         from: SeedStage,
         to: SeedStage,
     },
     Pruned {
+        slot: String,
+        reason: String,
+    },
+    /// A seed broke the output contract, failed, or went non-finite (`code` is the
+    /// fault's stable code, e.g. `input_written`); a prune or quarantine follows.
+    SeedFault {
+        slot: String,
+        blueprint: String,
+        code: String,
+        detail: String,
+    },
+    /// A fossilized seed at fault: it cannot be pruned, so its module is dropped and the
+    /// slot runs without it.
+    Quarantined {
         slot: String,
         reason: String,
     },
@@ -45,8 +69,16 @@ impl fmt::Display for LifecycleEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LifecycleEvent::Germinated { slot, blueprint } => write!(f, "{slot}: germinated {blueprint}"),
+            LifecycleEvent::GateEvaluated { slot, gate, passed: true, .. } => write!(f, "{slot}: {gate:?} passed"),
+            LifecycleEvent::GateEvaluated { slot, gate, failed, .. } => {
+                write!(f, "{slot}: {gate:?} failed ({})", super::check::join_checks(failed))
+            }
             LifecycleEvent::StageChanged { slot, from, to } => write!(f, "{slot}: {from} -> {to}"),
             LifecycleEvent::Pruned { slot, reason } => write!(f, "{slot}: pruned ({reason})"),
+            LifecycleEvent::SeedFault { slot, blueprint, code, detail } => {
+                write!(f, "{slot}: seed fault ({code}) by {blueprint}: {detail}")
+            }
+            LifecycleEvent::Quarantined { slot, reason } => write!(f, "{slot}: fossilized seed quarantined ({reason})"),
             LifecycleEvent::ActionFailed { error } => write!(f, "failed: {error}"),
             LifecycleEvent::ReleaseFailed { slot, error } => {
                 write!(f, "{slot}: dropping seed failed (contained): {error}")
@@ -61,8 +93,11 @@ impl fmt::Display for LifecycleEvent {
 #[serde(tag = "event", rename_all = "snake_case")]
 enum Tagged {
     Germinated { slot: String, blueprint: String },
+    GateEvaluated { slot: String, gate: GateLevel, passed: bool, failed: Vec<GateCheck> },
     StageChanged { slot: String, from: SeedStage, to: SeedStage },
     Pruned { slot: String, reason: String },
+    SeedFault { slot: String, blueprint: String, code: String, detail: String },
+    Quarantined { slot: String, reason: String },
     ActionFailed { error: String },
     ReleaseFailed { slot: String, error: String },
     Note { text: String },
@@ -87,8 +122,15 @@ impl From<LifecycleEvent> for Tagged {
     fn from(e: LifecycleEvent) -> Self {
         match e {
             LifecycleEvent::Germinated { slot, blueprint } => Tagged::Germinated { slot, blueprint },
+            LifecycleEvent::GateEvaluated { slot, gate, passed, failed } => {
+                Tagged::GateEvaluated { slot, gate, passed, failed }
+            }
             LifecycleEvent::StageChanged { slot, from, to } => Tagged::StageChanged { slot, from, to },
             LifecycleEvent::Pruned { slot, reason } => Tagged::Pruned { slot, reason },
+            LifecycleEvent::SeedFault { slot, blueprint, code, detail } => {
+                Tagged::SeedFault { slot, blueprint, code, detail }
+            }
+            LifecycleEvent::Quarantined { slot, reason } => Tagged::Quarantined { slot, reason },
             LifecycleEvent::ActionFailed { error } => Tagged::ActionFailed { error },
             LifecycleEvent::ReleaseFailed { slot, error } => Tagged::ReleaseFailed { slot, error },
             LifecycleEvent::Note(text) => Tagged::Note { text },
@@ -100,11 +142,81 @@ impl From<Tagged> for LifecycleEvent {
     fn from(e: Tagged) -> Self {
         match e {
             Tagged::Germinated { slot, blueprint } => LifecycleEvent::Germinated { slot, blueprint },
+            Tagged::GateEvaluated { slot, gate, passed, failed } => {
+                LifecycleEvent::GateEvaluated { slot, gate, passed, failed }
+            }
             Tagged::StageChanged { slot, from, to } => LifecycleEvent::StageChanged { slot, from, to },
             Tagged::Pruned { slot, reason } => LifecycleEvent::Pruned { slot, reason },
+            Tagged::SeedFault { slot, blueprint, code, detail } => {
+                LifecycleEvent::SeedFault { slot, blueprint, code, detail }
+            }
+            Tagged::Quarantined { slot, reason } => LifecycleEvent::Quarantined { slot, reason },
             Tagged::ActionFailed { error } => LifecycleEvent::ActionFailed { error },
             Tagged::ReleaseFailed { slot, error } => LifecycleEvent::ReleaseFailed { slot, error },
             Tagged::Note { text } => LifecycleEvent::Note(text),
+        }
+    }
+}
+
+impl LifecycleEvent {
+    /// The event's name: its `event` tag in JSON and in `events.jsonl`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LifecycleEvent::Germinated { .. } => "germinated",
+            LifecycleEvent::GateEvaluated { .. } => "gate_evaluated",
+            LifecycleEvent::StageChanged { .. } => "stage_changed",
+            LifecycleEvent::Pruned { .. } => "pruned",
+            LifecycleEvent::SeedFault { .. } => "seed_fault",
+            LifecycleEvent::Quarantined { .. } => "quarantined",
+            LifecycleEvent::ActionFailed { .. } => "action_failed",
+            LifecycleEvent::ReleaseFailed { .. } => "release_failed",
+            LifecycleEvent::Note(_) => "note",
+        }
+    }
+
+    /// The slot it happened to (none for a failed controller action or a note).
+    pub fn slot(&self) -> Option<&str> {
+        match self {
+            LifecycleEvent::Germinated { slot, .. }
+            | LifecycleEvent::GateEvaluated { slot, .. }
+            | LifecycleEvent::StageChanged { slot, .. }
+            | LifecycleEvent::Pruned { slot, .. }
+            | LifecycleEvent::SeedFault { slot, .. }
+            | LifecycleEvent::Quarantined { slot, .. }
+            | LifecycleEvent::ReleaseFailed { slot, .. } => Some(slot),
+            LifecycleEvent::ActionFailed { .. } | LifecycleEvent::Note(_) => None,
+        }
+    }
+
+    /// Something went wrong (logged as a warning): a seed fault, a quarantine, a failed
+    /// action or release.
+    pub fn is_warning(&self) -> bool {
+        matches!(
+            self,
+            LifecycleEvent::SeedFault { .. }
+                | LifecycleEvent::Quarantined { .. }
+                | LifecycleEvent::ActionFailed { .. }
+                | LifecycleEvent::ReleaseFailed { .. }
+        )
+    }
+
+    /// Worth a place in the end-of-run table: everything but gate evaluations, whose
+    /// outcome shows as the stage change that follows a pass (the record keeps them all).
+    pub fn is_headline(&self) -> bool {
+        !matches!(self, LifecycleEvent::GateEvaluated { .. })
+    }
+
+    /// The one place an event goes to tracing: a line with `event` (its [`name`]),
+    /// `slot`, and the event as JSON in `record`; warnings at warn level.
+    ///
+    /// [`name`]: LifecycleEvent::name
+    pub fn emit(&self) {
+        let record = serde_json::to_string(self).unwrap_or_default();
+        let (event, slot) = (self.name(), self.slot().unwrap_or(""));
+        if self.is_warning() {
+            tracing::warn!(event, slot, record = %record, "{self}");
+        } else {
+            tracing::info!(event, slot, record = %record, "{self}");
         }
     }
 }
@@ -132,8 +244,21 @@ mod tests {
     fn json_is_tagged_with_the_text_and_reads_back_and_old_lines_read_as_notes() {
         let all = [
             LifecycleEvent::Germinated { slot: "r0c1".into(), blueprint: "norm".into() },
+            LifecycleEvent::GateEvaluated {
+                slot: "r0c1".into(),
+                gate: GateLevel::G2,
+                passed: false,
+                failed: vec![GateCheck::SeedGradientLow { ratio: 0.05 }, GateCheck::GradientStatsNeverMeasured],
+            },
             LifecycleEvent::StageChanged { slot: "r0c1".into(), from: SeedStage::Training, to: SeedStage::Blending },
             LifecycleEvent::Pruned { slot: "r0c1".into(), reason: "input_written: x".into() },
+            LifecycleEvent::SeedFault {
+                slot: "r0c1".into(),
+                blueprint: "cnn:x".into(),
+                code: "wrong_dtype".into(),
+                detail: "output dtype Double, expected Float".into(),
+            },
+            LifecycleEvent::Quarantined { slot: "r0c1".into(), reason: "non_finite: non-finite outputs".into() },
             LifecycleEvent::ActionFailed { error: "no such blueprint".into() },
             LifecycleEvent::ReleaseFailed { slot: "r0c1".into(), error: "boom".into() },
             LifecycleEvent::Note("r0c1: GERMINATED -> TRAINING".into()),
@@ -141,6 +266,7 @@ mod tests {
         for e in all {
             let json = serde_json::to_value(&e).unwrap();
             assert_eq!(json["text"], e.to_string(), "{json}");
+            assert_eq!(json["event"], e.name(), "{json}");
             assert_eq!(serde_json::from_value::<LifecycleEvent>(json).unwrap(), e);
         }
         let pruned = LifecycleEvent::Pruned { slot: "r0c1".into(), reason: "input_written: x".into() };
@@ -148,5 +274,26 @@ mod tests {
         assert!(json.contains(r#""event":"pruned""#) && json.contains("pruned (input_written"), "{json}");
         let old: LifecycleEvent = serde_json::from_str(r#""r0c1: TRAINING -> BLENDING""#).unwrap();
         assert_eq!(old, LifecycleEvent::Note("r0c1: TRAINING -> BLENDING".into()));
+    }
+
+    #[test]
+    fn a_gate_evaluation_reads_as_its_failed_checks_and_stays_out_of_the_table() {
+        let e = LifecycleEvent::GateEvaluated {
+            slot: "r0c1".into(),
+            gate: GateLevel::G2,
+            passed: false,
+            failed: vec![GateCheck::SeedGradientLow { ratio: 0.05 }],
+        };
+        assert_eq!(e.to_string(), "r0c1: G2 failed (seed_gradient_low_0.05)");
+        assert!(!e.is_headline() && !e.is_warning());
+        let fault = LifecycleEvent::SeedFault {
+            slot: "r0c1".into(),
+            blueprint: "cnn:x".into(),
+            code: "input_written".into(),
+            detail: "d".into(),
+        };
+        assert!(fault.is_headline() && fault.is_warning());
+        assert_eq!(fault.slot(), Some("r0c1"));
+        assert_eq!(LifecycleEvent::ActionFailed { error: "e".into() }.slot(), None);
     }
 }

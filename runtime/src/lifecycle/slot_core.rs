@@ -127,7 +127,7 @@ impl Lifecycle {
             return Err(LifecycleError::GateFailed { gate: GateLevel::G0, checks_failed: g0.checks_failed });
         }
         state.transition(SeedStage::Germinated)?;
-        tracing::info!(
+        tracing::debug!(
             slot_id = %self.slot_id,
             seed_id = %state.seed_id,
             blueprint = %state.blueprint_id,
@@ -208,7 +208,7 @@ impl Lifecycle {
         let curve = state.alpha_controller.curve();
         state.alpha_controller.retarget(0.0, epochs, curve)?;
         state.scheduled_prune = Some(ScheduledPrune { reason: reason.to_string(), epochs_remaining: epochs });
-        tracing::info!(slot_id = %self.slot_id, epochs, reason, "seed prune scheduled");
+        tracing::debug!(slot_id = %self.slot_id, epochs, reason, "seed prune scheduled");
         Ok(None)
     }
 
@@ -250,7 +250,7 @@ impl Lifecycle {
         };
         state.transition(to)?;
         if to == SeedStage::Dormant {
-            tracing::info!(slot_id = %self.slot_id, seed_id = %state.seed_id, "slot recycled");
+            tracing::debug!(slot_id = %self.slot_id, seed_id = %state.seed_id, "slot recycled");
             self.state = None;
         }
         Ok(Some(StageChange { from, to }))

@@ -67,8 +67,8 @@ pub struct SeedSlot {
     finite: Option<Tensor>,
     /// The blueprint options the seed was created with (kept for checkpoints).
     options: serde_json::Value,
-    /// Plugin errors met while dropping seeds, for the run's events (drained by the trainer).
-    release_errors: Vec<LifecycleEvent>,
+    /// What happened here since the trainer last collected (see [`SeedSlot::take_events`]).
+    events: Vec<LifecycleEvent>,
 }
 
 impl SeedSlot {
@@ -83,7 +83,7 @@ impl SeedSlot {
             monitor: None,
             finite: None,
             options: serde_json::Value::Null,
-            release_errors: Vec::new(),
+            events: Vec::new(),
         }
     }
 
@@ -160,7 +160,7 @@ impl SeedSlot {
         self.probe(&seed)?;
         let schedule = BlendSchedule { curve: self.config.alpha_curve, tempo_epochs: self.config.blend_tempo };
         self.lifecycle.germinate_with(seed_id, seed.key(), schedule).map_err(|e| self.lifecycle_err(e))?;
-        tracing::info!(event = "germinated", slot = %self.id, blueprint = seed.key(), seed_id, "germinated");
+        self.events.push(LifecycleEvent::Germinated { slot: self.id.clone(), blueprint: seed.key().into() });
         self.install(seed, blend, options.clone(), host_params);
         Ok(())
     }
@@ -260,12 +260,14 @@ impl SeedSlot {
         let from = self.stage();
         let result = self.lifecycle.advance(gates).map_err(|e| self.lifecycle_err(e))?;
         let to = self.stage();
-        tracing::info!(event = "gate_evaluated", slot = %self.id, gate = ?result.gate, passed = result.passed, checks_failed = ?result.checks_failed.iter().map(ToString::to_string).collect::<Vec<_>>(), "gate evaluated");
+        self.events.push(LifecycleEvent::GateEvaluated {
+            slot: self.id.clone(),
+            gate: result.gate,
+            passed: result.passed,
+            failed: result.checks_failed.clone(),
+        });
         if to != from {
-            tracing::info!(event = "stage_changed", slot = %self.id, from = %from, to = %to, "stage changed");
-            if to == SeedStage::Fossilized {
-                tracing::info!(event = "fossilized", slot = %self.id, "fossilized");
-            }
+            self.events.push(LifecycleEvent::StageChanged { slot: self.id.clone(), from, to });
         }
         Ok(result)
     }
@@ -274,7 +276,7 @@ impl SeedSlot {
     pub fn prune(&mut self, reason: &str) -> Result<StageChange, ModelError> {
         let change = self.lifecycle.prune(reason).map_err(|e| self.lifecycle_err(e))?;
         self.drop_seed();
-        tracing::info!(event = "pruned", slot = %self.id, reason, "pruned");
+        self.events.push(LifecycleEvent::Pruned { slot: self.id.clone(), reason: reason.into() });
         Ok(change)
     }
 
@@ -285,7 +287,7 @@ impl SeedSlot {
             if c.to == SeedStage::Pruned {
                 self.drop_seed();
             }
-            tracing::info!(event = "stage_changed", slot = %self.id, from = %c.from, to = %c.to, "stage changed");
+            self.events.push(LifecycleEvent::StageChanged { slot: self.id.clone(), from: c.from, to: c.to });
         }
         Ok(change)
     }
@@ -294,10 +296,15 @@ impl SeedSlot {
     /// lifecycle cannot prune it (FOSSILIZED), its module dropped so it runs no more.
     pub fn contain(&mut self, fault: &SeedFault) -> Result<(), ModelError> {
         let reason = fault.reason();
-        tracing::warn!(event = "seed_fault", slot = %self.id, seed_id = %fault.seed_id, blueprint = %fault.blueprint,
-            plugin = %fault.plugin.display(), code = fault.kind.code(), "{fault}");
+        tracing::debug!(seed_id = %fault.seed_id, plugin = %fault.plugin.display(), "{fault}");
+        self.events.push(LifecycleEvent::SeedFault {
+            slot: self.id.clone(),
+            blueprint: fault.blueprint.clone(),
+            code: fault.kind.code().into(),
+            detail: fault.kind.to_string(),
+        });
         if self.stage() == SeedStage::Fossilized {
-            tracing::warn!(event = "quarantined", slot = %self.id, reason = %reason, "fossilized seed quarantined");
+            self.events.push(LifecycleEvent::Quarantined { slot: self.id.clone(), reason });
             self.drop_seed();
             return Ok(());
         }
@@ -330,17 +337,18 @@ impl SeedSlot {
         self.finite.as_ref().filter(|_| self.runs_seed())
     }
 
-    /// Plugin errors met while dropping seeds since the last call.
-    pub fn take_release_errors(&mut self) -> Vec<LifecycleEvent> {
-        std::mem::take(&mut self.release_errors)
+    /// The lifecycle events of this slot since the last call, in order. The slot does
+    /// not log them: the trainer collects, emits and records each once.
+    pub fn take_events(&mut self) -> Vec<LifecycleEvent> {
+        std::mem::take(&mut self.events)
     }
 
     fn drop_seed(&mut self) {
         if let Some(seed) = self.seed.take() {
             let key = seed.key().to_string();
             if let Err(e) = seed.release() {
-                tracing::warn!(event = "plugin_error", slot = %self.id, blueprint = %key, error = %e, "dropping the seed failed (contained)");
-                self.release_errors.push(LifecycleEvent::ReleaseFailed { slot: self.id.clone(), error: e.to_string() });
+                tracing::debug!(blueprint = %key, "dropping the seed failed (contained)");
+                self.events.push(LifecycleEvent::ReleaseFailed { slot: self.id.clone(), error: e.to_string() });
             }
         }
         self.blend = None;

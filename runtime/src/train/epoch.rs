@@ -120,18 +120,13 @@ impl Trainer {
     }
 
     /// The epoch's automatic stage changes (alpha ramps), then the controller's
-    /// decisions for the next epoch, then any seed-release failures, as events.
+    /// decisions for the next epoch, recorded as events.
     fn advance_lifecycle(&mut self, epoch: u32, events: &mut Vec<LifecycleEvent>) -> Result<()> {
         for slot in self.model.slots_mut() {
-            let id = slot.id().to_string();
-            if let Some(c) = slot.step_epoch()? {
-                events.push(LifecycleEvent::StageChanged { slot: id, from: c.from, to: c.to });
-            }
+            slot.step_epoch()?;
         }
+        self.collect_events(events);
         self.act(epoch, events);
-        for slot in self.model.slots_mut() {
-            events.extend(slot.take_release_errors());
-        }
         Ok(())
     }
 

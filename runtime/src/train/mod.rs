@@ -39,6 +39,13 @@ pub struct Trainer {
     guard: step::StepGuard,
 }
 
+/// Emits `event` (its one trip to tracing, see [`LifecycleEvent::emit`]) and keeps it
+/// in the epoch's `events`.
+fn record(event: LifecycleEvent, events: &mut Vec<LifecycleEvent>) {
+    event.emit();
+    events.push(event);
+}
+
 /// Runs one phase of epoch `epoch`. Seeds at fault are contained inside it; what is left
 /// is the host's own failure, and it ends the run with an error (never a panic), the
 /// checkpoints already written kept.
@@ -126,28 +133,26 @@ impl Trainer {
             let outcome = match &action {
                 Action::Germinate { slot, blueprint, options, seed_id } => {
                     germinate(&mut self.model, &self.registry, slot, blueprint, seed_id, options)
-                        .map(|()| Some(LifecycleEvent::Germinated { slot: slot.clone(), blueprint: blueprint.clone() }))
                 }
-                Action::Advance { slot } => self.model.slot_mut(slot).and_then(|s| {
-                    let from = s.stage();
-                    let r = s.advance(&gates)?;
-                    Ok(r.passed.then(|| LifecycleEvent::StageChanged { slot: slot.clone(), from, to: s.stage() }))
-                }),
-                Action::Prune { slot, reason } => self
-                    .model
-                    .prune(slot, reason)
-                    .map(|()| Some(LifecycleEvent::Pruned { slot: slot.clone(), reason: reason.clone() })),
+                Action::Advance { slot } => self.model.slot_mut(slot).and_then(|s| s.advance(&gates)).map(drop),
+                Action::Prune { slot, reason } => self.model.prune(slot, reason),
             };
-            match outcome {
-                Ok(Some(e)) => events.push(e),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(action = ?action, error = %e, "lifecycle action failed");
-                    events.push(LifecycleEvent::ActionFailed { error: e.to_string() });
-                }
+            if let Err(e) = outcome {
+                tracing::debug!(action = ?action, "lifecycle action failed");
+                record(LifecycleEvent::ActionFailed { error: e.to_string() }, events);
             }
+            self.collect_events(events);
         }
         self.sync_seed_optimizers();
+    }
+
+    /// Moves the events the slots produced into `events`, each emitted once.
+    fn collect_events(&mut self, events: &mut Vec<LifecycleEvent>) {
+        for slot in self.model.slots_mut() {
+            for e in slot.take_events() {
+                record(e, events);
+            }
+        }
     }
 
     /// One optimizer per live seed: created at germination, dropped with the seed.

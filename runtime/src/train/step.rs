@@ -242,14 +242,15 @@ impl Trainer {
         Ok(())
     }
 
-    /// Prunes each faulty seed (or quarantines a fossilized one) and records it.
+    /// Prunes each faulty seed (or quarantines a fossilized one), recording the fault
+    /// and what was done.
     pub(super) fn contain(&mut self, faults: Vec<SeedFault>, events: &mut Vec<LifecycleEvent>) -> Result<()> {
         if faults.is_empty() {
             return Err(anyhow!("internal: a step was spoiled without a seed at fault"));
         }
         for fault in faults {
             self.model.slot_mut(&fault.slot)?.contain(&fault)?;
-            events.push(LifecycleEvent::Pruned { slot: fault.slot.clone(), reason: fault.reason().to_string() });
+            self.collect_events(events);
         }
         self.sync_seed_optimizers();
         Ok(())
