@@ -4,7 +4,7 @@
 
 use esper_runtime::{
     config::{sha256_hex, RunConfig},
-    lifecycle::SeedStage,
+    lifecycle::{LifecycleEvent, SeedStage},
     train::{Silent, Trainer},
 };
 use esper_tests::{esper, plugin_lib, temp_dir, write_file};
@@ -217,6 +217,45 @@ fn a_resumed_run_reaches_the_same_state_as_an_uninterrupted_one() {
         assert!(x.equal(y), "parameters differ after resume");
     }
     assert!(a.history().iter().any(|r| r.slots[0].stage != SeedStage::Dormant));
+}
+
+#[test]
+fn a_seed_the_controller_prunes_while_holding_is_blended_out_first() {
+    let _one = one_job_at_a_time();
+    let dir = temp_dir("blend-out");
+    let text = std::fs::read_to_string(small_config(&dir, &plugin_lib("esper-norm"), 10)).unwrap();
+    // Strict gates that pass up to HOLDING but never G5, so the controller prunes the
+    // seed after two epochs in HOLDING; it never prunes for a low contribution.
+    let text = text
+        .replace(
+            "mode = \"permissive\"",
+            "mode = \"strict\"\nmin_training_improvement = -1000.0\nmin_seed_gradient_ratio = 0.0\n\
+             min_fossilize_contribution = 1000.0",
+        )
+        .replace(
+            "[lifecycle.controller]\nenabled = false",
+            "[lifecycle.controller]\nenabled = false\nprune_below_contribution = -1000.0\nmax_holding_epochs = 2\n\
+             prune_ramp_epochs = 2",
+        );
+    let t = run_to_end(RunConfig::load(&write(&dir, &text)).unwrap());
+    let events: Vec<(u32, &LifecycleEvent)> =
+        t.history().iter().flat_map(|r| r.events.iter().map(move |e| (r.epoch, e))).collect();
+    let scheduled = events.iter().find(|(_, e)| matches!(e, LifecycleEvent::PruneScheduled { .. }));
+    let Some((at, LifecycleEvent::PruneScheduled { epochs, reason, .. })) = scheduled else {
+        panic!("no prune_scheduled event: {events:?}")
+    };
+    assert_eq!(*epochs, 2);
+    assert!(reason.starts_with("HOLDING for 2 epochs"), "{reason}");
+    // It went back to BLENDING to ramp down, alpha strictly between 0 and 1 on the way,
+    // then the prune came with the reason it was scheduled for; the controller left it alone.
+    let record = |epoch: u32| &t.history()[epoch as usize - 1].slots[0];
+    assert_eq!(record(*at).stage, SeedStage::Blending);
+    let ramp = record(at + 1);
+    assert!(ramp.stage == SeedStage::Blending && ramp.alpha > 0.0 && ramp.alpha < 1.0, "{ramp:?}");
+    let pruned = events.iter().find(|(_, e)| matches!(e, LifecycleEvent::Pruned { .. }));
+    let Some((when, LifecycleEvent::Pruned { reason: why, .. })) = pruned else { panic!("never pruned: {events:?}") };
+    assert_eq!((*when, why), (at + 2, reason), "{events:?}");
+    assert!(!events.iter().any(|(_, e)| matches!(e, LifecycleEvent::ActionFailed { .. })), "{events:?}");
 }
 
 #[test]

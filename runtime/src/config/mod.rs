@@ -199,6 +199,10 @@ pub struct ControllerConfig {
     pub max_holding_epochs: u32,
     /// At most this many seeds in flight at once (germinated to holding).
     pub max_live_seeds: usize,
+    /// A seed the controller prunes while it affects the output (BLENDING or HOLDING)
+    /// is blended out first: alpha ramps to 0 over this many epochs, then it is pruned.
+    /// 0 (the default): pruned at once.
+    pub prune_ramp_epochs: u32,
 }
 
 impl Default for ControllerConfig {
@@ -216,6 +220,7 @@ impl Default for ControllerConfig {
             prune_below_contribution: -0.5,
             max_holding_epochs: 4,
             max_live_seeds: 1,
+            prune_ramp_epochs: 0,
         }
     }
 }

@@ -38,6 +38,12 @@ pub enum LifecycleEvent {
         slot: String,
         reason: String,
     },
+    /// A prune by blend-out: alpha ramps to 0 over `epochs` epochs, then the seed is pruned.
+    PruneScheduled {
+        slot: String,
+        epochs: u32,
+        reason: String,
+    },
     /// A seed broke the output contract, failed, or went non-finite (`code` is the
     /// fault's stable code, e.g. `input_written`); a prune or quarantine follows.
     SeedFault {
@@ -75,6 +81,9 @@ impl fmt::Display for LifecycleEvent {
             }
             LifecycleEvent::StageChanged { slot, from, to } => write!(f, "{slot}: {from} -> {to}"),
             LifecycleEvent::Pruned { slot, reason } => write!(f, "{slot}: pruned ({reason})"),
+            LifecycleEvent::PruneScheduled { slot, epochs, reason } => {
+                write!(f, "{slot}: blending out over {epochs} epochs, then pruned ({reason})")
+            }
             LifecycleEvent::SeedFault { slot, blueprint, code, detail } => {
                 write!(f, "{slot}: seed fault ({code}) by {blueprint}: {detail}")
             }
@@ -96,6 +105,7 @@ enum Tagged {
     GateEvaluated { slot: String, gate: GateLevel, passed: bool, failed: Vec<GateCheck> },
     StageChanged { slot: String, from: SeedStage, to: SeedStage },
     Pruned { slot: String, reason: String },
+    PruneScheduled { slot: String, epochs: u32, reason: String },
     SeedFault { slot: String, blueprint: String, code: String, detail: String },
     Quarantined { slot: String, reason: String },
     ActionFailed { error: String },
@@ -127,6 +137,7 @@ impl From<LifecycleEvent> for Tagged {
             }
             LifecycleEvent::StageChanged { slot, from, to } => Tagged::StageChanged { slot, from, to },
             LifecycleEvent::Pruned { slot, reason } => Tagged::Pruned { slot, reason },
+            LifecycleEvent::PruneScheduled { slot, epochs, reason } => Tagged::PruneScheduled { slot, epochs, reason },
             LifecycleEvent::SeedFault { slot, blueprint, code, detail } => {
                 Tagged::SeedFault { slot, blueprint, code, detail }
             }
@@ -147,6 +158,7 @@ impl From<Tagged> for LifecycleEvent {
             }
             Tagged::StageChanged { slot, from, to } => LifecycleEvent::StageChanged { slot, from, to },
             Tagged::Pruned { slot, reason } => LifecycleEvent::Pruned { slot, reason },
+            Tagged::PruneScheduled { slot, epochs, reason } => LifecycleEvent::PruneScheduled { slot, epochs, reason },
             Tagged::SeedFault { slot, blueprint, code, detail } => {
                 LifecycleEvent::SeedFault { slot, blueprint, code, detail }
             }
@@ -166,6 +178,7 @@ impl LifecycleEvent {
             LifecycleEvent::GateEvaluated { .. } => "gate_evaluated",
             LifecycleEvent::StageChanged { .. } => "stage_changed",
             LifecycleEvent::Pruned { .. } => "pruned",
+            LifecycleEvent::PruneScheduled { .. } => "prune_scheduled",
             LifecycleEvent::SeedFault { .. } => "seed_fault",
             LifecycleEvent::Quarantined { .. } => "quarantined",
             LifecycleEvent::ActionFailed { .. } => "action_failed",
@@ -181,6 +194,7 @@ impl LifecycleEvent {
             | LifecycleEvent::GateEvaluated { slot, .. }
             | LifecycleEvent::StageChanged { slot, .. }
             | LifecycleEvent::Pruned { slot, .. }
+            | LifecycleEvent::PruneScheduled { slot, .. }
             | LifecycleEvent::SeedFault { slot, .. }
             | LifecycleEvent::Quarantined { slot, .. }
             | LifecycleEvent::ReleaseFailed { slot, .. } => Some(slot),
@@ -252,6 +266,7 @@ mod tests {
             },
             LifecycleEvent::StageChanged { slot: "r0c1".into(), from: SeedStage::Training, to: SeedStage::Blending },
             LifecycleEvent::Pruned { slot: "r0c1".into(), reason: "input_written: x".into() },
+            LifecycleEvent::PruneScheduled { slot: "r0c1".into(), epochs: 3, reason: "stalled".into() },
             LifecycleEvent::SeedFault {
                 slot: "r0c1".into(),
                 blueprint: "cnn:x".into(),

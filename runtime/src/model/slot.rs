@@ -8,8 +8,8 @@ use crate::{
         GradientSample, SeedFault,
     },
     lifecycle::{
-        AlphaCurve, BlendSchedule, GateResult, GradientHealth, Lifecycle, LifecycleError, LifecycleEvent, QualityGates,
-        SeedStage, SeedState, StageChange,
+        AlphaCurve, AlphaMode, BlendSchedule, GateResult, GradientHealth, Lifecycle, LifecycleError, LifecycleEvent,
+        QualityGates, SeedStage, SeedState, StageChange,
     },
     plugin::PluginSeed,
 };
@@ -280,14 +280,46 @@ impl SeedSlot {
         Ok(change)
     }
 
+    /// Prunes the seed by blend-out: alpha ramps to 0 over `epochs` epochs (a HOLDING
+    /// seed goes back to BLENDING for it), then [`SeedSlot::step_epoch`] prunes it.
+    /// A seed that does not affect the output yet (alpha 0), whose alpha is still
+    /// moving, or with `epochs` 0, is pruned now.
+    pub fn schedule_prune(&mut self, epochs: u32, reason: &str) -> Result<(), ModelError> {
+        let from = self.stage();
+        // A blend-out starts from a resting alpha; one still ramping up is cut short.
+        let resting = self.lifecycle.state().is_some_and(|s| s.alpha_controller().mode() == AlphaMode::Hold);
+        let epochs = if resting { epochs } else { 0 };
+        let done = self.lifecycle.schedule_prune(epochs, reason).map_err(|e| self.lifecycle_err(e))?;
+        if done.is_some() {
+            self.drop_seed();
+            self.events.push(LifecycleEvent::Pruned { slot: self.id.clone(), reason: reason.into() });
+            return Ok(());
+        }
+        let to = self.stage();
+        if to != from {
+            self.events.push(LifecycleEvent::StageChanged { slot: self.id.clone(), from, to });
+        }
+        self.events.push(LifecycleEvent::PruneScheduled { slot: self.id.clone(), epochs, reason: reason.into() });
+        Ok(())
+    }
+
+    /// Whether a prune by blend-out is under way.
+    pub fn prune_scheduled(&self) -> bool {
+        self.lifecycle.state().is_some_and(|s| s.scheduled_prune().is_some())
+    }
+
     /// The per-epoch clock: alpha ramp, scheduled prune, embargo and reset.
     pub fn step_epoch(&mut self) -> Result<Option<StageChange>, ModelError> {
         let change = self.lifecycle.step_epoch().map_err(|e| self.lifecycle_err(e))?;
         if let Some(c) = change {
             if c.to == SeedStage::Pruned {
+                // A blend-out finished: the prune, with the reason it was scheduled for.
+                let reason = self.lifecycle.state().and_then(|s| s.prune_reason()).unwrap_or_default().to_string();
                 self.drop_seed();
+                self.events.push(LifecycleEvent::Pruned { slot: self.id.clone(), reason });
+            } else {
+                self.events.push(LifecycleEvent::StageChanged { slot: self.id.clone(), from: c.from, to: c.to });
             }
-            self.events.push(LifecycleEvent::StageChanged { slot: self.id.clone(), from: c.from, to: c.to });
         }
         Ok(change)
     }

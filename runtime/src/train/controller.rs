@@ -52,6 +52,9 @@ impl Controller {
             let in_stage = metrics.map_or(0, |m| m.epochs_in_current_stage());
             let contribution = metrics.and_then(|m| m.counterfactual_contribution());
             let hurts = contribution.is_some_and(|c| c < self.config.prune_below_contribution);
+            if slot.prune_scheduled() {
+                continue; // blending out: the lifecycle prunes it when alpha reaches 0
+            }
             match slot.stage() {
                 SeedStage::Germinated => actions.push(Action::Advance { slot: id }),
                 SeedStage::Training if in_stage >= self.config.max_training_epochs => actions

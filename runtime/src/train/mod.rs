@@ -135,7 +135,10 @@ impl Trainer {
                     germinate(&mut self.model, &self.registry, slot, blueprint, seed_id, options)
                 }
                 Action::Advance { slot } => self.model.slot_mut(slot).and_then(|s| s.advance(&gates)).map(drop),
-                Action::Prune { slot, reason } => self.model.prune(slot, reason),
+                Action::Prune { slot, reason } => {
+                    let ramp = self.config.lifecycle.controller.prune_ramp_epochs;
+                    self.model.slot_mut(slot).and_then(|s| s.schedule_prune(ramp, reason))
+                }
             };
             if let Err(e) = outcome {
                 tracing::debug!(action = ?action, "lifecycle action failed");
