@@ -12,7 +12,7 @@ use esper_runtime::{
     plugin::BlueprintRegistry,
     train::{germinate, Silent, Trainer},
 };
-use esper_tests::{esper, plugin_lib, temp_dir};
+use esper_tests::{esper, plugin_lib, temp_dir, SmallJob};
 use serde_json::{json, Value};
 use std::path::Path;
 use tch::Device;
@@ -31,42 +31,9 @@ const FAILS_ON: [(&str, &str); 6] = [
 
 /// A small job: the fixture `blueprint` germinated into r0c1 before epoch 1 (it behaves
 /// through the probe and its first train steps, then misbehaves), the controller off.
-fn config_text(dir: &Path, blueprint: Option<&str>, memory_format: &str, epochs: u32) -> String {
-    let schedule = blueprint.map_or(String::new(), |b| {
-        format!("[[lifecycle.schedule]]\nepoch = 1\nslot = \"r0c1\"\nblueprint = \"{b}\"\n")
-    });
-    format!(
-        r#"
-device = "cpu"
-slots = ["r0c1"]
-
-[[plugins]]
-path = "{plugin}"
-
-[host]
-base_channels = 8
-memory_format = "{memory_format}"
-
-[data]
-kind = "synthetic"
-train_size = 256
-val_size = 128
-
-[training]
-epochs = {epochs}
-batch_size = 32
-gradient_every = 2
-
-[lifecycle.controller]
-enabled = false
-
-{schedule}
-[output]
-dir = "{out}"
-"#,
-        plugin = plugin_lib(FIXTURE).display(),
-        out = dir.join("out").display(),
-    )
+fn config_text(blueprint: Option<&str>, memory_format: &str, epochs: u32) -> String {
+    let plugin = plugin_lib(FIXTURE);
+    SmallJob { plugin: &plugin, epochs, batch_size: 32, memory_format, blueprint, sections: "" }.text()
 }
 
 /// Runs the binary on `config` and returns (events.jsonl, report.json) after checking
@@ -101,7 +68,7 @@ fn each_misbehaving_seed_is_pruned_and_the_run_finishes() {
         ("nan-after-n-steps", "non_finite", "channels_last"),
     ] {
         let dir = temp_dir(&format!("contain-{blueprint}-{memory_format}"));
-        let (events, report) = run_binary(&dir, &config_text(&dir, Some(blueprint), memory_format, 2), 2);
+        let (events, report) = run_binary(&dir, &config_text(Some(blueprint), memory_format, 2), 2);
         assert_pruned_for(&events, &report, code);
     }
 }
@@ -111,7 +78,7 @@ fn a_panic_in_a_seeds_drop_is_contained_and_reported() {
     // The controller prunes the seed once it blends (any contribution is below 1000),
     // which drops it: the panic in its Drop is caught by the ABI and reported.
     let dir = temp_dir("contain-panic-in-drop");
-    let text = config_text(&dir, Some("panic-in-drop"), "channels_last", 4).replace(
+    let text = config_text(Some("panic-in-drop"), "channels_last", 4).replace(
         "[lifecycle.controller]\nenabled = false",
         "[lifecycle.gates]\nmode = \"permissive\"\nmin_blending_epochs = 1\nmin_gradient_health_for_blending = 0.0\n\n\
          [lifecycle.controller]\nenabled = true\nblueprint = \"panic-in-drop\"\nprune_below_contribution = 1000.0",
@@ -124,7 +91,7 @@ fn a_panic_in_a_seeds_drop_is_contained_and_reported() {
 
 fn host_params_after(dir: &Path, blueprint: Option<&str>) -> (Trainer, Vec<(String, tch::Tensor)>) {
     let path = dir.join("run.toml");
-    std::fs::write(&path, config_text(dir, blueprint, "contiguous", 2)).unwrap();
+    std::fs::write(&path, config_text(blueprint, "contiguous", 2)).unwrap();
     let mut trainer = Trainer::new(RunConfig::load(&path).unwrap()).unwrap();
     trainer.run(&mut Silent).unwrap();
     let mut vars: Vec<(String, tch::Tensor)> = trainer.model().host_vars().variables().into_iter().collect();
@@ -148,7 +115,7 @@ fn an_in_place_write_in_training_leaves_the_host_exactly_as_without_the_seed() {
 fn a_non_finite_seed_is_rolled_back_and_the_host_stays_finite() {
     let dir = temp_dir("rollback-nan");
     let path = dir.join("run.toml");
-    std::fs::write(&path, config_text(&dir, Some("nan-after-n-steps"), "channels_last", 2)).unwrap();
+    std::fs::write(&path, config_text(Some("nan-after-n-steps"), "channels_last", 2)).unwrap();
     let mut trainer = Trainer::new(RunConfig::load(&path).unwrap()).unwrap();
     trainer.run(&mut Silent).unwrap();
     for (name, t) in trainer.model().host_vars().variables() {
@@ -191,8 +158,7 @@ fn the_probe_refuses_a_seed_that_misbehaves_from_its_first_call() {
 fn a_seed_answering_on_the_wrong_device_is_pruned_on_cuda() {
     assert!(esper_runtime::device::cuda_available(), "this test needs a CUDA device");
     let dir = temp_dir("contain-wrong-device");
-    let text =
-        config_text(&dir, Some("wrong-device"), "channels_last", 2).replace("device = \"cpu\"", "device = \"cuda\"");
+    let text = config_text(Some("wrong-device"), "channels_last", 2).replace("device = \"cpu\"", "device = \"cuda\"");
     let (events, report) = run_binary(&dir, &text, 2);
     assert_pruned_for(&events, &report, "wrong_device");
     let report = run_suite(
@@ -230,7 +196,7 @@ fn a_failing_backward_is_attributed_to_its_seed_among_several() {
     // at r1c1 is healthy. The failing backward is blamed on the seed whose forward alone
     // makes it fail; only that seed is pruned.
     let dir = temp_dir("contain-backward-error");
-    let text = config_text(&dir, Some("backward-error"), "channels_last", 2)
+    let text = config_text(Some("backward-error"), "channels_last", 2)
         .replace("slots = [\"r0c1\"]", "slots = [\"r0c1\", \"r1c1\"]")
         .replace(
             "[output]",

@@ -7,55 +7,19 @@ use esper_runtime::{
     lifecycle::{LifecycleEvent, SeedStage},
     train::{Silent, Trainer},
 };
-use esper_tests::{esper, plugin_lib, temp_dir, write_file};
+use esper_tests::{esper, plugin_lib, temp_dir, write_file, SmallJob};
 use std::path::{Path, PathBuf};
 
 /// A small, fast job: tiny synthetic data, a narrow host, a seed scheduled at epoch 1
 /// and gates that let it through quickly.
+/// A small job with a `norm` seed (from `plugin`) scheduled into r0c1 before epoch 1,
+/// permissive gates that let it through quickly, and a 2-epoch alpha ramp.
 fn small_config(dir: &Path, plugin: &Path, epochs: u32) -> PathBuf {
-    let text = format!(
-        r#"
-device = "cpu"
-slots = ["r0c1"]
-
-[[plugins]]
-path = "{plugin}"
-
-[host]
-base_channels = 8
-
-[data]
-kind = "synthetic"
-train_size = 256
-val_size = 128
-
-[training]
-epochs = {epochs}
-batch_size = 64
-gradient_every = 2
-
-[lifecycle]
-blend_tempo = 2
-
-[lifecycle.gates]
-mode = "permissive"
-min_blending_epochs = 1
-min_gradient_health_for_blending = 0.0
-
-[lifecycle.controller]
-enabled = false
-
-[[lifecycle.schedule]]
-epoch = 1
-slot = "r0c1"
-blueprint = "norm"
-
-[output]
-dir = "out"
-"#,
-        plugin = plugin.display()
-    );
-    write(dir, &text)
+    let sections = "[slot]\nblend_tempo = 2\n\n[lifecycle.gates]\nmode = \"permissive\"\nmin_blending_epochs = 1\n\
+                    min_gradient_health_for_blending = 0.0\n";
+    let job =
+        SmallJob { plugin, epochs, batch_size: 64, memory_format: "channels_last", blueprint: Some("norm"), sections };
+    write(dir, &job.text())
 }
 
 fn write(dir: &Path, text: &str) -> PathBuf {

@@ -36,6 +36,65 @@ pub fn plugin_lib(crate_name: &str) -> PathBuf {
     path
 }
 
+/// A small CPU job for tests, as config text: slot r0c1, a base-8 host, 256/128 synthetic
+/// samples, gradients every 2 steps, the controller off, output in `out` beside the
+/// config file (write it into the test's folder).
+pub struct SmallJob<'a> {
+    pub plugin: &'a Path,
+    pub epochs: u32,
+    pub batch_size: u32,
+    /// `channels_last` or `contiguous`.
+    pub memory_format: &'a str,
+    /// Germinated into r0c1 before epoch 1 (by the schedule), if any.
+    pub blueprint: Option<&'a str>,
+    /// More config text (`[slot]`, `[lifecycle.gates]`, ...), placed before the controller.
+    pub sections: &'a str,
+}
+
+impl SmallJob<'_> {
+    pub fn text(&self) -> String {
+        let schedule = self.blueprint.map_or(String::new(), |b| {
+            format!("[[lifecycle.schedule]]\nepoch = 1\nslot = \"r0c1\"\nblueprint = \"{b}\"\n")
+        });
+        format!(
+            r#"
+device = "cpu"
+slots = ["r0c1"]
+
+[[plugins]]
+path = "{plugin}"
+
+[host]
+base_channels = 8
+memory_format = "{memory_format}"
+
+[data]
+kind = "synthetic"
+train_size = 256
+val_size = 128
+
+[training]
+epochs = {epochs}
+batch_size = {batch_size}
+gradient_every = 2
+
+{sections}
+[lifecycle.controller]
+enabled = false
+
+{schedule}
+[output]
+dir = "out"
+"#,
+            plugin = self.plugin.display(),
+            memory_format = self.memory_format,
+            epochs = self.epochs,
+            batch_size = self.batch_size,
+            sections = self.sections,
+        )
+    }
+}
+
 /// A fresh, empty temporary folder for one test.
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("esper-test-{}-{name}", std::process::id()));
