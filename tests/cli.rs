@@ -1,6 +1,6 @@
 //! The `esper` binary's plugin commands and help, as a user runs them.
 
-use esper_tests::{plugin_lib, stdout};
+use esper_tests::{plugin_lib, stdout, SmallJob};
 use std::process::Output;
 
 fn esper(args: &[&str]) -> Output {
@@ -76,14 +76,18 @@ fn checkpoints(out: &std::path::Path) -> Vec<String> {
 fn a_second_run_into_the_same_folder_is_refused_unless_overwrite_or_resume() {
     let dir = esper_tests::temp_dir("run-twice");
     let config = dir.join("run.toml");
+    let norm = plugin_lib("esper-norm");
     std::fs::write(
         &config,
-        format!(
-            "device = \"cpu\"\nslots = [\"r0c1\"]\n[[plugins]]\npath = \"{}\"\n[host]\nbase_channels = 8\n[data]\nkind = \
-             \"synthetic\"\ntrain_size = 128\nval_size = 64\n[training]\nepochs = 3\nbatch_size = 64\n[output]\ndir = \
-             \"out\"\n",
-            plugin_lib("esper-norm").display()
-        ),
+        SmallJob {
+            plugin: &norm,
+            epochs: 3,
+            batch_size: 64,
+            memory_format: "channels_last",
+            blueprint: None,
+            sections: "",
+        }
+        .text(),
     )
     .unwrap();
     let (config, out) = (config.to_str().unwrap(), dir.join("out"));
@@ -121,16 +125,20 @@ fn a_second_run_into_the_same_folder_is_refused_unless_overwrite_or_resume() {
 fn redirected_logs_have_no_escape_codes_and_the_plot_its_labels_without_system_fonts() {
     let dir = esper_tests::temp_dir("plain-logs");
     // No system fonts: fontconfig reads an empty config (the plot's font is embedded).
+    let norm = plugin_lib("esper-norm");
     let fonts = esper_tests::write_file(&dir, "fonts.conf", "<?xml version=\"1.0\"?>\n<fontconfig></fontconfig>\n");
     let config = esper_tests::write_file(
         &dir,
         "run.toml",
-        &format!(
-            "device = \"cpu\"\nslots = [\"r0c1\"]\n[[plugins]]\npath = \"{}\"\n[host]\nbase_channels = 8\n[data]\nkind = \
-             \"synthetic\"\ntrain_size = 64\nval_size = 32\n[training]\nepochs = 1\nbatch_size = 32\n[output]\ndir = \
-             \"out\"\n",
-            plugin_lib("esper-norm").display()
-        ),
+        &SmallJob {
+            plugin: &norm,
+            epochs: 1,
+            batch_size: 32,
+            memory_format: "channels_last",
+            blueprint: None,
+            sections: "",
+        }
+        .text(),
     );
     let run = esper_tests::esper()
         .arg("run")

@@ -94,7 +94,7 @@ fn its_run_config_loads_it_and_germinates_a_seed() {
     }
     let scheduled = &config.lifecycle.schedule[0];
     assert_eq!(scheduled.blueprint, "channel-scale");
-    assert_eq!(config.lifecycle.controller.blueprint, "channel-scale");
+    assert_eq!(config.lifecycle.controller.blueprint.as_deref(), Some("channel-scale"));
     // Germinate as the run would: the slot's germination probe accepts the seed.
     let slots: Vec<&str> = config.slots.iter().map(String::as_str).collect();
     let mut model = MorphogeneticModel::new(config.host.clone(), &slots, config.slot.clone(), Device::Cpu).unwrap();

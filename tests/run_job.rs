@@ -198,7 +198,7 @@ fn a_seed_the_controller_prunes_while_holding_is_blended_out_first() {
         )
         .replace(
             "[lifecycle.controller]\nenabled = false",
-            "[lifecycle.controller]\nenabled = false\nprune_below_contribution = -1000.0\nmax_holding_epochs = 2\n\
+            "[lifecycle.controller]\nenabled = false\nprune_below_contribution = -1000.0\nfossilize_at_contribution = -1000.0\nmax_holding_epochs = 2\n\
              prune_ramp_epochs = 2",
         );
     let t = run_to_end(RunConfig::load(&write(&dir, &text)).unwrap());

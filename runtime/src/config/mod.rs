@@ -24,10 +24,12 @@
 //! conservative [`DEFAULT_CUDA_MEMORY_GIB`] on CUDA); and the controller must leave a
 //! seed enough epochs in TRAINING to pass G2.
 
+mod controller;
 mod plugins;
 mod preflight;
 mod resources;
 
+pub use controller::{ControllerConfig, DEFAULT_MAX_TRAINING_EPOCHS, DEFAULT_ROTATION};
 pub use plugins::{sha256_hex, PluginSource};
 pub use preflight::Preflight;
 pub use resources::{MemoryLimit, ResourceError, DEFAULT_CUDA_MEMORY_GIB, FALLBACK_CPU_MEMORY_GIB};
@@ -173,60 +175,6 @@ pub struct ScheduledSeed {
     #[serde(default)]
     pub options: serde_json::Value,
 }
-
-/// The automatic controller (esper-lite's heuristic policy in spirit).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ControllerConfig {
-    pub enabled: bool,
-    /// Blueprint to germinate when accuracy plateaus.
-    pub blueprint: String,
-    #[serde(default)]
-    pub options: serde_json::Value,
-    /// Epochs of history looked at for a plateau.
-    pub plateau_epochs: u32,
-    /// A plateau: validation accuracy gained less than this (points) over the window.
-    pub plateau_delta: f64,
-    /// No germination before this epoch.
-    pub min_epoch: u32,
-    /// Prune a seed still in TRAINING after this many epochs. Must exceed the gates'
-    /// `min_blending_epochs` (epochs in TRAINING that G2 needs), or no seed can pass G2.
-    pub max_training_epochs: u32,
-    /// Prune a seed whose counterfactual contribution falls below this (points).
-    pub prune_below_contribution: f64,
-    /// Prune a seed that has been HOLDING this long without passing G5 (at least 2: the
-    /// limit is checked before G5 is tried at each epoch's end).
-    pub max_holding_epochs: u32,
-    /// At most this many seeds in flight at once (germinated to holding).
-    pub max_live_seeds: usize,
-    /// A seed the controller prunes while it affects the output (BLENDING or HOLDING)
-    /// is blended out first: alpha ramps to 0 over this many epochs, then it is pruned.
-    /// 0 (the default): pruned at once.
-    pub prune_ramp_epochs: u32,
-}
-
-impl Default for ControllerConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            blueprint: "norm".into(),
-            options: serde_json::Value::Null,
-            plateau_epochs: 2,
-            plateau_delta: 1.0,
-            min_epoch: 3,
-            // Above the strict and permissive gates' default `min_blending_epochs`
-            // (10), so a seed gets two tries at G2 before it is pruned.
-            max_training_epochs: DEFAULT_MAX_TRAINING_EPOCHS,
-            prune_below_contribution: -0.5,
-            max_holding_epochs: 4,
-            max_live_seeds: 1,
-            prune_ramp_epochs: 0,
-        }
-    }
-}
-
-/// The controller's default TRAINING limit (see [`ControllerConfig::max_training_epochs`]).
-pub const DEFAULT_MAX_TRAINING_EPOCHS: u32 = crate::lifecycle::gates::DEFAULT_MIN_BLENDING_EPOCHS + 2;
 
 /// Default of [`LifecycleConfig::plugin_param_factor`].
 pub const DEFAULT_PLUGIN_PARAM_FACTOR: f64 = 100.0;
@@ -404,6 +352,7 @@ impl RunConfig {
                 )));
             }
         }
+        self.lifecycle.controller.validate().map_err(invalid)?;
         self.check_controller_and_gates().map_err(invalid)?;
         let factor = self.lifecycle.plugin_param_factor;
         if !(factor > 0.0 && factor.is_finite()) {

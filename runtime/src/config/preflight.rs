@@ -11,12 +11,14 @@ use crate::{
 use anyhow::{anyhow, Result};
 use tch::Device;
 
-/// What the preflight found: the loaded plugins, and the step's memory estimate against
-/// its limit.
+/// What the preflight found: the loaded plugins, the step's memory estimate against its
+/// limit, and the controller's rotation (blueprint and options, each resolved; empty
+/// when the controller is off).
 pub struct Preflight {
     pub registry: BlueprintRegistry,
     pub estimate: StepEstimate,
     pub limit: MemoryLimit,
+    pub rotation: Vec<(String, serde_json::Value)>,
 }
 
 impl RunConfig {
@@ -40,15 +42,39 @@ impl RunConfig {
         for p in &self.plugins {
             registry.load_pinned(&p.path, p.sha256.as_deref())?;
         }
-        let scheduled = self.lifecycle.schedule.iter().map(|s| ("lifecycle.schedule", s.blueprint.as_str()));
-        let controller = self
-            .lifecycle
-            .controller
-            .enabled
-            .then_some(("lifecycle.controller.blueprint", self.lifecycle.controller.blueprint.as_str()));
-        for (setting, blueprint) in scheduled.chain(controller) {
-            registry.resolve(blueprint).map_err(|e| anyhow!("{setting}: {e}"))?;
+        for s in &self.lifecycle.schedule {
+            registry.resolve(&s.blueprint).map_err(|e| anyhow!("lifecycle.schedule: {e}"))?;
         }
-        Ok(Preflight { registry, estimate, limit })
+        let rotation = self.controller_rotation(&registry)?;
+        Ok(Preflight { registry, estimate, limit, rotation })
+    }
+
+    /// The controller's rotation, every blueprint resolved. The default rotation
+    /// (neither `blueprint` nor `blueprints` given) keeps the blueprints the loaded
+    /// plugins provide, and needs one of them; a named one must resolve.
+    fn controller_rotation(&self, registry: &BlueprintRegistry) -> Result<Vec<(String, serde_json::Value)>> {
+        let ctl = &self.lifecycle.controller;
+        if !ctl.enabled {
+            return Ok(Vec::new());
+        }
+        let rotation = ctl.rotation();
+        if ctl.blueprint.is_none() && ctl.blueprints.is_none() {
+            let loaded: Vec<_> = rotation.into_iter().filter(|(b, _)| registry.resolve(b).is_ok()).collect();
+            if loaded.is_empty() {
+                let available: Vec<&str> = registry.list().map(|(key, _, _)| key).collect();
+                return Err(anyhow!(
+                    "lifecycle.controller: none of the default rotation's blueprints ({}) is loaded (available: {}); \
+                     name the controller's `blueprint` or `blueprints`, or load a plugin that has them",
+                    super::DEFAULT_ROTATION.join(", "),
+                    available.join(", ")
+                ));
+            }
+            return Ok(loaded);
+        }
+        let setting = if ctl.blueprint.is_some() { "blueprint" } else { "blueprints" };
+        for (b, _) in &rotation {
+            registry.resolve(b).map_err(|e| anyhow!("lifecycle.controller.{setting}: {e}"))?;
+        }
+        Ok(rotation)
     }
 }

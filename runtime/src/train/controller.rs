@@ -1,103 +1,204 @@
-//! The automatic lifecycle controller, a heuristic policy in the spirit of esper-lite's:
-//! germinate when validation accuracy plateaus, walk a seed through the gates, prune a
-//! seed that stalls or hurts, fossilize one that passes G5. Scheduled germinations from
-//! the config come first.
+//! The automatic lifecycle controller, esper-lite's heuristic (Tamiyo) in our terms.
+//! Scheduled germinations from the config come first. Then, per slot:
+//!
+//! * germinate, into a free slot, after `plateau_epochs` epochs in a row that each
+//!   gained less than `plateau_delta` points, not before `min_epoch`; the blueprint is the
+//!   next of the rotation whose penalty is below the threshold;
+//! * walk each seed through the gates; prune one that stalls in TRAINING, that lost more
+//!   than `prune_on_drop` points in its stage, or whose contribution falls too low;
+//! * in HOLDING, put a seed whose counterfactual contribution reaches
+//!   `fossilize_at_contribution` to G5 (fossilize), prune one below it.
+//!
+//! A prune penalizes the seed's blueprint; penalties decay every epoch. The rotation's
+//! place and the penalties are the controller's state, kept in checkpoints.
 
 use crate::{
     config::{ControllerConfig, ScheduledSeed},
     lifecycle::SeedStage,
-    model::MorphogeneticModel,
+    model::{MorphogeneticModel, SeedSlot},
 };
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
 
 /// One decision for one slot.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Germinate { slot: String, blueprint: String, options: serde_json::Value, seed_id: String },
+    Germinate { slot: String, blueprint: String, options: Value, seed_id: String },
     Advance { slot: String },
     Prune { slot: String, reason: String },
 }
 
+/// What the controller remembers between epochs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ControllerState {
+    /// Germinations the rotation has made (its place).
+    pub rotated: usize,
+    /// Penalty by blueprint (bare name), for prunes the controller decided.
+    pub penalties: BTreeMap<String, f64>,
+    /// The last epoch whose decay is applied.
+    pub decayed_through: u32,
+}
+
 pub struct Controller {
     config: ControllerConfig,
+    rotation: Vec<(String, Value)>,
     schedule: Vec<ScheduledSeed>,
+    state: ControllerState,
+}
+
+/// A blueprint's name without its topology (`cnn:norm` -> `norm`).
+fn bare(name: &str) -> &str {
+    name.rsplit(':').next().unwrap_or(name)
 }
 
 impl Controller {
-    pub fn new(config: ControllerConfig, schedule: Vec<ScheduledSeed>) -> Self {
-        Self { config, schedule }
+    /// A controller germinating from `rotation` (blueprint and options, in turn; see
+    /// [`crate::config::Preflight::rotation`]) besides the `schedule`.
+    pub fn new(config: ControllerConfig, rotation: Vec<(String, Value)>, schedule: Vec<ScheduledSeed>) -> Self {
+        Self { config, rotation, schedule, state: ControllerState::default() }
     }
 
-    /// Whether the last `window` epochs gained less than `delta` points.
-    fn plateaued(&self, val_accuracy: &[f64]) -> bool {
-        let w = self.config.plateau_epochs as usize;
-        if w == 0 || val_accuracy.len() <= w {
-            return false;
+    pub fn state(&self) -> &ControllerState {
+        &self.state
+    }
+    /// Continues from a checkpointed state.
+    pub fn restore(&mut self, state: ControllerState) {
+        self.state = state;
+    }
+
+    /// Epochs in a row, up to the last, that each gained less than `plateau_delta`
+    /// points over the one before.
+    fn plateau(&self, val_accuracy: &[f64]) -> u32 {
+        let gains = val_accuracy.windows(2).rev();
+        gains.take_while(|w| w[1] - w[0] < self.config.plateau_delta).count() as u32
+    }
+
+    /// The next blueprint of the rotation whose penalty is below the threshold; when
+    /// all are at or above it, the least penalized (ties by name), still rotating.
+    fn next_blueprint(&mut self) -> (String, Value) {
+        let n = self.rotation.len().max(1);
+        let start = self.state.rotated;
+        let penalty = |s: &ControllerState, name: &str| s.penalties.get(bare(name)).copied().unwrap_or(0.0);
+        for i in 0..n {
+            let candidate = &self.rotation[(start + i) % n];
+            if penalty(&self.state, &candidate.0) < self.config.penalty_threshold {
+                self.state.rotated = start + i + 1;
+                return candidate.clone();
+            }
         }
-        let recent = &val_accuracy[val_accuracy.len() - w - 1..];
-        let best_before = recent[0];
-        let best_after = recent[1..].iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        best_after - best_before < self.config.plateau_delta
+        let mut by_penalty: Vec<&(String, Value)> = self.rotation.iter().collect();
+        by_penalty
+            .sort_by(|a, b| penalty(&self.state, &a.0).total_cmp(&penalty(&self.state, &b.0)).then(a.0.cmp(&b.0)));
+        let chosen = by_penalty[start % n].clone();
+        self.state.rotated = start + 1;
+        chosen
     }
 
-    /// Decisions at the end of `epoch` (1-based), given validation accuracy so far.
-    pub fn decide(&self, epoch: u32, val_accuracy: &[f64], model: &MorphogeneticModel) -> Vec<Action> {
+    /// Decays every penalty once per epoch, forgetting those below 0.1.
+    fn decay(&mut self, epoch: u32) {
+        while self.state.decayed_through < epoch {
+            self.state.decayed_through += 1;
+            for p in self.state.penalties.values_mut() {
+                *p *= self.config.penalty_decay;
+            }
+            self.state.penalties.retain(|_, p| *p >= 0.1);
+        }
+    }
+
+    /// Decisions at the end of `epoch` (1-based; 0 before the first), given validation
+    /// accuracy so far.
+    pub fn decide(&mut self, epoch: u32, val_accuracy: &[f64], model: &MorphogeneticModel) -> Vec<Action> {
+        self.decay(epoch);
         let mut actions = Vec::new();
         // Seeds in flight (a fossilized seed is part of the host now).
         let mut live =
             model.slots().iter().filter(|s| s.seed().is_some() && s.stage() != SeedStage::Fossilized).count();
         for slot in model.slots() {
-            let id = slot.id().to_string();
-            let state = slot.lifecycle().state();
-            let metrics = state.map(|s| s.metrics());
-            let in_stage = metrics.map_or(0, |m| m.epochs_in_current_stage());
-            let contribution = metrics.and_then(|m| m.counterfactual_contribution());
-            let hurts = contribution.is_some_and(|c| c < self.config.prune_below_contribution);
             if slot.prune_scheduled() {
                 continue; // blending out: the lifecycle prunes it when alpha reaches 0
             }
-            match slot.stage() {
-                SeedStage::Germinated => actions.push(Action::Advance { slot: id }),
-                SeedStage::Training if in_stage >= self.config.max_training_epochs => actions
-                    .push(Action::Prune { slot: id, reason: format!("still in TRAINING after {in_stage} epochs") }),
-                SeedStage::Training => actions.push(Action::Advance { slot: id }),
-                SeedStage::Blending | SeedStage::Holding if hurts => actions.push(Action::Prune {
-                    slot: id,
-                    reason: format!("counterfactual contribution {:.2} points", contribution.unwrap_or_default()),
-                }),
-                SeedStage::Blending if slot.alpha() >= 1.0 => actions.push(Action::Advance { slot: id }),
-                SeedStage::Holding if in_stage >= self.config.max_holding_epochs => actions.push(Action::Prune {
-                    slot: id,
-                    reason: format!("HOLDING for {in_stage} epochs without passing G5"),
-                }),
-                SeedStage::Holding => actions.push(Action::Advance { slot: id }),
-                SeedStage::Dormant if slot.lifecycle().is_available() => {
-                    // The schedule names its epoch; the controller waits for a plateau.
-                    let scheduled = self.schedule.iter().find(|s| s.slot == id && s.epoch == epoch + 1);
-                    if let Some(s) = scheduled {
-                        actions.push(germinate(&id, &s.blueprint, &s.options, epoch));
-                        live += 1;
-                    } else if self.config.enabled
-                        && live < self.config.max_live_seeds
-                        && epoch >= self.config.min_epoch
-                        && self.plateaued(val_accuracy)
-                    {
-                        actions.push(germinate(&id, &self.config.blueprint, &self.config.options, epoch));
-                        live += 1;
-                    }
+            if let Some(action) = self.manage(slot) {
+                if let Action::Prune { .. } = action {
+                    self.penalize(slot);
                 }
-                _ => {}
+                actions.push(action);
+                continue;
+            }
+            if slot.stage() != SeedStage::Dormant || !slot.lifecycle().is_available() {
+                continue;
+            }
+            // The schedule names its epoch; the controller waits for a plateau.
+            let id = slot.id();
+            if let Some(s) = self.schedule.iter().find(|s| s.slot == id && s.epoch == epoch + 1) {
+                actions.push(germinate(id, &s.blueprint, &s.options, epoch));
+                live += 1;
+            } else if self.config.enabled
+                && live < self.config.max_live_seeds
+                && epoch >= self.config.min_epoch
+                && self.plateau(val_accuracy) >= self.config.plateau_epochs
+            {
+                let (blueprint, options) = self.next_blueprint();
+                actions.push(germinate(id, &blueprint, &options, epoch));
+                live += 1;
             }
         }
         actions
     }
+
+    /// The decision for a slot with a seed in flight, if any.
+    fn manage(&self, slot: &SeedSlot) -> Option<Action> {
+        let (c, id) = (&self.config, slot.id().to_string());
+        let metrics = slot.lifecycle().state().map(|s| s.metrics())?;
+        let in_stage = metrics.epochs_in_current_stage();
+        let contribution = metrics.counterfactual_contribution();
+        let dropped = in_stage >= c.drop_epochs && metrics.improvement_since_stage_start() < -c.prune_on_drop;
+        let hurts = contribution.is_some_and(|v| v < c.prune_below_contribution);
+        let prune = |reason: String| Some(Action::Prune { slot: id.clone(), reason });
+        match slot.stage() {
+            SeedStage::Germinated => Some(Action::Advance { slot: id }),
+            SeedStage::Training if in_stage >= c.max_training_epochs => {
+                prune(format!("stalled: still in TRAINING after {in_stage} epochs"))
+            }
+            SeedStage::Training | SeedStage::Blending if dropped => prune(format!(
+                "accuracy dropped {:.2} points in {} over {in_stage} epochs",
+                -metrics.improvement_since_stage_start(),
+                slot.stage()
+            )),
+            SeedStage::Training => Some(Action::Advance { slot: id }),
+            SeedStage::Blending | SeedStage::Holding if hurts => {
+                prune(format!("counterfactual contribution {:.2} points", contribution.unwrap_or_default()))
+            }
+            SeedStage::Blending if slot.alpha() >= 1.0 => Some(Action::Advance { slot: id }),
+            SeedStage::Holding if in_stage >= c.max_holding_epochs => {
+                prune(format!("HOLDING for {in_stage} epochs without passing G5"))
+            }
+            SeedStage::Holding => match contribution {
+                None => None, // waits for its counterfactual contribution
+                Some(v) if v >= c.fossilize_at_contribution => Some(Action::Advance { slot: id }),
+                Some(v) => prune(format!(
+                    "contribution {v:.2} points in HOLDING, below {:.2} to fossilize",
+                    c.fossilize_at_contribution
+                )),
+            },
+            _ => None,
+        }
+    }
+
+    fn penalize(&mut self, slot: &SeedSlot) {
+        if let Some(state) = slot.lifecycle().state() {
+            *self.state.penalties.entry(bare(state.blueprint_id()).to_string()).or_default() +=
+                self.config.penalty_on_prune;
+        }
+    }
 }
 
-fn germinate(slot: &str, blueprint: &str, options: &serde_json::Value, epoch: u32) -> Action {
+fn germinate(slot: &str, blueprint: &str, options: &Value, epoch: u32) -> Action {
     Action::Germinate {
         slot: slot.to_string(),
         blueprint: blueprint.to_string(),
         options: options.clone(),
-        seed_id: format!("{slot}-{blueprint}-e{epoch}"),
+        seed_id: format!("{slot}-{}-e{epoch}", bare(blueprint)),
     }
 }
 
@@ -105,54 +206,100 @@ fn germinate(slot: &str, blueprint: &str, options: &serde_json::Value, epoch: u3
 mod tests {
     use super::*;
 
-    fn controller(delta: f64) -> Controller {
-        Controller::new(ControllerConfig { plateau_epochs: 2, plateau_delta: delta, ..Default::default() }, vec![])
-    }
-
     fn model() -> MorphogeneticModel {
         use crate::{host::CnnHostConfig, model::SlotConfig};
         let host = CnnHostConfig { base_channels: 4, ..Default::default() };
         MorphogeneticModel::new(host, &["r0c1", "r1c1"], SlotConfig::default(), tch::Device::Cpu).unwrap()
     }
 
+    /// A controller with the config's own rotation (no plugins to resolve it against).
+    fn controller(config: ControllerConfig) -> Controller {
+        let rotation = config.rotation();
+        Controller::new(config, rotation, vec![])
+    }
+
+    fn rotation(names: &[&str]) -> ControllerConfig {
+        ControllerConfig { blueprints: Some(names.iter().map(|s| s.to_string()).collect()), ..Default::default() }
+    }
+
+    fn germinated(actions: &[Action]) -> Vec<(&str, &str)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Germinate { slot, blueprint, .. } => Some((slot.as_str(), blueprint.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn germinates_on_a_plateau_into_the_first_free_slot_once() {
-        let c = Controller::new(ControllerConfig { min_epoch: 3, ..ControllerConfig::default() }, vec![]);
+    fn a_plateau_is_counted_in_epochs_in_a_row_gaining_less_than_the_delta() {
+        let c = controller(ControllerConfig::default()); // delta 0.5
+        assert_eq!(c.plateau(&[]), 0);
+        assert_eq!(c.plateau(&[10.0]), 0);
+        assert_eq!(c.plateau(&[10.0, 20.0, 30.0]), 0, "still climbing");
+        assert_eq!(c.plateau(&[10.0, 20.0, 20.3, 20.1, 20.4]), 3, "+0.3, -0.2, +0.3");
+        assert_eq!(c.plateau(&[10.0, 20.0, 20.3, 20.1, 20.6]), 0, "the last epoch gained 0.5, not less");
+        assert_eq!(c.plateau(&[30.0, 25.0, 26.0]), 0, "the last epoch gained a point");
+    }
+
+    #[test]
+    fn germinates_after_three_flat_epochs_and_not_before_epoch_five() {
+        let mut c = controller(ControllerConfig::default());
         let m = model();
         let flat = [40.0, 40.2, 40.1, 40.3];
-        assert!(c.decide(2, &flat[..2], &m).is_empty(), "before min_epoch");
-        let actions = c.decide(4, &flat, &m);
-        assert_eq!(actions.len(), 1, "{actions:?}");
-        assert!(
-            matches!(&actions[0], Action::Germinate { slot, blueprint, .. } if slot == "r0c1" && blueprint == "norm")
-        );
-        assert!(c.decide(4, &[10.0, 20.0, 30.0, 40.0], &m).is_empty(), "still improving");
+        assert!(c.decide(4, &flat, &m).is_empty(), "before min_epoch 5");
+        let flat5 = [40.0, 40.2, 40.1, 40.3, 40.4];
+        assert_eq!(germinated(&c.decide(5, &flat5, &m)), [("r0c1", "conv_light")], "one seed at a time");
+        let mut c = controller(ControllerConfig::default());
+        let two_flat = [30.0, 35.0, 40.0, 40.2, 40.1];
+        assert!(c.decide(5, &two_flat, &m).is_empty(), "two flat epochs are not a plateau of 3");
     }
 
     #[test]
-    fn schedule_fires_at_its_epoch_even_when_disabled() {
-        let schedule = vec![ScheduledSeed {
-            epoch: 2,
-            slot: "r1c1".into(),
-            blueprint: "x".into(),
-            options: serde_json::Value::Null,
-        }];
-        let c = Controller::new(ControllerConfig { enabled: false, ..ControllerConfig::default() }, schedule);
+    fn the_rotation_goes_round_and_skips_a_penalized_blueprint_until_its_penalty_decays() {
+        let mut c = controller(rotation(&["a", "b", "c"]));
+        let picks: Vec<String> = (0..4).map(|_| c.next_blueprint().0).collect();
+        assert_eq!(picks, ["a", "b", "c", "a"]);
+        // Two prunes of `b`: penalty 4 >= 3, so `b` is skipped.
+        c.state.penalties.insert("b".into(), 4.0);
+        assert_eq!(c.next_blueprint().0, "c", "b skipped");
+        // One epoch of decay: 4 -> 2 < 3, `b` is back.
+        c.decay(c.state.decayed_through + 1);
+        assert_eq!(c.state.penalties["b"], 2.0);
+        assert_eq!((c.next_blueprint().0, c.next_blueprint().0), ("a".to_string(), "b".to_string()));
+        // Decay forgets a penalty below 0.1: 2 -> 1 -> 0.5 -> 0.25 -> 0.125 -> gone.
+        c.decay(c.state.decayed_through + 5);
+        assert!(c.state.penalties.is_empty(), "{:?}", c.state.penalties);
+    }
+
+    #[test]
+    fn when_every_blueprint_is_penalized_the_least_penalized_come_first_still_rotating() {
+        let mut c = controller(rotation(&["a", "b", "c"]));
+        c.state.penalties = [("a".to_string(), 5.0), ("b".to_string(), 3.0), ("c".to_string(), 4.0)].into();
+        let picks: Vec<String> = (0..3).map(|_| c.next_blueprint().0).collect();
+        assert_eq!(picks, ["b", "c", "a"], "sorted by penalty: b 3, c 4, a 5");
+    }
+
+    #[test]
+    fn penalties_are_keyed_by_bare_name_and_decay_once_per_epoch() {
+        let mut c = controller(rotation(&["cnn:a", "b"]));
+        c.state.penalties.insert("a".into(), 3.5);
+        assert_eq!(c.next_blueprint().0, "b", "`cnn:a` carries the penalty of `a`");
+        c.decay(3);
+        c.decay(3);
+        assert_eq!(c.state.decayed_through, 3);
+        assert!((c.state.penalties["a"] - 3.5 / 8.0).abs() < 1e-12, "three epochs of decay, not more");
+    }
+
+    #[test]
+    fn the_schedule_fires_at_its_epoch_even_when_the_controller_is_off() {
+        let schedule =
+            vec![ScheduledSeed { epoch: 2, slot: "r1c1".into(), blueprint: "x".into(), options: Value::Null }];
+        let config = ControllerConfig { enabled: false, ..ControllerConfig::default() };
+        let mut c = Controller::new(config, vec![], schedule);
         let m = model();
         assert!(c.decide(0, &[], &m).is_empty());
-        let actions = c.decide(1, &[50.0], &m);
-        assert!(
-            matches!(&actions[..], [Action::Germinate { slot, blueprint, .. }] if slot == "r1c1" && blueprint == "x"),
-            "{actions:?}"
-        );
-    }
-
-    #[test]
-    fn plateau_detection() {
-        let c = controller(1.0);
-        assert!(!c.plateaued(&[10.0, 20.0]), "not enough history");
-        assert!(!c.plateaued(&[10.0, 20.0, 30.0]), "still climbing");
-        assert!(c.plateaued(&[30.0, 30.5, 30.2]), "flat");
-        assert!(c.plateaued(&[40.0, 35.0, 39.0]), "worse than before");
+        assert_eq!(germinated(&c.decide(1, &[50.0], &m)), [("r1c1", "x")]);
     }
 }

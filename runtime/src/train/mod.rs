@@ -66,7 +66,8 @@ impl Trainer {
         let device = config.device.resolve().map_err(anyhow::Error::msg)?;
         // Before anything is allocated: slots, memory against the limit, plugins loaded
         // and pinned, every blueprint the run names resolved (as `esper config check`).
-        let registry = config.preflight(Some(device))?.registry;
+        let preflight = config.preflight(Some(device))?;
+        let (registry, rotation) = (preflight.registry, preflight.rotation);
         // libtorch's generator drives parameter init (and is re-seeded every epoch), so
         // the same config gives the same run, and a resumed one continues it exactly.
         tch::manual_seed(config.training.seed as i64);
@@ -74,7 +75,8 @@ impl Trainer {
         let model = MorphogeneticModel::new(config.host.clone(), &slots, config.slot.clone(), device)?;
         let data = config.data.load().context("loading the data set")?;
         let host_opt = Optimizer::new(config.training.host_optimizer, model.host_parameters());
-        let controller = Controller::new(config.lifecycle.controller.clone(), config.lifecycle.schedule.clone());
+        let controller =
+            Controller::new(config.lifecycle.controller.clone(), rotation, config.lifecycle.schedule.clone());
         tracing::info!(device = ?device, train = data.train.len(), val = data.val.len(), slots = ?config.slots, "run prepared");
         Ok(Self {
             config,

@@ -5,7 +5,7 @@ mod store;
 
 pub use store::*;
 
-use super::{report::EpochRecord, seeds, Trainer};
+use super::{controller::ControllerState, report::EpochRecord, seeds, Trainer};
 use crate::{
     config::{sha256_hex, RunConfig},
     lifecycle::Lifecycle,
@@ -28,6 +28,9 @@ struct SavedState {
     plugins: Vec<(PathBuf, String)>,
     slots: Vec<SavedSlot>,
     history: Vec<EpochRecord>,
+    /// The controller's rotation place and penalties (absent before they existed).
+    #[serde(default)]
+    controller: ControllerState,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -102,6 +105,7 @@ impl Trainer {
         }
         trainer.load_tensors(&ckpt)?;
         trainer.history = saved.history;
+        trainer.controller.restore(saved.controller);
         tracing::info!(checkpoint = %ckpt.dir().display(), epoch = saved.epoch, "resumed");
         Ok(trainer)
     }
@@ -156,6 +160,7 @@ impl Trainer {
             plugins,
             slots,
             history: self.history.clone(),
+            controller: self.controller.state().clone(),
         };
         w.json(STATE, &state)?;
         let dir = w.commit()?;
