@@ -201,7 +201,22 @@ fn a_seed_the_controller_prunes_while_holding_is_blended_out_first() {
             "[lifecycle.controller]\nenabled = false\nprune_below_contribution = -1000.0\nfossilize_at_contribution = -1000.0\nmax_holding_epochs = 2\n\
              prune_ramp_epochs = 2",
         );
-    let t = run_to_end(RunConfig::load(&write(&dir, &text)).unwrap());
+    // Epoch by epoch, keeping the seed's parameters after each epoch of its blend-out.
+    let mut t = Trainer::new(RunConfig::load(&write(&dir, &text)).unwrap()).unwrap();
+    let mut frozen = Vec::new();
+    for epoch in 1..=10 {
+        t.set_epochs(epoch);
+        t.run(&mut Silent).unwrap();
+        let slot = &t.model().slots()[0];
+        if slot.prune_scheduled() {
+            frozen.push(slot.seed().unwrap().trainable().iter().map(|p| p.copy()).collect::<Vec<_>>());
+        }
+    }
+    // Frozen while blending out (esper-lite's rule): the ramp's two epochs leave them as they were.
+    assert_eq!(frozen.len(), 2, "two epochs of ramp seen with the seed");
+    for (a, b) in frozen[0].iter().zip(&frozen[1]) {
+        assert!(a.equal(b), "a seed blending out was trained");
+    }
     let events: Vec<(u32, &LifecycleEvent)> =
         t.history().iter().flat_map(|r| r.events.iter().map(move |e| (r.epoch, e))).collect();
     let scheduled = events.iter().find(|(_, e)| matches!(e, LifecycleEvent::PruneScheduled { .. }));

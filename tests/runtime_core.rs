@@ -299,3 +299,59 @@ fn bug013_monitor_groups_per_device_and_measures_on_cpu() {
     .min(10.0);
     assert!((s.ratio - expected).abs() < 1e-4 * expected.max(1.0), "{} vs {expected}", s.ratio);
 }
+
+#[test]
+fn a_gate_network_is_made_when_its_seed_enters_blending_ramps_linearly_and_is_not_the_seeds() {
+    let r = norm_registry();
+    let host = CnnHostConfig { base_channels: 8, ..Default::default() };
+    let config = SlotConfig { blend: BlendAlgorithm::Gate, ..Default::default() };
+    let m = model_in_stage(&r, host.clone(), SLOT, config.clone(), SeedStage::Training);
+    let slot = m.slot(SLOT).unwrap();
+    assert!(slot.gate_parameters().is_empty(), "no gate network while the seed trains alone");
+    assert_eq!(slot.lifecycle().state().unwrap().blend().curve, esper_runtime::lifecycle::AlphaCurve::Linear);
+    let m = model_in_stage(&r, host, SLOT, config, SeedStage::Blending);
+    let slot = m.slot(SLOT).unwrap();
+    let channels = slot.channels();
+    let gate: i64 = slot.gate_parameters().iter().map(|t| t.numel() as i64).sum();
+    assert_eq!(gate, channels * 8 + 8 + 8 + 1, "hidden width max(8, C/4) = 8 at C = {channels}");
+    // The monitor's seed side is the seed alone (norm: 2C + 1), not its gate.
+    let (_, seed_side) = slot.monitor().unwrap().param_counts();
+    assert_eq!(seed_side as i64, 2 * channels + 1);
+    assert_eq!(slot.seed_parameters().len(), 3 + 4, "seed and gate, for the optimizers");
+}
+
+/// The host's gradients after one step on a fixed batch, with a `norm` seed in `stage`
+/// (or none), its slot configured with `isolate_gradients`.
+fn host_gradients(stage: Option<SeedStage>, isolate_gradients: bool) -> Vec<Tensor> {
+    let r = norm_registry();
+    let host = CnnHostConfig { base_channels: 8, ..Default::default() };
+    let config = SlotConfig { isolate_gradients, ..Default::default() };
+    tch::manual_seed(11); // the same host weights every time
+    let m = match stage {
+        Some(stage) => model_in_stage(&r, host, SLOT, config, stage),
+        None => MorphogeneticModel::new(host, &[SLOT], config, Device::Cpu).unwrap(),
+    };
+    if let Some(seed) = m.slot(SLOT).unwrap().seed() {
+        // Away from identity at birth, so that gradients through the seed differ.
+        tch::no_grad(|| seed.trainable().iter().for_each(|p| drop(p.shallow_clone().fill_(0.5))));
+    }
+    for mut p in m.host_parameters() {
+        p.zero_grad();
+    }
+    tch::manual_seed(12);
+    let (x, y) = batch(4, Device::Cpu);
+    m.forward(&x, true).unwrap().cross_entropy_for_logits(&y).backward();
+    m.host_parameters().iter().map(|p| p.grad().copy()).collect()
+}
+
+#[test]
+fn isolation_is_forced_in_training_and_configurable_from_blending_on() {
+    let alone = host_gradients(None, false);
+    let same = |a: &[Tensor], b: &[Tensor]| a.iter().zip(b).all(|(x, y)| x.allclose(y, 1e-6, 1e-7, false));
+    // TRAINING with isolate_gradients = false: the seed's input is detached anyway, so
+    // the host's gradients are those without the seed.
+    assert!(same(&host_gradients(Some(SeedStage::Training), false), &alone));
+    // BLENDING with isolate_gradients = false: the config is honoured, gradients flow back
+    // through the seed into the host (alpha > 0 once the ramp has started).
+    assert!(!same(&host_gradients(Some(SeedStage::Holding), false), &alone));
+}

@@ -4,12 +4,14 @@
 //! * MULTIPLY: `host * (1 + alpha * tanh(seed - seed_input))`, a bounded valve that is
 //!   the identity at alpha 0 or when the seed is the identity.
 //! * GATE: `lerp(host, seed, clamp(alpha * gate(x), 0, 1))` with a learned per-sample
-//!   gate: mean-pool over H, W, Linear(C, C/4), ReLU, Linear(., 1), sigmoid.
+//!   gate: mean-pool over H, W, Linear(C, max(8, C/4)), ReLU, Linear(., 1), sigmoid.
+//!   The gate network is made when the seed enters BLENDING (it has nothing to do
+//!   before), and its parameters are not the seed's: the gradient monitor leaves them out.
 //!
 //! Alpha is a host-side scalar: no tensor is allocated for it and nothing syncs.
 //!
 //! [`BlendAlgorithm`] is the configured choice; [`Blend`] is the slot's live blend, made
-//! from it at germination (GATE owns its network and that network's variables).
+//! from it when the seed enters BLENDING (GATE owns its network and its variables).
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Device, Tensor};
@@ -35,13 +37,18 @@ pub struct GateNet {
 impl GateNet {
     pub fn new(channels: i64, device: Device) -> Self {
         let vars = nn::VarStore::new(device);
-        let hidden = (channels / 4).max(1);
+        let hidden = Self::hidden_width(channels);
         let root = vars.root();
         let (hidden, out) = (
             nn::linear(&root / "gate_hidden", channels, hidden, Default::default()),
             nn::linear(&root / "gate_out", hidden, 1, Default::default()),
         );
         Self { vars, hidden, out }
+    }
+
+    /// The hidden layer's width for `channels` channels: max(8, C/4), as esper-lite.
+    pub fn hidden_width(channels: i64) -> i64 {
+        (channels / 4).max(8)
     }
 
     /// Per-sample gate in [0, 1], shaped (B, 1, 1, 1).
@@ -136,6 +143,13 @@ mod tests {
         let y = Blend::Multiply.apply(&h, &(&h + 100.0), &h, 0.5);
         // tanh(100) ~ 1: y = 1.5 h
         assert!((y - &h * 1.5).abs().max().double_value(&[]) < 1e-5);
+    }
+
+    #[test]
+    fn the_gate_is_at_least_8_wide() {
+        assert_eq!([4, 16, 32, 64, 112].map(GateNet::hidden_width), [8, 8, 8, 16, 28]);
+        let Blend::Gate(gate) = Blend::new(BlendAlgorithm::Gate, 4, Device::Cpu) else { unreachable!() };
+        assert_eq!(gate.vars.trainable_variables().iter().map(|t| t.numel()).sum::<usize>(), 4 * 8 + 8 + 8 + 1);
     }
 
     #[test]

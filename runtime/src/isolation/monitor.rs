@@ -17,8 +17,8 @@
 //! not — never one per parameter.
 //!
 //! Ratio = (seed_norm / host_norm) * sqrt(host_params / seed_params), clamped to 10,
-//! and 0 when host_norm < 1e-8. (Its EMA, decay 0.9, lives with the seed's metrics in
-//! `lifecycle::SeedMetrics`.)
+//! and 0 when host_norm < 1e-8. (The seed norm's EMA, decay 0.9, and the ratio G2
+//! reads, made from it, live in `lifecycle::SeedMetrics`.)
 //!
 //! [`sample`]: GradientHealthMonitor::sample
 
@@ -184,6 +184,11 @@ impl GradientHealthMonitor {
         let mut devices = self.host.groups.iter().chain(&self.seed.groups).map(|(d, _)| *d);
         let first = devices.next()?;
         Some(if first == Device::Cpu || devices.any(|d| d == Device::Cpu) { Device::Cpu } else { first })
+    }
+
+    /// The number of scalars in the host's and the seed's monitored parameters.
+    pub fn param_counts(&self) -> (u64, u64) {
+        (self.host.numel.max(0) as u64, self.seed.numel.max(0) as u64)
     }
 
     /// `[host_norm, seed_norm, ratio, seed per-tensor norms...]` as one float64 tensor on

@@ -16,7 +16,7 @@ use super::state::SeedState;
 pub const DEFAULT_MIN_TRAINING_IMPROVEMENT: f64 = 0.5;
 /// G2 (epochs in TRAINING) and G3 strict (epochs in BLENDING).
 pub const DEFAULT_MIN_BLENDING_EPOCHS: u32 = 10;
-/// G2 strict: smoothed seed/host gradient ratio.
+/// G2 strict: the latest seed/host gradient ratio (made from the smoothed seed norm).
 pub const DEFAULT_MIN_SEED_GRADIENT_RATIO: f64 = 0.10;
 /// G2 permissive: gradient health.
 pub const DEFAULT_MIN_GRADIENT_HEALTH_FOR_BLENDING: f64 = 0.7;
@@ -205,7 +205,8 @@ impl QualityGates {
 
     /// G2. Strict: improvement since TRAINING started of at least
     /// `min_training_improvement`, at least `min_blending_epochs` epochs in TRAINING,
-    /// smoothed gradient ratio measured and at least `min_seed_gradient_ratio`.
+    /// the latest gradient ratio (from the smoothed seed norm) measured and at least
+    /// `min_seed_gradient_ratio`.
     /// Permissive (safety only): see [`QualityGates::check_g2_safety`].
     fn check_g2(&self, state: &SeedState) -> GateResult {
         if self.permissive_mode() {
@@ -224,7 +225,7 @@ impl QualityGates {
             GateCheck::SeedReady,
             GateCheck::SeedNotReady { epochs, min: self.min_blending_epochs },
         );
-        match m.seed_gradient_norm_ratio_ema() {
+        match m.seed_gradient_norm_ratio() {
             None => c.failed.push(GateCheck::GradientStatsNeverMeasured),
             Some(ratio) if ratio.is_nan() => c.failed.push(GateCheck::SeedGradientRatioNan),
             Some(ratio) => {
@@ -247,7 +248,7 @@ impl QualityGates {
         let (epochs, min) = (m.epochs_in_current_stage(), self.min_blending_epochs);
         c.check(epochs >= min, GateCheck::TrainedEpochs { epochs }, GateCheck::InsufficientTraining { epochs, min });
         c.check(m.gradient_ratio_measured(), GateCheck::GradientRatioMeasured, GateCheck::GradientStatsNeverMeasured);
-        if m.seed_gradient_norm_ratio_ema().is_some_and(f64::is_nan) {
+        if m.seed_gradient_norm_ratio().is_some_and(f64::is_nan) {
             c.failed.push(GateCheck::SeedGradientRatioNan);
         }
         match m.gradient_health() {
@@ -423,13 +424,16 @@ mod tests {
         s.metrics_mut().record_gradient_ratio(0.5);
         assert_failed(&g.check(&s, SeedStage::Blending).unwrap(), &["seed_not_ready"]);
 
-        // Only the gradient ratio is short: the EMA, not the last sample, counts.
+        // Only the gradient ratio is short: the latest ratio counts, made from the
+        // smoothed seed norm (0.9 * 0 + 0.1 * 0.5 = 0.05 over a host norm of 1).
         let mut s = seed_in(SeedStage::Training);
         train(&mut s, 10, 50.0, 2.0);
-        s.metrics_mut().record_gradient_ratio(0.0);
-        s.metrics_mut().record_gradient_ratio(0.5); // EMA = 0.05
+        s.metrics_mut().record_gradient_norms(0.0, 1.0, 1, 1);
+        s.metrics_mut().record_gradient_norms(0.5, 1.0, 1, 1);
         let r = g.check(&s, SeedStage::Blending).unwrap();
         assert_failed(&r, &["seed_gradient_low_0.05"]);
+        s.metrics_mut().record_gradient_ratio(0.5);
+        assert!(g.check(&s, SeedStage::Blending).unwrap().passed, "the latest ratio, not an average of ratios");
 
         // A NaN gradient ratio fails G2 (it used to be clamped to 10 and pass).
         let mut s = seed_in(SeedStage::Training);

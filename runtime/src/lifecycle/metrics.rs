@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 /// How many accuracy samples the history keeps (oldest dropped first).
 pub const ACCURACY_HISTORY_LEN: usize = 100;
-/// Decay of the gradient-ratio EMA: `ema = 0.9 * ema + 0.1 * sample`.
+/// Decay of the seed gradient-norm EMA: `ema = 0.9 * ema + 0.1 * sample` (esper-lite's:
+/// the EMA smooths the seed's norm, and G2 reads the latest ratio made from it).
 pub const GRADIENT_EMA_DECAY: f64 = 0.9;
 /// Upper bound of the seed/host gradient ratio (outliers would dominate the gate).
 pub const MAX_GRADIENT_RATIO: f64 = 10.0;
@@ -95,8 +96,12 @@ pub struct SeedMetrics {
     accuracy_at_stage_start: f64,
     accuracy_history: VecDeque<f64>,
     counterfactual_contribution: Option<f64>,
+    /// The latest ratio, clamped: what G2 reads.
     seed_gradient_norm_ratio: Option<f64>,
-    seed_gradient_norm_ratio_ema: Option<f64>,
+    /// EMA of the seed's gradient norm (the first checkpoint format's ratio EMA, if
+    /// present in an old checkpoint, is not read).
+    #[serde(default)]
+    seed_gradient_norm_ema: Option<f64>,
     gradient_health: Option<f64>,
     has_exploding_gradients: bool,
 }
@@ -130,16 +135,22 @@ impl SeedMetrics {
         self.epochs_in_current_stage = 0;
     }
 
-    /// Record one seed/host gradient ratio sample (see [`normalized_gradient_ratio`]);
-    /// it is clamped to [0, 10] and folded into the EMA (the first sample sets it). A NaN
-    /// sample makes the EMA NaN, which G2 refuses.
+    /// Record one gradient measurement: the seed's norm goes into its EMA (the first
+    /// sample sets it), and the ratio G2 reads is made from that EMA and the host's norm
+    /// ([`normalized_gradient_ratio`], scaled by `sqrt(host_params / seed_params)`).
+    pub fn record_gradient_norms(&mut self, seed_norm: f64, host_norm: f64, seed_params: u64, host_params: u64) {
+        let ema = match self.seed_gradient_norm_ema {
+            None => seed_norm,
+            Some(prev) => GRADIENT_EMA_DECAY * prev + (1.0 - GRADIENT_EMA_DECAY) * seed_norm,
+        };
+        self.seed_gradient_norm_ema = Some(ema);
+        self.record_gradient_ratio(normalized_gradient_ratio(ema, host_norm, seed_params, host_params));
+    }
+
+    /// Record a seed/host gradient ratio as the latest (see [`normalized_gradient_ratio`]),
+    /// clamped to [0, 10]. A NaN stays NaN, and G2 refuses it.
     pub fn record_gradient_ratio(&mut self, ratio: f64) {
-        let ratio = clamp_ratio(ratio);
-        self.seed_gradient_norm_ratio = Some(ratio);
-        self.seed_gradient_norm_ratio_ema = Some(match self.seed_gradient_norm_ratio_ema {
-            None => ratio,
-            Some(prev) => GRADIENT_EMA_DECAY * prev + (1.0 - GRADIENT_EMA_DECAY) * ratio,
-        });
+        self.seed_gradient_norm_ratio = Some(clamp_ratio(ratio));
     }
 
     /// Record the latest gradient health (clamped to [0, 1]; NaN counts as 0) and
@@ -192,13 +203,14 @@ impl SeedMetrics {
     pub fn counterfactual_contribution(&self) -> Option<f64> {
         self.counterfactual_contribution
     }
-    /// The latest gradient ratio sample; `None` = never measured.
+    /// The latest gradient ratio (from the smoothed seed norm, clamped), which the G2
+    /// gate reads; `None` = never measured.
     pub fn seed_gradient_norm_ratio(&self) -> Option<f64> {
         self.seed_gradient_norm_ratio
     }
-    /// The smoothed gradient ratio the G2 gate reads; `None` = never measured.
-    pub fn seed_gradient_norm_ratio_ema(&self) -> Option<f64> {
-        self.seed_gradient_norm_ratio_ema
+    /// The EMA of the seed's gradient norm; `None` = never measured.
+    pub fn seed_gradient_norm_ema(&self) -> Option<f64> {
+        self.seed_gradient_norm_ema
     }
     /// Whether a gradient ratio has ever been recorded.
     pub fn gradient_ratio_measured(&self) -> bool {
@@ -254,26 +266,27 @@ mod tests {
     }
 
     #[test]
-    fn gradient_ratio_ema() {
+    fn the_ratio_is_made_from_the_smoothed_seed_norm_and_clamped() {
         let mut m = SeedMetrics::new();
         assert!(!m.gradient_ratio_measured());
-        assert_eq!(m.seed_gradient_norm_ratio_ema(), None);
-        m.record_gradient_ratio(0.5);
+        assert_eq!(m.seed_gradient_norm_ratio(), None);
+        // Equal parameter counts: ratio = seed / host.
+        m.record_gradient_norms(0.5, 1.0, 100, 100);
         assert!(m.gradient_ratio_measured());
-        assert_eq!(m.seed_gradient_norm_ratio_ema(), Some(0.5), "first sample sets it");
-        m.record_gradient_ratio(1.5);
-        assert_eq!(m.seed_gradient_norm_ratio(), Some(1.5));
-        let ema = m.seed_gradient_norm_ratio_ema().unwrap();
-        assert!((ema - (0.9 * 0.5 + 0.1 * 1.5)).abs() < 1e-12, "{ema}");
-        // Clamped samples.
-        m.record_gradient_ratio(50.0);
+        assert_eq!(m.seed_gradient_norm_ema(), Some(0.5), "the first sample sets the EMA");
+        assert_eq!(m.seed_gradient_norm_ratio(), Some(0.5));
+        m.record_gradient_norms(1.5, 1.0, 100, 100);
+        let ema = 0.9 * 0.5 + 0.1 * 1.5;
+        assert!((m.seed_gradient_norm_ema().unwrap() - ema).abs() < 1e-12);
+        assert!((m.seed_gradient_norm_ratio().unwrap() - ema).abs() < 1e-12, "the latest ratio, from the EMA");
+        // sqrt(host / seed) scaling, then the clamp.
+        m.record_gradient_norms(ema, 1.0, 1, 10_000);
         assert_eq!(m.seed_gradient_norm_ratio(), Some(MAX_GRADIENT_RATIO));
         m.record_gradient_ratio(-1.0);
         assert_eq!(m.seed_gradient_norm_ratio(), Some(0.0));
-        // NaN is not clamped into a passing value: it stays NaN, and so does the EMA.
-        m.record_gradient_ratio(f64::NAN);
+        // NaN is not clamped into a passing value.
+        m.record_gradient_norms(f64::NAN, 1.0, 1, 1);
         assert!(m.seed_gradient_norm_ratio().is_some_and(f64::is_nan));
-        assert!(m.seed_gradient_norm_ratio_ema().is_some_and(f64::is_nan));
     }
 
     #[test]

@@ -59,7 +59,8 @@ pub struct SeedSlot {
     config: SlotConfig,
     lifecycle: Lifecycle,
     seed: Option<PluginSeed>,
-    /// The live seed's blend (made at germination from `config.blend`).
+    /// The live seed's blend, made from `config.blend` when it enters BLENDING (none
+    /// before: a TRAINING seed is not blended).
     blend: Option<Blend>,
     monitor: Option<GradientHealthMonitor>,
     /// On the seed's device: false once any output of the seed was NaN or infinite.
@@ -126,19 +127,20 @@ impl SeedSlot {
     /// is checked against the contract first; a breach or a plugin error is a
     /// [`ModelError::Seed`] naming the seed (the caller prunes it).
     pub fn forward(&self, host: Tensor, train: bool) -> Result<Tensor, ModelError> {
-        let Some((seed, blend)) = self.seed.as_ref().zip(self.blend.as_ref()).filter(|_| self.runs_seed()) else {
+        let Some(seed) = self.seed.as_ref().filter(|_| self.runs_seed()) else {
             return Ok(host);
         };
-        let input = seed_input(&host, self.config.isolate_gradients);
+        // Isolation is forced while the seed trains alone; config decides from BLENDING on.
+        let training = self.stage() == SeedStage::Training;
+        let input = seed_input(&host, self.config.isolate_gradients || training);
         let out = checked_forward(seed, &input, train).map_err(|kind| self.fault(kind))?;
         if let Some(flag) = &self.finite {
             note_finite(flag, &out).map_err(|e| self.fault(FaultKind::Forward(e.to_string())))?;
         }
-        let alpha = self.alpha();
-        if self.stage() == SeedStage::Training && alpha == 0.0 {
-            return Ok(straight_through(&host, &out));
+        match &self.blend {
+            Some(blend) if !training => Ok(blend.apply(&host, &out, &input, self.alpha())),
+            _ => Ok(straight_through(&host, &out)),
         }
-        Ok(blend.apply(&host, &out, &input, alpha))
     }
 
     /// Probes `seed` (created for this slot's channel count, with `options`) and
@@ -156,12 +158,15 @@ impl SeedSlot {
                 self.lifecycle_err(LifecycleError::SlotOccupied { slot_id: self.id.clone(), stage: self.stage() })
             );
         }
-        let blend = self.new_blend(&seed)?;
+        self.check_fits(&seed)?;
         self.probe(&seed)?;
-        let schedule = BlendSchedule { curve: self.config.alpha_curve, tempo_epochs: self.config.blend_tempo };
+        // GATE blends along a linear curve (esper-lite forces it); the others as configured.
+        let curve =
+            if self.config.blend == BlendAlgorithm::Gate { AlphaCurve::Linear } else { self.config.alpha_curve };
+        let schedule = BlendSchedule { curve, tempo_epochs: self.config.blend_tempo };
         self.lifecycle.germinate_with(seed_id, seed.key(), schedule).map_err(|e| self.lifecycle_err(e))?;
         self.events.push(LifecycleEvent::Germinated { slot: self.id.clone(), blueprint: seed.key().into() });
-        self.install(seed, blend, options.clone(), host_params);
+        self.install(seed, options.clone(), host_params);
         Ok(())
     }
 
@@ -188,8 +193,8 @@ impl SeedSlot {
         Ok(())
     }
 
-    /// The blend a seed runs under here; the seed must fit this slot.
-    fn new_blend(&self, seed: &PluginSeed) -> Result<Blend, ModelError> {
+    /// A seed must be made for this slot's channel count.
+    fn check_fits(&self, seed: &PluginSeed) -> Result<(), ModelError> {
         if seed.channels() != self.channels {
             return Err(ModelError::SeedMismatch {
                 slot: self.id.clone(),
@@ -198,15 +203,22 @@ impl SeedSlot {
                 got: seed.channels(),
             });
         }
-        Ok(Blend::new(self.config.blend, self.channels, seed.device()))
+        Ok(())
     }
 
-    fn install(&mut self, seed: PluginSeed, blend: Blend, options: serde_json::Value, host_params: &[Tensor]) {
+    /// Makes the blend for a seed entering BLENDING (once).
+    fn make_blend(&mut self) {
+        if let (Some(seed), None) = (&self.seed, &self.blend) {
+            self.blend = Some(Blend::new(self.config.blend, self.channels, seed.device()));
+        }
+    }
+
+    fn install(&mut self, seed: PluginSeed, options: serde_json::Value, host_params: &[Tensor]) {
         self.finite = Tensor::f_ones([], (Kind::Bool, seed.device())).ok();
+        // The monitor watches the seed's own parameters, never a blend's gate network.
+        self.monitor = Some(GradientHealthMonitor::new(host_params, &seed.trainable()));
         self.seed = Some(seed);
-        self.blend = Some(blend);
         self.options = options;
-        self.monitor = Some(GradientHealthMonitor::new(host_params, &self.seed_parameters()));
     }
 
     /// Restores a checkpointed lifecycle with its seed: `seed` is the one re-created
@@ -230,10 +242,13 @@ impl SeedSlot {
         }
         self.drop_seed();
         if let Some(seed) = seed {
-            let blend = self.new_blend(&seed)?;
-            self.install(seed, blend, options, host_params);
+            self.check_fits(&seed)?;
+            self.install(seed, options, host_params);
         }
         self.lifecycle = lifecycle;
+        if matches!(self.stage(), SeedStage::Blending | SeedStage::Holding | SeedStage::Fossilized) {
+            self.make_blend();
+        }
         Ok(())
     }
 
@@ -267,6 +282,9 @@ impl SeedSlot {
             failed: result.checks_failed.clone(),
         });
         if to != from {
+            if to == SeedStage::Blending {
+                self.make_blend();
+            }
             self.events.push(LifecycleEvent::StageChanged { slot: self.id.clone(), from, to });
         }
         Ok(result)
@@ -395,10 +413,12 @@ impl SeedSlot {
         if !self.runs_seed() {
             return None;
         }
-        let sample = self.monitor.as_ref()?.sample()?;
+        let monitor = self.monitor.as_ref()?;
+        let sample = monitor.sample()?;
+        let (host_params, seed_params) = monitor.param_counts();
         let health = GradientHealth::from_param_norms(&sample.seed_param_norms);
         let metrics = self.lifecycle.metrics_mut()?;
-        metrics.record_gradient_ratio(sample.ratio);
+        metrics.record_gradient_norms(sample.seed_norm, sample.host_norm, seed_params, host_params);
         metrics.record_gradient_health_summary(&health);
         // The latest sample decides: G5 fossilizes only a seed healthy now.
         self.lifecycle.set_healthy(health.is_healthy());
@@ -408,10 +428,13 @@ impl SeedSlot {
     /// Trainable parameters of the seed and its blend (gate), runtime-owned.
     pub fn seed_parameters(&self) -> Vec<Tensor> {
         let mut p = self.seed.as_ref().map(|s| s.trainable()).unwrap_or_default();
-        if let Some(vs) = self.blend.as_ref().and_then(Blend::vars) {
-            p.extend(vs.trainable_variables());
-        }
+        p.extend(self.gate_parameters());
         p
+    }
+
+    /// Trainable parameters of the blend's gate network (GATE, from BLENDING on).
+    pub fn gate_parameters(&self) -> Vec<Tensor> {
+        self.blend.as_ref().and_then(Blend::vars).map(|vs| vs.trainable_variables()).unwrap_or_default()
     }
 
     pub(crate) fn set_device(&mut self, device: Device) {

@@ -39,6 +39,11 @@ pub struct Trainer {
     guard: step::StepGuard,
 }
 
+/// The key of slot `slot`'s gate-network optimizer among the seed optimizers.
+fn gate_key(slot: &str) -> String {
+    format!("{slot}/gate")
+}
+
 /// Emits `event` (its one trip to tracing, see [`LifecycleEvent::emit`]) and keeps it
 /// in the epoch's `events`.
 fn record(event: LifecycleEvent, events: &mut Vec<LifecycleEvent>) {
@@ -160,18 +165,24 @@ impl Trainer {
         }
     }
 
-    /// One optimizer per live seed: created at germination, dropped with the seed.
+    /// One optimizer per live seed (key: the slot), created at germination and dropped
+    /// with the seed, and one per gate network (key: [`gate_key`]), created when the
+    /// seed enters BLENDING. A seed blending out for a prune is frozen (esper-lite's rule).
     fn sync_seed_optimizers(&mut self) {
-        let live: Vec<(String, Vec<Tensor>)> = self
-            .model
-            .slots()
-            .iter()
-            .filter(|s| s.seed().is_some())
-            .map(|s| (s.id().to_string(), s.seed_parameters()))
-            .collect();
-        self.seed_opts.retain(|id, _| live.iter().any(|(l, _)| l == id));
-        for (id, params) in live {
-            self.seed_opts.entry(id).or_insert_with(|| Optimizer::new(self.config.training.seed_optimizer, params));
+        let mut live: Vec<(String, Vec<Tensor>, bool)> = Vec::new();
+        for slot in self.model.slots() {
+            let Some(seed) = slot.seed() else { continue };
+            let frozen = slot.prune_scheduled();
+            live.push((slot.id().to_string(), seed.trainable(), frozen));
+            let gate = slot.gate_parameters();
+            if !gate.is_empty() {
+                live.push((gate_key(slot.id()), gate, frozen));
+            }
+        }
+        self.seed_opts.retain(|id, _| live.iter().any(|(l, _, _)| l == id));
+        for (id, params, frozen) in live {
+            let config = self.config.training.seed_optimizer;
+            self.seed_opts.entry(id).or_insert_with(|| Optimizer::new(config, params)).set_frozen(frozen);
         }
     }
 }

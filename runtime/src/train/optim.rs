@@ -17,12 +17,20 @@ pub struct Optimizer {
     /// Per parameter: SGD `[momentum]`, Adam `[m, v]` (created lazily on first step).
     state: Vec<Vec<Tensor>>,
     steps: i64,
+    /// A frozen optimizer's `step` changes nothing (a seed blending out for a prune).
+    frozen: bool,
 }
 
 impl Optimizer {
     pub fn new(config: OptimizerConfig, params: Vec<Tensor>) -> Self {
         let state = params.iter().map(|_| Vec::new()).collect();
-        Self { config, params, state, steps: 0 }
+        Self { config, params, state, steps: 0, frozen: false }
+    }
+
+    /// Freezes (or thaws) its parameters: while frozen, `step` leaves them and the
+    /// optimizer state as they are.
+    pub fn set_frozen(&mut self, frozen: bool) {
+        self.frozen = frozen;
     }
 
     pub fn zero_grad(&mut self) {
@@ -33,6 +41,9 @@ impl Optimizer {
 
     /// One update of every parameter that has a gradient.
     pub fn step(&mut self) {
+        if self.frozen {
+            return;
+        }
         self.steps += 1;
         let t = self.steps as f64;
         tch::no_grad(|| {

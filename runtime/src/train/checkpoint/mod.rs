@@ -126,6 +126,9 @@ impl Trainer {
                 format!("checkpoint {}: slot `{}` has a seed but no seed optimizer", ckpt.dir().display(), slot.id())
             })?;
             opt.load_state(&state).map_err(anyhow::Error::msg)?;
+            if let Some(gate) = self.seed_opts.get_mut(&super::gate_key(slot.id())) {
+                gate.load_state(&ckpt.tensors(&gate_optimizer_file(slot.id()))?).map_err(anyhow::Error::msg)?;
+            }
         }
         Ok(())
     }
@@ -140,6 +143,9 @@ impl Trainer {
             if !named.is_empty() {
                 w.tensors(&slot_file(slot.id()), &named)?;
                 w.tensors(&slot_optimizer_file(slot.id()), &self.seed_opts[slot.id()].state_tensors())?;
+                if let Some(gate) = self.seed_opts.get(&super::gate_key(slot.id())) {
+                    w.tensors(&gate_optimizer_file(slot.id()), &gate.state_tensors())?;
+                }
             }
         }
         let plugins = self

@@ -42,6 +42,11 @@ pub fn slot_file(slot: &str) -> String {
 pub fn slot_optimizer_file(slot: &str) -> String {
     format!("optim-{slot}.safetensors")
 }
+
+/// The optimizer state of a slot's gate network (GATE blend, from BLENDING on).
+pub fn gate_optimizer_file(slot: &str) -> String {
+    format!("optim-{slot}-gate.safetensors")
+}
 /// Checkpoints kept on disk: the one just written and the newest earlier ones.
 pub const KEEP: usize = 2;
 /// Suffix of a published folder renamed aside while its replacement is renamed in.
