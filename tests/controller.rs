@@ -5,11 +5,14 @@
 use esper_runtime::{
     config::ControllerConfig,
     host::CnnHostConfig,
-    lifecycle::SeedStage,
+    lifecycle::{AlphaTarget, BlendChoice, SeedStage},
     model::{MorphogeneticModel, SlotConfig},
-    train::controller::{Action, Controller},
+    train::{
+        controller::{Action, Controller},
+        germinate_with,
+    },
 };
-use esper_tests::model::{model_in_stage, norm_registry};
+use esper_tests::model::{batch, lenient_gates, model_in_stage, norm_registry, train_step};
 
 const SLOT: &str = "r0c1";
 
@@ -87,4 +90,32 @@ fn a_holding_seed_is_fossilized_at_half_a_point_of_contribution_and_pruned_below
     let (actions, c) = decide(ControllerConfig::default(), &m);
     assert!(pruned_for(&actions).is_some_and(|r| r.contains("below 0.50 to fossilize")), "{actions:?}");
     assert_eq!(c.state().penalties.get("norm"), Some(&2.0));
+}
+
+#[test]
+fn a_seed_resting_at_a_partial_target_goes_on_to_full_amplitude_once_it_contributes() {
+    let host = CnnHostConfig { base_channels: 8, ..Default::default() };
+    let mut m = MorphogeneticModel::new(host, &[SLOT], SlotConfig::default(), tch::Device::Cpu).unwrap();
+    let choice = BlendChoice { alpha_target: Some(AlphaTarget::Half), blend_tempo: Some(2) };
+    germinate_with(&mut m, &norm_registry(), (SLOT, "norm", "s1"), &serde_json::Value::Null, choice).unwrap();
+    let gates = lenient_gates();
+    m.slot_mut(SLOT).unwrap().advance(&gates).unwrap(); // TRAINING
+    let (x, y) = batch(4, tch::Device::Cpu);
+    train_step(&mut m, &x, &y);
+    assert!(m.slot_mut(SLOT).unwrap().advance(&gates).unwrap().passed, "BLENDING");
+    for _ in 0..3 {
+        m.step_epoch().unwrap();
+    }
+    let slot = m.slot(SLOT).unwrap();
+    assert!(slot.at_partial_hold() && slot.alpha() == 0.5, "alpha {}", slot.alpha());
+    contribution(&mut m, 0.2);
+    let (actions, _) = decide(ControllerConfig::default(), &m);
+    assert!(actions.is_empty(), "not earned yet: {actions:?}");
+    contribution(&mut m, 0.6);
+    let (actions, _) = decide(ControllerConfig::default(), &m);
+    assert_eq!(actions, [Action::Continue { slot: SLOT.into() }]);
+    m.slot_mut(SLOT).unwrap().continue_to_full().unwrap();
+    m.step_epoch().unwrap();
+    m.step_epoch().unwrap();
+    assert_eq!(m.slot(SLOT).unwrap().alpha(), 1.0);
 }

@@ -5,7 +5,7 @@
 use esper_runtime::{
     host::{is_channels_last, to_channels_last, CnnHostConfig, MemoryFormat},
     isolation::BlendAlgorithm,
-    lifecycle::{SeedStage, EMBARGO_EPOCHS_AFTER_PRUNE},
+    lifecycle::{BlendChoice, SeedStage, EMBARGO_EPOCHS_AFTER_PRUNE},
     model::{ModelError, MorphogeneticModel, SlotConfig},
     plugin::BlueprintRegistry,
     train::germinate,
@@ -171,11 +171,11 @@ fn a_slot_takes_only_a_seed_made_for_it_and_restores_only_its_own_seed() {
             .unwrap();
     // The seed comes from the caller (the trainer); one made for 64 channels does not fit r0c0 (32).
     let seed = r.create_seed("norm", 64, &Value::Null, Device::Cpu).unwrap();
-    let e = m.germinate("r0c0", seed, "s1", &Value::Null).err().unwrap();
+    let e = m.germinate("r0c0", seed, "s1", &Value::Null, BlendChoice::default()).err().unwrap();
     assert_eq!(e.to_string(), "slot `r0c0` has 32 channels; the `cnn:norm` seed handed to it was created for 64");
     assert_eq!(m.slot("r0c0").unwrap().stage(), SeedStage::Dormant);
     let seed = r.create_seed("norm", 64, &Value::Null, Device::Cpu).unwrap();
-    m.germinate("r1c1", seed, "s1", &Value::Null).unwrap();
+    m.germinate("r1c1", seed, "s1", &Value::Null, BlendChoice::default()).unwrap();
     // Restoring the germinated lifecycle needs its seed back; an empty one takes none.
     let lifecycle = m.slot("r1c1").unwrap().lifecycle().clone();
     assert_eq!(lifecycle.live_blueprint(), Some("cnn:norm"));

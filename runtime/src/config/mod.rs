@@ -174,6 +174,12 @@ pub struct ScheduledSeed {
     pub blueprint: String,
     #[serde(default)]
     pub options: serde_json::Value,
+    /// This seed's first alpha target (0.5, 0.7 or 1.0) instead of `[slot]`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha_target: Option<crate::lifecycle::AlphaTarget>,
+    /// This seed's blend tempo (epochs per ramp) instead of `[slot]`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blend_tempo: Option<u32>,
 }
 
 /// Default of [`LifecycleConfig::plugin_param_factor`].

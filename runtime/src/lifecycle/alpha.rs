@@ -107,19 +107,72 @@ impl fmt::Display for AlphaMode {
     }
 }
 
-/// How a seed is blended in when it enters BLENDING: the curve and the number of
-/// epochs (controller ticks) from alpha 0 to 1.
+/// The amplitude a seed's first ramp in BLENDING aims at: esper-lite's three (0.5, 0.7,
+/// full). Below full, the seed rests there (a partial hold) until it is continued to
+/// full amplitude or pruned; G3 (to HOLDING) needs full amplitude.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "f64", into = "f64")]
+pub enum AlphaTarget {
+    Half,
+    SevenTenths,
+    #[default]
+    Full,
+}
+
+impl AlphaTarget {
+    pub fn value(self) -> f64 {
+        match self {
+            AlphaTarget::Half => 0.5,
+            AlphaTarget::SevenTenths => 0.7,
+            AlphaTarget::Full => 1.0,
+        }
+    }
+}
+
+impl From<AlphaTarget> for f64 {
+    fn from(t: AlphaTarget) -> f64 {
+        t.value()
+    }
+}
+
+impl TryFrom<f64> for AlphaTarget {
+    type Error = String;
+    fn try_from(v: f64) -> Result<Self, String> {
+        [AlphaTarget::Half, AlphaTarget::SevenTenths, AlphaTarget::Full]
+            .into_iter()
+            .find(|t| (t.value() - v).abs() < 1e-9)
+            .ok_or_else(|| format!("alpha target {v}: must be 0.5, 0.7 or 1.0"))
+    }
+}
+
+/// How a seed is blended in when it enters BLENDING: the curve, the number of epochs
+/// (controller ticks) of a ramp, and the amplitude of the first ramp.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct BlendSchedule {
     pub curve: AlphaCurve,
     pub tempo_epochs: u32,
+    /// Full for a checkpoint from before per-seed targets.
+    #[serde(default)]
+    pub alpha_target: AlphaTarget,
 }
 
 impl Default for BlendSchedule {
-    /// Sigmoid over 5 epochs (esper-lite's default blend algorithm and tempo).
+    /// Sigmoid over 5 epochs to full amplitude (esper-lite's default blend and tempo).
     fn default() -> Self {
-        BlendSchedule { curve: AlphaCurve::Sigmoid, tempo_epochs: DEFAULT_BLEND_TEMPO_EPOCHS }
+        BlendSchedule {
+            curve: AlphaCurve::Sigmoid,
+            tempo_epochs: DEFAULT_BLEND_TEMPO_EPOCHS,
+            alpha_target: AlphaTarget::Full,
+        }
     }
+}
+
+/// A seed's own choice of how it blends in, over its slot's `[slot]` settings (a
+/// schedule entry can give one; esper-lite's tempos are 3, 5 and 8 epochs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlendChoice {
+    pub alpha_target: Option<AlphaTarget>,
+    pub blend_tempo: Option<u32>,
 }
 
 /// Moves alpha from `alpha_start` to `alpha_target` over `steps_total` ticks along a

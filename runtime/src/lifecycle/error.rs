@@ -20,6 +20,10 @@ pub enum LifecycleError {
     #[error("alpha can only be retargeted from HOLD (the controller is in {mode})")]
     AlphaNotHolding { mode: AlphaMode },
 
+    /// Continuing to full amplitude a seed that is not resting at a partial target.
+    #[error("only a BLENDING seed at a partial alpha target can be continued to full amplitude (this one is {stage}, target {target})")]
+    NotPartial { stage: SeedStage, target: f64 },
+
     /// An alpha target that is not a finite number.
     #[error("alpha target must be a finite number, got {0}")]
     InvalidAlphaTarget(f64),

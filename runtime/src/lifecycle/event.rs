@@ -22,6 +22,10 @@ pub enum LifecycleEvent {
         slot: String,
         blueprint: String,
     },
+    /// A seed resting at a partial alpha target goes on to full amplitude.
+    BlendContinued {
+        slot: String,
+    },
     /// The gate to the next stage was evaluated (passed or not), with the checks failed.
     GateEvaluated {
         slot: String,
@@ -75,6 +79,7 @@ impl fmt::Display for LifecycleEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LifecycleEvent::Germinated { slot, blueprint } => write!(f, "{slot}: germinated {blueprint}"),
+            LifecycleEvent::BlendContinued { slot } => write!(f, "{slot}: blending on to full amplitude"),
             LifecycleEvent::GateEvaluated { slot, gate, passed: true, .. } => write!(f, "{slot}: {gate:?} passed"),
             LifecycleEvent::GateEvaluated { slot, gate, failed, .. } => {
                 write!(f, "{slot}: {gate:?} failed ({})", super::check::join_checks(failed))
@@ -102,6 +107,7 @@ impl fmt::Display for LifecycleEvent {
 #[serde(tag = "event", rename_all = "snake_case")]
 enum Tagged {
     Germinated { slot: String, blueprint: String },
+    BlendContinued { slot: String },
     GateEvaluated { slot: String, gate: GateLevel, passed: bool, failed: Vec<GateCheck> },
     StageChanged { slot: String, from: SeedStage, to: SeedStage },
     Pruned { slot: String, reason: String },
@@ -132,6 +138,7 @@ impl From<LifecycleEvent> for Tagged {
     fn from(e: LifecycleEvent) -> Self {
         match e {
             LifecycleEvent::Germinated { slot, blueprint } => Tagged::Germinated { slot, blueprint },
+            LifecycleEvent::BlendContinued { slot } => Tagged::BlendContinued { slot },
             LifecycleEvent::GateEvaluated { slot, gate, passed, failed } => {
                 Tagged::GateEvaluated { slot, gate, passed, failed }
             }
@@ -153,6 +160,7 @@ impl From<Tagged> for LifecycleEvent {
     fn from(e: Tagged) -> Self {
         match e {
             Tagged::Germinated { slot, blueprint } => LifecycleEvent::Germinated { slot, blueprint },
+            Tagged::BlendContinued { slot } => LifecycleEvent::BlendContinued { slot },
             Tagged::GateEvaluated { slot, gate, passed, failed } => {
                 LifecycleEvent::GateEvaluated { slot, gate, passed, failed }
             }
@@ -175,6 +183,7 @@ impl LifecycleEvent {
     pub fn name(&self) -> &'static str {
         match self {
             LifecycleEvent::Germinated { .. } => "germinated",
+            LifecycleEvent::BlendContinued { .. } => "blend_continued",
             LifecycleEvent::GateEvaluated { .. } => "gate_evaluated",
             LifecycleEvent::StageChanged { .. } => "stage_changed",
             LifecycleEvent::Pruned { .. } => "pruned",
@@ -191,6 +200,7 @@ impl LifecycleEvent {
     pub fn slot(&self) -> Option<&str> {
         match self {
             LifecycleEvent::Germinated { slot, .. }
+            | LifecycleEvent::BlendContinued { slot }
             | LifecycleEvent::GateEvaluated { slot, .. }
             | LifecycleEvent::StageChanged { slot, .. }
             | LifecycleEvent::Pruned { slot, .. }
@@ -258,6 +268,7 @@ mod tests {
     fn json_is_tagged_with_the_text_and_reads_back_and_old_lines_read_as_notes() {
         let all = [
             LifecycleEvent::Germinated { slot: "r0c1".into(), blueprint: "norm".into() },
+            LifecycleEvent::BlendContinued { slot: "r0c1".into() },
             LifecycleEvent::GateEvaluated {
                 slot: "r0c1".into(),
                 gate: GateLevel::G2,

@@ -26,7 +26,10 @@ pub mod slot_core;
 pub mod stage;
 pub mod state;
 
-pub use alpha::{AlphaController, AlphaCurve, AlphaMode, BlendSchedule, DEFAULT_BLEND_TEMPO_EPOCHS, SIGMOID_STEEPNESS};
+pub use alpha::{
+    AlphaController, AlphaCurve, AlphaMode, AlphaTarget, BlendChoice, BlendSchedule, DEFAULT_BLEND_TEMPO_EPOCHS,
+    SIGMOID_STEEPNESS,
+};
 pub use check::{GateCheck, UnknownGateCheck};
 pub use error::LifecycleError;
 pub use event::LifecycleEvent;

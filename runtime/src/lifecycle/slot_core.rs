@@ -159,13 +159,27 @@ impl Lifecycle {
         match (from, target) {
             (SeedStage::Training, SeedStage::Blending) => {
                 let mut ctl = AlphaController::new(state.alpha());
-                ctl.retarget(1.0, state.blend.tempo_epochs, state.blend.curve)?;
+                ctl.retarget(state.blend.alpha_target.value(), state.blend.tempo_epochs, state.blend.curve)?;
                 state.alpha_controller = ctl;
             }
             (SeedStage::Blending, SeedStage::Holding) => state.alpha_controller.snap_to(1.0),
             _ => {}
         }
         Ok(result)
+    }
+
+    /// Continues a BLENDING seed resting at a partial alpha target to full amplitude,
+    /// over its tempo. Refused unless it rests (HOLD) below 1 in BLENDING.
+    pub fn continue_to_full(&mut self) -> Result<(), LifecycleError> {
+        let state = self.state.as_mut().ok_or_else(|| LifecycleError::NoSeed { slot_id: self.slot_id.clone() })?;
+        if state.stage != SeedStage::Blending || state.alpha_controller.alpha_target() >= 1.0 - ALPHA_EPSILON {
+            return Err(LifecycleError::NotPartial {
+                stage: state.stage,
+                target: state.alpha_controller.alpha_target(),
+            });
+        }
+        let curve = state.alpha_controller.curve();
+        state.alpha_controller.retarget(1.0, state.blend.tempo_epochs, curve)
     }
 
     /// Prune now: alpha drops to 0 and any scheduled prune is dropped. FOSSILIZED
@@ -260,7 +274,7 @@ impl Lifecycle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lifecycle::alpha::AlphaCurve;
+    use crate::lifecycle::alpha::{AlphaCurve, AlphaTarget};
     use crate::lifecycle::GateCheck;
     use SeedStage::*;
 
@@ -354,9 +368,46 @@ mod tests {
     }
 
     #[test]
+    fn a_partial_alpha_target_holds_below_full_until_continued() {
+        let mut lc = Lifecycle::new("r1c0");
+        let blend = BlendSchedule { curve: AlphaCurve::Linear, tempo_epochs: 2, alpha_target: AlphaTarget::Half };
+        lc.germinate_with("s", "norm", blend).unwrap();
+        assert!(lc.continue_to_full().is_err(), "not blending yet");
+        lc.advance(&QualityGates::permissive()).unwrap();
+        epochs(&mut lc, 10);
+        lc.metrics_mut().unwrap().record_gradient_ratio(0.5);
+        lc.metrics_mut().unwrap().record_gradient_health(1.0, false);
+        assert!(lc.advance(&QualityGates::permissive()).unwrap().passed);
+        for _ in 0..4 {
+            lc.step_epoch().unwrap();
+        }
+        assert_eq!(lc.alpha(), 0.5, "rests at its target");
+        assert_eq!(lc.state().unwrap().alpha_controller().mode(), AlphaMode::Hold);
+        let g3 = lc.advance(&QualityGates::permissive()).unwrap();
+        assert!(!g3.passed && lc.stage() == Blending, "G3 needs full amplitude: {g3}");
+        lc.continue_to_full().unwrap();
+        lc.step_epoch().unwrap();
+        assert_eq!(lc.alpha(), 0.75, "linear, over its tempo of 2 epochs");
+        lc.step_epoch().unwrap();
+        assert_eq!(lc.alpha(), 1.0);
+        let again = lc.continue_to_full().unwrap_err();
+        assert!(again.to_string().contains("partial alpha target"), "{again}");
+    }
+
+    #[test]
+    fn alpha_targets_are_esper_lites_three() {
+        for (v, t) in [(0.5, AlphaTarget::Half), (0.7, AlphaTarget::SevenTenths), (1.0, AlphaTarget::Full)] {
+            assert_eq!(AlphaTarget::try_from(v), Ok(t));
+            assert_eq!(serde_json::to_value(t).unwrap(), serde_json::json!(v));
+        }
+        let e = serde_json::from_value::<AlphaTarget>(serde_json::json!(0.6)).unwrap_err();
+        assert!(e.to_string().contains("must be 0.5, 0.7 or 1.0"), "{e}");
+    }
+
+    #[test]
     fn custom_blend_schedule() {
         let mut lc = Lifecycle::new("r1c0");
-        let blend = BlendSchedule { curve: AlphaCurve::Linear, tempo_epochs: 2 };
+        let blend = BlendSchedule { curve: AlphaCurve::Linear, tempo_epochs: 2, ..Default::default() };
         lc.germinate_with("s", "norm", blend).unwrap();
         lc.advance(&QualityGates::permissive()).unwrap();
         epochs(&mut lc, 10);

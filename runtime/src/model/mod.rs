@@ -9,7 +9,7 @@ pub use slot::{SeedSlot, SlotConfig, SlotReport, PROBE_BATCH, PROBE_SIZE};
 use crate::{
     host::{CnnHost, CnnHostConfig, Segment},
     isolation::GradientSample,
-    lifecycle::Lifecycle,
+    lifecycle::{BlendChoice, Lifecycle},
     plugin::PluginSeed,
 };
 use tch::{nn, Device, Tensor};
@@ -193,9 +193,10 @@ impl MorphogeneticModel {
         seed: PluginSeed,
         seed_id: &str,
         options: &serde_json::Value,
+        choice: BlendChoice,
     ) -> Result<(), ModelError> {
         let host_params = self.host_parameters();
-        self.slot_mut(id)?.germinate(seed, seed_id, options, &host_params)
+        self.slot_mut(id)?.germinate(seed, seed_id, options, choice, &host_params)
     }
 
     /// Restores slot `id` to a checkpointed `lifecycle`, with `seed` re-created from its

@@ -8,8 +8,8 @@ use crate::{
         GradientSample, SeedFault,
     },
     lifecycle::{
-        AlphaCurve, AlphaMode, BlendSchedule, GateResult, GradientHealth, Lifecycle, LifecycleError, LifecycleEvent,
-        QualityGates, SeedStage, SeedState, StageChange,
+        AlphaCurve, AlphaMode, AlphaTarget, BlendChoice, BlendSchedule, GateResult, GradientHealth, Lifecycle,
+        LifecycleError, LifecycleEvent, QualityGates, SeedStage, SeedState, StageChange,
     },
     plugin::PluginSeed,
 };
@@ -24,13 +24,21 @@ pub struct SlotConfig {
     pub isolate_gradients: bool,
     pub blend: BlendAlgorithm,
     pub alpha_curve: AlphaCurve,
-    /// Epochs for the alpha ramp in BLENDING.
+    /// Epochs for an alpha ramp in BLENDING.
     pub blend_tempo: u32,
+    /// The amplitude of a seed's first ramp (0.5, 0.7 or 1.0).
+    pub alpha_target: AlphaTarget,
 }
 
 impl Default for SlotConfig {
     fn default() -> Self {
-        Self { isolate_gradients: true, blend: BlendAlgorithm::Add, alpha_curve: AlphaCurve::Sigmoid, blend_tempo: 5 }
+        Self {
+            isolate_gradients: true,
+            blend: BlendAlgorithm::Add,
+            alpha_curve: AlphaCurve::Sigmoid,
+            blend_tempo: 5,
+            alpha_target: AlphaTarget::Full,
+        }
     }
 }
 
@@ -151,6 +159,7 @@ impl SeedSlot {
         seed: PluginSeed,
         seed_id: &str,
         options: &serde_json::Value,
+        choice: BlendChoice,
         host_params: &[Tensor],
     ) -> Result<(), ModelError> {
         if !self.lifecycle.is_available() {
@@ -163,7 +172,11 @@ impl SeedSlot {
         // GATE blends along a linear curve (esper-lite forces it); the others as configured.
         let curve =
             if self.config.blend == BlendAlgorithm::Gate { AlphaCurve::Linear } else { self.config.alpha_curve };
-        let schedule = BlendSchedule { curve, tempo_epochs: self.config.blend_tempo };
+        let schedule = BlendSchedule {
+            curve,
+            tempo_epochs: choice.blend_tempo.unwrap_or(self.config.blend_tempo),
+            alpha_target: choice.alpha_target.unwrap_or(self.config.alpha_target),
+        };
         self.lifecycle.germinate_with(seed_id, seed.key(), schedule).map_err(|e| self.lifecycle_err(e))?;
         self.events.push(LifecycleEvent::Germinated { slot: self.id.clone(), blueprint: seed.key().into() });
         self.install(seed, options.clone(), host_params);
@@ -319,6 +332,21 @@ impl SeedSlot {
         }
         self.events.push(LifecycleEvent::PruneScheduled { slot: self.id.clone(), epochs, reason: reason.into() });
         Ok(())
+    }
+
+    /// Continues a seed resting at a partial alpha target to full amplitude.
+    pub fn continue_to_full(&mut self) -> Result<(), ModelError> {
+        self.lifecycle.continue_to_full().map_err(|e| self.lifecycle_err(e))?;
+        self.events.push(LifecycleEvent::BlendContinued { slot: self.id.clone() });
+        Ok(())
+    }
+
+    /// Whether the seed rests in BLENDING at a partial alpha target (below full).
+    pub fn at_partial_hold(&self) -> bool {
+        self.lifecycle.state().is_some_and(|s| {
+            let ctl = s.alpha_controller();
+            s.stage() == SeedStage::Blending && ctl.mode() == AlphaMode::Hold && ctl.alpha_target() < 1.0 - 1e-6
+        })
     }
 
     /// Whether a prune by blend-out is under way.

@@ -14,7 +14,7 @@
 
 use crate::{
     config::{ControllerConfig, ScheduledSeed},
-    lifecycle::SeedStage,
+    lifecycle::{BlendChoice, SeedStage},
     model::{MorphogeneticModel, SeedSlot},
 };
 use serde::{Deserialize, Serialize};
@@ -24,9 +24,24 @@ use std::collections::BTreeMap;
 /// One decision for one slot.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Germinate { slot: String, blueprint: String, options: Value, seed_id: String },
-    Advance { slot: String },
-    Prune { slot: String, reason: String },
+    Germinate {
+        slot: String,
+        blueprint: String,
+        options: Value,
+        seed_id: String,
+        choice: BlendChoice,
+    },
+    Advance {
+        slot: String,
+    },
+    /// Continue a seed resting at a partial alpha target to full amplitude.
+    Continue {
+        slot: String,
+    },
+    Prune {
+        slot: String,
+        reason: String,
+    },
 }
 
 /// What the controller remembers between epochs.
@@ -131,7 +146,8 @@ impl Controller {
             // The schedule names its epoch; the controller waits for a plateau.
             let id = slot.id();
             if let Some(s) = self.schedule.iter().find(|s| s.slot == id && s.epoch == epoch + 1) {
-                actions.push(germinate(id, &s.blueprint, &s.options, epoch));
+                let choice = BlendChoice { alpha_target: s.alpha_target, blend_tempo: s.blend_tempo };
+                actions.push(germinate(id, &s.blueprint, &s.options, epoch, choice));
                 live += 1;
             } else if self.config.enabled
                 && live < self.config.max_live_seeds
@@ -139,7 +155,7 @@ impl Controller {
                 && self.plateau(val_accuracy) >= self.config.plateau_epochs
             {
                 let (blueprint, options) = self.next_blueprint();
-                actions.push(germinate(id, &blueprint, &options, epoch));
+                actions.push(germinate(id, &blueprint, &options, epoch, BlendChoice::default()));
                 live += 1;
             }
         }
@@ -170,6 +186,10 @@ impl Controller {
                 prune(format!("counterfactual contribution {:.2} points", contribution.unwrap_or_default()))
             }
             SeedStage::Blending if slot.alpha() >= 1.0 => Some(Action::Advance { slot: id }),
+            // A partial hold: a seed that earned its place goes on to full amplitude.
+            SeedStage::Blending if slot.at_partial_hold() => {
+                contribution.is_some_and(|v| v >= c.fossilize_at_contribution).then_some(Action::Continue { slot: id })
+            }
             SeedStage::Holding if in_stage >= c.max_holding_epochs => {
                 prune(format!("HOLDING for {in_stage} epochs without passing G5"))
             }
@@ -193,12 +213,13 @@ impl Controller {
     }
 }
 
-fn germinate(slot: &str, blueprint: &str, options: &Value, epoch: u32) -> Action {
+fn germinate(slot: &str, blueprint: &str, options: &Value, epoch: u32, choice: BlendChoice) -> Action {
     Action::Germinate {
         slot: slot.to_string(),
         blueprint: blueprint.to_string(),
         options: options.clone(),
         seed_id: format!("{slot}-{}-e{epoch}", bare(blueprint)),
+        choice,
     }
 }
 
@@ -294,8 +315,14 @@ mod tests {
 
     #[test]
     fn the_schedule_fires_at_its_epoch_even_when_the_controller_is_off() {
-        let schedule =
-            vec![ScheduledSeed { epoch: 2, slot: "r1c1".into(), blueprint: "x".into(), options: Value::Null }];
+        let schedule = vec![ScheduledSeed {
+            epoch: 2,
+            slot: "r1c1".into(),
+            blueprint: "x".into(),
+            options: Value::Null,
+            alpha_target: None,
+            blend_tempo: None,
+        }];
         let config = ControllerConfig { enabled: false, ..ControllerConfig::default() };
         let mut c = Controller::new(config, vec![], schedule);
         let m = model();

@@ -19,7 +19,7 @@ use controller::{Action, Controller};
 pub use observer::{Observer, Silent};
 use optim::Optimizer;
 use report::EpochRecord;
-pub use seeds::{germinate, restore};
+pub use seeds::{germinate, germinate_with, restore};
 use std::collections::BTreeMap;
 use tch::{Device, Tensor};
 
@@ -138,9 +138,10 @@ impl Trainer {
         let gates = self.config.lifecycle.gates.clone();
         for action in self.controller.decide(epoch, &val, &self.model) {
             let outcome = match &action {
-                Action::Germinate { slot, blueprint, options, seed_id } => {
-                    germinate(&mut self.model, &self.registry, slot, blueprint, seed_id, options)
+                Action::Germinate { slot, blueprint, options, seed_id, choice } => {
+                    germinate_with(&mut self.model, &self.registry, (slot, blueprint, seed_id), options, *choice)
                 }
+                Action::Continue { slot } => self.model.slot_mut(slot).and_then(|s| s.continue_to_full()),
                 Action::Advance { slot } => self.model.slot_mut(slot).and_then(|s| s.advance(&gates)).map(drop),
                 Action::Prune { slot, reason } => {
                     let ramp = self.config.lifecycle.controller.prune_ramp_epochs;

@@ -3,14 +3,15 @@
 //! probes it and runs it. The model never sees the registry.
 
 use crate::{
-    lifecycle::Lifecycle,
+    lifecycle::{BlendChoice, Lifecycle},
     model::{ModelError, MorphogeneticModel},
     plugin::{BlueprintRegistry, PluginSeed},
 };
 use serde_json::Value;
 
 /// Creates a seed of `blueprint` with `options` for slot `slot` of `model` and
-/// germinates it there (after the slot's probe). On any failure the model is as it was.
+/// germinates it there (after the slot's probe), blending as the slot is configured.
+/// On any failure the model is as it was.
 pub fn germinate(
     model: &mut MorphogeneticModel,
     registry: &BlueprintRegistry,
@@ -19,8 +20,20 @@ pub fn germinate(
     seed_id: &str,
     options: &Value,
 ) -> Result<(), ModelError> {
+    germinate_with(model, registry, (slot, blueprint, seed_id), options, BlendChoice::default())
+}
+
+/// [`germinate`] with the seed's own blend `choice` (alpha target, tempo); `names` are
+/// the slot, the blueprint and the seed id.
+pub fn germinate_with(
+    model: &mut MorphogeneticModel,
+    registry: &BlueprintRegistry,
+    (slot, blueprint, seed_id): (&str, &str, &str),
+    options: &Value,
+    choice: BlendChoice,
+) -> Result<(), ModelError> {
     let seed = create(model, registry, slot, blueprint, options)?;
-    model.germinate(slot, seed, seed_id, options)
+    model.germinate(slot, seed, seed_id, options, choice)
 }
 
 /// Restores slot `slot` of `model` to a checkpointed `lifecycle`, re-creating its live
