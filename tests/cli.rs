@@ -17,9 +17,25 @@ fn plugins_list_shows_every_blueprint_with_its_library() {
     assert_eq!(text.lines().count(), 1 + 8, "norm and the 8 broken blueprints: {text}");
     let norm_line = text.lines().find(|l| l.starts_with("cnn:norm ")).expect("cnn:norm listed");
     assert!(norm_line.contains("~130") && norm_line.contains("libesper_norm.so"), "{norm_line}");
-    // With no path: the norm plugin built beside the binary.
+    // With no path: the shipped plugins built beside the binary, norm and the CNN library
+    // (esper-lite's catalogue) with their estimates.
     let out = esper(&["plugins", "list"]);
-    assert!(stdout(&out).starts_with("cnn:norm "), "{}", stdout(&out));
+    let text = stdout(&out);
+    let listed: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    for (blueprint, estimate) in [
+        ("cnn:norm", "~130"),
+        ("cnn:noop", "~0"),
+        ("cnn:attention", "~2000"),
+        ("cnn:depthwise", "~4800"),
+        ("cnn:bottleneck", "~4500"),
+        ("cnn:conv_small", "~4200"),
+        ("cnn:conv_light", "~37000"),
+        ("cnn:conv_heavy", "~74000"),
+    ] {
+        let line = text.lines().find(|l| l.split_whitespace().next() == Some(blueprint));
+        assert!(line.is_some_and(|l| l.contains(estimate)), "{blueprint} {estimate}: {text}");
+    }
+    assert_eq!(listed.len(), 8, "{text}");
 }
 
 #[test]

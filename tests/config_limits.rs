@@ -96,14 +96,15 @@ fn config_check_prints_the_parameter_count_and_estimate_without_building_the_hos
 }
 
 #[test]
-fn a_config_without_plugins_uses_the_shipped_plugin_in_check_and_run() {
+fn a_config_without_plugins_uses_the_shipped_plugins_in_check_and_run() {
     let dir = temp_dir("no-plugins");
-    let shipped = target_dir().join(esper_runtime::plugin::library_file_name("esper-norm"));
+    let lib = |p: &str| target_dir().join(esper_runtime::plugin::library_file_name(p)).display().to_string();
+    let shipped = format!("{}, {}", lib("esper-norm"), lib("esper-cnn"));
     let path = write(&dir, "run.toml", &small(None, ""));
     let (out, _) = esper(&["config".as_ref(), "check".as_ref(), path.as_os_str()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains(&format!("plugins: none in the config; using the shipped plugin {}", shipped.display())),
+        stdout(&out).contains(&format!("plugins: none in the config; using the shipped plugins {shipped}")),
         "{}",
         stdout(&out)
     );
@@ -111,7 +112,7 @@ fn a_config_without_plugins_uses_the_shipped_plugin_in_check_and_run() {
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     let e = stderr(&out);
     assert!(
-        e.contains("the config names no [[plugins]]: using the shipped plugin") && e.contains("libesper_norm.so"),
+        e.contains("the config names no [[plugins]]: using the shipped plugins") && e.contains("libesper_cnn.so"),
         "{e}"
     );
     // The library API still asks for plugins (and says how the CLI fills them in).

@@ -35,6 +35,24 @@ pub enum Init {
     KaimingUniform,
 }
 
+impl Init {
+    /// PyTorch's default init of a convolution or linear layer's weight of `shape`
+    /// (`[out, in / groups, k...]`): uniform in ±1/√fan_in, fan_in = `in / groups` times
+    /// the kernel size (what `kaiming_uniform_(a = √5)` gives). [`Init::KaimingUniform`]
+    /// is ±√(6/fan_in), about 2.45 times wider.
+    pub fn pytorch_default(shape: &[i64]) -> Init {
+        let fan_in: i64 = shape.iter().skip(1).product();
+        let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+        Init::Uniform { lo: -bound, hi: bound }
+    }
+
+    /// PyTorch's default init of the bias of a layer whose weight has `weight_shape`:
+    /// the same ±1/√fan_in.
+    pub fn pytorch_default_bias(weight_shape: &[i64]) -> Init {
+        Init::pytorch_default(weight_shape)
+    }
+}
+
 /// One request for a named tensor.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy)]

@@ -35,8 +35,8 @@ impl ConfigCommand {
         for d in &config.deprecations {
             println!("warning: {d}");
         }
-        if let Some(plugin) = shipped {
-            println!("plugins: none in the config; using the shipped plugin {}", plugin.display());
+        if let Some(plugins) = shipped {
+            println!("plugins: none in the config; using the shipped plugins {}", super::shown(&plugins));
         }
         println!(
             "host: {} parameters; one training step at batch {} needs about {} ({}); limit {} ({})",

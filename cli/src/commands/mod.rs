@@ -30,23 +30,32 @@ enum Command {
     Conformance(conformance::ConformanceArgs),
 }
 
-/// The `norm` plugin built beside the running binary (`target/<profile>/libesper_norm.so`).
-pub fn default_plugin() -> Result<PathBuf> {
+/// Packages of the plugins shipped with the runtime: `norm` and the CNN library.
+pub const SHIPPED_PLUGINS: [&str; 2] = ["esper-norm", "esper-cnn"];
+
+/// The shipped plugins, built beside the running binary (`target/<profile>/lib*.so`).
+pub fn shipped_plugins() -> Result<Vec<PathBuf>> {
     use anyhow::Context;
     let exe = std::env::current_exe().context("cannot locate the esper binary")?;
     let dir = exe.parent().context("the esper binary has no folder")?;
-    Ok(dir.join(esper_runtime::plugin::library_file_name("esper-norm")))
+    Ok(SHIPPED_PLUGINS.iter().map(|p| dir.join(esper_runtime::plugin::library_file_name(p))).collect())
 }
 
-/// Fills in the shipped plugins (as the built-in job uses them, see [`default_plugin`])
-/// when a config names none; returns the plugin used then, for the caller to report.
-pub fn use_shipped_plugins_if_none(config: &mut esper_runtime::config::RunConfig) -> Result<Option<PathBuf>> {
+/// Fills in the shipped plugins (as the built-in job uses them, see [`shipped_plugins`])
+/// when a config names none; returns the plugins used then, for the caller to report.
+pub fn use_shipped_plugins_if_none(config: &mut esper_runtime::config::RunConfig) -> Result<Option<Vec<PathBuf>>> {
     if !config.plugins.is_empty() {
         return Ok(None);
     }
-    let plugin = default_plugin()?;
-    config.plugins = vec![esper_runtime::config::PluginSource { path: plugin.clone(), sha256: None }];
-    Ok(Some(plugin))
+    let plugins = shipped_plugins()?;
+    config.plugins =
+        plugins.iter().map(|p| esper_runtime::config::PluginSource { path: p.clone(), sha256: None }).collect();
+    Ok(Some(plugins))
+}
+
+/// Paths for a message, comma-separated.
+pub fn shown(paths: &[PathBuf]) -> String {
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 impl Cli {

@@ -1,6 +1,6 @@
 //! `esper plugins list` and `esper plugins inspect`.
 
-use super::default_plugin;
+use super::shipped_plugins;
 use crate::telemetry;
 use anyhow::Result;
 use clap::Subcommand;
@@ -48,7 +48,7 @@ impl PluginsCommand {
             }
             PluginsCommand::List { paths } => {
                 let mut registry = BlueprintRegistry::new();
-                let paths = if paths.is_empty() { vec![default_plugin()?] } else { paths };
+                let paths = if paths.is_empty() { shipped_plugins()? } else { paths };
                 for p in &paths {
                     registry.load(p)?;
                 }

@@ -116,7 +116,7 @@ impl RunArgs {
     fn start(&self) -> Result<(Trainer, MultiProgress)> {
         let mut config = match &self.config {
             Some(path) => RunConfig::read(path)?,
-            None => RunConfig::default_job(super::default_plugin()?),
+            None => RunConfig::default_job(super::shipped_plugins()?),
         };
         let shipped = super::use_shipped_plugins_if_none(&mut config)?;
         if let Some(dir) = &self.output {
@@ -133,8 +133,8 @@ impl RunArgs {
         for d in &config.deprecations {
             tracing::warn!("config: {d}");
         }
-        if let Some(plugin) = shipped {
-            tracing::info!(plugin = %plugin.display(), "the config names no [[plugins]]: using the shipped plugin");
+        if let Some(plugins) = shipped {
+            tracing::info!(plugins = %super::shown(&plugins), "the config names no [[plugins]]: using the shipped plugins");
         }
         let trainer = Trainer::new(config).with_context(|| format!("config {}", source.display()))?;
         Ok((trainer, progress))

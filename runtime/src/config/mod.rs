@@ -295,11 +295,11 @@ impl RunConfig {
         }
     }
 
-    /// The built-in default job: the `norm` plugin built beside this binary, the
-    /// synthetic data set, the automatic controller.
-    pub fn default_job(norm_plugin: PathBuf) -> Self {
+    /// The built-in default job with `plugins` (the shipped ones: `norm` and the CNN
+    /// library), the synthetic data set, the automatic controller's rotation.
+    pub fn default_job(plugins: Vec<PathBuf>) -> Self {
         let mut config: RunConfig = toml::from_str(DEFAULT_JOB).expect("the built-in default job parses");
-        config.plugins = vec![PluginSource { path: norm_plugin, sha256: None }];
+        config.plugins = plugins.into_iter().map(|path| PluginSource { path, sha256: None }).collect();
         config
     }
 
@@ -508,9 +508,10 @@ blnd = \"add\"
 
     #[test]
     fn default_job_parses() {
-        let c = RunConfig::default_job(PathBuf::from("libesper_norm.so"));
+        let c = RunConfig::default_job(vec![PathBuf::from("libesper_norm.so"), PathBuf::from("libesper_cnn.so")]);
         assert!(c.lifecycle.controller.enabled);
-        assert_eq!(c.plugins.len(), 1);
+        assert_eq!(c.plugins.len(), 2);
+        assert_eq!(c.lifecycle.controller.rotation().len(), 5, "esper-lite's rotation");
         c.check_controller_and_gates().unwrap();
         c.check_resources(None).unwrap();
     }
