@@ -46,3 +46,24 @@ if [ "$(readlink "$repo/.libtorch" 2>/dev/null || true)" != "$libtorch" ]; then
     ln -sfn "$libtorch" "$repo/.libtorch"
     log "linked $repo/.libtorch -> $libtorch"
 fi
+
+# A Python with torch, safetensors and numpy for the PyTorch parity tests (tests/parity.rs),
+# linked as <repo>/.esper-python: the torch venv above (safetensors added once), or with
+# $LIBTORCH a python3 that already has both.
+parity_python=""
+if [ -z "${LIBTORCH:-}" ]; then
+    if [ ! -f "$venv/.parity-deps-v2" ]; then
+        log "installing safetensors and numpy into $venv (for the PyTorch parity tests)"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir safetensors numpy
+        touch "$venv/.parity-deps-v2"
+    fi
+    parity_python="$venv/bin/python"
+elif command -v python3 >/dev/null && python3 -c 'import torch, safetensors' 2>/dev/null; then
+    parity_python=$(command -v python3)
+else
+    log "no python3 with torch and safetensors: the PyTorch parity tests will say so and fail"
+fi
+if [ -n "$parity_python" ] && [ "$(readlink "$repo/.esper-python" 2>/dev/null || true)" != "$parity_python" ]; then
+    ln -sfn "$parity_python" "$repo/.esper-python"
+    log "linked $repo/.esper-python -> $parity_python"
+fi
