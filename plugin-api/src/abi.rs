@@ -15,4 +15,6 @@ pub use crate::root::{
 };
 pub use crate::seed::{SeedBox, SeedModule, SeedModule_TO};
 pub use crate::tensor::{TensorOut, TensorRef, TensorView};
-pub use crate::version::{Handshake, LIBTORCH_VERSION, PLUGIN_API_VERSION, TCH_VERSION};
+pub use crate::version::{
+    AbiVersion, Handshake, Mismatch, ABI_VERSION, ABI_VERSION_STRINGS, LIBTORCH_VERSION, PLUGIN_API_VERSION, TCH_VERSION,
+};

@@ -5,13 +5,12 @@
 //! panics, so none crosses the boundary.
 
 use crate::{
-    abi::{BlueprintDescriptor, Handshake, ParamSinkRef, Registration, SeedBox},
+    abi::{BlueprintDescriptor, Handshake, ParamSinkRef, Registration, SeedBox, ABI_VERSION_STRINGS},
     ErrorKind, Params, PluginError,
 };
 use abi_stable::{
     declare_root_module_statics,
     library::{CheckTypeLayout, LibHeader, RootModule, RootModuleResult},
-    package_version_strings,
     sabi_types::VersionStrings,
     std_types::{RResult, RStr, RVec},
     StableAbi,
@@ -50,7 +49,8 @@ impl RootModule for PluginRootRef {
     declare_root_module_statics! {PluginRootRef}
     const BASE_NAME: &'static str = "esper_plugin";
     const NAME: &'static str = "esper_plugin";
-    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+    /// The ABI version (not the crate's): abi_stable refuses another major at open.
+    const VERSION_STRINGS: VersionStrings = ABI_VERSION_STRINGS;
 }
 
 /// The plugin's own name and version, submitted by [`export_plugin!`](crate::export_plugin).

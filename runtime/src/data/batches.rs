@@ -7,6 +7,7 @@ use tch::{Device, Kind, Tensor};
 /// Stream ids under the epoch seed, so shuffling and flipping draw independent numbers.
 const SHUFFLE_STREAM: u64 = 1;
 const FLIP_STREAM: u64 = 2;
+const CROP_STREAM: u64 = 3;
 
 /// An iterator over one epoch of `(images, labels)` batches of a [`Split`]: images f32
 /// `(B, C, H, W)`, labels i64 `(B)`, on the target device. Every example appears exactly
@@ -27,6 +28,9 @@ pub struct Batches {
     order: Option<Vec<i64>>,
     /// Per example (by index in the split): whether to flip it horizontally.
     flips: Option<Vec<bool>>,
+    /// The crop's zero padding, and per example (by index in the split) the crop's
+    /// offsets (rows, columns) into the padded image, each in `0..=2 * padding`.
+    crops: Option<(i64, Vec<(i64, i64)>)>,
     seed: u64,
     len: usize,
     batch_size: usize,
@@ -46,6 +50,7 @@ impl Batches {
             labels: split.labels().shallow_clone(),
             order,
             flips: None,
+            crops: None,
             seed,
             len,
             batch_size,
@@ -63,6 +68,27 @@ impl Batches {
             (0..self.len).map(|_| rng.coin()).collect()
         });
         self
+    }
+
+    /// With `padding > 0`, crops each example at a random place out of the image padded
+    /// with `padding` zeros on every side (the same size back: a random translation by up
+    /// to `padding` pixels), decided by the shuffle seed as [`Batches::with_hflip`]. A
+    /// data augmentation for training splits; off by default.
+    pub fn with_crop(mut self, padding: i64) -> Self {
+        self.crops = (padding > 0).then(|| {
+            let mut rng = Rng::stream(self.seed, &[CROP_STREAM]);
+            let span = 2 * padding as u64 + 1;
+            (padding, (0..self.len).map(|_| (rng.below(span) as i64, rng.below(span) as i64)).collect())
+        });
+        self
+    }
+
+    /// The examples of positions `start..end` of the epoch, as split indices.
+    fn examples(&self, start: usize, end: usize) -> Vec<usize> {
+        match &self.order {
+            None => (start..end).collect(),
+            Some(order) => order[start..end].iter().map(|&i| i as usize).collect(),
+        }
     }
 
     /// Batches in the whole epoch (the iterator's `len()` is what remains).
@@ -101,11 +127,12 @@ impl Iterator for Batches {
         };
         let mut x = x.to_device_(self.device, Kind::Float, true, false);
         let y = y.to_device_(self.device, Kind::Int64, true, false);
+        if let Some((padding, offsets)) = &self.crops {
+            let offsets: Vec<(i64, i64)> = self.examples(start, end).into_iter().map(|i| offsets[i]).collect();
+            x = crop(&x, *padding, &offsets);
+        }
         if let Some(flips) = &self.flips {
-            let mask: Vec<bool> = match &self.order {
-                None => flips[start..end].to_vec(),
-                Some(order) => order[start..end].iter().map(|&i| flips[i as usize]).collect(),
-            };
+            let mask: Vec<bool> = self.examples(start, end).into_iter().map(|i| flips[i]).collect();
             if mask.iter().any(|&f| f) {
                 let mask = Tensor::from_slice(&mask).to_device(self.device).view([-1, 1, 1, 1]);
                 x = x.flip([3i64]).where_self(&mask, &x);
@@ -121,6 +148,23 @@ impl Iterator for Batches {
 }
 
 impl ExactSizeIterator for Batches {}
+
+/// Each image `b` of `x` (B, C, H, W) cut at rows `dy..dy + H` and columns `dx..dx + W`
+/// of itself padded with `padding` zeros, `(dy, dx) = offsets[b]`: two gathers for the
+/// whole batch.
+fn crop(x: &Tensor, padding: i64, offsets: &[(i64, i64)]) -> Tensor {
+    let (b, c, h, w) = x.size4().expect("image batches are (B, C, H, W)");
+    let padded = x.constant_pad_nd([padding, padding, padding, padding]);
+    let device = x.device();
+    let start = |pick: fn(&(i64, i64)) -> i64| {
+        Tensor::from_slice(&offsets.iter().map(pick).collect::<Vec<i64>>()).to_device(device)
+    };
+    let rows = (start(|o| o.0).view([b, 1, 1, 1]) + Tensor::arange(h, (Kind::Int64, device)).view([1, 1, h, 1]))
+        .expand([b, c, h, w + 2 * padding], false);
+    let cols = (start(|o| o.1).view([b, 1, 1, 1]) + Tensor::arange(w, (Kind::Int64, device)).view([1, 1, 1, w]))
+        .expand([b, c, h, w], false);
+    padded.gather(2, &rows, false).gather(3, &cols, false)
+}
 
 #[cfg(test)]
 mod tests {
@@ -224,6 +268,37 @@ mod tests {
             })
             .sum();
         assert!((60..140).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn crop_translates_each_example_by_its_own_offsets_within_the_padding() {
+        let s = indexed_split(64);
+        let pixels = |x: &Tensor| Vec::<f32>::try_from(&x.flatten(0, -1)).unwrap();
+        let mut shifts = std::collections::BTreeSet::new();
+        for (x, y) in s.batches(16, Some(epoch_seed(5, 1)), Device::Cpu).with_crop(4) {
+            assert_eq!(x.size(), [16, 3, 32, 32]);
+            for (b, label) in Vec::<i64>::try_from(&y).unwrap().into_iter().enumerate() {
+                // Pixel (h, w) of example i is 1000 i + w; cropped: 1000 i + w - dx inside the
+                // image, 0 in the padding. Find dx from a row that is inside.
+                let row = pixels(&x.get(b as i64).get(0).get(16));
+                let inside: Vec<(usize, f32)> = row.iter().copied().enumerate().filter(|(_, v)| *v != 0.0).collect();
+                let (w0, v0) = inside[0];
+                let dx = w0 as f32 - (v0 - label as f32 * 1000.0);
+                assert!((-4.0..=4.0).contains(&dx), "example {label}: shift {dx}");
+                for (w, v) in &inside {
+                    assert_eq!(*v, label as f32 * 1000.0 + (*w as f32 - dx), "example {label} column {w}");
+                }
+                shifts.insert(dx as i64);
+            }
+        }
+        assert!(shifts.len() >= 5, "offsets vary across examples: {shifts:?}");
+        // The same seed gives the same crops; padding 0 is no crop.
+        let a: Vec<Tensor> = s.batches(16, Some(epoch_seed(5, 1)), Device::Cpu).with_crop(4).map(|b| b.0).collect();
+        let b: Vec<Tensor> = s.batches(16, Some(epoch_seed(5, 1)), Device::Cpu).with_crop(4).map(|b| b.0).collect();
+        assert!(a.iter().zip(&b).all(|(a, b)| a.equal(b)));
+        let plain: Vec<Tensor> = s.batches(16, None, Device::Cpu).map(|b| b.0).collect();
+        let zero: Vec<Tensor> = s.batches(16, None, Device::Cpu).with_crop(0).map(|b| b.0).collect();
+        assert!(plain.iter().zip(&zero).all(|(a, b)| a.equal(b)));
     }
 
     #[test]

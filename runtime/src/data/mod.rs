@@ -43,6 +43,7 @@ pub(crate) const VALUES: usize = CHANNELS as usize * PIXELS;
 /// [data]
 /// kind = "synthetic"      # the default; train_size, val_size, seed, noise optional
 /// train_size = 5000
+/// augment = true          # the default for both kinds (see [`DataConfig::augmentation`])
 ///
 /// [data]
 /// kind = "cifar10"
@@ -66,6 +67,9 @@ pub enum DataConfig {
         /// before standardisation); higher is harder.
         #[serde(default = "default_noise")]
         noise: f32,
+        /// Augment the training batches (see [`DataConfig::augmentation`]).
+        #[serde(default = "yes")]
+        augment: bool,
     },
     /// CIFAR-10, binary version, from the folder `path` (see [`load_cifar10`]). A relative
     /// path is taken from the working directory.
@@ -74,7 +78,31 @@ pub enum DataConfig {
         /// At most this many records per split (the first ones, in file order).
         #[serde(default)]
         limit: Option<usize>,
+        /// Augment the training batches (see [`DataConfig::augmentation`]).
+        #[serde(default = "yes")]
+        augment: bool,
     },
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What is done to each training batch (validation is never augmented), seeded per
+/// epoch and example, so a run is reproducible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Augmentation {
+    /// Random crop out of the image padded by this many zero pixels (0: none).
+    pub crop_padding: i64,
+    /// Random horizontal flip.
+    pub hflip: bool,
+}
+
+impl Augmentation {
+    /// Applies it to an epoch's training batches.
+    pub fn apply(self, batches: Batches) -> Batches {
+        batches.with_crop(self.crop_padding).with_hflip(self.hflip)
+    }
 }
 
 fn default_train_size() -> usize {
@@ -96,18 +124,31 @@ impl Default for DataConfig {
             val_size: default_val_size(),
             seed: 0,
             noise: default_noise(),
+            augment: true,
         }
     }
 }
 
 impl DataConfig {
+    /// The training-batch augmentation (`augment = false`: none). CIFAR-10: esper-lite's,
+    /// a random crop with padding 4 and a horizontal flip. The synthetic set: the crop
+    /// only, because its class is the orientation of a grating, which a flip mirrors
+    /// into another class's.
+    pub fn augmentation(&self) -> Augmentation {
+        match self {
+            DataConfig::Synthetic { augment: true, .. } => Augmentation { crop_padding: 4, hflip: false },
+            DataConfig::Cifar10 { augment: true, .. } => Augmentation { crop_padding: 4, hflip: true },
+            _ => Augmentation::default(),
+        }
+    }
+
     /// Generates or reads the data set. Tensors are on the CPU.
     pub fn load(&self) -> Result<Dataset, DataError> {
         match self {
-            DataConfig::Synthetic { train_size, val_size, seed, noise } => {
+            DataConfig::Synthetic { train_size, val_size, seed, noise, .. } => {
                 synthetic(*train_size, *val_size, *seed, *noise)
             }
-            DataConfig::Cifar10 { path, limit } => load_cifar10(path, *limit),
+            DataConfig::Cifar10 { path, limit, .. } => load_cifar10(path, *limit),
         }
     }
 }
@@ -296,8 +337,18 @@ pub(crate) mod test_util {
 mod tests {
     use super::*;
 
+    #[test]
+    fn training_batches_are_augmented_by_default_and_the_synthetic_set_is_never_flipped() {
+        let synthetic: DataConfig = serde_json::from_str(r#"{"kind": "synthetic"}"#).unwrap();
+        assert_eq!(synthetic.augmentation(), Augmentation { crop_padding: 4, hflip: false });
+        let cifar: DataConfig = serde_json::from_str(r#"{"kind": "cifar10", "path": "/d"}"#).unwrap();
+        assert_eq!(cifar.augmentation(), Augmentation { crop_padding: 4, hflip: true });
+        let off: DataConfig = serde_json::from_str(r#"{"kind": "cifar10", "path": "/d", "augment": false}"#).unwrap();
+        assert_eq!(off.augmentation(), Augmentation::default());
+    }
+
     fn synthetic_config(train_size: usize, seed: u64) -> DataConfig {
-        DataConfig::Synthetic { train_size, val_size: 1000, seed, noise: DEFAULT_SYNTHETIC_NOISE }
+        DataConfig::Synthetic { train_size, val_size: 1000, seed, noise: DEFAULT_SYNTHETIC_NOISE, augment: true }
     }
 
     #[test]
@@ -308,9 +359,9 @@ mod tests {
         let c: DataConfig = serde_json::from_str(r#"{"kind": "synthetic", "train_size": 20, "seed": 3}"#).unwrap();
         assert_eq!(c, synthetic_config(20, 3));
         let c: DataConfig = serde_json::from_str(r#"{"kind": "cifar10", "path": "/d", "limit": 5}"#).unwrap();
-        assert_eq!(c, DataConfig::Cifar10 { path: "/d".into(), limit: Some(5) });
+        assert_eq!(c, DataConfig::Cifar10 { path: "/d".into(), limit: Some(5), augment: true });
         let c: DataConfig = serde_json::from_str(r#"{"kind": "cifar10", "path": "/d"}"#).unwrap();
-        assert_eq!(c, DataConfig::Cifar10 { path: "/d".into(), limit: None });
+        assert_eq!(c, DataConfig::Cifar10 { path: "/d".into(), limit: None, augment: true });
         // Round trip.
         for c in [c, DataConfig::default()] {
             let s = serde_json::to_string(&c).unwrap();
@@ -329,9 +380,12 @@ mod tests {
 
     #[test]
     fn load_dispatches() {
-        let d = DataConfig::Synthetic { train_size: 30, val_size: 20, seed: 1, noise: 0.1 }.load().unwrap();
+        let d =
+            DataConfig::Synthetic { train_size: 30, val_size: 20, seed: 1, noise: 0.1, augment: false }.load().unwrap();
         assert_eq!((d.train.len(), d.val.len()), (30, 20));
-        let e = DataConfig::Cifar10 { path: "/definitely/not/here".into(), limit: None }.load().unwrap_err();
+        let e = DataConfig::Cifar10 { path: "/definitely/not/here".into(), limit: None, augment: false }
+            .load()
+            .unwrap_err();
         assert!(matches!(e, DataError::MissingFolder { .. }));
     }
 

@@ -74,6 +74,7 @@ impl Trainer {
         tch::manual_seed(self.config.training.seed as i64 * 1_000_003 + epoch as i64);
         let cfg = &self.config.training;
         let batches = self.data.train.batches(cfg.batch_size, Some(epoch_seed(cfg.seed, epoch as u64)), self.device);
+        let batches = self.config.data.augmentation().apply(batches);
         let (n_batches, gradient_every) = (batches.len(), cfg.gradient_every);
         observer.epoch_started(epoch, n_batches);
         let mut totals = step::Totals::new(self.device);
