@@ -173,3 +173,34 @@ fn redirected_logs_have_no_escape_codes_and_the_plot_its_labels_without_system_f
     let png = std::fs::read(dir.join("out/report.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
 }
+
+#[test]
+fn compare_runs_the_schedule_once_per_blueprint_and_once_without_a_seed() {
+    let dir = esper_tests::temp_dir("compare");
+    let norm = plugin_lib("esper-norm");
+    let job = SmallJob {
+        plugin: &norm,
+        epochs: 2,
+        batch_size: 64,
+        memory_format: "channels_last",
+        blueprint: Some("norm"),
+        sections: "",
+    };
+    let config = esper_tests::write_file(&dir, "compare.toml", &job.text());
+    let out = esper(&["compare", config.to_str().unwrap(), "--blueprints", "cnn:norm"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = stdout(&out);
+    assert!(text.lines().nth(1).is_some_and(|l| l.starts_with("(none)")), "{text}");
+    assert!(text.lines().nth(2).is_some_and(|l| l.starts_with("cnn:norm")), "{text}");
+    let rows: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("out/compare.json")).unwrap()).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0]["blueprint"].is_null(), rows[0]["seed_parameters"].as_i64()), (true, Some(0)));
+    // norm at r0c1 of a base-8 host: 16 channels, 2 * 16 + 1 parameters (unless pruned).
+    let params = rows[1]["seed_parameters"].as_i64().unwrap();
+    let stage = rows[1]["final_stages"][0].as_str().unwrap();
+    assert!(params == 33 || ["PRUNED", "EMBARGOED"].contains(&stage), "{rows:?}");
+    assert!(rows.iter().all(|r| r["step_ms"].as_f64().unwrap() > 0.0), "{rows:?}");
+    assert_eq!(&std::fs::read(dir.join("out/compare.png")).unwrap()[1..4], b"PNG");
+}

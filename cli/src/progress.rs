@@ -80,6 +80,8 @@ mod tests {
             val_loss: 1.0,
             val_accuracy: 42.0,
             seconds: 1.0,
+            steps: 4,
+            train_seconds: 0.5,
             slots: vec![],
             events: vec![],
         };

@@ -1,5 +1,6 @@
 //! The `esper` command line: one module per command family.
 
+mod compare;
 mod config;
 mod conformance;
 mod plugins;
@@ -28,6 +29,8 @@ enum Command {
     Config(config::ConfigCommand),
     /// Run the plugin conformance suite on a plugin library.
     Conformance(conformance::ConformanceArgs),
+    /// Run one job's seed schedule once per blueprint and compare them (table and plot).
+    Compare(compare::CompareArgs),
 }
 
 /// Packages of the plugins shipped with the runtime: `norm` and the CNN library.
@@ -65,6 +68,7 @@ impl Cli {
             Command::Plugins(cmd) => cmd.run(),
             Command::Config(cmd) => cmd.run(),
             Command::Conformance(args) => args.run(),
+            Command::Compare(args) => args.run(),
         }
     }
 }

@@ -83,6 +83,46 @@ pub fn plot(path: &Path, history: &[EpochRecord]) -> Result<Option<&'static str>
     Ok((!labelled).then_some("the embedded font did not load: the plot has no labels"))
 }
 
+/// Plots a comparison (`esper compare`): final validation accuracy per run as bars,
+/// each labelled with its blueprint, seed parameters and step time.
+pub fn plot_compare(path: &Path, rows: &[esper_runtime::train::compare::CompareRow]) -> Result<()> {
+    use plotters::prelude::*;
+    let labelled = font::register();
+    let root = BitMapBackend::new(path, (960, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let n = rows.len().max(1) as u32;
+    let mut builder = ChartBuilder::on(&root);
+    builder.margin(20);
+    if labelled {
+        builder
+            .caption("final validation accuracy by blueprint", ("sans-serif", 22))
+            .x_label_area_size(60)
+            .y_label_area_size(50);
+    }
+    let mut chart = builder.build_cartesian_2d(0u32..n, 0f64..100f64)?;
+    if labelled {
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(rows.len().max(1))
+            .x_label_formatter(&|i| rows.get(*i as usize).map_or(String::new(), |r| r.name().to_string()))
+            .y_desc("val accuracy %")
+            .draw()?;
+    }
+    chart.draw_series(rows.iter().enumerate().map(|(i, r)| {
+        let color = if r.blueprint.is_none() { BLACK.mix(0.4) } else { BLUE.mix(0.7) };
+        Rectangle::new([(i as u32, 0.0), (i as u32 + 1, r.final_val_accuracy)], color.filled())
+    }))?;
+    if labelled {
+        chart.draw_series(rows.iter().enumerate().map(|(i, r)| {
+            let text = format!("{:.1}% | {} p | {:.1} ms", r.final_val_accuracy, r.seed_parameters, r.step_ms);
+            Text::new(text, (i as u32, (r.final_val_accuracy + 2.0).min(97.0)), ("sans-serif", 12).into_font())
+        }))?;
+    }
+    root.present().with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +140,8 @@ mod tests {
                 val_loss: 1.0,
                 val_accuracy: 20.0 * e as f64,
                 seconds: 1.0,
+                steps: 4,
+                train_seconds: 0.5,
                 slots: vec![SlotRecord {
                     slot: "r0c1".into(),
                     stage: SeedStage::Blending,

@@ -12,10 +12,12 @@ use anyhow::Result;
 use std::{collections::BTreeMap, time::Instant};
 use tch::{Kind, Tensor};
 
-/// Training loss and accuracy (%) of one epoch.
+/// Training loss and accuracy (%) of one epoch, its steps and their time.
 struct TrainResult {
     loss: f64,
     accuracy: f64,
+    steps: u32,
+    seconds: f64,
 }
 
 impl Trainer {
@@ -46,6 +48,8 @@ impl Trainer {
             val_loss,
             val_accuracy,
             seconds: started.elapsed().as_secs_f64(),
+            steps: train.steps,
+            train_seconds: train.seconds,
             slots,
             events,
         };
@@ -77,6 +81,7 @@ impl Trainer {
         let batches = self.config.data.augmentation().apply(batches);
         let (n_batches, gradient_every) = (batches.len(), cfg.gradient_every);
         observer.epoch_started(epoch, n_batches);
+        let started = Instant::now();
         let mut totals = step::Totals::new(self.device);
         if self.model.slots().iter().any(|s| s.runs_seed()) {
             self.save_good()?; // the first state a non-finite seed can be rolled back to
@@ -87,10 +92,10 @@ impl Trainer {
             observer.batch_done();
         }
         let seen = totals.seen.max(1) as f64;
-        Ok(TrainResult {
-            loss: totals.loss.f_double_value(&[])? / seen,
-            accuracy: 100.0 * totals.correct.f_int64_value(&[])? as f64 / seen,
-        })
+        // Reading the totals waits for the device: the time below includes every step.
+        let loss = totals.loss.f_double_value(&[])? / seen;
+        let accuracy = 100.0 * totals.correct.f_int64_value(&[])? as f64 / seen;
+        Ok(TrainResult { loss, accuracy, steps: n_batches as u32, seconds: started.elapsed().as_secs_f64() })
     }
 
     /// Records this epoch's validation accuracy in each live seed's metrics, and the

@@ -2,6 +2,7 @@
 //! counterfactual contributions, the lifecycle controller, checkpoints and the report.
 
 pub mod checkpoint;
+pub mod compare;
 pub mod controller;
 mod epoch;
 pub mod observer;

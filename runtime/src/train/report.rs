@@ -23,6 +23,12 @@ pub struct EpochRecord {
     pub val_loss: f64,
     pub val_accuracy: f64,
     pub seconds: f64,
+    /// The training batches of the epoch and the seconds their steps took (validation
+    /// and the lifecycle left out); absent (0) in reports from before they were kept.
+    #[serde(default)]
+    pub steps: u32,
+    #[serde(default)]
+    pub train_seconds: f64,
     pub slots: Vec<SlotRecord>,
     /// Lifecycle events of this epoch, in order ("r0c1: germinated norm", ...).
     pub events: Vec<LifecycleEvent>,

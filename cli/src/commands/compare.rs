@@ -1,0 +1,121 @@
+//! `esper compare [CONFIG] [--blueprints A,B,...]`: one job, its seed schedule run once
+//! per blueprint (and once without a seed), compared in one table and one plot.
+
+use crate::{report, telemetry};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use esper_runtime::{
+    config::RunConfig,
+    train::compare::{compare, write_json, CompareRow},
+};
+use std::{fmt::Write as _, path::PathBuf, process::ExitCode};
+
+#[derive(Args)]
+pub struct CompareArgs {
+    /// The job (TOML); its `[[lifecycle.schedule]]` entries are run with each blueprint
+    /// in turn (no checkpoints). Default: configs/compare.toml.
+    #[arg(default_value = "configs/compare.toml")]
+    config: PathBuf,
+    /// The blueprints to compare (default: every blueprint of the config's plugins, or of
+    /// the shipped ones when it names none).
+    #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
+    blueprints: Vec<String>,
+    /// Override the number of epochs of each run.
+    #[arg(long)]
+    epochs: Option<u32>,
+    /// Override the output folder (compare.json, compare.png).
+    #[arg(long, value_name = "DIR")]
+    output: Option<PathBuf>,
+}
+
+impl CompareArgs {
+    pub fn run(self) -> Result<ExitCode> {
+        telemetry::init("warn", None)?;
+        let mut config = RunConfig::read(&self.config)?;
+        super::use_shipped_plugins_if_none(&mut config)?;
+        if let Some(epochs) = self.epochs {
+            config.training.epochs = epochs;
+        }
+        if let Some(dir) = &self.output {
+            config.output.dir = dir.clone();
+        }
+        config.validate(&self.config)?;
+        if config.lifecycle.schedule.is_empty() {
+            bail!(
+                "config {}: no [[lifecycle.schedule]] entry: nothing to germinate and compare",
+                self.config.display()
+            );
+        }
+        let blueprints = if self.blueprints.is_empty() {
+            let registry =
+                config.preflight(None).with_context(|| format!("config {}", self.config.display()))?.registry;
+            registry.list().map(|(key, _, _)| key.to_string()).collect()
+        } else {
+            self.blueprints
+        };
+        std::fs::create_dir_all(&config.output.dir)
+            .with_context(|| format!("creating {}", config.output.dir.display()))?;
+        let total = blueprints.len() + 1;
+        let mut done = 0;
+        let rows = compare(&config, &blueprints, &mut |b| {
+            done += 1;
+            eprintln!("[{done}/{total}] {} ({} epochs)", b.unwrap_or("(no seed)"), config.training.epochs);
+        })?;
+        print!("{}", table(&rows));
+        let out = &config.output.dir;
+        write_json(&out.join("compare.json"), &rows)?;
+        report::plot_compare(&out.join("compare.png"), &rows)?;
+        println!("written: {} and {}", out.join("compare.json").display(), out.join("compare.png").display());
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// The comparison as a table, one row per run, the baseline first.
+pub fn table(rows: &[CompareRow]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<16} {:>9} {:>9} {:>12} {:>9}  final stage(s)",
+        "blueprint", "final_acc", "best_acc", "seed_params", "step_ms"
+    );
+    for r in rows {
+        let stages: Vec<String> = r.final_stages.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "{:<16} {:>8.2}% {:>8.2}% {:>12} {:>9.2}  {}",
+            r.name(),
+            r.final_val_accuracy,
+            r.best_val_accuracy,
+            r.seed_parameters,
+            r.step_ms,
+            stages.join(", ")
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use esper_runtime::lifecycle::SeedStage;
+
+    #[test]
+    fn the_table_has_the_baseline_and_a_row_per_blueprint() {
+        let row = |b: Option<&str>, acc, params| CompareRow {
+            blueprint: b.map(str::to_string),
+            final_val_accuracy: acc,
+            best_val_accuracy: acc + 1.0,
+            seed_parameters: params,
+            final_stages: vec![SeedStage::Fossilized],
+            step_ms: 12.5,
+        };
+        let t = table(&[row(None, 60.0, 0), row(Some("cnn:conv_light"), 65.5, 36992)]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[1].starts_with("(none)") && lines[1].contains("60.00%"), "{t}");
+        assert!(
+            lines[2].starts_with("cnn:conv_light") && lines[2].contains("36992") && lines[2].contains("12.50"),
+            "{t}"
+        );
+    }
+}
