@@ -10,4 +10,7 @@ cargo build --workspace
 # target folder (so the compiled tch is reused: seconds, not minutes), because a cargo
 # run from inside `cargo test` could deadlock on that folder's lock.
 cargo build --manifest-path examples/blueprint-plugin/Cargo.toml --target-dir target
+# Likewise the plugin API frozen at ABI 1.0 and the plugin built against it, which the
+# loader tests load in this (newer) runtime.
+cargo build --manifest-path tests/abi-1.0/Cargo.toml --target-dir target
 cargo test --workspace "$@"

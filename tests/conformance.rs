@@ -71,6 +71,7 @@ fn norm_report_in_detail() {
     let h = report.handshake.as_ref().expect("handshake");
     assert_eq!((h.plugin_name.as_str(), h.libtorch.as_str(), h.tch.as_str()), ("esper-norm", "2.11.0", "0.24.0"));
     assert_eq!(h.plugin_api, h.runtime_plugin_api);
+    assert_eq!((h.kind.as_str(), h.abi.as_str()), ("native", h.runtime_abi.as_str()));
     let norm = report.blueprint("norm").expect("cnn:norm");
     assert_eq!(norm.name, "cnn:norm");
     // Every check passed outright: norm's estimate (130) is within the factor (129 actual).

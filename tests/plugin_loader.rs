@@ -1,8 +1,10 @@
 //! The plugin loader and the `norm` plugin, through the real built libraries.
 
-use esper_runtime::plugin::{BlueprintRegistry, PluginError};
-use esper_tests::{plugin_lib, temp_dir};
+use esper_plugin_api::abi::{AbiVersion, ABI_VERSION};
+use esper_runtime::plugin::{library_file_name, BlueprintRegistry, OptionsSchema, PluginError, PluginKind};
+use esper_tests::{plugin_lib, target_dir, temp_dir};
 use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 fn registry_with(crates: &[&str]) -> BlueprintRegistry {
@@ -214,4 +216,88 @@ fn a_folder_loads_every_library_in_it_or_nothing() {
     let empty = temp_dir("folder-empty");
     let e = BlueprintRegistry::new().load(&empty).expect_err("empty");
     assert_eq!(e.to_string(), format!("plugin folder {} has no plugin libraries (*.so)", empty.display()));
+}
+
+/// The plugin built against the plugin API frozen at ABI 1.0 (`tests/abi-1.0`, its own
+/// Cargo project, built by scripts/test.sh into this target folder).
+fn abi_1_0_lib() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("abi-1.0");
+    let path = target_dir().join(library_file_name("esper-fixture-abi-1-0"));
+    assert!(
+        path.is_file(),
+        "{} is not built. The ABI 1.0 fixture is its own Cargo project, built before the workspace tests into \
+         the same target folder:\n    cargo build --manifest-path tests/abi-1.0/Cargo.toml --target-dir target\n\
+         (scripts/test.sh does this before `cargo test`)",
+        path.display()
+    );
+    if let Some(source) = esper_conformance::newer_source(&path, &dir.join("plugin")) {
+        panic!("{} is older than {}: rebuild it (scripts/test.sh does)", path.display(), source.display());
+    }
+    path
+}
+
+#[test]
+fn a_plugin_built_against_abi_1_0_loads_creates_runs_and_conforms_in_this_runtime() {
+    // The premise: this runtime is a later minor of the same major.
+    assert_eq!(ABI_VERSION.major, 1);
+    const { assert!(ABI_VERSION.minor > 0, "the runtime must be newer than the fixture for this test to mean anything") };
+    let lib = abi_1_0_lib();
+    let mut r = BlueprintRegistry::new();
+    assert_eq!(r.load(&lib).unwrap(), vec!["cnn:legacy-gain"]);
+    let plugin = r.plugins().next().unwrap();
+    assert_eq!(plugin.abi_version(), AbiVersion::new(1, 0));
+    assert_eq!(plugin.kind(), PluginKind::Native);
+    assert_eq!(plugin.handshake().plugin_name.as_str(), "esper-fixture-abi-1-0");
+    // ABI 1.0 has no describe_options: absent, not a panic and not an error.
+    assert_eq!(r.options_schema("legacy-gain").unwrap(), OptionsSchema::NotInAbi(AbiVersion::new(1, 0)));
+
+    let x = Tensor::randn([2, 16, 5, 5], (Kind::Float, Device::Cpu));
+    let seed = r.create_seed("legacy-gain", 16, &json!({}), Device::Cpu).unwrap();
+    assert_eq!(seed.num_parameters(), 16);
+    let y = seed.forward(&x, true).unwrap();
+    assert_eq!((&y - &x).abs().max().double_value(&[]), 0.0, "identity at birth");
+    let _ = tch::no_grad(|| seed.vars().variables()["gain"].shallow_clone().fill_(0.5));
+    let y = seed.forward(&x, false).unwrap();
+    let expected = &x * (1.0 + 0.5f64.tanh());
+    assert!((&y - expected).abs().max().double_value(&[]) < 1e-6, "y = x * (1 + tanh(gain))");
+    let one = r.create_seed("legacy-gain", 16, &json!({"per_channel": false}), Device::Cpu).unwrap();
+    assert_eq!(one.num_parameters(), 1, "its options reach it");
+    let e = r.create_seed("legacy-gain", 16, &json!({"per_chanel": false}), Device::Cpu).err().expect("bad key");
+    assert!(e.to_string().contains("unknown field `per_chanel`"), "{e}");
+
+    let report = esper_conformance::run_suite(&lib, &esper_conformance::SuiteOptions::default());
+    assert!(report.passed, "{}", report.render());
+    let h = report.handshake.as_ref().expect("handshake");
+    assert_eq!((h.abi.as_str(), h.runtime_abi.as_str()), ("1.0", ABI_VERSION.to_string().as_str()));
+}
+
+#[test]
+fn a_plugin_of_abi_2_0_is_refused_naming_both_versions() {
+    let e = load_err(&plugin_lib("esper-fixture-abi-2-0"));
+    let msg = e.to_string();
+    assert!(matches!(e, PluginError::VersionMismatch { .. }), "{e:?}");
+    assert!(msg.contains("libesper_fixture_abi_2_0.so was built with other versions than this runtime"), "{msg}");
+    assert!(msg.contains(&format!("plugin built against ABI 2.0, runtime has ABI {ABI_VERSION}")), "{msg}");
+    assert!(msg.contains("another major version"), "{msg}");
+}
+
+#[test]
+fn a_plugin_of_a_newer_minor_abi_is_refused_naming_both_versions() {
+    let e = load_err(&plugin_lib("esper-fixture-abi-1-9"));
+    let msg = e.to_string();
+    assert!(matches!(e, PluginError::VersionMismatch { .. }), "{e:?}");
+    assert!(msg.contains("libesper_fixture_abi_1_9.so"), "{msg}");
+    assert!(msg.contains(&format!("plugin built against ABI 1.9, runtime has ABI {ABI_VERSION}")), "{msg}");
+    assert!(msg.contains("the plugin is newer"), "{msg}");
+    // Only the ABI: its libtorch and tch are the runtime's.
+    assert!(!msg.contains("libtorch:") && !msg.contains("tch:"), "{msg}");
+}
+
+#[test]
+fn a_current_plugin_without_a_schema_says_so() {
+    let r = registry_with(&["esper-norm"]);
+    let plugin = r.plugins().next().unwrap();
+    assert_eq!((plugin.kind(), plugin.abi_version()), (PluginKind::Native, ABI_VERSION));
+    assert_eq!(r.options_schema("norm").unwrap(), OptionsSchema::NotPublished);
+    assert!(matches!(r.options_schema("nothing"), Err(PluginError::UnknownBlueprint { .. })));
 }

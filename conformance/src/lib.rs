@@ -109,6 +109,9 @@ fn handshake(registry: &BlueprintRegistry) -> (Option<HandshakeReport>, CheckRes
     };
     let h = plugin.handshake();
     let report = HandshakeReport {
+        kind: plugin.kind().to_string(),
+        abi: h.abi.to_string(),
+        runtime_abi: esper_plugin_api::abi::ABI_VERSION.to_string(),
         plugin_name: h.plugin_name.to_string(),
         plugin_version: h.plugin_version.to_string(),
         plugin_api: h.plugin_api.to_string(),
@@ -123,13 +126,20 @@ fn handshake(registry: &BlueprintRegistry) -> (Option<HandshakeReport>, CheckRes
         CheckResult::pass(
             Check::Handshake,
             format!(
-                "{} {}: plugin API {}, libtorch {}, tch {}: the runtime's own; ABI layout accepted",
-                report.plugin_name, report.plugin_version, report.plugin_api, report.libtorch, report.tch
+                "{} {} ({}): ABI {} (runtime {}), libtorch {}, tch {}: accepted; ABI layout accepted",
+                report.plugin_name,
+                report.plugin_version,
+                report.kind,
+                report.abi,
+                report.runtime_abi,
+                report.libtorch,
+                report.tch
             ),
         )
     } else {
         // The loader refuses these; kept so a loader regression cannot pass silently.
-        CheckResult::fail(Check::Handshake, mismatches.join("; "))
+        let lines: Vec<String> = mismatches.iter().map(ToString::to_string).collect();
+        CheckResult::fail(Check::Handshake, lines.join("; "))
     };
     (Some(report), check)
 }

@@ -140,6 +140,12 @@ impl CheckResult {
 /// The versions a plugin states in its handshake, beside the runtime's.
 #[derive(Debug, Clone, Serialize)]
 pub struct HandshakeReport {
+    /// The library's kind (`native`).
+    pub kind: String,
+    /// The ABI version the plugin was built against, `MAJOR.MINOR`.
+    pub abi: String,
+    /// The runtime's ABI version.
+    pub runtime_abi: String,
     pub plugin_name: String,
     pub plugin_version: String,
     pub plugin_api: String,

@@ -42,7 +42,7 @@ pub const CHECKS: [CheckSpec; 16] = [
     CheckSpec {
         check: Check::Handshake,
         name: "handshake",
-        what: "the library loads: abi_stable layout, plugin-API, libtorch and tch versions match",
+        what: "the library loads: abi_stable layout, ABI version accepted, libtorch and tch versions match",
         scope: Scope::Library,
     },
     CheckSpec {

@@ -10,11 +10,12 @@
 pub use crate::blueprint::{BlueprintDescriptor, Registration};
 pub use crate::params::{ParamSink, ParamSinkRef, ParamSink_TO, ParamSpec};
 pub use crate::root::{
-    blueprints, create_seed, handshake, standard_root, CreateRequest, PluginInfo, PluginRoot, PluginRootRef,
-    STANDARD_HEADER,
+    blueprints, create_seed, describe_options, handshake, init_root_module, standard_root, CreateRequest, PluginInfo,
+    PluginRoot, PluginRootRef, STANDARD_HEADER,
 };
 pub use crate::seed::{SeedBox, SeedModule, SeedModule_TO};
 pub use crate::tensor::{TensorOut, TensorRef, TensorView};
 pub use crate::version::{
-    AbiVersion, Handshake, Mismatch, ABI_VERSION, ABI_VERSION_STRINGS, LIBTORCH_VERSION, PLUGIN_API_VERSION, TCH_VERSION,
+    AbiVersion, Handshake, Mismatch, ABI_VERSION, ABI_VERSION_STRINGS, LIBTORCH_VERSION, PLUGIN_API_VERSION,
+    TCH_VERSION,
 };

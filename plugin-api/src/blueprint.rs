@@ -24,6 +24,12 @@ pub trait Blueprint: 'static {
 
     /// Creates a seed for `channels` input channels, asking `params` for its parameters.
     fn create(params: &mut Params<'_>, channels: i64, options: Self::Options) -> Result<Self::Seed, PluginError>;
+
+    /// The JSON schema of [`Self::Options`], shown by `esper plugins inspect` (ABI 1.1).
+    /// `None` (the default): the blueprint publishes none.
+    fn options_schema() -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// Options of a blueprint that takes none: any key is an error.
@@ -53,12 +59,13 @@ pub struct Registration {
     pub(crate) name: &'static str,
     pub(crate) descriptor: fn() -> BlueprintDescriptor,
     pub(crate) create: fn(&mut Params<'_>, i64, &str) -> Result<SeedBox, PluginError>,
+    pub(crate) options_schema: fn() -> Option<serde_json::Value>,
 }
 
 impl Registration {
     /// The registration of blueprint `B` (used by `register_blueprint!`).
     pub const fn of<B: Blueprint>() -> Self {
-        Self { name: B::NAME, descriptor: descriptor::<B>, create: create::<B> }
+        Self { name: B::NAME, descriptor: descriptor::<B>, create: create::<B>, options_schema: B::options_schema }
     }
 }
 

@@ -5,14 +5,15 @@
 //! panics, so none crosses the boundary.
 
 use crate::{
-    abi::{BlueprintDescriptor, Handshake, ParamSinkRef, Registration, SeedBox, ABI_VERSION_STRINGS},
+    abi::{BlueprintDescriptor, Handshake, ParamSinkRef, Registration, SeedBox, ABI_VERSION, ABI_VERSION_STRINGS},
     ErrorKind, Params, PluginError,
 };
 use abi_stable::{
+    abi_stability::abi_checking::check_layout_compatibility,
     declare_root_module_statics,
-    library::{CheckTypeLayout, LibHeader, RootModule, RootModuleResult},
+    library::{CheckTypeLayout, LibHeader, LibraryError, RootModule, RootModuleResult},
     sabi_types::VersionStrings,
-    std_types::{RResult, RStr, RVec},
+    std_types::{RBoxError, ROption, RResult, RStr, RString, RVec},
     StableAbi,
 };
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -40,9 +41,16 @@ pub struct PluginRoot {
     /// The blueprints the plugin exports.
     pub blueprints: extern "C" fn() -> RResult<RVec<BlueprintDescriptor>, PluginError>,
     /// Creates a seed of a blueprint, its parameters requested from `params`.
+    ///
+    /// The last field of ABI 1.0. `last_prefix_field` stays here for every 1.x: moving
+    /// it changes the prefix length, which abi_stable refuses (`MismatchedPrefixSize`).
     #[sabi(last_prefix_field)]
     pub create_seed:
         extern "C" fn(request: CreateRequest<'_>, params: ParamSinkRef<'_>) -> RResult<SeedBox, PluginError>,
+    /// ABI 1.1: the JSON schema of a blueprint's options as JSON text, `RNone` when the
+    /// blueprint publishes none. Absent in ABI 1.0 plugins: its accessor returns `None`.
+    #[sabi(missing_field(option))]
+    pub describe_options: extern "C" fn(blueprint: RStr<'_>) -> RResult<ROption<RString>, PluginError>,
 }
 
 impl RootModule for PluginRootRef {
@@ -51,6 +59,35 @@ impl RootModule for PluginRootRef {
     const NAME: &'static str = "esper_plugin";
     /// The ABI version (not the crate's): abi_stable refuses another major at open.
     const VERSION_STRINGS: VersionStrings = ABI_VERSION_STRINGS;
+}
+
+/// Opens a plugin library's root module under the compatibility rule: abi_stable's
+/// version check (the library's version strings are its ABI version: another major is
+/// refused) and its layout check, in the direction the rule needs.
+///
+/// abi_stable accepts a library whose prefix types have *more* fields than the loader's
+/// (a newer library) but refuses one with fewer (`too many fields`), the other way round
+/// from a runtime loading plugins: a plugin of an older minor has fewer root fields.
+/// For those, the layouts are checked with the plugin's as the interface and ours as the
+/// implementation: every field the plugin has must be ours, in order and with the same
+/// types, and the prefix (up to `last_prefix_field`) must be the same length; our
+/// fields past its end are read through accessors that see them as absent (the prefix
+/// type's field accessibility is stored with the plugin's module). A newer minor or the
+/// same one is checked the usual way; the handshake then refuses a newer minor.
+pub fn init_root_module(header: &LibHeader) -> Result<PluginRootRef, LibraryError> {
+    let found = header.version_strings().parsed().map_err(LibraryError::ParseVersionError)?;
+    let older_minor = found.major == ABI_VERSION.major && found.minor < ABI_VERSION.minor;
+    let Some(layout) = header.layout().filter(|_| older_minor) else {
+        return header.init_root_module::<PluginRootRef>();
+    };
+    check_layout_compatibility(layout, <PluginRootRef as StableAbi>::LAYOUT)
+        .map_err(|e| LibraryError::AbiInstability(RBoxError::from_fmt(&e)))?;
+    // SAFETY: the version is our major (checked above) and the layouts were checked just
+    // now: the plugin's root module type is a prefix of ours (same prefix length, the
+    // same fields in the same order with compatible types). Reading it as our type is
+    // what prefix types are for: the accessors of fields past the plugin's last one
+    // consult the field accessibility stored with its module and return `None`.
+    unsafe { header.init_root_module_with_unchecked_layout::<PluginRootRef>() }
 }
 
 /// The plugin's own name and version, submitted by [`export_plugin!`](crate::export_plugin).
@@ -83,15 +120,28 @@ pub extern "C" fn blueprints() -> RResult<RVec<BlueprintDescriptor>, PluginError
 /// The standard `create_seed`: finds the blueprint in this plugin's inventory and creates it.
 pub extern "C" fn create_seed(request: CreateRequest<'_>, params: ParamSinkRef<'_>) -> RResult<SeedBox, PluginError> {
     guard("create", || {
-        let name = request.blueprint.as_str();
-        let registration = inventory::iter::<Registration>.into_iter().find(|r| r.name == name).ok_or_else(|| {
-            let known: Vec<&str> = inventory::iter::<Registration>.into_iter().map(|r| r.name).collect();
-            PluginError::new(
-                ErrorKind::UnknownBlueprint,
-                format!("no blueprint `{name}` in this plugin (it has: {})", known.join(", ")),
-            )
-        })?;
+        let registration = registration(request.blueprint.as_str())?;
         (registration.create)(&mut Params::new(params), request.channels, request.options_json.as_str())
+    })
+}
+
+/// The standard `describe_options` (ABI 1.1): the blueprint's
+/// [`Blueprint::options_schema`](crate::Blueprint::options_schema) as JSON text.
+pub extern "C" fn describe_options(blueprint: RStr<'_>) -> RResult<ROption<RString>, PluginError> {
+    guard("describe_options", || {
+        let schema = (registration(blueprint.as_str())?.options_schema)();
+        Ok(schema.map(|s| RString::from(s.to_string())).into())
+    })
+}
+
+/// The blueprint `name` of this plugin's inventory.
+fn registration(name: &str) -> Result<&'static Registration, PluginError> {
+    inventory::iter::<Registration>.into_iter().find(|r| r.name == name).ok_or_else(|| {
+        let known: Vec<&str> = inventory::iter::<Registration>.into_iter().map(|r| r.name).collect();
+        PluginError::new(
+            ErrorKind::UnknownBlueprint,
+            format!("no blueprint `{name}` in this plugin (it has: {})", known.join(", ")),
+        )
     })
 }
 
@@ -105,7 +155,7 @@ fn guard<T>(context: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResul
 /// The standard root module, made of the functions above.
 pub fn standard_root() -> PluginRootRef {
     use abi_stable::prefix_type::PrefixTypeTrait;
-    PluginRoot { handshake, blueprints, create_seed }.leak_into_prefix()
+    PluginRoot { handshake, blueprints, create_seed, describe_options }.leak_into_prefix()
 }
 
 extern "C" fn standard_root_erased() -> RootModuleResult {
@@ -153,7 +203,8 @@ mod tests {
         assert_eq!(h.panic_message(), Some("handshake exploded"));
         let m = h.mismatches();
         assert_eq!(m.len(), 1, "{m:?}");
-        assert!(m[0].contains("panicked") && m[0].contains("handshake exploded"), "{m:?}");
+        assert_eq!(m[0], crate::abi::Mismatch::Panicked { message: "handshake exploded".into() });
+        assert!(m[0].to_string().contains("panicked"), "{m:?}");
         let ok = super::guard_handshake(|| crate::abi::Handshake::current("p", "1"));
         assert!(ok.mismatches().is_empty());
     }

@@ -86,7 +86,9 @@ impl fmt::Display for Mismatch {
                 "ABI: plugin built against ABI {plugin}, runtime has ABI {runtime} (the plugin is newer: \
                  use a runtime of ABI {plugin} or later)"
             ),
-            Self::Libtorch { plugin, runtime } => write!(f, "libtorch: plugin built with {plugin}, runtime has {runtime}"),
+            Self::Libtorch { plugin, runtime } => {
+                write!(f, "libtorch: plugin built with {plugin}, runtime has {runtime}")
+            }
             Self::Tch { plugin, runtime } => write!(f, "tch: plugin built with {plugin}, runtime has {runtime}"),
             Self::Panicked { message } => {
                 write!(f, "its handshake panicked (contained; its versions are unknown): {message}")

@@ -4,7 +4,8 @@ use super::shipped_plugins;
 use crate::telemetry;
 use anyhow::Result;
 use clap::Subcommand;
-use esper_runtime::plugin::BlueprintRegistry;
+use esper_plugin_api::abi::ABI_VERSION;
+use esper_runtime::plugin::{BlueprintRegistry, OptionsSchema};
 use std::{path::PathBuf, process::ExitCode};
 use tch::Device;
 
@@ -32,6 +33,7 @@ impl PluginsCommand {
                 let plugin = registry.plugins().next().expect("one plugin loaded");
                 let h = plugin.handshake();
                 println!("plugin   {} {} ({})", h.plugin_name, h.plugin_version, plugin.path().display());
+                println!("kind     {}, ABI {} (this runtime: ABI {ABI_VERSION})", plugin.kind(), h.abi);
                 println!("built with plugin API {}, libtorch {}, tch {}", h.plugin_api, h.libtorch, h.tch);
                 for (key, d, _) in registry.list() {
                     let actual = match registry.create_seed(key, channels, &serde_json::Value::Null, Device::Cpu) {
@@ -43,6 +45,7 @@ impl PluginsCommand {
                         "  {:<24} parameters at {channels} channels: declared ~{}, actual {actual}",
                         "", d.param_estimate
                     );
+                    print_options_schema(&registry, key);
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -53,10 +56,38 @@ impl PluginsCommand {
                     registry.load(p)?;
                 }
                 for (key, d, lib) in registry.list() {
-                    println!("{key:<24} ~{:<8} {:<60} {}", d.param_estimate, d.description, lib.display());
+                    let plugin = registry.plugins().find(|p| p.path() == lib).expect("a listed blueprint's library");
+                    let (kind, abi) = (plugin.kind(), plugin.abi_version());
+                    println!(
+                        "{key:<24} ~{:<8} {kind:<8} ABI {:<5} {:<60} {}",
+                        d.param_estimate,
+                        abi.to_string(),
+                        d.description,
+                        lib.display()
+                    );
                 }
                 Ok(ExitCode::SUCCESS)
             }
         }
+    }
+}
+
+/// The options line(s) of `plugins inspect`: the blueprint's JSON schema, indented, or why
+/// there is none. A plugin's failure to answer is shown, not raised.
+fn print_options_schema(registry: &BlueprintRegistry, key: &str) {
+    let pad = "";
+    match registry.options_schema(key) {
+        Ok(OptionsSchema::Schema(schema)) => {
+            let text = serde_json::to_string_pretty(&schema).unwrap_or_else(|_| schema.to_string());
+            println!("  {pad:<24} options schema:");
+            for line in text.lines() {
+                println!("  {pad:<24}   {line}");
+            }
+        }
+        Ok(OptionsSchema::NotPublished) => println!("  {pad:<24} options schema: none published"),
+        Ok(OptionsSchema::NotInAbi(abi)) => {
+            println!("  {pad:<24} options schema: not available (ABI {abi} has no describe_options; 1.1 does)")
+        }
+        Err(e) => println!("  {pad:<24} options schema: cannot describe: {e}"),
     }
 }

@@ -17,7 +17,7 @@
 
 #![forbid(unsafe_code)] // a plugin needs none: the plugin API does the boundary work
 
-use esper_plugin_api::{tch::Tensor, Blueprint, Init, Params, PluginError, Seed};
+use esper_plugin_api::{serde_json, tch::Tensor, Blueprint, Init, Params, PluginError, Seed};
 use serde::Deserialize;
 
 /// The blueprint: its name, metadata, options and how to create a seed.
@@ -74,6 +74,22 @@ impl Blueprint for ChannelScale {
             fc2_bias: params.param("fc2_bias", &[channels], Init::Zeros)?,
             scale: params.param("scale", &[1], Init::Zeros)?,
         })
+    }
+
+    /// The options' JSON schema, shown by `esper plugins inspect` (optional).
+    fn options_schema() -> Option<serde_json::Value> {
+        Some(serde_json::json!({
+            "type": "object",
+            "properties": {
+                "reduction": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "default": 4,
+                    "description": "channel reduction of the bottleneck: fc1 has channels / reduction outputs"
+                }
+            },
+            "additionalProperties": false
+        }))
     }
 }
 

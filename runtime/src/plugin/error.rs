@@ -1,6 +1,7 @@
 //! Errors of the plugin loader and blueprint registry. Each names the file (or the
 //! blueprint) and the cause.
 
+use esper_plugin_api::abi::Mismatch;
 use std::path::PathBuf;
 use thiserror::Error;
 
@@ -15,8 +16,8 @@ pub enum PluginError {
     #[error("plugin {path} has an incompatible ABI layout (built against a different plugin API?): {cause}")]
     AbiMismatch { path: PathBuf, cause: String },
 
-    #[error("plugin {path} was built with other versions than this runtime: {}", .mismatches.join("; "))]
-    VersionMismatch { path: PathBuf, mismatches: Vec<String> },
+    #[error("plugin {path} was built with other versions than this runtime: {}", join(.mismatches))]
+    VersionMismatch { path: PathBuf, mismatches: Vec<Mismatch> },
 
     #[error("blueprint `{key}` is exported by two plugins: {first} and {second}")]
     Duplicate { key: String, first: PathBuf, second: PathBuf },
@@ -50,6 +51,10 @@ pub enum PluginError {
 
     #[error("plugin {path}: cannot load it pinned: {cause}")]
     Pinned { path: PathBuf, cause: String },
+}
+
+fn join(mismatches: &[Mismatch]) -> String {
+    mismatches.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 impl PluginError {

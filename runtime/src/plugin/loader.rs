@@ -1,5 +1,6 @@
-//! Loading one plugin library: open it, check its ABI layout (abi_stable), check the
-//! handshake (plugin-API, libtorch and tch versions), list its blueprints.
+//! Loading one plugin library: open it, check its ABI version and layout (abi_stable),
+//! check the handshake (ABI version by the compatibility rule, libtorch and tch by
+//! equality), list its blueprints.
 //!
 //! A pinned load ([`LoadedPlugin::load_pinned`]) hashes and opens the *same bytes*: the
 //! file is read once, its sha256 compared with the pin, and exactly those bytes written
@@ -8,9 +9,11 @@
 //! unlinked right after (the mapping stays valid). Replacing the original file between
 //! the check and the load therefore changes nothing. Messages name the original path.
 
-use super::PluginError;
+use super::{OptionsSchema, PluginError, PluginKind};
 use abi_stable::library::{lib_header_from_path, LibraryError};
-use esper_plugin_api::abi::{BlueprintDescriptor, Handshake, PluginRootRef};
+use esper_plugin_api::abi::{
+    init_root_module, AbiVersion, BlueprintDescriptor, Handshake, Mismatch, PluginRootRef, ABI_VERSION,
+};
 use sha2::{Digest, Sha256};
 use std::{
     io::Write,
@@ -63,9 +66,7 @@ impl LoadedPlugin {
 
     /// Opens the library file `file`, naming it `path` in messages and afterwards.
     fn open(file: &Path, path: PathBuf, sha256: Option<String>) -> Result<Self, PluginError> {
-        let root = lib_header_from_path(file)
-            .and_then(|header| header.init_root_module::<PluginRootRef>())
-            .map_err(|e| classify(&path, e, file))?;
+        let root = lib_header_from_path(file).and_then(init_root_module).map_err(|e| classify(&path, e, file))?;
         let handshake = (root.handshake())();
         let mismatches = handshake.mismatches();
         if !mismatches.is_empty() {
@@ -87,6 +88,31 @@ impl LoadedPlugin {
     }
     pub fn handshake(&self) -> &Handshake {
         &self.handshake
+    }
+    /// How the library reaches libtorch.
+    pub fn kind(&self) -> PluginKind {
+        PluginKind::Native
+    }
+    /// The ABI version the library was built against.
+    pub fn abi_version(&self) -> AbiVersion {
+        self.handshake.abi
+    }
+
+    /// The options schema of blueprint `blueprint` (its bare name) of this library.
+    /// A library of ABI 1.0 has no `describe_options`: [`OptionsSchema::NotInAbi`].
+    /// A failing, panicking or malformed answer is an error naming the blueprint.
+    pub fn options_schema(&self, key: &str, blueprint: &str) -> Result<OptionsSchema, PluginError> {
+        let Some(describe) = self.root.describe_options() else {
+            return Ok(OptionsSchema::NotInAbi(self.abi_version()));
+        };
+        let answer =
+            describe(blueprint.into()).into_result().map_err(|e| PluginError::from_plugin(key, &self.path, e))?;
+        let Some(text) = answer.into_option() else { return Ok(OptionsSchema::NotPublished) };
+        serde_json::from_str(text.as_str()).map(OptionsSchema::Schema).map_err(|e| PluginError::Failed {
+            key: key.into(),
+            path: self.path.clone(),
+            message: format!("its options schema is not JSON ({e}): {text}"),
+        })
     }
     pub fn blueprints(&self) -> &[BlueprintDescriptor] {
         &self.blueprints
@@ -203,7 +229,14 @@ fn classify_at(path: PathBuf, e: LibraryError) -> PluginError {
         LibraryError::RootModule { err, .. } => {
             PluginError::NotAPlugin { path, cause: format!("its root module failed to initialise: {err}") }
         }
-        // AbiInstability, InvalidAbiHeader, InvalidCAbi, IncompatibleVersionNumber, ...
+        // abi_stable compares the library's version (our ABI version) first: another major.
+        LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => {
+            let plugin = AbiVersion::new(actual_version.major, actual_version.minor);
+            let runtime = AbiVersion::new(expected_version.major, expected_version.minor);
+            let mismatch = ABI_VERSION.accepts(plugin).err().unwrap_or(Mismatch::AbiMajor { plugin, runtime });
+            PluginError::VersionMismatch { path, mismatches: vec![mismatch] }
+        }
+        // AbiInstability, InvalidAbiHeader, InvalidCAbi, ...
         other => PluginError::AbiMismatch { path, cause: other.to_string() },
     }
 }
@@ -227,6 +260,23 @@ mod tests {
         drop(copy);
         assert!(!file.exists() && !dir.exists());
         assert_eq!(sha256_hex(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    }
+
+    #[test]
+    fn abi_stables_version_refusal_names_both_abi_versions() {
+        use abi_stable::sabi_types::VersionNumber;
+        let e = classify_at(
+            PathBuf::from("/p/libfuture.so"),
+            LibraryError::IncompatibleVersionNumber {
+                library_name: "esper_plugin",
+                expected_version: VersionNumber { major: ABI_VERSION.major, minor: ABI_VERSION.minor, patch: 0 },
+                actual_version: VersionNumber { major: 2, minor: 0, patch: 0 },
+            },
+        );
+        assert!(matches!(e, PluginError::VersionMismatch { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(text.contains("/p/libfuture.so") && text.contains("ABI 2.0"), "{text}");
+        assert!(text.contains(&format!("runtime has ABI {ABI_VERSION}")), "{text}");
     }
 
     #[test]

@@ -1,18 +1,22 @@
 //! The plugin loader and blueprint registry.
 //!
 //! Plugins are `cdylib`s built against `esper-plugin-api`. Loading checks, in order:
-//! the file exists; it is a shared library exporting an abi_stable root module; the
-//! module's layout matches ours (abi_stable); the handshake's plugin-API, libtorch and
-//! tch versions equal ours; no blueprint key is already taken. Every failure is a
+//! the file exists; it is a shared library exporting an abi_stable root module of our
+//! ABI major version; the module's layout matches ours (abi_stable: an older minor's
+//! shorter root module is accepted); the handshake's ABI version is one we accept
+//! (same major, minor not newer) and its libtorch and tch versions equal ours; no
+//! blueprint key is already taken. Every failure is a
 //! [`PluginError`] naming the file and the cause.
 
 mod error;
+mod kind;
 mod loader;
 mod params;
 mod registry;
 mod seed;
 
 pub use error::PluginError;
+pub use kind::{OptionsSchema, PluginKind};
 pub use loader::LoadedPlugin;
 pub use registry::BlueprintRegistry;
 pub use seed::PluginSeed;

@@ -2,7 +2,7 @@
 
 use super::{
     params::{SeedCap, StoreSink},
-    LoadedPlugin, PluginError, PluginSeed,
+    LoadedPlugin, OptionsSchema, PluginError, PluginSeed,
 };
 use abi_stable::sabi_trait::TD_Opaque;
 use esper_plugin_api::abi::{BlueprintDescriptor, CreateRequest, ParamSink_TO};
@@ -178,6 +178,13 @@ impl BlueprintRegistry {
                 candidates: many.iter().map(|(k, _)| k.to_string()).collect(),
             }),
         }
+    }
+
+    /// The options schema of blueprint `name` (see [`LoadedPlugin::options_schema`]).
+    pub fn options_schema(&self, name: &str) -> Result<OptionsSchema, PluginError> {
+        let (key, _) = self.resolve(name)?;
+        let entry = &self.entries[key];
+        entry.plugin.options_schema(key, entry.descriptor.name.as_str())
     }
 
     /// Creates a seed of blueprint `name` for `channels` channels, its parameters on `device`.
