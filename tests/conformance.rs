@@ -69,8 +69,11 @@ fn norm_report_in_detail() {
     let report = suite("esper-norm", None);
     assert!(report.passed, "{}", report.render());
     let h = report.handshake.as_ref().expect("handshake");
-    assert_eq!((h.plugin_name.as_str(), h.libtorch.as_str(), h.tch.as_str()), ("esper-norm", "2.11.0", "0.24.0"));
-    assert_eq!(h.plugin_api, h.runtime_plugin_api);
+    assert_eq!(
+        (h.plugin_name.as_str(), h.libtorch.as_deref(), h.tch.as_deref()),
+        ("esper-norm", Some("2.11.0"), Some("0.24.0"))
+    );
+    assert_eq!(h.plugin_api.as_deref(), Some(h.runtime_plugin_api.as_str()));
     assert_eq!((h.kind.as_str(), h.abi.as_str()), ("native", h.runtime_abi.as_str()));
     let norm = report.blueprint("norm").expect("cnn:norm");
     assert_eq!(norm.name, "cnn:norm");

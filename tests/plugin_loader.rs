@@ -28,7 +28,7 @@ fn norm_plugin_loads_with_matching_handshake() {
     let r = registry_with(&["esper-norm"]);
     assert_eq!(keys(&r), vec!["cnn:norm"]);
     let plugin = r.plugins().next().unwrap();
-    let h = plugin.handshake();
+    let h = plugin.handshake().expect("a native plugin");
     assert_eq!(h.plugin_name.as_str(), "esper-norm");
     assert_eq!(h.libtorch.as_str(), "2.11.0");
     assert_eq!(h.tch.as_str(), esper_plugin_api::abi::TCH_VERSION);
@@ -247,7 +247,7 @@ fn a_plugin_built_against_abi_1_0_loads_creates_runs_and_conforms_in_this_runtim
     let plugin = r.plugins().next().unwrap();
     assert_eq!(plugin.abi_version(), AbiVersion::new(1, 0));
     assert_eq!(plugin.kind(), PluginKind::Native);
-    assert_eq!(plugin.handshake().plugin_name.as_str(), "esper-fixture-abi-1-0");
+    assert_eq!(plugin.name_and_version().0, "esper-fixture-abi-1-0");
     // ABI 1.0 has no describe_options: absent, not a panic and not an error.
     assert_eq!(r.options_schema("legacy-gain").unwrap(), OptionsSchema::NotInAbi(AbiVersion::new(1, 0)));
 

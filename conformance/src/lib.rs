@@ -107,33 +107,32 @@ fn handshake(registry: &BlueprintRegistry) -> (Option<HandshakeReport>, CheckRes
     let Some(plugin) = registry.plugins().next() else {
         return (None, CheckResult::fail(Check::Handshake, "no plugin loaded"));
     };
-    let h = plugin.handshake();
+    let native = plugin.handshake();
+    let (plugin_name, plugin_version) = plugin.name_and_version();
     let report = HandshakeReport {
         kind: plugin.kind().to_string(),
-        abi: h.abi.to_string(),
+        abi: plugin.abi_version().to_string(),
         runtime_abi: esper_plugin_api::abi::ABI_VERSION.to_string(),
-        plugin_name: h.plugin_name.to_string(),
-        plugin_version: h.plugin_version.to_string(),
-        plugin_api: h.plugin_api.to_string(),
-        libtorch: h.libtorch.to_string(),
-        tch: h.tch.to_string(),
+        plugin_name: plugin_name.to_string(),
+        plugin_version: plugin_version.to_string(),
+        plugin_api: native.map(|h| h.plugin_api.to_string()),
+        libtorch: native.map(|h| h.libtorch.to_string()),
+        tch: native.map(|h| h.tch.to_string()),
         runtime_plugin_api: esper_plugin_api::abi::PLUGIN_API_VERSION.to_string(),
         runtime_libtorch: esper_plugin_api::abi::LIBTORCH_VERSION.to_string(),
         runtime_tch: esper_plugin_api::abi::TCH_VERSION.to_string(),
     };
-    let mismatches = h.mismatches();
+    let mismatches = native.map(|h| h.mismatches()).unwrap_or_default();
+    let built_with = match (&report.libtorch, &report.tch) {
+        (Some(libtorch), Some(tch)) => format!("libtorch {libtorch}, tch {tch}: accepted; ABI layout accepted"),
+        _ => "no libtorch of its own (its ops run in the runtime's); its description is well-formed".to_string(),
+    };
     let check = if mismatches.is_empty() {
         CheckResult::pass(
             Check::Handshake,
             format!(
-                "{} {} ({}): ABI {} (runtime {}), libtorch {}, tch {}: accepted; ABI layout accepted",
-                report.plugin_name,
-                report.plugin_version,
-                report.kind,
-                report.abi,
-                report.runtime_abi,
-                report.libtorch,
-                report.tch
+                "{} {} ({}): ABI {} (runtime {}), {built_with}",
+                report.plugin_name, report.plugin_version, report.kind, report.abi, report.runtime_abi,
             ),
         )
     } else {

@@ -140,7 +140,7 @@ impl CheckResult {
 /// The versions a plugin states in its handshake, beside the runtime's.
 #[derive(Debug, Clone, Serialize)]
 pub struct HandshakeReport {
-    /// The library's kind (`native`).
+    /// The library's kind (`native` or `portable`).
     pub kind: String,
     /// The ABI version the plugin was built against, `MAJOR.MINOR`.
     pub abi: String,
@@ -148,9 +148,11 @@ pub struct HandshakeReport {
     pub runtime_abi: String,
     pub plugin_name: String,
     pub plugin_version: String,
-    pub plugin_api: String,
-    pub libtorch: String,
-    pub tch: String,
+    /// The plugin API crate, libtorch and tch versions a native plugin was built with;
+    /// `null` for a portable plugin, which links none of them.
+    pub plugin_api: Option<String>,
+    pub libtorch: Option<String>,
+    pub tch: Option<String>,
     pub runtime_plugin_api: String,
     pub runtime_libtorch: String,
     pub runtime_tch: String,

@@ -42,7 +42,8 @@ pub const CHECKS: [CheckSpec; 16] = [
     CheckSpec {
         check: Check::Handshake,
         name: "handshake",
-        what: "the library loads: abi_stable layout, ABI version accepted, libtorch and tch versions match",
+        what: "the library loads: ABI version accepted; native: abi_stable layout, libtorch and tch match; portable: \
+               its description well-formed",
         scope: Scope::Library,
     },
     CheckSpec {

@@ -27,6 +27,7 @@ mod tensor;
 mod version;
 
 pub mod abi;
+pub mod portable;
 
 // The author's prelude: what a blueprint plugin uses (plus the two macros).
 pub use blueprint::{parse_options, Blueprint, NoOptions};

@@ -31,10 +31,15 @@ impl PluginsCommand {
                 let mut registry = BlueprintRegistry::new();
                 registry.load(&library)?;
                 let plugin = registry.plugins().next().expect("one plugin loaded");
-                let h = plugin.handshake();
-                println!("plugin   {} {} ({})", h.plugin_name, h.plugin_version, plugin.path().display());
-                println!("kind     {}, ABI {} (this runtime: ABI {ABI_VERSION})", plugin.kind(), h.abi);
-                println!("built with plugin API {}, libtorch {}, tch {}", h.plugin_api, h.libtorch, h.tch);
+                let (name, version) = plugin.name_and_version();
+                println!("plugin   {name} {version} ({})", plugin.path().display());
+                println!("kind     {}, ABI {} (this runtime: ABI {ABI_VERSION})", plugin.kind(), plugin.abi_version());
+                match plugin.handshake() {
+                    Some(h) => {
+                        println!("built with plugin API {}, libtorch {}, tch {}", h.plugin_api, h.libtorch, h.tch)
+                    }
+                    None => println!("built with no libtorch: its ops run in this runtime's"),
+                }
                 for (key, d, _) in registry.list() {
                     let actual = match registry.create_seed(key, channels, &serde_json::Value::Null, Device::Cpu) {
                         Ok(seed) => seed.num_parameters().to_string(),

@@ -19,6 +19,9 @@ pub enum PluginError {
     #[error("plugin {path} was built with other versions than this runtime: {}", join(.mismatches))]
     VersionMismatch { path: PathBuf, mismatches: Vec<Mismatch> },
 
+    #[error("portable plugin {path} was refused: {cause}")]
+    PortableRefused { path: PathBuf, cause: String },
+
     #[error("blueprint `{key}` is exported by two plugins: {first} and {second}")]
     Duplicate { key: String, first: PathBuf, second: PathBuf },
 

@@ -9,6 +9,10 @@ pub enum PluginKind {
     /// Built against `esper-plugin-api` with tch: it shares the runtime's libtorch
     /// tensors, so its libtorch and tch versions must equal the runtime's.
     Native,
+    /// Built against `esper-plugin-portable`: no libtorch of its own, every tensor op
+    /// through the runtime's op table (`include/esper_plugin.h`), so it loads in any
+    /// runtime of its ABI major whatever libtorch that runtime has.
+    Portable,
 }
 
 impl PluginKind {
@@ -16,6 +20,7 @@ impl PluginKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Native => "native",
+            Self::Portable => "portable",
         }
     }
 }
@@ -42,5 +47,6 @@ mod tests {
     #[test]
     fn kinds_read_as_the_command_line_shows_them() {
         assert_eq!(super::PluginKind::Native.to_string(), "native");
+        assert_eq!(super::PluginKind::Portable.to_string(), "portable");
     }
 }

@@ -11,8 +11,9 @@
 
 use super::{OptionsSchema, PluginError, PluginKind};
 use abi_stable::library::{lib_header_from_path, LibraryError};
-use esper_plugin_api::abi::{
-    init_root_module, AbiVersion, BlueprintDescriptor, Handshake, Mismatch, PluginRootRef, ABI_VERSION,
+use esper_plugin_api::{
+    abi::{init_root_module, AbiVersion, BlueprintDescriptor, Handshake, Mismatch, PluginRootRef, ABI_VERSION},
+    portable::{PortableBlueprint, PortableLibrary, PortableLoadError},
 };
 use sha2::{Digest, Sha256};
 use std::{
@@ -27,9 +28,16 @@ pub struct LoadedPlugin {
     path: PathBuf,
     /// The pin the library was loaded under (lowercase hex), if any.
     sha256: Option<String>,
-    handshake: Handshake,
     blueprints: Vec<BlueprintDescriptor>,
-    root: PluginRootRef,
+    library: Library,
+}
+
+/// The library behind a [`LoadedPlugin`], by kind.
+pub(crate) enum Library {
+    /// An abi_stable root module and the handshake it answered.
+    Native { root: PluginRootRef, handshake: Handshake },
+    /// A portable library (its entry point answered, its description checked).
+    Portable(PortableLibrary),
 }
 
 impl LoadedPlugin {
@@ -64,8 +72,19 @@ impl LoadedPlugin {
         loaded
     }
 
-    /// Opens the library file `file`, naming it `path` in messages and afterwards.
+    /// Opens the library file `file`, naming it `path` in messages and afterwards: a
+    /// portable plugin when it exports the portable entry point, else a native one.
     fn open(file: &Path, path: PathBuf, sha256: Option<String>) -> Result<Self, PluginError> {
+        if let Some(portable) = PortableLibrary::open(file) {
+            let library = portable.map_err(|e| match e {
+                PortableLoadError::Version(m) => {
+                    PluginError::VersionMismatch { path: path.clone(), mismatches: vec![m] }
+                }
+                PortableLoadError::Invalid(cause) => PluginError::PortableRefused { path: path.clone(), cause },
+            })?;
+            let blueprints = library.blueprints().iter().map(|b| b.descriptor().clone()).collect();
+            return Ok(Self { path, sha256, blueprints, library: Library::Portable(library) });
+        }
         let root = lib_header_from_path(file).and_then(init_root_module).map_err(|e| classify(&path, e, file))?;
         let handshake = (root.handshake())();
         let mismatches = handshake.mismatches();
@@ -76,7 +95,7 @@ impl LoadedPlugin {
             .into_result()
             .map_err(|e| PluginError::Failed { key: "<list>".into(), path: path.clone(), message: e.to_string() })?
             .into_vec();
-        Ok(Self { path, sha256, handshake, blueprints, root })
+        Ok(Self { path, sha256, blueprints, library: Library::Native { root, handshake } })
     }
 
     pub fn path(&self) -> &Path {
@@ -86,29 +105,68 @@ impl LoadedPlugin {
     pub fn sha256(&self) -> Option<&str> {
         self.sha256.as_deref()
     }
-    pub fn handshake(&self) -> &Handshake {
-        &self.handshake
+    /// The native handshake (plugin API, libtorch and tch versions); `None` for a
+    /// portable library, which links no libtorch.
+    pub fn handshake(&self) -> Option<&Handshake> {
+        match &self.library {
+            Library::Native { handshake, .. } => Some(handshake),
+            Library::Portable(_) => None,
+        }
+    }
+    /// The plugin crate's name and version, as the library states them.
+    pub fn name_and_version(&self) -> (&str, &str) {
+        match &self.library {
+            Library::Native { handshake, .. } => (handshake.plugin_name.as_str(), handshake.plugin_version.as_str()),
+            Library::Portable(p) => (p.name(), p.version()),
+        }
     }
     /// How the library reaches libtorch.
     pub fn kind(&self) -> PluginKind {
-        PluginKind::Native
+        match &self.library {
+            Library::Native { .. } => PluginKind::Native,
+            Library::Portable(_) => PluginKind::Portable,
+        }
     }
     /// The ABI version the library was built against.
     pub fn abi_version(&self) -> AbiVersion {
-        self.handshake.abi
+        match &self.library {
+            Library::Native { handshake, .. } => handshake.abi,
+            Library::Portable(p) => p.abi(),
+        }
+    }
+    pub(crate) fn library(&self) -> &Library {
+        &self.library
+    }
+    /// The portable blueprint `name` of this library (a portable library only).
+    pub(crate) fn portable_blueprint(&self, name: &str) -> Option<&PortableBlueprint> {
+        match &self.library {
+            Library::Portable(p) => p.blueprints().iter().find(|b| b.descriptor().name.as_str() == name),
+            Library::Native { .. } => None,
+        }
     }
 
     /// The options schema of blueprint `blueprint` (its bare name) of this library.
     /// A library of ABI 1.0 has no `describe_options`: [`OptionsSchema::NotInAbi`].
     /// A failing, panicking or malformed answer is an error naming the blueprint.
     pub fn options_schema(&self, key: &str, blueprint: &str) -> Result<OptionsSchema, PluginError> {
-        let Some(describe) = self.root.describe_options() else {
+        let root = match &self.library {
+            Library::Native { root, .. } => root,
+            Library::Portable(_) => {
+                let text = self.portable_blueprint(blueprint).and_then(PortableBlueprint::options_schema);
+                return text.map_or(Ok(OptionsSchema::NotPublished), |t| self.parse_schema(key, t));
+            }
+        };
+        let Some(describe) = root.describe_options() else {
             return Ok(OptionsSchema::NotInAbi(self.abi_version()));
         };
         let answer =
             describe(blueprint.into()).into_result().map_err(|e| PluginError::from_plugin(key, &self.path, e))?;
         let Some(text) = answer.into_option() else { return Ok(OptionsSchema::NotPublished) };
-        serde_json::from_str(text.as_str()).map(OptionsSchema::Schema).map_err(|e| PluginError::Failed {
+        self.parse_schema(key, text.as_str())
+    }
+
+    fn parse_schema(&self, key: &str, text: &str) -> Result<OptionsSchema, PluginError> {
+        serde_json::from_str(text).map(OptionsSchema::Schema).map_err(|e| PluginError::Failed {
             key: key.into(),
             path: self.path.clone(),
             message: format!("its options schema is not JSON ({e}): {text}"),
@@ -117,16 +175,14 @@ impl LoadedPlugin {
     pub fn blueprints(&self) -> &[BlueprintDescriptor] {
         &self.blueprints
     }
-    pub(crate) fn root(&self) -> PluginRootRef {
-        self.root
-    }
 }
 
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedPlugin")
             .field("path", &self.path)
-            .field("handshake", &self.handshake)
+            .field("kind", &self.kind())
+            .field("abi", &self.abi_version())
             .field("blueprints", &self.blueprints)
             .finish_non_exhaustive()
     }

@@ -1,7 +1,9 @@
 //! The blueprint registry: every blueprint of every loaded plugin, keyed `topology:name`.
 
 use super::{
+    loader::Library,
     params::{SeedCap, StoreSink},
+    seed::SeedModule,
     LoadedPlugin, OptionsSchema, PluginError, PluginSeed,
 };
 use abi_stable::sabi_trait::TD_Opaque;
@@ -222,13 +224,19 @@ impl BlueprintRegistry {
             ),
         };
         let mut sink = StoreSink::new(vars.root(), cap);
-        let request = CreateRequest {
-            blueprint: entry.descriptor.name.as_rstr(),
-            channels,
-            options_json: options_json.as_str().into(),
+        let blueprint = entry.descriptor.name.as_str();
+        let params = ParamSink_TO::from_ptr(&mut sink, TD_Opaque);
+        let created = match entry.plugin.library() {
+            Library::Native { root, .. } => {
+                let request =
+                    CreateRequest { blueprint: blueprint.into(), channels, options_json: options_json.as_str().into() };
+                (root.create_seed())(request, params).into_result().map(SeedModule::Native)
+            }
+            Library::Portable(_) => {
+                let portable = entry.plugin.portable_blueprint(blueprint).expect("a listed portable blueprint");
+                portable.create(params, channels, &options_json).map(SeedModule::Portable)
+            }
         };
-        let created =
-            (entry.plugin.root().create_seed())(request, ParamSink_TO::from_ptr(&mut sink, TD_Opaque)).into_result();
         if let Some(message) = sink.refused.take() {
             return Err(PluginError::BadParameter { key: key.into(), path: path.into(), message });
         }

@@ -2,14 +2,23 @@
 //! runtime-owned parameters.
 
 use super::{LoadedPlugin, PluginError};
-use esper_plugin_api::abi::{SeedBox, TensorRef};
+use esper_plugin_api::{
+    abi::{SeedBox, TensorRef},
+    portable::PortableSeed,
+};
 use std::{path::Path, sync::Arc};
 use tch::{nn, Device, Tensor};
+
+/// The plugin's side of a seed, by library kind.
+pub(crate) enum SeedModule {
+    Native(SeedBox),
+    Portable(PortableSeed),
+}
 
 pub struct PluginSeed {
     // Field order is drop order: the module (which holds handles to the parameters)
     // goes before the store, and the library handle last.
-    module: SeedBox,
+    module: SeedModule,
     vars: nn::VarStore,
     key: String,
     channels: i64,
@@ -18,7 +27,7 @@ pub struct PluginSeed {
 
 impl PluginSeed {
     pub(crate) fn new(
-        module: SeedBox,
+        module: SeedModule,
         vars: nn::VarStore,
         key: String,
         channels: i64,
@@ -30,17 +39,21 @@ impl PluginSeed {
     /// Runs the plugin's forward. Errors and panics inside the plugin come back as
     /// errors naming the blueprint and the library.
     pub fn forward(&self, input: &Tensor, train: bool) -> Result<Tensor, PluginError> {
-        self.module
-            .forward(TensorRef::new(input), train)
-            .into_result()
-            .map(|out| out.into_tensor())
-            .map_err(|e| PluginError::from_plugin(&self.key, self.plugin.path(), e))
+        let out = match &self.module {
+            SeedModule::Native(m) => m.forward(TensorRef::new(input), train).into_result().map(|out| out.into_tensor()),
+            SeedModule::Portable(m) => m.forward(input, train),
+        };
+        out.map_err(|e| PluginError::from_plugin(&self.key, self.plugin.path(), e))
     }
 
     /// Drops the plugin's seed now; a panic in its `Drop` comes back as an error (the
     /// ABI contains it either way).
     pub fn release(mut self) -> Result<(), PluginError> {
-        self.module.release().into_result().map_err(|e| PluginError::from_plugin(&self.key, self.plugin.path(), e))
+        let released = match &mut self.module {
+            SeedModule::Native(m) => m.release().into_result(),
+            SeedModule::Portable(m) => m.release(),
+        };
+        released.map_err(|e| PluginError::from_plugin(&self.key, self.plugin.path(), e))
     }
 
     /// `topology:name` of the blueprint.
