@@ -85,6 +85,11 @@ typedef struct esper_init {
     double b;
 } esper_init;
 
+/* Parameter flags (ops->param). */
+#define ESPER_PARAM_TRAINABLE 1    /* a parameter (gets gradients); without it a buffer */
+#define ESPER_PARAM_OUTPUT_LAYER 2 /* part of the seed's output layer: zeroed by the runtime
+                                    * when the seed is germinated into a MULTIPLY slot */
+
 typedef esper_status (*esper_unary_fn)(const esper_tensor *x, esper_tensor **out);
 typedef esper_status (*esper_binary_fn)(const esper_tensor *a, const esper_tensor *b, esper_tensor **out);
 typedef esper_status (*esper_scalar_fn)(const esper_tensor *x, double s, esper_tensor **out);
@@ -110,10 +115,10 @@ typedef struct esper_ops {
     int32_t (*device)(const esper_tensor *t, int32_t *index);
 
     /* Parameters (only inside `create`): created and kept by the runtime, on the seed's
-     * device. `name` is ASCII letters, digits, `_`, parts joined by `.`; `trainable` 0
-     * makes a buffer. */
+     * device. `name` is ASCII letters, digits, `_`, parts joined by `.`; `flags` is
+     * ESPER_PARAM_* bits (no ESPER_PARAM_TRAINABLE: a buffer). */
     esper_status (*param)(esper_params *params, const char *name, const int64_t *shape, size_t ndim, esper_init init,
-                          int32_t trainable, esper_tensor **out);
+                          int32_t flags, esper_tensor **out);
 
     /* Elementwise, broadcasting. */
     esper_binary_fn add;

@@ -37,6 +37,17 @@ fn the_runtime_library_and_the_conformance_suite_have_no_front_end_dependency() 
 }
 
 #[test]
+fn portable_plugins_depend_on_no_libtorch_crate() {
+    for package in ["esper-plugin-portable", "esper-norm-portable"] {
+        let deps = dependencies(package);
+        assert!(deps.iter().any(|d| d == "esper-plugin-portable"), "premise: {deps:?}");
+        let found: Vec<&String> =
+            deps.iter().filter(|d| ["tch", "torch-sys", "abi_stable"].contains(&d.as_str())).collect();
+        assert!(found.is_empty(), "{package} depends on {found:?}");
+    }
+}
+
+#[test]
 fn the_example_plugin_tests_with_the_conformance_crate_only() {
     let manifest =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/blueprint-plugin/Cargo.toml"))

@@ -355,3 +355,51 @@ fn isolation_is_forced_in_training_and_configurable_from_blending_on() {
     // through the seed into the host (alpha > 0 once the ramp has started).
     assert!(!same(&host_gradients(Some(SeedStage::Holding), false), &alone));
 }
+
+fn cnn_registry() -> BlueprintRegistry {
+    let mut r = BlueprintRegistry::new();
+    r.load(&plugin_lib("esper-cnn")).expect("load cnn");
+    r
+}
+
+#[test]
+fn the_multiply_rule_zeroes_a_seeds_output_layer_so_the_blend_starts_neutral() {
+    let registry = cnn_registry();
+    let x = Tensor::randn([2, 64, 8, 8], (Kind::Float, Device::Cpu));
+    for (blueprint, output_layer) in [
+        ("conv_light", vec!["enhance_conv_weight"]),
+        ("conv_heavy", vec!["enhance_1_conv_weight"]),
+        ("attention", vec!["fc_2_weight", "fc_2_bias"]),
+        ("depthwise", vec!["pointwise_weight"]),
+    ] {
+        let seed = registry.create_seed(blueprint, 64, &serde_json::Value::Null, Device::Cpu).unwrap();
+        assert_eq!(seed.output_layer(), output_layer.as_slice(), "{blueprint} marks its last layer");
+        for blend in [BlendAlgorithm::Add, BlendAlgorithm::Multiply] {
+            let config = SlotConfig { blend, ..Default::default() };
+            let mut model = MorphogeneticModel::new(CnnHostConfig::default(), &["r0c1"], config, Device::Cpu).unwrap();
+            germinate(&mut model, &registry, "r0c1", blueprint, "s1", &serde_json::Value::Null).unwrap();
+            let seed = model.slot("r0c1").unwrap().seed().expect("a live seed");
+            let zeroed = seed
+                .vars()
+                .variables()
+                .iter()
+                .filter(|(n, _)| output_layer.contains(&n.as_str()))
+                .all(|(_, t)| t.abs().sum(Kind::Float).double_value(&[]) == 0.0);
+            let y = tch::no_grad(|| seed.forward(&x, false).unwrap());
+            let neutral = (&y - &x).abs().max().double_value(&[]) == 0.0;
+            match (blueprint, blend) {
+                (_, BlendAlgorithm::Multiply) => {
+                    assert!(zeroed, "{blueprint} under MULTIPLY: its output layer is zeroed");
+                    if blueprint != "attention" {
+                        assert!(neutral, "{blueprint} under MULTIPLY: output equals input at birth");
+                    } else {
+                        // The gate is sigmoid(0) = 0.5 for every channel: y = x / 2.
+                        assert!((&y - &x * 0.5).abs().max().double_value(&[]) < 1e-6, "attention: y = x / 2");
+                    }
+                }
+                ("attention", _) => assert!(!zeroed, "attention under ADD keeps its gate bias 3"),
+                (_, _) => assert!(!zeroed && !neutral, "{blueprint} under ADD keeps its init"),
+            }
+        }
+    }
+}

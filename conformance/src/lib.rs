@@ -28,7 +28,7 @@ pub use report::{BlueprintReport, Check, CheckResult, HandshakeReport, Status, S
 pub use table::{CheckSpec, Runner, Scope, CHECKS};
 
 use esper_runtime::{device::cuda_available, plugin::BlueprintRegistry};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::Device;
 
 /// What to run.
@@ -166,42 +166,10 @@ pub fn run_blueprint(subject: &Subject<'_>, move_to: Device) -> BlueprintReport 
     BlueprintReport::new(subject.key().to_string(), results)
 }
 
-/// The plugin library of package `package` (e.g. `esper-norm`) as built for the running
-/// test binary (`target/<profile>/deps/<test>`): `lib<package with '-' as '_'>.so` in
-/// `deps/` (where `cargo test` builds it when the crate is also an `rlib`) or in
-/// `target/<profile>/` (where `cargo build` puts it), whichever is newer.
-pub fn crate_library(package: &str) -> PathBuf {
-    let file = esper_runtime::plugin::library_file_name(package);
-    let exe = std::env::current_exe().unwrap_or_default();
-    let deps = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    let profile = deps.parent().map(Path::to_path_buf).unwrap_or_default();
-    let candidates = [deps.join(&file), profile.join(&file)];
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    candidates
-        .iter()
-        .filter_map(|p| Some((modified(p)?, p)))
-        .max_by_key(|(t, _)| *t)
-        .map(|(_, p)| p.clone())
-        .unwrap_or_else(|| candidates[1].clone())
-}
-
-/// A file of the crate at `crate_dir` (its `Cargo.toml` or anything under `src/`) that
-/// is newer than `library`: the library is stale.
-pub fn newer_source(library: &Path, crate_dir: &Path) -> Option<PathBuf> {
-    let built = std::fs::metadata(library).and_then(|m| m.modified()).ok()?;
-    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
-    let mut stack = vec![crate_dir.join("src"), crate_dir.join("Cargo.toml")];
-    while let Some(path) = stack.pop() {
-        if path.is_dir() {
-            stack.extend(std::fs::read_dir(&path).into_iter().flatten().flatten().map(|e| e.path()));
-        } else if let Ok(t) = std::fs::metadata(&path).and_then(|m| m.modified()) {
-            if newest.as_ref().is_none_or(|(n, _)| t > *n) {
-                newest = Some((t, path));
-            }
-        }
-    }
-    newest.filter(|(t, _)| *t > built).map(|(_, p)| p)
-}
+/// The plugin library of package `package` as built for the running test binary, and
+/// the staleness check of a crate's sources against it: shared with portable plugins'
+/// tests, which run without this crate.
+pub use esper_plugin_api::portable::testing::{crate_library, newer_source};
 
 /// Runs the suite and panics, printing the report, when a check fails. Prints the
 /// report on success too (shown with `cargo test -- --nocapture`).

@@ -68,7 +68,15 @@ pub struct ParamSpec<'a> {
 #[sabi_trait]
 pub trait ParamSink {
     /// Creates (and keeps) the tensor, returning an owned handle that shares its storage.
+    ///
+    /// ABI 1.0's only method. No method is in the vtable's prefix (the sabi_trait
+    /// default, as 1.0 was built): later ones are appended, never inserted.
     fn create(&mut self, spec: ParamSpec<'_>) -> RResult<TensorOut, PluginError>;
+
+    /// ABI 1.1: marks the parameter `name` (already created) as part of the seed's output
+    /// layer, which the runtime zeroes when the seed is germinated into a MULTIPLY slot so
+    /// the multiplicative blend starts neutral.
+    fn mark_output(&mut self, name: RStr<'_>) -> RResult<(), PluginError>;
 }
 
 /// The erased form of a [`ParamSink`] as it crosses the boundary.
@@ -96,6 +104,16 @@ impl<'a> Params<'a> {
     /// A trainable parameter, owned by the runtime.
     pub fn param(&mut self, name: &str, shape: &[i64], init: Init) -> Result<Tensor, PluginError> {
         self.request(name, shape, init, true)
+    }
+
+    /// A trainable parameter of the seed's *output layer* (the weight and bias of its
+    /// last convolution or linear layer). Under a MULTIPLY blend the runtime zeroes these
+    /// at germination, so the seed starts neutral there (BLUEPRINTS.md's MULTIPLY rule).
+    pub fn output_param(&mut self, name: &str, shape: &[i64], init: Init) -> Result<Tensor, PluginError> {
+        let tensor = self.request(name, shape, init, true)?;
+        let full = format!("{}{name}", self.prefix);
+        self.sink.mark_output(full.as_str().into()).into_result()?;
+        Ok(tensor)
     }
 
     /// A non-trainable buffer (e.g. running statistics), owned by the runtime.

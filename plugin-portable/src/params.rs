@@ -68,15 +68,22 @@ impl Params<'_> {
 
     /// A trainable parameter, owned by the runtime.
     pub fn param(&mut self, name: &str, shape: &[i64], init: Init) -> Result<Tensor, PluginError> {
-        self.request(name, shape, init, true)
+        self.request(name, shape, init, sys::PARAM_TRAINABLE)
+    }
+
+    /// A trainable parameter of the seed's *output layer* (the weight and bias of its
+    /// last convolution or linear layer): under a MULTIPLY blend the runtime zeroes it at
+    /// germination, so the seed starts neutral there.
+    pub fn output_param(&mut self, name: &str, shape: &[i64], init: Init) -> Result<Tensor, PluginError> {
+        self.request(name, shape, init, sys::PARAM_TRAINABLE | sys::PARAM_OUTPUT_LAYER)
     }
 
     /// A non-trainable buffer, owned by the runtime.
     pub fn buffer(&mut self, name: &str, shape: &[i64], init: Init) -> Result<Tensor, PluginError> {
-        self.request(name, shape, init, false)
+        self.request(name, shape, init, 0)
     }
 
-    fn request(&mut self, name: &str, shape: &[i64], init: Init, trainable: bool) -> Result<Tensor, PluginError> {
+    fn request(&mut self, name: &str, shape: &[i64], init: Init, flags: i32) -> Result<Tensor, PluginError> {
         if name.contains('.') {
             return Err(PluginError::new(
                 ErrorKind::InvalidArgument,
@@ -89,7 +96,7 @@ impl Params<'_> {
         // SAFETY: `raw` is the runtime's handle for this `create` call (a `Params` lives
         // no longer than it); the name is nul-terminated, `shape` holds `shape.len()` values.
         Tensor::call(|out| unsafe {
-            f(self.raw, full.as_ptr(), shape.as_ptr(), shape.len(), init.to_sys(), trainable as i32, out)
+            f(self.raw, full.as_ptr(), shape.as_ptr(), shape.len(), init.to_sys(), flags, out)
         })
     }
 }

@@ -55,6 +55,11 @@ pub const INIT_UNIFORM: i32 = 3;
 pub const INIT_NORMAL: i32 = 4;
 pub const INIT_KAIMING_UNIFORM: i32 = 5;
 
+/// `param` flags: a parameter (gets gradients); without it a buffer.
+pub const PARAM_TRAINABLE: i32 = 1;
+/// `param` flags: part of the seed's output layer (zeroed under a MULTIPLY blend).
+pub const PARAM_OUTPUT_LAYER: i32 = 2;
+
 /// A parameter initialiser: `kind` (`INIT_*`) and up to two numbers.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -95,7 +100,7 @@ pub struct EsperOps {
         shape: *const i64,
         ndim: usize,
         init: EsperInit,
-        trainable: i32,
+        flags: i32,
         out: Out,
     ) -> Status,
 

@@ -11,3 +11,6 @@ mod seed;
 
 pub use library::{PortableLibrary, PortableLoadError};
 pub use seed::{PortableBlueprint, PortableSeed};
+
+/// The test helpers of portable plugin crates, shared with the conformance crate.
+pub use esper_plugin_portable::testing;

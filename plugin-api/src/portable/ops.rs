@@ -421,3 +421,113 @@ pub(crate) static OPS: EsperOps = EsperOps {
     ones_like,
     detach,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    fn handle(t: Tensor) -> *mut EsperTensor {
+        Handle::owned(t)
+    }
+
+    /// The tensor behind an output handle, the handle freed.
+    fn take(out: *mut EsperTensor) -> Tensor {
+        // SAFETY: an owned handle just made by an op.
+        unsafe { Handle::take(out) }.unwrap()
+    }
+
+    fn last() -> String {
+        // SAFETY: null or a message valid until the next error.
+        unsafe { CStr::from_ptr(last_error_ptr()) }.to_string_lossy().into_owned()
+    }
+
+    fn same(a: &Tensor, b: &Tensor) -> bool {
+        a.size() == b.size() && (a - b).abs().max().double_value(&[]) == 0.0
+    }
+
+    #[test]
+    fn ops_compute_what_libtorch_computes() {
+        let x = Tensor::randn([2, 4, 5, 5], (Kind::Float, tch::Device::Cpu));
+        let w = Tensor::randn([4, 2, 3, 3], (Kind::Float, tch::Device::Cpu));
+        let (hx, hw) = (handle(x.shallow_clone()), handle(w.shallow_clone()));
+        let mut out = std::ptr::null_mut();
+        // SAFETY: live handles and a valid place, as a plugin passes them.
+        unsafe {
+            assert_eq!((OPS.tanh)(hx, &mut out), sys::OK);
+            assert!(same(&take(out), &x.tanh()));
+            assert_eq!((OPS.add_scalar)(hx, 1.5, &mut out), sys::OK);
+            assert!(same(&take(out), &(&x + 1.5)));
+            assert_eq!(
+                (OPS.conv2d)(hx, hw, std::ptr::null(), [1, 1].as_ptr(), [1, 1].as_ptr(), [1, 1].as_ptr(), 2, &mut out),
+                sys::OK
+            );
+            assert!(same(&take(out), &x.conv2d(&w, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 2)));
+            assert_eq!((OPS.mean)(hx, [2, 3].as_ptr(), 2, 1, &mut out), sys::OK);
+            assert!(same(&take(out), &x.mean_dim([2i64, 3].as_slice(), true, Kind::Float)));
+            assert_eq!((OPS.permute)(hx, [0, 2, 3, 1].as_ptr(), 4, &mut out), sys::OK);
+            assert!(same(&take(out), &x.permute([0, 2, 3, 1])));
+            let both = [hx as T, hx as T];
+            assert_eq!((OPS.cat)(both.as_ptr(), 2, 1, &mut out), sys::OK);
+            assert_eq!(take(out).size(), [2, 8, 5, 5]);
+            let mut dims = [0i64; 4];
+            let mut n = 0;
+            assert_eq!((OPS.shape)(hx, dims.as_mut_ptr(), 4, &mut n), sys::OK);
+            assert_eq!((n, dims), (4, [2, 4, 5, 5]));
+            assert_eq!((OPS.dtype)(hx), sys::DTYPE_FLOAT32);
+            drop_handle(hx);
+            drop_handle(hw);
+        }
+    }
+
+    #[test]
+    fn a_failing_op_names_itself_and_its_operands_shapes() {
+        let a = handle(Tensor::zeros([2, 3], (Kind::Float, tch::Device::Cpu)));
+        let b = handle(Tensor::zeros([4, 5], (Kind::Float, tch::Device::Cpu)));
+        let mut out = std::ptr::null_mut();
+        // SAFETY: live handles and a valid place.
+        let status = unsafe { (OPS.matmul)(a, b, &mut out) };
+        assert_eq!((status, out.is_null()), (sys::ERR_TENSOR, true));
+        let text = last();
+        assert!(text.starts_with("matmul([2, 3] Float, [4, 5] Float): "), "{text}");
+        // SAFETY: a null bias is allowed; a null weight is refused by name.
+        let status = unsafe { (OPS.linear)(a, std::ptr::null(), std::ptr::null(), &mut out) };
+        assert_eq!(status, sys::ERR_INVALID_ARGUMENT);
+        assert!(last().contains("linear([2, 3] Float, null, null): operand 2 is null"), "{}", last());
+        // SAFETY: owned handles, dropped once each.
+        unsafe {
+            drop_handle(a);
+            drop_handle(b);
+        }
+    }
+
+    #[test]
+    fn dead_and_foreign_handles_are_refused_not_followed() {
+        let a = handle(Tensor::zeros([2], (Kind::Float, tch::Device::Cpu)));
+        let lent = Handle::borrowed(Tensor::ones([2], (Kind::Float, tch::Device::Cpu)));
+        let mut out = std::ptr::null_mut();
+        // SAFETY: a lent handle may not be dropped by the plugin: ignored, still usable.
+        unsafe {
+            drop_handle(lent.as_raw().cast_mut());
+            assert_eq!((OPS.neg)(lent.as_raw(), &mut out), sys::OK);
+            drop_handle(out);
+            drop_handle(a);
+        }
+        let garbage = [0u64; 8];
+        // SAFETY: readable memory that is not a handle: refused by its first word.
+        let status = unsafe { (OPS.neg)(garbage.as_ptr().cast(), &mut out) };
+        assert_eq!(status, sys::ERR_INVALID_ARGUMENT);
+        assert!(last().contains("not live"), "{}", last());
+    }
+
+    #[test]
+    fn param_outside_create_is_refused() {
+        let mut out = std::ptr::null_mut();
+        let init = sys::EsperInit { kind: sys::INIT_ZEROS, a: 0.0, b: 0.0 };
+        let fake = 8usize as *mut sys::EsperParams;
+        // SAFETY: the handle is checked against the current create before any use.
+        let status = unsafe { (OPS.param)(fake, c"w".as_ptr(), [2].as_ptr(), 1, init, 1, &mut out) };
+        assert_eq!(status, sys::ERR_INVALID_ARGUMENT);
+        assert!(last().contains("outside the seed's create"), "{}", last());
+    }
+}

@@ -65,7 +65,7 @@ pub(crate) unsafe extern "C" fn param(
     shape: *const i64,
     ndim: usize,
     init: EsperInit,
-    trainable: i32,
+    flags: i32,
     out: Out,
 ) -> Status {
     if params.is_null() || params != CURRENT.with(Cell::get) {
@@ -90,8 +90,15 @@ pub(crate) unsafe extern "C" fn param(
     // SAFETY: `params` is the live sink of this thread's `create` (checked against
     // CURRENT above), made from a `&mut ParamSinkRef` in `with_sink` that outlives it.
     let sink = unsafe { &mut *params.cast::<ParamSinkRef<'_>>() };
-    let spec = ParamSpec { name: name.into(), shape: shape.into(), init, trainable: trainable != 0 };
-    match sink.create(spec).into_result() {
+    let trainable = flags & sys::PARAM_TRAINABLE != 0;
+    let spec = ParamSpec { name: name.into(), shape: shape.into(), init, trainable };
+    let created = sink.create(spec).into_result().and_then(|t| {
+        if flags & sys::PARAM_OUTPUT_LAYER != 0 {
+            sink.mark_output(name.into()).into_result()?;
+        }
+        Ok(t)
+    });
+    match created {
         Ok(t) => {
             // SAFETY: a valid place (ABI, checked non-null).
             unsafe { *out = Handle::owned(t.into_tensor()) };

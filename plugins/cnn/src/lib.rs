@@ -5,6 +5,10 @@
 //! group rule, eps 1e-5, affine weight 1 and bias 0. "Default" init is PyTorch's layer
 //! default ([`Init::pytorch_default`]). Parameter names are esper-lite's with `.` -> `_`.
 //!
+//! A portable plugin (`esper-plugin-portable`): no libtorch of its own, every op through
+//! the runtime's op table. The last convolution or linear layer of each blueprint is
+//! created with `output_param` (the MULTIPLY rule: zeroed under a MULTIPLY blend).
+//!
 //! | blueprint | forward |
 //! | --- | --- |
 //! | `noop` | `y = x` |
@@ -22,7 +26,7 @@
 #[path = "../../norm/src/groups.rs"]
 mod groups;
 
-use esper_plugin_api::{tch::Tensor, Blueprint, Init, NoOptions, Params, PluginError, Seed};
+use esper_plugin_portable::{Blueprint, Init, NoOptions, Params, PluginError, Seed, Tensor};
 use groups::{num_groups, EPS};
 use serde::Deserialize;
 
@@ -55,21 +59,34 @@ impl ReductionOptions {
     }
 }
 
+/// Whether a parameter belongs to the seed's output layer (the MULTIPLY rule: zeroed
+/// by the runtime when the seed is germinated into a MULTIPLY slot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layer {
+    Inner,
+    Output,
+}
+
 /// A bias-free convolution weight `[out, in / groups, k, k]` with PyTorch's default init.
 fn conv_weight(
     params: &mut Params<'_>,
     name: &str,
     (out, inp, k): (i64, i64, i64),
     init: Option<Init>,
+    layer: Layer,
 ) -> Result<Tensor, PluginError> {
     let shape = [out, inp, k, k];
-    params.param(name, &shape, init.unwrap_or_else(|| Init::pytorch_default(&shape)))
+    let init = init.unwrap_or_else(|| Init::pytorch_default(&shape));
+    match layer {
+        Layer::Inner => params.param(name, &shape, init),
+        Layer::Output => params.output_param(name, &shape, init),
+    }
 }
 
 /// `conv2d(x, w)`, stride 1, padding `k / 2`, no bias.
 fn conv(x: &Tensor, w: &Tensor, groups: i64) -> Result<Tensor, PluginError> {
     let pad = w.size()[2] / 2;
-    Ok(x.f_conv2d(w, None::<&Tensor>, [1, 1], [pad, pad], [1, 1], groups)?)
+    x.conv2d(w, None, [1, 1], [pad, pad], [1, 1], groups)
 }
 
 /// GroupNorm over C channels with its affine weight (1) and bias (0).
@@ -89,7 +106,7 @@ impl GroupNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor, PluginError> {
-        Ok(x.f_group_norm(self.groups, Some(&self.weight), Some(&self.bias), EPS, true)?)
+        x.group_norm(self.groups, Some(&self.weight), Some(&self.bias), EPS)
     }
 }
 
@@ -107,15 +124,16 @@ impl ConvBlock {
         channels: i64,
         k: i64,
         init: Option<Init>,
+        layer: Layer,
     ) -> Result<Self, PluginError> {
         Ok(Self {
-            conv: conv_weight(params, &format!("{prefix}conv_weight"), (channels, channels, k), init)?,
+            conv: conv_weight(params, &format!("{prefix}conv_weight"), (channels, channels, k), init, layer)?,
             gn: GroupNorm::new(params, &format!("{prefix}gn"), channels)?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor, PluginError> {
-        Ok(self.gn.forward(&conv(x, &self.conv, 1)?)?.f_relu()?)
+        self.gn.forward(&conv(x, &self.conv, 1)?)?.relu()
     }
 }
 
@@ -166,19 +184,19 @@ impl Blueprint for Attention {
         Ok(AttentionSeed {
             fc_0: params.param("fc_0_weight", &fc_0_shape, Init::pytorch_default(&fc_0_shape))?,
             // The gate starts at sigmoid(3) ~ 0.953 for every channel.
-            fc_2: params.param("fc_2_weight", &[channels, reduced], Init::Zeros)?,
-            fc_2_bias: params.param("fc_2_bias", &[channels], Init::Constant { value: 3.0 })?,
+            fc_2: params.output_param("fc_2_weight", &[channels, reduced], Init::Zeros)?,
+            fc_2_bias: params.output_param("fc_2_bias", &[channels], Init::Constant { value: 3.0 })?,
         })
     }
 }
 
 impl Seed for AttentionSeed {
     fn forward(&self, x: &Tensor, _train: bool) -> Result<Tensor, PluginError> {
-        let squeezed = x.f_mean_dim([2i64, 3].as_slice(), false, None)?;
-        let hidden = squeezed.f_linear(&self.fc_0, None::<&Tensor>)?.f_relu()?;
-        let gate = hidden.f_linear(&self.fc_2, Some(&self.fc_2_bias))?.f_sigmoid()?;
-        let (b, c) = (gate.size()[0], gate.size()[1]);
-        Ok(x.f_mul(&gate.f_view([b, c, 1, 1])?)?)
+        let squeezed = x.mean(&[2, 3], false)?;
+        let hidden = squeezed.linear(&self.fc_0, None)?.relu()?;
+        let gate = hidden.linear(&self.fc_2, Some(&self.fc_2_bias))?.sigmoid()?;
+        let size = gate.size();
+        x.mul(&gate.view(&[size[0], size[1], 1, 1])?)
     }
 }
 
@@ -201,8 +219,8 @@ impl Blueprint for Depthwise {
 
     fn create(params: &mut Params<'_>, channels: i64, _options: NoOptions) -> Result<DepthwiseSeed, PluginError> {
         Ok(DepthwiseSeed {
-            depthwise: conv_weight(params, "depthwise_weight", (channels, 1, 3), None)?,
-            pointwise: conv_weight(params, "pointwise_weight", (channels, channels, 1), None)?,
+            depthwise: conv_weight(params, "depthwise_weight", (channels, 1, 3), None, Layer::Inner)?,
+            pointwise: conv_weight(params, "pointwise_weight", (channels, channels, 1), None, Layer::Output)?,
             gn: GroupNorm::new(params, "gn", channels)?,
         })
     }
@@ -212,7 +230,7 @@ impl Seed for DepthwiseSeed {
     fn forward(&self, x: &Tensor, _train: bool) -> Result<Tensor, PluginError> {
         let channels = x.size()[1];
         let y = conv(&conv(x, &self.depthwise, channels)?, &self.pointwise, 1)?;
-        Ok(x.f_add(&self.gn.forward(&y)?.f_relu()?)?)
+        x.add(&self.gn.forward(&y)?.relu()?)
     }
 }
 
@@ -241,10 +259,10 @@ impl Blueprint for Bottleneck {
     ) -> Result<BottleneckSeed, PluginError> {
         let width = options.width(channels, 8)?;
         Ok(BottleneckSeed {
-            down: conv_weight(params, "down_weight", (width, channels, 1), None)?,
-            mid: conv_weight(params, "mid_weight", (width, width, 3), None)?,
+            down: conv_weight(params, "down_weight", (width, channels, 1), None, Layer::Inner)?,
+            mid: conv_weight(params, "mid_weight", (width, width, 3), None, Layer::Inner)?,
             // The identity at birth: the way back up starts at 0.
-            up: conv_weight(params, "up_weight", (channels, width, 1), Some(Init::Zeros))?,
+            up: conv_weight(params, "up_weight", (channels, width, 1), Some(Init::Zeros), Layer::Output)?,
             gn: GroupNorm::new(params, "gn", channels)?,
         })
     }
@@ -252,9 +270,9 @@ impl Blueprint for Bottleneck {
 
 impl Seed for BottleneckSeed {
     fn forward(&self, x: &Tensor, _train: bool) -> Result<Tensor, PluginError> {
-        let y = conv(x, &self.down, 1)?.f_relu()?;
-        let y = conv(&y, &self.mid, 1)?.f_relu()?;
-        Ok(x.f_add(&self.gn.forward(&conv(&y, &self.up, 1)?)?)?)
+        let y = conv(x, &self.down, 1)?.relu()?;
+        let y = conv(&y, &self.mid, 1)?.relu()?;
+        x.add(&self.gn.forward(&conv(&y, &self.up, 1)?)?)
     }
 }
 
@@ -277,7 +295,7 @@ impl Blueprint for ConvSmall {
     type Seed = ResidualBlockSeed;
 
     fn create(params: &mut Params<'_>, channels: i64, _options: NoOptions) -> Result<ResidualBlockSeed, PluginError> {
-        Ok(ResidualBlockSeed { block: ConvBlock::new(params, "", channels, 1, Some(Init::Zeros))? })
+        Ok(ResidualBlockSeed { block: ConvBlock::new(params, "", channels, 1, Some(Init::Zeros), Layer::Output)? })
     }
 }
 
@@ -290,13 +308,13 @@ impl Blueprint for ConvLight {
     type Seed = ResidualBlockSeed;
 
     fn create(params: &mut Params<'_>, channels: i64, _options: NoOptions) -> Result<ResidualBlockSeed, PluginError> {
-        Ok(ResidualBlockSeed { block: ConvBlock::new(params, "enhance_", channels, 3, None)? })
+        Ok(ResidualBlockSeed { block: ConvBlock::new(params, "enhance_", channels, 3, None, Layer::Output)? })
     }
 }
 
 impl Seed for ResidualBlockSeed {
     fn forward(&self, x: &Tensor, _train: bool) -> Result<Tensor, PluginError> {
-        Ok(x.f_add(&self.block.forward(x)?)?)
+        x.add(&self.block.forward(x)?)
     }
 }
 
@@ -318,8 +336,8 @@ impl Blueprint for ConvHeavy {
     fn create(params: &mut Params<'_>, channels: i64, _options: NoOptions) -> Result<ConvHeavySeed, PluginError> {
         Ok(ConvHeavySeed {
             blocks: [
-                ConvBlock::new(params, "enhance_0_", channels, 3, None)?,
-                ConvBlock::new(params, "enhance_1_", channels, 3, None)?,
+                ConvBlock::new(params, "enhance_0_", channels, 3, None, Layer::Inner)?,
+                ConvBlock::new(params, "enhance_1_", channels, 3, None, Layer::Output)?,
             ],
         })
     }
@@ -328,18 +346,18 @@ impl Blueprint for ConvHeavy {
 impl Seed for ConvHeavySeed {
     fn forward(&self, x: &Tensor, _train: bool) -> Result<Tensor, PluginError> {
         let y = self.blocks[1].forward(&self.blocks[0].forward(x)?)?;
-        Ok(x.f_add(&y)?)
+        x.add(&y)
     }
 }
 
-esper_plugin_api::register_blueprint!(Noop);
-esper_plugin_api::register_blueprint!(Attention);
-esper_plugin_api::register_blueprint!(Depthwise);
-esper_plugin_api::register_blueprint!(Bottleneck);
-esper_plugin_api::register_blueprint!(ConvSmall);
-esper_plugin_api::register_blueprint!(ConvLight);
-esper_plugin_api::register_blueprint!(ConvHeavy);
-esper_plugin_api::export_plugin!();
+esper_plugin_portable::register_blueprint!(Noop);
+esper_plugin_portable::register_blueprint!(Attention);
+esper_plugin_portable::register_blueprint!(Depthwise);
+esper_plugin_portable::register_blueprint!(Bottleneck);
+esper_plugin_portable::register_blueprint!(ConvSmall);
+esper_plugin_portable::register_blueprint!(ConvLight);
+esper_plugin_portable::register_blueprint!(ConvHeavy);
+esper_plugin_portable::export_plugin!();
 
 #[cfg(test)]
 mod tests {
@@ -352,6 +370,6 @@ mod tests {
         assert_eq!(r(4).width(16, 8).unwrap(), 8, "bottleneck: at least 8");
         assert_eq!(r(100).width(16, 1).unwrap(), 1, "attention: at least 1");
         let e = r(0).width(64, 1).unwrap_err();
-        assert!(e.message.as_str().contains("reduction must be at least 1, got 0"), "{e}");
+        assert!(e.message.contains("reduction must be at least 1, got 0"), "{e}");
     }
 }

@@ -168,6 +168,11 @@ impl SeedSlot {
             );
         }
         self.check_fits(&seed)?;
+        if self.config.blend == BlendAlgorithm::Multiply {
+            // The MULTIPLY rule: the seed's output layer starts at zero, so the
+            // multiplicative blend starts neutral (host * (1 + alpha * tanh(0))).
+            seed.zero_output_layer();
+        }
         self.probe(&seed)?;
         // GATE blends along a linear curve (esper-lite forces it); the others as configured.
         let curve =

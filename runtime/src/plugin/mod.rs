@@ -24,7 +24,7 @@ pub use seed::PluginSeed;
 /// The file name cargo gives the `cdylib` of package `package` on this platform
 /// (`esper-norm` -> `libesper_norm.so` on Linux).
 pub fn library_file_name(package: &str) -> String {
-    format!("{}{}.{}", std::env::consts::DLL_PREFIX, package.replace('-', "_"), std::env::consts::DLL_EXTENSION)
+    esper_plugin_api::portable::testing::library_file_name(package)
 }
 
 #[cfg(all(test, target_os = "linux"))]

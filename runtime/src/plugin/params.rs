@@ -3,7 +3,7 @@
 //! (checked arithmetic on the shape) against the seed's cap before anything is
 //! allocated, so a plugin asking for terabytes gets an error naming the request.
 
-use abi_stable::std_types::RResult;
+use abi_stable::std_types::{RResult, RStr};
 use esper_plugin_api::{
     abi::{ParamSink, ParamSpec, TensorOut},
     ErrorKind, Init, PluginError as ApiError,
@@ -34,11 +34,13 @@ pub(crate) struct StoreSink<'a> {
     elements: u64,
     /// The first refused request, kept to report it even if the plugin swallows it.
     pub(crate) refused: Option<String>,
+    /// The parameters the plugin marked as its output layer, in order.
+    pub(crate) output_layer: Vec<String>,
 }
 
 impl<'a> StoreSink<'a> {
     pub(crate) fn new(path: nn::Path<'a>, cap: SeedCap) -> Self {
-        Self { path, names: HashSet::new(), cap, elements: 0, refused: None }
+        Self { path, names: HashSet::new(), cap, elements: 0, refused: None, output_layer: Vec::new() }
     }
 
     /// Counts a request of `shape` against the cap; nothing is allocated.
@@ -113,6 +115,27 @@ impl ParamSink for StoreSink<'_> {
             }
         }
     }
+
+    fn mark_output(&mut self, name: RStr<'_>) -> RResult<(), ApiError> {
+        let name = name.as_str();
+        let refused = if !self.names.contains(name) {
+            Some(format!("output layer: `{name}` is not a parameter this seed created"))
+        } else if self.output_layer.iter().any(|n| n == name) {
+            Some(format!("output layer: `{name}` marked twice"))
+        } else {
+            None
+        };
+        match refused {
+            Some(message) => {
+                self.refused.get_or_insert_with(|| message.clone());
+                RResult::RErr(ApiError::new(ErrorKind::InvalidArgument, message))
+            }
+            None => {
+                self.output_layer.push(name.to_string());
+                RResult::ROk(())
+            }
+        }
+    }
 }
 
 fn human(bytes: u64) -> String {
@@ -131,6 +154,23 @@ mod tests {
 
     fn cap(elements: u64) -> SeedCap {
         SeedCap { elements, rule: "test cap".into() }
+    }
+
+    #[test]
+    fn output_layer_parameters_are_recorded_by_their_full_names_and_checked() {
+        use abi_stable::sabi_trait::TD_Opaque;
+        use esper_plugin_api::{abi::ParamSink_TO, Params};
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut sink = StoreSink::new(vs.root(), cap(1 << 20));
+        {
+            let mut params = Params::new(ParamSink_TO::from_ptr(&mut sink, TD_Opaque));
+            let _ = params.param("inner", &[2], Init::Ones).unwrap();
+            let _ = params.sub("head").output_param("weight", &[4, 2], Init::Ones).unwrap();
+        }
+        assert_eq!(sink.output_layer, vec!["head.weight".to_string()]);
+        assert!(sink.mark_output(RStr::from_str("nothing")).into_result().is_err(), "only created parameters");
+        assert!(sink.mark_output(RStr::from_str("head.weight")).into_result().is_err(), "marked twice");
+        assert_eq!(sink.output_layer.len(), 1);
     }
 
     #[test]

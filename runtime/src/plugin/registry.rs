@@ -242,6 +242,8 @@ impl BlueprintRegistry {
         }
         let module = created.map_err(|e| PluginError::from_plugin(key, path, e))?;
         tracing::debug!(blueprint = key, channels, "seed created");
-        Ok(PluginSeed::new(module, vars, key.to_string(), channels, entry.plugin.clone()))
+        let output_layer = std::mem::take(&mut sink.output_layer);
+        Ok(PluginSeed::new(module, vars, key.to_string(), channels, entry.plugin.clone())
+            .with_output_layer(output_layer))
     }
 }

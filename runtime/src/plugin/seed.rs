@@ -23,6 +23,8 @@ pub struct PluginSeed {
     key: String,
     channels: i64,
     plugin: Arc<LoadedPlugin>,
+    /// The parameters the plugin marked as its output layer.
+    output_layer: Vec<String>,
 }
 
 impl PluginSeed {
@@ -33,7 +35,30 @@ impl PluginSeed {
         channels: i64,
         plugin: Arc<LoadedPlugin>,
     ) -> Self {
-        Self { module, vars, key, channels, plugin }
+        Self { module, vars, key, channels, plugin, output_layer: Vec::new() }
+    }
+
+    pub(crate) fn with_output_layer(mut self, names: Vec<String>) -> Self {
+        self.output_layer = names;
+        self
+    }
+
+    /// The names of the parameters the plugin marked as its output layer.
+    pub fn output_layer(&self) -> &[String] {
+        &self.output_layer
+    }
+
+    /// Zeroes the output layer's parameters (the MULTIPLY rule: the seed's last layer
+    /// starts at zero, so a multiplicative blend starts neutral).
+    pub fn zero_output_layer(&self) {
+        let vars = self.vars.variables();
+        tch::no_grad(|| {
+            for name in &self.output_layer {
+                if let Some(t) = vars.get(name) {
+                    let _ = t.shallow_clone().zero_();
+                }
+            }
+        });
     }
 
     /// Runs the plugin's forward. Errors and panics inside the plugin come back as
