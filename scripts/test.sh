@@ -13,4 +13,6 @@ cargo build --manifest-path examples/blueprint-plugin/Cargo.toml --target-dir ta
 # Likewise the plugin API frozen at ABI 1.0 and the plugin built against it, which the
 # loader tests load in this (newer) runtime.
 cargo build --manifest-path tests/abi-1.0/Cargo.toml --target-dir target
+# `esper plugin new` end to end: new portable and native plugins pass their own tests.
+scripts/test-scaffold.sh
 cargo test --workspace "$@"

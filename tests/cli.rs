@@ -204,3 +204,95 @@ fn compare_runs_the_schedule_once_per_blueprint_and_once_without_a_seed() {
     assert!(rows.iter().all(|r| r["step_ms"].as_f64().unwrap() > 0.0), "{rows:?}");
     assert_eq!(&std::fs::read(dir.join("out/compare.png")).unwrap()[1..4], b"PNG");
 }
+
+/// `esper env` as `KEY -> VALUE`.
+fn env_vars() -> std::collections::HashMap<String, String> {
+    let out = esper(&["env"]);
+    assert!(out.status.success(), "{}", esper_tests::stderr(&out));
+    let text = stdout(&out);
+    text.lines()
+        .map(|l| l.split_once('=').unwrap_or_else(|| panic!("not KEY=VALUE: {l}\n{text}")))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .collect()
+}
+
+#[test]
+fn env_prints_the_runtime_the_checkout_and_its_libtorch() {
+    let vars = env_vars();
+    let path = |key: &str| std::path::PathBuf::from(vars.get(key).unwrap_or_else(|| panic!("no {key}: {vars:?}")));
+    assert_eq!(path("ESPER").canonicalize().unwrap(), esper_tests::esper_bin().canonicalize().unwrap());
+    assert!(path("ESPER_SOURCE").join("plugin-portable/Cargo.toml").is_file(), "{vars:?}");
+    assert_eq!(vars["ESPER_ABI"], esper_plugin_api::abi::ABI_VERSION.to_string());
+    assert_eq!(vars["ESPER_ABI"], "1.1");
+    let libtorch = path("LIBTORCH");
+    assert!(libtorch.is_absolute() && libtorch.join("lib").is_dir(), "{vars:?}");
+    assert_eq!(vars["LIBTORCH_CXX11_ABI"], "1");
+}
+
+#[test]
+fn plugin_new_writes_a_portable_project_by_default_and_a_native_one() {
+    let dir = esper_tests::temp_dir("plugin-new");
+    let vars = env_vars();
+    let source = &vars["ESPER_SOURCE"];
+    let out = esper(&["plugin", "new", "my-seed", "--path", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", esper_tests::stderr(&out));
+    let read = |path: &str| {
+        std::fs::read_to_string(dir.join(path)).unwrap_or_else(|e| panic!("{path}: {e}\n{}", stdout(&out)))
+    };
+    let cargo = read("my-seed/Cargo.toml");
+    assert!(cargo.contains("name = \"my-seed\"") && cargo.contains("crate-type = [\"cdylib\", \"rlib\"]"), "{cargo}");
+    assert!(cargo.contains(&format!("esper-plugin-portable = {{ path = \"{source}/plugin-portable\" }}")), "{cargo}");
+    assert!(cargo.contains("not published") && cargo.lines().any(|l| l == "[workspace]"), "{cargo}");
+    assert!(!cargo.contains("esper-plugin-api") && !cargo.contains("tch"), "{cargo}");
+    let lib = read("my-seed/src/lib.rs");
+    assert!(lib.contains("const NAME: &'static str = \"my-seed\";"), "{lib}");
+    assert!(lib.contains("Init::Zeros") && lib.contains("esper_plugin_portable::export_plugin!();"), "{lib}");
+    assert_eq!(lib.matches("register_blueprint!").count(), 1, "{lib}");
+    assert!(read("my-seed/tests/conformance.rs").contains("esper_plugin_portable::conformance_test!();"));
+    assert_eq!(read("my-seed/.gitignore"), "target/\n");
+    assert!(!dir.join("my-seed/.cargo").exists(), "a portable project needs no libtorch settings");
+
+    let out = esper(&["plugin", "new", "my-native", "--native", "--path", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", esper_tests::stderr(&out));
+    let cargo = read("my-native/Cargo.toml");
+    assert!(cargo.contains(&format!("esper-plugin-api = {{ path = \"{source}/plugin-api\" }}")), "{cargo}");
+    assert!(cargo.contains(&format!("esper-conformance = {{ path = \"{source}/conformance\" }}")), "{cargo}");
+    assert!(cargo.lines().any(|l| l == "[workspace]") && cargo.contains("[dev-dependencies]"), "{cargo}");
+    assert!(read("my-native/src/lib.rs").contains("esper_plugin_api::register_blueprint!(MyNative);"));
+    assert!(read("my-native/tests/conformance.rs").contains("esper_conformance::conformance_test!();"));
+    let config = read("my-native/.cargo/config.toml");
+    let libtorch = &vars["LIBTORCH"];
+    assert!(config.contains(&format!("LIBTORCH = \"{libtorch}\"")), "{config}");
+    assert!(config.contains("LIBTORCH_CXX11_ABI = \"1\""), "{config}");
+    assert!(config.contains(&format!("-Wl,-rpath,{libtorch}/lib")), "{config}");
+}
+
+#[test]
+fn plugin_new_refuses_bad_names_and_existing_folders() {
+    let dir = esper_tests::temp_dir("plugin-new-refused");
+    let new = |name: &str| esper(&["plugin", "new", name, "--path", dir.to_str().unwrap()]);
+    for (name, why) in [
+        ("2seed", "must start with a letter"),
+        ("my seed", "is not allowed"),
+        ("fn", "Rust keyword"),
+        ("", "it is empty"),
+    ] {
+        let out = new(name);
+        let err = esper_tests::stderr(&out);
+        assert!(!out.status.success(), "{name:?} accepted");
+        assert!(err.contains(&format!("`{name}` is not a valid crate name")) && err.contains(why), "{name:?}: {err}");
+    }
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing written for a bad name");
+    // An empty folder is taken; one with anything in it (or a file) is refused.
+    std::fs::create_dir_all(dir.join("empty")).unwrap();
+    assert!(new("empty").status.success());
+    for taken in ["empty", "file"] {
+        if taken == "file" {
+            std::fs::write(dir.join("file"), "").unwrap();
+        }
+        let out = new(taken);
+        assert!(!out.status.success(), "{taken} accepted");
+        assert!(esper_tests::stderr(&out).contains("already exists and is not an empty folder"), "{taken}");
+    }
+    assert!(!esper(&["plugin", "new", "x", "--portable", "--native"]).status.success());
+}

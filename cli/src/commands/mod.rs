@@ -3,8 +3,10 @@
 mod compare;
 mod config;
 mod conformance;
+mod env;
 mod plugins;
 mod run;
+mod scaffold;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -31,6 +33,11 @@ enum Command {
     Conformance(conformance::ConformanceArgs),
     /// Run one job's seed schedule once per blueprint and compare them (table and plot).
     Compare(compare::CompareArgs),
+    /// Start a blueprint plugin project (`esper plugin new NAME`).
+    #[command(subcommand)]
+    Plugin(scaffold::PluginCommand),
+    /// Print where this runtime is as shell variables (`eval "$(esper env)"`).
+    Env,
 }
 
 /// Packages of the plugins shipped with the runtime: `norm` and the CNN library.
@@ -69,6 +76,8 @@ impl Cli {
             Command::Config(cmd) => cmd.run(),
             Command::Conformance(args) => args.run(),
             Command::Compare(args) => args.run(),
+            Command::Plugin(cmd) => cmd.run(),
+            Command::Env => env::run(),
         }
     }
 }

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# End-to-end check of `esper plugin new`: in a fresh folder outside the checkout, with
+# LIBTORCH unset, a new portable plugin passes `cargo test` (the conformance suite, run
+# by this checkout's esper) with no tch or torch-sys in its dependency tree, and so does
+# a new native plugin. Prints the portable project's clean build-and-test wall time.
+# Needs the built esper (`cargo build --workspace`, as scripts/test.sh runs first).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export ESPER="$root/target/debug/esper"
+unset LIBTORCH
+fail() { echo "test-scaffold: FAILED: $*" >&2; exit 1; }
+trap 'echo "test-scaffold: FAILED (line $LINENO: $BASH_COMMAND)" >&2' ERR
+[[ -x "$ESPER" ]] || fail "$ESPER is not built: run cargo build --workspace first"
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/esper-scaffold.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+case "$work/" in "$root"/*) fail "the temp folder $work is inside the checkout" ;; esac
+cd "$work"
+
+echo "== esper env"
+"$ESPER" env
+
+echo "== portable: esper plugin new my-seed --portable && cargo test (own, empty target folder)"
+"$ESPER" plugin new my-seed --portable
+cd my-seed
+start=$(date +%s%N)
+cargo test || fail "cargo test of the new portable plugin"
+end=$(date +%s%N)
+tree="$(cargo tree --edges all)"
+if grep -Eq '(^|[^a-z_-])(tch|torch-sys) v' <<<"$tree"; then
+    echo "$tree" >&2
+    fail "the portable plugin depends on tch or torch-sys"
+fi
+echo "no tch or torch-sys in the portable plugin's dependency tree"
+ms=$(((end - start) / 1000000))
+printf 'clean portable build + conformance test (cargo test): %d.%01d s wall\n' $((ms / 1000)) $((ms % 1000 / 100))
+cd "$work"
+
+echo "== native: esper plugin new my-native --native && cargo test (the runtime's target folder)"
+"$ESPER" plugin new my-native --native
+cd my-native
+grep -q '^LIBTORCH = "/' .cargo/config.toml || fail "no absolute LIBTORCH in .cargo/config.toml"
+# In its own target folder the project would build tch and torch-sys's C++ wrapper
+# (minutes on 2 cores). Built into the runtime's target folder with the runtime's exact
+# settings (same lock file, profile, LIBTORCH and rustflags), it reuses the runtime's
+# compiled tch. The rustflags must be the runtime's own (its rpath, relative to
+# target/): the project's absolute rpath would make cargo rebuild every crate there,
+# tch included, and the runtime's next build rebuild them again. Test binaries in
+# target/debug/deps find libtorch through that rpath ($ORIGIN/../../.libtorch/lib).
+# Keep these flags equal to the runtime's .cargo/config.toml.
+export CARGO_TARGET_DIR="$root/target"
+export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS='-C link-arg=-Wl,-rpath,$ORIGIN/../../.libtorch/lib:$ORIGIN/../../../.libtorch/lib'
+cargo test || fail "cargo test of the new native plugin"
+rm -f "$root/target/debug/libmy_native.so"
+echo "test-scaffold: OK"
