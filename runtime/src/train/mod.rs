@@ -11,6 +11,7 @@ pub mod report;
 pub mod rollback;
 mod seeds;
 mod step;
+mod timing;
 
 use crate::{
     config::RunConfig, data::Dataset, lifecycle::LifecycleEvent, model::MorphogeneticModel, plugin::BlueprintRegistry,

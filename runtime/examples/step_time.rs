@@ -1,0 +1,112 @@
+//! Times this runtime's training step as `esper run` takes it, for the side-by-side
+//! benchmark against PyTorch (`scripts/bench-vs-pytorch.sh`): the default host (3 blocks,
+//! base 32), a `norm` seed in TRAINING at r0c1 with isolation (or none), SGD with
+//! momentum 0.9 on host and seed. Prints one JSON line per batch size:
+//! `{"batch": 8, "seed": true, "median_ms": ..., "min_ms": ..., "steps": ...}`.
+//!
+//! ```text
+//! cargo run --release -p esper-runtime --example step_time -- \
+//!     --plugin target/release/libesper_norm.so --device cpu --batches 8,128
+//! ```
+
+use anyhow::{bail, Context, Result};
+use esper_runtime::{config::RunConfig, train::Trainer};
+use std::path::{Path, PathBuf};
+
+struct Args {
+    plugin: PathBuf,
+    device: String,
+    batches: Vec<i64>,
+    warmup: usize,
+    steps: usize,
+    seed: bool,
+    memory_format: String,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        plugin: PathBuf::new(),
+        device: "cpu".into(),
+        batches: vec![8, 128],
+        warmup: 10,
+        steps: 40,
+        seed: true,
+        memory_format: "channels_last".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--plugin" => a.plugin = PathBuf::from(value()?),
+            "--device" => a.device = value()?,
+            "--batches" => {
+                a.batches = value()?.split(',').map(str::parse).collect::<Result<_, _>>().context("--batches")?
+            }
+            "--warmup" => a.warmup = value()?.parse().context("--warmup")?,
+            "--steps" => a.steps = value()?.parse().context("--steps")?,
+            "--memory-format" => a.memory_format = value()?,
+            "--no-seed" => a.seed = false,
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    if !a.plugin.is_file() {
+        bail!("--plugin must name the norm plugin library (got {})", a.plugin.display());
+    }
+    Ok(a)
+}
+
+fn config(a: &Args, batch: i64) -> Result<RunConfig> {
+    let text = format!(
+        r#"
+device = "{device}"
+slots = ["r0c1"]
+
+[[plugins]]
+path = "{plugin}"
+
+[host]
+memory_format = "{format}"
+
+[data]
+kind = "synthetic"
+
+[training]
+batch_size = {batch}
+host_optimizer = {{ kind = "sgd", lr = 0.01, momentum = 0.9 }}
+seed_optimizer = {{ kind = "sgd", lr = 0.01, momentum = 0.9 }}
+
+[lifecycle.controller]
+enabled = false
+
+[output]
+checkpoint = false
+"#,
+        device = a.device,
+        plugin = a.plugin.display(),
+        format = a.memory_format,
+    );
+    Ok(RunConfig::parse(&text, Path::new("step_time.toml"))?)
+}
+
+fn main() -> Result<()> {
+    let a = parse_args()?;
+    for &batch in &a.batches {
+        let mut trainer = Trainer::new(config(&a, batch)?)?;
+        if a.seed {
+            trainer.seed_in_training("r0c1", "norm")?;
+        }
+        let mut times = trainer.time_steps(batch, a.warmup, a.steps)?;
+        if std::env::var_os("STEP_TIME_EACH").is_some() {
+            eprintln!("{}", times.iter().map(|t| format!("{t:.1}")).collect::<Vec<_>>().join(" "));
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        println!(
+            "{{\"batch\": {batch}, \"seed\": {}, \"median_ms\": {median:.4}, \"min_ms\": {:.4}, \"steps\": {}}}",
+            a.seed,
+            times[0],
+            times.len()
+        );
+    }
+    Ok(())
+}

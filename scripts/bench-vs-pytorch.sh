@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# This runtime's training step against PyTorch, side by side in one run, on the same
+# model and step (scripts/bench/step_reference.py says which): PyTorch eager, this
+# runtime (runtime/examples/step_time.rs, the step `esper run` takes), and, where CUDA
+# exists, PyTorch with the whole step in one CUDA graph. Runs alternate ROUNDS times
+# (default 3); the table gives the median of each side's per-round medians, the range,
+# and runtime / eager.
+#
+#   scripts/bench-vs-pytorch.sh                   # CPU, batches 8 and 128
+#   DEVICE=cuda BATCHES=8,128,1024 scripts/bench-vs-pytorch.sh
+#
+# Elsewhere (the GPU machine, no cargo): BIN=<folder with step_time and
+# libesper_norm.so> PYTHON=<python with torch> scripts/bench-vs-pytorch.sh --no-build
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+DEVICE=${DEVICE:-cpu}
+BATCHES=${BATCHES:-8,128}
+ROUNDS=${ROUNDS:-3}
+STEPS=${STEPS:-40}
+WARMUP=${WARMUP:-10}
+if [[ "${1:-}" != "--no-build" ]]; then
+    scripts/setup.sh >/dev/null
+    # Two commands: with --example, cargo builds no other target of the packages named.
+    cargo build --release -p esper-norm
+    cargo build --release -p esper-runtime --example step_time
+    BIN=${BIN:-target/release}
+    PYTHON=${PYTHON:-$(readlink .esper-python)}
+fi
+: "${BIN:?set BIN to the folder holding step_time and libesper_norm.so}"
+: "${PYTHON:?set PYTHON to a python with torch}"
+STEP_TIME="$BIN/step_time"
+[[ -x "$STEP_TIME" ]] || STEP_TIME="$BIN/examples/step_time"
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+for round in $(seq "$ROUNDS"); do
+    echo "round $round/$ROUNDS: PyTorch ..." >&2
+    "$PYTHON" scripts/bench/step_reference.py --device "$DEVICE" --batches "$BATCHES" \
+        --steps "$STEPS" --warmup "$WARMUP" >>"$out/pytorch.jsonl"
+    echo "round $round/$ROUNDS: this runtime ..." >&2
+    "$STEP_TIME" --plugin "$BIN/libesper_norm.so" --device "$DEVICE" --batches "$BATCHES" \
+        --steps "$STEPS" --warmup "$WARMUP" >>"$out/runtime.jsonl"
+done
+"$PYTHON" - "$out" "$DEVICE" <<'PY'
+import json, statistics, sys, platform, os
+out, device = sys.argv[1], sys.argv[2]
+rows = lambda f: [json.loads(l) for l in open(os.path.join(out, f)) if l.strip()]
+py, rt = rows("pytorch.jsonl"), rows("runtime.jsonl")
+def summary(values):
+    return statistics.median(values), min(values), max(values)
+print(f"training step, default host + norm seed in TRAINING at r0c1, SGD momentum 0.9; device {device}, "
+      f"{os.cpu_count()} CPUs, torch threads {py[0]['threads']}; median of {len(rt) // len({r['batch'] for r in rt})} rounds (range)")
+print(f"| batch | PyTorch eager (ms) | this runtime (ms) | runtime / eager | PyTorch CUDA graph (ms) |")
+print(f"| ---: | ---: | ---: | ---: | ---: |")
+for batch in sorted({r["batch"] for r in rt}):
+    e = summary([r["eager_median_ms"] for r in py if r["batch"] == batch])
+    r = summary([r["median_ms"] for r in rt if r["batch"] == batch])
+    g = [r["graph_median_ms"] for r in py if r["batch"] == batch and "graph_median_ms" in r]
+    graph = "%.3f (%.3f-%.3f)" % summary(g) if g else "-"
+    print(f"| {batch} | {e[0]:.3f} ({e[1]:.3f}-{e[2]:.3f}) | {r[0]:.3f} ({r[1]:.3f}-{r[2]:.3f}) | {r[0] / e[0]:.2f}x | {graph} |")
+PY
