@@ -8,6 +8,10 @@
 #
 #   scripts/bench-vs-pytorch.sh                   # CPU, batches 8 and 128
 #   DEVICE=cuda BATCHES=8,128,1024 scripts/bench-vs-pytorch.sh
+#   PYTORCH_CHANNELS_LAST=1 scripts/bench-vs-pytorch.sh  # PyTorch in channels-last too
+#
+# PyTorch runs NCHW by default (what a new user writes); this runtime's host is
+# channels-last by default ([host] memory_format).
 #
 # Elsewhere (the GPU machine, no cargo): BIN=<folder with step_time and
 # libesper_norm.so> PYTHON=<python with torch> scripts/bench-vs-pytorch.sh --no-build
@@ -35,7 +39,7 @@ trap 'rm -rf "$out"' EXIT
 for round in $(seq "$ROUNDS"); do
     echo "round $round/$ROUNDS: PyTorch ..." >&2
     "$PYTHON" scripts/bench/step_reference.py --device "$DEVICE" --batches "$BATCHES" \
-        --steps "$STEPS" --warmup "$WARMUP" >>"$out/pytorch.jsonl"
+        --steps "$STEPS" --warmup "$WARMUP" ${PYTORCH_CHANNELS_LAST:+--channels-last} >>"$out/pytorch.jsonl"
     echo "round $round/$ROUNDS: this runtime ..." >&2
     "$STEP_TIME" --plugin "$BIN/libesper_norm.so" --device "$DEVICE" --batches "$BATCHES" \
         --steps "$STEPS" --warmup "$WARMUP" >>"$out/runtime.jsonl"
@@ -47,7 +51,8 @@ rows = lambda f: [json.loads(l) for l in open(os.path.join(out, f)) if l.strip()
 py, rt = rows("pytorch.jsonl"), rows("runtime.jsonl")
 def summary(values):
     return statistics.median(values), min(values), max(values)
-print(f"training step, default host + norm seed in TRAINING at r0c1, SGD momentum 0.9; device {device}, "
+layout = "channels-last" if os.environ.get("PYTORCH_CHANNELS_LAST") else "NCHW"
+print(f"training step, default host + norm seed in TRAINING at r0c1, SGD momentum 0.9; PyTorch {layout}; device {device}, "
       f"{os.cpu_count()} CPUs, torch threads {py[0]['threads']}; median of {len(rt) // len({r['batch'] for r in rt})} rounds (range)")
 print(f"| batch | PyTorch eager (ms) | this runtime (ms) | runtime / eager | PyTorch CUDA graph (ms) |")
 print(f"| ---: | ---: | ---: | ---: | ---: |")

@@ -99,7 +99,10 @@ pub fn plot_compare(path: &Path, rows: &[esper_runtime::train::compare::CompareR
             .x_label_area_size(60)
             .y_label_area_size(50);
     }
-    let mut chart = builder.build_cartesian_2d(0u32..n, 0f64..100f64)?;
+    // Zoomed to the accuracies shown (they differ by a few points), never past 100.
+    let top = rows.iter().map(|r| r.final_val_accuracy).fold(0.0, f64::max);
+    let y_max = (top * 1.15 + 5.0).min(100.0);
+    let mut chart = builder.build_cartesian_2d(0u32..n, 0f64..y_max)?;
     if labelled {
         chart
             .configure_mesh()
@@ -111,12 +114,22 @@ pub fn plot_compare(path: &Path, rows: &[esper_runtime::train::compare::CompareR
     }
     chart.draw_series(rows.iter().enumerate().map(|(i, r)| {
         let color = if r.blueprint.is_none() { BLACK.mix(0.4) } else { BLUE.mix(0.7) };
-        Rectangle::new([(i as u32, 0.0), (i as u32 + 1, r.final_val_accuracy)], color.filled())
+        let mut bar = Rectangle::new([(i as u32, 0.0), (i as u32 + 1, r.final_val_accuracy)], color.filled());
+        bar.set_margin(0, 0, 8, 8);
+        bar
     }))?;
     if labelled {
-        chart.draw_series(rows.iter().enumerate().map(|(i, r)| {
-            let text = format!("{:.1}% | {} p | {:.1} ms", r.final_val_accuracy, r.seed_parameters, r.step_ms);
-            Text::new(text, (i as u32, (r.final_val_accuracy + 2.0).min(97.0)), ("sans-serif", 12).into_font())
+        // Above each bar its accuracy; inside, its seed parameters and step time.
+        let line = |i: usize, y: f64, text: String, color: RGBColor| {
+            Text::new(text, (i as u32, y), ("sans-serif", 12).into_font().color(&color))
+        };
+        let gap = y_max / 40.0;
+        chart.draw_series(rows.iter().enumerate().flat_map(|(i, r)| {
+            [
+                line(i, r.final_val_accuracy + 1.5 * gap, format!("   {:.1}%", r.final_val_accuracy), BLACK),
+                line(i, 4.0 * gap, format!("   {} params", r.seed_parameters), WHITE),
+                line(i, 2.5 * gap, format!("   {:.1} ms/step", r.step_ms), WHITE),
+            ]
         }))?;
     }
     root.present().with_context(|| format!("writing {}", path.display()))?;
