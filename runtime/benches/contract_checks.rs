@@ -68,11 +68,11 @@ fn bench(c: &mut Criterion) {
                 let s = seed.forward(&seed_input(&h, true), true).unwrap();
                 let logits = host.run_segment(from_slot, &straight_through(&h, &s), true);
                 let loss = logits.cross_entropy_for_logits(&labels);
-                host_opt.zero_grad();
-                seed_opt.zero_grad();
+                host_opt.zero_grad().unwrap();
+                seed_opt.zero_grad().unwrap();
                 loss.backward();
-                host_opt.step();
-                seed_opt.step();
+                host_opt.step().unwrap();
+                seed_opt.step().unwrap();
             })
         });
         let mut buffers = TensorCopy::default();
@@ -85,14 +85,14 @@ fn bench(c: &mut Criterion) {
                 buffers.refresh().unwrap();
                 let logits = model.forward(&x, true).unwrap();
                 let loss = logits.cross_entropy_for_logits(&labels);
-                host_opt.zero_grad();
-                seed_opt.zero_grad();
+                host_opt.zero_grad().unwrap();
+                seed_opt.zero_grad().unwrap();
                 loss.backward();
                 if step.is_multiple_of(GRADIENT_EVERY) {
                     assert!(model.non_finite_slots().unwrap().is_empty());
                 }
-                host_opt.step();
-                seed_opt.step();
+                host_opt.step().unwrap();
+                seed_opt.step().unwrap();
                 if step.is_multiple_of(GRADIENT_EVERY) {
                     good.save(model.state()).unwrap();
                     host_opt.save_into(&mut host_copy).unwrap();
@@ -113,7 +113,7 @@ fn bench(c: &mut Criterion) {
     let loss =
         model.forward(&Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu)), true).unwrap().mean(Kind::Float);
     loss.backward();
-    host_opt.step();
+    host_opt.step().unwrap();
     let (mut good, mut host_copy) = (TensorCopy::default(), StateCopy::default());
     group.bench_function("snapshot", |b| {
         b.iter(|| {

@@ -1,8 +1,15 @@
-//! SGD (momentum, weight decay) and Adam, written on tch ops so that their state is
-//! ours to checkpoint: a resumed run continues exactly where it stopped.
+//! SGD (momentum, weight decay) and Adam: each step one fused update of the group with
+//! libtorch's `_foreach_*` kernels (through `esper-torch-shim`), the state (momentum,
+//! moments, step count) ours to checkpoint: a resumed run continues exactly where it
+//! stopped.
 
 use crate::config::OptimizerConfig;
+use esper_torch_shim::{self as shim, ShimError};
 use tch::{Kind, Tensor};
+
+fn refs(v: &[Tensor]) -> Vec<&Tensor> {
+    v.iter().collect()
+}
 
 /// An optimizer's state, copied for a rollback (see [`Optimizer::save_into`]).
 #[derive(Debug, Default)]
@@ -33,55 +40,57 @@ impl Optimizer {
         self.frozen = frozen;
     }
 
-    pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            p.zero_grad();
-        }
+    /// Zeroes the gradients the group has (one fused kernel for all of them).
+    pub fn zero_grad(&mut self) -> Result<(), ShimError> {
+        let grads: Vec<Tensor> = self.params.iter().map(Tensor::grad).filter(Tensor::defined).collect();
+        shim::zero(&refs(&grads))
     }
 
-    /// One update of every parameter that has a gradient.
-    pub fn step(&mut self) {
+    /// One update of every parameter that has a gradient: one fused step over the group
+    /// (libtorch's `_foreach_*` kernels through the C++ shim: one launch per op for the
+    /// whole group on CUDA). State is created at a parameter's first gradient (momentum
+    /// and moments at zero, so the first update is exactly the plain one).
+    pub fn step(&mut self) -> Result<(), ShimError> {
         if self.frozen {
-            return;
+            return Ok(());
         }
         self.steps += 1;
-        let t = self.steps as f64;
-        tch::no_grad(|| {
-            for (p, state) in self.params.iter_mut().zip(&mut self.state) {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                match self.config {
-                    OptimizerConfig::Sgd { lr, momentum, weight_decay } => {
-                        let g = if weight_decay != 0.0 { &g + &*p * weight_decay } else { g };
-                        let update = if momentum != 0.0 {
-                            if state.is_empty() {
-                                state.push(g.copy());
-                            } else {
-                                let _ = state[0].g_mul_scalar_(momentum).g_add_(&g);
-                            }
-                            state[0].shallow_clone()
-                        } else {
-                            g
-                        };
-                        let _ = p.g_sub_(&(update * lr));
-                    }
-                    OptimizerConfig::Adam { lr, beta1, beta2, weight_decay } => {
-                        let g = if weight_decay != 0.0 { &g + &*p * weight_decay } else { g };
-                        if state.is_empty() {
-                            state.push(g.zeros_like());
-                            state.push(g.zeros_like());
-                        }
-                        let _ = state[0].g_mul_scalar_(beta1).g_add_(&(&g * (1.0 - beta1)));
-                        let _ = state[1].g_mul_scalar_(beta2).g_add_(&(&g * &g * (1.0 - beta2)));
-                        let m_hat = &state[0] / (1.0 - beta1.powf(t));
-                        let v_hat = &state[1] / (1.0 - beta2.powf(t));
-                        let _ = p.g_sub_(&(m_hat / (v_hat.sqrt() + 1e-8) * lr));
-                    }
-                }
+        let (mut params, mut grads, mut first, mut second) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let slots = match self.config {
+            OptimizerConfig::Sgd { momentum: 0.0, .. } => 0,
+            OptimizerConfig::Sgd { .. } => 1,
+            OptimizerConfig::Adam { .. } => 2,
+        };
+        for (p, state) in self.params.iter().zip(&mut self.state) {
+            let g = p.grad();
+            if !g.defined() {
+                continue;
             }
-        });
+            while state.len() < slots {
+                state.push(tch::no_grad(|| p.zeros_like()));
+            }
+            params.push(p.shallow_clone());
+            grads.push(g);
+            if slots > 0 {
+                first.push(state[0].shallow_clone());
+            }
+            if slots > 1 {
+                second.push(state[1].shallow_clone());
+            }
+        }
+        if params.is_empty() {
+            return Ok(());
+        }
+        let r = refs;
+        match self.config {
+            OptimizerConfig::Sgd { lr, momentum, weight_decay } => {
+                shim::sgd(&r(&params), &r(&grads), &r(&first), lr, momentum, weight_decay)
+            }
+            OptimizerConfig::Adam { lr, beta1, beta2, weight_decay } => {
+                let settings = shim::Adam { lr, beta1, beta2, weight_decay, eps: 1e-8 };
+                shim::adam(&r(&params), &r(&grads), &r(&first), &r(&second), settings, self.steps)
+            }
+        }
     }
 
     /// Named state tensors (and the step count) for a checkpoint.
@@ -167,9 +176,9 @@ mod tests {
         let p = Tensor::from_slice(&[3.0f32, -2.0]).set_requires_grad(true);
         let mut opt = Optimizer::new(config, vec![p.shallow_clone()]);
         for _ in 0..200 {
-            opt.zero_grad();
+            opt.zero_grad().unwrap();
             (&p * &p).sum(Kind::Float).backward();
-            opt.step();
+            opt.step().unwrap();
         }
         p.abs().max().double_value(&[])
     }
@@ -188,9 +197,9 @@ mod tests {
         let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
         let mut opt = Optimizer::new(config, vec![p.shallow_clone()]);
         let step = |opt: &mut Optimizer| {
-            opt.zero_grad();
+            opt.zero_grad().unwrap();
             (&p * &p * &p).sum(Kind::Float).backward();
-            opt.step();
+            opt.step().unwrap();
         };
         let mut copy = StateCopy::default();
         opt.save_into(&mut copy).unwrap(); // before the momentum buffer exists
@@ -204,9 +213,9 @@ mod tests {
         // The same single step from scratch.
         let q = p0.copy().set_requires_grad(true);
         let mut fresh = Optimizer::new(config, vec![q.shallow_clone()]);
-        fresh.zero_grad();
+        fresh.zero_grad().unwrap();
         (&q * &q * &q).sum(Kind::Float).backward();
-        fresh.step();
+        fresh.step().unwrap();
         assert!(once.equal(&q.detach()), "{once} vs {q}");
         // Saved in place once the structure matches: the copy follows later states.
         opt.save_into(&mut copy).unwrap();
@@ -220,9 +229,9 @@ mod tests {
         let config = OptimizerConfig::Adam { lr: 0.05, beta1: 0.9, beta2: 0.999, weight_decay: 0.01 };
         let run = |p: &Tensor, opt: &mut Optimizer, n: usize| {
             for _ in 0..n {
-                opt.zero_grad();
+                opt.zero_grad().unwrap();
                 (p * p * p).sum(Kind::Float).backward();
-                opt.step();
+                opt.step().unwrap();
             }
         };
         let a = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);

@@ -129,7 +129,7 @@ impl Trainer {
     fn attempt(&mut self, x: &Tensor, y: &Tensor, capture: bool, seeded: bool) -> Result<(Tensor, Tensor), Spoiled> {
         let logits = self.model.forward(x, true).map_err(from_model)?;
         let loss = cross_entropy(&logits, y).map_err(|e| host_error("the loss", e))?;
-        self.zero_grads();
+        self.zero_grads().map_err(|e| host_error("zeroing the gradients", e))?;
         if let Err(e) = loss.f_backward() {
             return Err(self.blame_backward(x, y, e));
         }
@@ -139,17 +139,19 @@ impl Trainer {
                 return Err(Spoiled::NonFinite(faults));
             }
         }
-        self.host_opt.step();
-        self.seed_opts.values_mut().for_each(|o| o.step());
+        self.host_opt.step().map_err(|e| host_error("the host optimizer step", e))?;
+        for (id, opt) in &mut self.seed_opts {
+            opt.step().map_err(|e| host_error(&format!("the optimizer step of {id}"), e))?;
+        }
         if capture && seeded {
             self.save_good().map_err(|e| host_error("the rollback copy", e))?;
         }
         Ok((loss, logits))
     }
 
-    fn zero_grads(&mut self) {
-        self.host_opt.zero_grad();
-        self.seed_opts.values_mut().for_each(|o| o.zero_grad());
+    fn zero_grads(&mut self) -> Result<(), esper_torch_shim::ShimError> {
+        self.host_opt.zero_grad()?;
+        self.seed_opts.values_mut().try_for_each(|o| o.zero_grad())
     }
 
     /// A failed backward: the seed whose forward alone makes it fail is at fault; when
@@ -163,7 +165,11 @@ impl Trainer {
                 .into_iter()
                 .filter(|&i| {
                     let _ = self.guard.buffers.restore();
-                    self.zero_grads();
+                    // A failure to zero fails the backward below too: the seed is not
+                    // blamed for it alone.
+                    if self.zero_grads().is_err() {
+                        return false;
+                    }
                     let alone = self.model.forward_only(x, true, i).map_err(|e| e.to_string()).and_then(|logits| {
                         cross_entropy(&logits, y).and_then(|l| l.f_backward()).map_err(|e| e.to_string())
                     });

@@ -1,0 +1,102 @@
+// Fused optimizer steps over a whole parameter group with libtorch's _foreach_* kernels
+// (one kernel launch per op for the group on CUDA instead of one per parameter).
+// Tensors arrive as tch's handles (`at::Tensor*`). No exception crosses: each function
+// returns 0, or 1 with the message in `err`.
+#include <ATen/ATen.h>
+#include <ATen/Functions.h>
+#include <c10/core/GradMode.h>
+
+#include <cmath>
+
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <vector>
+
+namespace {
+
+std::vector<at::Tensor> list(at::Tensor **ts, size_t n) {
+    std::vector<at::Tensor> out;
+    out.reserve(n);
+    for (size_t i = 0; i < n; ++i) out.push_back(*ts[i]);
+    return out;
+}
+
+int fail(const char *what, char *err, size_t len) {
+    if (err && len) {
+        std::snprintf(err, len, "%s", what);
+    }
+    return 1;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Zeroes every tensor of the list in place (a group's gradients).
+int esper_foreach_zero(at::Tensor **ts, size_t n, char *err, size_t err_len) {
+    try {
+        c10::AutoGradMode no_grad(false);
+        auto t = list(ts, n);
+        at::_foreach_zero_(t);
+        return 0;
+    } catch (const std::exception &e) {
+        return fail(e.what(), err, err_len);
+    }
+}
+
+// SGD over a group: g = grad (+ weight_decay * p); with momentum, buf = momentum * buf + g
+// (buf = g on the first step, `init_bufs` 1) and the update is buf; p -= lr * update.
+int esper_foreach_sgd(at::Tensor **params, at::Tensor **grads, at::Tensor **bufs, size_t n, double lr,
+                      double momentum, double weight_decay, int init_bufs, char *err, size_t err_len) {
+    try {
+        c10::AutoGradMode no_grad(false);
+        auto p = list(params, n);
+        auto g = list(grads, n);
+        if (weight_decay != 0.0) g = at::_foreach_add(g, p, weight_decay);
+        if (momentum != 0.0) {
+            auto b = list(bufs, n);
+            if (init_bufs) {
+                at::_foreach_copy_(b, g);
+            } else {
+                at::_foreach_mul_(b, momentum);
+                at::_foreach_add_(b, g);
+            }
+            at::_foreach_add_(p, b, -lr);
+        } else {
+            at::_foreach_add_(p, g, -lr);
+        }
+        return 0;
+    } catch (const std::exception &e) {
+        return fail(e.what(), err, err_len);
+    }
+}
+
+// Adam over a group (bias-corrected, eps outside the square root, as torch.optim.Adam):
+// g = grad (+ weight_decay * p); m = beta1 m + (1 - beta1) g; v = beta2 v + (1 - beta2) g^2;
+// p -= lr * (m / c1) / (sqrt(v / c2) + eps), c1 = 1 - beta1^t, c2 = 1 - beta2^t.
+int esper_foreach_adam(at::Tensor **params, at::Tensor **grads, at::Tensor **ms, at::Tensor **vs, size_t n,
+                       double lr, double beta1, double beta2, double weight_decay, double eps, double step,
+                       char *err, size_t err_len) {
+    try {
+        c10::AutoGradMode no_grad(false);
+        auto p = list(params, n);
+        auto g = list(grads, n);
+        auto m = list(ms, n);
+        auto v = list(vs, n);
+        if (weight_decay != 0.0) g = at::_foreach_add(g, p, weight_decay);
+        at::_foreach_lerp_(m, g, 1.0 - beta1);
+        at::_foreach_mul_(v, beta2);
+        at::_foreach_addcmul_(v, g, g, 1.0 - beta2);
+        const double c1 = 1.0 - std::pow(beta1, step), c2 = 1.0 - std::pow(beta2, step);
+        auto denom = at::_foreach_sqrt(v);
+        at::_foreach_div_(denom, std::sqrt(c2));
+        at::_foreach_add_(denom, eps);
+        at::_foreach_addcdiv_(p, m, denom, -lr / c1);
+        return 0;
+    } catch (const std::exception &e) {
+        return fail(e.what(), err, err_len);
+    }
+}
+
+}  // extern "C"

@@ -1,0 +1,229 @@
+//! What libtorch has and tch 0.24 does not expose, through a small C++ shim
+//! (`cpp/foreach.cpp`, compiled by `build.rs` with the `cc` crate against the libtorch
+//! headers tch was built with): fused SGD and Adam steps over a whole parameter group
+//! with the `_foreach_*` kernels. On CUDA that is one launch per op for the group
+//! instead of one per parameter and op; on the CPU, fewer temporaries.
+//!
+//! This crate is the shim's Rust face and the only place it is called from; its
+//! `unsafe` blocks are the FFI calls, each with its `SAFETY:` reason.
+
+use std::ffi::c_char;
+use tch::Tensor;
+use torch_sys::C_tensor;
+
+extern "C" {
+    fn esper_foreach_zero(ts: *const *mut C_tensor, n: usize, err: *mut c_char, err_len: usize) -> i32;
+    fn esper_foreach_sgd(
+        params: *const *mut C_tensor,
+        grads: *const *mut C_tensor,
+        bufs: *const *mut C_tensor,
+        n: usize,
+        lr: f64,
+        momentum: f64,
+        weight_decay: f64,
+        init_bufs: i32,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn esper_foreach_adam(
+        params: *const *mut C_tensor,
+        grads: *const *mut C_tensor,
+        ms: *const *mut C_tensor,
+        vs: *const *mut C_tensor,
+        n: usize,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        step: f64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+}
+
+/// A libtorch error from the shim (its message, C++ frames included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShimError(pub String);
+
+impl std::fmt::Display for ShimError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ShimError {}
+
+fn handles(ts: &[&Tensor]) -> Vec<*mut C_tensor> {
+    ts.iter().map(|t| t.as_ptr().cast_mut()).collect()
+}
+
+/// Runs a shim call with an error buffer; the message on failure.
+fn call(f: impl FnOnce(*mut c_char, usize) -> i32) -> Result<(), ShimError> {
+    let mut err = vec![0u8; 4096];
+    if f(err.as_mut_ptr().cast(), err.len()) == 0 {
+        return Ok(());
+    }
+    let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
+    Err(ShimError(String::from_utf8_lossy(&err[..end]).into_owned()))
+}
+
+fn same_lengths(lists: &[usize]) -> Result<usize, ShimError> {
+    let n = lists[0];
+    if lists.iter().any(|&l| l != n) {
+        return Err(ShimError(format!("parameter group lists of different lengths: {lists:?}")));
+    }
+    Ok(n)
+}
+
+/// Zeroes every tensor of `ts` in place (a group's gradients: one kernel on CUDA).
+pub fn zero(ts: &[&Tensor]) -> Result<(), ShimError> {
+    if ts.is_empty() {
+        return Ok(()); // libtorch refuses an empty list on CUDA
+    }
+    let t = handles(ts);
+    // SAFETY: `t` holds `t.len()` live handles; exceptions are caught in the shim.
+    call(|err, len| unsafe { esper_foreach_zero(t.as_ptr(), t.len(), err, len) })
+}
+
+/// SGD on a group, in place: `g = grad + weight_decay * p`; with momentum
+/// `buf = momentum * buf + g` and the update is `buf`, else `g`; `p -= lr * update`.
+/// `bufs` (one per parameter, ignored without momentum) are updated in place.
+pub fn sgd(
+    params: &[&Tensor],
+    grads: &[&Tensor],
+    bufs: &[&Tensor],
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
+) -> Result<(), ShimError> {
+    let n = same_lengths(&[params.len(), grads.len(), if momentum != 0.0 { bufs.len() } else { params.len() }])?;
+    if n == 0 {
+        return Ok(());
+    }
+    let (p, g, b) = (handles(params), handles(grads), handles(bufs));
+    // SAFETY: `p`, `g` (and `b` with momentum) hold `n` live tch tensor handles
+    // (`at::Tensor*`) that outlive the call; the shim catches every C++ exception and
+    // writes at most `len` bytes of message into `err`.
+    call(|err, len| unsafe {
+        esper_foreach_sgd(p.as_ptr(), g.as_ptr(), b.as_ptr(), n, lr, momentum, weight_decay, 0, err, len)
+    })
+}
+
+/// The Adam settings of [`adam`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Adam {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub weight_decay: f64,
+    pub eps: f64,
+}
+
+/// Adam on a group, in place, at step `step` (1-based; bias correction), as
+/// `torch.optim.Adam`: moments `ms` and `vs` are updated in place.
+pub fn adam(
+    params: &[&Tensor],
+    grads: &[&Tensor],
+    ms: &[&Tensor],
+    vs: &[&Tensor],
+    settings: Adam,
+    step: i64,
+) -> Result<(), ShimError> {
+    let n = same_lengths(&[params.len(), grads.len(), ms.len(), vs.len()])?;
+    if n == 0 {
+        return Ok(());
+    }
+    let (p, g, m, v) = (handles(params), handles(grads), handles(ms), handles(vs));
+    let Adam { lr, beta1, beta2, weight_decay, eps } = settings;
+    // SAFETY: as in `sgd`: four lists of `n` live handles, exceptions caught in the shim.
+    call(|err, len| unsafe {
+        esper_foreach_adam(
+            p.as_ptr(),
+            g.as_ptr(),
+            m.as_ptr(),
+            v.as_ptr(),
+            n,
+            lr,
+            beta1,
+            beta2,
+            weight_decay,
+            eps,
+            step as f64,
+            err,
+            len,
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    fn close(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).abs().max().double_value(&[])
+    }
+
+    fn r(v: &[Tensor]) -> Vec<&Tensor> {
+        v.iter().collect()
+    }
+
+    #[test]
+    fn sgd_with_momentum_and_weight_decay_is_torch_optim_sgd() {
+        let p: Vec<Tensor> = (0..3).map(|i| Tensor::randn([4 + i, 3], (Kind::Float, Device::Cpu))).collect();
+        let g: Vec<Tensor> = p.iter().map(Tensor::randn_like).collect();
+        let b: Vec<Tensor> = p.iter().map(Tensor::zeros_like).collect();
+        let (expected_p, expected_b): (Vec<_>, Vec<_>) = p
+            .iter()
+            .zip(&g)
+            .map(|(p, g)| {
+                let d = g + p * 0.01;
+                let buf = &d; // the first step: buf = d (0 * 0.9 + d)
+                (p - buf * 0.1, buf.copy())
+            })
+            .unzip();
+        sgd(&r(&p), &r(&g), &r(&b), 0.1, 0.9, 0.01).unwrap();
+        for i in 0..3 {
+            assert!(close(&p[i], &expected_p[i]) < 1e-6 && close(&b[i], &expected_b[i]) < 1e-6);
+        }
+        // A second step: buf = 0.9 buf + d.
+        let before = (p[0].copy(), b[0].copy());
+        sgd(&r(&p), &r(&g), &r(&b), 0.1, 0.9, 0.0).unwrap();
+        let buf = &before.1 * 0.9 + &g[0];
+        assert!(close(&b[0], &buf) < 1e-6 && close(&p[0], &(&before.0 - &buf * 0.1)) < 1e-6);
+    }
+
+    #[test]
+    fn adam_is_torch_optim_adam() {
+        let p = Tensor::randn([5, 2], (Kind::Float, Device::Cpu));
+        let g = Tensor::randn_like(&p);
+        let (m, v) = (p.zeros_like(), p.zeros_like());
+        let (lr, b1, b2, eps) = (1e-3, 0.9, 0.999, 1e-8);
+        let m1 = &g * (1.0 - b1);
+        let v1 = &g * &g * (1.0 - b2);
+        let expected = &p - (&m1 / (1.0 - b1)) / ((&v1 / (1.0 - b2)).sqrt() + eps) * lr;
+        let settings = Adam { lr, beta1: b1, beta2: b2, weight_decay: 0.0, eps };
+        adam(&[&p], &[&g], &[&m], &[&v], settings, 1).unwrap();
+        assert!(close(&p, &expected) < 1e-6 && close(&m, &m1) < 1e-7 && close(&v, &v1) < 1e-7);
+    }
+
+    #[test]
+    fn zero_zeroes_a_list() {
+        let ts: Vec<Tensor> = (1..4).map(|i| Tensor::ones([i], (Kind::Float, Device::Cpu))).collect();
+        zero(&r(&ts)).unwrap();
+        zero(&[]).unwrap();
+        sgd(&[], &[], &[], 0.1, 0.9, 0.0).unwrap();
+        assert!(ts.iter().all(|t| t.abs().sum(Kind::Float).double_value(&[]) == 0.0));
+    }
+
+    #[test]
+    fn a_libtorch_error_comes_back_as_a_message() {
+        let p = Tensor::zeros([3], (Kind::Float, Device::Cpu));
+        let g = Tensor::zeros([4], (Kind::Float, Device::Cpu));
+        let e = sgd(&[&p], &[&g], &[], 0.1, 0.0, 0.0).unwrap_err();
+        assert!(e.0.contains("size"), "{e}");
+        let e = sgd(&[&p], &[], &[], 0.1, 0.0, 0.0).unwrap_err();
+        assert!(e.0.contains("different lengths"), "{e}");
+    }
+}
