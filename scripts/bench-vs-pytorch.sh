@@ -42,24 +42,43 @@ for round in $(seq "$ROUNDS"); do
         --steps "$STEPS" --warmup "$WARMUP" ${PYTORCH_CHANNELS_LAST:+--channels-last} >>"$out/pytorch.jsonl"
     echo "round $round/$ROUNDS: this runtime ..." >&2
     "$STEP_TIME" --plugin "$BIN/libesper_norm.so" --device "$DEVICE" --batches "$BATCHES" \
-        --steps "$STEPS" --warmup "$WARMUP" >>"$out/runtime.jsonl"
+        --steps "$STEPS" --warmup "$WARMUP" --cuda-graph off >>"$out/runtime.jsonl"
+    if [[ "$DEVICE" == cuda ]]; then
+        echo "round $round/$ROUNDS: this runtime, CUDA graphs ..." >&2
+        "$STEP_TIME" --plugin "$BIN/libesper_norm.so" --device "$DEVICE" --batches "$BATCHES" \
+            --steps "$STEPS" --warmup "$WARMUP" --cuda-graph auto >>"$out/runtime-graph.jsonl"
+    fi
 done
 "$PYTHON" - "$out" "$DEVICE" <<'PY'
 import json, statistics, sys, platform, os
 out, device = sys.argv[1], sys.argv[2]
 rows = lambda f: [json.loads(l) for l in open(os.path.join(out, f)) if l.strip()]
 py, rt = rows("pytorch.jsonl"), rows("runtime.jsonl")
+rg = rows("runtime-graph.jsonl") if os.path.exists(os.path.join(out, "runtime-graph.jsonl")) else []
 def summary(values):
     return statistics.median(values), min(values), max(values)
 layout = "channels-last" if os.environ.get("PYTORCH_CHANNELS_LAST") else "NCHW"
 print(f"training step, default host + norm seed in TRAINING at r0c1, SGD momentum 0.9; PyTorch {layout}; device {device}, "
       f"{os.cpu_count()} CPUs, torch threads {py[0]['threads']}; median of {len(rt) // len({r['batch'] for r in rt})} rounds (range)")
-print(f"| batch | PyTorch eager (ms) | this runtime (ms) | runtime / eager | PyTorch CUDA graph (ms) |")
-print(f"| ---: | ---: | ---: | ---: | ---: |")
+head = "| batch | PyTorch eager (ms) | this runtime (ms) | runtime / eager | PyTorch CUDA graph (ms) |"
+rule = "| ---: | ---: | ---: | ---: | ---: |"
+if rg:
+    head += " this runtime, CUDA graph (ms) | runtime graph / PyTorch graph | capture (ms) |"
+    rule += " ---: | ---: | ---: |"
+print(head)
+print(rule)
 for batch in sorted({r["batch"] for r in rt}):
     e = summary([r["eager_median_ms"] for r in py if r["batch"] == batch])
     r = summary([r["median_ms"] for r in rt if r["batch"] == batch])
     g = [r["graph_median_ms"] for r in py if r["batch"] == batch and "graph_median_ms" in r]
     graph = "%.3f (%.3f-%.3f)" % summary(g) if g else "-"
-    print(f"| {batch} | {e[0]:.3f} ({e[1]:.3f}-{e[2]:.3f}) | {r[0]:.3f} ({r[1]:.3f}-{r[2]:.3f}) | {r[0] / e[0]:.2f}x | {graph} |")
+    line = f"| {batch} | {e[0]:.3f} ({e[1]:.3f}-{e[2]:.3f}) | {r[0]:.3f} ({r[1]:.3f}-{r[2]:.3f}) | {r[0] / e[0]:.2f}x | {graph} |"
+    if rg:
+        mine = [x for x in rg if x["batch"] == batch]
+        assert all(x["replays"] > 0 for x in mine), f"batch {batch}: the runtime's CUDA graph was not replayed: {mine}"
+        s = summary([x["median_ms"] for x in mine])
+        ratio = "%.2fx" % (s[0] / summary(g)[0]) if g else "-"
+        cap = statistics.median([x["capture_ms"] for x in mine])
+        line += f" {s[0]:.3f} ({s[1]:.3f}-{s[2]:.3f}) | {ratio} | {cap:.1f} |"
+    print(line)
 PY

@@ -47,6 +47,18 @@ if [ "$(readlink "$repo/.libtorch" 2>/dev/null || true)" != "$libtorch" ]; then
     log "linked $repo/.libtorch -> $libtorch"
 fi
 
+# The CUDA headers of the wheel lack nv/target, which ATen's CUDA headers need: the CCCL
+# wheel adds it, for the CUDA-graph part of torch-shim (torch-shim/build.rs). Without it
+# the build goes on without CUDA graphs (and says so).
+if [ -z "${LIBTORCH:-}" ] && [ ! -f "$venv/.cccl-13.0" ]; then
+    log "installing nvidia-cuda-cccl 13.0 into $venv (headers for the CUDA-graph shim)"
+    if "$venv/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir "nvidia-cuda-cccl==13.0.*"; then
+        touch "$venv/.cccl-13.0"
+    else
+        log "warning: nvidia-cuda-cccl could not be installed: this build will have no CUDA graphs"
+    fi
+fi
+
 # A Python with torch, safetensors and numpy for the PyTorch parity tests (tests/parity.rs),
 # linked as <repo>/.esper-python: the torch venv above (safetensors added once), or with
 # $LIBTORCH a python3 that already has both.

@@ -1,17 +1,61 @@
-//! Compiles cpp/foreach.cpp against the libtorch headers torch-sys compiled with
-//! (`DEP_TCH_LIBTORCH_LIB/../include`). Only ATen's CPU-side headers: the `_foreach_*`
-//! ops dispatch to CUDA kernels at run time when the tensors are on a GPU, so no CUDA
-//! header is needed and it builds on a CPU-only machine.
+//! Compiles the C++ shim against the libtorch headers torch-sys compiled with
+//! (`DEP_TCH_LIBTORCH_LIB/../include`).
+//!
+//! * `cpp/foreach.cpp` (always): only ATen's CPU-side headers. The `_foreach_*` ops
+//!   dispatch to CUDA kernels at run time when the tensors are on a GPU, so no CUDA
+//!   header is needed and it builds on a CPU-only machine.
+//! * `cpp/graph.cpp` (CUDA graphs), where this libtorch has CUDA: `lib/libtorch_cuda.so`
+//!   beside it and the CUDA headers of the torch wheel's venv
+//!   (`site-packages/nvidia/cu13/include`, with `nv/target` from the
+//!   `nvidia-cuda-cccl` wheel that `scripts/setup.sh` adds), or `$ESPER_CUDA_INCLUDE`.
+//!   Then it links `torch_cuda` and `c10_cuda` and sets the `esper_cuda_graphs` cfg;
+//!   elsewhere the Rust face says why graphs are not available.
 
-use std::{env, path::PathBuf};
+use std::{
+    env,
+    path::{Path, PathBuf},
+};
+
+/// The CUDA include folders for `lib` (libtorch's lib folder), or why there are none.
+fn cuda_includes(lib: &Path) -> Result<Vec<PathBuf>, String> {
+    if !lib.join("libtorch_cuda.so").exists() {
+        return Err(format!("{} has no libtorch_cuda.so (a CPU-only libtorch)", lib.display()));
+    }
+    let site = lib.join("../..");
+    let main = match env::var_os("ESPER_CUDA_INCLUDE") {
+        Some(dir) => PathBuf::from(dir),
+        None => site.join("nvidia/cu13/include"),
+    };
+    if !main.join("cuda_runtime_api.h").exists() {
+        return Err(format!("no CUDA headers at {} (set ESPER_CUDA_INCLUDE)", main.display()));
+    }
+    if !main.join("nv/target").exists() {
+        return Err(format!(
+            "{} has no nv/target (pip install \"nvidia-cuda-cccl==13.0.*\" into the torch venv: scripts/setup.sh does)",
+            main.display()
+        ));
+    }
+    let mut dirs = vec![main];
+    let triton = site.join("triton/backends/nvidia/include");
+    if triton.exists() {
+        dirs.push(triton); // crt/host_config.h, where the cu13 folder lacks it
+    }
+    Ok(dirs)
+}
 
 fn main() {
     println!("cargo:rerun-if-changed=cpp/foreach.cpp");
+    println!("cargo:rerun-if-changed=cpp/graph.cpp");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    let lib = env::var("DEP_TCH_LIBTORCH_LIB")
-        .expect("torch-sys did not report its libtorch lib directory (DEP_TCH_LIBTORCH_LIB)");
-    let include = PathBuf::from(lib).join("../include");
-    cc::Build::new()
+    println!("cargo:rerun-if-env-changed=ESPER_CUDA_INCLUDE");
+    println!("cargo::rustc-check-cfg=cfg(esper_cuda_graphs)");
+    let lib = PathBuf::from(
+        env::var("DEP_TCH_LIBTORCH_LIB")
+            .expect("torch-sys did not report its libtorch lib directory (DEP_TCH_LIBTORCH_LIB)"),
+    );
+    let include = lib.join("../include");
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .file("cpp/foreach.cpp")
         .include(&include)
@@ -20,6 +64,25 @@ fn main() {
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .flag_if_supported("-Wno-unused-parameter")
         .opt_level(2)
-        .warnings(false)
-        .compile("esper_torch_shim");
+        .warnings(false);
+    let graphs = cuda_includes(&lib);
+    if let Ok(dirs) = &graphs {
+        build.file("cpp/graph.cpp");
+        for dir in dirs {
+            build.include(dir);
+        }
+    }
+    build.compile("esper_torch_shim");
+    match graphs {
+        Ok(_) => {
+            println!("cargo:rustc-cfg=esper_cuda_graphs");
+            println!("cargo:rustc-link-search=native={}", lib.display());
+            println!("cargo:rustc-link-lib=dylib=torch_cuda");
+            println!("cargo:rustc-link-lib=dylib=c10_cuda");
+        }
+        Err(why) => {
+            println!("cargo:warning=CUDA graphs not built: {why}");
+            println!("cargo:rustc-env=ESPER_NO_CUDA_GRAPHS={why}");
+        }
+    }
 }

@@ -450,6 +450,11 @@ impl std::fmt::Display for Route {
 
 const BLEND_ALPHA: f64 = 0.5;
 
+/// [`BLEND_ALPHA`] as the runtime's blends take it: a 0-d tensor on `like`'s device.
+fn blend_alpha(like: &Tensor) -> Tensor {
+    Tensor::from(BLEND_ALPHA as f32).to_device(like.device())
+}
+
 fn isolation(s: &Subject<'_>, feed: &dyn Fn(&Tensor) -> Tensor) -> Outcome {
     let live = live_parameters(s)?;
     let seed = s.create(PRIMARY_CHANNELS)?;
@@ -465,7 +470,7 @@ fn isolation(s: &Subject<'_>, feed: &dyn Fn(&Tensor) -> Tensor) -> Outcome {
         require_same_shape(&host, &out)?;
         let y = match route.blend() {
             None => straight_through(&host, &out),
-            Some(b) => b.apply(&host, &out, &input, BLEND_ALPHA),
+            Some(b) => b.apply(&host, &out, &input, &blend_alpha(&host)),
         };
         let r = backward_through(&y)?;
         // What the host input's gradient is when nothing flows back through the seed.
@@ -514,7 +519,7 @@ fn channels_last_outcome(s: &Subject<'_>) -> Outcome {
     let input = seed_input(&host, true);
     let out = s.forward(&seed, &input, true)?;
     require_same_shape(&host, &out)?;
-    let y = straight_through(&host, &out) + Blend::Add.apply(&host, &out, &input, BLEND_ALPHA);
+    let y = straight_through(&host, &out) + Blend::Add.apply(&host, &out, &input, &blend_alpha(&host));
     let r = backward_through(&y)?;
     if !is_channels_last(&host) {
         return Err("the host stream lost its channels-last layout".into());

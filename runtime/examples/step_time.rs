@@ -2,7 +2,8 @@
 //! benchmark against PyTorch (`scripts/bench-vs-pytorch.sh`): the default host (3 blocks,
 //! base 32), a `norm` seed in TRAINING at r0c1 with isolation (or none), SGD with
 //! momentum 0.9 on host and seed. Prints one JSON line per batch size:
-//! `{"batch": 8, "seed": true, "median_ms": ..., "min_ms": ..., "steps": ...}`.
+//! `{"batch": 8, "seed": true, "cuda_graph": "auto", "median_ms": ..., "min_ms": ..., "steps": ...,
+//! "replays": ..., "capture_ms": ...}` (`--cuda-graph off` for eager steps on CUDA).
 //!
 //! ```text
 //! cargo run --release -p esper-runtime --example step_time -- \
@@ -21,6 +22,7 @@ struct Args {
     steps: usize,
     seed: bool,
     memory_format: String,
+    cuda_graph: String,
 }
 
 fn parse_args() -> Result<Args> {
@@ -32,6 +34,7 @@ fn parse_args() -> Result<Args> {
         steps: 40,
         seed: true,
         memory_format: "channels_last".into(),
+        cuda_graph: "auto".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -45,6 +48,7 @@ fn parse_args() -> Result<Args> {
             "--warmup" => a.warmup = value()?.parse().context("--warmup")?,
             "--steps" => a.steps = value()?.parse().context("--steps")?,
             "--memory-format" => a.memory_format = value()?,
+            "--cuda-graph" => a.cuda_graph = value()?,
             "--no-seed" => a.seed = false,
             other => bail!("unknown argument {other}"),
         }
@@ -74,6 +78,7 @@ kind = "synthetic"
 batch_size = {batch}
 host_optimizer = {{ kind = "sgd", lr = 0.01, momentum = 0.9 }}
 seed_optimizer = {{ kind = "sgd", lr = 0.01, momentum = 0.9 }}
+cuda_graph = "{cuda_graph}"
 
 [lifecycle.controller]
 enabled = false
@@ -84,6 +89,7 @@ checkpoint = false
         device = a.device,
         plugin = a.plugin.display(),
         format = a.memory_format,
+        cuda_graph = a.cuda_graph,
     );
     Ok(RunConfig::parse(&text, Path::new("step_time.toml"))?)
 }
@@ -101,11 +107,16 @@ fn main() -> Result<()> {
         }
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
+        let graphs = trainer.graph_stats();
         println!(
-            "{{\"batch\": {batch}, \"seed\": {}, \"median_ms\": {median:.4}, \"min_ms\": {:.4}, \"steps\": {}}}",
+            "{{\"batch\": {batch}, \"seed\": {}, \"cuda_graph\": \"{}\", \"median_ms\": {median:.4}, \"min_ms\": {:.4}, \
+             \"steps\": {}, \"replays\": {}, \"capture_ms\": {:.3}}}",
             a.seed,
+            a.cuda_graph,
             times[0],
-            times.len()
+            times.len(),
+            graphs.replays,
+            graphs.last_capture_ms,
         );
     }
     Ok(())

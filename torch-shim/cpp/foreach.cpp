@@ -75,8 +75,12 @@ int esper_foreach_sgd(at::Tensor **params, at::Tensor **grads, at::Tensor **bufs
 // Adam over a group (bias-corrected, eps outside the square root, as torch.optim.Adam):
 // g = grad (+ weight_decay * p); m = beta1 m + (1 - beta1) g; v = beta2 v + (1 - beta2) g^2;
 // p -= lr * (m / c1) / (sqrt(v / c2) + eps), c1 = 1 - beta1^t, c2 = 1 - beta2^t.
+// The step count t is a 0-d double tensor on the parameters' device, incremented here:
+// the bias corrections are computed on the device (in double, used in float as a host
+// scalar would be), so the step has no host-side value that changes from step to step
+// and a CUDA graph of it stays right on every replay.
 int esper_foreach_adam(at::Tensor **params, at::Tensor **grads, at::Tensor **ms, at::Tensor **vs, size_t n,
-                       double lr, double beta1, double beta2, double weight_decay, double eps, double step,
+                       double lr, double beta1, double beta2, double weight_decay, double eps, at::Tensor *step,
                        char *err, size_t err_len) {
     try {
         c10::AutoGradMode no_grad(false);
@@ -84,15 +88,19 @@ int esper_foreach_adam(at::Tensor **params, at::Tensor **grads, at::Tensor **ms,
         auto g = list(grads, n);
         auto m = list(ms, n);
         auto v = list(vs, n);
+        step->add_(1);
         if (weight_decay != 0.0) g = at::_foreach_add(g, p, weight_decay);
         at::_foreach_lerp_(m, g, 1.0 - beta1);
         at::_foreach_mul_(v, beta2);
         at::_foreach_addcmul_(v, g, g, 1.0 - beta2);
-        const double c1 = 1.0 - std::pow(beta1, step), c2 = 1.0 - std::pow(beta2, step);
+        auto c1 = at::pow(beta1, *step).neg_().add_(1);
+        auto c2_sqrt = at::pow(beta2, *step).neg_().add_(1).sqrt_().to(at::kFloat);
+        auto neg_step_size = c1.reciprocal_().mul_(-lr).to(at::kFloat);
         auto denom = at::_foreach_sqrt(v);
-        at::_foreach_div_(denom, std::sqrt(c2));
+        at::_foreach_div_(denom, c2_sqrt);
         at::_foreach_add_(denom, eps);
-        at::_foreach_addcdiv_(p, m, denom, -lr / c1);
+        at::_foreach_div_(denom, neg_step_size);
+        at::_foreach_addcdiv_(p, m, denom);
         return 0;
     } catch (const std::exception &e) {
         return fail(e.what(), err, err_len);

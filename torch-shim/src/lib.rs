@@ -4,8 +4,13 @@
 //! with the `_foreach_*` kernels. On CUDA that is one launch per op for the group
 //! instead of one per parameter and op; on the CPU, fewer temporaries.
 //!
+//! Where the libtorch has CUDA, [`graph`] adds CUDA graphs (`cpp/graph.cpp`): capture and
+//! replay of a whole training step.
+//!
 //! This crate is the shim's Rust face and the only place it is called from; its
 //! `unsafe` blocks are the FFI calls, each with its `SAFETY:` reason.
+
+pub mod graph;
 
 use std::ffi::c_char;
 use tch::Tensor;
@@ -36,7 +41,7 @@ extern "C" {
         beta2: f64,
         weight_decay: f64,
         eps: f64,
-        step: f64,
+        step: *mut C_tensor,
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
@@ -59,7 +64,7 @@ fn handles(ts: &[&Tensor]) -> Vec<*mut C_tensor> {
 }
 
 /// Runs a shim call with an error buffer; the message on failure.
-fn call(f: impl FnOnce(*mut c_char, usize) -> i32) -> Result<(), ShimError> {
+pub(crate) fn call(f: impl FnOnce(*mut c_char, usize) -> i32) -> Result<(), ShimError> {
     let mut err = vec![0u8; 4096];
     if f(err.as_mut_ptr().cast(), err.len()) == 0 {
         return Ok(());
@@ -120,15 +125,18 @@ pub struct Adam {
     pub eps: f64,
 }
 
-/// Adam on a group, in place, at step `step` (1-based; bias correction), as
-/// `torch.optim.Adam`: moments `ms` and `vs` are updated in place.
+/// Adam on a group, in place, as `torch.optim.Adam`: moments `ms` and `vs` are updated in
+/// place, and so is `step`, the group's step count (a 0-d double tensor on the
+/// parameters' device, 0 before the first step), incremented first; the bias corrections
+/// come from it on the device (nothing in the step changes on the host from one step
+/// to the next, so a CUDA graph of it replays right).
 pub fn adam(
     params: &[&Tensor],
     grads: &[&Tensor],
     ms: &[&Tensor],
     vs: &[&Tensor],
     settings: Adam,
-    step: i64,
+    step: &Tensor,
 ) -> Result<(), ShimError> {
     let n = same_lengths(&[params.len(), grads.len(), ms.len(), vs.len()])?;
     if n == 0 {
@@ -136,7 +144,8 @@ pub fn adam(
     }
     let (p, g, m, v) = (handles(params), handles(grads), handles(ms), handles(vs));
     let Adam { lr, beta1, beta2, weight_decay, eps } = settings;
-    // SAFETY: as in `sgd`: four lists of `n` live handles, exceptions caught in the shim.
+    // SAFETY: as in `sgd`: four lists of `n` live handles and a live `step` handle,
+    // exceptions caught in the shim.
     call(|err, len| unsafe {
         esper_foreach_adam(
             p.as_ptr(),
@@ -149,7 +158,7 @@ pub fn adam(
             beta2,
             weight_decay,
             eps,
-            step as f64,
+            step.as_ptr().cast_mut(),
             err,
             len,
         )
@@ -195,17 +204,23 @@ mod tests {
     }
 
     #[test]
-    fn adam_is_torch_optim_adam() {
+    fn adam_is_torch_optim_adam_with_its_step_count_on_the_device() {
         let p = Tensor::randn([5, 2], (Kind::Float, Device::Cpu));
         let g = Tensor::randn_like(&p);
         let (m, v) = (p.zeros_like(), p.zeros_like());
+        let step = Tensor::zeros([], (Kind::Double, Device::Cpu));
         let (lr, b1, b2, eps) = (1e-3, 0.9, 0.999, 1e-8);
-        let m1 = &g * (1.0 - b1);
-        let v1 = &g * &g * (1.0 - b2);
-        let expected = &p - (&m1 / (1.0 - b1)) / ((&v1 / (1.0 - b2)).sqrt() + eps) * lr;
         let settings = Adam { lr, beta1: b1, beta2: b2, weight_decay: 0.0, eps };
-        adam(&[&p], &[&g], &[&m], &[&v], settings, 1).unwrap();
-        assert!(close(&p, &expected) < 1e-6 && close(&m, &m1) < 1e-7 && close(&v, &v1) < 1e-7);
+        let (mut pe, mut me, mut ve) = (p.copy(), m.copy(), v.copy());
+        for t in 1..=2 {
+            me = &me * b1 + &g * (1.0 - b1);
+            ve = &ve * b2 + &g * &g * (1.0 - b2);
+            let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+            pe = &pe - (&me / c1) / ((&ve / c2).sqrt() + eps) * lr;
+            adam(&[&p], &[&g], &[&m], &[&v], settings, &step).unwrap();
+            assert_eq!(step.double_value(&[]), t as f64);
+            assert!(close(&p, &pe) < 1e-6 && close(&m, &me) < 1e-7 && close(&v, &ve) < 1e-7, "step {t}");
+        }
     }
 
     #[test]

@@ -148,6 +148,21 @@ pub struct TrainingConfig {
     /// Default: the available memory (`MemAvailable`) on the CPU, a conservative
     /// [`DEFAULT_CUDA_MEMORY_GIB`] on CUDA (the smaller of the two for `device = "auto"`).
     pub memory_limit_gb: Option<f64>,
+    /// Whole-step CUDA graphs on a CUDA device (see [`CudaGraphMode`]).
+    pub cuda_graph: CudaGraphMode,
+}
+
+/// `[training] cuda_graph`: whether a training step on CUDA is captured once as a CUDA
+/// graph and replayed for every batch of the same shape (recaptured when the model's
+/// topology changes), or run eagerly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CudaGraphMode {
+    /// Graphs where they can be used (a CUDA device, a build with CUDA graph support, a
+    /// step that captures); eager elsewhere, with the reason logged.
+    #[default]
+    Auto,
+    Off,
 }
 
 impl Default for TrainingConfig {
@@ -160,6 +175,7 @@ impl Default for TrainingConfig {
             seed: 0,
             gradient_every: 10,
             memory_limit_gb: None,
+            cuda_graph: CudaGraphMode::Auto,
         }
     }
 }

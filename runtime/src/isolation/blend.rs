@@ -8,7 +8,8 @@
 //!   The gate network is made when the seed enters BLENDING (it has nothing to do
 //!   before), and its parameters are not the seed's: the gradient monitor leaves them out.
 //!
-//! Alpha is a host-side scalar: no tensor is allocated for it and nothing syncs.
+//! Alpha is a 0-d tensor on the device (the slot's, filled when the lifecycle moves it):
+//! nothing syncs, and a CUDA graph of the step reads the current value on every replay.
 //!
 //! [`BlendAlgorithm`] is the configured choice; [`Blend`] is the slot's live blend, made
 //! from it when the seed enters BLENDING (GATE owns its network and its variables).
@@ -17,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Device, Tensor};
 
 /// The blend a slot is configured with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BlendAlgorithm {
     #[default]
@@ -99,12 +100,11 @@ impl Blend {
         }
     }
 
-    /// Blends `seed` into `host` with amplitude `alpha` in [0, 1]. `seed_input` is what
-    /// the seed received (the MULTIPLY reference and the gate's input).
-    pub fn apply(&self, host: &Tensor, seed: &Tensor, seed_input: &Tensor, alpha: f64) -> Tensor {
-        let alpha = alpha.clamp(0.0, 1.0);
+    /// Blends `seed` into `host` with amplitude `alpha` (a 0-d tensor in [0, 1]).
+    /// `seed_input` is what the seed received (the MULTIPLY reference and the gate's input).
+    pub fn apply(&self, host: &Tensor, seed: &Tensor, seed_input: &Tensor, alpha: &Tensor) -> Tensor {
         match self {
-            Blend::Add => host.lerp(seed, alpha),
+            Blend::Add => host.lerp_tensor(seed, alpha),
             Blend::Multiply => host * ((seed - seed_input).tanh() * alpha + 1.0),
             Blend::Gate(gate) => {
                 let effective = (gate.gate(seed_input) * alpha).clamp(0.0, 1.0);
@@ -123,6 +123,10 @@ mod tests {
         Tensor::randn(shape, (Kind::Float, Device::Cpu))
     }
 
+    fn a(alpha: f64) -> Tensor {
+        Tensor::from(alpha as f32)
+    }
+
     #[test]
     fn every_blend_is_the_identity_at_alpha_zero() {
         let (h, s) = (t(&[2, 8, 3, 3]), t(&[2, 8, 3, 3]));
@@ -130,7 +134,7 @@ mod tests {
             let blend = Blend::new(algo, 8, Device::Cpu);
             assert_eq!(blend.algorithm(), algo);
             assert_eq!(blend.vars().is_some(), algo == BlendAlgorithm::Gate, "only GATE has variables");
-            let y = blend.apply(&h, &s, &h, 0.0);
+            let y = blend.apply(&h, &s, &h, &a(0.0));
             assert!((y - &h).abs().max().double_value(&[]) < 1e-7, "{algo:?}");
         }
     }
@@ -138,9 +142,9 @@ mod tests {
     #[test]
     fn add_at_one_is_the_seed_and_multiply_is_bounded() {
         let (h, s) = (t(&[2, 4, 2, 2]), t(&[2, 4, 2, 2]));
-        let y = Blend::Add.apply(&h, &s, &h, 1.0);
+        let y = Blend::Add.apply(&h, &s, &h, &a(1.0));
         assert!((y - &s).abs().max().double_value(&[]) < 1e-6);
-        let y = Blend::Multiply.apply(&h, &(&h + 100.0), &h, 0.5);
+        let y = Blend::Multiply.apply(&h, &(&h + 100.0), &h, &a(0.5));
         // tanh(100) ~ 1: y = 1.5 h
         assert!((y - &h * 1.5).abs().max().double_value(&[]) < 1e-5);
     }
@@ -159,7 +163,7 @@ mod tests {
         let (h, s) = (t(&[3, 4, 2, 2]), t(&[3, 4, 2, 2]));
         let g = gate.gate(&h);
         assert_eq!(g.size(), vec![3, 1, 1, 1]);
-        let y = blend.apply(&h, &s, &h, 1.0);
+        let y = blend.apply(&h, &s, &h, &a(1.0));
         let expected = &h + (&s - &h) * &g;
         assert!((y - expected).abs().max().double_value(&[]) < 1e-6);
     }

@@ -132,6 +132,22 @@ impl MorphogeneticModel {
         Ok(self.host.run_segment(self.plan[self.slots.len()], &h, train))
     }
 
+    /// Puts each running seed's alpha on the device where it changed (before a CUDA graph
+    /// replay, which runs no forward; see [`SeedSlot::sync_alpha`]).
+    pub fn sync_alpha(&self) -> Result<(), ModelError> {
+        for slot in self.slots.iter().filter(|s| s.runs_seed()) {
+            slot.sync_alpha().map_err(|e| ModelError::Torch(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Feeds every slot's topology (see [`SeedSlot::hash_topology`]) into `state`.
+    pub fn hash_topology(&self, state: &mut impl std::hash::Hasher) {
+        for slot in &self.slots {
+            slot.hash_topology(state);
+        }
+    }
+
     /// Indices of the slots whose seed takes part in the forward pass.
     pub fn running_slots(&self) -> Vec<usize> {
         self.slots.iter().enumerate().filter(|(_, s)| s.runs_seed()).map(|(i, _)| i).collect()

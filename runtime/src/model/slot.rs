@@ -14,6 +14,7 @@ use crate::{
     plugin::PluginSeed,
 };
 use serde::{Deserialize, Serialize};
+use std::cell::Cell;
 use tch::{Device, Kind, Tensor};
 
 /// How a slot runs its seed.
@@ -74,6 +75,11 @@ pub struct SeedSlot {
     /// On the seed's device: false once any output of the seed was NaN or infinite.
     /// Accumulated without a sync; read where the training loop already reads.
     finite: Option<Tensor>,
+    /// On the seed's device: the blend's alpha (clamped to [0, 1]) as a 0-d tensor, and
+    /// the value last put there. A changing alpha is a fill of this tensor, never a new
+    /// kernel argument, so a CUDA graph of the step stays right (see [`SeedSlot::sync_alpha`]).
+    alpha: Option<Tensor>,
+    alpha_synced: Cell<f64>,
     /// The blueprint options the seed was created with (kept for checkpoints).
     options: serde_json::Value,
     /// What happened here since the trainer last collected (see [`SeedSlot::take_events`]).
@@ -91,6 +97,8 @@ impl SeedSlot {
             blend: None,
             monitor: None,
             finite: None,
+            alpha: None,
+            alpha_synced: Cell::new(f64::NAN),
             options: serde_json::Value::Null,
             events: Vec::new(),
         }
@@ -146,9 +154,41 @@ impl SeedSlot {
             note_finite(flag, &out).map_err(|e| self.fault(FaultKind::Forward(e.to_string())))?;
         }
         match &self.blend {
-            Some(blend) if !training => Ok(blend.apply(&host, &out, &input, self.alpha())),
+            Some(blend) if !training => {
+                let alpha = self.sync_alpha().map_err(|e| self.fault(FaultKind::Forward(e.to_string())))?;
+                Ok(blend.apply(&host, &out, &input, alpha))
+            }
             _ => Ok(straight_through(&host, &out)),
         }
+    }
+
+    /// Puts the lifecycle's alpha into the slot's device scalar if it changed (a fill
+    /// kernel, no sync) and returns that scalar. The forward calls it; a trainer replaying
+    /// a CUDA graph calls it (through [`super::MorphogeneticModel::sync_alpha`]) before
+    /// each replay, so the value the graph reads is the lifecycle's.
+    pub fn sync_alpha(&self) -> Result<&Tensor, tch::TchError> {
+        let alpha = self.alpha.as_ref().ok_or_else(|| tch::TchError::Torch("the slot has no seed".into()))?;
+        let value = self.alpha().clamp(0.0, 1.0);
+        if self.alpha_synced.get().to_bits() != value.to_bits() {
+            let _ = alpha.shallow_clone().f_fill_(value)?;
+            self.alpha_synced.set(value);
+        }
+        Ok(alpha)
+    }
+
+    /// Feeds what decides the kernels this slot's forward and backward launch (whether
+    /// and which seed runs, its stage, its blend, isolation, a prune blend-out) into
+    /// `state`: a CUDA graph of the step is reused while this stays the same. Alpha is
+    /// not part of it (a device scalar, see [`SeedSlot::sync_alpha`]).
+    pub fn hash_topology(&self, state: &mut impl std::hash::Hasher) {
+        use std::hash::Hash;
+        self.id.hash(state);
+        self.runs_seed().hash(state);
+        self.stage().hash(state);
+        self.lifecycle.state().map(|s| s.seed_id()).hash(state);
+        self.blend.as_ref().map(Blend::algorithm).hash(state);
+        self.config.isolate_gradients.hash(state);
+        self.prune_scheduled().hash(state);
     }
 
     /// Probes `seed` (created for this slot's channel count, with `options`) and
@@ -233,6 +273,8 @@ impl SeedSlot {
 
     fn install(&mut self, seed: PluginSeed, options: serde_json::Value, host_params: &[Tensor]) {
         self.finite = Tensor::f_ones([], (Kind::Bool, seed.device())).ok();
+        self.alpha = Tensor::f_zeros([], (Kind::Float, seed.device())).ok();
+        self.alpha_synced.set(0.0);
         // The monitor watches the seed's own parameters, never a blend's gate network.
         self.monitor = Some(GradientHealthMonitor::new(host_params, &seed.trainable()));
         self.seed = Some(seed);
@@ -437,6 +479,7 @@ impl SeedSlot {
         self.blend = None;
         self.monitor = None;
         self.finite = None;
+        self.alpha = None;
         self.options = serde_json::Value::Null;
     }
 
@@ -479,6 +522,9 @@ impl SeedSlot {
         }
         if let Some(f) = &mut self.finite {
             *f = f.to_device(device);
+        }
+        if let Some(a) = &mut self.alpha {
+            *a = a.to_device(device);
         }
         if let Some(m) = &mut self.monitor {
             m.follow_device_move();

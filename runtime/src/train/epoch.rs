@@ -88,7 +88,7 @@ impl Trainer {
         }
         for (i, (x, y)) in batches.enumerate() {
             let capture = i % gradient_every == 0 || i + 1 == n_batches;
-            self.train_batch(&x, &y, capture, &mut totals, events)?;
+            self.train_step(&x, &y, capture, &mut totals, events)?;
             observer.batch_done();
         }
         let seen = totals.seen.max(1) as f64;

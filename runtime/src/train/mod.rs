@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod compare;
 pub mod controller;
 mod epoch;
+pub mod graph;
 pub mod observer;
 pub mod optim;
 pub mod report;
@@ -39,6 +40,7 @@ pub struct Trainer {
     history: Vec<EpochRecord>,
     device: Device,
     guard: step::StepGuard,
+    graphs: graph::StepGraphs,
 }
 
 /// The key of slot `slot`'s gate-network optimizer among the seed optimizers.
@@ -86,7 +88,6 @@ impl Trainer {
             Controller::new(config.lifecycle.controller.clone(), rotation, config.lifecycle.schedule.clone());
         tracing::info!(device = ?device, train = data.train.len(), val = data.val.len(), slots = ?config.slots, "run prepared");
         Ok(Self {
-            config,
             registry,
             model,
             data,
@@ -94,6 +95,8 @@ impl Trainer {
             seed_opts: BTreeMap::new(),
             controller,
             history: Vec::new(),
+            graphs: graph::StepGraphs::new(config.training.cuda_graph, device),
+            config,
             device,
             guard: step::StepGuard::default(),
         })
@@ -117,6 +120,8 @@ impl Trainer {
     /// Runs the remaining epochs, telling `observer` how it goes.
     pub fn run(&mut self, observer: &mut dyn Observer) -> Result<()> {
         let total = self.config.training.epochs;
+        // With CUDA graphs, everything below runs on the run's stream (see `graph`).
+        let side = self.graphs.side_stream()?;
         let start = self.history.last().map_or(0, |r| r.epoch);
         if start == 0 {
             self.act(0, &mut Vec::new()); // scheduled germinations for epoch 1
@@ -128,6 +133,9 @@ impl Trainer {
             if self.config.output.checkpoint {
                 contained(epoch, "writing the checkpoint", || self.save_checkpoint(epoch))?;
             }
+        }
+        if let Some(side) = side {
+            side.exit()?;
         }
         observer.run_done();
         Ok(())

@@ -2,6 +2,11 @@
 //! libtorch's `_foreach_*` kernels (through `esper-torch-shim`), the state (momentum,
 //! moments, step count) ours to checkpoint: a resumed run continues exactly where it
 //! stopped.
+//!
+//! Nothing in a step changes on the host from one step to the next (Adam's step count,
+//! which its bias corrections need, is kept on the device too), so a CUDA graph of the
+//! training step replays it right ([`Optimizer::count_replayed_step`] keeps the host's
+//! count, which checkpoints read, in line).
 
 use crate::config::OptimizerConfig;
 use esper_torch_shim::{self as shim, ShimError};
@@ -9,6 +14,14 @@ use tch::{Kind, Tensor};
 
 fn refs(v: &[Tensor]) -> Vec<&Tensor> {
     v.iter().collect()
+}
+
+/// A step count as a 0-d double tensor on `device`.
+fn count_on(device: tch::Device, steps: i64) -> Result<Tensor, ShimError> {
+    Tensor::f_from_slice(&[steps as f64])
+        .and_then(|t| t.f_reshape([] as [i64; 0]))
+        .and_then(|t| t.f_to_device(device))
+        .map_err(|e| ShimError(e.to_string()))
 }
 
 /// An optimizer's state, copied for a rollback (see [`Optimizer::save_into`]).
@@ -24,6 +37,8 @@ pub struct Optimizer {
     /// Per parameter: SGD `[momentum]`, Adam `[m, v]` (created lazily on first step).
     state: Vec<Vec<Tensor>>,
     steps: i64,
+    /// Adam: `steps` on the parameters' device (0-d double), made at the first step.
+    device_steps: Option<Tensor>,
     /// A frozen optimizer's `step` changes nothing (a seed blending out for a prune).
     frozen: bool,
 }
@@ -31,13 +46,54 @@ pub struct Optimizer {
 impl Optimizer {
     pub fn new(config: OptimizerConfig, params: Vec<Tensor>) -> Self {
         let state = params.iter().map(|_| Vec::new()).collect();
-        Self { config, params, state, steps: 0, frozen: false }
+        Self { config, params, state, steps: 0, device_steps: None, frozen: false }
     }
 
     /// Freezes (or thaws) its parameters: while frozen, `step` leaves them and the
     /// optimizer state as they are.
     pub fn set_frozen(&mut self, frozen: bool) {
         self.frozen = frozen;
+    }
+
+    pub fn frozen(&self) -> bool {
+        self.frozen
+    }
+
+    /// Steps taken (the host's count, which checkpoints keep).
+    pub fn steps(&self) -> i64 {
+        self.steps
+    }
+
+    /// Sets the host's count only (a CUDA graph capture ran `step` without stepping).
+    pub(super) fn set_steps(&mut self, steps: i64) {
+        self.steps = steps;
+    }
+
+    /// Whether every parameter with a gradient has its state: then a step allocates
+    /// nothing and changes nothing on the host but the count (what a CUDA graph of it
+    /// needs). Before a first step, a parameter without a gradient yet, or Adam's device
+    /// count not made yet, say no.
+    pub fn ready_for_capture(&self) -> bool {
+        let slots = self.state_slots();
+        let states = self.params.iter().zip(&self.state).all(|(p, s)| s.len() == slots || !p.grad().defined());
+        let count = !matches!(self.config, OptimizerConfig::Adam { .. }) || self.device_steps.is_some();
+        self.frozen || (self.steps > 0 && states && count)
+    }
+
+    /// Counts a step a CUDA graph replay made (its kernels updated the parameters, the
+    /// state and the device count).
+    pub fn count_replayed_step(&mut self) {
+        if !self.frozen {
+            self.steps += 1;
+        }
+    }
+
+    fn state_slots(&self) -> usize {
+        match self.config {
+            OptimizerConfig::Sgd { momentum: 0.0, .. } => 0,
+            OptimizerConfig::Sgd { .. } => 1,
+            OptimizerConfig::Adam { .. } => 2,
+        }
     }
 
     /// Zeroes the gradients the group has (one fused kernel for all of them).
@@ -56,11 +112,7 @@ impl Optimizer {
         }
         self.steps += 1;
         let (mut params, mut grads, mut first, mut second) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let slots = match self.config {
-            OptimizerConfig::Sgd { momentum: 0.0, .. } => 0,
-            OptimizerConfig::Sgd { .. } => 1,
-            OptimizerConfig::Adam { .. } => 2,
-        };
+        let slots = self.state_slots();
         for (p, state) in self.params.iter().zip(&mut self.state) {
             let g = p.grad();
             if !g.defined() {
@@ -88,7 +140,12 @@ impl Optimizer {
             }
             OptimizerConfig::Adam { lr, beta1, beta2, weight_decay } => {
                 let settings = shim::Adam { lr, beta1, beta2, weight_decay, eps: 1e-8 };
-                shim::adam(&r(&params), &r(&grads), &r(&first), &r(&second), settings, self.steps)
+                // Made at the first step from the count before it (the shim adds one).
+                let steps = match &self.device_steps {
+                    Some(t) => t,
+                    None => self.device_steps.insert(count_on(params[0].device(), self.steps - 1)?),
+                };
+                shim::adam(&r(&params), &r(&grads), &r(&first), &r(&second), settings, steps)
             }
         }
     }
@@ -130,6 +187,9 @@ impl Optimizer {
     /// dropped, as if it never existed).
     pub fn restore_from(&mut self, copy: &StateCopy) -> Result<(), tch::TchError> {
         self.steps = copy.steps;
+        if let Some(t) = &self.device_steps {
+            let _ = t.shallow_clone().f_fill_(copy.steps as f64)?; // no sync: a fill kernel
+        }
         tch::no_grad(|| {
             for (mine, saved) in self.state.iter_mut().zip(&copy.state) {
                 if mine.len() == saved.len() {
@@ -149,6 +209,7 @@ impl Optimizer {
         let get = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t);
         let steps = get("steps").ok_or("optimizer state has no `steps`")?;
         self.steps = steps.int64_value(&[0]);
+        self.device_steps = None; // made from `steps` at the next step
         for (i, (p, state)) in self.params.iter().zip(&mut self.state).enumerate() {
             state.clear();
             for j in 0.. {

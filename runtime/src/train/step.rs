@@ -58,7 +58,7 @@ impl Totals {
         }
     }
 
-    fn add(&mut self, loss: &Tensor, logits: &Tensor, y: &Tensor) -> Result<(), tch::TchError> {
+    pub(super) fn add(&mut self, loss: &Tensor, logits: &Tensor, y: &Tensor) -> Result<(), tch::TchError> {
         let n = y.size().first().copied().unwrap_or(0);
         let _ = self.loss.f_add_(&loss.f_detach()?.f_mul_scalar(n as f64)?)?;
         let _ = self.correct.f_add_(&logits.f_argmax(1, false)?.f_eq_tensor(y)?.f_sum(Kind::Int64)?)?;
@@ -188,7 +188,7 @@ impl Trainer {
     /// Reads the running seeds' finiteness flags (one transfer) and gradient norms (the
     /// monitor's one transfer per slot). A seed is at fault for non-finite outputs, or
     /// for non-finite gradients while the host's are finite.
-    fn read_health(&mut self) -> Result<Vec<SeedFault>, ModelError> {
+    pub(super) fn read_health(&mut self) -> Result<Vec<SeedFault>, ModelError> {
         let mut faults = self.non_finite_outputs()?;
         let samples = self.model.capture_gradients();
         let slots = self.model.slots();
@@ -235,7 +235,7 @@ impl Trainer {
         Ok(())
     }
 
-    fn roll_back(&mut self) -> Result<()> {
+    pub(super) fn roll_back(&mut self) -> Result<()> {
         self.guard.good.restore()?;
         self.host_opt.restore_from(&self.guard.good_host_opt)?;
         for (id, opt) in self.seed_opts.iter_mut() {

@@ -1,6 +1,7 @@
 //! Timing the training step as a run takes it (the contained step: forward, loss,
 //! backward, the gradient capture every `gradient_every` steps, both optimizers), for
-//! the side-by-side benchmark against PyTorch (`scripts/bench-vs-pytorch.sh`).
+//! the side-by-side benchmark against PyTorch (`scripts/bench-vs-pytorch.sh`); on CUDA
+//! with the run's `cuda_graph` setting (replays once captured).
 
 use super::{seeds::germinate, step::Totals, Trainer};
 use crate::lifecycle::SeedStage;
@@ -31,15 +32,19 @@ impl Trainer {
         let mut totals = Totals::new(self.device);
         let mut events = Vec::new();
         let mut times = Vec::with_capacity(steps);
+        let side = self.graphs.side_stream()?;
         for i in 0..warmup + steps {
             let started = Instant::now();
-            self.train_batch(&x, &y, i % every == 0, &mut totals, &mut events)?;
+            self.train_step(&x, &y, i % every == 0, &mut totals, &mut events)?;
             if let Device::Cuda(index) = self.device {
                 tch::Cuda::synchronize(index as i64);
             }
             if i >= warmup {
                 times.push(started.elapsed().as_secs_f64() * 1e3);
             }
+        }
+        if let Some(side) = side {
+            side.exit()?;
         }
         ensure!(events.is_empty(), "the timed steps changed the lifecycle: {events:?}");
         Ok(times)

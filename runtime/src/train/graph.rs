@@ -1,0 +1,303 @@
+//! Whole-step CUDA graphs (`[training] cuda_graph = "auto"`, the default).
+//!
+//! On a CUDA device a training step (forward through host and seeds, loss, zeroing the
+//! gradients, backward, both optimizers, the seeds' finiteness flags) is captured once
+//! as a CUDA graph and replayed for every batch of the same shape: one launch instead of
+//! hundreds, no host work per kernel. The whole run (steps, validation, lifecycle) goes
+//! on one side stream: a capture needs a stream other than the default one, and the
+//! autograd engine keeps the stream a parameter was first used on.
+//!
+//! * **When it is recaptured.** A graph is kept while the topology stays the same: which
+//!   seed runs where, its stage, its blend, isolation, a prune blend-out, which
+//!   optimizers step and whether they are frozen ([`Trainer::topology_key`]). After a
+//!   change (germinate, stage change, prune, fossilize, a seed contained) the next
+//!   [`WARMUP_STEPS`] steps run eagerly (they are real steps; libtorch and the optimizers
+//!   make what they make on first use), then the next one is captured. Alpha is a device
+//!   scalar filled before each replay ([`crate::model::MorphogeneticModel::sync_alpha`]),
+//!   so a moving alpha needs no recapture; Adam's step count lives on the device too.
+//! * **Containment.** A replay runs no plugin code, only the kernels the plugin launched
+//!   when captured, so what a seed can still do wrong is produce non-finite values: the
+//!   flags and gradients are read every `gradient_every` steps, after the replay, and a
+//!   seed at fault is handled as in the eager step (roll back to the last good state,
+//!   prune, re-run the batch without it). A plugin that fails while captured (an op that
+//!   cannot be captured, a host sync) is not blamed: the capture is abandoned and that
+//!   topology runs eagerly, the reason logged; the eager step then judges the seed.
+//! * **Where it falls back.** The CPU, `cuda_graph = "off"`, a build without CUDA graph
+//!   support, a batch of another shape (the last, partial one): eager steps, as before.
+//!
+//! Loss and accuracy are added to the epoch's totals from the graph's outputs after each
+//! replay (outside the graph, because a step spoiled by a seed must not count).
+
+use super::{step::cross_entropy, step::Totals, Trainer};
+use crate::{config::CudaGraphMode, lifecycle::LifecycleEvent};
+use anyhow::{anyhow, Context, Result};
+use esper_torch_shim::graph::{self as shim, CudaGraph, CudaStream, SideStream};
+use serde::Serialize;
+use std::{
+    hash::{Hash, Hasher},
+    time::Instant,
+};
+use tch::{Device, Tensor};
+
+/// Eager steps after a topology change before the step is captured.
+pub const WARMUP_STEPS: u32 = 2;
+
+/// What the graphs did so far in this run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct GraphStats {
+    /// Graphs captured (one per topology, and again after a change).
+    pub captures: u32,
+    /// Captures abandoned (the topology then ran eagerly).
+    pub refusals: u32,
+    /// Steps that were a graph replay.
+    pub replays: u64,
+    /// Steps run eagerly while graphs were on (warm-up, other shapes, refused topologies).
+    pub eager_steps: u64,
+    /// Milliseconds the last capture took (capture and instantiation, no replay).
+    pub last_capture_ms: f64,
+}
+
+/// A captured step: the graph and the tensors it reads and writes.
+struct Captured {
+    graph: CudaGraph,
+    /// The inputs it reads: each batch is copied in before a replay.
+    x: Tensor,
+    y: Tensor,
+    /// The outputs it writes.
+    loss: Tensor,
+    logits: Tensor,
+}
+
+/// The trainer's graph state.
+pub(super) struct StepGraphs {
+    /// Why graphs are off for the whole run; None when they are on.
+    off: Option<String>,
+    /// The stream every step of the run goes on (one for the run: autograd remembers
+    /// the stream a parameter was first used on, and a capture needs them all the same).
+    stream: Option<CudaStream>,
+    key: Option<u64>,
+    warm: u32,
+    current: Option<Captured>,
+    /// Why the current topology runs eagerly (its capture failed).
+    refused: Option<String>,
+    /// Why the last refused capture was refused (kept across topologies).
+    last_refusal: Option<String>,
+    stats: GraphStats,
+}
+
+impl StepGraphs {
+    pub fn new(mode: CudaGraphMode, device: Device) -> Self {
+        let stream = match (mode, device) {
+            (CudaGraphMode::Off, _) => Err("off in the config ([training] cuda_graph = \"off\")".to_string()),
+            (_, Device::Cpu | Device::Mps | Device::Vulkan) => Err(format!("the device is {device:?}, not CUDA")),
+            (CudaGraphMode::Auto, Device::Cuda(index)) => CudaStream::new(index).map_err(|e| e.to_string()),
+        };
+        let (stream, off) = match stream {
+            Ok(s) => (Some(s), None),
+            Err(why) => (None, Some(why)),
+        };
+        match &off {
+            None => {
+                tracing::info!(event = "cuda_graphs", "CUDA graphs on: each training step topology is captured once")
+            }
+            Some(why) => tracing::info!(event = "cuda_graphs", reason = %why, "CUDA graphs off: eager steps"),
+        }
+        Self {
+            off,
+            stream,
+            key: None,
+            warm: 0,
+            current: None,
+            refused: None,
+            last_refusal: None,
+            stats: GraphStats::default(),
+        }
+    }
+
+    pub fn on(&self) -> bool {
+        self.off.is_none()
+    }
+
+    /// Makes the run's stream current while graphs are on (None when off).
+    pub fn side_stream(&self) -> Result<Option<SideStream>> {
+        match &self.stream {
+            Some(stream) => Ok(Some(SideStream::enter(stream).context("entering the run's CUDA stream")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Forgets the graph of another topology.
+    fn follow(&mut self, key: u64) {
+        if self.key != Some(key) {
+            self.key = Some(key);
+            self.warm = 0;
+            self.current = None;
+            self.refused = None;
+        }
+    }
+}
+
+impl Trainer {
+    /// What decides the kernels of a training step, as a hash (see the module docs).
+    pub(super) fn topology_key(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.model.hash_topology(&mut h);
+        self.host_opt.frozen().hash(&mut h);
+        for (id, opt) in &self.seed_opts {
+            id.hash(&mut h);
+            opt.frozen().hash(&mut h);
+        }
+        h.finish()
+    }
+
+    pub fn graph_stats(&self) -> GraphStats {
+        self.graphs.stats
+    }
+
+    /// Why CUDA graphs are off for this run, if they are.
+    pub fn graphs_off(&self) -> Option<&str> {
+        self.graphs.off.as_deref()
+    }
+
+    /// Why the last capture that failed failed, if one did.
+    pub fn last_graph_refusal(&self) -> Option<&str> {
+        self.graphs.last_refusal.as_deref()
+    }
+
+    /// One training step on `x`, `y`: a graph replay where one can be used, else the
+    /// eager contained step ([`Trainer::train_batch`]).
+    pub(super) fn train_step(
+        &mut self,
+        x: &Tensor,
+        y: &Tensor,
+        capture: bool,
+        totals: &mut Totals,
+        events: &mut Vec<LifecycleEvent>,
+    ) -> Result<()> {
+        if !self.graphs.on() {
+            return self.train_batch(x, y, capture, totals, events);
+        }
+        self.graphs.follow(self.topology_key());
+        let same_shape = |c: &Captured| c.x.size() == x.size() && c.y.size() == y.size();
+        match &self.graphs.current {
+            Some(c) if same_shape(c) => return self.replay(x, y, capture, totals, events),
+            Some(_) => return self.eager_step(x, y, capture, totals, events),
+            None => {}
+        }
+        let ready = self.host_opt.ready_for_capture() && self.seed_opts.values().all(|o| o.ready_for_capture());
+        if self.graphs.refused.is_some() || self.graphs.warm < WARMUP_STEPS || !ready {
+            self.graphs.warm += 1;
+            return self.eager_step(x, y, capture, totals, events);
+        }
+        match self.capture(x, y) {
+            Ok(()) => self.replay(x, y, capture, totals, events),
+            Err(why) => {
+                tracing::warn!(event = "cuda_graph_refused", reason = %why, "capturing the training step failed: this topology runs eagerly");
+                self.graphs.last_refusal = Some(why.clone());
+                self.graphs.refused = Some(why);
+                self.graphs.stats.refusals += 1;
+                self.eager_step(x, y, capture, totals, events)
+            }
+        }
+    }
+
+    fn eager_step(
+        &mut self,
+        x: &Tensor,
+        y: &Tensor,
+        capture: bool,
+        totals: &mut Totals,
+        events: &mut Vec<LifecycleEvent>,
+    ) -> Result<()> {
+        self.graphs.stats.eager_steps += 1;
+        self.train_batch(x, y, capture, totals, events)
+    }
+
+    /// Captures one step on copies of `x`, `y` (the graph's inputs from now on). Nothing
+    /// runs: the step itself is the first replay. The optimizers' host counts are put
+    /// back (each replay counts its step).
+    fn capture(&mut self, x: &Tensor, y: &Tensor) -> Result<(), String> {
+        let started = Instant::now();
+        let inputs = x.f_detach_copy().and_then(|x| Ok((x, y.f_detach_copy()?))).map_err(|e| e.to_string())?;
+        self.model.sync_alpha().map_err(|e| e.to_string())?;
+        let counts = self.optimizer_counts();
+        let capture = shim::Capture::begin().map_err(|e| e.to_string())?;
+        let attempt =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.captured_step(&inputs.0, &inputs.1)))
+                .unwrap_or_else(|payload| Err(esper_plugin_api::panic_message(payload.as_ref())));
+        let outcome = attempt.and_then(|outputs| capture.end().map(|g| (g, outputs)).map_err(|e| e.to_string()));
+        self.set_optimizer_counts(&counts);
+        let (graph, (loss, logits)) = outcome.map_err(|e| crate::torch_error::summary(&e))?;
+        self.graphs.current = Some(Captured { graph, x: inputs.0, y: inputs.1, loss, logits });
+        self.graphs.stats.captures += 1;
+        self.graphs.stats.last_capture_ms = started.elapsed().as_secs_f64() * 1e3;
+        tracing::debug!(
+            event = "cuda_graph_captured",
+            ms = self.graphs.stats.last_capture_ms,
+            "training step captured"
+        );
+        Ok(())
+    }
+
+    /// The step as captured: forward, loss, zeroing, backward, the optimizer steps.
+    fn captured_step(&mut self, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor), String> {
+        let logits = self.model.forward(x, true).map_err(|e| e.to_string())?;
+        let loss = cross_entropy(&logits, y).map_err(|e| e.to_string())?;
+        self.host_opt.zero_grad().map_err(|e| e.to_string())?;
+        for opt in self.seed_opts.values_mut() {
+            opt.zero_grad().map_err(|e| e.to_string())?;
+        }
+        loss.f_backward().map_err(|e| e.to_string())?;
+        self.host_opt.step().map_err(|e| e.to_string())?;
+        for opt in self.seed_opts.values_mut() {
+            opt.step().map_err(|e| e.to_string())?;
+        }
+        Ok((loss.detach(), logits.detach()))
+    }
+
+    fn optimizer_counts(&self) -> Vec<i64> {
+        std::iter::once(&self.host_opt).chain(self.seed_opts.values()).map(|o| o.steps()).collect()
+    }
+
+    fn set_optimizer_counts(&mut self, counts: &[i64]) {
+        let opts = std::iter::once(&mut self.host_opt).chain(self.seed_opts.values_mut());
+        for (opt, &n) in opts.zip(counts) {
+            opt.set_steps(n);
+        }
+    }
+
+    /// Replays the captured step on `x`, `y`; reads the seeds' health where the eager
+    /// step would, and handles a seed at fault as it does.
+    fn replay(
+        &mut self,
+        x: &Tensor,
+        y: &Tensor,
+        capture: bool,
+        totals: &mut Totals,
+        events: &mut Vec<LifecycleEvent>,
+    ) -> Result<()> {
+        let c = self.graphs.current.as_ref().ok_or_else(|| anyhow!("internal: no graph to replay"))?;
+        c.x.shallow_clone().f_copy_(x)?;
+        c.y.shallow_clone().f_copy_(y)?;
+        self.model.sync_alpha()?;
+        c.graph.replay().map_err(|e| anyhow!("replaying the training step's CUDA graph failed: {e}"))?;
+        self.host_opt.count_replayed_step();
+        self.seed_opts.values_mut().for_each(|o| o.count_replayed_step());
+        self.graphs.stats.replays += 1;
+        if capture {
+            let faults = self.read_health().map_err(|e| anyhow!("reading seed health failed: {e}"))?;
+            if !faults.is_empty() {
+                self.roll_back()?;
+                self.contain(faults, events)?;
+                // The topology changed: this batch again, eagerly, without the seed.
+                return self.eager_step(x, y, capture, totals, events);
+            }
+            if self.model.slots().iter().any(|s| s.runs_seed()) {
+                self.save_good()?;
+            }
+        }
+        let c = self.graphs.current.as_ref().ok_or_else(|| anyhow!("internal: no graph to replay"))?;
+        totals.add(&c.loss, &c.logits, y)?;
+        Ok(())
+    }
+}

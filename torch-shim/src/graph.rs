@@ -1,0 +1,229 @@
+//! CUDA graphs (`cpp/graph.cpp`): a side stream to run steps on, and the capture, replay
+//! and release of a graph of everything queued on it between [`Capture::begin`] and
+//! [`Capture::end`].
+//!
+//! A capture records kernels without running them: tensors allocated while capturing
+//! come from the graph's own memory pool and keep their addresses on every replay, so a
+//! replay reads its inputs from, and writes its outputs to, the tensors the capture saw.
+//!
+//! Built where the libtorch has CUDA and the CUDA headers were found (see `build.rs`);
+//! elsewhere [`available`] says why not and every call returns that reason.
+
+use crate::ShimError;
+use std::ffi::{c_char, c_void};
+
+#[cfg(esper_cuda_graphs)]
+mod ffi {
+    use std::ffi::{c_char, c_void};
+    extern "C" {
+        pub fn esper_stream_new(device: i32, err: *mut c_char, len: usize) -> *mut c_void;
+        pub fn esper_stream_free(stream: *mut c_void);
+        pub fn esper_side_stream_enter(stream: *const c_void, err: *mut c_char, len: usize) -> *mut c_void;
+        pub fn esper_side_stream_exit(scope: *mut c_void, err: *mut c_char, len: usize) -> i32;
+        pub fn esper_graph_begin(err: *mut c_char, len: usize) -> *mut c_void;
+        pub fn esper_graph_end(g: *mut c_void, err: *mut c_char, len: usize) -> i32;
+        pub fn esper_graph_abort(g: *mut c_void);
+        pub fn esper_graph_replay(g: *mut c_void, err: *mut c_char, len: usize) -> i32;
+        pub fn esper_graph_free(g: *mut c_void);
+    }
+}
+
+/// Whether this build can capture CUDA graphs; Err says why not.
+pub fn available() -> Result<(), ShimError> {
+    #[cfg(esper_cuda_graphs)]
+    return Ok(());
+    #[cfg(not(esper_cuda_graphs))]
+    Err(ShimError(format!("this build has no CUDA graph support: {}", env!("ESPER_NO_CUDA_GRAPHS"))))
+}
+
+/// Runs a shim call that returns a handle (null on failure, with the message).
+#[cfg_attr(not(esper_cuda_graphs), allow(dead_code))]
+fn handle(f: impl FnOnce(*mut c_char, usize) -> *mut c_void) -> Result<*mut c_void, ShimError> {
+    let mut out = std::ptr::null_mut();
+    crate::call(|err, len| {
+        out = f(err, len);
+        i32::from(out.is_null())
+    })?;
+    Ok(out)
+}
+
+/// A CUDA stream from libtorch's pool (not the default stream), to run a trainer's
+/// steps on: made once, entered with [`SideStream::enter`] as often as needed.
+pub struct CudaStream(*mut c_void);
+
+impl CudaStream {
+    pub fn new(device: usize) -> Result<Self, ShimError> {
+        available()?;
+        #[cfg(esper_cuda_graphs)]
+        {
+            let device = i32::try_from(device).map_err(|_| ShimError(format!("CUDA device {device}")))?;
+            // SAFETY: plain values in; the shim catches every C++ exception.
+            handle(|err, len| unsafe { ffi::esper_stream_new(device, err, len) }).map(Self)
+        }
+        #[cfg(not(esper_cuda_graphs))]
+        unreachable!("available() is Err without CUDA graph support (device {device})")
+    }
+}
+
+impl Drop for CudaStream {
+    fn drop(&mut self) {
+        #[cfg(esper_cuda_graphs)]
+        // SAFETY: `self.0` came from `esper_stream_new` and is freed once, here.
+        unsafe {
+            ffi::esper_stream_free(self.0)
+        }
+    }
+}
+
+impl std::fmt::Debug for CudaStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CudaStream")
+    }
+}
+
+/// `stream` made current on its device (after the work queued on the stream that was
+/// current); dropping it (or [`SideStream::exit`]) makes that stream current again, after
+/// the side stream's work. Current streams are per thread: enter and leave on one.
+pub struct SideStream(*mut c_void);
+
+impl SideStream {
+    #[cfg_attr(not(esper_cuda_graphs), allow(unused_variables))]
+    pub fn enter(stream: &CudaStream) -> Result<Self, ShimError> {
+        available()?;
+        #[cfg(esper_cuda_graphs)]
+        // SAFETY: `stream.0` is a live stream handle borrowed for the call; exceptions
+        // are caught in the shim.
+        return handle(|err, len| unsafe { ffi::esper_side_stream_enter(stream.0, err, len) }).map(Self);
+        #[cfg(not(esper_cuda_graphs))]
+        unreachable!("available() is Err without CUDA graph support")
+    }
+
+    /// Leaves the side stream, reporting an error (dropping it ignores one).
+    pub fn exit(mut self) -> Result<(), ShimError> {
+        let scope = std::mem::replace(&mut self.0, std::ptr::null_mut());
+        exit(scope)
+    }
+}
+
+#[cfg_attr(not(esper_cuda_graphs), allow(unused_variables))]
+fn exit(scope: *mut c_void) -> Result<(), ShimError> {
+    if scope.is_null() {
+        return Ok(());
+    }
+    #[cfg(esper_cuda_graphs)]
+    // SAFETY: `scope` came from `esper_side_stream_enter` and is released here once
+    // (the caller nulls its copy); exceptions are caught in the shim.
+    return crate::call(|err, len| unsafe { ffi::esper_side_stream_exit(scope, err, len) });
+    #[cfg(not(esper_cuda_graphs))]
+    Ok(())
+}
+
+impl Drop for SideStream {
+    fn drop(&mut self) {
+        let scope = std::mem::replace(&mut self.0, std::ptr::null_mut());
+        if let Err(e) = exit(scope) {
+            tracing::warn!(error = %e, "leaving the CUDA side stream failed");
+        }
+    }
+}
+
+/// A capture in progress on the current (side) stream. Dropping it aborts the capture.
+pub struct Capture(*mut c_void);
+
+impl Capture {
+    /// Starts capturing the current stream, which must not be the default stream (enter a
+    /// [`SideStream`] first).
+    pub fn begin() -> Result<Self, ShimError> {
+        available()?;
+        #[cfg(esper_cuda_graphs)]
+        // SAFETY: no arguments but the error buffer; exceptions are caught in the shim.
+        return handle(|err, len| unsafe { ffi::esper_graph_begin(err, len) }).map(Self);
+        #[cfg(not(esper_cuda_graphs))]
+        unreachable!("available() is Err without CUDA graph support")
+    }
+
+    /// Ends the capture: the graph, ready to replay. On failure the capture is aborted.
+    pub fn end(mut self) -> Result<CudaGraph, ShimError> {
+        let g = std::mem::replace(&mut self.0, std::ptr::null_mut());
+        #[cfg(esper_cuda_graphs)]
+        {
+            // SAFETY: `g` is the live handle `begin` returned, owned by `self` until here.
+            if let Err(e) = crate::call(|err, len| unsafe { ffi::esper_graph_end(g, err, len) }) {
+                abort(g);
+                return Err(e);
+            }
+            Ok(CudaGraph(g))
+        }
+        #[cfg(not(esper_cuda_graphs))]
+        Err(ShimError(format!("no CUDA graph support (handle {g:?})")))
+    }
+}
+
+#[cfg_attr(not(esper_cuda_graphs), allow(unused_variables))]
+fn abort(g: *mut c_void) {
+    #[cfg(esper_cuda_graphs)]
+    if !g.is_null() {
+        // SAFETY: `g` came from `esper_graph_begin` and is released here once.
+        unsafe { ffi::esper_graph_abort(g) }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        abort(std::mem::replace(&mut self.0, std::ptr::null_mut()));
+    }
+}
+
+/// A captured CUDA graph.
+pub struct CudaGraph(*mut c_void);
+
+impl CudaGraph {
+    /// Replays the graph on the current stream (asynchronously, as the kernels would run).
+    pub fn replay(&self) -> Result<(), ShimError> {
+        #[cfg(esper_cuda_graphs)]
+        // SAFETY: `self.0` is a live graph handle owned by `self`; exceptions are caught.
+        return crate::call(|err, len| unsafe { ffi::esper_graph_replay(self.0, err, len) });
+        #[cfg(not(esper_cuda_graphs))]
+        Err(ShimError("no CUDA graph support".into()))
+    }
+}
+
+impl Drop for CudaGraph {
+    fn drop(&mut self) {
+        #[cfg(esper_cuda_graphs)]
+        // SAFETY: `self.0` is a live graph handle owned by `self`, freed once here.
+        unsafe {
+            ffi::esper_graph_free(self.0)
+        }
+    }
+}
+
+impl std::fmt::Debug for CudaGraph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CudaGraph")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn availability_matches_the_build() {
+        let built = cfg!(esper_cuda_graphs);
+        assert_eq!(available().is_ok(), built);
+        if let Err(e) = available() {
+            assert!(e.0.contains("no CUDA graph support"), "{e}");
+        }
+    }
+
+    #[test]
+    fn without_a_cuda_device_a_stream_is_an_error_not_a_crash() {
+        if tch::Cuda::is_available() {
+            return; // the GPU machine: tests/gpu.rs covers streams and graphs there
+        }
+        let e = CudaStream::new(0).expect_err("no CUDA device: no stream");
+        assert!(!e.0.is_empty());
+        assert!(Capture::begin().is_err(), "no capture without a CUDA device");
+    }
+}
