@@ -4,7 +4,11 @@
 //!   the op table (five ops, each a call through it) against the native plugin's one
 //!   call into code linked with its own libtorch;
 //! * `step`: a batch-8 training step of the host with the seed at `r0c1` in TRAINING
-//!   (isolation layer, straight-through estimator, SGD), as in `training_step`.
+//!   (isolation layer, straight-through estimator, SGD), as in `training_step`;
+//! * `paired`: the same step, native and portable alternated for `PAIRED_ROUNDS` rounds
+//!   and timed one by one, printed as the two medians and their ratio: on a 2-core
+//!   machine criterion's separate runs of the two move by 10-15% with the machine's
+//!   noise, far more than the difference it is meant to show.
 //!
 //! Needs the release plugins: `cargo build --release -p esper-norm -p esper-norm-portable`
 //! (scripts/bench.sh does).
@@ -15,13 +19,14 @@ use esper_runtime::{
     isolation::{seed_input, straight_through},
     plugin::{BlueprintRegistry, PluginSeed},
 };
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tch::{
     nn::{self, OptimizerConfig},
     Device, Kind, Tensor,
 };
 
 const SLOT: &str = "r0c1";
+const PAIRED_ROUNDS: usize = 200;
 const CHANNELS: i64 = 64;
 
 fn seed(crate_name: &str) -> PluginSeed {
@@ -61,23 +66,44 @@ fn bench(c: &mut Criterion) {
     let x = Tensor::randn([batch, 3, 32, 32], (Kind::Float, Device::Cpu));
     let labels = Tensor::randint(10, [batch], (Kind::Int64, Device::Cpu));
     let (to_slot, from_slot) = (host.segment(None, Some(SLOT)).unwrap(), host.segment(Some(SLOT), None).unwrap());
-    for (name, s) in &seeds {
-        let mut seed_opt = nn::Sgd::default().build(s.vars(), 0.01).unwrap();
-        group.bench_function(BenchmarkId::new(*name, batch), |b| {
-            b.iter(|| {
-                let h = host.run_segment(to_slot, &host.prepare_input(&x), true);
-                let y = s.forward(&seed_input(&h, true), true).unwrap();
-                let loss =
-                    host.run_segment(from_slot, &straight_through(&h, &y), true).cross_entropy_for_logits(&labels);
-                host_opt.zero_grad();
-                seed_opt.zero_grad();
-                loss.backward();
-                host_opt.step();
-                seed_opt.step();
-            })
-        });
+    let mut opts: Vec<nn::Optimizer> =
+        seeds.iter().map(|(_, s)| nn::Sgd::default().build(s.vars(), 0.01).unwrap()).collect();
+    let mut step = |i: usize| {
+        let s = &seeds[i].1;
+        let h = host.run_segment(to_slot, &host.prepare_input(&x), true);
+        let y = s.forward(&seed_input(&h, true), true).unwrap();
+        let loss = host.run_segment(from_slot, &straight_through(&h, &y), true).cross_entropy_for_logits(&labels);
+        host_opt.zero_grad();
+        opts[i].zero_grad();
+        loss.backward();
+        host_opt.step();
+        opts[i].step();
+    };
+    for (i, (name, _)) in seeds.iter().enumerate() {
+        group.bench_function(BenchmarkId::new(*name, batch), |b| b.iter(|| step(i)));
     }
     group.finish();
+
+    // Paired: the two alternated, each step timed.
+    let mut times = [Vec::with_capacity(PAIRED_ROUNDS), Vec::with_capacity(PAIRED_ROUNDS)];
+    for round in 0..PAIRED_ROUNDS {
+        for k in 0..2 {
+            let i = (round + k) % 2; // who goes first alternates too
+            let started = Instant::now();
+            step(i);
+            times[i].push(started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (native, portable) = (median(&mut times[0]), median(&mut times[1]));
+    println!(
+        "portable_vs_native_step/paired/{batch}: native {native:.3} ms, portable {portable:.3} ms (medians of \
+         {PAIRED_ROUNDS} alternated steps each), portable / native = {:.3}",
+        portable / native
+    );
 }
 
 criterion_group!(benches, bench);
