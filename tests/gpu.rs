@@ -307,3 +307,24 @@ fn a_seed_that_syncs_with_the_host_runs_eagerly_and_is_not_blamed() {
     // generator left in capture mode refuses) and the eager steps above ran.
     assert!(Tensor::randn([4], (Kind::Float, Device::Cuda(0))).isfinite().all().int64_value(&[]) == 1);
 }
+
+#[test]
+#[ignore = "needs CUDA: run scripts/test-gpu.sh"]
+fn a_seed_going_non_finite_inside_a_graph_is_rolled_back_and_pruned() {
+    gpu();
+    // `nan-after-n-steps` behaves for its first train-mode forwards (the probe, the two
+    // eager warm-up steps of its first TRAINING epoch) and returns NaN from the next on:
+    // that forward is the one captured, so the replays produce NaN.
+    let lib = plugin_lib("esper-fixture-misbehaving");
+    let t = graph_job("graph-nan", &lib, "nan-after-n-steps", "auto", 3);
+    let stats = t.graph_stats();
+    eprintln!("graph stats: {stats:?}, last refusal: {:?}", t.last_graph_refusal());
+    assert!(stats.replays > 0 && stats.refusals == 0, "{stats:?}");
+    let events: Vec<_> = t.history().iter().flat_map(|r| r.events.iter()).collect();
+    assert!(events.iter().any(|e| matches!(e, LifecycleEvent::Pruned { .. })), "pruned: {events:?}");
+    // The spoiled steps were rolled back and not counted: the epoch sums stay finite.
+    for r in t.history() {
+        assert!(r.train_loss.is_finite() && r.val_loss.is_finite(), "{r:?}");
+    }
+    assert!(state(&t).iter().all(|p| p.isfinite().all().int64_value(&[]) == 1), "every parameter finite");
+}

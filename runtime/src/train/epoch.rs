@@ -82,9 +82,10 @@ impl Trainer {
         let (n_batches, gradient_every) = (batches.len(), cfg.gradient_every);
         observer.epoch_started(epoch, n_batches);
         let started = Instant::now();
-        let mut totals = step::Totals::new(self.device);
+        let mut totals = self.graphs.epoch_totals(self.device)?;
         if self.model.slots().iter().any(|s| s.runs_seed()) {
             self.save_good()?; // the first state a non-finite seed can be rolled back to
+            self.save_good_totals(&totals)?;
         }
         for (i, (x, y)) in batches.enumerate() {
             let capture = i % gradient_every == 0 || i + 1 == n_batches;

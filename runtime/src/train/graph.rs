@@ -25,8 +25,9 @@
 //! * **Where it falls back.** The CPU, `cuda_graph = "off"`, a build without CUDA graph
 //!   support, a batch of another shape (the last, partial one): eager steps, as before.
 //!
-//! Loss and accuracy are added to the epoch's totals from the graph's outputs after each
-//! replay (outside the graph, because a step spoiled by a seed must not count).
+//! The epoch's loss and accuracy sums are added inside the graph, into accumulators the
+//! run keeps (zeroed each epoch); a rollback puts them back with the rest of the state
+//! (steps it discards do not count), as in the eager step.
 
 use super::{step::cross_entropy, step::Totals, Trainer};
 use crate::{config::CudaGraphMode, lifecycle::LifecycleEvent};
@@ -63,9 +64,6 @@ struct Captured {
     /// The inputs it reads: each batch is copied in before a replay.
     x: Tensor,
     y: Tensor,
-    /// The outputs it writes.
-    loss: Tensor,
-    logits: Tensor,
 }
 
 /// The trainer's graph state.
@@ -82,6 +80,9 @@ pub(super) struct StepGraphs {
     refused: Option<String>,
     /// Why the last refused capture was refused (kept across topologies).
     last_refusal: Option<String>,
+    /// The epoch totals' device tensors, the same for the whole run (a graph adds into
+    /// them).
+    totals: Option<Totals>,
     stats: GraphStats,
 }
 
@@ -110,6 +111,7 @@ impl StepGraphs {
             current: None,
             refused: None,
             last_refusal: None,
+            totals: None,
             stats: GraphStats::default(),
         }
     }
@@ -124,6 +126,15 @@ impl StepGraphs {
             Some(stream) => Ok(Some(SideStream::enter(stream).context("entering the run's CUDA stream")?)),
             None => Ok(None),
         }
+    }
+
+    /// A new epoch's totals: while graphs are on, the run's accumulators zeroed (a captured
+    /// step adds into them); else new ones.
+    pub fn epoch_totals(&mut self, device: Device) -> Result<Totals> {
+        if !self.on() {
+            return Ok(Totals::new(device));
+        }
+        Ok(self.totals.get_or_insert_with(|| Totals::new(device)).restarted()?)
     }
 
     /// Forgets the graph of another topology.
@@ -189,7 +200,7 @@ impl Trainer {
             self.graphs.warm += 1;
             return self.eager_step(x, y, capture, totals, events);
         }
-        match self.capture(x, y) {
+        match self.capture(x, y, totals) {
             Ok(()) => self.replay(x, y, capture, totals, events),
             Err(why) => {
                 tracing::warn!(event = "cuda_graph_refused", reason = %why, "capturing the training step failed: this topology runs eagerly");
@@ -216,19 +227,19 @@ impl Trainer {
     /// Captures one step on copies of `x`, `y` (the graph's inputs from now on). Nothing
     /// runs: the step itself is the first replay. The optimizers' host counts are put
     /// back (each replay counts its step).
-    fn capture(&mut self, x: &Tensor, y: &Tensor) -> Result<(), String> {
+    fn capture(&mut self, x: &Tensor, y: &Tensor, totals: &Totals) -> Result<(), String> {
         let started = Instant::now();
         let inputs = x.f_detach_copy().and_then(|x| Ok((x, y.f_detach_copy()?))).map_err(|e| e.to_string())?;
         self.model.sync_alpha().map_err(|e| e.to_string())?;
         let counts = self.optimizer_counts();
         let capture = shim::Capture::begin().map_err(|e| e.to_string())?;
         let attempt =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.captured_step(&inputs.0, &inputs.1)))
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.captured_step(&inputs.0, &inputs.1, totals)))
                 .unwrap_or_else(|payload| Err(esper_plugin_api::panic_message(payload.as_ref())));
         let outcome = attempt.and_then(|outputs| capture.end().map(|g| (g, outputs)).map_err(|e| e.to_string()));
         self.set_optimizer_counts(&counts);
-        let (graph, (loss, logits)) = outcome.map_err(|e| crate::torch_error::summary(&e))?;
-        self.graphs.current = Some(Captured { graph, x: inputs.0, y: inputs.1, loss, logits });
+        let (graph, ()) = outcome.map_err(|e| crate::torch_error::summary(&e))?;
+        self.graphs.current = Some(Captured { graph, x: inputs.0, y: inputs.1 });
         self.graphs.stats.captures += 1;
         self.graphs.stats.last_capture_ms = started.elapsed().as_secs_f64() * 1e3;
         tracing::debug!(
@@ -239,8 +250,9 @@ impl Trainer {
         Ok(())
     }
 
-    /// The step as captured: forward, loss, zeroing, backward, the optimizer steps.
-    fn captured_step(&mut self, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor), String> {
+    /// The step as captured: forward, loss, zeroing, backward, the optimizer steps, the
+    /// epoch's loss and accuracy sums.
+    fn captured_step(&mut self, x: &Tensor, y: &Tensor, totals: &Totals) -> Result<(), String> {
         let logits = self.model.forward(x, true).map_err(|e| e.to_string())?;
         let loss = cross_entropy(&logits, y).map_err(|e| e.to_string())?;
         self.host_opt.zero_grad().map_err(|e| e.to_string())?;
@@ -252,7 +264,7 @@ impl Trainer {
         for opt in self.seed_opts.values_mut() {
             opt.step().map_err(|e| e.to_string())?;
         }
-        Ok((loss.detach(), logits.detach()))
+        totals.add_on_device(&loss, &logits, y).map_err(|e| e.to_string())
     }
 
     fn optimizer_counts(&self) -> Vec<i64> {
@@ -288,16 +300,17 @@ impl Trainer {
             let faults = self.read_health().map_err(|e| anyhow!("reading seed health failed: {e}"))?;
             if !faults.is_empty() {
                 self.roll_back()?;
+                self.restore_good_totals(totals)?;
                 self.contain(faults, events)?;
                 // The topology changed: this batch again, eagerly, without the seed.
                 return self.eager_step(x, y, capture, totals, events);
             }
-            if self.model.slots().iter().any(|s| s.runs_seed()) {
-                self.save_good()?;
-            }
         }
-        let c = self.graphs.current.as_ref().ok_or_else(|| anyhow!("internal: no graph to replay"))?;
-        totals.add(&c.loss, &c.logits, y)?;
+        totals.seen += y.size().first().copied().unwrap_or(0);
+        if capture && self.model.slots().iter().any(|s| s.runs_seed()) {
+            self.save_good()?;
+            self.save_good_totals(totals)?;
+        }
         Ok(())
     }
 }

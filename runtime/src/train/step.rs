@@ -36,6 +36,9 @@ pub(super) struct StepGuard {
     good: TensorCopy,
     good_host_opt: StateCopy,
     good_seed_opts: BTreeMap<String, StateCopy>,
+    /// The epoch's loss and accuracy sums (and examples seen) at that step: the steps a
+    /// rollback discards do not count either.
+    good_totals: Option<(Tensor, Tensor, i64)>,
     /// Time spent taking the good-state copies, and how many were taken.
     pub(super) snapshot_time: Duration,
     pub(super) snapshots: u32,
@@ -59,11 +62,26 @@ impl Totals {
     }
 
     pub(super) fn add(&mut self, loss: &Tensor, logits: &Tensor, y: &Tensor) -> Result<(), tch::TchError> {
-        let n = y.size().first().copied().unwrap_or(0);
-        let _ = self.loss.f_add_(&loss.f_detach()?.f_mul_scalar(n as f64)?)?;
-        let _ = self.correct.f_add_(&logits.f_argmax(1, false)?.f_eq_tensor(y)?.f_sum(Kind::Int64)?)?;
-        self.seen += n;
+        self.add_on_device(loss, logits, y)?;
+        self.seen += y.size().first().copied().unwrap_or(0);
         Ok(())
+    }
+
+    /// The device half of [`Totals::add`] (what a CUDA graph of the step records; the
+    /// replay counts `seen`).
+    pub(super) fn add_on_device(&self, loss: &Tensor, logits: &Tensor, y: &Tensor) -> Result<(), tch::TchError> {
+        let n = y.size().first().copied().unwrap_or(0);
+        let _ = self.loss.shallow_clone().f_add_(&loss.f_detach()?.f_mul_scalar(n as f64)?)?;
+        let _ = self.correct.shallow_clone().f_add_(&logits.f_argmax(1, false)?.f_eq_tensor(y)?.f_sum(Kind::Int64)?)?;
+        Ok(())
+    }
+
+    /// Totals that share this one's device tensors, after zeroing them (a new epoch's
+    /// totals, where a CUDA graph keeps adding into the same tensors).
+    pub(super) fn restarted(&self) -> Result<Self, tch::TchError> {
+        let _ = self.loss.shallow_clone().f_zero_()?;
+        let _ = self.correct.shallow_clone().f_zero_()?;
+        Ok(Self { loss: self.loss.shallow_clone(), correct: self.correct.shallow_clone(), seen: 0 })
     }
 }
 
@@ -112,13 +130,20 @@ impl Trainer {
                 self.save_buffers()?;
             }
             match self.attempt(x, y, capture, seeded) {
-                Ok((loss, logits)) => return Ok(totals.add(&loss, &logits, y)?),
+                Ok((loss, logits)) => {
+                    totals.add(&loss, &logits, y)?;
+                    if capture && seeded {
+                        self.save_good_totals(totals)?;
+                    }
+                    return Ok(());
+                }
                 Err(Spoiled::Seeds(faults)) => {
                     self.guard.buffers.restore()?;
                     self.contain(faults, events)?;
                 }
                 Err(Spoiled::NonFinite(faults)) => {
                     self.roll_back()?;
+                    self.restore_good_totals(totals)?;
                     self.contain(faults, events)?;
                 }
                 Err(Spoiled::Host(e)) => return Err(e),
@@ -232,6 +257,34 @@ impl Trainer {
         }
         self.guard.snapshot_time += started.elapsed();
         self.guard.snapshots += 1;
+        Ok(())
+    }
+
+    /// Copies the epoch's totals as they are at the last step read as good (with
+    /// [`Trainer::save_good`]).
+    pub(super) fn save_good_totals(&mut self, totals: &Totals) -> Result<(), tch::TchError> {
+        match &mut self.guard.good_totals {
+            Some((loss, correct, seen)) => {
+                loss.f_copy_(&totals.loss)?;
+                correct.f_copy_(&totals.correct)?;
+                *seen = totals.seen;
+            }
+            None => {
+                let copy = (totals.loss.f_detach_copy()?, totals.correct.f_detach_copy()?, totals.seen);
+                self.guard.good_totals = Some(copy);
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the epoch's totals back to the last step read as good (a rollback's
+    /// discarded steps do not count).
+    pub(super) fn restore_good_totals(&self, totals: &mut Totals) -> Result<(), tch::TchError> {
+        if let Some((loss, correct, seen)) = &self.guard.good_totals {
+            totals.loss.f_copy_(loss)?;
+            totals.correct.f_copy_(correct)?;
+            totals.seen = *seen;
+        }
         Ok(())
     }
 

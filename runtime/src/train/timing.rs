@@ -3,7 +3,7 @@
 //! the side-by-side benchmark against PyTorch (`scripts/bench-vs-pytorch.sh`); on CUDA
 //! with the run's `cuda_graph` setting (replays once captured).
 
-use super::{seeds::germinate, step::Totals, Trainer};
+use super::{seeds::germinate, Trainer};
 use crate::lifecycle::SeedStage;
 use anyhow::{ensure, Result};
 use std::time::Instant;
@@ -29,7 +29,7 @@ impl Trainer {
     pub fn time_steps(&mut self, batch: i64, warmup: usize, steps: usize) -> Result<Vec<f64>> {
         let (x, y) = self.data.train.batches(batch, Some(0), self.device).next().expect("a non-empty training set");
         let every = self.config.training.gradient_every;
-        let mut totals = Totals::new(self.device);
+        let mut totals = self.graphs.epoch_totals(self.device)?;
         let mut events = Vec::new();
         let mut times = Vec::with_capacity(steps);
         let side = self.graphs.side_stream()?;
