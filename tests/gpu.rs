@@ -219,6 +219,18 @@ fn feat006_monitor_follows_the_model_to_cuda() {
 /// `epochs` epochs the seed goes GERMINATED, TRAINING, BLENDING (alpha moving), HOLDING:
 /// a topology change at every epoch boundary but the ramp's.
 fn graph_job(name: &str, plugin: &std::path::Path, blueprint: &str, mode: &str, epochs: u32) -> Trainer {
+    graph_job_with(name, plugin, blueprint, mode, epochs, "")
+}
+
+/// [`graph_job`] with more `[training]` lines.
+fn graph_job_with(
+    name: &str,
+    plugin: &std::path::Path,
+    blueprint: &str,
+    mode: &str,
+    epochs: u32,
+    training: &str,
+) -> Trainer {
     let dir = temp_dir(name);
     let sections = "[slot]\nblend_tempo = 2\n\n[lifecycle.gates]\nmode = \"permissive\"\nmin_blending_epochs = 1\n\
                     min_gradient_health_for_blending = 0.0\n";
@@ -234,7 +246,7 @@ fn graph_job(name: &str, plugin: &std::path::Path, blueprint: &str, mode: &str, 
         .text()
         .replace("device = \"cpu\"", "device = \"cuda\"")
         .replace("train_size = 256", "train_size = 512")
-        .replace("gradient_every = 2", &format!("gradient_every = 4\ncuda_graph = \"{mode}\""));
+        .replace("gradient_every = 2", &format!("gradient_every = 4\ncuda_graph = \"{mode}\"\n{training}"));
     let mut t = Trainer::new(RunConfig::load(&write_file(&dir, "run.toml", &text)).unwrap()).unwrap();
     t.run(&mut Silent).unwrap();
     t
@@ -327,4 +339,28 @@ fn a_seed_going_non_finite_inside_a_graph_is_rolled_back_and_pruned() {
         assert!(r.train_loss.is_finite() && r.val_loss.is_finite(), "{r:?}");
     }
     assert!(state(&t).iter().all(|p| p.isfinite().all().int64_value(&[]) == 1), "every parameter finite");
+}
+
+#[test]
+#[ignore = "needs CUDA: run scripts/test-gpu.sh"]
+fn bf16_autocast_runs_the_seed_in_cuda_graphs_through_its_lifecycle() {
+    gpu();
+    // On CUDA autocast keeps group_norm in float32: the `norm` seed returns float32 for
+    // a bfloat16 input, which the isolation layer casts back (not a contract breach).
+    let norm = plugin_lib("esper-norm");
+    let fp32 = graph_job("graph-fp32", &norm, "norm", "auto", 5);
+    let bf16 = graph_job_with("graph-bf16", &norm, "norm", "auto", 5, "precision = \"bf16\"");
+    let stats = bf16.graph_stats();
+    eprintln!("bf16 graph stats: {stats:?}, last refusal: {:?}", bf16.last_graph_refusal());
+    assert!(stats.captures >= 3 && stats.refusals == 0 && stats.replays > 0, "{stats:?}");
+    let events: Vec<_> = bf16.history().iter().flat_map(|r| r.events.iter()).collect();
+    eprintln!("bf16 events: {events:?}");
+    assert!(!events.iter().any(|e| matches!(e, LifecycleEvent::SeedFault { .. })), "{events:?}");
+    let stages = |t: &Trainer| t.history().iter().map(|r| r.slots[0].stage).collect::<Vec<_>>();
+    eprintln!("stages: fp32 {:?}, bf16 {:?}", stages(&fp32), stages(&bf16));
+    assert!(stages(&bf16).contains(&SeedStage::Blending), "the seed blends under bf16");
+    let acc = |t: &Trainer| t.history().iter().map(|r| r.val_accuracy).collect::<Vec<_>>();
+    eprintln!("val accuracy: fp32 {:?}, bf16 {:?}", acc(&fp32), acc(&bf16));
+    assert!(bf16.history().iter().all(|r| r.train_loss.is_finite()));
+    assert!(max_abs_diff(&state(&fp32), &state(&bf16)) > 0.0, "bf16 ran");
 }

@@ -328,3 +328,32 @@ fn a_checkpoint_of_the_first_format_resumes_and_runs_on() {
     let old = &state["history"][0]["events"][0];
     assert_eq!((&old["event"], &old["text"]), (&"note".into(), &"r0c1: GERMINATED -> TRAINING".into()), "{old}");
 }
+
+#[test]
+fn a_bf16_run_trains_its_seed_through_the_lifecycle_like_fp32() {
+    let _one = one_job_at_a_time();
+    let norm = plugin_lib("esper-norm");
+    let run = |name: &str, precision: &str| {
+        let dir = temp_dir(name);
+        let text = std::fs::read_to_string(small_config(&dir, &norm, 5))
+            .unwrap()
+            .replace("gradient_every = 2", &format!("gradient_every = 2\nprecision = \"{precision}\""));
+        run_to_end(RunConfig::load(&write(&dir, &text)).unwrap())
+    };
+    let (fp32, bf16) = (run("fp32", "fp32"), run("bf16", "bf16"));
+    assert_eq!(bf16.model().precision(), esper_runtime::config::Precision::Bf16);
+    let events: Vec<&LifecycleEvent> = bf16.history().iter().flat_map(|r| &r.events).collect();
+    assert!(!events.iter().any(|e| matches!(e, LifecycleEvent::SeedFault { .. })), "no seed blamed: {events:?}");
+    let stages = |t: &Trainer| t.history().iter().map(|r| r.slots[0].stage).collect::<Vec<_>>();
+    assert_eq!(stages(&bf16), stages(&fp32), "the same lifecycle");
+    assert!(stages(&bf16).contains(&SeedStage::Blending), "{:?}", stages(&bf16));
+    // bfloat16 really ran: the same run in float32 ends elsewhere.
+    let differ = params(&fp32).iter().zip(params(&bf16)).any(|(a, b)| !a.equal(&b));
+    assert!(differ, "bf16 and fp32 runs ended with identical parameters: autocast did not run");
+    assert!(bf16.history().iter().all(|r| r.train_loss.is_finite() && r.val_loss.is_finite()));
+    // Parameters stay float32 (autocast casts on the fly); accuracy near fp32's.
+    assert!(params(&bf16).iter().all(|p| p.kind() == tch::Kind::Float));
+    let last = |t: &Trainer| t.history().last().unwrap().val_accuracy;
+    eprintln!("final val accuracy: fp32 {:.2}%, bf16 {:.2}%", last(&fp32), last(&bf16));
+    assert!((last(&fp32) - last(&bf16)).abs() <= 5.0, "fp32 {} vs bf16 {}", last(&fp32), last(&bf16));
+}

@@ -1,6 +1,7 @@
 //! Compiles the C++ shim against the libtorch headers torch-sys compiled with
 //! (`DEP_TCH_LIBTORCH_LIB/../include`).
 //!
+//! * `cpp/autocast.cpp` (always): bfloat16 autocast on the CPU or CUDA.
 //! * `cpp/foreach.cpp` (always): only ATen's CPU-side headers. The `_foreach_*` ops
 //!   dispatch to CUDA kernels at run time when the tensors are on a GPU, so no CUDA
 //!   header is needed and it builds on a CPU-only machine.
@@ -46,6 +47,7 @@ fn cuda_includes(lib: &Path) -> Result<Vec<PathBuf>, String> {
 fn main() {
     println!("cargo:rerun-if-changed=cpp/foreach.cpp");
     println!("cargo:rerun-if-changed=cpp/graph.cpp");
+    println!("cargo:rerun-if-changed=cpp/autocast.cpp");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=ESPER_CUDA_INCLUDE");
     println!("cargo::rustc-check-cfg=cfg(esper_cuda_graphs)");
@@ -58,6 +60,7 @@ fn main() {
     build
         .cpp(true)
         .file("cpp/foreach.cpp")
+        .file("cpp/autocast.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

@@ -14,12 +14,10 @@
 //! (scripts/bench.sh does).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use esper_runtime::{
-    host::{CnnHost, CnnHostConfig},
-    isolation::{seed_input, straight_through},
-    plugin::{BlueprintRegistry, PluginSeed},
-};
-use std::time::{Duration, Instant};
+use esper_runtime::plugin::{BlueprintRegistry, PluginSeed};
+use std::time::Duration;
+
+mod common;
 use tch::{
     nn::{self, OptimizerConfig},
     Device, Kind, Tensor,
@@ -60,24 +58,12 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("portable_vs_native_step");
     group.sample_size(20).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(6));
     let batch = 8i64;
-    let host_vs = nn::VarStore::new(Device::Cpu);
-    let host = CnnHost::new(&host_vs.root(), CnnHostConfig::default()).unwrap();
-    let mut host_opt = nn::Sgd { momentum: 0.9, ..Default::default() }.build(&host_vs, 0.01).unwrap();
-    let x = Tensor::randn([batch, 3, 32, 32], (Kind::Float, Device::Cpu));
-    let labels = Tensor::randint(10, [batch], (Kind::Int64, Device::Cpu));
-    let (to_slot, from_slot) = (host.segment(None, Some(SLOT)).unwrap(), host.segment(Some(SLOT), None).unwrap());
-    let mut opts: Vec<nn::Optimizer> =
-        seeds.iter().map(|(_, s)| nn::Sgd::default().build(s.vars(), 0.01).unwrap()).collect();
-    let mut step = |i: usize| {
-        let s = &seeds[i].1;
-        let h = host.run_segment(to_slot, &host.prepare_input(&x), true);
-        let y = s.forward(&seed_input(&h, true), true).unwrap();
-        let loss = host.run_segment(from_slot, &straight_through(&h, &y), true).cross_entropy_for_logits(&labels);
-        host_opt.zero_grad();
-        opts[i].zero_grad();
-        loss.backward();
-        host_opt.step();
-        opts[i].step();
+    let fixture = std::cell::RefCell::new(common::SeededStep::new(batch, SLOT));
+    let opts: Vec<std::cell::RefCell<nn::Optimizer>> =
+        seeds.iter().map(|(_, s)| std::cell::RefCell::new(nn::Sgd::default().build(s.vars(), 0.01).unwrap())).collect();
+    let step = |i: usize| {
+        let forward = |x: &Tensor| seeds[i].1.forward(x, true).unwrap();
+        fixture.borrow_mut().step(&forward, &mut opts[i].borrow_mut());
     };
     for (i, (name, _)) in seeds.iter().enumerate() {
         group.bench_function(BenchmarkId::new(*name, batch), |b| b.iter(|| step(i)));
@@ -85,20 +71,7 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     // Paired: the two alternated, each step timed.
-    let mut times = [Vec::with_capacity(PAIRED_ROUNDS), Vec::with_capacity(PAIRED_ROUNDS)];
-    for round in 0..PAIRED_ROUNDS {
-        for k in 0..2 {
-            let i = (round + k) % 2; // who goes first alternates too
-            let started = Instant::now();
-            step(i);
-            times[i].push(started.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (native, portable) = (median(&mut times[0]), median(&mut times[1]));
+    let (native, portable) = common::paired(PAIRED_ROUNDS, || step(0), || step(1));
     println!(
         "portable_vs_native_step/paired/{batch}: native {native:.3} ms, portable {portable:.3} ms (medians of \
          {PAIRED_ROUNDS} alternated steps each), portable / native = {:.3}",

@@ -8,15 +8,20 @@
 //! And `seed_forward`: the norm seed's forward alone on a (1, 64, 8, 8) input, through
 //! the plugin and in-process, to isolate the per-call cost of the boundary.
 //!
+//! Then the boundary's cost against a batch-8 step, paired (the two variants alternated
+//! call by call, medians; see `common`): plugin minus in-process seed forward, the one
+//! crossing of the ABI a step makes (backward runs in libtorch's autograd graph either
+//! way), as a share of the step, and the whole step through the plugin over in-process.
+//!
 //! Needs the release plugin: `cargo build --release -p esper-norm` (scripts/bench.sh).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use esper_runtime::{
-    host::{CnnHost, CnnHostConfig},
-    isolation::{seed_input, straight_through},
-    plugin::BlueprintRegistry,
-};
+use esper_runtime::plugin::BlueprintRegistry;
 use std::time::Duration;
+
+mod common;
+
+const PAIRED_ROUNDS: usize = 400;
 use tch::{
     nn::{self, OptimizerConfig},
     Device, Kind, Tensor,
@@ -66,50 +71,19 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("training_step");
     group.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(6));
     for batch in [8i64, 128] {
-        let host_vs = nn::VarStore::new(Device::Cpu);
-        let host = CnnHost::new(&host_vs.root(), CnnHostConfig::default()).unwrap();
-        let mut host_opt = nn::Sgd { momentum: 0.9, ..Default::default() }.build(&host_vs, 0.01).unwrap();
-        let x = Tensor::randn([batch, 3, 32, 32], (Kind::Float, Device::Cpu));
-        let labels = Tensor::randint(10, [batch], (Kind::Int64, Device::Cpu));
-        let (to_slot, from_slot) = (host.segment(None, Some(SLOT)).unwrap(), host.segment(Some(SLOT), None).unwrap());
-
+        let mut fixture = common::SeededStep::new(batch, SLOT);
         let seed = registry.create_seed("norm", CHANNELS, &serde_json::Value::Null, Device::Cpu).unwrap();
         let mut seed_opt = nn::Sgd::default().build(seed.vars(), 0.01).unwrap();
         let local_vs = nn::VarStore::new(Device::Cpu);
         let local = InProcessNorm::new(&local_vs);
         let mut local_opt = nn::Sgd::default().build(&local_vs, 0.01).unwrap();
 
-        group.bench_function(BenchmarkId::new("host", batch), |b| {
-            b.iter(|| {
-                let loss = host.forward(&x, true).cross_entropy_for_logits(&labels);
-                host_opt.backward_step(&loss);
-            })
-        });
+        group.bench_function(BenchmarkId::new("host", batch), |b| b.iter(|| fixture.host_step()));
         group.bench_function(BenchmarkId::new("plugin", batch), |b| {
-            b.iter(|| {
-                let h = host.run_segment(to_slot, &host.prepare_input(&x), true);
-                let s = seed.forward(&seed_input(&h, true), true).unwrap();
-                let loss =
-                    host.run_segment(from_slot, &straight_through(&h, &s), true).cross_entropy_for_logits(&labels);
-                host_opt.zero_grad();
-                seed_opt.zero_grad();
-                loss.backward();
-                host_opt.step();
-                seed_opt.step();
-            })
+            b.iter(|| fixture.step(&|x| seed.forward(x, true).unwrap(), &mut seed_opt))
         });
         group.bench_function(BenchmarkId::new("in_process", batch), |b| {
-            b.iter(|| {
-                let h = host.run_segment(to_slot, &host.prepare_input(&x), true);
-                let s = local.forward(&seed_input(&h, true));
-                let loss =
-                    host.run_segment(from_slot, &straight_through(&h, &s), true).cross_entropy_for_logits(&labels);
-                host_opt.zero_grad();
-                local_opt.zero_grad();
-                loss.backward();
-                host_opt.step();
-                local_opt.step();
-            })
+            b.iter(|| fixture.step(&|x| local.forward(x), &mut local_opt))
         });
     }
     group.finish();
@@ -125,6 +99,35 @@ fn bench(c: &mut Criterion) {
     group.bench_function("plugin", |b| b.iter(|| seed.forward(&x, false).unwrap()));
     group.bench_function("in_process", |b| b.iter(|| local.forward(&x)));
     group.finish();
+    let (plugin_fwd, local_fwd) =
+        common::paired(20 * PAIRED_ROUNDS, || drop(seed.forward(&x, false).unwrap()), || drop(local.forward(&x)));
+    drop(_guard);
+    boundary_share(&registry, plugin_fwd - local_fwd);
+}
+
+/// The boundary's per-call cost (`per_call_ms`) as a share of a batch-8 step, and the
+/// paired step ratio (plugin / in-process).
+fn boundary_share(registry: &BlueprintRegistry, per_call_ms: f64) {
+    let batch = 8i64;
+    let fixture = std::cell::RefCell::new(common::SeededStep::new(batch, SLOT));
+    let seed = registry.create_seed("norm", CHANNELS, &serde_json::Value::Null, Device::Cpu).unwrap();
+    let mut seed_opt = nn::Sgd::default().build(seed.vars(), 0.01).unwrap();
+    let local_vs = nn::VarStore::new(Device::Cpu);
+    let local = InProcessNorm::new(&local_vs);
+    let mut local_opt = nn::Sgd::default().build(&local_vs, 0.01).unwrap();
+    let (plugin_step, local_step) = common::paired(
+        PAIRED_ROUNDS,
+        || fixture.borrow_mut().step(&|x| seed.forward(x, true).unwrap(), &mut seed_opt),
+        || fixture.borrow_mut().step(&|x| local.forward(x), &mut local_opt),
+    );
+    println!(
+        "plugin_boundary/paired: seed forward plugin - in-process = {:.2} us per call, {:.3}% of a batch-{batch} step \
+         ({:.3} ms in-process); whole step plugin / in-process = {:.3} ({PAIRED_ROUNDS} alternated steps)",
+        per_call_ms * 1e3,
+        100.0 * per_call_ms / local_step,
+        local_step,
+        plugin_step / local_step
+    );
 }
 
 criterion_group!(benches, bench);

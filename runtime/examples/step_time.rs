@@ -3,7 +3,8 @@
 //! base 32), a `norm` seed in TRAINING at r0c1 with isolation (or none), SGD with
 //! momentum 0.9 on host and seed. Prints one JSON line per batch size:
 //! `{"batch": 8, "seed": true, "cuda_graph": "auto", "median_ms": ..., "min_ms": ..., "steps": ...,
-//! "replays": ..., "capture_ms": ...}` (`--cuda-graph off` for eager steps on CUDA).
+//! "replays": ..., "capture_ms": ...}` (`--cuda-graph off` for eager steps on CUDA,
+//! `--precision bf16` for bfloat16 autocast).
 //!
 //! ```text
 //! cargo run --release -p esper-runtime --example step_time -- \
@@ -23,6 +24,7 @@ struct Args {
     seed: bool,
     memory_format: String,
     cuda_graph: String,
+    precision: String,
 }
 
 fn parse_args() -> Result<Args> {
@@ -35,6 +37,7 @@ fn parse_args() -> Result<Args> {
         seed: true,
         memory_format: "channels_last".into(),
         cuda_graph: "auto".into(),
+        precision: "fp32".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -49,6 +52,7 @@ fn parse_args() -> Result<Args> {
             "--steps" => a.steps = value()?.parse().context("--steps")?,
             "--memory-format" => a.memory_format = value()?,
             "--cuda-graph" => a.cuda_graph = value()?,
+            "--precision" => a.precision = value()?,
             "--no-seed" => a.seed = false,
             other => bail!("unknown argument {other}"),
         }
@@ -79,6 +83,7 @@ batch_size = {batch}
 host_optimizer = {{ kind = "sgd", lr = 0.01, momentum = 0.9 }}
 seed_optimizer = {{ kind = "sgd", lr = 0.01, momentum = 0.9 }}
 cuda_graph = "{cuda_graph}"
+precision = "{precision}"
 
 [lifecycle.controller]
 enabled = false
@@ -90,6 +95,7 @@ checkpoint = false
         plugin = a.plugin.display(),
         format = a.memory_format,
         cuda_graph = a.cuda_graph,
+        precision = a.precision,
     );
     Ok(RunConfig::parse(&text, Path::new("step_time.toml"))?)
 }
@@ -109,10 +115,11 @@ fn main() -> Result<()> {
         let median = times[times.len() / 2];
         let graphs = trainer.graph_stats();
         println!(
-            "{{\"batch\": {batch}, \"seed\": {}, \"cuda_graph\": \"{}\", \"median_ms\": {median:.4}, \"min_ms\": {:.4}, \
+            "{{\"batch\": {batch}, \"seed\": {}, \"cuda_graph\": \"{}\", \"precision\": \"{}\", \"median_ms\": {median:.4}, \"min_ms\": {:.4}, \
              \"steps\": {}, \"replays\": {}, \"capture_ms\": {:.3}}}",
             a.seed,
             a.cuda_graph,
+            a.precision,
             times[0],
             times.len(),
             graphs.replays,

@@ -4,12 +4,14 @@
 //! with the `_foreach_*` kernels. On CUDA that is one launch per op for the group
 //! instead of one per parameter and op; on the CPU, fewer temporaries.
 //!
-//! Where the libtorch has CUDA, [`graph`] adds CUDA graphs (`cpp/graph.cpp`): capture and
+//! [`autocast`] enters bfloat16 mixed precision on the CPU or CUDA. Where the libtorch
+//! has CUDA, [`graph`] adds CUDA graphs (`cpp/graph.cpp`): capture and
 //! replay of a whole training step.
 //!
 //! This crate is the shim's Rust face and the only place it is called from; its
 //! `unsafe` blocks are the FFI calls, each with its `SAFETY:` reason.
 
+pub mod autocast;
 pub mod graph;
 
 use std::ffi::c_char;

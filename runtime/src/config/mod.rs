@@ -29,6 +29,7 @@ mod plugins;
 mod preflight;
 mod resources;
 
+pub use crate::model::Precision;
 pub use controller::{ControllerConfig, DEFAULT_MAX_TRAINING_EPOCHS, DEFAULT_ROTATION};
 pub use plugins::{sha256_hex, PluginSource};
 pub use preflight::Preflight;
@@ -150,6 +151,8 @@ pub struct TrainingConfig {
     pub memory_limit_gb: Option<f64>,
     /// Whole-step CUDA graphs on a CUDA device (see [`CudaGraphMode`]).
     pub cuda_graph: CudaGraphMode,
+    /// `"fp32"`, or `"bf16"` mixed precision (see [`Precision`]).
+    pub precision: Precision,
 }
 
 /// `[training] cuda_graph`: whether a training step on CUDA is captured once as a CUDA
@@ -176,6 +179,7 @@ impl Default for TrainingConfig {
             gradient_every: 10,
             memory_limit_gb: None,
             cuda_graph: CudaGraphMode::Auto,
+            precision: Precision::Fp32,
         }
     }
 }

@@ -103,6 +103,14 @@ impl Blend {
     /// Blends `seed` into `host` with amplitude `alpha` (a 0-d tensor in [0, 1]).
     /// `seed_input` is what the seed received (the MULTIPLY reference and the gate's input).
     pub fn apply(&self, host: &Tensor, seed: &Tensor, seed_input: &Tensor, alpha: &Tensor) -> Tensor {
+        // lerp wants its weight in the stream's dtype (bfloat16 under autocast).
+        let cast;
+        let alpha = if alpha.kind() == host.kind() {
+            alpha
+        } else {
+            cast = alpha.to_kind(host.kind());
+            &cast
+        };
         match self {
             Blend::Add => host.lerp_tensor(seed, alpha),
             Blend::Multiply => host * ((seed - seed_input).tanh() * alpha + 1.0),

@@ -1,9 +1,11 @@
 //! The morphogenetic model: a host network plus seed slots at chosen injection points.
 
 mod error;
+mod precision;
 mod slot;
 
 pub use error::ModelError;
+pub use precision::Precision;
 pub use slot::{SeedSlot, SlotConfig, SlotReport, PROBE_BATCH, PROBE_SIZE};
 
 use crate::{
@@ -12,6 +14,7 @@ use crate::{
     lifecycle::{BlendChoice, Lifecycle},
     plugin::PluginSeed,
 };
+use esper_torch_shim::autocast::Bf16Autocast;
 use tch::{nn, Device, Tensor};
 
 pub struct MorphogeneticModel {
@@ -25,6 +28,7 @@ pub struct MorphogeneticModel {
     /// Bumped whenever a slot may have changed (seed added, removed, moved): lets
     /// callers cache per-topology lists (e.g. the buffers to snapshot each step).
     generation: u64,
+    precision: Precision,
 }
 
 impl MorphogeneticModel {
@@ -57,7 +61,7 @@ impl MorphogeneticModel {
         }
         plan.push(host.segment(prev, None)?);
         let slots = points.iter().map(|p| SeedSlot::new(&p.id, p.channels, slot_config.clone())).collect();
-        Ok(Self { host_vs, host, slots, plan, generation: 0 })
+        Ok(Self { host_vs, host, slots, plan, generation: 0, precision: Precision::Fp32 })
     }
 
     pub fn host(&self) -> &CnnHost {
@@ -121,7 +125,26 @@ impl MorphogeneticModel {
         self.run(x, train, &|i| i != only)
     }
 
+    /// Float32, or bfloat16 mixed precision for every forward from now on.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     fn run(&self, x: &Tensor, train: bool, bypass: &dyn Fn(usize) -> bool) -> Result<Tensor, ModelError> {
+        if self.precision == Precision::Fp32 {
+            return self.run_in(x, train, bypass);
+        }
+        let autocast = Bf16Autocast::enter(self.device().is_cuda()).map_err(|e| ModelError::Torch(e.to_string()))?;
+        let logits = self.run_in(x, train, bypass)?;
+        drop(autocast);
+        Ok(logits.f_to_kind(tch::Kind::Float)?)
+    }
+
+    fn run_in(&self, x: &Tensor, train: bool, bypass: &dyn Fn(usize) -> bool) -> Result<Tensor, ModelError> {
         let mut h = self.host.prepare_input(x);
         for (i, slot) in self.slots.iter().enumerate() {
             h = self.host.run_segment(self.plan[i], &h, train);

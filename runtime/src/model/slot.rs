@@ -557,7 +557,20 @@ impl SeedSlot {
 fn checked_forward(seed: &PluginSeed, input: &Tensor, train: bool) -> Result<Tensor, FaultKind> {
     let version = contract::input_version(input).map_err(|e| FaultKind::Forward(e.to_string()))?;
     let out = seed.forward(input, train).map_err(|e| FaultKind::Forward(e.to_string()))?;
+    let out = autocast_back(input, out).map_err(|e| FaultKind::Forward(e.to_string()))?;
     contract::check_output(input, version, &out)?;
+    Ok(out)
+}
+
+/// Under bfloat16 autocast a seed's last op may be one autocast keeps in float32 (a
+/// norm, on CUDA), returning float32 for a bfloat16 input: that is autocast's doing, not
+/// the seed's, so the isolation layer casts it back to the input's dtype before the
+/// contract check. Outside autocast a dtype change stays a breach.
+fn autocast_back(input: &Tensor, out: Tensor) -> Result<Tensor, tch::TchError> {
+    let autocast_f32 = out.kind() == Kind::Float && input.kind() == Kind::BFloat16;
+    if autocast_f32 && out.device() == input.device() && esper_torch_shim::autocast::enabled(input.device().is_cuda()) {
+        return out.f_to_kind(Kind::BFloat16);
+    }
     Ok(out)
 }
 

@@ -81,7 +81,8 @@ impl Trainer {
         // the same config gives the same run, and a resumed one continues it exactly.
         tch::manual_seed(config.training.seed as i64);
         let slots: Vec<&str> = config.slots.iter().map(String::as_str).collect();
-        let model = MorphogeneticModel::new(config.host.clone(), &slots, config.slot.clone(), device)?;
+        let mut model = MorphogeneticModel::new(config.host.clone(), &slots, config.slot.clone(), device)?;
+        model.set_precision(config.training.precision);
         let data = config.data.load().context("loading the data set")?;
         let host_opt = Optimizer::new(config.training.host_optimizer, model.host_parameters());
         let controller =
