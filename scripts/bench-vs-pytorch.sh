@@ -63,8 +63,8 @@ print(f"training step, default host + norm seed in TRAINING at r0c1, SGD momentu
 head = "| batch | PyTorch eager (ms) | this runtime (ms) | runtime / eager | PyTorch CUDA graph (ms) |"
 rule = "| ---: | ---: | ---: | ---: | ---: |"
 if rg:
-    head += " this runtime, CUDA graph (ms) | runtime graph / PyTorch graph | capture (ms) |"
-    rule += " ---: | ---: | ---: |"
+    head += " this runtime, CUDA graph (ms) | runtime graph / PyTorch graph | capture (ms) | GPU launches per step, PyTorch / runtime graph |"
+    rule += " ---: | ---: | ---: | ---: |"
 print(head)
 print(rule)
 for batch in sorted({r["batch"] for r in rt}):
@@ -79,6 +79,8 @@ for batch in sorted({r["batch"] for r in rt}):
         s = summary([x["median_ms"] for x in mine])
         ratio = "%.2fx" % (s[0] / summary(g)[0]) if g else "-"
         cap = statistics.median([x["capture_ms"] for x in mine])
-        line += f" {s[0]:.3f} ({s[1]:.3f}-{s[2]:.3f}) | {ratio} | {cap:.1f} |"
+        kernels = [r["kernels"] for r in py if r["batch"] == batch and "kernels" in r]
+        launches = f"{kernels[0]} / {mine[0].get('graph_nodes', '-')}" if kernels else "-"
+        line += f" {s[0]:.3f} ({s[1]:.3f}-{s[2]:.3f}) | {ratio} | {cap:.1f} | {launches} |"
     print(line)
 PY

@@ -116,7 +116,7 @@ fn main() -> Result<()> {
         let graphs = trainer.graph_stats();
         println!(
             "{{\"batch\": {batch}, \"seed\": {}, \"cuda_graph\": \"{}\", \"precision\": \"{}\", \"median_ms\": {median:.4}, \"min_ms\": {:.4}, \
-             \"steps\": {}, \"replays\": {}, \"capture_ms\": {:.3}}}",
+             \"steps\": {}, \"replays\": {}, \"capture_ms\": {:.3}, \"graph_nodes\": {}}}",
             a.seed,
             a.cuda_graph,
             a.precision,
@@ -124,6 +124,7 @@ fn main() -> Result<()> {
             times.len(),
             graphs.replays,
             graphs.last_capture_ms,
+            graphs.last_graph_nodes,
         );
     }
     Ok(())

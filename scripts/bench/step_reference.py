@@ -105,6 +105,19 @@ def timed(step, warmup, steps, device):
     return times
 
 
+def kernels_per_step(step):
+    """GPU work items (kernels, memsets, copies) one eager step launches, as the profiler
+    sees them: what a CUDA graph of the step holds as nodes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
 def graphed(step, warmup, steps):
     """The whole step captured once in a CUDA graph, replayed."""
     side = torch.cuda.Stream()
@@ -136,6 +149,7 @@ def main():
         if device.type == "cuda":
             g = graphed(make(batch, device, not a.no_seed, a.channels_last), a.warmup, a.steps)
             row["graph_median_ms"] = statistics.median(g)
+            row["kernels"] = kernels_per_step(make(batch, device, not a.no_seed, a.channels_last))
         print(json.dumps(row), flush=True)
 
 

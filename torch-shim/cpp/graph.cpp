@@ -24,6 +24,7 @@
 #pragma weak cudaStreamIsCapturing
 #pragma weak cudaStreamEndCapture
 #pragma weak cudaGraphDestroy
+#pragma weak cudaGraphGetNodes
 
 namespace {
 
@@ -50,7 +51,17 @@ struct EsperSideStream {
 // libtorch's graph, with what an abandoned capture needs: CUDAGraph::capture_end gives
 // the allocator and the RNG generators back only when the capture succeeded.
 struct EsperGraph : at::cuda::CUDAGraph {
-    EsperGraph() : at::cuda::CUDAGraph(false) {}
+    // keep_graph: the captured cudaGraph_t stays until the graph is freed, so its nodes
+    // can be counted before instantiation (esper_graph_end instantiates).
+    EsperGraph() : at::cuda::CUDAGraph(true) {}
+
+    // Nodes of the captured graph (kernels, memsets, copies): the work one replay does;
+    // 0 where it cannot be counted.
+    size_t nodes() {
+        size_t count = 0;
+        if (cudaGraphGetNodes && graph_) cudaGraphGetNodes(graph_, nullptr, &count);
+        return count;
+    }
 
     // Ends a capture that failed (or that has to be dropped) and puts back what
     // capture_begin took: the stream leaves capture mode, the caching allocator stops
@@ -148,11 +159,13 @@ EsperGraph *esper_graph_begin(char *err, size_t len) {
     }
 }
 
-// Ends the capture and instantiates the graph.
-int esper_graph_end(EsperGraph *g, char *err, size_t len) {
+// Ends the capture, counts the graph's nodes into `nodes` and instantiates it.
+int esper_graph_end(EsperGraph *g, size_t *nodes, char *err, size_t len) {
     if (!g) return fail("no graph", err, len);
     try {
         g->capture_end();
+        *nodes = g->nodes();
+        g->instantiate();
         return 0;
     } catch (const std::exception &e) {
         return fail(e.what(), err, len);

@@ -21,7 +21,7 @@ mod ffi {
         pub fn esper_side_stream_enter(stream: *const c_void, err: *mut c_char, len: usize) -> *mut c_void;
         pub fn esper_side_stream_exit(scope: *mut c_void, err: *mut c_char, len: usize) -> i32;
         pub fn esper_graph_begin(err: *mut c_char, len: usize) -> *mut c_void;
-        pub fn esper_graph_end(g: *mut c_void, err: *mut c_char, len: usize) -> i32;
+        pub fn esper_graph_end(g: *mut c_void, nodes: *mut usize, err: *mut c_char, len: usize) -> i32;
         pub fn esper_graph_abort(g: *mut c_void);
         pub fn esper_graph_replay(g: *mut c_void, err: *mut c_char, len: usize) -> i32;
         pub fn esper_graph_free(g: *mut c_void);
@@ -147,12 +147,14 @@ impl Capture {
         let g = std::mem::replace(&mut self.0, std::ptr::null_mut());
         #[cfg(esper_cuda_graphs)]
         {
-            // SAFETY: `g` is the live handle `begin` returned, owned by `self` until here.
-            if let Err(e) = crate::call(|err, len| unsafe { ffi::esper_graph_end(g, err, len) }) {
+            let mut nodes = 0usize;
+            // SAFETY: `g` is the live handle `begin` returned, owned by `self` until here;
+            // `nodes` is a live, writable usize.
+            if let Err(e) = crate::call(|err, len| unsafe { ffi::esper_graph_end(g, &mut nodes, err, len) }) {
                 abort(g);
                 return Err(e);
             }
-            Ok(CudaGraph(g))
+            Ok(CudaGraph { handle: g, nodes })
         }
         #[cfg(not(esper_cuda_graphs))]
         Err(ShimError(format!("no CUDA graph support (handle {g:?})")))
@@ -175,14 +177,22 @@ impl Drop for Capture {
 }
 
 /// A captured CUDA graph.
-pub struct CudaGraph(*mut c_void);
+pub struct CudaGraph {
+    handle: *mut c_void,
+    nodes: usize,
+}
 
 impl CudaGraph {
+    /// The graph's nodes (kernels, memsets, copies): the launches one replay stands for.
+    pub fn nodes(&self) -> usize {
+        self.nodes
+    }
+
     /// Replays the graph on the current stream (asynchronously, as the kernels would run).
     pub fn replay(&self) -> Result<(), ShimError> {
         #[cfg(esper_cuda_graphs)]
-        // SAFETY: `self.0` is a live graph handle owned by `self`; exceptions are caught.
-        return crate::call(|err, len| unsafe { ffi::esper_graph_replay(self.0, err, len) });
+        // SAFETY: `self.handle` is a live graph handle owned by `self`; exceptions are caught.
+        return crate::call(|err, len| unsafe { ffi::esper_graph_replay(self.handle, err, len) });
         #[cfg(not(esper_cuda_graphs))]
         Err(ShimError("no CUDA graph support".into()))
     }
@@ -191,9 +201,9 @@ impl CudaGraph {
 impl Drop for CudaGraph {
     fn drop(&mut self) {
         #[cfg(esper_cuda_graphs)]
-        // SAFETY: `self.0` is a live graph handle owned by `self`, freed once here.
+        // SAFETY: `self.handle` is a live graph handle owned by `self`, freed once here.
         unsafe {
-            ffi::esper_graph_free(self.0)
+            ffi::esper_graph_free(self.handle)
         }
     }
 }

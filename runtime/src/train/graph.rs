@@ -56,6 +56,9 @@ pub struct GraphStats {
     pub eager_steps: u64,
     /// Milliseconds the last capture took (capture and instantiation, no replay).
     pub last_capture_ms: f64,
+    /// Nodes (kernels, memsets, copies) of the last graph captured: the launches one
+    /// replay stands for (0 where the CUDA runtime could not count them).
+    pub last_graph_nodes: usize,
 }
 
 /// A captured step: the graph and the tensors it reads and writes.
@@ -239,6 +242,7 @@ impl Trainer {
         let outcome = attempt.and_then(|outputs| capture.end().map(|g| (g, outputs)).map_err(|e| e.to_string()));
         self.set_optimizer_counts(&counts);
         let (graph, ()) = outcome.map_err(|e| crate::torch_error::summary(&e))?;
+        self.graphs.stats.last_graph_nodes = graph.nodes();
         self.graphs.current = Some(Captured { graph, x: inputs.0, y: inputs.1 });
         self.graphs.stats.captures += 1;
         self.graphs.stats.last_capture_ms = started.elapsed().as_secs_f64() * 1e3;
