@@ -279,6 +279,8 @@ fn cuda_graph_replays_match_eager_steps_across_germination_and_stage_changes() {
     let stats = graphed.graph_stats();
     eprintln!("graph stats: {stats:?}, last refusal: {:?}", graphed.last_graph_refusal());
     assert_eq!(eager.graph_stats().replays, 0, "cuda_graph = \"off\" replays nothing");
+    assert!(eager.graphs_off().is_some_and(|why| why.contains("off in the config")));
+    assert_eq!(graphed.graphs_off(), None);
     assert_eq!(stats.refusals, 0, "{stats:?}");
     // One capture per topology: the seed's stages change at the epoch boundaries.
     assert!(stats.captures >= 3, "{stats:?}");

@@ -342,6 +342,10 @@ fn a_bf16_run_trains_its_seed_through_the_lifecycle_like_fp32() {
     };
     let (fp32, bf16) = (run("fp32", "fp32"), run("bf16", "bf16"));
     assert_eq!(bf16.model().precision(), esper_runtime::config::Precision::Bf16);
+    // On the CPU the steps run eagerly, and the run says why.
+    let off = fp32.graphs_off().unwrap_or_default();
+    assert!(off.contains("not CUDA"), "{off:?}");
+    assert_eq!(fp32.graph_stats().replays, 0);
     let events: Vec<&LifecycleEvent> = bf16.history().iter().flat_map(|r| &r.events).collect();
     assert!(!events.iter().any(|e| matches!(e, LifecycleEvent::SeedFault { .. })), "no seed blamed: {events:?}");
     let stages = |t: &Trainer| t.history().iter().map(|r| r.slots[0].stage).collect::<Vec<_>>();

@@ -84,8 +84,7 @@ impl Trainer {
         let started = Instant::now();
         let mut totals = self.graphs.epoch_totals(self.device)?;
         if self.model.slots().iter().any(|s| s.runs_seed()) {
-            self.save_good()?; // the first state a non-finite seed can be rolled back to
-            self.save_good_totals(&totals)?;
+            self.save_good(&totals)?; // the first state a non-finite seed can be rolled back to
         }
         for (i, (x, y)) in batches.enumerate() {
             let capture = i % gradient_every == 0 || i + 1 == n_batches;

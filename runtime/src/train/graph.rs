@@ -303,8 +303,7 @@ impl Trainer {
         if capture {
             let faults = self.read_health().map_err(|e| anyhow!("reading seed health failed: {e}"))?;
             if !faults.is_empty() {
-                self.roll_back()?;
-                self.restore_good_totals(totals)?;
+                self.roll_back(totals)?;
                 self.contain(faults, events)?;
                 // The topology changed: this batch again, eagerly, without the seed.
                 return self.eager_step(x, y, capture, totals, events);
@@ -312,8 +311,7 @@ impl Trainer {
         }
         totals.seen += y.size().first().copied().unwrap_or(0);
         if capture && self.model.slots().iter().any(|s| s.runs_seed()) {
-            self.save_good()?;
-            self.save_good_totals(totals)?;
+            self.save_good(totals)?;
         }
         Ok(())
     }

@@ -7,8 +7,9 @@
 //! before the step, and the step is re-run without the seed, so the host trains exactly
 //! as it would have without that seed. Non-finite values are accumulated on the device
 //! and read where the loop already reads (the gradient capture, every
-//! `gradient_every` steps): then the whole state (parameters, buffers, optimizer state)
-//! goes back to an in-memory copy of the last step read as good, and the step is re-run
+//! `gradient_every` steps): then the whole state (parameters, buffers, optimizer state,
+//! the epoch's loss and accuracy sums) goes back to an in-memory copy of the last step
+//! read as good, and the step is re-run
 //! without the seed. An error that is the host's own ends the run.
 
 use super::{optim::StateCopy, rollback::TensorCopy, Trainer};
@@ -36,9 +37,9 @@ pub(super) struct StepGuard {
     good: TensorCopy,
     good_host_opt: StateCopy,
     good_seed_opts: BTreeMap<String, StateCopy>,
-    /// The epoch's loss and accuracy sums (and examples seen) at that step: the steps a
-    /// rollback discards do not count either.
-    good_totals: Option<(Tensor, Tensor, i64)>,
+    /// Examples seen in the epoch at that step (the epoch's sums are in `good`): the
+    /// steps a rollback discards do not count either.
+    good_seen: i64,
     /// Time spent taking the good-state copies, and how many were taken.
     pub(super) snapshot_time: Duration,
     pub(super) snapshots: u32,
@@ -129,11 +130,13 @@ impl Trainer {
             if seeded {
                 self.save_buffers()?;
             }
-            match self.attempt(x, y, capture, seeded) {
+            match self.attempt(x, y, capture) {
                 Ok((loss, logits)) => {
                     totals.add(&loss, &logits, y)?;
                     if capture && seeded {
-                        self.save_good_totals(totals)?;
+                        self.save_good(totals).map_err(|e| {
+                            anyhow!("the rollback copy failed: {}", torch_error::summary(&e.to_string()))
+                        })?;
                     }
                     return Ok(());
                 }
@@ -142,8 +145,7 @@ impl Trainer {
                     self.contain(faults, events)?;
                 }
                 Err(Spoiled::NonFinite(faults)) => {
-                    self.roll_back()?;
-                    self.restore_good_totals(totals)?;
+                    self.roll_back(totals)?;
                     self.contain(faults, events)?;
                 }
                 Err(Spoiled::Host(e)) => return Err(e),
@@ -151,7 +153,7 @@ impl Trainer {
         }
     }
 
-    fn attempt(&mut self, x: &Tensor, y: &Tensor, capture: bool, seeded: bool) -> Result<(Tensor, Tensor), Spoiled> {
+    fn attempt(&mut self, x: &Tensor, y: &Tensor, capture: bool) -> Result<(Tensor, Tensor), Spoiled> {
         let logits = self.model.forward(x, true).map_err(from_model)?;
         let loss = cross_entropy(&logits, y).map_err(|e| host_error("the loss", e))?;
         self.zero_grads().map_err(|e| host_error("zeroing the gradients", e))?;
@@ -167,9 +169,6 @@ impl Trainer {
         self.host_opt.step().map_err(|e| host_error("the host optimizer step", e))?;
         for (id, opt) in &mut self.seed_opts {
             opt.step().map_err(|e| host_error(&format!("the optimizer step of {id}"), e))?;
-        }
-        if capture && seeded {
-            self.save_good().map_err(|e| host_error("the rollback copy", e))?;
         }
         Ok((loss, logits))
     }
@@ -246,10 +245,15 @@ impl Trainer {
         Ok(())
     }
 
-    /// Copies the whole training state: the last step read as good.
-    pub(super) fn save_good(&mut self) -> Result<(), tch::TchError> {
+    /// Copies the whole training state: the last step read as good, with the epoch's
+    /// sums as they were after it.
+    pub(super) fn save_good(&mut self, totals: &Totals) -> Result<(), tch::TchError> {
         let started = Instant::now();
-        self.guard.good.save(self.model.state())?;
+        let mut state = self.model.state();
+        state.push(("epoch totals: loss".into(), totals.loss.shallow_clone()));
+        state.push(("epoch totals: correct".into(), totals.correct.shallow_clone()));
+        self.guard.good.save(state)?;
+        self.guard.good_seen = totals.seen;
         self.host_opt.save_into(&mut self.guard.good_host_opt)?;
         self.guard.good_seed_opts.retain(|id, _| self.seed_opts.contains_key(id));
         for (id, opt) in &self.seed_opts {
@@ -260,36 +264,11 @@ impl Trainer {
         Ok(())
     }
 
-    /// Copies the epoch's totals as they are at the last step read as good (with
-    /// [`Trainer::save_good`]).
-    pub(super) fn save_good_totals(&mut self, totals: &Totals) -> Result<(), tch::TchError> {
-        match &mut self.guard.good_totals {
-            Some((loss, correct, seen)) => {
-                loss.f_copy_(&totals.loss)?;
-                correct.f_copy_(&totals.correct)?;
-                *seen = totals.seen;
-            }
-            None => {
-                let copy = (totals.loss.f_detach_copy()?, totals.correct.f_detach_copy()?, totals.seen);
-                self.guard.good_totals = Some(copy);
-            }
-        }
-        Ok(())
-    }
-
-    /// Puts the epoch's totals back to the last step read as good (a rollback's
-    /// discarded steps do not count).
-    pub(super) fn restore_good_totals(&self, totals: &mut Totals) -> Result<(), tch::TchError> {
-        if let Some((loss, correct, seen)) = &self.guard.good_totals {
-            totals.loss.f_copy_(loss)?;
-            totals.correct.f_copy_(correct)?;
-            totals.seen = *seen;
-        }
-        Ok(())
-    }
-
-    pub(super) fn roll_back(&mut self) -> Result<()> {
+    /// Puts back the state [`Trainer::save_good`] copied, the epoch's sums in `totals`
+    /// included.
+    pub(super) fn roll_back(&mut self, totals: &mut Totals) -> Result<()> {
         self.guard.good.restore()?;
+        totals.seen = self.guard.good_seen;
         self.host_opt.restore_from(&self.guard.good_host_opt)?;
         for (id, opt) in self.seed_opts.iter_mut() {
             if let Some(copy) = self.guard.good_seed_opts.get(id) {
