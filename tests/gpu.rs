@@ -1,7 +1,8 @@
 //! CUDA tests: the BUG-013 monitor made exact on mixed CPU/CUDA models, BUG-013 with a
 //! real seed, FEAT-006 (the monitor follows a model moved to CUDA), and whole-step CUDA
 //! graphs (replays equal eager steps across germination and stage changes; a seed whose
-//! forward cannot be captured runs eagerly, unblamed).
+//! forward cannot be captured runs eagerly, unblamed), and the fused ReLU + max-pool
+//! kernels (exactly libtorch's values and gradients).
 //!
 //! Every test here is `#[ignore]`d, so a plain `cargo test` on a machine without a GPU
 //! does not count them as passed; `scripts/test-gpu.sh` runs them (`--ignored`), and each
@@ -10,7 +11,7 @@
 use esper_runtime::{
     config::RunConfig,
     device::cuda_available,
-    host::CnnHostConfig,
+    host::{is_channels_last, to_channels_last, CnnHostConfig},
     isolation::{GradientHealthMonitor, GradientSample},
     lifecycle::{LifecycleEvent, SeedStage},
     model::SlotConfig,
@@ -365,4 +366,55 @@ fn bf16_autocast_runs_the_seed_in_cuda_graphs_through_its_lifecycle() {
     eprintln!("val accuracy: fp32 {:?}, bf16 {:?}", acc(&fp32), acc(&bf16));
     assert!(bf16.history().iter().all(|r| r.train_loss.is_finite()));
     assert!(max_abs_diff(&state(&fp32), &state(&bf16)) > 0.0, "bf16 ran");
+}
+
+/// Values and input gradient of `f` at `x`, with distinct upstream gradients (so one
+/// routed to the wrong element shows).
+fn value_and_grad(x: &Tensor, f: impl Fn(&Tensor) -> Tensor) -> (Tensor, Tensor) {
+    let leaf = x.detach().set_requires_grad(true);
+    let y = f(&leaf);
+    let g = (Tensor::arange(y.numel() as i64, (Kind::Float, y.device())) + 1.0).reshape(y.size()).to_kind(y.kind());
+    (&y * &g).sum(y.kind()).backward();
+    (y.detach(), leaf.grad())
+}
+
+/// Equal element for element, NaN where the other has NaN.
+fn same(a: &Tensor, b: &Tensor) -> bool {
+    a.size() == b.size()
+        && a.kind() == b.kind()
+        && a.isnan().equal(&b.isnan())
+        && a.nan_to_num(0.0, None, None).equal(&b.nan_to_num(0.0, None, None))
+}
+
+#[test]
+#[ignore = "needs CUDA: run scripts/test-gpu.sh"]
+fn fused_relu_max_pool_is_libtorchs_relu_and_max_pool_exactly() {
+    let dev = gpu();
+    esper_torch_shim::pool::available().expect("the fused kernels compile with NVRTC here");
+    tch::manual_seed(5);
+    for kind in [Kind::Float, Kind::BFloat16] {
+        // Rounded values: ties inside windows, negatives, all-negative windows; a NaN.
+        let x = (Tensor::randn([4, 32, 16, 12], (Kind::Float, dev)) * 2.0).round();
+        let _ = x.get(1).get(3).get(5).get(7).fill_(f64::NAN);
+        let x = to_channels_last(&x.to_kind(kind));
+        for relu in [true, false] {
+            let stock = |t: &Tensor| if relu { t.relu() } else { t.shallow_clone() }.max_pool2d_default(2);
+            let fused = |t: &Tensor| esper_torch_shim::pool::relu_max_pool2x2(t, relu).unwrap();
+            let (y0, g0) = value_and_grad(&x, stock);
+            let (y1, g1) = value_and_grad(&x, fused);
+            assert!(same(&y0, &y1), "{kind:?} relu={relu}: values");
+            assert!(same(&g0, &g1), "{kind:?} relu={relu}: gradients");
+            assert!(is_channels_last(&y1) && is_channels_last(&g1), "channels-last in, channels-last out");
+            assert!(y1.isnan().any().int64_value(&[]) == 1, "the NaN propagates");
+        }
+    }
+    // Inputs the kernels do not take (NCHW, odd sizes) go through libtorch's ops.
+    for x in [
+        Tensor::randn([2, 8, 6, 6], (Kind::Float, dev)),
+        to_channels_last(&Tensor::randn([2, 8, 7, 6], (Kind::Float, dev))),
+    ] {
+        let (y0, g0) = value_and_grad(&x, |t| t.relu().max_pool2d_default(2));
+        let (y1, g1) = value_and_grad(&x, |t| esper_torch_shim::pool::relu_max_pool2x2(t, true).unwrap());
+        assert!(same(&y0, &y1) && same(&g0, &g1));
+    }
 }

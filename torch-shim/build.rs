@@ -11,6 +11,8 @@
 //!   `nvidia-cuda-cccl` wheel that `scripts/setup.sh` adds), or `$ESPER_CUDA_INCLUDE`.
 //!   Then it links `torch_cuda` and `c10_cuda` and sets the `esper_cuda_graphs` cfg;
 //!   elsewhere the Rust face says why graphs are not available.
+//! * `cpp/pool.cpp` (a fused ReLU + max pool compiled at run time with NVRTC), with
+//!   `graph.cpp`, under the same conditions; it loads libnvrtc itself (`dl`).
 
 use std::{
     env,
@@ -47,6 +49,7 @@ fn cuda_includes(lib: &Path) -> Result<Vec<PathBuf>, String> {
 fn main() {
     println!("cargo:rerun-if-changed=cpp/foreach.cpp");
     println!("cargo:rerun-if-changed=cpp/graph.cpp");
+    println!("cargo:rerun-if-changed=cpp/pool.cpp");
     println!("cargo:rerun-if-changed=cpp/autocast.cpp");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=ESPER_CUDA_INCLUDE");
@@ -70,7 +73,7 @@ fn main() {
         .warnings(false);
     let graphs = cuda_includes(&lib);
     if let Ok(dirs) = &graphs {
-        build.file("cpp/graph.cpp");
+        build.file("cpp/graph.cpp").file("cpp/pool.cpp");
         for dir in dirs {
             build.include(dir);
         }
@@ -82,6 +85,7 @@ fn main() {
             println!("cargo:rustc-link-search=native={}", lib.display());
             println!("cargo:rustc-link-lib=dylib=torch_cuda");
             println!("cargo:rustc-link-lib=dylib=c10_cuda");
+            println!("cargo:rustc-link-lib=dylib=dl");
         }
         Err(why) => {
             println!("cargo:warning=CUDA graphs not built: {why}");

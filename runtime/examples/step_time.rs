@@ -4,7 +4,8 @@
 //! momentum 0.9 on host and seed. Prints one JSON line per batch size:
 //! `{"batch": 8, "seed": true, "cuda_graph": "auto", "median_ms": ..., "min_ms": ..., "steps": ...,
 //! "replays": ..., "capture_ms": ...}` (`--cuda-graph off` for eager steps on CUDA,
-//! `--precision bf16` for bfloat16 autocast).
+//! `--precision bf16` for bfloat16 autocast, `--no-fused-pool` for libtorch's ReLU and
+//! max pool, `--cudnn-benchmark` to let cuDNN time its algorithms).
 //!
 //! ```text
 //! cargo run --release -p esper-runtime --example step_time -- \
@@ -25,6 +26,8 @@ struct Args {
     memory_format: String,
     cuda_graph: String,
     precision: String,
+    cudnn_benchmark: bool,
+    fused_pool: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -38,6 +41,8 @@ fn parse_args() -> Result<Args> {
         memory_format: "channels_last".into(),
         cuda_graph: "auto".into(),
         precision: "fp32".into(),
+        cudnn_benchmark: false,
+        fused_pool: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -54,6 +59,8 @@ fn parse_args() -> Result<Args> {
             "--cuda-graph" => a.cuda_graph = value()?,
             "--precision" => a.precision = value()?,
             "--no-seed" => a.seed = false,
+            "--cudnn-benchmark" => a.cudnn_benchmark = true,
+            "--no-fused-pool" => a.fused_pool = false,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -74,6 +81,7 @@ path = "{plugin}"
 
 [host]
 memory_format = "{format}"
+fused_pool = {fused_pool}
 
 [data]
 kind = "synthetic"
@@ -94,6 +102,7 @@ checkpoint = false
         device = a.device,
         plugin = a.plugin.display(),
         format = a.memory_format,
+        fused_pool = a.fused_pool,
         cuda_graph = a.cuda_graph,
         precision = a.precision,
     );
@@ -101,7 +110,16 @@ checkpoint = false
 }
 
 fn main() -> Result<()> {
-    let a = parse_args()?;
+    let mut a = parse_args()?;
+    if a.fused_pool && a.device == "cuda" {
+        if let Err(why) = esper_runtime::host::fused_pool_available() {
+            eprintln!("fused pool kernels unavailable: {why}");
+            a.fused_pool = false; // reported as not used
+        }
+    }
+    if a.cudnn_benchmark {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
     for &batch in &a.batches {
         let mut trainer = Trainer::new(config(&a, batch)?)?;
         if a.seed {
@@ -115,11 +133,12 @@ fn main() -> Result<()> {
         let median = times[times.len() / 2];
         let graphs = trainer.graph_stats();
         println!(
-            "{{\"batch\": {batch}, \"seed\": {}, \"cuda_graph\": \"{}\", \"precision\": \"{}\", \"median_ms\": {median:.4}, \"min_ms\": {:.4}, \
+            "{{\"batch\": {batch}, \"seed\": {}, \"cuda_graph\": \"{}\", \"precision\": \"{}\", \"fused_pool\": {}, \"median_ms\": {median:.4}, \"min_ms\": {:.4}, \
              \"steps\": {}, \"replays\": {}, \"capture_ms\": {:.3}, \"graph_nodes\": {}}}",
             a.seed,
             a.cuda_graph,
             a.precision,
+            a.fused_pool,
             times[0],
             times.len(),
             graphs.replays,

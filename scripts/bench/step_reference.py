@@ -16,6 +16,7 @@ exists.
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import torch
@@ -118,6 +119,20 @@ def kernels_per_step(step):
     return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
+def kernel_table(step, rows=25):
+    """Where one eager step's GPU time goes, kernel by kernel (to stderr): what to fuse."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            step()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows)
+
+
 def graphed(step, warmup, steps):
     """The whole step captured once in a CUDA graph, replayed."""
     side = torch.cuda.Stream()
@@ -140,8 +155,11 @@ def main():
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--no-seed", action="store_true")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms per shape")
+    p.add_argument("--profile", action="store_true", help="print each batch's kernel time table to stderr")
     a = p.parse_args()
     device = torch.device(a.device)
+    torch.backends.cudnn.benchmark = a.cudnn_benchmark
     for batch in map(int, a.batches.split(",")):
         row = {"batch": batch, "seed": not a.no_seed, "threads": torch.get_num_threads()}
         times = timed(make(batch, device, not a.no_seed, a.channels_last), a.warmup, a.steps, device)
@@ -150,6 +168,8 @@ def main():
             g = graphed(make(batch, device, not a.no_seed, a.channels_last), a.warmup, a.steps)
             row["graph_median_ms"] = statistics.median(g)
             row["kernels"] = kernels_per_step(make(batch, device, not a.no_seed, a.channels_last))
+            if a.profile:
+                print(f"batch {batch}:", kernel_table(make(batch, device, not a.no_seed, a.channels_last)), file=sys.stderr)
         print(json.dumps(row), flush=True)
 
 

@@ -22,6 +22,10 @@ pub struct CnnHostConfig {
     pub kernel_size: i64,
     pub num_classes: i64,
     pub memory_format: MemoryFormat,
+    /// On CUDA, each block's ReLU and the max pool after it run as one fused kernel
+    /// (forward and backward), compiled at run time with NVRTC; `false` keeps libtorch's
+    /// ops. Same values and gradients either way (see `host::pool`).
+    pub fused_pool: bool,
 }
 
 impl Default for CnnHostConfig {
@@ -34,6 +38,7 @@ impl Default for CnnHostConfig {
             kernel_size: 3,
             num_classes: 10,
             memory_format: MemoryFormat::ChannelsLast,
+            fused_pool: true,
         }
     }
 }
@@ -190,18 +195,34 @@ impl CnnHost {
 
     /// Runs the ops of `segment` on `x`. Input must already be prepared if the segment
     /// starts at the network entry.
+    ///
+    /// A block followed by its pool in the same segment (no slot between them) hands its
+    /// ReLU to the pool, which applies it after pooling (same result; see `host::pool`).
     pub fn run_segment(&self, segment: Segment, x: &Tensor, train: bool) -> Tensor {
+        let ops = &self.ops[segment.start..segment.end];
         let mut h = x.shallow_clone();
-        for &op in &self.ops[segment.start..segment.end] {
-            h = self.run_op(op, &h, train);
+        let mut i = 0;
+        while i < ops.len() {
+            if let (Op::Block(b), Some(Op::Pool)) = (ops[i], ops.get(i + 1)) {
+                h = super::pool::max_pool2x2(&self.conv_bn(b, &h, train), true, self.config.fused_pool);
+                i += 2;
+            } else {
+                h = self.run_op(ops[i], &h, train);
+                i += 1;
+            }
         }
         h
     }
 
+    /// Block `i` without its ReLU.
+    fn conv_bn(&self, i: usize, x: &Tensor, train: bool) -> Tensor {
+        self.blocks[i].bn.forward_t(&x.apply(&self.blocks[i].conv), train)
+    }
+
     fn run_op(&self, op: Op, x: &Tensor, train: bool) -> Tensor {
         match op {
-            Op::Block(i) => self.blocks[i].bn.forward_t(&x.apply(&self.blocks[i].conv), train).relu(),
-            Op::Pool => x.max_pool2d_default(2),
+            Op::Block(i) => self.conv_bn(i, x, train).relu(),
+            Op::Pool => super::pool::max_pool2x2(x, false, self.config.fused_pool),
             Op::Head => x.mean_dim([2i64, 3].as_slice(), false, x.kind()).apply(&self.head),
         }
     }

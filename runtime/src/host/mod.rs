@@ -3,6 +3,8 @@
 pub mod budget;
 mod cnn;
 mod memory_format;
+mod pool;
 
 pub use cnn::{CnnHost, CnnHostConfig, HostError, InjectionPoint, Segment};
 pub use memory_format::{is_channels_last, to_channels_last, MemoryFormat};
+pub use pool::fused_pool_available;

@@ -1,0 +1,60 @@
+//! A fused ReLU + 2x2 max pool for channels-last CUDA tensors (`cpp/pool.cpp`): kernels
+//! compiled at run time with NVRTC, one launch forward and one backward, instead of
+//! libtorch's ReLU and its channels-last max pool (whose backward scatters through
+//! int64 indices). ReLU and max commute, so the result and its gradient are exactly
+//! those of `max_pool2d(relu(x), 2)`.
+//!
+//! Built with the CUDA graph support (same headers, see `build.rs`); elsewhere
+//! [`available`] says why not.
+
+use crate::ShimError;
+use tch::Tensor;
+
+#[cfg(esper_cuda_graphs)]
+mod ffi {
+    use std::ffi::c_char;
+    use torch_sys::C_tensor;
+    extern "C" {
+        pub fn esper_pool_ready(err: *mut c_char, len: usize) -> i32;
+        pub fn esper_relu_max_pool2x2(
+            x: *const C_tensor,
+            relu: i32,
+            out: *mut *mut C_tensor,
+            err: *mut c_char,
+            len: usize,
+        ) -> i32;
+    }
+}
+
+/// Whether the fused kernels can run here: compiles them on the current CUDA device the
+/// first time (a few hundred milliseconds); Err says why not (no CUDA build, no NVRTC,
+/// an architecture NVRTC does not know).
+pub fn available() -> Result<(), ShimError> {
+    crate::graph::available()?;
+    #[cfg(esper_cuda_graphs)]
+    // SAFETY: only the error buffer crosses; exceptions are caught in the shim.
+    return crate::call(|err, len| unsafe { ffi::esper_pool_ready(err, len) });
+    #[cfg(not(esper_cuda_graphs))]
+    unreachable!("graph::available() is Err without CUDA support")
+}
+
+/// `max_pool2d(relu ? relu(x) : x, 2, 2)`, differentiable: the fused kernels where `x`
+/// suits them (CUDA, 4-d channels-last float32 or bfloat16, even height and width) and
+/// [`available`] is Ok, libtorch's ops otherwise.
+#[cfg_attr(not(esper_cuda_graphs), allow(unused_variables))]
+pub fn relu_max_pool2x2(x: &Tensor, relu: bool) -> Result<Tensor, ShimError> {
+    available()?;
+    #[cfg(esper_cuda_graphs)]
+    {
+        let mut out = std::ptr::null_mut();
+        // SAFETY: `x` is a live tch handle (`at::Tensor*`) borrowed for the call; on
+        // success the shim stores in `out` a new `at::Tensor*` that nothing else owns.
+        crate::call(|err, len| unsafe {
+            ffi::esper_relu_max_pool2x2(x.as_ptr(), i32::from(relu), &mut out, err, len)
+        })?;
+        // SAFETY: `out` is the fresh, owned handle written above; tch frees it on drop.
+        Ok(unsafe { Tensor::from_ptr(out) })
+    }
+    #[cfg(not(esper_cuda_graphs))]
+    unreachable!("available() is Err without CUDA support")
+}
