@@ -2,6 +2,8 @@
 //! (`DEP_TCH_LIBTORCH_LIB/../include`).
 //!
 //! * `cpp/autocast.cpp` (always): bfloat16 autocast on the CPU or CUDA.
+//! * `cpp/straight.cpp` (always): the isolation layer's straight-through estimator as
+//!   one autograd function.
 //! * `cpp/foreach.cpp` (always): only ATen's CPU-side headers. The `_foreach_*` ops
 //!   dispatch to CUDA kernels at run time when the tensors are on a GPU, so no CUDA
 //!   header is needed and it builds on a CPU-only machine.
@@ -51,6 +53,7 @@ fn main() {
     println!("cargo:rerun-if-changed=cpp/graph.cpp");
     println!("cargo:rerun-if-changed=cpp/pool.cpp");
     println!("cargo:rerun-if-changed=cpp/autocast.cpp");
+    println!("cargo:rerun-if-changed=cpp/straight.cpp");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=ESPER_CUDA_INCLUDE");
     println!("cargo::rustc-check-cfg=cfg(esper_cuda_graphs)");
@@ -64,6 +67,7 @@ fn main() {
         .cpp(true)
         .file("cpp/foreach.cpp")
         .file("cpp/autocast.cpp")
+        .file("cpp/straight.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

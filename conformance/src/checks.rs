@@ -469,7 +469,7 @@ fn isolation(s: &Subject<'_>, feed: &dyn Fn(&Tensor) -> Tensor) -> Outcome {
         let out = s.forward(&seed, &input, true)?;
         require_same_shape(&host, &out)?;
         let y = match route.blend() {
-            None => straight_through(&host, &out),
+            None => straight_through(&host, &out).map_err(|e| e.to_string())?,
             Some(b) => b.apply(&host, &out, &input, &blend_alpha(&host)),
         };
         let r = backward_through(&y)?;
@@ -519,7 +519,8 @@ fn channels_last_outcome(s: &Subject<'_>) -> Outcome {
     let input = seed_input(&host, true);
     let out = s.forward(&seed, &input, true)?;
     require_same_shape(&host, &out)?;
-    let y = straight_through(&host, &out) + Blend::Add.apply(&host, &out, &input, &blend_alpha(&host));
+    let y = straight_through(&host, &out).map_err(|e| e.to_string())?
+        + Blend::Add.apply(&host, &out, &input, &blend_alpha(&host));
     let r = backward_through(&y)?;
     if !is_channels_last(&host) {
         return Err("the host stream lost its channels-last layout".into());

@@ -66,7 +66,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let h = host.run_segment(to_slot, &host.prepare_input(&x), true);
                 let s = seed.forward(&seed_input(&h, true), true).unwrap();
-                let logits = host.run_segment(from_slot, &straight_through(&h, &s), true);
+                let logits = host.run_segment(from_slot, &straight_through(&h, &s).expect("same shapes"), true);
                 let loss = logits.cross_entropy_for_logits(&labels);
                 host_opt.zero_grad().unwrap();
                 seed_opt.zero_grad().unwrap();

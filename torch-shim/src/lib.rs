@@ -2,7 +2,8 @@
 //! (`cpp/foreach.cpp`, compiled by `build.rs` with the `cc` crate against the libtorch
 //! headers tch was built with): fused SGD and Adam steps over a whole parameter group
 //! with the `_foreach_*` kernels. On CUDA that is one launch per op for the group
-//! instead of one per parameter and op; on the CPU, fewer temporaries.
+//! instead of one per parameter and op; on the CPU, fewer temporaries. And the
+//! isolation layer's [`straight_through`] estimator as one autograd function.
 //!
 //! [`autocast`] enters bfloat16 mixed precision on the CPU or CUDA. Where the libtorch
 //! has CUDA, [`graph`] adds CUDA graphs (`cpp/graph.cpp`): capture and
@@ -21,6 +22,13 @@ use tch::Tensor;
 use torch_sys::C_tensor;
 
 extern "C" {
+    fn esper_straight_through(
+        host: *const C_tensor,
+        seed: *const C_tensor,
+        out: *mut *mut C_tensor,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
     fn esper_foreach_zero(ts: *const *mut C_tensor, n: usize, err: *mut c_char, err_len: usize) -> i32;
     fn esper_foreach_sgd(
         params: *const *mut C_tensor,
@@ -119,6 +127,20 @@ pub fn sgd(
     })
 }
 
+/// The straight-through estimator `host + (seed - seed.detach())` as one autograd
+/// function (`cpp/straight.cpp`): the value is `host` itself (no kernel), the gradient
+/// reaches the host unchanged and the seed converted once to the seed output's dtype and
+/// memory format. Shapes must match.
+pub fn straight_through(host: &Tensor, seed: &Tensor) -> Result<Tensor, ShimError> {
+    let mut out = std::ptr::null_mut();
+    // SAFETY: `host` and `seed` are live tch handles (`at::Tensor*`) borrowed for the
+    // call; on success the shim stores in `out` a new `at::Tensor*` nothing else owns;
+    // exceptions are caught in the shim.
+    call(|err, len| unsafe { esper_straight_through(host.as_ptr(), seed.as_ptr(), &mut out, err, len) })?;
+    // SAFETY: `out` is the fresh, owned handle written above; tch frees it on drop.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
 /// The Adam settings of [`adam`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Adam {
@@ -173,6 +195,24 @@ pub fn adam(
 mod tests {
     use super::*;
     use tch::{Device, Kind};
+
+    #[test]
+    fn straight_through_is_the_host_forward_and_both_backward() {
+        // Host channels-last (NHWC strides), seed NCHW, as in the runtime.
+        let host_leaf = Tensor::randn([2, 3, 4, 5], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let host = host_leaf.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+        let w = Tensor::randn([2, 3, 4, 5], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let seed = &w * 2.0;
+        let y = straight_through(&host, &seed).unwrap();
+        assert!(y.equal(&host) && y.stride() == host.stride(), "the value is the host tensor");
+        let g = Tensor::randn([2, 3, 4, 5], (Kind::Float, Device::Cpu));
+        (&y * &g).sum(Kind::Float).backward();
+        // The formula's gradients: host gets g, the seed gets g (so w gets 2 g).
+        assert!(host_leaf.grad().equal(&g));
+        assert!(w.grad().equal(&(&g * 2.0)));
+        let e = straight_through(&host, &Tensor::zeros([2, 3], (Kind::Float, Device::Cpu))).unwrap_err();
+        assert!(e.0.contains("straight-through"), "{e}");
+    }
 
     fn close(a: &Tensor, b: &Tensor) -> f64 {
         (a - b).abs().max().double_value(&[])

@@ -68,7 +68,7 @@ impl SeededStep {
     pub fn step(&mut self, seed: &dyn Fn(&Tensor) -> Tensor, seed_opt: &mut nn::Optimizer) {
         let h = self.host.run_segment(self.to_slot, &self.host.prepare_input(&self.x), true);
         let s = seed(&seed_input(&h, true));
-        let logits = self.host.run_segment(self.from_slot, &straight_through(&h, &s), true);
+        let logits = self.host.run_segment(self.from_slot, &straight_through(&h, &s).expect("same shapes"), true);
         let loss = logits.cross_entropy_for_logits(&self.labels);
         self.host_opt.zero_grad();
         seed_opt.zero_grad();

@@ -5,7 +5,9 @@
 //!   `group_norm` backward on a detached channels-last tensor), while the host stream
 //!   keeps its own memory format.
 //! * TRAINING (alpha 0): the straight-through estimator `host + (seed - seed.detach())`,
-//!   so the forward equals the host and the seed still gets gradients.
+//!   so the forward equals the host and the seed still gets gradients (one autograd
+//!   function: the forward is the host tensor itself, so a seed's NaN stays out of it;
+//!   the seed's finiteness flag reports it).
 //! * BLENDING and later: ADD, MULTIPLY or GATE blends (see [`blend`]).
 //! * The [`GradientHealthMonitor`] compares host and seed gradient norms per device.
 //! * Every seed forward is held to the output [`contract`] (shape, dtype, device, input
@@ -38,9 +40,11 @@ pub fn seed_input(host: &Tensor, isolate: bool) -> Tensor {
     }
 }
 
-/// Straight-through estimator: forward equals `host`, backward reaches the seed.
-pub fn straight_through(host: &Tensor, seed: &Tensor) -> Tensor {
-    host + (seed - seed.detach())
+/// Straight-through estimator `host + (seed - seed.detach())`: forward equals `host`,
+/// backward reaches the seed. One autograd function (`esper_torch_shim::straight_through`):
+/// no kernel forward, the gradient handed to the seed in its own layout.
+pub fn straight_through(host: &Tensor, seed: &Tensor) -> Result<Tensor, esper_torch_shim::ShimError> {
+    esper_torch_shim::straight_through(host, seed)
 }
 
 #[cfg(test)]
@@ -65,7 +69,7 @@ mod tests {
         let host = Tensor::randn([3, 2], (Kind::Float, Device::Cpu));
         let w = Tensor::ones([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let seed = &host * &w * 3.0;
-        let y = straight_through(&host, &seed);
+        let y = straight_through(&host, &seed).unwrap();
         assert!(y.equal(&host));
         y.sum(Kind::Float).backward();
         assert!(w.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);

@@ -158,7 +158,7 @@ impl SeedSlot {
                 let alpha = self.sync_alpha().map_err(|e| self.fault(FaultKind::Forward(e.to_string())))?;
                 Ok(blend.apply(&host, &out, &input, alpha))
             }
-            _ => Ok(straight_through(&host, &out)),
+            _ => straight_through(&host, &out).map_err(|e| self.fault(FaultKind::Forward(e.to_string()))),
         }
     }
 
