@@ -390,7 +390,7 @@ fn same(a: &Tensor, b: &Tensor) -> bool {
 #[ignore = "needs CUDA: run scripts/test-gpu.sh"]
 fn fused_relu_max_pool_is_libtorchs_relu_and_max_pool_exactly() {
     let dev = gpu();
-    esper_torch_shim::pool::available().expect("the fused kernels compile with NVRTC here");
+    esper_torch_shim::rtc::available().expect("the fused kernels compile with NVRTC here");
     tch::manual_seed(5);
     for kind in [Kind::Float, Kind::BFloat16] {
         // Rounded values: ties inside windows, negatives, all-negative windows; a NaN.
@@ -399,7 +399,7 @@ fn fused_relu_max_pool_is_libtorchs_relu_and_max_pool_exactly() {
         let x = to_channels_last(&x.to_kind(kind));
         for relu in [true, false] {
             let stock = |t: &Tensor| if relu { t.relu() } else { t.shallow_clone() }.max_pool2d_default(2);
-            let fused = |t: &Tensor| esper_torch_shim::pool::relu_max_pool2x2(t, relu).unwrap();
+            let fused = |t: &Tensor| esper_torch_shim::rtc::relu_max_pool2x2(t, relu).unwrap();
             let (y0, g0) = value_and_grad(&x, stock);
             let (y1, g1) = value_and_grad(&x, fused);
             assert!(same(&y0, &y1), "{kind:?} relu={relu}: values");
@@ -414,7 +414,23 @@ fn fused_relu_max_pool_is_libtorchs_relu_and_max_pool_exactly() {
         to_channels_last(&Tensor::randn([2, 8, 7, 6], (Kind::Float, dev))),
     ] {
         let (y0, g0) = value_and_grad(&x, |t| t.relu().max_pool2d_default(2));
-        let (y1, g1) = value_and_grad(&x, |t| esper_torch_shim::pool::relu_max_pool2x2(t, true).unwrap());
+        let (y1, g1) = value_and_grad(&x, |t| esper_torch_shim::rtc::relu_max_pool2x2(t, true).unwrap());
         assert!(same(&y0, &y1) && same(&g0, &g1));
+    }
+}
+
+#[test]
+#[ignore = "needs CUDA: run scripts/test-gpu.sh"]
+fn the_nchw_copy_kernel_is_contiguous_exactly() {
+    let dev = gpu();
+    esper_torch_shim::rtc::available().expect("the kernels compile with NVRTC here");
+    // Sizes that fill the 32 x 32 tiles and sizes that do not.
+    for (shape, kind) in
+        [([4, 64, 16, 16], Kind::Float), ([3, 37, 5, 7], Kind::Float), ([2, 70, 9, 11], Kind::BFloat16)]
+    {
+        let x = to_channels_last(&Tensor::randn(shape, (Kind::Float, dev)).to_kind(kind)).set_requires_grad(true);
+        let copy = esper_torch_shim::rtc::nchw_copy(&x).unwrap();
+        assert!(copy.is_contiguous() && !copy.requires_grad(), "{shape:?}");
+        assert!(copy.equal(&x.contiguous()), "{shape:?} {kind:?}");
     }
 }

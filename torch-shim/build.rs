@@ -13,8 +13,9 @@
 //!   `nvidia-cuda-cccl` wheel that `scripts/setup.sh` adds), or `$ESPER_CUDA_INCLUDE`.
 //!   Then it links `torch_cuda` and `c10_cuda` and sets the `esper_cuda_graphs` cfg;
 //!   elsewhere the Rust face says why graphs are not available.
-//! * `cpp/pool.cpp` (a fused ReLU + max pool compiled at run time with NVRTC), with
-//!   `graph.cpp`, under the same conditions; it loads libnvrtc itself (`dl`).
+//! * `cpp/rtc.cpp` (CUDA kernels compiled at run time with NVRTC: a fused ReLU + max
+//!   pool, a channels-last to NCHW copy), with `graph.cpp`, under the same conditions; it
+//!   loads libnvrtc itself (`dl`). `ESPER_RTC` is defined then, for `straight.cpp`.
 
 use std::{
     env,
@@ -51,7 +52,8 @@ fn cuda_includes(lib: &Path) -> Result<Vec<PathBuf>, String> {
 fn main() {
     println!("cargo:rerun-if-changed=cpp/foreach.cpp");
     println!("cargo:rerun-if-changed=cpp/graph.cpp");
-    println!("cargo:rerun-if-changed=cpp/pool.cpp");
+    println!("cargo:rerun-if-changed=cpp/rtc.cpp");
+    println!("cargo:rerun-if-changed=cpp/rtc.h");
     println!("cargo:rerun-if-changed=cpp/autocast.cpp");
     println!("cargo:rerun-if-changed=cpp/straight.cpp");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
@@ -77,7 +79,7 @@ fn main() {
         .warnings(false);
     let graphs = cuda_includes(&lib);
     if let Ok(dirs) = &graphs {
-        build.file("cpp/graph.cpp").file("cpp/pool.cpp");
+        build.file("cpp/graph.cpp").file("cpp/rtc.cpp").define("ESPER_RTC", None);
         for dir in dirs {
             build.include(dir);
         }

@@ -6,6 +6,10 @@
 // of the seed's backward). No exception crosses the C boundary.
 #include <torch/csrc/autograd/custom_function.h>
 
+#ifdef ESPER_RTC
+#include "rtc.h"
+#endif
+
 #include <cstdio>
 #include <exception>
 
@@ -25,7 +29,11 @@ struct StraightThrough : torch::autograd::Function<StraightThrough> {
         if (ctx->needs_input_grad(1)) {
             const auto dtype = static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt());
             const auto format = static_cast<at::MemoryFormat>(ctx->saved_data["format"].toInt());
-            to_seed = g.to(dtype).contiguous(format);
+            to_seed = g.to(dtype);
+#ifdef ESPER_RTC
+            if (format == at::MemoryFormat::Contiguous) to_seed = esper::rtc::nchw_contiguous(to_seed);
+#endif
+            to_seed = to_seed.contiguous(format);
         }
         return {g, to_seed};
     }

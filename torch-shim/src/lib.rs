@@ -7,15 +7,15 @@
 //!
 //! [`autocast`] enters bfloat16 mixed precision on the CPU or CUDA. Where the libtorch
 //! has CUDA, [`graph`] adds CUDA graphs (`cpp/graph.cpp`): capture and
-//! replay of a whole training step, and [`pool`] a fused ReLU + max pool compiled at run
-//! time with NVRTC (`cpp/pool.cpp`).
+//! replay of a whole training step, and [`rtc`] CUDA kernels compiled at run time with
+//! NVRTC (`cpp/rtc.cpp`: a fused ReLU + max pool, a channels-last to NCHW copy).
 //!
 //! This crate is the shim's Rust face and the only place it is called from; its
 //! `unsafe` blocks are the FFI calls, each with its `SAFETY:` reason.
 
 pub mod autocast;
 pub mod graph;
-pub mod pool;
+pub mod rtc;
 
 use std::ffi::c_char;
 use tch::Tensor;

@@ -4,7 +4,7 @@
 //! ReLU and max commute (`max(relu(v)) == relu(max(v))`) and the gradient reaches the
 //! same element, so `relu -> pool` is computed as `pool -> relu`: exactly the same
 //! values and gradients, with the ReLU on a quarter of the elements. On CUDA both run
-//! as one fused kernel each way (`esper_torch_shim::pool`, compiled at run time with
+//! as one fused kernel each way (`esper_torch_shim::rtc`, compiled at run time with
 //! NVRTC), replacing libtorch's channels-last max-pool backward, the costliest kernel
 //! of a large-batch step. Where those kernels cannot be built, libtorch's ops run, and
 //! the reason is logged once.
@@ -18,7 +18,7 @@ pub fn fused_pool_available() -> Result<(), String> {
     static READY: OnceLock<Result<(), String>> = OnceLock::new();
     READY
         .get_or_init(|| {
-            esper_torch_shim::pool::available().map_err(|e| {
+            esper_torch_shim::rtc::available().map_err(|e| {
                 tracing::warn!(reason = %e, "fused max-pool kernels unavailable; using libtorch's ReLU and max pool");
                 e.to_string()
             })
@@ -33,7 +33,7 @@ fn fused_ready() -> bool {
 /// `max_pool2d(relu ? relu(x) : x, 2)`; `fused` lets CUDA tensors use the fused kernels.
 pub(crate) fn max_pool2x2(x: &Tensor, relu: bool, fused: bool) -> Tensor {
     if fused && x.device().is_cuda() && fused_ready() {
-        match esper_torch_shim::pool::relu_max_pool2x2(x, relu) {
+        match esper_torch_shim::rtc::relu_max_pool2x2(x, relu) {
             Ok(z) => return z,
             Err(e) => tracing::warn!(error = %e, "fused max pool failed; using libtorch's"),
         }

@@ -33,11 +33,11 @@ pub fn seed_input(host: &Tensor, isolate: bool) -> Tensor {
         return host.shallow_clone();
     }
     if host.is_contiguous() {
-        host.detach()
-    } else {
-        // Contiguity before detach (BUG-005). The host stream is left as it is.
-        host.contiguous().detach()
+        return host.detach();
     }
+    // Contiguity before detach (BUG-005): a fresh NCHW copy with no autograd history (a
+    // transpose kernel on CUDA). The host stream is left as it is.
+    esper_torch_shim::rtc::nchw_copy(host).unwrap_or_else(|_| host.contiguous().detach())
 }
 
 /// Straight-through estimator `host + (seed - seed.detach())`: forward equals `host`,

@@ -1,8 +1,11 @@
-//! A fused ReLU + 2x2 max pool for channels-last CUDA tensors (`cpp/pool.cpp`): kernels
-//! compiled at run time with NVRTC, one launch forward and one backward, instead of
-//! libtorch's ReLU and its channels-last max pool (whose backward scatters through
-//! int64 indices). ReLU and max commute, so the result and its gradient are exactly
-//! those of `max_pool2d(relu(x), 2)`.
+//! CUDA kernels compiled at run time with NVRTC (`cpp/rtc.cpp`):
+//!
+//! * [`relu_max_pool2x2`]: a fused ReLU + 2x2 max pool for channels-last tensors, one
+//!   launch forward and one backward, instead of libtorch's ReLU and its channels-last
+//!   max pool (whose backward scatters through int64 indices). ReLU and max commute, so
+//!   the result and its gradient are exactly those of `max_pool2d(relu(x), 2)`.
+//! * [`nchw_copy`]: `contiguous()` of a channels-last tensor as a tiled transpose, for
+//!   inputs detached anyway (the isolation layer's seed input).
 //!
 //! Built with the CUDA graph support (same headers, see `build.rs`); elsewhere
 //! [`available`] says why not.
@@ -23,10 +26,11 @@ mod ffi {
             err: *mut c_char,
             len: usize,
         ) -> i32;
+        pub fn esper_nchw_copy(x: *const C_tensor, out: *mut *mut C_tensor, err: *mut c_char, len: usize) -> i32;
     }
 }
 
-/// Whether the fused kernels can run here: compiles them on the current CUDA device the
+/// Whether the kernels can run here: compiles them on the current CUDA device the
 /// first time (a few hundred milliseconds); Err says why not (no CUDA build, no NVRTC,
 /// an architecture NVRTC does not know).
 pub fn available() -> Result<(), ShimError> {
@@ -57,4 +61,22 @@ pub fn relu_max_pool2x2(x: &Tensor, relu: bool) -> Result<Tensor, ShimError> {
     }
     #[cfg(not(esper_cuda_graphs))]
     unreachable!("available() is Err without CUDA support")
+}
+
+/// `x.contiguous()` (NCHW) with no autograd history: a transpose kernel for a 4-d
+/// channels-last float32 or bfloat16 CUDA tensor once [`available`] is Ok (at about
+/// memory bandwidth, where libtorch's strided copy reaches a quarter of it), libtorch's
+/// copy otherwise (detached).
+pub fn nchw_copy(x: &Tensor) -> Result<Tensor, ShimError> {
+    #[cfg(esper_cuda_graphs)]
+    {
+        let mut out = std::ptr::null_mut();
+        // SAFETY: `x` is a live tch handle borrowed for the call; on success `out` holds a
+        // new `at::Tensor*` nothing else owns; exceptions are caught in the shim.
+        crate::call(|err, len| unsafe { ffi::esper_nchw_copy(x.as_ptr(), &mut out, err, len) })?;
+        // SAFETY: `out` is the fresh, owned handle written above; tch frees it on drop.
+        Ok(unsafe { Tensor::from_ptr(out) })
+    }
+    #[cfg(not(esper_cuda_graphs))]
+    x.f_contiguous().map(|c| c.detach()).map_err(|e| ShimError(e.to_string()))
 }

@@ -1,6 +1,12 @@
-// A 2x2 max pool (stride 2), optionally with the ReLU before it folded in, for
-// channels-last float32 / bfloat16 tensors on CUDA: one kernel forward, one backward.
+// CUDA kernels compiled at run time (NVRTC), for float32 / bfloat16 tensors:
 //
+// * A 2x2 max pool (stride 2) of a channels-last tensor, optionally with the ReLU before
+//   it folded in: one kernel forward, one backward.
+// * A channels-last -> NCHW copy (a tiled transpose through shared memory), for the
+//   isolation layer's contiguous seed input and the gradient handed back to an NCHW
+//   seed: libtorch's strided copy runs at about a quarter of the memory bandwidth.
+//
+// The pool:
 // Why: libtorch's channels-last max-pool backward scatters through int64 indices and
 // is the costliest kernel of the host's training step at large batches (15% of a
 // batch-1024 step on an H200), and a ReLU in front of a pool is a full-size pass
@@ -14,6 +20,8 @@
 // beside the libcudart libtorch_cuda loaded), for the device's architecture, once per
 // process, and launched on libtorch's current stream, so they are captured in CUDA
 // graphs like any libtorch kernel. No exception crosses the C boundary.
+#include "rtc.h"
+
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAStream.h>
@@ -166,12 +174,36 @@ ESPER_POOL_KERNELS(f32_v4, float, 4, false)
 ESPER_POOL_KERNELS(f32_v4_relu, float, 4, true)
 ESPER_POOL_KERNELS(bf16_v4, unsigned short, 4, false)
 ESPER_POOL_KERNELS(bf16_v4_relu, unsigned short, 4, true)
+
+// in is N x P x C (P = H * W, channels innermost), out N x C x P: 32 x 32 tiles of
+// (P, C) per sample, read along C and written along P, both coalesced.
+template <typename T>
+__device__ void transpose(const T *__restrict__ in, T *__restrict__ out, int P, int C) {
+    __shared__ T tile[32][33];
+    const long long offset = (long long)blockIdx.z * P * C;
+    const int c0 = blockIdx.x * 32, p0 = blockIdx.y * 32;
+    for (int j = threadIdx.y; j < 32; j += blockDim.y) {
+        const int p = p0 + j, c = c0 + threadIdx.x;
+        if (p < P && c < C) tile[j][threadIdx.x] = in[offset + (long long)p * C + c];
+    }
+    __syncthreads();
+    for (int j = threadIdx.y; j < 32; j += blockDim.y) {
+        const int c = c0 + j, p = p0 + threadIdx.x;
+        if (c < C && p < P) out[offset + (long long)c * P + p] = tile[threadIdx.x][j];
+    }
+}
+extern "C" __global__ void nchw_f32(const float *in, float *out, int P, int C) { transpose<float>(in, out, P, C); }
+extern "C" __global__ void nchw_bf16(const unsigned short *in, unsigned short *out, int P, int C) {
+    transpose<unsigned short>(in, out, P, C);
+}
 )CUDA";
 
 // The compiled kernels: [dtype: f32, bf16][vector: 1, 4 channels][relu: no, yes].
+// And the channels-last -> NCHW copy: [dtype].
 struct Kernels {
     cudaKernel_t fwd[2][2][2] = {};
     cudaKernel_t bwd[2][2][2] = {};
+    cudaKernel_t nchw[2] = {};
 };
 
 void check_cuda(cudaError_t status, const char *what) {
@@ -200,7 +232,7 @@ void *open_nvrtc() {
     }
     void *lib = dir.empty() ? nullptr : dlopen((dir + name).c_str(), RTLD_NOW | RTLD_LOCAL);
     if (!lib) lib = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
-    TORCH_CHECK(lib, "cannot load ", name, " (NVRTC, for the fused pooling kernels): ", dlerror());
+    TORCH_CHECK(lib, "cannot load ", name, " (NVRTC, for the runtime-compiled kernels): ", dlerror());
     int major = 0, minor = 0;
     if (!dir.empty() && symbol<decltype(&nvrtcVersion)>(lib, "nvrtcVersion")(&major, &minor) == NVRTC_SUCCESS) {
         const std::string builtins = "libnvrtc-builtins.so." + std::to_string(major) + "." + std::to_string(minor);
@@ -237,7 +269,7 @@ Kernels compile() {
         std::string log(size, '\0');
         get_log(program, log.data());
         destroy(&program);
-        TORCH_CHECK(false, "NVRTC could not compile the pooling kernels for ", arch, ": ", error_string(status),
+        TORCH_CHECK(false, "NVRTC could not compile the runtime's kernels for ", arch, ": ", error_string(status),
                     "\n", log);
     }
     size_t size = 0;
@@ -248,7 +280,7 @@ Kernels compile() {
 
     cudaLibrary_t library = nullptr;
     check_cuda(rt.load_library(&library, cubin.data(), nullptr, nullptr, 0, nullptr, nullptr, 0),
-               "loading the pooling kernels");
+               "loading the runtime-compiled kernels");
     Kernels k;
     const char *dtypes[2] = {"f32", "bf16"};
     const char *vecs[2] = {"_v1", "_v4"};
@@ -260,6 +292,7 @@ Kernels compile() {
                 check_cuda(rt.get_kernel(&k.bwd[d][v][relu], library, ("bwd_" + suffix).c_str()), "bwd kernel");
             }
         }
+        check_cuda(rt.get_kernel(&k.nchw[d], library, (std::string("nchw_") + dtypes[d]).c_str()), "nchw kernel");
     }
     return k;
 }
@@ -320,6 +353,12 @@ void launch(cudaKernel_t kernel, int total, void **args) {
                "launching a pooling kernel");
 }
 
+void launch3(cudaKernel_t kernel, dim3 grid, dim3 block, void **args) {
+    check_cuda(cudart().launch_kernel(reinterpret_cast<const void *>(kernel), grid, block, args, 0,
+                                      at::cuda::getCurrentCUDAStream().stream()),
+               "launching a copy kernel");
+}
+
 int dtype_index(const at::Tensor &x) {
     return x.scalar_type() == at::kBFloat16 ? 1 : 0;
 }
@@ -362,6 +401,41 @@ struct ReluMaxPool : torch::autograd::Function<ReluMaxPool> {
     }
 };
 
+}  // namespace
+
+namespace esper::rtc {
+
+// Whether the kernels compiled (never throws).
+bool ready() {
+    try {
+        kernels();
+        return true;
+    } catch (const std::exception &) {
+        return false;
+    }
+}
+
+at::Tensor nchw_contiguous(const at::Tensor &x) {
+    const bool fits = x.is_cuda() && x.dim() == 4 &&
+                      (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) && x.numel() > 0 &&
+                      x.size(0) <= 65535 && x.size(1) * x.size(2) * x.size(3) <= std::numeric_limits<int>::max() &&
+                      !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+    if (!fits || !ready()) return x.contiguous();
+    const Kernels &k = kernels();
+    at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+    int P = static_cast<int>(x.size(2) * x.size(3)), C = static_cast<int>(x.size(1));
+    const void *in = x.data_ptr();
+    void *o = out.data_ptr();
+    void *args[] = {&in, &o, &P, &C};
+    launch3(k.nchw[dtype_index(x)], dim3((C + 31) / 32, (P + 31) / 32, static_cast<unsigned>(x.size(0))), dim3(32, 8),
+            args);
+    return out;
+}
+
+}  // namespace esper::rtc
+
+namespace {
+
 int fail(const std::exception &e, char *err, size_t len) {
     const auto *c10_error = dynamic_cast<const c10::Error *>(&e);
     if (err && len) std::snprintf(err, len, "%s", c10_error ? c10_error->what_without_backtrace() : e.what());
@@ -391,6 +465,18 @@ int esper_relu_max_pool2x2(const at::Tensor *x, int relu, at::Tensor **out, char
         at::Tensor z = fusable(*x) ? ReluMaxPool::apply(*x, relu != 0)
                                    : at::max_pool2d(relu ? at::relu(*x) : *x, {2, 2}, {2, 2});
         *out = new at::Tensor(std::move(z));
+        return 0;
+    } catch (const std::exception &e) {
+        return fail(e, err, len);
+    }
+}
+
+// `x.contiguous()` (NCHW) into `*out`, through the transpose kernel where it applies
+// (see rtc.h), with no autograd history: for inputs that are detached anyway.
+int esper_nchw_copy(const at::Tensor *x, at::Tensor **out, char *err, size_t len) {
+    try {
+        at::NoGradGuard no_grad;
+        *out = new at::Tensor(esper::rtc::nchw_contiguous(*x).detach());
         return 0;
     } catch (const std::exception &e) {
         return fail(e, err, len);
