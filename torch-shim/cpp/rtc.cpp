@@ -17,9 +17,10 @@
 // every input element once (each belongs to exactly one window), so no zero fill.
 //
 // The kernels are compiled at run time with NVRTC (the torch wheel's libnvrtc, found
-// beside the libcudart libtorch_cuda loaded), for the device's architecture, once per
-// process, and launched on libtorch's current stream, so they are captured in CUDA
-// graphs like any libtorch kernel. No exception crosses the C boundary.
+// beside the libcudart libtorch_cuda loaded) for the device's architecture, once: the
+// cubin is cached on disk (see cache_file), so later processes only load it. They are
+// launched on libtorch's current stream, so CUDA graphs capture them like any libtorch
+// kernel. No exception crosses the C boundary.
 #include "rtc.h"
 
 #include <ATen/ATen.h>
@@ -31,11 +32,17 @@
 
 #include <dlfcn.h>
 
+#include <unistd.h>
+
 #include <cstdint>
 #include <cstdio>
-#include <initializer_list>
-#include <limits>
+#include <cstdlib>
 #include <exception>
+#include <filesystem>
+#include <fstream>
+#include <initializer_list>
+#include <iterator>
+#include <limits>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -241,12 +248,9 @@ void *open_nvrtc() {
     return lib;
 }
 
-// Compiles kSource for the current device's architecture and loads it.
-Kernels compile() {
-    const Cudart &rt = cudart();
-    TORCH_CHECK(rt.launch_kernel && rt.load_library && rt.get_kernel,
-                "the CUDA runtime (libcudart) is not loaded");
-    void *lib = open_nvrtc();  // stays loaded: the program is compiled once per process
+// NVRTC's cubin of kSource for `arch` (an sm_XY option).
+std::vector<char> compile_cubin(const std::string &arch) {
+    void *lib = open_nvrtc();  // stays loaded
     auto create = symbol<decltype(&nvrtcCreateProgram)>(lib, "nvrtcCreateProgram");
     auto compile = symbol<decltype(&nvrtcCompileProgram)>(lib, "nvrtcCompileProgram");
     auto log_size = symbol<decltype(&nvrtcGetProgramLogSize)>(lib, "nvrtcGetProgramLogSize");
@@ -256,10 +260,8 @@ Kernels compile() {
     auto destroy = symbol<decltype(&nvrtcDestroyProgram)>(lib, "nvrtcDestroyProgram");
     auto error_string = symbol<decltype(&nvrtcGetErrorString)>(lib, "nvrtcGetErrorString");
 
-    const cudaDeviceProp *prop = at::cuda::getCurrentDeviceProperties();
-    const std::string arch = "--gpu-architecture=sm_" + std::to_string(prop->major * 10 + prop->minor);
     nvrtcProgram program = nullptr;
-    nvrtcResult status = create(&program, kSource, "esper_pool.cu", 0, nullptr, nullptr);
+    nvrtcResult status = create(&program, kSource, "esper_rtc.cu", 0, nullptr, nullptr);
     TORCH_CHECK(status == NVRTC_SUCCESS, "nvrtcCreateProgram: ", error_string(status));
     const char *options[] = {arch.c_str(), "--std=c++17", "-default-device"};
     status = compile(program, 3, options);
@@ -277,10 +279,74 @@ Kernels compile() {
     std::vector<char> cubin(size);
     get_cubin(program, cubin.data());
     destroy(&program);
+    return cubin;
+}
 
+// Where the cubin for `arch` is cached between processes (NVRTC takes ~0.3 s):
+// $ESPER_KERNEL_CACHE (a folder; "off": no cache), else
+// $XDG_CACHE_HOME/esper-runtime/kernels, else ~/.cache/esper-runtime/kernels; the name
+// hashes the source, the architecture and the CUDA version. Empty: no cache.
+std::string cache_file(const std::string &arch) {
+    std::string dir;
+    if (const char *env = std::getenv("ESPER_KERNEL_CACHE"); env && *env) {
+        if (std::string(env) == "off") return "";
+        dir = env;
+    } else if (const char *xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg) {
+        dir = std::string(xdg) + "/esper-runtime/kernels";
+    } else if (const char *home = std::getenv("HOME"); home && *home) {
+        dir = std::string(home) + "/.cache/esper-runtime/kernels";
+    } else {
+        return "";
+    }
+    uint64_t hash = 1469598103934665603ull;  // FNV-1a, stable across builds and runs
+    const std::string key = std::string(kSource) + arch + std::to_string(CUDART_VERSION);
+    for (unsigned char c : key) hash = (hash ^ c) * 1099511628211ull;
+    char name[64];
+    std::snprintf(name, sizeof name, "/rtc-%016llx.cubin", static_cast<unsigned long long>(hash));
+    return dir + name;
+}
+
+std::vector<char> read_file(const std::string &path) {
+    std::ifstream in(path, std::ios::binary);
+    return in ? std::vector<char>(std::istreambuf_iterator<char>(in), {}) : std::vector<char>();
+}
+
+// Best effort: a cache that cannot be written only costs the next process a compile.
+void write_file(const std::string &path, const std::vector<char> &bytes) {
+    std::error_code ec;
+    std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
+    const std::string tmp = path + ".tmp" + std::to_string(getpid());
+    {
+        std::ofstream out(tmp, std::ios::binary);
+        if (!out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()))) return;
+    }
+    std::filesystem::rename(tmp, path, ec);  // atomic: readers see all of it or nothing
+    if (ec) std::filesystem::remove(tmp, ec);
+}
+
+// The kernels for the current device: the cached cubin if it loads, else compiled (and
+// cached).
+Kernels compile() {
+    const Cudart &rt = cudart();
+    TORCH_CHECK(rt.launch_kernel && rt.load_library && rt.get_kernel,
+                "the CUDA runtime (libcudart) is not loaded");
+    const cudaDeviceProp *prop = at::cuda::getCurrentDeviceProperties();
+    const std::string arch = "--gpu-architecture=sm_" + std::to_string(prop->major * 10 + prop->minor);
+    const std::string cached = cache_file(arch);
     cudaLibrary_t library = nullptr;
-    check_cuda(rt.load_library(&library, cubin.data(), nullptr, nullptr, 0, nullptr, nullptr, 0),
-               "loading the runtime-compiled kernels");
+    if (!cached.empty()) {
+        std::vector<char> cubin = read_file(cached);
+        if (!cubin.empty() &&
+            rt.load_library(&library, cubin.data(), nullptr, nullptr, 0, nullptr, nullptr, 0) != cudaSuccess) {
+            library = nullptr;  // stale or damaged: compile afresh
+        }
+    }
+    if (!library) {
+        std::vector<char> cubin = compile_cubin(arch);
+        check_cuda(rt.load_library(&library, cubin.data(), nullptr, nullptr, 0, nullptr, nullptr, 0),
+                   "loading the runtime-compiled kernels");
+        if (!cached.empty()) write_file(cached, cubin);
+    }
     Kernels k;
     const char *dtypes[2] = {"f32", "bf16"};
     const char *vecs[2] = {"_v1", "_v4"};

@@ -30,9 +30,10 @@ mod ffi {
     }
 }
 
-/// Whether the kernels can run here: compiles them on the current CUDA device the
-/// first time (a few hundred milliseconds); Err says why not (no CUDA build, no NVRTC,
-/// an architecture NVRTC does not know).
+/// Whether the kernels can run here. The first call loads them for the current CUDA
+/// device from the on-disk cache (`$ESPER_KERNEL_CACHE`, `off` for none, else
+/// `~/.cache/esper-runtime/kernels`), or compiles them (about 0.3 s) and caches them.
+/// Err says why not (no CUDA build, no NVRTC, an architecture NVRTC does not know).
 pub fn available() -> Result<(), ShimError> {
     crate::graph::available()?;
     #[cfg(esper_cuda_graphs)]
