@@ -4,6 +4,7 @@
 //! * `cpp/autocast.cpp` (always): bfloat16 autocast on the CPU or CUDA.
 //! * `cpp/straight.cpp` (always): the isolation layer's straight-through estimator as
 //!   one autograd function.
+//! * `cpp/host_alloc.cpp` (always): glibc malloc thresholds for a CPU training process.
 //! * `cpp/foreach.cpp` (always): only ATen's CPU-side headers. The `_foreach_*` ops
 //!   dispatch to CUDA kernels at run time when the tensors are on a GPU, so no CUDA
 //!   header is needed and it builds on a CPU-only machine.
@@ -56,6 +57,7 @@ fn main() {
     println!("cargo:rerun-if-changed=cpp/rtc.h");
     println!("cargo:rerun-if-changed=cpp/autocast.cpp");
     println!("cargo:rerun-if-changed=cpp/straight.cpp");
+    println!("cargo:rerun-if-changed=cpp/host_alloc.cpp");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=ESPER_CUDA_INCLUDE");
     println!("cargo::rustc-check-cfg=cfg(esper_cuda_graphs)");
@@ -70,6 +72,7 @@ fn main() {
         .file("cpp/foreach.cpp")
         .file("cpp/autocast.cpp")
         .file("cpp/straight.cpp")
+        .file("cpp/host_alloc.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

@@ -29,6 +29,7 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
+    fn esper_keep_freed_host_memory() -> i32;
     fn esper_foreach_zero(ts: *const *mut C_tensor, n: usize, err: *mut c_char, err_len: usize) -> i32;
     fn esper_foreach_sgd(
         params: *const *mut C_tensor,
@@ -141,6 +142,21 @@ pub fn straight_through(host: &Tensor, seed: &Tensor) -> Result<Tensor, ShimErro
     Ok(unsafe { Tensor::from_ptr(out) })
 }
 
+/// Keeps memory that libtorch's CPU tensors free inside the process for the next
+/// allocation (glibc's mmap threshold to 1 GiB, its trim threshold to 2 GiB;
+/// `cpp/host_alloc.cpp` says why): a CPU training step reallocates its activations
+/// every step, and by default each large one costs fresh pages from the kernel.
+/// Process-wide; Err where glibc refused or this is not glibc.
+pub fn keep_freed_host_memory() -> Result<(), ShimError> {
+    // SAFETY: no arguments; mallopt only changes the allocator's thresholds, which glibc
+    // reads under its own lock.
+    match unsafe { esper_keep_freed_host_memory() } {
+        0 => Ok(()),
+        1 => Err(ShimError("glibc refused the malloc thresholds".into())),
+        _ => Err(ShimError("not glibc: the host allocator is left as it is".into())),
+    }
+}
+
 /// The Adam settings of [`adam`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Adam {
@@ -195,6 +211,14 @@ pub fn adam(
 mod tests {
     use super::*;
     use tch::{Device, Kind};
+
+    #[test]
+    #[cfg(target_env = "gnu")]
+    fn glibc_takes_the_malloc_thresholds() {
+        keep_freed_host_memory().unwrap();
+        let t = Tensor::ones([1 << 20], (Kind::Float, Device::Cpu)); // a 4 MiB block, freed again
+        assert_eq!(t.sum(Kind::Float).double_value(&[]), (1 << 20) as f64);
+    }
 
     #[test]
     fn straight_through_is_the_host_forward_and_both_backward() {

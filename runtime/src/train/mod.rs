@@ -77,6 +77,13 @@ impl Trainer {
         // and pinned, every blueprint the run names resolved (as `esper config check`).
         let preflight = config.preflight(Some(device))?;
         let (registry, rotation) = (preflight.registry, preflight.rotation);
+        if device == Device::Cpu {
+            // A CPU step frees and reallocates its activations every step: keep that
+            // memory in the process instead of faulting fresh pages in each time.
+            if let Err(e) = esper_torch_shim::keep_freed_host_memory() {
+                tracing::debug!(reason = %e, "host allocator left as it is");
+            }
+        }
         // libtorch's generator drives parameter init (and is re-seeded every epoch), so
         // the same config gives the same run, and a resumed one continues it exactly.
         tch::manual_seed(config.training.seed as i64);
