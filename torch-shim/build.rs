@@ -55,6 +55,7 @@ fn main() {
     println!("cargo:rerun-if-changed=cpp/graph.cpp");
     println!("cargo:rerun-if-changed=cpp/rtc.cpp");
     println!("cargo:rerun-if-changed=cpp/rtc.h");
+    println!("cargo:rerun-if-changed=cpp/error.h");
     println!("cargo:rerun-if-changed=cpp/autocast.cpp");
     println!("cargo:rerun-if-changed=cpp/straight.cpp");
     println!("cargo:rerun-if-changed=cpp/host_alloc.cpp");

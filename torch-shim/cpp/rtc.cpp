@@ -21,6 +21,7 @@
 // cubin is cached on disk (see cache_file), so later processes only load it. They are
 // launched on libtorch's current stream, so CUDA graphs capture them like any libtorch
 // kernel. No exception crosses the C boundary.
+#include "error.h"
 #include "rtc.h"
 
 #include <ATen/ATen.h>
@@ -371,10 +372,8 @@ const Kernels &kernels() {
     std::call_once(once, [] {
         try {
             k = compile();
-        } catch (const c10::Error &e) {
-            failure = e.what_without_backtrace();
         } catch (const std::exception &e) {
-            failure = e.what();
+            failure = esper::message(e);
         }
     });
     TORCH_CHECK(failure.empty(), failure);
@@ -500,16 +499,6 @@ at::Tensor nchw_contiguous(const at::Tensor &x) {
 
 }  // namespace esper::rtc
 
-namespace {
-
-int fail(const std::exception &e, char *err, size_t len) {
-    const auto *c10_error = dynamic_cast<const c10::Error *>(&e);
-    if (err && len) std::snprintf(err, len, "%s", c10_error ? c10_error->what_without_backtrace() : e.what());
-    return 1;
-}
-
-}  // namespace
-
 extern "C" {
 
 // Compiles the kernels now (they are otherwise compiled on first use): 0, or 1 with why
@@ -519,7 +508,7 @@ int esper_pool_ready(char *err, size_t len) {
         kernels();
         return 0;
     } catch (const std::exception &e) {
-        return fail(e, err, len);
+        return esper::fail(e, err, len);
     }
 }
 
@@ -533,7 +522,7 @@ int esper_relu_max_pool2x2(const at::Tensor *x, int relu, at::Tensor **out, char
         *out = new at::Tensor(std::move(z));
         return 0;
     } catch (const std::exception &e) {
-        return fail(e, err, len);
+        return esper::fail(e, err, len);
     }
 }
 
@@ -545,7 +534,7 @@ int esper_nchw_copy(const at::Tensor *x, at::Tensor **out, char *err, size_t len
         *out = new at::Tensor(esper::rtc::nchw_contiguous(*x).detach());
         return 0;
     } catch (const std::exception &e) {
-        return fail(e, err, len);
+        return esper::fail(e, err, len);
     }
 }
 

@@ -4,14 +4,14 @@
 // backward hands the incoming gradient to the host unchanged and to the seed in the
 // seed's own dtype and memory format (one conversion here instead of one inside each op
 // of the seed's backward). No exception crosses the C boundary.
+#include "error.h"
+
 #include <torch/csrc/autograd/custom_function.h>
 
 #ifdef ESPER_RTC
 #include "rtc.h"
 #endif
 
-#include <cstdio>
-#include <exception>
 
 namespace {
 
@@ -51,12 +51,8 @@ int esper_straight_through(const at::Tensor *host, const at::Tensor *seed, at::T
                     seed->sizes());
         *out = new at::Tensor(StraightThrough::apply(*host, *seed));
         return 0;
-    } catch (const c10::Error &e) {
-        if (err && len) std::snprintf(err, len, "%s", e.what_without_backtrace());
-        return 1;
     } catch (const std::exception &e) {
-        if (err && len) std::snprintf(err, len, "%s", e.what());
-        return 1;
+        return esper::fail(e, err, len);
     }
 }
 

@@ -78,7 +78,7 @@ fn handles(ts: &[&Tensor]) -> Vec<*mut C_tensor> {
 
 /// Runs a shim call with an error buffer; the message on failure.
 pub(crate) fn call(f: impl FnOnce(*mut c_char, usize) -> i32) -> Result<(), ShimError> {
-    let mut err = vec![0u8; 4096];
+    let mut err = [0u8; 4096]; // on the stack: shim calls sit on the step's hot path
     if f(err.as_mut_ptr().cast(), err.len()) == 0 {
         return Ok(());
     }

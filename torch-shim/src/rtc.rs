@@ -44,11 +44,12 @@ pub fn available() -> Result<(), ShimError> {
 }
 
 /// `max_pool2d(relu ? relu(x) : x, 2, 2)`, differentiable: the fused kernels where `x`
-/// suits them (CUDA, 4-d channels-last float32 or bfloat16, even height and width) and
-/// [`available`] is Ok, libtorch's ops otherwise.
+/// suits them (CUDA, 4-d channels-last float32 or bfloat16, even height and width),
+/// libtorch's ops otherwise. Err where the kernels would run but cannot be built (the
+/// reason [`available`] gives).
 #[cfg_attr(not(esper_cuda_graphs), allow(unused_variables))]
 pub fn relu_max_pool2x2(x: &Tensor, relu: bool) -> Result<Tensor, ShimError> {
-    available()?;
+    crate::graph::available()?; // the shim compiles the kernels on first use, or says why not
     #[cfg(esper_cuda_graphs)]
     {
         let mut out = std::ptr::null_mut();

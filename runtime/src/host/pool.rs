@@ -15,24 +15,23 @@ use tch::Tensor;
 /// Whether the fused CUDA kernels are usable in this process (compiled on the current
 /// CUDA device on first ask; the reason is logged once); Err says why not.
 pub fn fused_pool_available() -> Result<(), String> {
-    static READY: OnceLock<Result<(), String>> = OnceLock::new();
-    READY
-        .get_or_init(|| {
-            esper_torch_shim::rtc::available().map_err(|e| {
-                tracing::warn!(reason = %e, "fused max-pool kernels unavailable; using libtorch's ReLU and max pool");
-                e.to_string()
-            })
-        })
-        .clone()
+    fused_state().clone()
 }
 
-fn fused_ready() -> bool {
-    fused_pool_available().is_ok()
+/// The answer of [`fused_pool_available`], worked out once.
+fn fused_state() -> &'static Result<(), String> {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    READY.get_or_init(|| {
+        esper_torch_shim::rtc::available().map_err(|e| {
+            tracing::warn!(reason = %e, "fused max-pool kernels unavailable; using libtorch's ReLU and max pool");
+            e.to_string()
+        })
+    })
 }
 
 /// `max_pool2d(relu ? relu(x) : x, 2)`; `fused` lets CUDA tensors use the fused kernels.
 pub(crate) fn max_pool2x2(x: &Tensor, relu: bool, fused: bool) -> Tensor {
-    if fused && x.device().is_cuda() && fused_ready() {
+    if fused && x.device().is_cuda() && fused_state().is_ok() {
         match esper_torch_shim::rtc::relu_max_pool2x2(x, relu) {
             Ok(z) => return z,
             Err(e) => tracing::warn!(error = %e, "fused max pool failed; using libtorch's"),
