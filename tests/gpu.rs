@@ -253,6 +253,11 @@ fn graph_job_with(
     t
 }
 
+/// Every lifecycle event of the run, in order.
+fn events(t: &Trainer) -> Vec<&LifecycleEvent> {
+    t.history().iter().flat_map(|r| r.events.iter()).collect()
+}
+
 fn state(t: &Trainer) -> Vec<Tensor> {
     let mut p = t.model().host_parameters();
     p.extend(t.model().seed_parameters());
@@ -314,7 +319,7 @@ fn a_seed_that_syncs_with_the_host_runs_eagerly_and_is_not_blamed() {
     eprintln!("graph stats: {stats:?}, last refusal: {:?}", t.last_graph_refusal());
     assert!(stats.refusals >= 1, "the capture of a host-syncing seed is refused: {stats:?}");
     assert!(stats.eager_steps > 0, "{stats:?}");
-    let events: Vec<_> = t.history().iter().flat_map(|r| r.events.iter()).collect();
+    let events = events(&t);
     assert!(!events.iter().any(|e| matches!(e, LifecycleEvent::Pruned { .. })), "not pruned: {events:?}");
     assert!(t.model().slots()[0].seed().is_some(), "the seed is still there");
     assert!(t.history().iter().all(|r| r.train_loss.is_finite()));
@@ -335,7 +340,7 @@ fn a_seed_going_non_finite_inside_a_graph_is_rolled_back_and_pruned() {
     let stats = t.graph_stats();
     eprintln!("graph stats: {stats:?}, last refusal: {:?}", t.last_graph_refusal());
     assert!(stats.replays > 0 && stats.refusals == 0, "{stats:?}");
-    let events: Vec<_> = t.history().iter().flat_map(|r| r.events.iter()).collect();
+    let events = events(&t);
     assert!(events.iter().any(|e| matches!(e, LifecycleEvent::Pruned { .. })), "pruned: {events:?}");
     // The spoiled steps were rolled back and not counted: the epoch sums stay finite.
     for r in t.history() {
@@ -356,7 +361,7 @@ fn bf16_autocast_runs_the_seed_in_cuda_graphs_through_its_lifecycle() {
     let stats = bf16.graph_stats();
     eprintln!("bf16 graph stats: {stats:?}, last refusal: {:?}", bf16.last_graph_refusal());
     assert!(stats.captures >= 3 && stats.refusals == 0 && stats.replays > 0, "{stats:?}");
-    let events: Vec<_> = bf16.history().iter().flat_map(|r| r.events.iter()).collect();
+    let events = events(&bf16);
     eprintln!("bf16 events: {events:?}");
     assert!(!events.iter().any(|e| matches!(e, LifecycleEvent::SeedFault { .. })), "{events:?}");
     let stages = |t: &Trainer| t.history().iter().map(|r| r.slots[0].stage).collect::<Vec<_>>();

@@ -364,20 +364,28 @@ Kernels compile() {
     return k;
 }
 
-// The kernels, compiled on first use; a failure is remembered and rethrown.
-const Kernels &kernels() {
+// The kernels, compiled on first use, or null; `failure` says why (set once, with them).
+const Kernels *compiled(const std::string **failure = nullptr) {
     static std::once_flag once;
     static Kernels k;
-    static std::string failure;
+    static std::string why;
     std::call_once(once, [] {
         try {
             k = compile();
         } catch (const std::exception &e) {
-            failure = esper::message(e);
+            why = esper::message(e);
         }
     });
-    TORCH_CHECK(failure.empty(), failure);
-    return k;
+    if (failure) *failure = &why;
+    return why.empty() ? &k : nullptr;
+}
+
+// The kernels; throws why they could not be built.
+const Kernels &kernels() {
+    const std::string *why = nullptr;
+    const Kernels *k = compiled(&why);
+    TORCH_CHECK(k, *why);
+    return *k;
 }
 
 bool fusable(const at::Tensor &x) {
@@ -470,29 +478,19 @@ struct ReluMaxPool : torch::autograd::Function<ReluMaxPool> {
 
 namespace esper::rtc {
 
-// Whether the kernels compiled (never throws).
-bool ready() {
-    try {
-        kernels();
-        return true;
-    } catch (const std::exception &) {
-        return false;
-    }
-}
-
 at::Tensor nchw_contiguous(const at::Tensor &x) {
     const bool fits = x.is_cuda() && x.dim() == 4 &&
                       (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) && x.numel() > 0 &&
                       x.size(0) <= 65535 && x.size(1) * x.size(2) * x.size(3) <= std::numeric_limits<int>::max() &&
                       !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
-    if (!fits || !ready()) return x.contiguous();
-    const Kernels &k = kernels();
+    const Kernels *k = fits ? compiled() : nullptr;  // no exception on the fallback path
+    if (!k) return x.contiguous();
     at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
     int P = static_cast<int>(x.size(2) * x.size(3)), C = static_cast<int>(x.size(1));
     const void *in = x.data_ptr();
     void *o = out.data_ptr();
     void *args[] = {&in, &o, &P, &C};
-    launch3(k.nchw[dtype_index(x)], dim3((C + 31) / 32, (P + 31) / 32, static_cast<unsigned>(x.size(0))), dim3(32, 8),
+    launch3(k->nchw[dtype_index(x)], dim3((C + 31) / 32, (P + 31) / 32, static_cast<unsigned>(x.size(0))), dim3(32, 8),
             args);
     return out;
 }

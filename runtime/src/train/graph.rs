@@ -309,7 +309,7 @@ impl Trainer {
                 return self.eager_step(x, y, capture, totals, events);
             }
         }
-        totals.seen += y.size().first().copied().unwrap_or(0);
+        totals.count(y);
         if capture && self.model.slots().iter().any(|s| s.runs_seed()) {
             self.save_good(totals)?;
         }

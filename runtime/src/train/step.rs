@@ -64,8 +64,14 @@ impl Totals {
 
     pub(super) fn add(&mut self, loss: &Tensor, logits: &Tensor, y: &Tensor) -> Result<(), tch::TchError> {
         self.add_on_device(loss, logits, y)?;
-        self.seen += y.size().first().copied().unwrap_or(0);
+        self.count(y);
         Ok(())
+    }
+
+    /// Counts the examples of `y` as seen (the host half of [`Totals::add`]: a replayed
+    /// graph has already added the sums on the device).
+    pub(super) fn count(&mut self, y: &Tensor) {
+        self.seen += y.size().first().copied().unwrap_or(0);
     }
 
     /// The device half of [`Totals::add`] (what a CUDA graph of the step records; the
