@@ -1,8 +1,9 @@
 //! CUDA tests: the BUG-013 monitor made exact on mixed CPU/CUDA models, BUG-013 with a
 //! real seed, FEAT-006 (the monitor follows a model moved to CUDA), and whole-step CUDA
 //! graphs (replays equal eager steps across germination and stage changes; a seed whose
-//! forward cannot be captured runs eagerly, unblamed), and the fused ReLU + max-pool
-//! kernels (exactly libtorch's values and gradients).
+//! forward cannot be captured runs eagerly, unblamed), the fused ReLU + max-pool
+//! kernels (exactly libtorch's values and gradients) and the fused BatchNorm + ReLU (+
+//! pool) kernels (libtorch's values to rounding).
 //!
 //! Every test here is `#[ignore]`d, so a plain `cargo test` on a machine without a GPU
 //! does not count them as passed; `scripts/test-gpu.sh` runs them (`--ignored`), and each
@@ -273,10 +274,29 @@ fn max_abs_diff(a: &[Tensor], b: &[Tensor]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// cuDNN's deterministic algorithms while alive; the previous setting back on drop.
+struct DeterministicCudnn(bool);
+
+impl DeterministicCudnn {
+    fn on() -> Self {
+        Self(esper_torch_shim::set_deterministic_cudnn(true))
+    }
+}
+
+impl Drop for DeterministicCudnn {
+    fn drop(&mut self) {
+        esper_torch_shim::set_deterministic_cudnn(self.0);
+    }
+}
+
 #[test]
 #[ignore = "needs CUDA: run scripts/test-gpu.sh"]
 fn cuda_graph_replays_match_eager_steps_across_germination_and_stage_changes() {
     gpu();
+    // cuDNN's deterministic algorithms: eager steps then repeat bit for bit, and so must
+    // the replays (otherwise cuDNN's atomics make two eager runs drift apart, and a
+    // lifecycle decision near its threshold can go either way).
+    let _deterministic = DeterministicCudnn::on();
     let norm = plugin_lib("esper-norm");
     let epochs = 5;
     let eager = graph_job("graph-eager", &norm, "norm", "off", epochs);
@@ -370,7 +390,9 @@ fn bf16_autocast_runs_the_seed_in_cuda_graphs_through_its_lifecycle() {
     let acc = |t: &Trainer| t.history().iter().map(|r| r.val_accuracy).collect::<Vec<_>>();
     eprintln!("val accuracy: fp32 {:?}, bf16 {:?}", acc(&fp32), acc(&bf16));
     assert!(bf16.history().iter().all(|r| r.train_loss.is_finite()));
-    assert!(max_abs_diff(&state(&fp32), &state(&bf16)) > 0.0, "bf16 ran");
+    // The host's parameters (the seed may end pruned in one run and fossilized in the other).
+    let host = |t: &Trainer| t.model().host_parameters().iter().map(|p| p.to_device(Device::Cpu)).collect::<Vec<_>>();
+    assert!(max_abs_diff(&host(&fp32), &host(&bf16)) > 0.0, "bf16 ran");
 }
 
 /// Values and input gradient of `f` at `x`, with distinct upstream gradients (so one
@@ -438,4 +460,102 @@ fn the_nchw_copy_kernel_is_contiguous_exactly() {
         assert!(copy.is_contiguous() && !copy.requires_grad(), "{shape:?}");
         assert!(copy.equal(&x.contiguous()), "{shape:?} {kind:?}");
     }
+}
+
+/// max |got - want| over max |want|, both as float64 on the CPU.
+fn rel_error(got: &Tensor, want: &Tensor) -> f64 {
+    let (got, want) = (got.to_kind(Kind::Double).to(Device::Cpu), want.to_kind(Kind::Double).to(Device::Cpu));
+    assert_eq!(got.size(), want.size());
+    let scale = want.abs().max().double_value(&[]).max(1e-30);
+    (got - &want).abs().max().double_value(&[]) / scale
+}
+
+/// One BatchNorm + ReLU (+ pool) step through `f`: the output, the gradients of x,
+/// weight and bias for a fixed upstream gradient, and the running statistics after it.
+fn bn_step(
+    x: &Tensor,
+    params: [&Tensor; 4],
+    f: impl Fn(&Tensor, &Tensor, &Tensor, &Tensor, &Tensor) -> Tensor,
+) -> [Tensor; 6] {
+    let [w, b, rm, rv] = params;
+    let (x, w, b) =
+        (x.detach().set_requires_grad(true), w.copy().set_requires_grad(true), b.copy().set_requires_grad(true));
+    let (rm, rv) = (rm.copy(), rv.copy());
+    let y = f(&x, &w, &b, &rm, &rv);
+    tch::manual_seed(11); // the same upstream gradient for every `f`
+    let g = Tensor::randn(y.size(), (Kind::Float, y.device()));
+    (&y * g.to_kind(y.kind())).sum(Kind::Float).backward();
+    [y.detach(), x.grad(), w.grad(), b.grad(), rm, rv]
+}
+
+#[test]
+#[ignore = "needs CUDA: run scripts/test-gpu.sh"]
+fn fused_batchnorm_relu_pool_matches_libtorch() {
+    use esper_torch_shim::rtc::{bn_relu, BatchNormParams};
+    let dev = gpu();
+    esper_torch_shim::rtc::available().expect("the kernels compile with NVRTC here");
+    let f32 = (Kind::Float, dev);
+    let fused = |pool: bool| {
+        move |x: &Tensor, w: &Tensor, b: &Tensor, rm: &Tensor, rv: &Tensor| {
+            let params =
+                BatchNormParams { weight: w, bias: b, running_mean: rm, running_var: rv, momentum: 0.1, eps: 1e-5 };
+            bn_relu(x, &params, pool).unwrap().expect("these inputs suit the kernels")
+        }
+    };
+    let stock = |pool: bool| {
+        move |x: &Tensor, w: &Tensor, b: &Tensor, rm: &Tensor, rv: &Tensor| {
+            let y = x.batch_norm(Some(w), Some(b), Some(rm), Some(rv), true, 0.1, 1e-5, true);
+            if pool {
+                y.max_pool2d_default(2).relu()
+            } else {
+                y.relu()
+            }
+        }
+    };
+    // bfloat16 against libtorch in float32 on the same (rounded) input: the fused kernels
+    // compute in float32 and round once; libtorch's bfloat16 BatchNorm rounds before the
+    // pool compares, so a window's choice could differ.
+    for (kind, tol) in [(Kind::Float, 2e-5), (Kind::BFloat16, 1e-2)] {
+        for (shape, pool) in
+            [([6, 32, 10, 12], true), ([5, 64, 8, 8], false), ([3, 128, 4, 6], true), ([2, 4, 2, 2], true)]
+        {
+            tch::manual_seed(7);
+            let c = shape[1];
+            // A mean far from zero (the sums are shifted by the running mean), a negative weight.
+            let x = to_channels_last(&(Tensor::randn(shape, f32) * 3.0 + 5.0).to_kind(kind));
+            let w = Tensor::rand([c], f32) + 0.5;
+            let _ = w.get(0).fill_(-0.7);
+            let b = Tensor::randn([c], f32) * 0.1;
+            let (rm, rv) = (Tensor::randn([c], f32) * 0.5 + 4.0, Tensor::rand([c], f32) + 0.5);
+            let params = [&w, &b, &rm, &rv];
+            let got = bn_step(&x, params, fused(pool));
+            let want = bn_step(&x.to_kind(Kind::Float), params, stock(pool));
+            let names = ["output", "x gradient", "weight gradient", "bias gradient", "running mean", "running var"];
+            for ((name, g), w) in names.iter().zip(&got).zip(&want) {
+                let e = rel_error(g, w);
+                assert!(e <= tol, "{kind:?} {shape:?} pool={pool}: {name} off by {e:e} (tolerance {tol:e})");
+            }
+            assert_eq!(got[0].kind(), kind, "the output keeps the input's dtype");
+            assert!(is_channels_last(&got[0]) && is_channels_last(&got[1]), "channels-last in, channels-last out");
+        }
+    }
+    // Inputs the kernels do not take are handed back (the host then runs libtorch's ops):
+    // NCHW, channels not a power of two, an odd size before a pool, the CPU.
+    let (w, b, rm, rv) =
+        (Tensor::ones([48], f32), Tensor::zeros([48], f32), Tensor::zeros([48], f32), Tensor::ones([48], f32));
+    let params =
+        BatchNormParams { weight: &w, bias: &b, running_mean: &rm, running_var: &rv, momentum: 0.1, eps: 1e-5 };
+    for (x, pool) in
+        [(Tensor::randn([2, 48, 6, 6], f32), true), (to_channels_last(&Tensor::randn([2, 48, 6, 6], f32)), false)]
+    {
+        assert!(bn_relu(&x, &params, pool).unwrap().is_none());
+    }
+    let (w, b, rm, rv) =
+        (Tensor::ones([32], f32), Tensor::zeros([32], f32), Tensor::zeros([32], f32), Tensor::ones([32], f32));
+    let params =
+        BatchNormParams { weight: &w, bias: &b, running_mean: &rm, running_var: &rv, momentum: 0.1, eps: 1e-5 };
+    let odd = to_channels_last(&Tensor::randn([2, 32, 7, 6], f32));
+    assert!(bn_relu(&odd, &params, true).unwrap().is_none(), "odd height before a pool");
+    assert!(bn_relu(&odd, &params, false).unwrap().is_some(), "odd height without a pool");
+    assert!(bn_relu(&odd.to(Device::Cpu), &params, false).unwrap().is_none(), "the CPU");
 }

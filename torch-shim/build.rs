@@ -5,6 +5,7 @@
 //! * `cpp/straight.cpp` (always): the isolation layer's straight-through estimator as
 //!   one autograd function.
 //! * `cpp/host_alloc.cpp` (always): glibc malloc thresholds for a CPU training process.
+//! * `cpp/context.cpp` (always): libtorch settings tch lacks (cuDNN determinism).
 //! * `cpp/foreach.cpp` (always): only ATen's CPU-side headers. The `_foreach_*` ops
 //!   dispatch to CUDA kernels at run time when the tensors are on a GPU, so no CUDA
 //!   header is needed and it builds on a CPU-only machine.
@@ -15,8 +16,9 @@
 //!   Then it links `torch_cuda` and `c10_cuda` and sets the `esper_cuda_graphs` cfg;
 //!   elsewhere the Rust face says why graphs are not available.
 //! * `cpp/rtc.cpp` (CUDA kernels compiled at run time with NVRTC: a fused ReLU + max
-//!   pool, a channels-last to NCHW copy), with `graph.cpp`, under the same conditions; it
-//!   loads libnvrtc itself (`dl`). `ESPER_RTC` is defined then, for `straight.cpp`.
+//!   pool, a channels-last to NCHW copy) and `cpp/batchnorm.cpp` (the BatchNorm + ReLU
+//!   (+ pool) kernels compiled with them), with `graph.cpp`, under the same conditions;
+//!   rtc.cpp loads libnvrtc itself (`dl`). `ESPER_RTC` is defined then, for `straight.cpp`.
 
 use std::{
     env,
@@ -55,10 +57,12 @@ fn main() {
     println!("cargo:rerun-if-changed=cpp/graph.cpp");
     println!("cargo:rerun-if-changed=cpp/rtc.cpp");
     println!("cargo:rerun-if-changed=cpp/rtc.h");
+    println!("cargo:rerun-if-changed=cpp/batchnorm.cpp");
     println!("cargo:rerun-if-changed=cpp/error.h");
     println!("cargo:rerun-if-changed=cpp/autocast.cpp");
     println!("cargo:rerun-if-changed=cpp/straight.cpp");
     println!("cargo:rerun-if-changed=cpp/host_alloc.cpp");
+    println!("cargo:rerun-if-changed=cpp/context.cpp");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=ESPER_CUDA_INCLUDE");
     println!("cargo::rustc-check-cfg=cfg(esper_cuda_graphs)");
@@ -74,6 +78,7 @@ fn main() {
         .file("cpp/autocast.cpp")
         .file("cpp/straight.cpp")
         .file("cpp/host_alloc.cpp")
+        .file("cpp/context.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
@@ -83,7 +88,7 @@ fn main() {
         .warnings(false);
     let graphs = cuda_includes(&lib);
     if let Ok(dirs) = &graphs {
-        build.file("cpp/graph.cpp").file("cpp/rtc.cpp").define("ESPER_RTC", None);
+        build.file("cpp/graph.cpp").file("cpp/rtc.cpp").file("cpp/batchnorm.cpp").define("ESPER_RTC", None);
         for dir in dirs {
             build.include(dir);
         }

@@ -5,7 +5,8 @@
 //! `{"batch": 8, "seed": true, "cuda_graph": "auto", "median_ms": ..., "min_ms": ..., "steps": ...,
 //! "replays": ..., "capture_ms": ...}` (`--cuda-graph off` for eager steps on CUDA,
 //! `--precision bf16` for bfloat16 autocast, `--no-fused-pool` for libtorch's ReLU and
-//! max pool, `--cudnn-benchmark` to let cuDNN time its algorithms).
+//! max pool, `--no-fused-bn` for libtorch's BatchNorm, `--cudnn-benchmark` to let cuDNN
+//! time its algorithms).
 //!
 //! ```text
 //! cargo run --release -p esper-runtime --example step_time -- \
@@ -28,6 +29,7 @@ struct Args {
     precision: String,
     cudnn_benchmark: bool,
     fused_pool: bool,
+    fused_batchnorm: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -43,6 +45,7 @@ fn parse_args() -> Result<Args> {
         precision: "fp32".into(),
         cudnn_benchmark: false,
         fused_pool: true,
+        fused_batchnorm: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -61,6 +64,7 @@ fn parse_args() -> Result<Args> {
             "--no-seed" => a.seed = false,
             "--cudnn-benchmark" => a.cudnn_benchmark = true,
             "--no-fused-pool" => a.fused_pool = false,
+            "--no-fused-bn" => a.fused_batchnorm = false,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -82,6 +86,7 @@ path = "{plugin}"
 [host]
 memory_format = "{format}"
 fused_pool = {fused_pool}
+fused_batchnorm = {fused_batchnorm}
 
 [data]
 kind = "synthetic"
@@ -103,6 +108,7 @@ checkpoint = false
         plugin = a.plugin.display(),
         format = a.memory_format,
         fused_pool = a.fused_pool,
+        fused_batchnorm = a.fused_batchnorm,
         cuda_graph = a.cuda_graph,
         precision = a.precision,
     );
@@ -115,6 +121,7 @@ fn main() -> Result<()> {
         if let Err(why) = esper_runtime::host::fused_pool_available() {
             eprintln!("fused pool kernels unavailable: {why}");
             a.fused_pool = false; // reported as not used
+            a.fused_batchnorm = false; // compiled with the pool's
         }
     }
     if a.cudnn_benchmark {
@@ -133,12 +140,13 @@ fn main() -> Result<()> {
         let median = times[times.len() / 2];
         let graphs = trainer.graph_stats();
         println!(
-            "{{\"batch\": {batch}, \"seed\": {}, \"cuda_graph\": \"{}\", \"precision\": \"{}\", \"fused_pool\": {}, \"median_ms\": {median:.4}, \"min_ms\": {:.4}, \
+            "{{\"batch\": {batch}, \"seed\": {}, \"cuda_graph\": \"{}\", \"precision\": \"{}\", \"fused_pool\": {}, \"fused_batchnorm\": {}, \"median_ms\": {median:.4}, \"min_ms\": {:.4}, \
              \"steps\": {}, \"replays\": {}, \"capture_ms\": {:.3}, \"graph_nodes\": {}}}",
             a.seed,
             a.cuda_graph,
             a.precision,
             a.fused_pool,
+            a.fused_batchnorm,
             times[0],
             times.len(),
             graphs.replays,

@@ -57,6 +57,7 @@ using LoadFn = cudaError_t (*)(cudaLibrary_t *, const void *, cudaJitOption *, v
                                cudaLibraryOption *, void **, unsigned int);
 using GetKernelFn = cudaError_t (*)(cudaKernel_t *, cudaLibrary_t, const char *);
 using ErrorStringFn = const char *(*)(cudaError_t);
+using IsCapturingFn = cudaError_t (*)(cudaStream_t, cudaStreamCaptureStatus *);
 
 template <typename F>
 F runtime(const char *name) {
@@ -67,6 +68,7 @@ struct Cudart {
     LoadFn load_library = runtime<LoadFn>("cudaLibraryLoadData");
     GetKernelFn get_kernel = runtime<GetKernelFn>("cudaLibraryGetKernel");
     ErrorStringFn error_string = runtime<ErrorStringFn>("cudaGetErrorString");
+    IsCapturingFn is_capturing = runtime<IsCapturingFn>("cudaStreamIsCapturing");
 };
 
 // Looked up on first use (libtorch_cuda, and so libcudart, is loaded by then).
@@ -79,10 +81,16 @@ const char *kSource = R"CUDA(
 template <typename T> struct Val;
 template <> struct Val<float> {
     static __device__ __forceinline__ float f(float v) { return v; }
+    static __device__ __forceinline__ float t(float v) { return v; }
 };
-// bfloat16 as its raw bits: pooling only compares and copies.
+// bfloat16 as its raw bits; t rounds to nearest even (NaN stays NaN), as libtorch does.
 template <> struct Val<unsigned short> {
     static __device__ __forceinline__ float f(unsigned short v) { return __uint_as_float(((unsigned int)v) << 16); }
+    static __device__ __forceinline__ unsigned short t(float v) {
+        const unsigned int u = __float_as_uint(v);
+        if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+        return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
 };
 
 // VEC consecutive channels, loaded and stored as one access.
@@ -207,12 +215,19 @@ extern "C" __global__ void nchw_bf16(const unsigned short *in, unsigned short *o
 )CUDA";
 
 // The compiled kernels: [dtype: f32, bf16][vector: 1, 4 channels][relu: no, yes].
-// And the channels-last -> NCHW copy: [dtype].
+// And the channels-last -> NCHW copy: [dtype]; and batchnorm.cpp's.
 struct Kernels {
     cudaKernel_t fwd[2][2][2] = {};
     cudaKernel_t bwd[2][2][2] = {};
     cudaKernel_t nchw[2] = {};
+    esper::rtc::BatchNormKernels bn;
 };
+
+// The whole program: this file's kernels, then batchnorm.cpp's (which use them).
+const std::string &source() {
+    static const std::string s = std::string(kSource) + esper::rtc::batchnorm_source();
+    return s;
+}
 
 void check_cuda(cudaError_t status, const char *what) {
     TORCH_CHECK(status == cudaSuccess, what, ": ",
@@ -262,7 +277,7 @@ std::vector<char> compile_cubin(const std::string &arch) {
     auto error_string = symbol<decltype(&nvrtcGetErrorString)>(lib, "nvrtcGetErrorString");
 
     nvrtcProgram program = nullptr;
-    nvrtcResult status = create(&program, kSource, "esper_rtc.cu", 0, nullptr, nullptr);
+    nvrtcResult status = create(&program, source().c_str(), "esper_rtc.cu", 0, nullptr, nullptr);
     TORCH_CHECK(status == NVRTC_SUCCESS, "nvrtcCreateProgram: ", error_string(status));
     const char *options[] = {arch.c_str(), "--std=c++17", "-default-device"};
     status = compile(program, 3, options);
@@ -300,7 +315,7 @@ std::string cache_file(const std::string &arch) {
         return "";
     }
     uint64_t hash = 1469598103934665603ull;  // FNV-1a, stable across builds and runs
-    const std::string key = std::string(kSource) + arch + std::to_string(CUDART_VERSION);
+    const std::string key = source() + arch + std::to_string(CUDART_VERSION);
     for (unsigned char c : key) hash = (hash ^ c) * 1099511628211ull;
     char name[64];
     std::snprintf(name, sizeof name, "/rtc-%016llx.cubin", static_cast<unsigned long long>(hash));
@@ -360,6 +375,16 @@ Kernels compile() {
             }
         }
         check_cuda(rt.get_kernel(&k.nchw[d], library, (std::string("nchw_") + dtypes[d]).c_str()), "nchw kernel");
+        const std::string bn = dtypes[d];
+        check_cuda(rt.get_kernel(&k.bn.stats[d], library, ("bn_stats_" + bn).c_str()), "bn_stats kernel");
+        for (int pool = 0; pool < 2; ++pool) {
+            const std::string suffix = bn + (pool ? "_pool" : "");
+            check_cuda(rt.get_kernel(&k.bn.apply[d][pool], library, ("bn_apply_" + suffix).c_str()), "bn_apply kernel");
+            check_cuda(rt.get_kernel(&k.bn.grad_stats[d][pool], library, ("bn_grad_stats_" + suffix).c_str()),
+                       "bn_grad_stats kernel");
+            check_cuda(rt.get_kernel(&k.bn.backward[d][pool], library, ("bn_backward_" + suffix).c_str()),
+                       "bn_backward kernel");
+        }
     }
     return k;
 }
@@ -421,15 +446,7 @@ int vector_width(const at::Tensor &full, std::initializer_list<const at::Tensor 
 void launch(cudaKernel_t kernel, int total, void **args) {
     const int threads = 256;
     const int blocks = std::min((total + threads - 1) / threads, 1 << 20);
-    check_cuda(cudart().launch_kernel(reinterpret_cast<const void *>(kernel), dim3(static_cast<unsigned>(blocks)),
-                                      dim3(threads), args, 0, at::cuda::getCurrentCUDAStream().stream()),
-               "launching a pooling kernel");
-}
-
-void launch3(cudaKernel_t kernel, dim3 grid, dim3 block, void **args) {
-    check_cuda(cudart().launch_kernel(reinterpret_cast<const void *>(kernel), grid, block, args, 0,
-                                      at::cuda::getCurrentCUDAStream().stream()),
-               "launching a copy kernel");
+    esper::rtc::launch(kernel, dim3(static_cast<unsigned>(blocks)), dim3(threads), args);
 }
 
 int dtype_index(const at::Tensor &x) {
@@ -478,6 +495,27 @@ struct ReluMaxPool : torch::autograd::Function<ReluMaxPool> {
 
 namespace esper::rtc {
 
+const BatchNormKernels &batchnorm_kernels() {
+    return kernels().bn;
+}
+
+void launch(cudaKernel_t kernel, dim3 grid, dim3 block, void **args) {
+    check_cuda(cudart().launch_kernel(reinterpret_cast<const void *>(kernel), grid, block, args, 0,
+                                      at::cuda::getCurrentCUDAStream().stream()),
+               "launching a runtime-compiled kernel");
+}
+
+bool capturing() {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    TORCH_CHECK(cudart().is_capturing, "the CUDA runtime (libcudart) is not loaded");
+    check_cuda(cudart().is_capturing(at::cuda::getCurrentCUDAStream().stream(), &status), "cudaStreamIsCapturing");
+    return status != cudaStreamCaptureStatusNone;
+}
+
+int multiprocessors() {
+    return at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+}
+
 at::Tensor nchw_contiguous(const at::Tensor &x) {
     const bool fits = x.is_cuda() && x.dim() == 4 &&
                       (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) && x.numel() > 0 &&
@@ -490,7 +528,7 @@ at::Tensor nchw_contiguous(const at::Tensor &x) {
     const void *in = x.data_ptr();
     void *o = out.data_ptr();
     void *args[] = {&in, &o, &P, &C};
-    launch3(k->nchw[dtype_index(x)], dim3((C + 31) / 32, (P + 31) / 32, static_cast<unsigned>(x.size(0))), dim3(32, 8),
+    launch(k->nchw[dtype_index(x)], dim3((C + 31) / 32, (P + 31) / 32, static_cast<unsigned>(x.size(0))), dim3(32, 8),
             args);
     return out;
 }

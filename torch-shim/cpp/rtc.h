@@ -2,8 +2,32 @@
 // CUDA headers are (build.rs defines ESPER_RTC then).
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <cuda_runtime_api.h>
 
 namespace esper::rtc {
+
+// batchnorm.cpp's kernels: [dtype: f32, bf16] and [pool: no, yes].
+struct BatchNormKernels {
+    cudaKernel_t stats[2] = {};
+    cudaKernel_t apply[2][2] = {};
+    cudaKernel_t grad_stats[2][2] = {};
+    cudaKernel_t backward[2][2] = {};
+};
+
+// batchnorm.cpp's CUDA source, compiled with rtc.cpp's.
+const char *batchnorm_source();
+
+// The BatchNorm kernels for the current device; throws why they cannot be built.
+const BatchNormKernels &batchnorm_kernels();
+
+// Launches `kernel` on libtorch's current stream (no dynamic shared memory).
+void launch(cudaKernel_t kernel, dim3 grid, dim3 block, void **args);
+
+// Whether libtorch's current stream is capturing a CUDA graph.
+bool capturing();
+
+// The current device's multiprocessor count.
+int multiprocessors();
 
 // `x.contiguous()` (NCHW): a tiled transpose kernel for a 4-d channels-last float32 or
 // bfloat16 CUDA tensor (no autograd history), libtorch's copy otherwise.

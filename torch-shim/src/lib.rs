@@ -30,6 +30,7 @@ extern "C" {
         err_len: usize,
     ) -> i32;
     fn esper_keep_freed_host_memory() -> i32;
+    fn esper_set_deterministic_cudnn(on: i32) -> i32;
     fn esper_foreach_zero(ts: *const *mut C_tensor, n: usize, err: *mut c_char, err_len: usize) -> i32;
     fn esper_foreach_sgd(
         params: *const *mut C_tensor,
@@ -58,6 +59,15 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
+}
+
+/// Turns cuDNN's deterministic algorithms on or off for the process (libtorch's
+/// `torch.backends.cudnn.deterministic`); returns the previous setting. Runs that must
+/// repeat bit for bit on a GPU (the tests that compare graph replays with eager steps)
+/// need it: cuDNN's fastest algorithms accumulate with atomics.
+pub fn set_deterministic_cudnn(on: bool) -> bool {
+    // SAFETY: a plain flag in libtorch's global context; no pointer crosses.
+    unsafe { esper_set_deterministic_cudnn(i32::from(on)) != 0 }
 }
 
 /// A libtorch error from the shim (its message, C++ frames included).

@@ -6,6 +6,9 @@
 //!   the result and its gradient are exactly those of `max_pool2d(relu(x), 2)`.
 //! * [`nchw_copy`]: `contiguous()` of a channels-last tensor as a tiled transpose, for
 //!   inputs detached anyway (the isolation layer's seed input).
+//! * [`bn_relu`]: BatchNorm in training mode + ReLU (+ the 2x2 max pool after it), two
+//!   launches forward and two backward, the normalized tensor never written
+//!   (`cpp/batchnorm.cpp`).
 //!
 //! Built with the CUDA graph support (same headers, see `build.rs`); elsewhere
 //! [`available`] says why not.
@@ -27,6 +30,20 @@ mod ffi {
             len: usize,
         ) -> i32;
         pub fn esper_nchw_copy(x: *const C_tensor, out: *mut *mut C_tensor, err: *mut c_char, len: usize) -> i32;
+        #[allow(clippy::too_many_arguments)]
+        pub fn esper_bn_relu(
+            x: *const C_tensor,
+            weight: *const C_tensor,
+            bias: *const C_tensor,
+            running_mean: *const C_tensor,
+            running_var: *const C_tensor,
+            momentum: f64,
+            eps: f64,
+            pool: i32,
+            out: *mut *mut C_tensor,
+            err: *mut c_char,
+            len: usize,
+        ) -> i32;
     }
 }
 
@@ -81,4 +98,60 @@ pub fn nchw_copy(x: &Tensor) -> Result<Tensor, ShimError> {
     }
     #[cfg(not(esper_cuda_graphs))]
     x.f_contiguous().map(|c| c.detach()).map_err(|e| ShimError(e.to_string()))
+}
+
+/// A BatchNorm layer's tensors and settings, as [`bn_relu`] takes them.
+pub struct BatchNormParams<'a> {
+    pub weight: &'a Tensor,
+    pub bias: &'a Tensor,
+    /// Updated in place (as libtorch's training-mode BatchNorm does).
+    pub running_mean: &'a Tensor,
+    pub running_var: &'a Tensor,
+    pub momentum: f64,
+    pub eps: f64,
+}
+
+/// `relu(batch_norm(x))` in training mode, then a 2x2 max pool when `pool`,
+/// differentiable in `x`, the weight and the bias; the running statistics are updated in
+/// place. `Ok(None)` where `x` or the parameters do not suit the kernels (not CUDA, not
+/// 4-d channels-last float32 or bfloat16, channels not a power of two from 4 to 512, odd
+/// height or width for the pool, parameters not float32 on `x`'s device): the caller
+/// runs libtorch's ops. Err where the kernels would run but cannot be built (the reason
+/// [`available`] gives) or a launch fails.
+///
+/// The values are libtorch's to rounding, not bit for bit: the sums run in another order.
+#[cfg_attr(not(esper_cuda_graphs), allow(unused_variables))]
+pub fn bn_relu(x: &Tensor, bn: &BatchNormParams<'_>, pool: bool) -> Result<Option<Tensor>, ShimError> {
+    #[cfg(esper_cuda_graphs)]
+    {
+        if !x.device().is_cuda() {
+            return Ok(None);
+        }
+        let mut out = std::ptr::null_mut();
+        // SAFETY: every tensor is a live tch handle (`at::Tensor*`) borrowed for the call;
+        // on success `out` is null (not fusable) or a new `at::Tensor*` nothing else owns;
+        // exceptions are caught in the shim.
+        crate::call(|err, len| unsafe {
+            ffi::esper_bn_relu(
+                x.as_ptr(),
+                bn.weight.as_ptr(),
+                bn.bias.as_ptr(),
+                bn.running_mean.as_ptr(),
+                bn.running_var.as_ptr(),
+                bn.momentum,
+                bn.eps,
+                i32::from(pool),
+                &mut out,
+                err,
+                len,
+            )
+        })?;
+        if out.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: `out` is the fresh, owned handle written above; tch frees it on drop.
+        Ok(Some(unsafe { Tensor::from_ptr(out) }))
+    }
+    #[cfg(not(esper_cuda_graphs))]
+    Ok(None)
 }

@@ -1,5 +1,6 @@
 //! Host networks: the backbone that exposes injection points for seed slots.
 
+mod batchnorm;
 pub mod budget;
 mod cnn;
 mod memory_format;

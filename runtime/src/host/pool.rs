@@ -18,8 +18,9 @@ pub fn fused_pool_available() -> Result<(), String> {
     fused_state().clone()
 }
 
-/// The answer of [`fused_pool_available`], worked out once.
-fn fused_state() -> &'static Result<(), String> {
+/// The answer of [`fused_pool_available`], worked out once (the BatchNorm kernels are
+/// compiled with the pool's, so it answers for them too).
+pub(super) fn fused_state() -> &'static Result<(), String> {
     static READY: OnceLock<Result<(), String>> = OnceLock::new();
     READY.get_or_init(|| {
         esper_torch_shim::rtc::available().map_err(|e| {

@@ -1,0 +1,13 @@
+// libtorch's process-wide settings that tch does not expose. No exception crosses.
+#include <ATen/Context.h>
+
+extern "C" {
+
+// cuDNN's deterministic algorithms on (1) or off (0); returns the previous setting.
+int esper_set_deterministic_cudnn(int on) {
+    const bool was = at::globalContext().deterministicCuDNN();
+    at::globalContext().setDeterministicCuDNN(on != 0);
+    return was ? 1 : 0;
+}
+
+}  // extern "C"
