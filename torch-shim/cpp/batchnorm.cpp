@@ -84,11 +84,20 @@ __device__ void grid_totals(const float *partial, double *tot, int C) {
     const int t = threadIdx.x, P = blockDim.x / C, c = t % C;
     const float2 *sums = reinterpret_cast<const float2 *>(partial);
     double s = 0.0, q = 0.0;
-#pragma unroll 8
-    for (int g = t / C; g < gridDim.x; g += P) {
-        const float2 v = __ldcg(sums + g * C + c);  // L2: written by the other blocks
-        s += v.x;
-        q += v.y;
+    // 8 loads in flight per thread (from L2: written by the other blocks), then added in
+    // order: one block does this alone, so its latency is the kernel's tail.
+    for (int g0 = t / C; g0 < gridDim.x; g0 += 8 * P) {
+        float2 v[8];
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            const int g = g0 + k * P;
+            v[k] = g < gridDim.x ? __ldcg(sums + g * C + c) : make_float2(0.f, 0.f);
+        }
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            s += v[k].x;
+            q += v[k].y;
+        }
     }
     tot[t] = s;
     tot[blockDim.x + t] = q;
@@ -385,10 +394,11 @@ int dtype_index(const at::Tensor &x) {
     return x.scalar_type() == at::kBFloat16 ? 1 : 0;
 }
 
-// Blocks of a reduction over `items` vectors (kThreads per block): enough to fill the
-// device twice, fewer for small tensors.
+// Blocks of a reduction over `items` vectors (kThreads per block): two per
+// multiprocessor, fewer for small tensors, so that each thread reads at least 8 vectors
+// (every block's partial sums are read again by the last block, alone).
 int reduction_blocks(int64_t items) {
-    const int64_t want = (items + kThreads - 1) / kThreads;
+    const int64_t want = (items + 8 * kThreads - 1) / (8 * kThreads);
     return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(want, 2 * esper::rtc::multiprocessors())));
 }
 
