@@ -5,6 +5,7 @@
 // * A channels-last -> NCHW copy (a tiled transpose through shared memory), for the
 //   isolation layer's contiguous seed input and the gradient handed back to an NCHW
 //   seed: libtorch's strided copy runs at about a quarter of the memory bandwidth.
+// * batchnorm.cpp's BatchNorm + ReLU (+ pool) kernels, compiled in the same program.
 //
 // The pool:
 // Why: libtorch's channels-last max-pool backward scatters through int64 indices and
@@ -298,7 +299,7 @@ std::vector<char> compile_cubin(const std::string &arch) {
     return cubin;
 }
 
-// Where the cubin for `arch` is cached between processes (NVRTC takes ~0.3 s):
+// Where the cubin for `arch` is cached between processes (NVRTC takes 1.5-2 s):
 // $ESPER_KERNEL_CACHE (a folder; "off": no cache), else
 // $XDG_CACHE_HOME/esper-runtime/kernels, else ~/.cache/esper-runtime/kernels; the name
 // hashes the source, the architecture and the CUDA version. Empty: no cache.
