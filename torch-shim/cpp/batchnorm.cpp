@@ -113,6 +113,12 @@ __device__ void grid_totals(const float *partial, double *tot, int C) {
     __syncthreads();
 }
 
+// The sums' shift for a channel: its running mean, which is near the batch mean once
+// training runs (so the sum of squares loses nothing to cancellation), or 0 where it is
+// not finite (a non-finite running mean must not poison the batch statistics, which
+// libtorch computes without it).
+__device__ __forceinline__ float shift_of(float running_mean) { return isfinite(running_mean) ? running_mean : 0.f; }
+
 // Forward statistics of x (rows x C, channels-last) into stats = [scale, mean, bias,
 // invstd] (each C floats), and the running statistics updated as libtorch does
 // (momentum, unbiased variance).
@@ -125,7 +131,7 @@ __device__ void bn_stats(const Vec<T, 4> *__restrict__ x, long long rows, int Cv
     const int C = Cv * 4, t = threadIdx.x, cv = t % Cv, R = blockDim.x / Cv;
     float shift[4], a[4] = {0.f, 0.f, 0.f, 0.f}, b[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-    for (int j = 0; j < 4; ++j) shift[j] = running_mean[4 * cv + j];
+    for (int j = 0; j < 4; ++j) shift[j] = shift_of(running_mean[4 * cv + j]);
 #pragma unroll 4
     for (long long m = (long long)blockIdx.x * R + t / Cv; m < rows; m += (long long)gridDim.x * R) {
         const Vec<T, 4> v = x[m * Cv + cv];
@@ -144,7 +150,7 @@ __device__ void bn_stats(const Vec<T, 4> *__restrict__ x, long long rows, int Cv
         const double m1 = tot[c] / n;
         double var = tot[blockDim.x + c] / n - m1 * m1;
         if (var < 0.0) var = 0.0;
-        const double mean = m1 + (double)running_mean[c];
+        const double mean = m1 + (double)shift_of(running_mean[c]);
         const float invstd = (float)(1.0 / sqrt(var + (double)eps));
         running_mean[c] = (1.f - momentum) * running_mean[c] + momentum * (float)mean;
         running_var[c] = (1.f - momentum) * running_var[c] + momentum * (float)(var * n / (n - 1.0));

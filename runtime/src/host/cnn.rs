@@ -239,13 +239,15 @@ impl CnnHost {
         h
     }
 
-    /// Block `i` (conv, BatchNorm, ReLU), then the 2x2 max pool when `pool`.
+    /// Block `i` (conv, BatchNorm, ReLU), then the 2x2 max pool when `pool`. The fused
+    /// BatchNorm takes the pool in only where `fused_pool` allows the runtime's pool.
     fn block(&self, i: usize, x: &Tensor, train: bool, pool: bool) -> Tensor {
         let block = &self.blocks[i];
         let y = x.apply(&block.conv);
         if train && self.config.fused_batchnorm {
-            if let Some(z) = super::batchnorm::bn_relu(&y, &block.bn, &bn_config(), pool) {
-                return z;
+            let with_pool = pool && self.config.fused_pool;
+            if let Some(z) = super::batchnorm::bn_relu(&y, &block.bn, &bn_config(), with_pool) {
+                return if pool && !with_pool { super::pool::max_pool2x2(&z, false, false) } else { z };
             }
         }
         let y = block.bn.forward_t(&y, train);
