@@ -9,7 +9,7 @@
 // Here:
 //
 // * forward: one kernel sums each channel (sum and sum of squares, shifted by the running
-//   mean for precision; the last block to finish combines the blocks' partial sums in
+//   mean, where finite, for precision; the last block to finish combines the blocks' partial sums in
 //   double, updates the running statistics and writes the per-channel scale), then one
 //   kernel normalizes, applies the ReLU and pools (or writes the ReLU output when no
 //   pool follows): the normalized tensor never exists.
@@ -377,9 +377,10 @@ bool is_f32_cuda(const at::Tensor &t, int64_t C) {
 }
 
 // Whether x (and the parameters) suit the kernels: CUDA, 4-d channels-last contiguous
-// float32 or bfloat16, 4 to 512 channels (a power of two), 16-byte aligned vectors, even
-// height and width for the pool, more than one value per channel, int-sized; float32
-// contiguous parameters and running statistics of C elements on x's device.
+// float32 or bfloat16, 4 to 512 channels (a power of two), x aligned for loads of 4
+// channels at once, even height and width for the pool, more than one value per channel,
+// int-sized; float32 contiguous parameters and running statistics of C elements on x's
+// device (the current device: the kernels launch on its stream).
 bool fusable(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, const at::Tensor &rm,
              const at::Tensor &rv, bool pool) {
     if (!x.is_cuda() || x.dim() != 4 || (x.scalar_type() != at::kFloat && x.scalar_type() != at::kBFloat16)) return false;
