@@ -384,6 +384,7 @@ bool is_f32_cuda(const at::Tensor &t, int64_t C) {
 bool fusable(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, const at::Tensor &rm,
              const at::Tensor &rv, bool pool) {
     if (!x.is_cuda() || x.dim() != 4 || (x.scalar_type() != at::kFloat && x.scalar_type() != at::kBFloat16)) return false;
+    if (x.get_device() != c10::cuda::current_device()) return false;
     const int64_t C = x.size(1);
     if (C < 4 || C > 512 || (C & (C - 1)) != 0) return false;
     if (!x.is_contiguous(at::MemoryFormat::ChannelsLast) || x.numel() == 0 ||

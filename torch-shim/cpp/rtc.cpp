@@ -27,6 +27,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 #include <nvrtc.h>
@@ -414,10 +415,13 @@ const Kernels &kernels() {
     return *k;
 }
 
+// On the current device (the kernels launch on its stream), 4-d channels-last float32 or
+// bfloat16 with even height and width, int-sized.
 bool fusable(const at::Tensor &x) {
-    return x.is_cuda() && x.dim() == 4 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
-           x.size(2) % 2 == 0 && x.size(3) % 2 == 0 && x.numel() > 0 &&
-           x.numel() <= std::numeric_limits<int>::max() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+    return x.is_cuda() && x.get_device() == c10::cuda::current_device() && x.dim() == 4 &&
+           (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) && x.size(2) % 2 == 0 &&
+           x.size(3) % 2 == 0 && x.numel() > 0 && x.numel() <= std::numeric_limits<int>::max() &&
+           x.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
 // The pooled geometry, in vectors of `vec` channels: what the kernels take after the
@@ -518,7 +522,7 @@ int multiprocessors() {
 }
 
 at::Tensor nchw_contiguous(const at::Tensor &x) {
-    const bool fits = x.is_cuda() && x.dim() == 4 &&
+    const bool fits = x.is_cuda() && x.get_device() == c10::cuda::current_device() && x.dim() == 4 &&
                       (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) && x.numel() > 0 &&
                       x.size(0) <= 65535 && x.size(1) * x.size(2) * x.size(3) <= std::numeric_limits<int>::max() &&
                       !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
