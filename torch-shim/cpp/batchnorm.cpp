@@ -398,21 +398,12 @@ bool fusable(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, cons
     return true;
 }
 
-int dtype_index(const at::Tensor &x) {
-    return x.scalar_type() == at::kBFloat16 ? 1 : 0;
-}
-
 // Blocks of a reduction over `items` vectors (kThreads per block): two per
 // multiprocessor, fewer for small tensors, so that each thread reads at least 8 vectors
 // (every block's partial sums are read again by the last block, alone).
 int reduction_blocks(int64_t items) {
     const int64_t want = (items + 8 * kThreads - 1) / (8 * kThreads);
     return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(want, 2 * esper::rtc::multiprocessors())));
-}
-
-// One thread per vector, a grid-stride loop past 2^20 blocks.
-dim3 elementwise_blocks(int total) {
-    return dim3(static_cast<unsigned>(std::min((total + 255) / 256, 1 << 20)));
 }
 
 struct Geometry {
@@ -432,7 +423,7 @@ struct BnRelu : torch::autograd::Function<BnRelu> {
                               const at::Tensor &bias, const at::Tensor &running_mean, const at::Tensor &running_var,
                               double momentum, double eps, bool pool) {
         const auto &k = esper::rtc::batchnorm_kernels();
-        const int d = dtype_index(x);
+        const int d = esper::rtc::dtype_index(x);
         const int64_t C = x.size(1);
         Geometry s = geometry(x, pool);
         // Everything allocated before the first launch: once the statistics kernel has
@@ -457,7 +448,7 @@ struct BnRelu : torch::autograd::Function<BnRelu> {
             const void *xp = x.data_ptr(), *sp = stats.data_ptr();
             void *zp = z.data_ptr(), *ip = pool ? idx.data_ptr() : nullptr;
             void *args[] = {&xp, &sp, &zp, &ip, &s.total, &s.Cv, &s.OW, &s.OH, &s.W};
-            esper::rtc::launch(k.apply[d][pool], elementwise_blocks(s.total), dim3(256), args);
+            esper::rtc::launch_per_item(k.apply[d][pool], s.total, args);
         }
         ctx->save_for_backward({x, z, idx, stats});
         ctx->saved_data["pool"] = pool;
@@ -470,7 +461,7 @@ struct BnRelu : torch::autograd::Function<BnRelu> {
         const auto saved = ctx->get_saved_variables();
         const at::Tensor &x = saved[0], &z = saved[1], &idx = saved[2], &stats = saved[3];
         const bool pool = ctx->saved_data["pool"].toBool();
-        const int d = dtype_index(x);
+        const int d = esper::rtc::dtype_index(x);
         const int64_t C = x.size(1);
         Geometry s = geometry(x, pool);
         at::Tensor g = grads[0].to(z.scalar_type()).contiguous(at::MemoryFormat::ChannelsLast);
@@ -494,7 +485,7 @@ struct BnRelu : torch::autograd::Function<BnRelu> {
             const void *kp = coef.data_ptr();
             void *op = gx.data_ptr();
             void *args[] = {&gp, &zp, &ip, &xp, &kp, &op, &s.total, &s.Cv, &s.OW, &s.OH, &s.W};
-            esper::rtc::launch(k.backward[d][pool], elementwise_blocks(s.total), dim3(256), args);
+            esper::rtc::launch_per_item(k.backward[d][pool], s.total, args);
         }
         return {gx, grad_weight, grad_bias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     }

@@ -1,5 +1,5 @@
-// How rtc.cpp and straight.cpp report an exception across the C boundary: the message
-// without libtorch's C++ backtrace, into the caller's buffer.
+// How the shim's C++ files (rtc, batchnorm, straight) report an exception across the C
+// boundary: the message without libtorch's C++ backtrace, into the caller's buffer.
 #pragma once
 #include <c10/util/Exception.h>
 

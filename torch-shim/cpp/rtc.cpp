@@ -447,16 +447,8 @@ int vector_width(const at::Tensor &full, std::initializer_list<const at::Tensor 
     return 4;
 }
 
-// One thread per vector; a grid-stride loop past 2^20 blocks.
-void launch(cudaKernel_t kernel, int total, void **args) {
-    const int threads = 256;
-    const int blocks = std::min((total + threads - 1) / threads, 1 << 20);
-    esper::rtc::launch(kernel, dim3(static_cast<unsigned>(blocks)), dim3(threads), args);
-}
-
-int dtype_index(const at::Tensor &x) {
-    return x.scalar_type() == at::kBFloat16 ? 1 : 0;
-}
+using esper::rtc::dtype_index;
+using esper::rtc::launch_per_item;
 
 struct ReluMaxPool : torch::autograd::Function<ReluMaxPool> {
     static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &x, bool relu) {
@@ -469,7 +461,7 @@ struct ReluMaxPool : torch::autograd::Function<ReluMaxPool> {
         const void *xp = x.data_ptr();
         void *zp = z.data_ptr(), *ip = idx.data_ptr();
         void *args[] = {&xp, &zp, &ip, &s.total, &s.Cv, &s.OW, &s.OH, &s.W};
-        launch(k.fwd[dtype_index(x)][vec == 4][relu], s.total, args);
+        launch_per_item(k.fwd[dtype_index(x)][vec == 4][relu], s.total, args);
         ctx->save_for_backward({z, idx});
         ctx->saved_data["relu"] = relu;
         ctx->saved_data["H"] = x.size(2);
@@ -491,7 +483,7 @@ struct ReluMaxPool : torch::autograd::Function<ReluMaxPool> {
         const void *gp = g.data_ptr(), *zp = z.data_ptr(), *ip = idx.data_ptr();
         void *gxp = gx.data_ptr();
         void *args[] = {&gp, &zp, &ip, &gxp, &s.total, &s.Cv, &s.OW, &s.OH, &s.W};
-        launch(k.bwd[dtype_index(z)][vec == 4][relu], s.total, args);
+        launch_per_item(k.bwd[dtype_index(z)][vec == 4][relu], s.total, args);
         return {gx, at::Tensor()};
     }
 };
@@ -508,6 +500,16 @@ void launch(cudaKernel_t kernel, dim3 grid, dim3 block, void **args) {
     check_cuda(cudart().launch_kernel(reinterpret_cast<const void *>(kernel), grid, block, args, 0,
                                       at::cuda::getCurrentCUDAStream().stream()),
                "launching a runtime-compiled kernel");
+}
+
+void launch_per_item(cudaKernel_t kernel, int total, void **args) {
+    const int threads = 256;
+    const int blocks = std::min((total + threads - 1) / threads, 1 << 20);
+    launch(kernel, dim3(static_cast<unsigned>(blocks)), dim3(threads), args);
+}
+
+int dtype_index(const at::Tensor &x) {
+    return x.scalar_type() == at::kBFloat16 ? 1 : 0;
 }
 
 bool capturing() {

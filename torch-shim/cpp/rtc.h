@@ -23,6 +23,13 @@ const BatchNormKernels &batchnorm_kernels();
 // Launches `kernel` on libtorch's current stream (no dynamic shared memory).
 void launch(cudaKernel_t kernel, dim3 grid, dim3 block, void **args);
 
+// Launches `kernel` with one thread per item (256 per block, a grid-stride loop past
+// 2^20 blocks) on libtorch's current stream.
+void launch_per_item(cudaKernel_t kernel, int total, void **args);
+
+// The kernels' dtype index: 0 float32, 1 bfloat16.
+int dtype_index(const at::Tensor &x);
+
 // Whether libtorch's current stream is capturing a CUDA graph.
 bool capturing();
 

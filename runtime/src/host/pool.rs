@@ -24,7 +24,7 @@ pub(super) fn fused_state() -> &'static Result<(), String> {
     static READY: OnceLock<Result<(), String>> = OnceLock::new();
     READY.get_or_init(|| {
         esper_torch_shim::rtc::available().map_err(|e| {
-            tracing::warn!(reason = %e, "fused max-pool kernels unavailable; using libtorch's ReLU and max pool");
+            tracing::warn!(reason = %e, "runtime-compiled CUDA kernels unavailable; using libtorch's ReLU, max pool and BatchNorm");
             e.to_string()
         })
     })
