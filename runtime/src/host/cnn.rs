@@ -86,8 +86,8 @@ struct ConvBlock {
 /// The classifier. Its weight is kept transposed in memory (still [classes, in] to
 /// everyone, the checkpoints included): `linear` then hands cuBLAS a contiguous
 /// [in, classes] matrix, and its backward runs two kernels of a few microseconds where the
-/// row-major weight made cuBLAS pick one of ~50 us at any batch size (H200, torch.profiler:
-/// 76 -> 26 us for the head's forward and backward).
+/// row-major weight made cuBLAS pick one of ~50 us at any batch size (H200,
+/// scripts/bench/head_linear.py: 76-78 -> 26 us for the head's forward and backward).
 fn head_layer(path: &nn::Path, in_c: i64, classes: i64) -> nn::Linear {
     let mut head = nn::linear(path, in_c, classes, Default::default());
     tch::no_grad(|| {
