@@ -3,7 +3,8 @@
 //! graphs (replays equal eager steps across germination and stage changes; a seed whose
 //! forward cannot be captured runs eagerly, unblamed), the fused ReLU + max-pool
 //! kernels (exactly libtorch's values and gradients) and the fused BatchNorm + ReLU (+
-//! pool) kernels (libtorch's values to rounding).
+//! pool) kernels (libtorch's values to rounding) and the SGD kernel (exactly libtorch's
+//! `_foreach_*` steps).
 //!
 //! Every test here is `#[ignore]`d, so a plain `cargo test` on a machine without a GPU
 //! does not count them as passed; `scripts/test-gpu.sh` runs them (`--ignored`), and each
@@ -617,4 +618,62 @@ fn the_host_with_its_fused_kernels_trains_as_with_libtorchs_ops() {
             assert!(e <= tol, "fused_pool={fused_pool} fused_batchnorm={fused_batchnorm}: {name} off by {e:e}");
         }
     }
+}
+
+fn refs(v: &[Tensor]) -> Vec<&Tensor> {
+    v.iter().collect()
+}
+
+/// A group's SGD steps with the shim's kernel and with libtorch's `_foreach_*` ops,
+/// from the same parameters and gradients: `(params, momentum buffers)` of each.
+fn sgd_both_ways(params: &[Tensor], momentum: f64, weight_decay: f64) -> [(Vec<Tensor>, Vec<Tensor>); 2] {
+    use esper_torch_shim as shim;
+    let copies = || -> (Vec<Tensor>, Vec<Tensor>) {
+        (params.iter().map(Tensor::copy).collect(), params.iter().map(Tensor::zeros_like).collect())
+    };
+    let ((pa, ba), (pb, bb)) = (copies(), copies());
+    let settings = shim::Sgd { lr: 0.05, momentum, weight_decay };
+    for step in 0..4 {
+        tch::manual_seed(100 + step);
+        let grads: Vec<Tensor> = params.iter().map(Tensor::randn_like).collect();
+        let ran = shim::sgd(&refs(&pa), &refs(&grads), &refs(&ba), settings).unwrap();
+        assert!(ran, "momentum {momentum}, weight decay {weight_decay}: the kernel did not run");
+        shim::sgd_foreach(&refs(&pb), &refs(&grads), &refs(&bb), settings).unwrap();
+    }
+    [(pa, ba), (pb, bb)]
+}
+
+#[test]
+#[ignore = "needs CUDA: run scripts/test-gpu.sh"]
+fn the_sgd_kernel_steps_exactly_as_libtorchs_foreach_ops() {
+    use esper_torch_shim as shim;
+    let dev = gpu();
+    esper_torch_shim::rtc::available().expect("the kernels compile with NVRTC here");
+    tch::manual_seed(9);
+    // 30 tensors (two launches of 24): odd sizes, an empty one, a channels-last one, one
+    // large enough for many blocks.
+    let mut params: Vec<Tensor> = (0..27).map(|i| Tensor::randn([i * 37 + 1], (Kind::Float, dev))).collect();
+    params.push(Tensor::randn([0], (Kind::Float, dev)));
+    params.push(to_channels_last(&Tensor::randn([64, 32, 3, 3], (Kind::Float, dev))));
+    params.push(Tensor::randn([300_001], (Kind::Float, dev)));
+    for (momentum, weight_decay) in [(0.9, 0.0), (0.9, 5e-4), (0.0, 1e-3), (0.0, 0.0)] {
+        let [(pa, ba), (pb, bb)] = sgd_both_ways(&params, momentum, weight_decay);
+        for (i, (a, b)) in pa.iter().zip(&pb).chain(ba.iter().zip(&bb)).enumerate() {
+            assert!(a.equal(b), "momentum {momentum}, weight decay {weight_decay}: tensor {i} differs");
+        }
+        assert!(!pa[29].equal(&params[29]), "the step moved the parameters");
+    }
+    // What the kernel does not take goes to the ops, and is still SGD: a gradient in
+    // another layout than its parameter, and float64.
+    let plain = shim::Sgd { lr: 0.5, momentum: 0.0, weight_decay: 0.0 };
+    let p = to_channels_last(&Tensor::randn([8, 4, 3, 3], (Kind::Float, dev)));
+    let g = Tensor::randn([8, 4, 3, 3], (Kind::Float, dev));
+    let want = &p - &g * 0.5;
+    assert!(!shim::sgd(&[&p], &[&g], &[], plain).unwrap(), "strides differ: the ops");
+    assert!(rel_error(&p, &want) < 1e-6);
+    let p = Tensor::randn([10], (Kind::Double, dev));
+    let g = Tensor::randn([10], (Kind::Double, dev));
+    let want = &p - &g * 0.5;
+    assert!(!shim::sgd(&[&p], &[&g], &[], plain).unwrap(), "float64: the ops");
+    assert!(rel_error(&p, &want) < 1e-12);
 }

@@ -8,7 +8,8 @@
 //! * `cpp/context.cpp` (always): libtorch settings tch lacks (cuDNN determinism).
 //! * `cpp/foreach.cpp` (always): only ATen's CPU-side headers. The `_foreach_*` ops
 //!   dispatch to CUDA kernels at run time when the tensors are on a GPU, so no CUDA
-//!   header is needed and it builds on a CPU-only machine.
+//!   header is needed and it builds on a CPU-only machine (with `ESPER_RTC`, SGD on CUDA
+//!   goes to `cpp/optim.cpp`'s kernel).
 //! * `cpp/graph.cpp` (CUDA graphs), where this libtorch has CUDA: `lib/libtorch_cuda.so`
 //!   beside it and the CUDA headers of the torch wheel's venv
 //!   (`site-packages/nvidia/cu13/include`, with `nv/target` from the
@@ -16,8 +17,9 @@
 //!   Then it links `torch_cuda` and `c10_cuda` and sets the `esper_cuda_graphs` cfg;
 //!   elsewhere the Rust face says why graphs are not available.
 //! * `cpp/rtc.cpp` (CUDA kernels compiled at run time with NVRTC: a fused ReLU + max
-//!   pool, a channels-last to NCHW copy) and `cpp/batchnorm.cpp` (the BatchNorm + ReLU
-//!   (+ pool) kernels compiled with them), with `graph.cpp`, under the same conditions;
+//!   pool, a channels-last to NCHW copy), `cpp/batchnorm.cpp` (the BatchNorm + ReLU
+//!   (+ pool) kernels compiled with them) and `cpp/optim.cpp` (SGD over a group as one
+//!   kernel, which `foreach.cpp` calls), with `graph.cpp`, under the same conditions;
 //!   rtc.cpp loads libnvrtc itself (`dl`). `ESPER_RTC` is defined then, for `straight.cpp`.
 
 use std::{
@@ -58,6 +60,7 @@ fn main() {
     println!("cargo:rerun-if-changed=cpp/rtc.cpp");
     println!("cargo:rerun-if-changed=cpp/rtc.h");
     println!("cargo:rerun-if-changed=cpp/batchnorm.cpp");
+    println!("cargo:rerun-if-changed=cpp/optim.cpp");
     println!("cargo:rerun-if-changed=cpp/error.h");
     println!("cargo:rerun-if-changed=cpp/autocast.cpp");
     println!("cargo:rerun-if-changed=cpp/straight.cpp");
@@ -88,7 +91,12 @@ fn main() {
         .warnings(false);
     let graphs = cuda_includes(&lib);
     if let Ok(dirs) = &graphs {
-        build.file("cpp/graph.cpp").file("cpp/rtc.cpp").file("cpp/batchnorm.cpp").define("ESPER_RTC", None);
+        build
+            .file("cpp/graph.cpp")
+            .file("cpp/rtc.cpp")
+            .file("cpp/batchnorm.cpp")
+            .file("cpp/optim.cpp")
+            .define("ESPER_RTC", None);
         for dir in dirs {
             build.include(dir);
         }

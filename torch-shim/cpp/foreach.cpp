@@ -1,10 +1,16 @@
 // Fused optimizer steps over a whole parameter group with libtorch's _foreach_* kernels
-// (one kernel launch per op for the group on CUDA instead of one per parameter).
+// (one kernel launch per op for the group on CUDA instead of one per parameter); SGD on
+// float32 CUDA tensors runs optim.cpp's single kernel instead where it is built (the same
+// arithmetic).
 // Tensors arrive as tch's handles (`at::Tensor*`). No exception crosses: each function
 // returns 0, or 1 with the message in `err`.
 #include <ATen/ATen.h>
 #include <ATen/Functions.h>
 #include <c10/core/GradMode.h>
+
+#ifdef ESPER_RTC
+#include "rtc.h"
+#endif
 
 #include <cmath>
 
@@ -47,12 +53,28 @@ int esper_foreach_zero(at::Tensor **ts, size_t n, char *err, size_t err_len) {
 
 // SGD over a group: g = grad (+ weight_decay * p); with momentum, buf = momentum * buf + g
 // (buf = g on the first step, `init_bufs` 1) and the update is buf; p -= lr * update.
+// `*kernel` 1: optim.cpp's one kernel where it applies (float32 CUDA tensors on the
+// current device, kernels built), libtorch's _foreach_* ops otherwise; 0: those ops.
+// On return `*kernel` says whether the kernel ran.
 int esper_foreach_sgd(at::Tensor **params, at::Tensor **grads, at::Tensor **bufs, size_t n, double lr,
-                      double momentum, double weight_decay, int init_bufs, char *err, size_t err_len) {
+                      double momentum, double weight_decay, int init_bufs, int *kernel, char *err, size_t err_len) {
     try {
         c10::AutoGradMode no_grad(false);
         auto p = list(params, n);
         auto g = list(grads, n);
+        const bool try_kernel = *kernel && !init_bufs;
+        *kernel = 0;
+#ifdef ESPER_RTC
+        if (try_kernel) {
+            auto b = momentum != 0.0 ? list(bufs, n) : std::vector<at::Tensor>();
+            if (esper::rtc::sgd(p, g, b, lr, momentum, weight_decay)) {
+                *kernel = 1;
+                return 0;
+            }
+        }
+#else
+        (void)try_kernel;
+#endif
         if (weight_decay != 0.0) g = at::_foreach_add(g, p, weight_decay);
         if (momentum != 0.0) {
             auto b = list(bufs, n);

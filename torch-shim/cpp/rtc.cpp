@@ -223,11 +223,12 @@ struct Kernels {
     cudaKernel_t bwd[2][2][2] = {};
     cudaKernel_t nchw[2] = {};
     esper::rtc::BatchNormKernels bn;
+    esper::rtc::OptimKernels optim;
 };
 
 // The whole program: this file's kernels, then batchnorm.cpp's (which use them).
 const std::string &source() {
-    static const std::string s = std::string(kSource) + esper::rtc::batchnorm_source();
+    static const std::string s = std::string(kSource) + esper::rtc::batchnorm_source() + esper::rtc::optim_source();
     return s;
 }
 
@@ -388,6 +389,7 @@ Kernels compile() {
                        "bn_backward kernel");
         }
     }
+    check_cuda(rt.get_kernel(&k.optim.sgd, library, "sgd_f32"), "sgd kernel");
     return k;
 }
 
@@ -494,6 +496,11 @@ namespace esper::rtc {
 
 const BatchNormKernels &batchnorm_kernels() {
     return kernels().bn;
+}
+
+const OptimKernels *optim_kernels() {
+    const Kernels *k = compiled();
+    return k ? &k->optim : nullptr;
 }
 
 void launch(cudaKernel_t kernel, dim3 grid, dim3 block, void **args) {

@@ -4,6 +4,8 @@
 #include <ATen/core/Tensor.h>
 #include <cuda_runtime_api.h>
 
+#include <vector>
+
 namespace esper::rtc {
 
 // batchnorm.cpp's kernels: [dtype: f32, bf16] and [pool: no, yes].
@@ -19,6 +21,24 @@ const char *batchnorm_source();
 
 // The BatchNorm kernels for the current device; throws why they cannot be built.
 const BatchNormKernels &batchnorm_kernels();
+
+// optim.cpp's kernels.
+struct OptimKernels {
+    cudaKernel_t sgd = nullptr;
+};
+
+// optim.cpp's CUDA source, compiled with rtc.cpp's.
+const char *optim_source();
+
+// The optimizer kernels for the current device, or null where they cannot be built
+// (rtc.cpp logs nothing: the caller falls back to libtorch's ops).
+const OptimKernels *optim_kernels();
+
+// SGD over a group in one kernel launch (per 24 tensors), libtorch's `_foreach_*`
+// arithmetic (optim.cpp): false, with nothing done, unless every tensor is a dense
+// float32 CUDA tensor on the current device and the kernels are built.
+bool sgd(const std::vector<at::Tensor> &params, const std::vector<at::Tensor> &grads,
+         const std::vector<at::Tensor> &bufs, double lr, double momentum, double weight_decay);
 
 // Launches `kernel` on libtorch's current stream (no dynamic shared memory).
 void launch(cudaKernel_t kernel, dim3 grid, dim3 block, void **args);

@@ -41,6 +41,7 @@ extern "C" {
         momentum: f64,
         weight_decay: f64,
         init_bufs: i32,
+        kernel: *mut i32,
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
@@ -114,28 +115,50 @@ pub fn zero(ts: &[&Tensor]) -> Result<(), ShimError> {
     call(|err, len| unsafe { esper_foreach_zero(t.as_ptr(), t.len(), err, len) })
 }
 
+/// The SGD settings of [`sgd`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sgd {
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+}
+
 /// SGD on a group, in place: `g = grad + weight_decay * p`; with momentum
 /// `buf = momentum * buf + g` and the update is `buf`, else `g`; `p -= lr * update`.
-/// `bufs` (one per parameter, ignored without momentum) are updated in place.
-pub fn sgd(
+/// `bufs` (one per parameter, ignored without momentum) are updated in place. Float32
+/// CUDA tensors on the current device take one kernel of our own for the group where the
+/// runtime's kernels are built (`cpp/optim.cpp`, the same arithmetic as [`sgd_foreach`]),
+/// anything else libtorch's `_foreach_*` ops. `Ok(true)`: the kernel ran.
+pub fn sgd(params: &[&Tensor], grads: &[&Tensor], bufs: &[&Tensor], settings: Sgd) -> Result<bool, ShimError> {
+    sgd_with(true, params, grads, bufs, settings)
+}
+
+/// [`sgd`] with libtorch's `_foreach_*` ops only (what the kernel is compared with).
+pub fn sgd_foreach(params: &[&Tensor], grads: &[&Tensor], bufs: &[&Tensor], settings: Sgd) -> Result<(), ShimError> {
+    sgd_with(false, params, grads, bufs, settings).map(|_| ())
+}
+
+fn sgd_with(
+    kernel: bool,
     params: &[&Tensor],
     grads: &[&Tensor],
     bufs: &[&Tensor],
-    lr: f64,
-    momentum: f64,
-    weight_decay: f64,
-) -> Result<(), ShimError> {
+    Sgd { lr, momentum, weight_decay }: Sgd,
+) -> Result<bool, ShimError> {
     let n = same_lengths(&[params.len(), grads.len(), if momentum != 0.0 { bufs.len() } else { params.len() }])?;
     if n == 0 {
-        return Ok(());
+        return Ok(false);
     }
     let (p, g, b) = (handles(params), handles(grads), handles(bufs));
+    let mut kernel = i32::from(kernel);
     // SAFETY: `p`, `g` (and `b` with momentum) hold `n` live tch tensor handles
     // (`at::Tensor*`) that outlive the call; the shim catches every C++ exception and
-    // writes at most `len` bytes of message into `err`.
+    // writes at most `len` bytes of message into `err`; `kernel` is a live i32 it may
+    // overwrite.
     call(|err, len| unsafe {
-        esper_foreach_sgd(p.as_ptr(), g.as_ptr(), b.as_ptr(), n, lr, momentum, weight_decay, 0, err, len)
-    })
+        esper_foreach_sgd(p.as_ptr(), g.as_ptr(), b.as_ptr(), n, lr, momentum, weight_decay, 0, &mut kernel, err, len)
+    })?;
+    Ok(kernel == 1)
 }
 
 /// The straight-through estimator `host + (seed - seed.detach())` as one autograd
@@ -270,13 +293,13 @@ mod tests {
                 (p - buf * 0.1, buf.copy())
             })
             .unzip();
-        sgd(&r(&p), &r(&g), &r(&b), 0.1, 0.9, 0.01).unwrap();
+        sgd(&r(&p), &r(&g), &r(&b), Sgd { lr: 0.1, momentum: 0.9, weight_decay: 0.01 }).unwrap();
         for i in 0..3 {
             assert!(close(&p[i], &expected_p[i]) < 1e-6 && close(&b[i], &expected_b[i]) < 1e-6);
         }
         // A second step: buf = 0.9 buf + d.
         let before = (p[0].copy(), b[0].copy());
-        sgd(&r(&p), &r(&g), &r(&b), 0.1, 0.9, 0.0).unwrap();
+        sgd(&r(&p), &r(&g), &r(&b), Sgd { lr: 0.1, momentum: 0.9, weight_decay: 0.0 }).unwrap();
         let buf = &before.1 * 0.9 + &g[0];
         assert!(close(&b[0], &buf) < 1e-6 && close(&p[0], &(&before.0 - &buf * 0.1)) < 1e-6);
     }
@@ -306,7 +329,7 @@ mod tests {
         let ts: Vec<Tensor> = (1..4).map(|i| Tensor::ones([i], (Kind::Float, Device::Cpu))).collect();
         zero(&r(&ts)).unwrap();
         zero(&[]).unwrap();
-        sgd(&[], &[], &[], 0.1, 0.9, 0.0).unwrap();
+        sgd(&[], &[], &[], Sgd { lr: 0.1, momentum: 0.9, weight_decay: 0.0 }).unwrap();
         assert!(ts.iter().all(|t| t.abs().sum(Kind::Float).double_value(&[]) == 0.0));
     }
 
@@ -314,9 +337,9 @@ mod tests {
     fn a_libtorch_error_comes_back_as_a_message() {
         let p = Tensor::zeros([3], (Kind::Float, Device::Cpu));
         let g = Tensor::zeros([4], (Kind::Float, Device::Cpu));
-        let e = sgd(&[&p], &[&g], &[], 0.1, 0.0, 0.0).unwrap_err();
+        let e = sgd(&[&p], &[&g], &[], Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 }).unwrap_err();
         assert!(e.0.contains("size"), "{e}");
-        let e = sgd(&[&p], &[], &[], 0.1, 0.0, 0.0).unwrap_err();
+        let e = sgd(&[&p], &[], &[], Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 }).unwrap_err();
         assert!(e.0.contains("different lengths"), "{e}");
     }
 }

@@ -1,5 +1,6 @@
 //! SGD (momentum, weight decay) and Adam: each step one fused update of the group with
-//! libtorch's `_foreach_*` kernels (through `esper-torch-shim`), the state (momentum,
+//! libtorch's `_foreach_*` kernels (through `esper-torch-shim`; SGD on CUDA one kernel
+//! of the shim's for the group, the same arithmetic), the state (momentum,
 //! moments, step count) ours to checkpoint: a resumed run continues exactly where it
 //! stopped.
 //!
@@ -104,7 +105,7 @@ impl Optimizer {
 
     /// One update of every parameter that has a gradient: one fused step over the group
     /// (libtorch's `_foreach_*` kernels through the C++ shim: one launch per op for the
-    /// whole group on CUDA). State is created at a parameter's first gradient (momentum
+    /// whole group on CUDA; SGD on CUDA one kernel of the shim's for the group). State is created at a parameter's first gradient (momentum
     /// and moments at zero, so the first update is exactly the plain one).
     pub fn step(&mut self) -> Result<(), ShimError> {
         if self.frozen {
@@ -136,7 +137,7 @@ impl Optimizer {
         let r = refs;
         match self.config {
             OptimizerConfig::Sgd { lr, momentum, weight_decay } => {
-                shim::sgd(&r(&params), &r(&grads), &r(&first), lr, momentum, weight_decay)
+                shim::sgd(&r(&params), &r(&grads), &r(&first), shim::Sgd { lr, momentum, weight_decay }).map(|_| ())
             }
             OptimizerConfig::Adam { lr, beta1, beta2, weight_decay } => {
                 let settings = shim::Adam { lr, beta1, beta2, weight_decay, eps: 1e-8 };
