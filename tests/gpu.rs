@@ -275,19 +275,37 @@ fn max_abs_diff(a: &[Tensor], b: &[Tensor]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// cuDNN's deterministic algorithms while alive; the previous setting back on drop.
-struct DeterministicCudnn(bool);
+/// A libtorch setting (one of the shim's setters, which return the previous value) held
+/// at a value while alive; the previous value back on drop.
+struct Held {
+    set: fn(bool) -> bool,
+    previous: bool,
+}
 
-impl DeterministicCudnn {
-    fn on() -> Self {
-        Self(esper_torch_shim::set_deterministic_cudnn(true))
+impl Held {
+    fn at(set: fn(bool) -> bool, value: bool) -> Self {
+        Self { set, previous: set(value) }
+    }
+
+    /// cuDNN's deterministic algorithms.
+    fn deterministic_cudnn() -> Self {
+        Self::at(esper_torch_shim::set_deterministic_cudnn, true)
     }
 }
 
-impl Drop for DeterministicCudnn {
+impl Drop for Held {
     fn drop(&mut self) {
-        esper_torch_shim::set_deterministic_cudnn(self.0);
+        (self.set)(self.previous);
     }
+}
+
+/// `t` rounded to TF32 in place (10-bit mantissa, to nearest, ties away from zero: the
+/// rounding of the first convolution's tensor-core operands), through the CPU.
+fn round_to_tf32(t: &Tensor) {
+    let v: Vec<f32> = Vec::try_from(t.to_device(Device::Cpu).contiguous().view(-1)).unwrap();
+    let r: Vec<f32> = v.iter().map(|x| f32::from_bits((x.to_bits() + 0x1000) & 0xffff_e000)).collect();
+    let rounded = Tensor::from_slice(&r).view(t.size().as_slice()).to_device(t.device());
+    tch::no_grad(|| t.shallow_clone().copy_(&rounded));
 }
 
 #[test]
@@ -297,7 +315,7 @@ fn cuda_graph_replays_match_eager_steps_across_germination_and_stage_changes() {
     // cuDNN's deterministic algorithms: eager steps then repeat bit for bit, and so must
     // the replays (otherwise cuDNN's atomics make two eager runs drift apart, and a
     // lifecycle decision near its threshold can go either way).
-    let _deterministic = DeterministicCudnn::on();
+    let _deterministic = Held::deterministic_cudnn();
     let norm = plugin_lib("esper-norm");
     let epochs = 5;
     let eager = graph_job("graph-eager", &norm, "norm", "off", epochs);
@@ -581,15 +599,23 @@ fn the_host_with_its_fused_kernels_trains_as_with_libtorchs_ops() {
     use esper_runtime::host::CnnHost;
     use tch::nn;
     let dev = gpu();
-    let _deterministic = DeterministicCudnn::on(); // so that equal inputs give equal results
-                                                   // One training step of the host alone: logits, every parameter's gradient and the
-                                                   // running statistics, for a configuration of the fused kernels.
-    let step = |fused_pool: bool, fused_batchnorm: bool| {
+    // Equal inputs give equal results, and cuDNN's float32 convolutions multiply in full
+    // float32: a difference of rounding then stays of rounding size instead of growing
+    // through TF32 products into a max-pool window choosing another element.
+    let _deterministic = Held::deterministic_cudnn();
+    let _no_tf32 = Held::at(esper_torch_shim::set_cudnn_tf32, false);
+    // One training step of the host alone: logits, every parameter's gradient and the
+    // running statistics, for a configuration of the fused kernels. The input and the
+    // first convolution's weight are rounded to TF32, so that the first convolution's
+    // kernels (TF32 operands) multiply exactly what cuDNN multiplies.
+    let step = |fused_pool: bool, fused_batchnorm: bool, first_conv_kernel: bool| {
         tch::manual_seed(21);
         let vs = nn::VarStore::new(dev);
-        let config = CnnHostConfig { fused_pool, fused_batchnorm, ..Default::default() };
+        let config = CnnHostConfig { fused_pool, fused_batchnorm, first_conv_kernel, ..Default::default() };
         let host = CnnHost::new(&vs.root(), config).unwrap();
+        round_to_tf32(&vs.variables()["block0.conv.weight"]);
         let x = Tensor::randn([16, 3, 32, 32], (Kind::Float, dev));
+        round_to_tf32(&x);
         let logits = host.forward(&x, true);
         (&logits * Tensor::randn(logits.size(), (Kind::Float, dev))).sum(Kind::Float).backward();
         let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
@@ -604,19 +630,21 @@ fn the_host_with_its_fused_kernels_trains_as_with_libtorchs_ops() {
         }
         out
     };
-    let stock = step(false, false);
+    let stock = step(false, false, false);
     // Every combination, the fused BatchNorm with and without the runtime's pool. The
-    // fused pool is exact; the fused BatchNorm is libtorch's to rounding, and cuDNN's
-    // TF32 convolutions (10-bit mantissa) after it turn a rounding-level difference into
-    // up to ~1e-3 of a gradient (2.2e-4 seen): the bound is 5e-3, where a gradient sent to
-    // the wrong element or a wrong statistic would be off by order 1.
-    for (fused_pool, fused_batchnorm, tol) in [(true, false, 0.0), (false, true, 5e-3), (true, true, 5e-3)] {
-        let got = step(fused_pool, fused_batchnorm);
+    // fused pool is exact; the fused BatchNorm is libtorch's to rounding (its sums run in
+    // another order), the first convolution too, and its weight gradient multiplies the
+    // incoming gradient rounded to TF32 (2^-11): the bound is 5e-3, where a gradient sent
+    // to the wrong element, a wrong statistic or a wrong tap would be off by order 1.
+    for (pool, bn, conv, tol) in
+        [(true, false, false, 0.0), (false, true, false, 5e-3), (true, true, false, 5e-3), (true, true, true, 5e-3)]
+    {
+        let got = step(pool, bn, conv);
         assert_eq!(got.len(), stock.len());
-        for ((name, g), (_, w)) in got.iter().zip(&stock) {
-            let e = rel_error(g, w);
-            assert!(e <= tol, "fused_pool={fused_pool} fused_batchnorm={fused_batchnorm}: {name} off by {e:e}");
-        }
+        let errors: Vec<(&str, f64)> =
+            got.iter().zip(&stock).map(|((name, g), (_, w))| (name.as_str(), rel_error(g, w))).collect();
+        let worst = errors.iter().map(|e| e.1).fold(0.0, f64::max);
+        assert!(worst <= tol, "fused_pool={pool} fused_batchnorm={bn} first_conv_kernel={conv}: off by {errors:?}");
     }
 }
 
@@ -676,4 +704,71 @@ fn the_sgd_kernel_steps_exactly_as_libtorchs_foreach_ops() {
     let want = &p - &g * 0.5;
     assert!(!shim::sgd(&[&p], &[&g], &[], plain).unwrap(), "float64: the ops");
     assert!(rel_error(&p, &want) < 1e-12);
+}
+
+/// `conv2d(x, w, padding 1)` and its weight gradient for the upstream gradient `g`, in
+/// float64 on the CPU.
+fn conv_reference(x: &Tensor, w: &Tensor, g: &Tensor) -> (Tensor, Tensor) {
+    let d = (Kind::Double, Device::Cpu);
+    let w64 = w.detach().to_device(d.1).to_kind(d.0).set_requires_grad(true);
+    let x64 = x.detach().to_device(d.1).to_kind(d.0);
+    let y = x64.conv2d(&w64, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
+    (&y * g.to_device(d.1).to_kind(d.0)).sum(d.0).backward();
+    (y.detach(), w64.grad())
+}
+
+#[test]
+#[ignore = "needs CUDA: run scripts/test-gpu.sh"]
+fn the_first_convolution_kernels_match_a_float64_reference() {
+    use esper_torch_shim::{autocast::Bf16Autocast, rtc::first_conv};
+    let dev = gpu();
+    esper_torch_shim::rtc::available().expect("the kernels compile with NVRTC here");
+    tch::manual_seed(31);
+    // 16, 32 and 64 channels, pixel counts that fill the kernels' tiles and that do not,
+    // tiny images (every pixel at an edge).
+    for (n, h, w, c) in [(4, 32, 32, 32), (3, 7, 9, 16), (2, 16, 16, 64), (1, 8, 8, 16), (5, 3, 3, 64)] {
+        let x32 = to_channels_last(&Tensor::randn([n, 3, h, w], (Kind::Float, dev)));
+        let weight = to_channels_last(&(Tensor::randn([c, 3, 3, 3], (Kind::Float, dev)) * 0.3)).set_requires_grad(true);
+        // float32, float32 under bfloat16 autocast, a bfloat16 input.
+        for (x, autocast) in
+            [(x32.shallow_clone(), false), (x32.shallow_clone(), true), (x32.to_kind(Kind::BFloat16), false)]
+        {
+            let case = format!("{n}x{h}x{w}, {c} channels, {:?} input, autocast {autocast}", x.kind());
+            let _ = weight.grad().defined().then(|| weight.grad().zero_());
+            let y = {
+                let _autocast = autocast.then(|| Bf16Autocast::enter(true).unwrap());
+                first_conv(&x, &weight).unwrap().expect("these tensors suit the kernels")
+            };
+            let bf16 = autocast || x.kind() == Kind::BFloat16;
+            assert_eq!(y.kind(), if bf16 { Kind::BFloat16 } else { Kind::Float }, "{case}: the dtype conv2d gives");
+            assert!(is_channels_last(&y) && y.size() == [n, c, h, w], "{case}");
+            let g = Tensor::randn(y.size(), (Kind::Float, dev)).to_kind(y.kind());
+            (&y * &g).sum(Kind::Float).backward();
+            let (want_y, want_dw) = conv_reference(&x, &weight, &g);
+            // TF32 operands (2^-11 relative each), float32 sums; bfloat16 out: one more
+            // rounding (2^-9). A wrong tap, channel or pixel would be off by order 1.
+            let (ey, edw) = (rel_error(&y, &want_y), rel_error(&weight.grad(), &want_dw));
+            assert!(ey < if bf16 { 6e-3 } else { 2e-3 }, "{case}: output off by {ey:e}");
+            assert!(edw < 2e-3, "{case}: weight gradient off by {edw:e}");
+            assert_eq!(weight.grad().stride(), weight.stride(), "{case}: the gradient in the weight's layout");
+        }
+    }
+    // An input that wants its gradient gets libtorch's.
+    let x = to_channels_last(&Tensor::randn([2, 3, 6, 6], (Kind::Float, dev))).set_requires_grad(true);
+    let weight = to_channels_last(&Tensor::randn([16, 3, 3, 3], (Kind::Float, dev)));
+    let y = first_conv(&x, &weight).unwrap().unwrap();
+    y.sum(Kind::Float).backward();
+    let x2 = x.detach().set_requires_grad(true);
+    x2.conv2d(&weight, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1).sum(Kind::Float).backward();
+    assert!(rel_error(&x.grad(), &x2.grad()) < 1e-3, "the input gradient");
+    // What the kernels do not take: NCHW input, 4 input channels, 8, 128 or 24 output
+    // channels.
+    let w16 = Tensor::randn([16, 3, 3, 3], (Kind::Float, dev));
+    assert!(first_conv(&Tensor::randn([2, 3, 6, 6], (Kind::Float, dev)), &w16).unwrap().is_none());
+    let x4 = to_channels_last(&Tensor::randn([2, 4, 6, 6], (Kind::Float, dev)));
+    assert!(first_conv(&x4, &Tensor::randn([16, 4, 3, 3], (Kind::Float, dev))).unwrap().is_none());
+    let x3 = to_channels_last(&Tensor::randn([2, 3, 6, 6], (Kind::Float, dev)));
+    for c in [8, 128, 24] {
+        assert!(first_conv(&x3, &Tensor::randn([c, 3, 3, 3], (Kind::Float, dev))).unwrap().is_none(), "{c}");
+    }
 }

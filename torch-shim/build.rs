@@ -18,8 +18,9 @@
 //!   elsewhere the Rust face says why graphs are not available.
 //! * `cpp/rtc.cpp` (CUDA kernels compiled at run time with NVRTC: a fused ReLU + max
 //!   pool, a channels-last to NCHW copy), `cpp/batchnorm.cpp` (the BatchNorm + ReLU
-//!   (+ pool) kernels compiled with them) and `cpp/optim.cpp` (SGD over a group as one
-//!   kernel, which `foreach.cpp` calls), with `graph.cpp`, under the same conditions;
+//!   (+ pool) kernels compiled with them), `cpp/optim.cpp` (SGD over a group as one
+//!   kernel, which `foreach.cpp` calls) and `cpp/conv.cpp` (the host's 3-channel first
+//!   convolution), with `graph.cpp`, under the same conditions;
 //!   rtc.cpp loads libnvrtc itself (`dl`). `ESPER_RTC` is defined then, for `straight.cpp`.
 
 use std::{
@@ -61,6 +62,7 @@ fn main() {
     println!("cargo:rerun-if-changed=cpp/rtc.h");
     println!("cargo:rerun-if-changed=cpp/batchnorm.cpp");
     println!("cargo:rerun-if-changed=cpp/optim.cpp");
+    println!("cargo:rerun-if-changed=cpp/conv.cpp");
     println!("cargo:rerun-if-changed=cpp/error.h");
     println!("cargo:rerun-if-changed=cpp/autocast.cpp");
     println!("cargo:rerun-if-changed=cpp/straight.cpp");
@@ -96,6 +98,7 @@ fn main() {
             .file("cpp/rtc.cpp")
             .file("cpp/batchnorm.cpp")
             .file("cpp/optim.cpp")
+            .file("cpp/conv.cpp")
             .define("ESPER_RTC", None);
         for dir in dirs {
             build.include(dir);

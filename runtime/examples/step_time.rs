@@ -5,8 +5,8 @@
 //! `{"batch": 8, "seed": true, "cuda_graph": "auto", "median_ms": ..., "min_ms": ..., "steps": ...,
 //! "replays": ..., "capture_ms": ...}` (`--cuda-graph off` for eager steps on CUDA,
 //! `--precision bf16` for bfloat16 autocast, `--no-fused-pool` for libtorch's ReLU and
-//! max pool, `--no-fused-bn` for libtorch's BatchNorm, `--cudnn-benchmark` to let cuDNN
-//! time its algorithms).
+//! max pool, `--no-fused-bn` for libtorch's BatchNorm, `--no-first-conv-kernel` for
+//! cuDNN's first convolution, `--cudnn-benchmark` to let cuDNN time its algorithms).
 //!
 //! ```text
 //! cargo run --release -p esper-runtime --example step_time -- \
@@ -30,6 +30,7 @@ struct Args {
     cudnn_benchmark: bool,
     fused_pool: bool,
     fused_batchnorm: bool,
+    first_conv_kernel: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -46,6 +47,7 @@ fn parse_args() -> Result<Args> {
         cudnn_benchmark: false,
         fused_pool: true,
         fused_batchnorm: true,
+        first_conv_kernel: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -65,6 +67,7 @@ fn parse_args() -> Result<Args> {
             "--cudnn-benchmark" => a.cudnn_benchmark = true,
             "--no-fused-pool" => a.fused_pool = false,
             "--no-fused-bn" => a.fused_batchnorm = false,
+            "--no-first-conv-kernel" => a.first_conv_kernel = false,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -87,6 +90,7 @@ path = "{plugin}"
 memory_format = "{format}"
 fused_pool = {fused_pool}
 fused_batchnorm = {fused_batchnorm}
+first_conv_kernel = {first_conv_kernel}
 
 [data]
 kind = "synthetic"
@@ -109,6 +113,7 @@ checkpoint = false
         format = a.memory_format,
         fused_pool = a.fused_pool,
         fused_batchnorm = a.fused_batchnorm,
+        first_conv_kernel = a.first_conv_kernel,
         cuda_graph = a.cuda_graph,
         precision = a.precision,
     );
@@ -122,6 +127,7 @@ fn main() -> Result<()> {
             eprintln!("fused pool kernels unavailable: {why}");
             a.fused_pool = false; // reported as not used
             a.fused_batchnorm = false; // compiled with the pool's
+            a.first_conv_kernel = false;
         }
     }
     if a.cudnn_benchmark {
@@ -140,13 +146,14 @@ fn main() -> Result<()> {
         let median = times[times.len() / 2];
         let graphs = trainer.graph_stats();
         println!(
-            "{{\"batch\": {batch}, \"seed\": {}, \"cuda_graph\": \"{}\", \"precision\": \"{}\", \"fused_pool\": {}, \"fused_batchnorm\": {}, \"median_ms\": {median:.4}, \"min_ms\": {:.4}, \
+            "{{\"batch\": {batch}, \"seed\": {}, \"cuda_graph\": \"{}\", \"precision\": \"{}\", \"fused_pool\": {}, \"fused_batchnorm\": {}, \"first_conv_kernel\": {}, \"median_ms\": {median:.4}, \"min_ms\": {:.4}, \
              \"steps\": {}, \"replays\": {}, \"capture_ms\": {:.3}, \"graph_nodes\": {}}}",
             a.seed,
             a.cuda_graph,
             a.precision,
             a.fused_pool,
             a.fused_batchnorm,
+            a.first_conv_kernel,
             times[0],
             times.len(),
             graphs.replays,

@@ -5,7 +5,8 @@
 // * A channels-last -> NCHW copy (a tiled transpose through shared memory), for the
 //   isolation layer's contiguous seed input and the gradient handed back to an NCHW
 //   seed: libtorch's strided copy runs at about a quarter of the memory bandwidth.
-// * batchnorm.cpp's BatchNorm + ReLU (+ pool) kernels, compiled in the same program.
+// * batchnorm.cpp's BatchNorm + ReLU (+ pool) kernels, optim.cpp's SGD and conv.cpp's
+//   first convolution, compiled in the same program.
 //
 // The pool:
 // Why: libtorch's channels-last max-pool backward scatters through int64 indices and
@@ -224,11 +225,13 @@ struct Kernels {
     cudaKernel_t nchw[2] = {};
     esper::rtc::BatchNormKernels bn;
     esper::rtc::OptimKernels optim;
+    esper::rtc::ConvKernels conv;
 };
 
 // The whole program: this file's kernels, then batchnorm.cpp's (which use them).
 const std::string &source() {
-    static const std::string s = std::string(kSource) + esper::rtc::batchnorm_source() + esper::rtc::optim_source();
+    static const std::string s = std::string(kSource) + esper::rtc::batchnorm_source() + esper::rtc::optim_source() +
+                                 esper::rtc::conv_source();
     return s;
 }
 
@@ -390,6 +393,18 @@ Kernels compile() {
         }
     }
     check_cuda(rt.get_kernel(&k.optim.sgd, library, "sgd_f32"), "sgd kernel");
+    for (int in = 0; in < 2; ++in) {
+        for (int out = 0; out < 2; ++out) {
+            const std::string suffix = std::string(dtypes[in]) + "_" + dtypes[out];
+            check_cuda(rt.get_kernel(&k.conv.forward[in][out], library, ("conv3_forward_" + suffix).c_str()),
+                       "conv3_forward kernel");
+            for (int m = 0; m < 3; ++m) {
+                const std::string name = "conv3_wgrad_" + suffix + "_c" + std::to_string(1 << m);
+                check_cuda(rt.get_kernel(&k.conv.wgrad[in][out][m], library, name.c_str()), "conv3_wgrad kernel");
+            }
+        }
+    }
+    check_cuda(rt.get_kernel(&k.conv.wgrad_sum, library, "conv3_wgrad_sum"), "conv3_wgrad_sum kernel");
     return k;
 }
 
@@ -496,6 +511,10 @@ namespace esper::rtc {
 
 const BatchNormKernels &batchnorm_kernels() {
     return kernels().bn;
+}
+
+const ConvKernels &conv_kernels() {
+    return kernels().conv;
 }
 
 const OptimKernels *optim_kernels() {

@@ -22,6 +22,21 @@ const char *batchnorm_source();
 // The BatchNorm kernels for the current device; throws why they cannot be built.
 const BatchNormKernels &batchnorm_kernels();
 
+// conv.cpp's kernels: forward and weight gradient [input dtype][output dtype] (0
+// float32, 1 bfloat16) (the weight gradient's [output channels: 16, 32, 64]), and the sum
+// of the weight gradient's per-block rows.
+struct ConvKernels {
+    cudaKernel_t forward[2][2] = {};
+    cudaKernel_t wgrad[2][2][3] = {};
+    cudaKernel_t wgrad_sum = nullptr;
+};
+
+// conv.cpp's CUDA source, compiled with rtc.cpp's.
+const char *conv_source();
+
+// The convolution kernels for the current device; throws why they cannot be built.
+const ConvKernels &conv_kernels();
+
 // optim.cpp's kernels.
 struct OptimKernels {
     cudaKernel_t sgd = nullptr;

@@ -31,6 +31,7 @@ extern "C" {
     ) -> i32;
     fn esper_keep_freed_host_memory() -> i32;
     fn esper_set_deterministic_cudnn(on: i32) -> i32;
+    fn esper_set_cudnn_tf32(on: i32) -> i32;
     fn esper_foreach_zero(ts: *const *mut C_tensor, n: usize, err: *mut c_char, err_len: usize) -> i32;
     fn esper_foreach_sgd(
         params: *const *mut C_tensor,
@@ -69,6 +70,14 @@ extern "C" {
 pub fn set_deterministic_cudnn(on: bool) -> bool {
     // SAFETY: a plain flag in libtorch's global context; no pointer crosses.
     unsafe { esper_set_deterministic_cudnn(i32::from(on)) != 0 }
+}
+
+/// Lets cuDNN multiply float32 convolutions in TF32 (libtorch's default,
+/// `torch.backends.cudnn.allow_tf32`) or not; returns the previous setting. Tests that
+/// compare results across implementations turn it off.
+pub fn set_cudnn_tf32(on: bool) -> bool {
+    // SAFETY: a plain flag in libtorch's global context; no pointer crosses.
+    unsafe { esper_set_cudnn_tf32(i32::from(on)) != 0 }
 }
 
 /// A libtorch error from the shim (its message, C++ frames included).

@@ -9,6 +9,8 @@
 //! * [`bn_relu`]: BatchNorm in training mode + ReLU (+ the 2x2 max pool after it), two
 //!   launches forward and two backward, the normalized tensor never written
 //!   (`cpp/batchnorm.cpp`).
+//! * [`first_conv`]: the host's first convolution (3 input channels, 3x3, padding 1),
+//!   forward and weight gradient, where cuDNN has no good kernel (`cpp/conv.cpp`).
 //!
 //! Built with the CUDA graph support (same headers, see `build.rs`); elsewhere
 //! [`available`] says why not.
@@ -40,6 +42,13 @@ mod ffi {
             momentum: f64,
             eps: f64,
             pool: i32,
+            out: *mut *mut C_tensor,
+            err: *mut c_char,
+            len: usize,
+        ) -> i32;
+        pub fn esper_first_conv(
+            x: *const C_tensor,
+            w: *const C_tensor,
             out: *mut *mut C_tensor,
             err: *mut c_char,
             len: usize,
@@ -147,6 +156,40 @@ pub fn bn_relu(x: &Tensor, bn: &BatchNormParams<'_>, pool: bool) -> Result<Optio
                 len,
             )
         })?;
+        if out.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: `out` is the fresh, owned handle written above; tch frees it on drop.
+        Ok(Some(unsafe { Tensor::from_ptr(out) }))
+    }
+    #[cfg(not(esper_cuda_graphs))]
+    Ok(None)
+}
+
+/// `conv2d(x, w, padding 1)` (stride 1, no bias), differentiable in `x` and `w`, for the
+/// host's first convolution: the runtime's kernels forward and for the weight gradient
+/// (the input gradient, rarely wanted, is libtorch's). Under CUDA autocast to bfloat16 the
+/// output is bfloat16, as libtorch's `conv2d` would make it; the weight gradient is
+/// float32 either way. `Ok(None)` where the tensors do not suit the kernels (not a
+/// 3-channel channels-last float32 or bfloat16 CUDA input on the current device; the
+/// weight not a dense float32 `[C, 3, 3, 3]` beside it with C 16, 32 or 64): the caller
+/// runs libtorch's convolution. Err where the kernels would run but cannot be built (the
+/// reason [`available`] gives) or a launch fails.
+///
+/// The products run on the tensor cores with TF32 operands and float32 sums, as cuDNN's
+/// do by default for float32: libtorch's values to TF32 rounding.
+#[cfg_attr(not(esper_cuda_graphs), allow(unused_variables))]
+pub fn first_conv(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>, ShimError> {
+    #[cfg(esper_cuda_graphs)]
+    {
+        if !x.device().is_cuda() {
+            return Ok(None);
+        }
+        let mut out = std::ptr::null_mut();
+        // SAFETY: `x` and `w` are live tch handles (`at::Tensor*`) borrowed for the call;
+        // on success `out` is null (not usable) or a new `at::Tensor*` nothing else owns;
+        // exceptions are caught in the shim.
+        crate::call(|err, len| unsafe { ffi::esper_first_conv(x.as_ptr(), w.as_ptr(), &mut out, err, len) })?;
         if out.is_null() {
             return Ok(None);
         }

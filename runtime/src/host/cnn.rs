@@ -30,6 +30,11 @@ pub struct CnnHostConfig {
     /// as the runtime's own kernels, compiled with the pool's; `false` keeps libtorch's
     /// BatchNorm. Values agree to rounding (see `host::batchnorm`).
     pub fused_batchnorm: bool,
+    /// On CUDA, the first block's convolution (3 input channels, kernel size 3, 16, 32 or
+    /// 64 output channels) runs as the runtime's own kernels forward and for its weight
+    /// gradient, compiled with the pool's; `false` keeps libtorch's (cuDNN's). Values
+    /// agree to TF32 rounding, as cuDNN's own (see `host::conv`).
+    pub first_conv_kernel: bool,
 }
 
 impl Default for CnnHostConfig {
@@ -44,6 +49,7 @@ impl Default for CnnHostConfig {
             memory_format: MemoryFormat::ChannelsLast,
             fused_pool: true,
             fused_batchnorm: true,
+            first_conv_kernel: true,
         }
     }
 }
@@ -240,10 +246,15 @@ impl CnnHost {
     }
 
     /// Block `i` (conv, BatchNorm, ReLU), then the 2x2 max pool when `pool`. The fused
-    /// BatchNorm takes the pool in only where `fused_pool` allows the runtime's pool.
+    /// BatchNorm takes the pool in only where `fused_pool` allows the runtime's pool; the
+    /// first block's convolution is the runtime's where `first_conv_kernel` allows.
     fn block(&self, i: usize, x: &Tensor, train: bool, pool: bool) -> Tensor {
         let block = &self.blocks[i];
-        let y = x.apply(&block.conv);
+        let own_conv = i == 0 && self.config.first_conv_kernel && self.config.kernel_size == 3;
+        let y = own_conv
+            .then(|| super::conv::first_conv(x, &block.conv.ws))
+            .flatten()
+            .unwrap_or_else(|| x.apply(&block.conv));
         if train && self.config.fused_batchnorm {
             let with_pool = pool && self.config.fused_pool;
             if let Some(z) = super::batchnorm::bn_relu(&y, &block.bn, &bn_config(), with_pool) {

@@ -3,6 +3,7 @@
 mod batchnorm;
 pub mod budget;
 mod cnn;
+mod conv;
 mod memory_format;
 mod pool;
 
