@@ -11,6 +11,10 @@ use serde_json::json;
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
+// The two plugins' shared rule for when the gate is folded into GroupNorm.
+#[path = "../plugins/norm/src/fold.rs"]
+mod fold;
+
 fn c_fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("ESPER_C_FIXTURES")).join(format!("libesper_fixture_{name}.so"))
 }
@@ -38,7 +42,10 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn portable_norm_matches_the_native_norm_bit_for_bit_in_outputs_and_gradients() {
-    for (channels, shape) in [(64, [1, 64, 8, 8]), (64, [8, 64, 8, 8]), (16, [3, 16, 5, 7])] {
+    // Both forms: the gate folded into GroupNorm from fold::FOLD_FROM elements, and not.
+    let cases = [(64, [1, 64, 8, 8]), (64, [8, 64, 8, 8]), (16, [3, 16, 5, 7]), (64, [16, 64, 64, 64])];
+    assert!(cases.iter().any(|(_, s)| fold::fold(s)) && cases.iter().any(|(_, s)| !fold::fold(s)));
+    for (channels, shape) in cases {
         let native = seed_of(&plugin_lib("esper-norm"), "norm", channels);
         let portable = seed_of(&plugin_lib("esper-norm-portable"), "norm", channels);
         // Away from the identity at birth, so every op matters.

@@ -5,15 +5,19 @@
 //! y = x + tanh(scale) * (groupnorm(x) - x)
 //! ```
 //!
-//! The runtime's op table runs each op in its libtorch, in the native plugin's order,
+//! (from `FOLD_FROM` input elements as `groupnorm(x; gate * weight, gate * bias) +
+//! (1 - gate) * x`, `gate = tanh(scale)`, as the native plugin). The runtime's op table runs each op in its libtorch, in the native plugin's order,
 //! so the two agree bit for bit (tests/portable.rs).
 
 #![forbid(unsafe_code)]
 
 use esper_plugin_portable::{Blueprint, Init, NoOptions, Params, PluginError, Seed, Tensor};
 
+#[path = "../../norm/src/fold.rs"]
+mod fold;
 #[path = "../../norm/src/groups.rs"]
 mod groups;
+pub use fold::{fold, FOLD_FROM};
 pub use groups::{num_groups, EPS};
 
 pub struct NormBlueprint;
@@ -45,9 +49,15 @@ impl Blueprint for NormBlueprint {
 
 impl Seed for NormSeed {
     fn forward(&self, x: &Tensor, _train: bool) -> Result<Tensor, PluginError> {
-        let normed = x.group_norm(self.groups, Some(&self.weight), Some(&self.bias), EPS)?;
         let gate = self.scale.tanh()?;
-        x.add(&gate.mul(&normed.sub(x)?)?)
+        if !fold(&x.size()) {
+            let normed = x.group_norm(self.groups, Some(&self.weight), Some(&self.bias), EPS)?;
+            return x.add(&gate.mul(&normed.sub(x)?)?);
+        }
+        let (weight, bias) = (self.weight.mul(&gate)?, self.bias.mul(&gate)?);
+        let normed = x.group_norm(self.groups, Some(&weight), Some(&bias), EPS)?;
+        let keep = gate.neg()?.add_scalar(1.0)?;
+        normed.add(&x.mul(&keep)?)
     }
 }
 

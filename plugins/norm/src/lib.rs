@@ -14,13 +14,36 @@
 
 use esper_plugin_api::{tch::Tensor, Blueprint, Init, NoOptions, Params, PluginError, Seed};
 
+mod fold;
 mod groups;
+pub use fold::{fold, FOLD_FROM};
 pub use groups::{num_groups, EPS};
 
-/// The norm math on plain tensors (shared by the plugin and in-process comparisons).
+/// The norm math on plain tensors (shared by the plugin and in-process comparisons):
+/// [`norm_folded`] from [`FOLD_FROM`] input elements, else [`norm_plain`].
 pub fn norm_forward(x: &Tensor, groups: i64, weight: &Tensor, bias: &Tensor, scale: &Tensor) -> Tensor {
+    if fold(&x.size()) {
+        norm_folded(x, groups, weight, bias, scale)
+    } else {
+        norm_plain(x, groups, weight, bias, scale)
+    }
+}
+
+/// `x + tanh(scale) * (groupnorm(x) - x)`, as written.
+pub fn norm_plain(x: &Tensor, groups: i64, weight: &Tensor, bias: &Tensor, scale: &Tensor) -> Tensor {
+    let gate = scale.tanh();
     let normed = x.group_norm(groups, Some(weight), Some(bias), EPS, true);
-    x + scale.tanh() * (normed - x)
+    x + gate * (normed - x)
+}
+
+/// The same with the gate folded into GroupNorm's affine parameters:
+/// `groupnorm(x; gate * weight, gate * bias) + (1 - gate) * x`, `gate = tanh(scale)`.
+/// Still exactly `x` at birth (`scale = 0`).
+pub fn norm_folded(x: &Tensor, groups: i64, weight: &Tensor, bias: &Tensor, scale: &Tensor) -> Tensor {
+    let gate = scale.tanh();
+    let normed = x.group_norm(groups, Some(weight * &gate), Some(bias * &gate), EPS, true);
+    let keep = gate.neg() + 1.0;
+    normed + x * keep
 }
 
 pub struct NormBlueprint;
@@ -61,7 +84,41 @@ esper_plugin_api::export_plugin!();
 
 #[cfg(test)]
 mod tests {
-    use super::num_groups;
+    use super::{norm_folded, norm_plain, num_groups};
+    use esper_plugin_api::tch::{Device, Kind, Tensor};
+
+    /// Output and the gradients of `sum(y * g)` for weight, bias and scale.
+    fn run(form: fn(&Tensor, i64, &Tensor, &Tensor, &Tensor) -> Tensor, x: &Tensor, p: &[Tensor; 3]) -> [Tensor; 4] {
+        let p = p.each_ref().map(|t| t.detach().set_requires_grad(true));
+        let y = form(x, 2, &p[0], &p[1], &p[2]);
+        let g = Tensor::linspace(-1.0, 1.0, y.numel() as i64, (Kind::Float, Device::Cpu)).view_as(&y);
+        (&y * g).sum(Kind::Float).backward();
+        [y.detach(), p[0].grad(), p[1].grad(), p[2].grad()]
+    }
+
+    #[test]
+    fn the_folded_form_is_the_identity_at_birth_and_agrees_with_the_formula_as_written() {
+        let x = Tensor::randn([4, 32, 6, 5], (Kind::Float, Device::Cpu));
+        let birth = [
+            Tensor::ones([32], (Kind::Float, Device::Cpu)),
+            Tensor::zeros([32], (Kind::Float, Device::Cpu)),
+            Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+        ];
+        assert!(run(norm_folded, &x, &birth)[0].equal(&x), "exactly the identity at birth");
+        let trained = [
+            Tensor::randn([32], (Kind::Float, Device::Cpu)),
+            Tensor::randn([32], (Kind::Float, Device::Cpu)),
+            Tensor::from_slice(&[0.7f32]),
+        ];
+        for p in [birth, trained] {
+            let (plain, folded) = (run(norm_plain, &x, &p), run(norm_folded, &x, &p));
+            for (i, (a, b)) in plain.iter().zip(&folded).enumerate() {
+                let scale = a.abs().max().double_value(&[]).max(1.0);
+                let diff = (a - b).abs().max().double_value(&[]);
+                assert!(diff <= 1e-5 * scale, "output/gradient {i}: {diff} apart");
+            }
+        }
+    }
 
     #[test]
     fn group_rule() {
