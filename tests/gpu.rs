@@ -479,6 +479,18 @@ fn the_nchw_copy_kernel_is_contiguous_exactly() {
         assert!(copy.is_contiguous() && !copy.requires_grad(), "{shape:?}");
         assert!(copy.equal(&x.contiguous()), "{shape:?} {kind:?}");
     }
+    // The widening variant, through the straight-through estimator's backward: a
+    // bfloat16 channels-last gradient handed to a float32 NCHW seed output.
+    for shape in [[4, 64, 16, 16], [3, 37, 5, 7]] {
+        let host = to_channels_last(&Tensor::randn(shape, (Kind::Float, dev)).to_kind(Kind::BFloat16));
+        let seed_out = Tensor::randn(shape, (Kind::Float, dev)).set_requires_grad(true);
+        let y = esper_torch_shim::straight_through(&host, &seed_out).unwrap();
+        let g = to_channels_last(&Tensor::randn(shape, (Kind::Float, dev)).to_kind(Kind::BFloat16));
+        (&y * &g).sum(Kind::Float).backward(); // y's gradient: g itself, channels-last
+        let got = seed_out.grad();
+        assert!(got.kind() == Kind::Float && got.is_contiguous(), "{shape:?}");
+        assert!(got.equal(&g.to_kind(Kind::Float)), "{shape:?}: bfloat16 widens exactly");
+    }
 }
 
 /// max |got - want| over max |want|, both as float64 on the CPU.

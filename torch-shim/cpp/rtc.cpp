@@ -195,9 +195,9 @@ ESPER_POOL_KERNELS(bf16_v4, unsigned short, 4, false)
 ESPER_POOL_KERNELS(bf16_v4_relu, unsigned short, 4, true)
 
 // in is N x P x C (P = H * W, channels innermost), out N x C x P: 32 x 32 tiles of
-// (P, C) per sample, read along C and written along P, both coalesced.
-template <typename T>
-__device__ void transpose(const T *__restrict__ in, T *__restrict__ out, int P, int C) {
+// (P, C) per sample, read along C and written along P, both coalesced; T in, U out.
+template <typename T, typename U>
+__device__ void transpose(const T *__restrict__ in, U *__restrict__ out, int P, int C) {
     __shared__ T tile[32][33];
     const long long offset = (long long)blockIdx.z * P * C;
     const int c0 = blockIdx.x * 32, p0 = blockIdx.y * 32;
@@ -208,12 +208,17 @@ __device__ void transpose(const T *__restrict__ in, T *__restrict__ out, int P, 
     __syncthreads();
     for (int j = threadIdx.y; j < 32; j += blockDim.y) {
         const int c = c0 + j, p = p0 + threadIdx.x;
-        if (c < C && p < P) out[offset + (long long)c * P + p] = tile[threadIdx.x][j];
+        if (c < C && p < P) out[offset + (long long)c * P + p] = Val<U>::t(Val<T>::f(tile[threadIdx.x][j]));
     }
 }
-extern "C" __global__ void nchw_f32(const float *in, float *out, int P, int C) { transpose<float>(in, out, P, C); }
+extern "C" __global__ void nchw_f32(const float *in, float *out, int P, int C) { transpose<float, float>(in, out, P, C); }
 extern "C" __global__ void nchw_bf16(const unsigned short *in, unsigned short *out, int P, int C) {
-    transpose<unsigned short>(in, out, P, C);
+    transpose<unsigned short, unsigned short>(in, out, P, C);
+}
+// bfloat16 in, float32 out (exact): the isolation layer's gradient for a float32 seed output
+// under bfloat16 autocast.
+extern "C" __global__ void nchw_bf16_f32(const unsigned short *in, float *out, int P, int C) {
+    transpose<unsigned short, float>(in, out, P, C);
 }
 )CUDA";
 
@@ -223,6 +228,7 @@ struct Kernels {
     cudaKernel_t fwd[2][2][2] = {};
     cudaKernel_t bwd[2][2][2] = {};
     cudaKernel_t nchw[2] = {};
+    cudaKernel_t nchw_bf16_f32 = {};
     esper::rtc::BatchNormKernels bn;
     esper::rtc::OptimKernels optim;
     esper::rtc::ConvKernels conv;
@@ -392,6 +398,7 @@ Kernels compile() {
                        "bn_backward kernel");
         }
     }
+    check_cuda(rt.get_kernel(&k.nchw_bf16_f32, library, "nchw_bf16_f32"), "nchw kernel");
     check_cuda(rt.get_kernel(&k.optim.sgd, library, "sgd_f32"), "sgd kernel");
     for (int in = 0; in < 2; ++in) {
         for (int out = 0; out < 2; ++out) {
@@ -549,21 +556,33 @@ int multiprocessors() {
     return at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
 }
 
-at::Tensor nchw_contiguous(const at::Tensor &x) {
+at::Tensor nchw_contiguous(const at::Tensor &x, at::ScalarType dtype) {
+    const bool same = dtype == x.scalar_type();
+    const bool widen = x.scalar_type() == at::kBFloat16 && dtype == at::kFloat;
     const bool fits = x.is_cuda() && x.get_device() == c10::cuda::current_device() && x.dim() == 4 &&
-                      (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) && x.numel() > 0 &&
-                      x.size(0) <= 65535 && x.size(1) * x.size(2) * x.size(3) <= std::numeric_limits<int>::max() &&
-                      !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+                      (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) && (same || widen) &&
+                      x.numel() > 0 && x.size(0) <= 65535 &&
+                      x.size(1) * x.size(2) * x.size(3) <= std::numeric_limits<int>::max() && !x.is_contiguous() &&
+                      x.is_contiguous(at::MemoryFormat::ChannelsLast);
     const Kernels *k = fits ? compiled() : nullptr;  // no exception on the fallback path
-    if (!k) return x.contiguous();
-    at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+    if (!k) {
+        if (same) return x.contiguous();
+        if (x.is_contiguous()) return x.to(dtype);
+        // One copy that converts and transposes at once.
+        return at::empty(x.sizes(), x.options().dtype(dtype).memory_format(at::MemoryFormat::Contiguous)).copy_(x);
+    }
+    at::Tensor out = at::empty(x.sizes(), x.options().dtype(dtype).memory_format(at::MemoryFormat::Contiguous));
     int P = static_cast<int>(x.size(2) * x.size(3)), C = static_cast<int>(x.size(1));
     const void *in = x.data_ptr();
     void *o = out.data_ptr();
     void *args[] = {&in, &o, &P, &C};
-    launch(k->nchw[dtype_index(x)], dim3((C + 31) / 32, (P + 31) / 32, static_cast<unsigned>(x.size(0))), dim3(32, 8),
-            args);
+    launch(same ? k->nchw[dtype_index(x)] : k->nchw_bf16_f32,
+           dim3((C + 31) / 32, (P + 31) / 32, static_cast<unsigned>(x.size(0))), dim3(32, 8), args);
     return out;
+}
+
+at::Tensor nchw_contiguous(const at::Tensor &x) {
+    return nchw_contiguous(x, x.scalar_type());
 }
 
 }  // namespace esper::rtc

@@ -75,4 +75,8 @@ int multiprocessors();
 // bfloat16 CUDA tensor (no autograd history), libtorch's copy otherwise.
 at::Tensor nchw_contiguous(const at::Tensor &x);
 
+// The same converted to `dtype` in the same pass (one kernel for bfloat16 -> float32;
+// other conversions through libtorch's copy).
+at::Tensor nchw_contiguous(const at::Tensor &x, at::ScalarType dtype);
+
 }  // namespace esper::rtc

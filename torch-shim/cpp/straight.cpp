@@ -29,11 +29,15 @@ struct StraightThrough : torch::autograd::Function<StraightThrough> {
         if (ctx->needs_input_grad(1)) {
             const auto dtype = static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt());
             const auto format = static_cast<at::MemoryFormat>(ctx->saved_data["format"].toInt());
-            to_seed = g.to(dtype);
 #ifdef ESPER_RTC
-            if (format == at::MemoryFormat::Contiguous) to_seed = esper::rtc::nchw_contiguous(to_seed);
+            if (format == at::MemoryFormat::Contiguous) {
+                to_seed = esper::rtc::nchw_contiguous(g, dtype);  // layout and dtype in one pass
+            } else {
+                to_seed = g.to(dtype).contiguous(format);
+            }
+#else
+            to_seed = g.to(dtype).contiguous(format);
 #endif
-            to_seed = to_seed.contiguous(format);
         }
         return {g, to_seed};
     }

@@ -280,6 +280,22 @@ mod tests {
         assert!(e.0.contains("straight-through"), "{e}");
     }
 
+    #[test]
+    fn straight_through_hands_a_float32_seed_its_gradient_in_float32_nchw() {
+        // bfloat16 autocast: host bfloat16 channels-last, the seed's output float32 NCHW.
+        let host_leaf = Tensor::randn([2, 3, 4, 5], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let host = host_leaf.to_kind(Kind::BFloat16).permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+        let seed_out = Tensor::randn([2, 3, 4, 5], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let y = straight_through(&host, &seed_out).unwrap();
+        assert_eq!(y.kind(), Kind::BFloat16, "the value is the host tensor");
+        let g = Tensor::randn([2, 3, 4, 5], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+        let g = g.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+        (&y * &g).sum(Kind::Float).backward(); // y's gradient: g itself, channels-last
+        let got = seed_out.grad();
+        assert!(got.kind() == Kind::Float && got.is_contiguous(), "float32 NCHW");
+        assert!(got.equal(&g.to_kind(Kind::Float)), "bfloat16 widens exactly");
+    }
+
     fn close(a: &Tensor, b: &Tensor) -> f64 {
         (a - b).abs().max().double_value(&[])
     }

@@ -49,6 +49,17 @@ pub fn input_version(input: &Tensor) -> Result<i64, TchError> {
 /// Checks a seed's `output` for `input`, whose version was `version_before` when the
 /// seed was called.
 pub fn check_output(input: &Tensor, version_before: i64, output: &Tensor) -> Result<(), ContractViolation> {
+    check_output_as(input, version_before, output, input.kind())
+}
+
+/// As [`check_output`], with the output's dtype expected to be `dtype` (the isolation
+/// layer's allowance for autocast's float32, which it converts itself).
+pub fn check_output_as(
+    input: &Tensor,
+    version_before: i64,
+    output: &Tensor,
+    dtype: Kind,
+) -> Result<(), ContractViolation> {
     let after = input.f_internal_version().unwrap_or(i64::MAX);
     if after != version_before {
         return Err(ContractViolation::InputWritten { before: version_before, after });
@@ -57,7 +68,7 @@ pub fn check_output(input: &Tensor, version_before: i64, output: &Tensor) -> Res
     if expected != got {
         return Err(ContractViolation::Device { expected: device_name(expected), got: device_name(got) });
     }
-    let (expected, got) = (input.kind(), output.kind());
+    let (expected, got) = (dtype, output.kind());
     if expected != got {
         return Err(ContractViolation::Dtype { expected, got });
     }

@@ -11,6 +11,8 @@ pub enum Precision {
     /// Autocast to bfloat16: convolutions and linear layers run in bfloat16, the ops
     /// autocast keeps in float32 stay there, the logits come back as float32 (the loss
     /// is computed in float32). A seed's float32 output for a bfloat16 input (what
-    /// autocast's float32 ops return) is cast back to bfloat16 by the isolation layer.
+    /// autocast's float32 ops return) is cast back to bfloat16 by the isolation layer
+    /// where it is blended; in TRAINING the straight-through estimator, which uses no
+    /// value of it, keeps it and hands the seed its gradient in float32.
     Bf16,
 }

@@ -149,16 +149,19 @@ impl SeedSlot {
         // Isolation is forced while the seed trains alone; config decides from BLENDING on.
         let training = self.stage() == SeedStage::Training;
         let input = seed_input(&host, self.config.isolate_gradients || training);
-        let out = checked_forward(seed, &input, train).map_err(|kind| self.fault(kind))?;
+        let blend = self.blend.as_ref().filter(|_| !training);
+        // The straight-through estimator uses no value of the output: it takes autocast's
+        // float32 as it is (and hands the seed its gradient in float32).
+        let out = checked_forward(seed, &input, train, blend.is_none()).map_err(|kind| self.fault(kind))?;
         if let Some(flag) = &self.finite {
             note_finite(flag, &out).map_err(|e| self.fault(FaultKind::Forward(e.to_string())))?;
         }
-        match &self.blend {
-            Some(blend) if !training => {
+        match blend {
+            Some(blend) => {
                 let alpha = self.sync_alpha().map_err(|e| self.fault(FaultKind::Forward(e.to_string())))?;
                 Ok(blend.apply(&host, &out, &input, alpha))
             }
-            _ => straight_through(&host, &out).map_err(|e| self.fault(FaultKind::Forward(e.to_string()))),
+            None => straight_through(&host, &out).map_err(|e| self.fault(FaultKind::Forward(e.to_string()))),
         }
     }
 
@@ -242,7 +245,8 @@ impl SeedSlot {
                 cause,
             };
             let probe = Tensor::f_randn(shape, (Kind::Float, device)).map_err(|e| ModelError::Torch(e.to_string()))?;
-            let out = tch::no_grad(|| checked_forward(seed, &probe, train)).map_err(|k| refuse(k.to_string()))?;
+            let out =
+                tch::no_grad(|| checked_forward(seed, &probe, train, false)).map_err(|k| refuse(k.to_string()))?;
             let finite = out.f_isfinite().and_then(|f| f.f_all()).map(|f| bool::try_from(&f).unwrap_or(false));
             if !finite.unwrap_or(false) {
                 return Err(refuse("non-finite output".into()));
@@ -553,25 +557,40 @@ impl SeedSlot {
     }
 }
 
-/// Runs the seed's forward and holds the output to the contract.
-fn checked_forward(seed: &PluginSeed, input: &Tensor, train: bool) -> Result<Tensor, FaultKind> {
-    let version = contract::input_version(input).map_err(|e| FaultKind::Forward(e.to_string()))?;
+/// Runs the seed's forward and holds the output to the contract. A float32 output for a
+/// bfloat16 input under autocast is autocast's doing, not the seed's (see
+/// [`autocast_f32`]): it is cast back to the input's dtype, or, with `keep_autocast_f32`,
+/// kept as it is for a caller that converts itself.
+fn checked_forward(
+    seed: &PluginSeed,
+    input: &Tensor,
+    train: bool,
+    keep_autocast_f32: bool,
+) -> Result<Tensor, FaultKind> {
+    let forward_err = |e: tch::TchError| FaultKind::Forward(e.to_string());
+    let version = contract::input_version(input).map_err(forward_err)?;
     let out = seed.forward(input, train).map_err(|e| FaultKind::Forward(e.to_string()))?;
-    let out = autocast_back(input, out).map_err(|e| FaultKind::Forward(e.to_string()))?;
+    if !autocast_f32(input, &out) {
+        contract::check_output(input, version, &out)?;
+        return Ok(out);
+    }
+    if keep_autocast_f32 {
+        contract::check_output_as(input, version, &out, Kind::Float)?;
+        return Ok(out);
+    }
+    let out = out.f_to_kind(Kind::BFloat16).map_err(forward_err)?;
     contract::check_output(input, version, &out)?;
     Ok(out)
 }
 
 /// Under bfloat16 autocast a seed's last op may be one autocast keeps in float32 (a
-/// norm, on CUDA), returning float32 for a bfloat16 input: that is autocast's doing, not
-/// the seed's, so the isolation layer casts it back to the input's dtype before the
-/// contract check. Outside autocast a dtype change stays a breach.
-fn autocast_back(input: &Tensor, out: Tensor) -> Result<Tensor, tch::TchError> {
-    let autocast_f32 = out.kind() == Kind::Float && input.kind() == Kind::BFloat16;
-    if autocast_f32 && out.device() == input.device() && esper_torch_shim::autocast::enabled(input.device().is_cuda()) {
-        return out.f_to_kind(Kind::BFloat16);
-    }
-    Ok(out)
+/// norm, on CUDA), returning float32 for a bfloat16 input. Outside autocast a dtype
+/// change stays a breach.
+fn autocast_f32(input: &Tensor, out: &Tensor) -> bool {
+    out.kind() == Kind::Float
+        && input.kind() == Kind::BFloat16
+        && out.device() == input.device()
+        && esper_torch_shim::autocast::enabled(input.device().is_cuda())
 }
 
 /// `flag &= isfinite(sum(out))`, on the device, without a sync: one reduction pass and
