@@ -51,6 +51,32 @@ int esper_foreach_zero(at::Tensor **ts, size_t n, char *err, size_t err_len) {
     }
 }
 
+// Drops the gradient of every tensor of the list (`p.grad = None`): the next backward
+// hands each its gradient as it is, no kernel (autograd's AccumulateGrad keeps a fresh
+// gradient of the parameter's layout instead of adding it into a zeroed one).
+int esper_clear_grads(at::Tensor **ts, size_t n, char *err, size_t err_len) {
+    try {
+        for (size_t i = 0; i < n; ++i) ts[i]->mutable_grad().reset();
+        return 0;
+    } catch (const std::exception &e) {
+        return fail(e.what(), err, err_len);
+    }
+}
+
+// Gives every tensor of the list whose `had[i]` is set and that has no gradient now a
+// zero one (what a zeroed gradient that the backward left alone would be).
+int esper_zero_missing_grads(at::Tensor **ts, const int *had, size_t n, char *err, size_t err_len) {
+    try {
+        c10::AutoGradMode no_grad(false);
+        for (size_t i = 0; i < n; ++i) {
+            if (had[i] && !ts[i]->grad().defined()) ts[i]->mutable_grad() = at::zeros_like(*ts[i]);
+        }
+        return 0;
+    } catch (const std::exception &e) {
+        return fail(e.what(), err, err_len);
+    }
+}
+
 // SGD over a group: g = grad (+ weight_decay * p); with momentum, buf = momentum * buf + g
 // (buf = g on the first step, `init_bufs` 1) and the update is buf; p -= lr * update.
 // `*kernel` 1: optim.cpp's one kernel where it applies (float32 CUDA tensors on the

@@ -33,6 +33,14 @@ extern "C" {
     fn esper_set_deterministic_cudnn(on: i32) -> i32;
     fn esper_set_cudnn_tf32(on: i32) -> i32;
     fn esper_foreach_zero(ts: *const *mut C_tensor, n: usize, err: *mut c_char, err_len: usize) -> i32;
+    fn esper_clear_grads(ts: *const *mut C_tensor, n: usize, err: *mut c_char, err_len: usize) -> i32;
+    fn esper_zero_missing_grads(
+        ts: *const *mut C_tensor,
+        had: *const i32,
+        n: usize,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
     fn esper_foreach_sgd(
         params: *const *mut C_tensor,
         grads: *const *mut C_tensor,
@@ -122,6 +130,26 @@ pub fn zero(ts: &[&Tensor]) -> Result<(), ShimError> {
     let t = handles(ts);
     // SAFETY: `t` holds `t.len()` live handles; exceptions are caught in the shim.
     call(|err, len| unsafe { esper_foreach_zero(t.as_ptr(), t.len(), err, len) })
+}
+
+/// Drops the gradient of every tensor of `ts` (`p.grad = None` in PyTorch): the next
+/// backward gives each parameter its gradient as computed, where a zeroed one would take
+/// an add kernel per parameter.
+pub fn clear_grads(ts: &[&Tensor]) -> Result<(), ShimError> {
+    let t = handles(ts);
+    // SAFETY: `t` holds `t.len()` live handles; exceptions are caught in the shim.
+    call(|err, len| unsafe { esper_clear_grads(t.as_ptr(), t.len(), err, len) })
+}
+
+/// Gives each tensor `ts[i]` with `had[i]` and no gradient now a zero gradient: after a
+/// backward that followed [`clear_grads`], what zeroing instead would have left for a
+/// parameter the backward did not reach.
+pub fn zero_missing_grads(ts: &[&Tensor], had: &[bool]) -> Result<(), ShimError> {
+    same_lengths(&[ts.len(), had.len()])?;
+    let t = handles(ts);
+    let had: Vec<i32> = had.iter().map(|&h| i32::from(h)).collect();
+    // SAFETY: `t` and `had` hold `t.len()` entries; exceptions are caught in the shim.
+    call(|err, len| unsafe { esper_zero_missing_grads(t.as_ptr(), had.as_ptr(), t.len(), err, len) })
 }
 
 /// The SGD settings of [`sgd`].
@@ -347,6 +375,26 @@ mod tests {
             assert_eq!(step.double_value(&[]), t as f64);
             assert!(close(&p, &pe) < 1e-6 && close(&m, &me) < 1e-7 && close(&v, &ve) < 1e-7, "step {t}");
         }
+    }
+
+    #[test]
+    fn clear_grads_drops_gradients_and_the_next_backward_sets_them_anew() {
+        let w = Tensor::ones([3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        (&w * 2.0).sum(Kind::Float).backward();
+        assert!(w.grad().defined());
+        clear_grads(&[&w]).unwrap();
+        assert!(!w.grad().defined(), "dropped");
+        (&w * 3.0).sum(Kind::Float).backward();
+        assert!(w.grad().equal(&Tensor::from_slice(&[3.0f32, 3.0, 3.0])), "not added to the old one");
+        clear_grads(&[]).unwrap();
+        let unused = Tensor::ones([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        zero_missing_grads(&[&w, &unused], &[true, true]).unwrap();
+        assert!(w.grad().equal(&Tensor::from_slice(&[3.0f32, 3.0, 3.0])), "a gradient it has stays");
+        assert!(unused.grad().equal(&Tensor::zeros([2], (Kind::Float, Device::Cpu))), "a missing one is zero");
+        let other = Tensor::ones([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        zero_missing_grads(&[&other], &[false]).unwrap();
+        assert!(!other.grad().defined(), "none where there was none");
+        assert!(zero_missing_grads(&[&other], &[]).is_err());
     }
 
     #[test]
