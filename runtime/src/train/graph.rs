@@ -1,9 +1,9 @@
 //! Whole-step CUDA graphs (`[training] cuda_graph = "auto"`, the default).
 //!
-//! On a CUDA device a training step (forward through host and seeds, loss, zeroing the
-//! gradients, backward, both optimizers, the seeds' finiteness flags) is captured once
-//! as a CUDA graph and replayed for every batch of the same shape: one launch instead of
-//! hundreds, no host work per kernel. The whole run (steps, validation, lifecycle) goes
+//! On a CUDA device a training step (forward through host and seeds, loss, backward into
+//! freshly allocated gradients, both optimizers, the seeds' finiteness flags) is captured
+//! once as a CUDA graph and replayed for every batch of the same shape: one launch
+//! instead of hundreds, no host work per kernel. The whole run (steps, validation, lifecycle) goes
 //! on one side stream: a capture needs a stream other than the default one, and the
 //! autograd engine keeps the stream a parameter was first used on.
 //!
