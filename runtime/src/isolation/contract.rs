@@ -116,6 +116,22 @@ mod tests {
     }
 
     #[test]
+    fn check_output_as_allows_only_the_named_dtype_and_still_checks_the_rest() {
+        let input = x().to_kind(Kind::BFloat16);
+        let v = input_version(&input).unwrap();
+        let f32_out = input.to_kind(Kind::Float);
+        assert_eq!(check_output_as(&input, v, &f32_out, Kind::Float), Ok(()));
+        assert!(matches!(check_output(&input, v, &f32_out), Err(ContractViolation::Dtype { .. })));
+        let f64_out = input.to_kind(Kind::Double);
+        assert!(matches!(check_output_as(&input, v, &f64_out, Kind::Float), Err(ContractViolation::Dtype { .. })));
+        let short = f32_out.narrow(0, 0, 1);
+        assert!(matches!(check_output_as(&input, v, &short, Kind::Float), Err(ContractViolation::Shape { .. })));
+        let _ = input.shallow_clone().f_mul_scalar_(2.0).unwrap();
+        let err = check_output_as(&input, v, &f32_out, Kind::Float).unwrap_err();
+        assert_eq!(err.code(), "input_written");
+    }
+
+    #[test]
     fn an_in_place_write_through_the_isolated_input_is_caught_for_both_layouts() {
         for channels_last in [false, true] {
             let leaf = x().set_requires_grad(true);

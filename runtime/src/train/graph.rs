@@ -3,9 +3,9 @@
 //! On a CUDA device a training step (forward through host and seeds, loss, backward into
 //! freshly allocated gradients, both optimizers, the seeds' finiteness flags) is captured
 //! once as a CUDA graph and replayed for every batch of the same shape: one launch
-//! instead of hundreds, no host work per kernel. The whole run (steps, validation, lifecycle) goes
-//! on one side stream: a capture needs a stream other than the default one, and the
-//! autograd engine keeps the stream a parameter was first used on.
+//! instead of hundreds, no host work per kernel. The whole run (steps, validation,
+//! lifecycle) goes on one side stream: a capture needs a stream other than the default
+//! one, and the autograd engine keeps the stream a parameter was first used on.
 //!
 //! * **When it is recaptured.** A graph is kept while the topology stays the same: which
 //!   seed runs where, its stage, its blend, isolation, a prune blend-out, which
@@ -29,7 +29,7 @@
 //! run keeps (zeroed each epoch); a rollback puts them back with the rest of the state
 //! (steps it discards do not count), as in the eager step.
 
-use super::{step::cross_entropy, step::Totals, Trainer};
+use super::{optim::Optimizer, step::cross_entropy, step::Totals, Trainer};
 use crate::{config::CudaGraphMode, lifecycle::LifecycleEvent};
 use anyhow::{anyhow, Context, Result};
 use esper_torch_shim::graph::{self as shim, CudaGraph, CudaStream, SideStream};
@@ -263,18 +263,13 @@ impl Trainer {
     fn captured_step(&mut self, x: &Tensor, y: &Tensor, totals: &Totals) -> Result<(), String> {
         let logits = self.model.forward(x, true).map_err(|e| e.to_string())?;
         let loss = cross_entropy(&logits, y).map_err(|e| e.to_string())?;
-        let had_host = self.host_opt.clear_grads().map_err(|e| e.to_string())?;
-        let mut had_seeds = Vec::with_capacity(self.seed_opts.len());
-        for opt in self.seed_opts.values_mut() {
-            had_seeds.push(opt.clear_grads().map_err(|e| e.to_string())?);
-        }
+        let had: Vec<Vec<bool>> =
+            self.optimizers_mut().map(Optimizer::clear_grads).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
         loss.f_backward().map_err(|e| e.to_string())?;
-        self.host_opt.zero_missing_grads(&had_host).map_err(|e| e.to_string())?;
-        for (opt, had) in self.seed_opts.values_mut().zip(&had_seeds) {
+        for (opt, had) in self.optimizers_mut().zip(&had) {
             opt.zero_missing_grads(had).map_err(|e| e.to_string())?;
         }
-        self.host_opt.step().map_err(|e| e.to_string())?;
-        for opt in self.seed_opts.values_mut() {
+        for opt in self.optimizers_mut() {
             opt.step().map_err(|e| e.to_string())?;
         }
         totals.add_on_device(&loss, &logits, y).map_err(|e| e.to_string())
@@ -285,10 +280,14 @@ impl Trainer {
     }
 
     fn set_optimizer_counts(&mut self, counts: &[i64]) {
-        let opts = std::iter::once(&mut self.host_opt).chain(self.seed_opts.values_mut());
-        for (opt, &n) in opts.zip(counts) {
+        for (opt, &n) in self.optimizers_mut().zip(counts) {
             opt.set_steps(n);
         }
+    }
+
+    /// The host's optimizer, then the seeds' (in the order of `optimizer_counts`).
+    fn optimizers_mut(&mut self) -> impl Iterator<Item = &mut Optimizer> {
+        std::iter::once(&mut self.host_opt).chain(self.seed_opts.values_mut())
     }
 
     /// Replays the captured step on `x`, `y`; reads the seeds' health where the eager

@@ -107,7 +107,7 @@ impl Optimizer {
     /// parameters had one, for [`Self::zero_missing_grads`] after the backward.
     pub fn clear_grads(&mut self) -> Result<Vec<bool>, ShimError> {
         let had: Vec<bool> = self.params.iter().map(|p| p.grad().defined()).collect();
-        shim::clear_grads(&self.params.iter().collect::<Vec<_>>())?;
+        shim::clear_grads(&refs(&self.params))?;
         Ok(had)
     }
 
@@ -115,13 +115,14 @@ impl Optimizer {
     /// parameter that had one and that the backward did not reach, so the step treats
     /// it as after [`Self::zero_grad`].
     pub fn zero_missing_grads(&mut self, had: &[bool]) -> Result<(), ShimError> {
-        shim::zero_missing_grads(&self.params.iter().collect::<Vec<_>>(), had)
+        shim::zero_missing_grads(&refs(&self.params), had)
     }
 
     /// One update of every parameter that has a gradient: one fused step over the group
     /// (libtorch's `_foreach_*` kernels through the C++ shim: one launch per op for the
-    /// whole group on CUDA; SGD on CUDA one kernel of the shim's for the group). State is created at a parameter's first gradient (momentum
-    /// and moments at zero, so the first update is exactly the plain one).
+    /// whole group on CUDA; SGD on CUDA one kernel of the shim's for the group). State is
+    /// created at a parameter's first gradient (momentum and moments at zero, so the first
+    /// update is exactly the plain one).
     pub fn step(&mut self) -> Result<(), ShimError> {
         if self.frozen {
             return Ok(());
