@@ -19,8 +19,9 @@
 //! * `cpp/rtc.cpp` (CUDA kernels compiled at run time with NVRTC: a fused ReLU + max
 //!   pool, a channels-last to NCHW copy), `cpp/batchnorm.cpp` (the BatchNorm + ReLU
 //!   (+ pool) kernels compiled with them), `cpp/optim.cpp` (SGD over a group as one
-//!   kernel, which `foreach.cpp` calls) and `cpp/conv.cpp` (the host's 3-channel first
-//!   convolution), with `graph.cpp`, under the same conditions;
+//!   kernel, which `foreach.cpp` calls), `cpp/conv.cpp` (the host's 3-channel first
+//!   convolution) and `cpp/wgrad.cpp` (a bfloat16 3x3 convolution's weight gradient),
+//!   with `graph.cpp`, under the same conditions;
 //!   rtc.cpp loads libnvrtc itself (`dl`). `ESPER_RTC` is defined then, for `straight.cpp`.
 
 use std::{
@@ -63,6 +64,7 @@ fn main() {
     println!("cargo:rerun-if-changed=cpp/batchnorm.cpp");
     println!("cargo:rerun-if-changed=cpp/optim.cpp");
     println!("cargo:rerun-if-changed=cpp/conv.cpp");
+    println!("cargo:rerun-if-changed=cpp/wgrad.cpp");
     println!("cargo:rerun-if-changed=cpp/error.h");
     println!("cargo:rerun-if-changed=cpp/autocast.cpp");
     println!("cargo:rerun-if-changed=cpp/straight.cpp");
@@ -99,6 +101,7 @@ fn main() {
             .file("cpp/batchnorm.cpp")
             .file("cpp/optim.cpp")
             .file("cpp/conv.cpp")
+            .file("cpp/wgrad.cpp")
             .define("ESPER_RTC", None);
         for dir in dirs {
             build.include(dir);

@@ -6,7 +6,8 @@
 //! "replays": ..., "capture_ms": ...}` (`--cuda-graph off` for eager steps on CUDA,
 //! `--precision bf16` for bfloat16 autocast, `--no-fused-pool` for libtorch's ReLU and
 //! max pool, `--no-fused-bn` for libtorch's BatchNorm, `--no-first-conv-kernel` for
-//! cuDNN's first convolution, `--cudnn-benchmark` to let cuDNN time its algorithms).
+//! cuDNN's first convolution, `--no-wgrad-kernel` for cuDNN's bfloat16 weight gradient of
+//! the second, `--cudnn-benchmark` to let cuDNN time its algorithms).
 //!
 //! ```text
 //! cargo run --release -p esper-runtime --example step_time -- \
@@ -31,6 +32,7 @@ struct Args {
     fused_pool: bool,
     fused_batchnorm: bool,
     first_conv_kernel: bool,
+    wgrad_kernel: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -48,6 +50,7 @@ fn parse_args() -> Result<Args> {
         fused_pool: true,
         fused_batchnorm: true,
         first_conv_kernel: true,
+        wgrad_kernel: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -68,6 +71,7 @@ fn parse_args() -> Result<Args> {
             "--no-fused-pool" => a.fused_pool = false,
             "--no-fused-bn" => a.fused_batchnorm = false,
             "--no-first-conv-kernel" => a.first_conv_kernel = false,
+            "--no-wgrad-kernel" => a.wgrad_kernel = false,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -91,6 +95,7 @@ memory_format = "{format}"
 fused_pool = {fused_pool}
 fused_batchnorm = {fused_batchnorm}
 first_conv_kernel = {first_conv_kernel}
+wgrad_kernel = {wgrad_kernel}
 
 [data]
 kind = "synthetic"
@@ -114,6 +119,7 @@ checkpoint = false
         fused_pool = a.fused_pool,
         fused_batchnorm = a.fused_batchnorm,
         first_conv_kernel = a.first_conv_kernel,
+        wgrad_kernel = a.wgrad_kernel,
         cuda_graph = a.cuda_graph,
         precision = a.precision,
     );
@@ -128,6 +134,7 @@ fn main() -> Result<()> {
             a.fused_pool = false; // reported as not used
             a.fused_batchnorm = false; // compiled with the pool's
             a.first_conv_kernel = false;
+            a.wgrad_kernel = false;
         }
     }
     if a.cudnn_benchmark {
@@ -146,7 +153,7 @@ fn main() -> Result<()> {
         let median = times[times.len() / 2];
         let graphs = trainer.graph_stats();
         println!(
-            "{{\"batch\": {batch}, \"seed\": {}, \"cuda_graph\": \"{}\", \"precision\": \"{}\", \"fused_pool\": {}, \"fused_batchnorm\": {}, \"first_conv_kernel\": {}, \"median_ms\": {median:.4}, \"min_ms\": {:.4}, \
+            "{{\"batch\": {batch}, \"seed\": {}, \"cuda_graph\": \"{}\", \"precision\": \"{}\", \"fused_pool\": {}, \"fused_batchnorm\": {}, \"first_conv_kernel\": {}, \"wgrad_kernel\": {}, \"median_ms\": {median:.4}, \"min_ms\": {:.4}, \
              \"steps\": {}, \"replays\": {}, \"capture_ms\": {:.3}, \"graph_nodes\": {}}}",
             a.seed,
             a.cuda_graph,
@@ -154,6 +161,7 @@ fn main() -> Result<()> {
             a.fused_pool,
             a.fused_batchnorm,
             a.first_conv_kernel,
+            a.wgrad_kernel,
             times[0],
             times.len(),
             graphs.replays,

@@ -448,14 +448,8 @@ extern "C" {
 // bfloat16. Where x or w do not suit the kernels, `*out` is left null: the caller runs
 // libtorch's convolution. 0, or 1 with the message in `err`.
 int esper_first_conv(const at::Tensor *x, const at::Tensor *w, at::Tensor **out, char *err, size_t len) {
-    try {
-        *out = nullptr;
-        if (!usable(*x, *w)) return 0;
-        *out = new at::Tensor(FirstConv::apply(*x, *w));
-        return 0;
-    } catch (const std::exception &e) {
-        return esper::fail(e, err, len);
-    }
+    return esper::rtc::new_tensor_if(
+        out, err, len, [&] { return usable(*x, *w); }, [&] { return FirstConv::apply(*x, *w); });
 }
 
 }  // extern "C"

@@ -5,8 +5,8 @@
 // * A channels-last -> NCHW copy (a tiled transpose through shared memory), for the
 //   isolation layer's contiguous seed input and the gradient handed back to an NCHW
 //   seed: libtorch's strided copy runs at about a quarter of the memory bandwidth.
-// * batchnorm.cpp's BatchNorm + ReLU (+ pool) kernels, optim.cpp's SGD and conv.cpp's
-//   first convolution, compiled in the same program.
+// * batchnorm.cpp's BatchNorm + ReLU (+ pool) kernels, optim.cpp's SGD, conv.cpp's
+//   first convolution and wgrad.cpp's weight gradient, compiled in the same program.
 //
 // The pool:
 // Why: libtorch's channels-last max-pool backward scatters through int64 indices and
@@ -232,12 +232,13 @@ struct Kernels {
     esper::rtc::BatchNormKernels bn;
     esper::rtc::OptimKernels optim;
     esper::rtc::ConvKernels conv;
+    esper::rtc::WgradKernels wgrad;
 };
 
 // The whole program: this file's kernels, then batchnorm.cpp's (which use them).
 const std::string &source() {
     static const std::string s = std::string(kSource) + esper::rtc::batchnorm_source() + esper::rtc::optim_source() +
-                                 esper::rtc::conv_source();
+                                 esper::rtc::conv_source() + esper::rtc::wgrad_source();
     return s;
 }
 
@@ -412,6 +413,8 @@ Kernels compile() {
         }
     }
     check_cuda(rt.get_kernel(&k.conv.wgrad_sum, library, "conv3_wgrad_sum"), "conv3_wgrad_sum kernel");
+    check_cuda(rt.get_kernel(&k.wgrad.c32_64, library, "wgrad3x3_bf16_c32_64"), "wgrad3x3 kernel");
+    check_cuda(rt.get_kernel(&k.wgrad.sum, library, "wgrad3x3_sum"), "wgrad3x3_sum kernel");
     return k;
 }
 
@@ -522,6 +525,10 @@ const BatchNormKernels &batchnorm_kernels() {
 
 const ConvKernels &conv_kernels() {
     return kernels().conv;
+}
+
+const WgradKernels &wgrad_kernels() {
+    return kernels().wgrad;
 }
 
 const OptimKernels *optim_kernels() {

@@ -1,9 +1,12 @@
 // The runtime-compiled CUDA kernels (rtc.cpp) other shim files call. Built only where the
 // CUDA headers are (build.rs defines ESPER_RTC then).
 #pragma once
+#include "error.h"
+
 #include <ATen/core/Tensor.h>
 #include <cuda_runtime_api.h>
 
+#include <exception>
 #include <vector>
 
 namespace esper::rtc {
@@ -36,6 +39,20 @@ const char *conv_source();
 
 // The convolution kernels for the current device; throws why they cannot be built.
 const ConvKernels &conv_kernels();
+
+// wgrad.cpp's kernels: the bfloat16 3x3 weight gradient for 32 -> 64 channels and the
+// sum of its per-block rows.
+struct WgradKernels {
+    cudaKernel_t c32_64 = nullptr;
+    cudaKernel_t sum = nullptr;
+};
+
+// wgrad.cpp's CUDA source, compiled with rtc.cpp's (after conv.cpp's, whose helpers it
+// uses).
+const char *wgrad_source();
+
+// The weight-gradient kernels for the current device; throws why they cannot be built.
+const WgradKernels &wgrad_kernels();
 
 // optim.cpp's kernels.
 struct OptimKernels {
@@ -78,5 +95,19 @@ at::Tensor nchw_contiguous(const at::Tensor &x);
 // The same converted to `dtype` in the same pass (one kernel for bfloat16 -> float32;
 // other conversions through libtorch's copy).
 at::Tensor nchw_contiguous(const at::Tensor &x, at::ScalarType dtype);
+
+// The shim's C face of an op that may not apply: `*out` is a new tensor the caller owns,
+// `make()`, where `applies()`, else null (the caller runs libtorch's op). 0, or 1 with the
+// message in `err`; no exception escapes.
+template <typename Applies, typename Make>
+int new_tensor_if(at::Tensor **out, char *err, size_t len, Applies applies, Make make) {
+    try {
+        *out = nullptr;
+        if (applies()) *out = new at::Tensor(make());
+        return 0;
+    } catch (const std::exception &e) {
+        return esper::fail(e, err, len);
+    }
+}
 
 }  // namespace esper::rtc

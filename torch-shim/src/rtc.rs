@@ -11,6 +11,9 @@
 //!   (`cpp/batchnorm.cpp`).
 //! * [`first_conv`]: the host's first convolution (3 input channels, 3x3, padding 1),
 //!   forward and weight gradient, where cuDNN has no good kernel (`cpp/conv.cpp`).
+//! * [`conv3x3_bf16`]: a 32 -> 64 channel 3x3 convolution under bfloat16 autocast whose
+//!   weight gradient is the runtime's kernel (`cpp/wgrad.cpp`; forward and input
+//!   gradient stay cuDNN's).
 //!
 //! Built with the CUDA graph support (same headers, see `build.rs`); elsewhere
 //! [`available`] says why not.
@@ -47,6 +50,13 @@ mod ffi {
             len: usize,
         ) -> i32;
         pub fn esper_first_conv(
+            x: *const C_tensor,
+            w: *const C_tensor,
+            out: *mut *mut C_tensor,
+            err: *mut c_char,
+            len: usize,
+        ) -> i32;
+        pub fn esper_conv3x3_bf16(
             x: *const C_tensor,
             w: *const C_tensor,
             out: *mut *mut C_tensor,
@@ -133,35 +143,23 @@ pub struct BatchNormParams<'a> {
 #[cfg_attr(not(esper_cuda_graphs), allow(unused_variables))]
 pub fn bn_relu(x: &Tensor, bn: &BatchNormParams<'_>, pool: bool) -> Result<Option<Tensor>, ShimError> {
     #[cfg(esper_cuda_graphs)]
-    {
-        if !x.device().is_cuda() {
-            return Ok(None);
-        }
-        let mut out = std::ptr::null_mut();
-        // SAFETY: every tensor is a live tch handle (`at::Tensor*`) borrowed for the call;
-        // on success `out` is null (not fusable) or a new `at::Tensor*` nothing else owns;
-        // exceptions are caught in the shim.
-        crate::call(|err, len| unsafe {
-            ffi::esper_bn_relu(
-                x.as_ptr(),
-                bn.weight.as_ptr(),
-                bn.bias.as_ptr(),
-                bn.running_mean.as_ptr(),
-                bn.running_var.as_ptr(),
-                bn.momentum,
-                bn.eps,
-                i32::from(pool),
-                &mut out,
-                err,
-                len,
-            )
-        })?;
-        if out.is_null() {
-            return Ok(None);
-        }
-        // SAFETY: `out` is the fresh, owned handle written above; tch frees it on drop.
-        Ok(Some(unsafe { Tensor::from_ptr(out) }))
-    }
+    // SAFETY: every tensor is a live tch handle (`at::Tensor*`) borrowed for the call;
+    // exceptions are caught in the shim.
+    return new_tensor_or_none(x, |out, err, len| unsafe {
+        ffi::esper_bn_relu(
+            x.as_ptr(),
+            bn.weight.as_ptr(),
+            bn.bias.as_ptr(),
+            bn.running_mean.as_ptr(),
+            bn.running_var.as_ptr(),
+            bn.momentum,
+            bn.eps,
+            i32::from(pool),
+            out,
+            err,
+            len,
+        )
+    });
     #[cfg(not(esper_cuda_graphs))]
     Ok(None)
 }
@@ -181,21 +179,53 @@ pub fn bn_relu(x: &Tensor, bn: &BatchNormParams<'_>, pool: bool) -> Result<Optio
 #[cfg_attr(not(esper_cuda_graphs), allow(unused_variables))]
 pub fn first_conv(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>, ShimError> {
     #[cfg(esper_cuda_graphs)]
-    {
-        if !x.device().is_cuda() {
-            return Ok(None);
-        }
-        let mut out = std::ptr::null_mut();
-        // SAFETY: `x` and `w` are live tch handles (`at::Tensor*`) borrowed for the call;
-        // on success `out` is null (not usable) or a new `at::Tensor*` nothing else owns;
-        // exceptions are caught in the shim.
-        crate::call(|err, len| unsafe { ffi::esper_first_conv(x.as_ptr(), w.as_ptr(), &mut out, err, len) })?;
-        if out.is_null() {
-            return Ok(None);
-        }
-        // SAFETY: `out` is the fresh, owned handle written above; tch frees it on drop.
-        Ok(Some(unsafe { Tensor::from_ptr(out) }))
-    }
+    // SAFETY: `x` and `w` are live tch handles (`at::Tensor*`) borrowed for the call;
+    // exceptions are caught in the shim.
+    return new_tensor_or_none(x, |out, err, len| unsafe {
+        ffi::esper_first_conv(x.as_ptr(), w.as_ptr(), out, err, len)
+    });
     #[cfg(not(esper_cuda_graphs))]
     Ok(None)
+}
+
+/// `conv2d(x, w, padding 1)` (stride 1, no bias) under CUDA autocast to bfloat16,
+/// differentiable in `x` and `w`: cuDNN's forward and input gradient (what autocast's
+/// `conv2d` runs, on the weight's bfloat16 copy), the runtime's kernel for the weight
+/// gradient, float32 (libtorch's is rounded to bfloat16 before its cast back to float32:
+/// the two agree to that rounding). `Ok(None)` where the tensors do not suit the kernel
+/// (autocast off or not bfloat16; the input not a 32-channel channels-last bfloat16 CUDA
+/// tensor on the current device, images that do not tile; the weight not a dense float32
+/// `[64, 32, 3, 3]` beside it; a GPU before Ampere): the caller runs libtorch's
+/// convolution. Err where the kernel would run but cannot be built (the reason
+/// [`available`] gives) or a launch fails.
+#[cfg_attr(not(esper_cuda_graphs), allow(unused_variables))]
+pub fn conv3x3_bf16(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>, ShimError> {
+    #[cfg(esper_cuda_graphs)]
+    // SAFETY: `x` and `w` are live tch handles (`at::Tensor*`) borrowed for the call;
+    // exceptions are caught in the shim.
+    return new_tensor_or_none(x, |out, err, len| unsafe {
+        ffi::esper_conv3x3_bf16(x.as_ptr(), w.as_ptr(), out, err, len)
+    });
+    #[cfg(not(esper_cuda_graphs))]
+    Ok(None)
+}
+
+/// A shim call that writes a new tensor or null into `out`: Ok(None) for null and for an
+/// `x` that is not on CUDA (no call then), the tensor otherwise.
+#[cfg(esper_cuda_graphs)]
+fn new_tensor_or_none(
+    x: &Tensor,
+    f: impl FnOnce(*mut *mut torch_sys::C_tensor, *mut std::ffi::c_char, usize) -> i32,
+) -> Result<Option<Tensor>, ShimError> {
+    if !x.device().is_cuda() {
+        return Ok(None);
+    }
+    let mut out = std::ptr::null_mut();
+    crate::call(|err, len| f(&mut out, err, len))?;
+    if out.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: on success the shim stores in `out` null (handled above) or a new
+    // `at::Tensor*` that nothing else owns; tch frees it on drop.
+    Ok(Some(unsafe { Tensor::from_ptr(out) }))
 }

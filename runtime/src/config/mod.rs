@@ -10,7 +10,7 @@
 //! sha256 = "…"                         # optional: the bytes hashed are the bytes loaded
 //!
 //! [host]      # blocks, base_channels, pool_layers, kernel_size, num_classes, memory_format, fused_pool, fused_batchnorm,
-//!             # first_conv_kernel
+//!             # first_conv_kernel, wgrad_kernel
 //! [data]      # kind = "synthetic" | "cifar10"
 //! [training]  # epochs, batch_size, host_optimizer, seed_optimizer, seed, memory_limit_gb
 //! [slot]      # isolate_gradients, blend, alpha_curve, blend_tempo (every slot's settings)

@@ -35,6 +35,12 @@ pub struct CnnHostConfig {
     /// gradient, compiled with the pool's; `false` keeps libtorch's (cuDNN's). Values
     /// agree to TF32 rounding, as cuDNN's own (see `host::conv`).
     pub first_conv_kernel: bool,
+    /// On CUDA under bfloat16 autocast, a later block's 3x3 convolution from 32 to 64
+    /// channels (the default host's second) takes its weight gradient from the runtime's
+    /// own kernel, compiled with the pool's (cuDNN's forward and input gradient); `false`
+    /// keeps cuDNN's. The gradient is float32 sums not rounded to bfloat16, so it agrees
+    /// with libtorch's to bfloat16 rounding (see `host::conv`).
+    pub wgrad_kernel: bool,
 }
 
 impl Default for CnnHostConfig {
@@ -50,6 +56,7 @@ impl Default for CnnHostConfig {
             fused_pool: true,
             fused_batchnorm: true,
             first_conv_kernel: true,
+            wgrad_kernel: true,
         }
     }
 }
@@ -247,14 +254,11 @@ impl CnnHost {
 
     /// Block `i` (conv, BatchNorm, ReLU), then the 2x2 max pool when `pool`. The fused
     /// BatchNorm takes the pool in only where `fused_pool` allows the runtime's pool; the
-    /// first block's convolution is the runtime's where `first_conv_kernel` allows.
+    /// first block's convolution is the runtime's where `first_conv_kernel` allows, a
+    /// later one's weight gradient where `wgrad_kernel` does.
     fn block(&self, i: usize, x: &Tensor, train: bool, pool: bool) -> Tensor {
         let block = &self.blocks[i];
-        let own_conv = i == 0 && self.config.first_conv_kernel && self.config.kernel_size == 3;
-        let y = own_conv
-            .then(|| super::conv::first_conv(x, &block.conv.ws))
-            .flatten()
-            .unwrap_or_else(|| x.apply(&block.conv));
+        let y = self.own_conv(i, x, &block.conv.ws).unwrap_or_else(|| x.apply(&block.conv));
         if train && self.config.fused_batchnorm {
             let with_pool = pool && self.config.fused_pool;
             if let Some(z) = super::batchnorm::bn_relu(&y, &block.bn, &bn_config(), with_pool) {
@@ -266,6 +270,18 @@ impl CnnHost {
             super::pool::max_pool2x2(&y, true, self.config.fused_pool)
         } else {
             y.relu()
+        }
+    }
+
+    /// Block `i`'s convolution through the runtime's kernels, where they apply.
+    fn own_conv(&self, i: usize, x: &Tensor, weight: &Tensor) -> Option<Tensor> {
+        if self.config.kernel_size != 3 {
+            return None;
+        }
+        match i {
+            0 if self.config.first_conv_kernel => super::conv::first_conv(x, weight),
+            1.. if self.config.wgrad_kernel && weight.requires_grad() => super::conv::conv3x3_bf16(x, weight),
+            _ => None,
         }
     }
 
