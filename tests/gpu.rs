@@ -4,8 +4,8 @@
 //! forward cannot be captured runs eagerly, unblamed), the fused ReLU + max-pool
 //! kernels (exactly libtorch's values and gradients) and the fused BatchNorm + ReLU (+
 //! pool) kernels (libtorch's values to rounding), the SGD kernel (exactly libtorch's
-//! `_foreach_*` steps), the first convolution's kernels and the bfloat16 weight-gradient
-//! kernel (a float64 reference).
+//! `_foreach_*` steps), the first convolution's kernels and the weight-gradient kernel (a
+//! float64 reference).
 //!
 //! Every test here is `#[ignore]`d, so a plain `cargo test` on a machine without a GPU
 //! does not count them as passed; `scripts/test-gpu.sh` runs them (`--ignored`), and each
@@ -788,58 +788,69 @@ fn the_first_convolution_kernels_match_a_float64_reference() {
 
 #[test]
 #[ignore = "needs CUDA: run scripts/test-gpu.sh"]
-fn the_bf16_weight_gradient_kernel_matches_a_float64_reference() {
-    use esper_torch_shim::{autocast::Bf16Autocast, rtc::conv3x3_bf16};
+fn the_weight_gradient_kernel_matches_a_float64_reference() {
+    use esper_torch_shim::{autocast::Bf16Autocast, rtc::conv3x3};
     let dev = gpu();
     esper_torch_shim::rtc::available().expect("the kernels compile with NVRTC here");
     tch::manual_seed(41);
-    let bf16 = (Kind::BFloat16, dev);
     let weight = to_channels_last(&(Tensor::randn([64, 32, 3, 3], (Kind::Float, dev)) * 0.1)).set_requires_grad(true);
-    // The default host's second convolution (16 x 16), other tilings (8 x 8, 32 x 32 in
-    // bands of 4 rows, 12 x 4), fewer tiles than thread blocks, every pixel at an edge.
+    // The default host's second convolution (16 x 16), other bands (8 x 8, 32 x 32, 12 x 4),
+    // fewer bands than thread blocks, every pixel at an edge; bfloat16 under autocast and
+    // float32.
     for (n, h, w) in [(4, 16, 16), (3, 8, 8), (2, 32, 32), (2, 12, 4), (1, 4, 4), (600, 16, 16)] {
-        let case = format!("{n}x{h}x{w}");
-        let x = to_channels_last(&Tensor::randn([n, 32, h, w], bf16)).set_requires_grad(true);
-        let _ = weight.grad().defined().then(|| weight.grad().zero_());
-        let y = {
-            let _autocast = Bf16Autocast::enter(true).unwrap();
-            conv3x3_bf16(&x, &weight).unwrap().expect("these tensors suit the kernel")
-        };
-        assert_eq!(y.kind(), Kind::BFloat16, "{case}: the dtype autocast's conv2d gives");
-        assert!(is_channels_last(&y) && y.size() == [n, 64, h, w], "{case}");
-        let g = Tensor::randn(y.size(), bf16);
-        (&y * &g).sum(Kind::Float).backward();
-        let (want_y, want_dw) = conv_reference(&x.to_kind(Kind::Float), &weight.to_kind(Kind::BFloat16), &g);
-        // The forward is cuDNN's on bfloat16 operands (one bfloat16 rounding out, 2^-9); the
-        // weight gradient sums exact products of bfloat16 values in float32: a wrong tap,
-        // channel, pixel or band would be off by order 1.
-        let (ey, edw) = (rel_error(&y, &want_y), rel_error(&weight.grad(), &want_dw));
-        assert!(ey < 6e-3, "{case}: output off by {ey:e}");
-        assert!(edw < 1e-4, "{case}: weight gradient off by {edw:e}");
-        assert_eq!(weight.grad().stride(), weight.stride(), "{case}: the gradient in the weight's layout");
-        // The input gradient is libtorch's under autocast (cuDNN's, same operands).
-        let x2 = x.detach().set_requires_grad(true);
-        let w2 = weight.detach().set_requires_grad(true);
-        let y2 = {
-            let _autocast = Bf16Autocast::enter(true).unwrap();
-            x2.conv2d(&w2, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1)
-        };
-        (&y2 * &g).sum(Kind::Float).backward();
-        assert!(rel_error(&y, &y2) < 1e-6, "{case}: the forward is autocast's conv2d");
-        assert!(rel_error(&x.grad(), &x2.grad()) < 1e-2, "{case}: the input gradient");
-        // libtorch rounds its weight gradient to bfloat16 (2^-9) before the cast back.
-        assert!(rel_error(&weight.grad(), &w2.grad()) < 1e-2, "{case}: libtorch's weight gradient");
+        for kind in [Kind::BFloat16, Kind::Float] {
+            let case = format!("{n}x{h}x{w} {kind:?}");
+            let bf16 = kind == Kind::BFloat16;
+            let autocast = || bf16.then(|| Bf16Autocast::enter(true).unwrap());
+            let x = to_channels_last(&Tensor::randn([n, 32, h, w], (kind, dev))).set_requires_grad(true);
+            let _ = weight.grad().defined().then(|| weight.grad().zero_());
+            let y = {
+                let _autocast = autocast();
+                conv3x3(&x, &weight).unwrap().expect("these tensors suit the kernel")
+            };
+            assert_eq!(y.kind(), kind, "{case}: the dtype conv2d gives");
+            assert!(is_channels_last(&y) && y.size() == [n, 64, h, w], "{case}");
+            let g = Tensor::randn(y.size(), (kind, dev));
+            (&y * &g).sum(Kind::Float).backward();
+            let (want_y, want_dw) = conv_reference(&x, &weight.to_kind(kind), &g);
+            // The forward is cuDNN's (bfloat16: one rounding out, 2^-9; float32: TF32
+            // products, 2^-11 each). The weight gradient sums products of bfloat16 values
+            // exactly in float32, or of TF32-rounded float32 values: a wrong tap, channel,
+            // pixel or band would be off by order 1.
+            let (ey, edw) = (rel_error(&y, &want_y), rel_error(&weight.grad(), &want_dw));
+            assert!(ey < if bf16 { 6e-3 } else { 2e-3 }, "{case}: output off by {ey:e}");
+            assert!(edw < if bf16 { 1e-4 } else { 2e-3 }, "{case}: weight gradient off by {edw:e}");
+            assert_eq!(weight.grad().stride(), weight.stride(), "{case}: the gradient in the weight's layout");
+            // Forward and input gradient are libtorch's conv2d's (cuDNN's, same operands).
+            let x2 = x.detach().set_requires_grad(true);
+            let w2 = weight.detach().set_requires_grad(true);
+            let y2 = {
+                let _autocast = autocast();
+                x2.conv2d(&w2, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1)
+            };
+            (&y2 * &g).sum(Kind::Float).backward();
+            assert!(rel_error(&y, &y2) < 1e-6, "{case}: the forward is conv2d's");
+            assert!(rel_error(&x.grad(), &x2.grad()) < 1e-2, "{case}: the input gradient");
+            // libtorch's weight gradient: bfloat16-rounded (2^-9), or TF32 in another order.
+            assert!(rel_error(&weight.grad(), &w2.grad()) < 1e-2, "{case}: libtorch's weight gradient");
+        }
     }
-    // What the kernel does not take: autocast off, a float32 input, 16 input or 32 output
-    // channels, images that do not tile (6 x 6: no band of a multiple of 16 pixels), the CPU.
-    let x = to_channels_last(&Tensor::randn([2, 32, 8, 8], bf16));
-    assert!(conv3x3_bf16(&x, &weight).unwrap().is_none(), "autocast off");
+    // What the kernel does not take: a bfloat16 input without autocast, a float32 one under
+    // it, float32 with TF32 off, 16 input or 32 output channels, images that do not tile
+    // (6 x 6: no band of a multiple of 16 pixels), the CPU.
+    let x = to_channels_last(&Tensor::randn([2, 32, 8, 8], (Kind::BFloat16, dev)));
+    let x32 = x.to_kind(Kind::Float);
+    assert!(conv3x3(&x, &weight).unwrap().is_none(), "bfloat16 without autocast");
+    {
+        let _no_tf32 = Held::at(esper_torch_shim::set_cudnn_tf32, false);
+        assert!(conv3x3(&x32, &weight).unwrap().is_none(), "TF32 off");
+    }
+    let x16 = to_channels_last(&Tensor::randn([2, 16, 8, 8], (Kind::Float, dev)));
+    assert!(conv3x3(&x16, &Tensor::randn([64, 16, 3, 3], (Kind::Float, dev))).unwrap().is_none(), "16 in");
+    assert!(conv3x3(&x32, &Tensor::randn([32, 32, 3, 3], (Kind::Float, dev))).unwrap().is_none(), "32 out");
+    let x6 = to_channels_last(&Tensor::randn([2, 32, 6, 6], (Kind::Float, dev)));
+    assert!(conv3x3(&x6, &weight).unwrap().is_none(), "6 x 6");
+    assert!(conv3x3(&x32.to(Device::Cpu), &weight.to(Device::Cpu)).unwrap().is_none(), "the CPU");
     let _autocast = Bf16Autocast::enter(true).unwrap();
-    assert!(conv3x3_bf16(&x.to_kind(Kind::Float), &weight).unwrap().is_none(), "float32 input");
-    let x16 = to_channels_last(&Tensor::randn([2, 16, 8, 8], bf16));
-    assert!(conv3x3_bf16(&x16, &Tensor::randn([64, 16, 3, 3], (Kind::Float, dev))).unwrap().is_none(), "16 in");
-    assert!(conv3x3_bf16(&x, &Tensor::randn([32, 32, 3, 3], (Kind::Float, dev))).unwrap().is_none(), "32 out");
-    let x6 = to_channels_last(&Tensor::randn([2, 32, 6, 6], bf16));
-    assert!(conv3x3_bf16(&x6, &weight).unwrap().is_none(), "6 x 6");
-    assert!(conv3x3_bf16(&x.to(Device::Cpu), &weight.to(Device::Cpu)).unwrap().is_none(), "the CPU");
+    assert!(conv3x3(&x32, &weight).unwrap().is_none(), "float32 under autocast");
 }

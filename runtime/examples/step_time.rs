@@ -6,8 +6,8 @@
 //! "replays": ..., "capture_ms": ...}` (`--cuda-graph off` for eager steps on CUDA,
 //! `--precision bf16` for bfloat16 autocast, `--no-fused-pool` for libtorch's ReLU and
 //! max pool, `--no-fused-bn` for libtorch's BatchNorm, `--no-first-conv-kernel` for
-//! cuDNN's first convolution, `--no-wgrad-kernel` for cuDNN's bfloat16 weight gradient of
-//! the second, `--cudnn-benchmark` to let cuDNN time its algorithms).
+//! cuDNN's first convolution, `--no-wgrad-kernel` for cuDNN's weight gradient of the
+//! second, `--cudnn-benchmark` to let cuDNN time its algorithms).
 //!
 //! ```text
 //! cargo run --release -p esper-runtime --example step_time -- \

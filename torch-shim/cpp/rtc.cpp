@@ -413,7 +413,10 @@ Kernels compile() {
         }
     }
     check_cuda(rt.get_kernel(&k.conv.wgrad_sum, library, "conv3_wgrad_sum"), "conv3_wgrad_sum kernel");
-    check_cuda(rt.get_kernel(&k.wgrad.c32_64, library, "wgrad3x3_bf16_c32_64"), "wgrad3x3 kernel");
+    for (int d = 0; d < 2; ++d) {
+        const std::string name = std::string("wgrad3x3_") + dtypes[d] + "_c32_64";
+        check_cuda(rt.get_kernel(&k.wgrad.c32_64[d], library, name.c_str()), "wgrad3x3 kernel");
+    }
     check_cuda(rt.get_kernel(&k.wgrad.sum, library, "wgrad3x3_sum"), "wgrad3x3_sum kernel");
     return k;
 }

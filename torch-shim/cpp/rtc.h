@@ -40,10 +40,10 @@ const char *conv_source();
 // The convolution kernels for the current device; throws why they cannot be built.
 const ConvKernels &conv_kernels();
 
-// wgrad.cpp's kernels: the bfloat16 3x3 weight gradient for 32 -> 64 channels and the
-// sum of its per-block rows.
+// wgrad.cpp's kernels: the 3x3 weight gradient for 32 -> 64 channels [dtype: f32, bf16]
+// and the sum of its per-block rows.
 struct WgradKernels {
-    cudaKernel_t c32_64 = nullptr;
+    cudaKernel_t c32_64[2] = {};
     cudaKernel_t sum = nullptr;
 };
 

@@ -11,9 +11,9 @@
 //!   (`cpp/batchnorm.cpp`).
 //! * [`first_conv`]: the host's first convolution (3 input channels, 3x3, padding 1),
 //!   forward and weight gradient, where cuDNN has no good kernel (`cpp/conv.cpp`).
-//! * [`conv3x3_bf16`]: a 32 -> 64 channel 3x3 convolution under bfloat16 autocast whose
-//!   weight gradient is the runtime's kernel (`cpp/wgrad.cpp`; forward and input
-//!   gradient stay cuDNN's).
+//! * [`conv3x3`]: a 32 -> 64 channel 3x3 convolution (bfloat16 under autocast, or
+//!   float32) whose weight gradient is the runtime's kernel (`cpp/wgrad.cpp`; forward and
+//!   input gradient stay cuDNN's).
 //!
 //! Built with the CUDA graph support (same headers, see `build.rs`); elsewhere
 //! [`available`] says why not.
@@ -56,7 +56,7 @@ mod ffi {
             err: *mut c_char,
             len: usize,
         ) -> i32;
-        pub fn esper_conv3x3_bf16(
+        pub fn esper_conv3x3(
             x: *const C_tensor,
             w: *const C_tensor,
             out: *mut *mut C_tensor,
@@ -188,24 +188,24 @@ pub fn first_conv(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>, ShimError> {
     Ok(None)
 }
 
-/// `conv2d(x, w, padding 1)` (stride 1, no bias) under CUDA autocast to bfloat16,
-/// differentiable in `x` and `w`: cuDNN's forward and input gradient (what autocast's
-/// `conv2d` runs, on the weight's bfloat16 copy), the runtime's kernel for the weight
-/// gradient, float32 (libtorch's is rounded to bfloat16 before its cast back to float32:
-/// the two agree to that rounding). `Ok(None)` where the tensors do not suit the kernel
-/// (autocast off or not bfloat16; the input not a 32-channel channels-last bfloat16 CUDA
-/// tensor on the current device, images that do not tile; the weight not a dense float32
+/// `conv2d(x, w, padding 1)` (stride 1, no bias) of a 32-channel input to 64 channels,
+/// differentiable in `x` and `w`: cuDNN's forward and input gradient (what `conv2d` runs;
+/// under autocast on the weight's bfloat16 copy), the runtime's kernel for the weight
+/// gradient, float32. Under CUDA autocast to bfloat16 (a bfloat16 input) libtorch's
+/// gradient is rounded to bfloat16 before its cast back to float32 and this one is not;
+/// without autocast (a float32 input) both multiply TF32 operands, and the kernel runs only
+/// while cuDNN may use TF32 (`set_cudnn_tf32`, on by default). `Ok(None)` where the tensors
+/// do not suit the kernel (the input not a 32-channel channels-last CUDA tensor of that
+/// dtype on the current device, or images that do not tile; the weight not a dense float32
 /// `[64, 32, 3, 3]` beside it; a GPU before Ampere): the caller runs libtorch's
 /// convolution. Err where the kernel would run but cannot be built (the reason
 /// [`available`] gives) or a launch fails.
 #[cfg_attr(not(esper_cuda_graphs), allow(unused_variables))]
-pub fn conv3x3_bf16(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>, ShimError> {
+pub fn conv3x3(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>, ShimError> {
     #[cfg(esper_cuda_graphs)]
     // SAFETY: `x` and `w` are live tch handles (`at::Tensor*`) borrowed for the call;
     // exceptions are caught in the shim.
-    return new_tensor_or_none(x, |out, err, len| unsafe {
-        ffi::esper_conv3x3_bf16(x.as_ptr(), w.as_ptr(), out, err, len)
-    });
+    return new_tensor_or_none(x, |out, err, len| unsafe { ffi::esper_conv3x3(x.as_ptr(), w.as_ptr(), out, err, len) });
     #[cfg(not(esper_cuda_graphs))]
     Ok(None)
 }

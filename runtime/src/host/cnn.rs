@@ -35,11 +35,12 @@ pub struct CnnHostConfig {
     /// gradient, compiled with the pool's; `false` keeps libtorch's (cuDNN's). Values
     /// agree to TF32 rounding, as cuDNN's own (see `host::conv`).
     pub first_conv_kernel: bool,
-    /// On CUDA under bfloat16 autocast, a later block's 3x3 convolution from 32 to 64
-    /// channels (the default host's second) takes its weight gradient from the runtime's
-    /// own kernel, compiled with the pool's (cuDNN's forward and input gradient); `false`
-    /// keeps cuDNN's. The gradient is float32 sums not rounded to bfloat16, so it agrees
-    /// with libtorch's to bfloat16 rounding (see `host::conv`).
+    /// On CUDA, a later block's 3x3 convolution from 32 to 64 channels (the default
+    /// host's second) takes its weight gradient from the runtime's own kernel, compiled
+    /// with the pool's (cuDNN's forward and input gradient), in float32 (TF32 products, as
+    /// cuDNN's by default) and under bfloat16 autocast; `false` keeps cuDNN's. Values
+    /// agree to TF32 rounding, and in bfloat16 to the rounding of libtorch's gradient to
+    /// bfloat16, which this one skips (see `host::conv`).
     pub wgrad_kernel: bool,
 }
 
@@ -280,7 +281,7 @@ impl CnnHost {
         }
         match i {
             0 if self.config.first_conv_kernel => super::conv::first_conv(x, weight),
-            1.. if self.config.wgrad_kernel && weight.requires_grad() => super::conv::conv3x3_bf16(x, weight),
+            1.. if self.config.wgrad_kernel && weight.requires_grad() => super::conv::conv3x3(x, weight),
             _ => None,
         }
     }

@@ -3,8 +3,8 @@
 //! * the first block's (3 input channels, 3x3, padding 1, no bias), forward and weight
 //!   gradient (`esper_torch_shim::rtc::first_conv`): cuDNN has no good kernel for 3 input
 //!   channels, least of all for the weight gradient (see `torch-shim/cpp/conv.cpp`);
-//! * under bfloat16 autocast, a 32 -> 64 channel 3x3 convolution's weight gradient
-//!   (`esper_torch_shim::rtc::conv3x3_bf16`, the default host's second block): cuDNN's
+//! * a 32 -> 64 channel 3x3 convolution's weight gradient, bfloat16 under autocast or
+//!   float32 (`esper_torch_shim::rtc::conv3x3`, the default host's second block): cuDNN's
 //!   runs on few thread blocks, at a tenth of the memory bandwidth (see
 //!   `torch-shim/cpp/wgrad.cpp`).
 //!
@@ -23,10 +23,10 @@ pub(crate) fn first_conv(x: &Tensor, weight: &Tensor) -> Option<Tensor> {
 }
 
 /// `conv2d(x, weight, padding 1)` with the runtime's weight gradient, or None where it
-/// does not apply (not CUDA, not bfloat16 autocast, other channel counts: the caller runs
+/// does not apply (not CUDA, other channel counts, TF32 off for float32: the caller runs
 /// libtorch's convolution). A failure of the kernel is logged and answered with None.
-pub(crate) fn conv3x3_bf16(x: &Tensor, weight: &Tensor) -> Option<Tensor> {
-    own_kernel(x, "the convolution's weight-gradient kernel", || esper_torch_shim::rtc::conv3x3_bf16(x, weight))
+pub(crate) fn conv3x3(x: &Tensor, weight: &Tensor) -> Option<Tensor> {
+    own_kernel(x, "the convolution's weight-gradient kernel", || esper_torch_shim::rtc::conv3x3(x, weight))
 }
 
 /// `run()` on CUDA where the kernels built; its failure logged as `what`'s and answered
