@@ -2,11 +2,11 @@
 // channels-last CUDA tensor, as kernels compiled at run time (rtc.cpp compiles this
 // file's source with its own).
 //
-// Why: cuDNN has no good kernel for 3 input channels. On an H200 (ncu, realistic clocks)
-// its weight gradient ran `wgrad_alg0_engine` for 45 us at batch 128 and 194 us at 1024
-// in float32, and under bfloat16 autocast a 142 + 17 us kernel behind a padding copy;
-// its bfloat16 forward, a generic engine of 158 us at batch 1024. The arithmetic is small
+// Why: cuDNN has no good kernel for 3 input channels: its weight gradient runs a generic
+// engine (`wgrad_alg0_engine` in float32; under bfloat16 autocast a kernel behind a
+// padding copy), and its bfloat16 forward a generic engine too. The arithmetic is small
 // (27 products per output channel and pixel); what costs is memory traffic.
+// Measurements: docs/src/performance.md.
 //
 // Both are small matrix products on the tensor cores (mma.sync, TF32 operands rounded to
 // nearest, float32 sums: what cuDNN does by default for float32, libtorch allowing TF32

@@ -3,9 +3,9 @@
 //
 // Why: libtorch's `_foreach_*` SGD is three kernels (momentum scale, add, update), and
 // multi_tensor_apply gives each block a 64K-element chunk of one tensor: for the host's
-// ~95K parameters that is a dozen blocks, each looping over its chunk, about 16 us per
-// kernel on an H200 whatever the batch (under ncu, a batch-128 step: 48 of ~650 us).
-// Here one thread per element, every block busy, one kernel for the group.
+// ~95K parameters that is a dozen blocks, each looping over its chunk, whatever the
+// batch. Here one thread per element, every block busy, one kernel for the group.
+// Measurements: docs/src/performance.md.
 //
 // The arithmetic is the `_foreach_*` ops', rounding for rounding (foreach.cpp:
 // g + weight_decay * p as one fused multiply-add, as libtorch's alpha ops compile;

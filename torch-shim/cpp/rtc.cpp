@@ -10,13 +10,13 @@
 //
 // The pool:
 // Why: libtorch's channels-last max-pool backward scatters through int64 indices and
-// is the costliest kernel of the host's training step at large batches (15% of a
-// batch-1024 step on an H200), and a ReLU in front of a pool is a full-size pass
-// forward and backward. ReLU and max commute (relu(max(v)) == max(relu(v))), and the
-// gradient routes to the same element, so `relu -> pool` becomes one pool kernel that
-// writes a 2-bit window index (one byte) and clamps the pooled value; backward reads
-// the pooled gradient, the index and the pooled value (for the ReLU mask) and writes
-// every input element once (each belongs to exactly one window), so no zero fill.
+// is the costliest kernel of the host's training step at large batches, and a ReLU in
+// front of a pool is a full-size pass forward and backward. ReLU and max commute
+// (relu(max(v)) == max(relu(v))), and the gradient routes to the same element, so
+// `relu -> pool` becomes one pool kernel that writes a 2-bit window index (one byte)
+// and clamps the pooled value; backward reads the pooled gradient, the index and the
+// pooled value (for the ReLU mask) and writes every input element once (each belongs to
+// exactly one window), so no zero fill.
 //
 // The kernels are compiled at run time with NVRTC (the torch wheel's libnvrtc, found
 // beside the libcudart libtorch_cuda loaded) for the device's architecture, once: the
@@ -311,7 +311,7 @@ std::vector<char> compile_cubin(const std::string &arch) {
     return cubin;
 }
 
-// Where the cubin for `arch` is cached between processes (NVRTC takes 1.5-2 s):
+// Where the cubin for `arch` is cached between processes (compiling takes seconds):
 // $ESPER_KERNEL_CACHE (a folder; "off": no cache), else
 // $XDG_CACHE_HOME/esper-runtime/kernels, else ~/.cache/esper-runtime/kernels; the name
 // hashes the source, the architecture and the CUDA version. Empty: no cache.

@@ -5,10 +5,10 @@
 // the input gradient stay cuDNN's.
 //
 // Why: for the host's second convolution (32 -> 64 channels at 16 x 16) cuDNN's weight
-// gradient ran 175 + 6 us in bfloat16 and 192 + 7 us in float32 at batch 1024 on the H200
-// (`ncu`, realistic clocks), on 40 thread blocks, for 9.7 GFLOP and 50 (100) MB of
-// operands: a few microseconds of either. These kernels: 42 + 8 and 114 + 7 us (the
-// float32 one bound by its scalar shared-memory loads and conversions).
+// gradient runs implicit-GEMM kernels on few thread blocks, far from what the arithmetic
+// and the operands' size allow; these kernels keep every multiprocessor busy. The float32
+// one is bound by its scalar shared-memory loads and conversions. Measurements:
+// docs/src/performance.md.
 //
 // The kernel: dW[o][c][kh][kw] = sum over pixels p of g[p][o] * x[p + (kh - 1, kw - 1)][c],
 // a product G^T (Cout x pixels) X9 (pixels x 9 Cin) on the tensor cores, float32 sums. A

@@ -68,8 +68,8 @@ mod ffi {
 
 /// Whether the kernels can run here. The first call loads them for the current CUDA
 /// device from the on-disk cache (`$ESPER_KERNEL_CACHE`, `off` for none, else
-/// `~/.cache/esper-runtime/kernels`), or compiles them (1.5-2 s on this project's CPU, once
-/// per machine and CUDA version) and caches them.
+/// `~/.cache/esper-runtime/kernels`), or compiles them (seconds, once per machine and
+/// CUDA version) and caches them.
 /// Err says why not (no CUDA build, no NVRTC, an architecture NVRTC does not know).
 pub fn available() -> Result<(), ShimError> {
     crate::graph::available()?;

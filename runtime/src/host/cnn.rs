@@ -99,9 +99,9 @@ struct ConvBlock {
 
 /// The classifier. Its weight is kept transposed in memory (still [classes, in] to
 /// everyone, the checkpoints included): `linear` then hands cuBLAS a contiguous
-/// [in, classes] matrix, and its backward runs two kernels of a few microseconds where the
-/// row-major weight made cuBLAS pick one of ~50 us at any batch size (H200,
-/// scripts/bench/head_linear.py: 76-78 -> 26 us for the head's forward and backward).
+/// [in, classes] matrix, for which cuBLAS picks much faster backward kernels than for the
+/// row-major weight, at any batch size (measured with scripts/bench/head_linear.py; see
+/// docs/src/performance.md).
 fn head_layer(path: &nn::Path, in_c: i64, classes: i64) -> nn::Linear {
     let mut head = nn::linear(path, in_c, classes, Default::default());
     tch::no_grad(|| {
