@@ -1,7 +1,8 @@
 //! # esper-plugin-api
 //!
-//! The stable ABI between the Esper seed runtime and blueprint plugins, and the only
-//! crate a plugin author depends on. A plugin is a `cdylib` that implements
+//! The stable ABI between the Esper seed runtime and native blueprint plugins (plugins
+//! that use tch on the runtime's own tensors; portable plugins depend on
+//! `esper-plugin-portable` instead). A native plugin is a `cdylib` that implements
 //! [`Blueprint`] and [`Seed`] for each blueprint and adds two macro lines:
 //!
 //! ```ignore

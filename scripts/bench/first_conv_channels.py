@@ -1,6 +1,6 @@
 """The first convolution alone (3 -> 32 channels, 3x3, channels-last, forward + weight
 gradient), with its 3 input channels and padded to 4 and 8: whether padding the input
-would let cuDNN pick faster kernels (it does not on an H200; README, "Tried and dropped").
+would let cuDNN pick faster kernels (docs/src/performance.md, "Tried and dropped").
 
     python scripts/bench/first_conv_channels.py      # needs CUDA
 """

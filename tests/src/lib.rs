@@ -9,7 +9,7 @@ use std::{
 };
 
 /// Names the folder that holds the built `esper` binary and plugin libraries when the
-/// tests run away from the cargo target folder (a test binary carried to the GPU machine
+/// tests run away from the cargo target folder (a test binary copied to the GPU machine
 /// by `scripts/test-gpu.sh --pack`).
 pub const TARGET_DIR_ENV: &str = "ESPER_TARGET_DIR";
 

@@ -11,7 +11,7 @@ use tch::Device;
 
 #[derive(Subcommand)]
 pub enum PluginsCommand {
-    /// List the blueprints of plugin libraries or folders (default: the built-in `norm`).
+    /// List the blueprints of plugin libraries or folders (default: the shipped plugins).
     List { paths: Vec<PathBuf> },
     /// Show a library's handshake and blueprints, with declared against actual
     /// parameter counts for a channel count.

@@ -1,6 +1,6 @@
-//! The CNN blueprint library: esper-lite's catalogue (`../shared/BLUEPRINTS.md` in the
-//! design brief), one blueprint per type, one registration line each. Input and output
-//! are `(B, C, H, W)`, identical; every convolution has stride 1, padding `k / 2` and no
+//! The CNN blueprint library: esper-lite's catalogue (`docs/src/plugins/blueprints.md`),
+//! one blueprint per type, one registration line each. Input and output are
+//! `(B, C, H, W)`, identical; every convolution has stride 1, padding `k / 2` and no
 //! bias; none uses the train/eval flag. GN(C) is GroupNorm with the `norm` plugin's
 //! group rule, eps 1e-5, affine weight 1 and bias 0. "Default" init is PyTorch's layer
 //! default ([`Init::pytorch_default`]). Parameter names are esper-lite's with `.` -> `_`.

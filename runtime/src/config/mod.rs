@@ -543,7 +543,7 @@ blnd = \"add\"
         let ctl = ControllerConfig::default();
         assert!(ctl.max_training_epochs > DEFAULT_MIN_BLENDING_EPOCHS);
         assert!(ctl.max_holding_epochs >= 2);
-        // The defaults (strict gates, controller on) and the README's permissive variant.
+        // The defaults (strict gates, controller on) and the default job's permissive gates.
         parse("").unwrap().check_controller_and_gates().unwrap();
         parse("[lifecycle.gates]\nmode = \"permissive\"\n").unwrap().check_controller_and_gates().unwrap();
     }
