@@ -1,4 +1,8 @@
-//! The `esper` binary's plugin commands and help, as a user runs them.
+//! The `esper` binary's plugin commands and help, as a user runs them, and the
+//! documentation's examples run through it (`docs`).
+
+#[path = "cli/docs.rs"]
+mod docs;
 
 use esper_tests::{plugin_lib, stdout, SmallJob};
 use std::process::Output;
