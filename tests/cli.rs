@@ -14,8 +14,10 @@ fn plugins_list_shows_every_blueprint_with_its_library() {
     let out = esper(&["plugins", "list", norm.to_str().unwrap(), broken.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = stdout(&out);
-    assert_eq!(text.lines().count(), 1 + 8, "norm and the 8 broken blueprints: {text}");
+    assert_eq!(text.lines().count(), 1 + 9, "norm and the 9 broken blueprints: {text}");
     let norm_line = text.lines().find(|l| l.starts_with("cnn:norm ")).expect("cnn:norm listed");
+    // A plugin's description is shown escaped.
+    assert!(!out.stdout.contains(&0x1b) && text.contains("terminal escapes (\\u{1b}[31m)"), "{text}");
     assert!(norm_line.contains("~130") && norm_line.contains("libesper_norm.so"), "{norm_line}");
     // With no path: the shipped plugins built beside the binary, norm and the CNN library
     // (esper-lite's catalogue) with their estimates.
