@@ -127,6 +127,53 @@ fn a_short_job_runs_the_lifecycle_with_telemetry_checkpoints_and_report() {
 }
 
 #[test]
+fn a_failed_germination_shows_in_events_report_and_table_with_its_slot() {
+    // `shape-change` is created fine (so the preflight lets it through) and refused by
+    // the germination probe: the slot stays DORMANT and every record says why.
+    let dir = temp_dir("germination-failed");
+    let broken = plugin_lib("esper-fixture-broken");
+    let job = SmallJob {
+        plugin: &broken,
+        epochs: 2,
+        batch_size: 64,
+        memory_format: "channels_last",
+        blueprint: Some("shape-change"),
+        sections: "",
+    };
+    let out = esper().arg("run").arg(write(&dir, &job.text())).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let expected = "r0c1: germination of cnn:shape-change failed, the slot stays DORMANT: slot `r0c1`: blueprint \
+                    `cnn:shape-change` failed the germination probe";
+    // events.jsonl: one line, with the slot, naming blueprint, library and cause.
+    let events = std::fs::read_to_string(dir.join("out/events.jsonl")).unwrap();
+    let failed: Vec<serde_json::Value> = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["fields"]["event"] == "germination_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{events}");
+    assert_eq!((&failed[0]["fields"]["slot"], &failed[0]["level"]), (&"r0c1".into(), &"WARN".into()));
+    let record: serde_json::Value = serde_json::from_str(failed[0]["fields"]["record"].as_str().unwrap()).unwrap();
+    assert_eq!((&record["slot"], &record["blueprint"]), (&"r0c1".into(), &"cnn:shape-change".into()), "{record}");
+    assert_eq!(record["cause"], "probe_refused", "{record}");
+    assert!(record["plugin"].as_str().is_some_and(|p| p.ends_with("libesper_fixture_broken.so")), "{record}");
+    assert!(record["text"].as_str().unwrap().starts_with(expected), "{record}");
+    // report.json: among epoch 1's events, the slot DORMANT.
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("out/report.json")).unwrap()).unwrap();
+    let epoch1 = &report["epochs"][0];
+    let recorded: Vec<&serde_json::Value> =
+        epoch1["events"].as_array().unwrap().iter().filter(|e| e["event"] == "germination_failed").collect();
+    assert_eq!(recorded, [&record], "report.json records what events.jsonl has");
+    assert_eq!(epoch1["slots"][0]["stage"], "DORMANT");
+    // The table: epoch 1's row.
+    let row = stdout.lines().find(|l| l.trim_start().starts_with("1 ")).unwrap_or_default();
+    assert!(row.contains("DORMANT 0.00") && row.contains(expected), "{stdout}");
+    assert!(stderr.contains(expected), "the warning on stderr: {stderr}");
+}
+
+#[test]
 fn the_built_in_default_job_runs_on_a_short_schedule() {
     let dir = temp_dir("default-job");
     let out = esper().args(["run", "--epochs", "1", "--output"]).arg(&dir).output().unwrap();
