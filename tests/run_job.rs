@@ -230,6 +230,60 @@ fn a_resumed_run_reaches_the_same_state_as_an_uninterrupted_one() {
     assert!(a.history().iter().any(|r| r.slots[0].stage != SeedStage::Dormant));
 }
 
+/// An epoch's record without its timings, for comparing runs bit for bit.
+fn untimed(t: &Trainer) -> Vec<serde_json::Value> {
+    t.history()
+        .iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(r).unwrap();
+            let fields = v.as_object_mut().unwrap();
+            fields.remove("seconds");
+            fields.remove("train_seconds");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_resumed_while_blending_through_a_gate_or_multiply_is_bit_exact() {
+    let _one = one_job_at_a_time();
+    let norm = plugin_lib("esper-norm");
+    for blend in ["gate", "multiply"] {
+        let config = |name: &str, epochs: u32| {
+            let dir = temp_dir(&format!("resume-{blend}-{name}"));
+            let text = std::fs::read_to_string(small_config(&dir, &norm, epochs))
+                .unwrap()
+                .replace("[slot]\nblend_tempo = 2", &format!("[slot]\nblend = \"{blend}\"\nblend_tempo = 3"));
+            (RunConfig::load(&write(&dir, &text)).unwrap(), dir.join("out"))
+        };
+        let (config_a, _) = config("a", 4);
+        let a = run_to_end(config_a);
+        // Checkpointed after epoch 3, part-way through the alpha ramp (with the gate
+        // network and its optimizer state, for GATE).
+        let (config_b, out_b) = config("b", 3);
+        let interrupted = run_to_end(config_b);
+        let slot = &interrupted.model().slots()[0];
+        assert_eq!(slot.stage(), SeedStage::Blending, "{blend}: checkpointed while blending");
+        assert!(slot.alpha() > 0.0 && slot.alpha() < 1.0, "{blend}: alpha {}", slot.alpha());
+        assert_eq!(!slot.gate_parameters().is_empty(), blend == "gate", "{blend}: a gate network iff GATE");
+        let slot_alpha = slot.alpha();
+        drop(interrupted);
+        let mut b = Trainer::resume(&out_b).unwrap();
+        b.set_epochs(4);
+        b.run(&mut Silent).unwrap();
+
+        assert_eq!(untimed(&a), untimed(&b), "{blend}: the same history, every loss, accuracy and event");
+        let report = |t: &Trainer| serde_json::to_value(t.model().report()).unwrap();
+        assert_eq!(report(&a), report(&b), "{blend}: same slots, stages, alpha and metrics");
+        let (pa, pb) = (params(&a), params(&b));
+        assert_eq!(pa.len(), pb.len());
+        for (x, y) in pa.iter().zip(&pb) {
+            assert!(x.equal(y), "{blend}: parameters differ after resume");
+        }
+        assert!(a.history()[3].slots[0].alpha > slot_alpha, "{blend}: the seed blends on after the resume");
+    }
+}
+
 #[test]
 fn a_seed_the_controller_prunes_while_holding_is_blended_out_first() {
     let _one = one_job_at_a_time();
