@@ -18,8 +18,10 @@ fn plugins_list_shows_every_blueprint_with_its_library() {
     let out = esper(&["plugins", "list", norm.to_str().unwrap(), broken.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = stdout(&out);
-    assert_eq!(text.lines().count(), 1 + 8, "norm and the 8 broken blueprints: {text}");
+    assert_eq!(text.lines().count(), 1 + 9, "norm and the 9 broken blueprints: {text}");
     let norm_line = text.lines().find(|l| l.starts_with("cnn:norm ")).expect("cnn:norm listed");
+    // A plugin's description is shown escaped.
+    assert!(!out.stdout.contains(&0x1b) && text.contains("terminal escapes (\\u{1b}[31m)"), "{text}");
     assert!(norm_line.contains("~130") && norm_line.contains("libesper_norm.so"), "{norm_line}");
     // With no path: the shipped plugins built beside the binary, norm and the CNN library
     // (esper-lite's catalogue) with their estimates.
@@ -63,6 +65,71 @@ fn a_bad_library_is_a_clear_error_and_a_failure_exit() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("error: plugin ") && stderr.contains("libtorch: plugin built with 2.10.0"), "{stderr}");
+}
+
+/// Every line of `text` (what `what` holds) is free of ESC and at most `limit` bytes.
+fn assert_clean(what: &str, text: &[u8], limit: usize) {
+    assert!(!text.contains(&0x1b), "{what} holds an ESC byte");
+    let longest = text.split(|&b| b == b'\n').map(<[u8]>::len).max().unwrap_or(0);
+    assert!(longest <= limit, "{what} has a line of {longest} bytes (limit {limit})");
+}
+
+#[test]
+fn a_plugins_garbled_error_reaches_no_terminal_and_no_file_raw() {
+    use esper_runtime::plugin::text::MAX_TEXT_BYTES;
+    // The fixture fails with 1 MB of text full of escapes (starting with ESC[31m), in
+    // forward (refused by the germination probe, mid-run) or in create (refused by the
+    // preflight). An event line holds the capped text three times (its message, the
+    // record's `reason` and `text`), the record's copies JSON-escaped twice; whatever
+    // the plugin's text, a line stays within a few caps.
+    let line_limit = 5 * MAX_TEXT_BYTES;
+    let dir = esper_tests::temp_dir("garbled");
+    let broken = plugin_lib("esper-fixture-broken");
+    let job = SmallJob {
+        plugin: &broken,
+        epochs: 1,
+        batch_size: 64,
+        memory_format: "contiguous",
+        blueprint: Some("garbled-error"),
+        sections: "",
+    };
+    let config = esper_tests::write_file(&dir, "run.toml", &job.text());
+    let out = esper(&["run", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_clean("stdout", &out.stdout, line_limit);
+    assert_clean("stderr", &out.stderr, line_limit);
+    let events = std::fs::read(dir.join("out/events.jsonl")).unwrap();
+    assert_clean("events.jsonl", &events, line_limit);
+    assert!(events.len() < 64 << 10, "events.jsonl is {} bytes", events.len());
+    let report = std::fs::read(dir.join("out/report.json")).unwrap();
+    assert_clean("report.json", &report, line_limit);
+    assert_clean(
+        "the checkpoint",
+        &std::fs::read(dir.join("out/checkpoints/epoch-0001/state.json")).unwrap(),
+        line_limit,
+    );
+    // The failure is recorded, its text escaped visibly and cut.
+    let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
+    let failed = &report["epochs"][0]["events"][0];
+    assert_eq!((&failed["event"], &failed["slot"]), (&"germination_failed".into(), &"r0c1".into()), "{failed}");
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("\\u{1b}[31mgarbled forward: \\u{1b}[31mred") && reason.contains(" bytes cut]"),
+        "{reason:.300}"
+    );
+    assert!(reason.len() < MAX_TEXT_BYTES + 1024, "{} bytes", reason.len());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\\u{1b}[31mgarbled forward"));
+
+    // In create: `config check` refuses it, its message escaped and cut.
+    let text = job
+        .text()
+        .replace("blueprint = \"garbled-error\"", "blueprint = \"garbled-error\"\noptions = { in_create = true }");
+    let config = esper_tests::write_file(&dir, "create.toml", &text);
+    let out = esper(&["config", "check", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_clean("config check's stderr", &out.stderr, MAX_TEXT_BYTES + 1024);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("lifecycle.schedule[0]") && e.contains("\\u{1b}[31mgarbled create"), "{e:.500}");
 }
 
 #[test]

@@ -193,6 +193,51 @@ fn a_controller_that_prunes_before_g2_is_refused_by_config_check() {
 }
 
 #[test]
+fn blueprint_options_are_tried_by_config_check_and_run_naming_entry_blueprint_and_key() {
+    let (norm, broken) = (plugin_lib("esper-norm"), plugin_lib("esper-fixture-broken"));
+    let scheduled = |blueprint: &str, options: &str| {
+        format!(
+            "[[lifecycle.schedule]]\nepoch = 1\nslot = \"r0c1\"\nblueprint = \"{blueprint}\"\noptions = {options}\n"
+        )
+    };
+    for (plugin, extra, expected) in [
+        (
+            &norm,
+            scheduled("norm", "{ widht = 3 }"),
+            vec!["lifecycle.schedule[0] (epoch 1, slot r0c1, blueprint `norm`, 64 channels): bad options", "`widht`"],
+        ),
+        (
+            &norm,
+            "[lifecycle.controller]\nblueprint = \"norm\"\noptions = { widht = 3 }\n".to_string(),
+            vec!["lifecycle.controller: rotation blueprint `norm` at 64 channels (slot r0c1): bad options", "`widht`"],
+        ),
+        (
+            &broken,
+            format!("{}[lifecycle.controller]\nenabled = false\n", scheduled("panic-create", "{}")),
+            vec!["lifecycle.schedule[0]", "panicked in blueprint `cnn:panic-create`", "deliberate panic in create"],
+        ),
+    ] {
+        let dir = temp_dir("blueprint-options");
+        let path = write(&dir, "run.toml", &small(Some(plugin), &extra));
+        let (check, _) = esper(&["config".as_ref(), "check".as_ref(), path.as_os_str()]);
+        let (run, _) = esper(&["run".as_ref(), path.as_os_str()]);
+        assert_eq!((check.status.code(), run.status.code()), (Some(1), Some(1)), "{extra}: {}", stderr(&check));
+        let line = |o: &Output| stderr(o).lines().find(|l| l.starts_with("error:")).unwrap_or_default().to_string();
+        for part in &expected {
+            assert!(line(&check).contains(part), "{part}: {}", stderr(&check));
+        }
+        assert_eq!(line(&run), line(&check), "esper run says what config check says");
+        assert!(!dir.join("out/checkpoints").exists() && !dir.join("out/report.json").exists(), "no epoch ran");
+    }
+    // Good options (and none) pass.
+    let dir = temp_dir("blueprint-options-ok");
+    let path = write(&dir, "run.toml", &small(Some(&norm), &scheduled("norm", "{}")));
+    let (check, _) = esper(&["config".as_ref(), "check".as_ref(), path.as_os_str()]);
+    assert_eq!(check.status.code(), Some(0), "{}", stderr(&check));
+    assert!(stdout(&check).contains(": ok ("), "{}", stdout(&check));
+}
+
+#[test]
 fn a_misspelled_blueprint_fails_run_before_the_first_epoch_as_config_check_does() {
     let norm = plugin_lib("esper-norm");
     for (setting, extra) in [

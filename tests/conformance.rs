@@ -192,6 +192,22 @@ fn panic_in_forward_is_contained_and_fails_no_panic() {
 }
 
 #[test]
+fn garbled_error_fails_shape_dtype_device_its_message_escaped_and_cut() {
+    use esper_runtime::plugin::text::MAX_TEXT_BYTES;
+    let b = assert_fails_on(
+        "garbled-error",
+        Check::ShapeDtypeDevice,
+        "Float cpu: \\u{1b}[31mgarbled forward: \\u{1b}[31mred\\u{1b}[0m\\n\\u{202e}reversed\\u{7} ",
+        &[Check::Metadata, Check::Create, Check::ParamEstimate, Check::UnknownOptions],
+    );
+    // Its 1 MB message reaches the report escaped and cut, in every check that quotes it.
+    for r in &b.checks {
+        assert!(!r.reason.chars().any(char::is_control), "`{}`: {:?}", r.check, r.reason);
+        assert!(r.reason.len() < MAX_TEXT_BYTES + 1024, "`{}`: {} bytes", r.check, r.reason.len());
+    }
+}
+
+#[test]
 fn ignore_options_fails_unknown_options_only() {
     let b = assert_fails_on(
         "ignore-options",
@@ -286,7 +302,7 @@ fn eval_updates_buffer_fails_train_eval_flag() {
 fn the_whole_broken_library_fails_every_blueprint() {
     let report = suite("esper-fixture-broken", None);
     assert!(!report.passed);
-    assert_eq!(report.blueprints.len(), 8);
+    assert_eq!(report.blueprints.len(), 9);
     assert!(report.blueprints.iter().all(|b| !b.passed), "{}", report.render());
     assert_eq!(report.check(Check::Handshake).unwrap().status, Status::Pass);
 }

@@ -151,7 +151,7 @@ fn unknown_blueprint_lists_the_available_ones() {
     assert_eq!(
         e.to_string(),
         "unknown blueprint `attention`; available: cnn:dead-parameter, cnn:emit-nan, cnn:eval-updates-buffer, \
-         cnn:ignore-options, cnn:nondeterministic, cnn:norm, cnn:panic-create, cnn:panic-forward, cnn:shape-change"
+         cnn:garbled-error, cnn:ignore-options, cnn:nondeterministic, cnn:norm, cnn:panic-create, cnn:panic-forward, cnn:shape-change"
     );
 }
 
@@ -194,6 +194,24 @@ fn a_panic_in_forward_is_contained_and_reported() {
 }
 
 #[test]
+fn a_plugins_error_text_comes_back_escaped_and_cut() {
+    use esper_runtime::plugin::text::MAX_TEXT_BYTES;
+    let r = registry_with(&["esper-fixture-broken"]);
+    // Its 1 MB messages start with ESC[31m and are full of escapes, newlines and a
+    // bidirectional override.
+    let create = r.create_seed("garbled-error", 8, &json!({"in_create": true}), Device::Cpu).err().expect("fails");
+    let seed = r.create_seed("garbled-error", 8, &Value::Null, Device::Cpu).unwrap();
+    let forward = seed.forward(&Tensor::zeros([1, 8, 4, 4], (Kind::Float, Device::Cpu)), true).expect_err("fails");
+    for (e, call) in [(create, "create"), (forward, "forward")] {
+        let msg = e.to_string();
+        assert!(matches!(e, PluginError::Failed { .. }), "{e:?}");
+        assert!(msg.contains(&format!("failed: \\u{{1b}}[31mgarbled {call}: \\u{{1b}}[31mred")), "{call}: {msg:.300}");
+        assert!(!msg.chars().any(|c| c.is_control() || c == '\u{202e}'), "{call}: {msg:?}");
+        assert!(msg.len() < MAX_TEXT_BYTES + 300 && msg.ends_with(" bytes cut]"), "{call}: {} bytes", msg.len());
+    }
+}
+
+#[test]
 fn a_folder_loads_every_library_in_it_or_nothing() {
     let dir = temp_dir("folder-ok");
     std::fs::copy(plugin_lib("esper-norm"), dir.join("libesper_norm.so")).unwrap();
@@ -201,7 +219,7 @@ fn a_folder_loads_every_library_in_it_or_nothing() {
     std::fs::write(dir.join("README.txt"), "not a library").unwrap();
     let mut r = BlueprintRegistry::new();
     let added = r.load(&dir).unwrap();
-    assert_eq!(added.len(), 9);
+    assert_eq!(added.len(), 10);
     assert!(added.contains(&"cnn:norm".to_string()) && added.contains(&"cnn:panic-forward".to_string()));
 
     // A folder with one bad library adds nothing.

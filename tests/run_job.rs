@@ -127,6 +127,53 @@ fn a_short_job_runs_the_lifecycle_with_telemetry_checkpoints_and_report() {
 }
 
 #[test]
+fn a_failed_germination_shows_in_events_report_and_table_with_its_slot() {
+    // `shape-change` is created fine (so the preflight lets it through) and refused by
+    // the germination probe: the slot stays DORMANT and every record says why.
+    let dir = temp_dir("germination-failed");
+    let broken = plugin_lib("esper-fixture-broken");
+    let job = SmallJob {
+        plugin: &broken,
+        epochs: 2,
+        batch_size: 64,
+        memory_format: "channels_last",
+        blueprint: Some("shape-change"),
+        sections: "",
+    };
+    let out = esper().arg("run").arg(write(&dir, &job.text())).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let expected = "r0c1: germination of cnn:shape-change failed, the slot stays DORMANT: slot `r0c1`: blueprint \
+                    `cnn:shape-change` failed the germination probe";
+    // events.jsonl: one line, with the slot, naming blueprint, library and cause.
+    let events = std::fs::read_to_string(dir.join("out/events.jsonl")).unwrap();
+    let failed: Vec<serde_json::Value> = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["fields"]["event"] == "germination_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{events}");
+    assert_eq!((&failed[0]["fields"]["slot"], &failed[0]["level"]), (&"r0c1".into(), &"WARN".into()));
+    let record: serde_json::Value = serde_json::from_str(failed[0]["fields"]["record"].as_str().unwrap()).unwrap();
+    assert_eq!((&record["slot"], &record["blueprint"]), (&"r0c1".into(), &"cnn:shape-change".into()), "{record}");
+    assert_eq!(record["cause"], "probe_refused", "{record}");
+    assert!(record["plugin"].as_str().is_some_and(|p| p.ends_with("libesper_fixture_broken.so")), "{record}");
+    assert!(record["text"].as_str().unwrap().starts_with(expected), "{record}");
+    // report.json: among epoch 1's events, the slot DORMANT.
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("out/report.json")).unwrap()).unwrap();
+    let epoch1 = &report["epochs"][0];
+    let recorded: Vec<&serde_json::Value> =
+        epoch1["events"].as_array().unwrap().iter().filter(|e| e["event"] == "germination_failed").collect();
+    assert_eq!(recorded, [&record], "report.json records what events.jsonl has");
+    assert_eq!(epoch1["slots"][0]["stage"], "DORMANT");
+    // The table: epoch 1's row.
+    let row = stdout.lines().find(|l| l.trim_start().starts_with("1 ")).unwrap_or_default();
+    assert!(row.contains("DORMANT 0.00") && row.contains(expected), "{stdout}");
+    assert!(stderr.contains(expected), "the warning on stderr: {stderr}");
+}
+
+#[test]
 fn the_built_in_default_job_runs_on_a_short_schedule() {
     let dir = temp_dir("default-job");
     let out = esper().args(["run", "--epochs", "1", "--output"]).arg(&dir).output().unwrap();
@@ -181,6 +228,60 @@ fn a_resumed_run_reaches_the_same_state_as_an_uninterrupted_one() {
         assert!(x.equal(y), "parameters differ after resume");
     }
     assert!(a.history().iter().any(|r| r.slots[0].stage != SeedStage::Dormant));
+}
+
+/// An epoch's record without its timings, for comparing runs bit for bit.
+fn untimed(t: &Trainer) -> Vec<serde_json::Value> {
+    t.history()
+        .iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(r).unwrap();
+            let fields = v.as_object_mut().unwrap();
+            fields.remove("seconds");
+            fields.remove("train_seconds");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_resumed_while_blending_through_a_gate_or_multiply_is_bit_exact() {
+    let _one = one_job_at_a_time();
+    let norm = plugin_lib("esper-norm");
+    for blend in ["gate", "multiply"] {
+        let config = |name: &str, epochs: u32| {
+            let dir = temp_dir(&format!("resume-{blend}-{name}"));
+            let text = std::fs::read_to_string(small_config(&dir, &norm, epochs))
+                .unwrap()
+                .replace("[slot]\nblend_tempo = 2", &format!("[slot]\nblend = \"{blend}\"\nblend_tempo = 3"));
+            (RunConfig::load(&write(&dir, &text)).unwrap(), dir.join("out"))
+        };
+        let (config_a, _) = config("a", 4);
+        let a = run_to_end(config_a);
+        // Checkpointed after epoch 3, part-way through the alpha ramp (with the gate
+        // network and its optimizer state, for GATE).
+        let (config_b, out_b) = config("b", 3);
+        let interrupted = run_to_end(config_b);
+        let slot = &interrupted.model().slots()[0];
+        assert_eq!(slot.stage(), SeedStage::Blending, "{blend}: checkpointed while blending");
+        assert!(slot.alpha() > 0.0 && slot.alpha() < 1.0, "{blend}: alpha {}", slot.alpha());
+        assert_eq!(!slot.gate_parameters().is_empty(), blend == "gate", "{blend}: a gate network iff GATE");
+        let slot_alpha = slot.alpha();
+        drop(interrupted);
+        let mut b = Trainer::resume(&out_b).unwrap();
+        b.set_epochs(4);
+        b.run(&mut Silent).unwrap();
+
+        assert_eq!(untimed(&a), untimed(&b), "{blend}: the same history, every loss, accuracy and event");
+        let report = |t: &Trainer| serde_json::to_value(t.model().report()).unwrap();
+        assert_eq!(report(&a), report(&b), "{blend}: same slots, stages, alpha and metrics");
+        let (pa, pb) = (params(&a), params(&b));
+        assert_eq!(pa.len(), pb.len());
+        for (x, y) in pa.iter().zip(&pb) {
+            assert!(x.equal(y), "{blend}: parameters differ after resume");
+        }
+        assert!(a.history()[3].slots[0].alpha > slot_alpha, "{blend}: the seed blends on after the resume");
+    }
 }
 
 #[test]

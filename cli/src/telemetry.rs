@@ -1,10 +1,10 @@
 //! Telemetry through `tracing`: readable logs on stderr, optionally every event as a
 //! JSON line in a file, and progress bars on a terminal (none otherwise).
 //!
-//! Lifecycle events carry an `event` field (`germinated`, `gate_evaluated`,
-//! `stage_changed`, `pruned`, `seed_fault`, `quarantined`, `action_failed`,
-//! `release_failed`: see `esper_runtime::lifecycle::LifecycleEvent`), their `slot`, and
-//! the event as JSON in `record`; `epoch` is each epoch's summary.
+//! Lifecycle events carry an `event` field (`germinated`, `germination_failed`,
+//! `gate_evaluated`, `stage_changed`, `pruned`, `seed_fault`, `quarantined`,
+//! `action_failed`, `release_failed`: see `esper_runtime::lifecycle::LifecycleEvent`),
+//! their `slot`, and the event as JSON in `record`; `epoch` is each epoch's summary.
 
 use indicatif::{MultiProgress, ProgressDrawTarget};
 use std::{

@@ -6,10 +6,14 @@
 mod font;
 
 use anyhow::{Context, Result};
-use esper_runtime::train::report::EpochRecord;
+use esper_runtime::{plugin::text::sanitize, train::report::EpochRecord};
 use std::{fmt::Write as _, path::Path};
 
-/// The table printed at the end of a run.
+/// The table printed at the end of a run: a row per epoch, each slot's stage and alpha,
+/// and the epoch's events (a failed germination among them: the slot stays DORMANT and
+/// the row says why). A row's events are cut at
+/// [`MAX_TEXT_BYTES`](esper_runtime::plugin::text::MAX_TEXT_BYTES); `report.json` has
+/// them whole.
 pub fn table(history: &[EpochRecord]) -> String {
     let mut out = String::new();
     let slots: Vec<&str> =
@@ -31,7 +35,7 @@ pub fn table(history: &[EpochRecord]) -> String {
         // Gate evaluations stay in report.json; a pass shows here as its stage change.
         let headlines: Vec<String> = r.events.iter().filter(|e| e.is_headline()).map(ToString::to_string).collect();
         if !headlines.is_empty() {
-            let _ = write!(out, "  {}", headlines.join("; "));
+            let _ = write!(out, "  {}", sanitize(&headlines.join("; ")));
         }
         out.push('\n');
     }
@@ -173,6 +177,29 @@ mod tests {
         assert_eq!(lines.len(), 4);
         assert!(lines[0].contains("r0c1 stage/alpha"));
         assert!(lines[2].contains("BLENDING 0.67") && lines[2].contains("advanced to BLENDING"), "{}", lines[2]);
+    }
+
+    #[test]
+    fn a_failed_germination_shows_in_its_row_and_a_row_stays_short() {
+        use esper_runtime::{lifecycle::GerminationFailure, plugin::text::MAX_TEXT_BYTES};
+        let mut history = rows();
+        let failed = |slot: &str| LifecycleEvent::GerminationFailed {
+            slot: slot.into(),
+            blueprint: "cnn:norm".into(),
+            plugin: Some("/p/libesper_norm.so".into()),
+            cause: GerminationFailure::BadOptions,
+            reason: format!("unknown field `widht` {}", "x".repeat(MAX_TEXT_BYTES - 100)),
+        };
+        history[0].slots[0].stage = SeedStage::Dormant;
+        history[0].events = vec![failed("r0c1"), failed("r1c1"), failed("r2c1")];
+        let t = table(&history);
+        let row = t.lines().nth(1).unwrap();
+        assert!(row.contains("DORMANT 0.33 "), "{row}");
+        assert!(
+            row.contains("r0c1: germination of cnn:norm failed, the slot stays DORMANT: unknown field `widht`"),
+            "{row}"
+        );
+        assert!(row.len() < MAX_TEXT_BYTES + 200 && row.ends_with(" bytes cut]"), "{} bytes", row.len());
     }
 
     #[test]

@@ -29,6 +29,7 @@ mod controller;
 mod plugins;
 mod preflight;
 mod resources;
+mod trial;
 
 pub use crate::model::Precision;
 pub use controller::{ControllerConfig, DEFAULT_MAX_TRAINING_EPOCHS, DEFAULT_ROTATION};

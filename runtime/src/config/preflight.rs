@@ -1,7 +1,8 @@
 //! One preflight of a run config, shared by `esper config check`, `esper run` (through
 //! `Trainer::new`) and library users: everything that can be known before the first
 //! epoch is checked here, so a mistake fails the same way, with the same message,
-//! whichever way the config comes in. Nothing is allocated but the plugin libraries.
+//! whichever way the config comes in. Nothing is allocated but the plugin libraries
+//! and one trial seed of each blueprint the run may germinate ([`super::trial`]).
 
 use super::{MemoryLimit, RunConfig};
 use crate::{
@@ -25,7 +26,8 @@ impl RunConfig {
     /// Checks, in order: the host's shape and that every slot is one of its injection
     /// points (arithmetic); the step's memory estimate against the limit for `device`
     /// (`None`: the strictest of the devices the config allows); the plugins, loaded and
-    /// pinned; every blueprint the schedule and the controller name, resolved.
+    /// pinned; every blueprint the schedule and the controller name, resolved, then
+    /// created once with its options and dropped.
     /// `validate` (keys and values) is assumed to have passed.
     pub fn preflight(&self, device: Option<Device>) -> Result<Preflight> {
         let points = budget::injection_points(&self.host).map_err(|e| anyhow!("host: {e}"))?;
@@ -46,6 +48,7 @@ impl RunConfig {
             registry.resolve(&s.blueprint).map_err(|e| anyhow!("lifecycle.schedule: {e}"))?;
         }
         let rotation = self.controller_rotation(&registry)?;
+        self.try_blueprints(&registry, &points, &rotation)?;
         Ok(Preflight { registry, estimate, limit, rotation })
     }
 

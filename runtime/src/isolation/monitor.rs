@@ -41,16 +41,13 @@ impl DeviceGroups {
     }
 
     fn from_indexed(params: impl Iterator<Item = (usize, Tensor)>) -> Self {
-        let mut groups: Vec<(Device, Vec<(usize, Tensor)>)> = Vec::new();
-        let mut numel = 0i64;
-        for (i, p) in params {
-            numel += p.numel() as i64;
-            let d = p.device();
-            match groups.iter_mut().find(|(g, _)| *g == d) {
-                Some((_, v)) => v.push((i, p)),
-                None => groups.push((d, vec![(i, p)])),
-            }
-        }
+        let mut params: Vec<Option<(usize, Tensor)>> = params.map(Some).collect();
+        let numel = params.iter().flatten().map(|(_, p)| p.numel() as i64).sum();
+        let devices: Vec<Device> = params.iter().flatten().map(|(_, p)| p.device()).collect();
+        let groups = group_by_device(&devices)
+            .into_iter()
+            .map(|(device, positions)| (device, positions.into_iter().filter_map(|k| params[k].take()).collect()))
+            .collect();
         Self { groups, numel }
     }
 
@@ -91,6 +88,27 @@ impl DeviceGroups {
             _ => Some((Tensor::f_cat(&parts, 0)?, order)),
         })
     }
+}
+
+/// The positions of `devices` grouped by device, each group in order, the groups in the
+/// order their devices first appear: one group (one reduction and one transfer) per
+/// device, whatever the mix.
+fn group_by_device(devices: &[Device]) -> Vec<(Device, Vec<usize>)> {
+    let mut groups: Vec<(Device, Vec<usize>)> = Vec::new();
+    for (k, &d) in devices.iter().enumerate() {
+        match groups.iter_mut().find(|(g, _)| *g == d) {
+            Some((_, positions)) => positions.push(k),
+            None => groups.push((d, vec![k])),
+        }
+    }
+    groups
+}
+
+/// The device the norms are gathered on, given the groups' devices: the CPU when any
+/// group is there (the read-back is then free), else the first. None without any.
+fn gathering_device(mut devices: impl Iterator<Item = Device>) -> Option<Device> {
+    let first = devices.next()?;
+    Some(if first == Device::Cpu || devices.any(|d| d == Device::Cpu) { Device::Cpu } else { first })
 }
 
 /// Elements per partial norm of a gradient on the CPU (see [`grad_norm`]).
@@ -181,9 +199,7 @@ impl GradientHealthMonitor {
     /// The device everything is gathered on: the CPU when any group is there, else the
     /// first group's device. None without parameters.
     fn common_device(&self) -> Option<Device> {
-        let mut devices = self.host.groups.iter().chain(&self.seed.groups).map(|(d, _)| *d);
-        let first = devices.next()?;
-        Some(if first == Device::Cpu || devices.any(|d| d == Device::Cpu) { Device::Cpu } else { first })
+        gathering_device(self.host.groups.iter().chain(&self.seed.groups).map(|(d, _)| *d))
     }
 
     /// The number of scalars in the host's and the seed's monitored parameters.
@@ -340,6 +356,40 @@ mod tests {
         let s = GradientHealthMonitor::new(&host, &seed).sample().unwrap();
         assert_eq!(s.seed_param_norms, vec![5.0, 2.0]);
         assert_eq!(s.seed_norm, 29f64.sqrt());
+    }
+
+    #[test]
+    fn parameters_are_grouped_per_device_whatever_the_mix() {
+        use Device::{Cpu, Cuda};
+        let groups = group_by_device(&[Cpu, Cuda(0), Cpu, Cuda(1)]);
+        assert_eq!(groups, [(Cpu, vec![0, 2]), (Cuda(0), vec![1]), (Cuda(1), vec![3])]);
+        let groups = group_by_device(&[Cuda(1), Cuda(1), Cuda(0), Cpu, Cuda(0), Cuda(1)]);
+        assert_eq!(groups, [(Cuda(1), vec![0, 1, 5]), (Cuda(0), vec![2, 4]), (Cpu, vec![3])]);
+        assert_eq!(group_by_device(&[Cuda(0); 3]), [(Cuda(0), vec![0, 1, 2])]);
+        assert!(group_by_device(&[]).is_empty());
+        // Gathered on the CPU when any group is there, else on the first group's device.
+        assert_eq!(gathering_device([Cuda(1), Cuda(0), Cpu].into_iter()), Some(Cpu));
+        assert_eq!(gathering_device([Cuda(1), Cuda(0)].into_iter()), Some(Cuda(1)));
+        assert_eq!(gathering_device(std::iter::empty()), None);
+        // The monitor's groups are these (on the CPU: one group, every parameter in order).
+        let params = [param_with_grad(&[1.0]), param_with_grad(&[2.0, 3.0])];
+        let m = GradientHealthMonitor::new(&params, &params[..1]);
+        assert_eq!(m.devices(), (vec![Cpu], vec![Cpu]));
+        let indices: Vec<usize> = m.host.groups[0].1.iter().map(|(i, _)| *i).collect();
+        assert_eq!((indices, m.param_counts()), (vec![0, 1], (3, 1)));
+    }
+
+    #[test]
+    fn norms_across_parameters_are_summed_in_float64_exactly() {
+        // 4097^2 + 1 = 16785410 and 4097^2 + 1000 need 25 bits: a float32 square or sum
+        // rounds them, and a float32 square root could not hold the float64 result.
+        let host = [param_with_grad(&[4097.0]), param_with_grad(&[1.0])];
+        let ones: Vec<Tensor> = (0..1000).map(|_| param_with_grad(&[1.0])).collect();
+        let seed: Vec<Tensor> = std::iter::once(param_with_grad(&[4097.0])).chain(ones).collect();
+        let s = GradientHealthMonitor::new(&host, &seed).sample().unwrap();
+        assert_eq!(s.host_norm, (4097f64 * 4097.0 + 1.0).sqrt(), "{s:?}");
+        assert_eq!(s.seed_norm, (4097f64 * 4097.0 + 1000.0).sqrt());
+        assert_eq!(s.seed_param_norms.len(), 1001);
     }
 
     #[test]

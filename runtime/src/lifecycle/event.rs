@@ -1,5 +1,6 @@
-//! What happened to a slot, as one typed value: germination, gate evaluation, stage
-//! change, prune, seed fault, quarantine, failed action or failed release. A slot
+//! What happened to a slot, as one typed value: germination (or its failure), gate
+//! evaluation, stage change, prune, seed fault, quarantine, failed action or failed
+//! release. A slot
 //! produces its events; the trainer collects them, emits each once to tracing
 //! ([`LifecycleEvent::emit`], so `events.jsonl` has it) and keeps it in the epoch's
 //! record (`report.json`, the checkpoint, the end-of-run table). `Display` gives the
@@ -11,6 +12,30 @@ use serde::{Deserialize, Serialize};
 
 use super::{check::GateCheck, gates::GateLevel, stage::SeedStage};
 
+/// Why a germination failed, as code inspects it (`cause` in JSON, snake_case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GerminationFailure {
+    /// No loaded blueprint has the name (or more than one has it).
+    UnknownBlueprint,
+    /// The blueprint refused its options.
+    BadOptions,
+    /// The blueprint's create returned an error.
+    CreateFailed,
+    /// The blueprint panicked while creating the seed (contained).
+    CreatePanicked,
+    /// The runtime refused a parameter the blueprint asked for (over the seed's cap, or
+    /// malformed).
+    ParameterRefused,
+    /// The germination probe refused the seed (its forward failed, broke the output
+    /// contract or was not finite).
+    ProbeRefused,
+    /// The slot refused the seed (not dormant, embargoed, or a wrong channel count).
+    SlotRefused,
+    /// The runtime's own side failed (a libtorch error outside the plugin).
+    RuntimeFailed,
+}
+
 /// One lifecycle event of an epoch. In JSON it is an object tagged by `event`
 /// (`germinated`, `stage_changed`, `pruned`, ...) with its fields and its `text`; an
 /// event of the first report/checkpoint format (a plain line) reads as [`Note`].
@@ -21,6 +46,16 @@ pub enum LifecycleEvent {
     Germinated {
         slot: String,
         blueprint: String,
+    },
+    /// A germination the controller or the schedule decided failed: the slot stays
+    /// DORMANT. `plugin` is the library of `blueprint` (none when it is not loaded);
+    /// `reason` the error, naming blueprint and library.
+    GerminationFailed {
+        slot: String,
+        blueprint: String,
+        plugin: Option<String>,
+        cause: GerminationFailure,
+        reason: String,
     },
     /// A seed resting at a partial alpha target goes on to full amplitude.
     BlendContinued {
@@ -62,8 +97,10 @@ pub enum LifecycleEvent {
         slot: String,
         reason: String,
     },
-    /// A controller action the lifecycle or the plugin refused.
+    /// A controller action (other than a germination) the lifecycle refused, for `slot`
+    /// (empty in a record written before actions named their slot).
     ActionFailed {
+        slot: String,
         error: String,
     },
     /// The plugin failed to release a dropped seed (contained).
@@ -79,6 +116,9 @@ impl fmt::Display for LifecycleEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LifecycleEvent::Germinated { slot, blueprint } => write!(f, "{slot}: germinated {blueprint}"),
+            LifecycleEvent::GerminationFailed { slot, blueprint, reason, .. } => {
+                write!(f, "{slot}: germination of {blueprint} failed, the slot stays DORMANT: {reason}")
+            }
             LifecycleEvent::BlendContinued { slot } => write!(f, "{slot}: blending on to full amplitude"),
             LifecycleEvent::GateEvaluated { slot, gate, passed: true, .. } => write!(f, "{slot}: {gate:?} passed"),
             LifecycleEvent::GateEvaluated { slot, gate, failed, .. } => {
@@ -93,7 +133,8 @@ impl fmt::Display for LifecycleEvent {
                 write!(f, "{slot}: seed fault ({code}) by {blueprint}: {detail}")
             }
             LifecycleEvent::Quarantined { slot, reason } => write!(f, "{slot}: fossilized seed quarantined ({reason})"),
-            LifecycleEvent::ActionFailed { error } => write!(f, "failed: {error}"),
+            LifecycleEvent::ActionFailed { slot, error } if slot.is_empty() => write!(f, "failed: {error}"),
+            LifecycleEvent::ActionFailed { slot, error } => write!(f, "{slot}: action failed: {error}"),
             LifecycleEvent::ReleaseFailed { slot, error } => {
                 write!(f, "{slot}: dropping seed failed (contained): {error}")
             }
@@ -106,17 +147,62 @@ impl fmt::Display for LifecycleEvent {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 enum Tagged {
-    Germinated { slot: String, blueprint: String },
-    BlendContinued { slot: String },
-    GateEvaluated { slot: String, gate: GateLevel, passed: bool, failed: Vec<GateCheck> },
-    StageChanged { slot: String, from: SeedStage, to: SeedStage },
-    Pruned { slot: String, reason: String },
-    PruneScheduled { slot: String, epochs: u32, reason: String },
-    SeedFault { slot: String, blueprint: String, code: String, detail: String },
-    Quarantined { slot: String, reason: String },
-    ActionFailed { error: String },
-    ReleaseFailed { slot: String, error: String },
-    Note { text: String },
+    Germinated {
+        slot: String,
+        blueprint: String,
+    },
+    GerminationFailed {
+        slot: String,
+        blueprint: String,
+        plugin: Option<String>,
+        cause: GerminationFailure,
+        reason: String,
+    },
+    BlendContinued {
+        slot: String,
+    },
+    GateEvaluated {
+        slot: String,
+        gate: GateLevel,
+        passed: bool,
+        failed: Vec<GateCheck>,
+    },
+    StageChanged {
+        slot: String,
+        from: SeedStage,
+        to: SeedStage,
+    },
+    Pruned {
+        slot: String,
+        reason: String,
+    },
+    PruneScheduled {
+        slot: String,
+        epochs: u32,
+        reason: String,
+    },
+    SeedFault {
+        slot: String,
+        blueprint: String,
+        code: String,
+        detail: String,
+    },
+    Quarantined {
+        slot: String,
+        reason: String,
+    },
+    ActionFailed {
+        #[serde(default)]
+        slot: String,
+        error: String,
+    },
+    ReleaseFailed {
+        slot: String,
+        error: String,
+    },
+    Note {
+        text: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -138,6 +224,9 @@ impl From<LifecycleEvent> for Tagged {
     fn from(e: LifecycleEvent) -> Self {
         match e {
             LifecycleEvent::Germinated { slot, blueprint } => Tagged::Germinated { slot, blueprint },
+            LifecycleEvent::GerminationFailed { slot, blueprint, plugin, cause, reason } => {
+                Tagged::GerminationFailed { slot, blueprint, plugin, cause, reason }
+            }
             LifecycleEvent::BlendContinued { slot } => Tagged::BlendContinued { slot },
             LifecycleEvent::GateEvaluated { slot, gate, passed, failed } => {
                 Tagged::GateEvaluated { slot, gate, passed, failed }
@@ -149,7 +238,7 @@ impl From<LifecycleEvent> for Tagged {
                 Tagged::SeedFault { slot, blueprint, code, detail }
             }
             LifecycleEvent::Quarantined { slot, reason } => Tagged::Quarantined { slot, reason },
-            LifecycleEvent::ActionFailed { error } => Tagged::ActionFailed { error },
+            LifecycleEvent::ActionFailed { slot, error } => Tagged::ActionFailed { slot, error },
             LifecycleEvent::ReleaseFailed { slot, error } => Tagged::ReleaseFailed { slot, error },
             LifecycleEvent::Note(text) => Tagged::Note { text },
         }
@@ -160,6 +249,9 @@ impl From<Tagged> for LifecycleEvent {
     fn from(e: Tagged) -> Self {
         match e {
             Tagged::Germinated { slot, blueprint } => LifecycleEvent::Germinated { slot, blueprint },
+            Tagged::GerminationFailed { slot, blueprint, plugin, cause, reason } => {
+                LifecycleEvent::GerminationFailed { slot, blueprint, plugin, cause, reason }
+            }
             Tagged::BlendContinued { slot } => LifecycleEvent::BlendContinued { slot },
             Tagged::GateEvaluated { slot, gate, passed, failed } => {
                 LifecycleEvent::GateEvaluated { slot, gate, passed, failed }
@@ -171,7 +263,7 @@ impl From<Tagged> for LifecycleEvent {
                 LifecycleEvent::SeedFault { slot, blueprint, code, detail }
             }
             Tagged::Quarantined { slot, reason } => LifecycleEvent::Quarantined { slot, reason },
-            Tagged::ActionFailed { error } => LifecycleEvent::ActionFailed { error },
+            Tagged::ActionFailed { slot, error } => LifecycleEvent::ActionFailed { slot, error },
             Tagged::ReleaseFailed { slot, error } => LifecycleEvent::ReleaseFailed { slot, error },
             Tagged::Note { text } => LifecycleEvent::Note(text),
         }
@@ -183,6 +275,7 @@ impl LifecycleEvent {
     pub fn name(&self) -> &'static str {
         match self {
             LifecycleEvent::Germinated { .. } => "germinated",
+            LifecycleEvent::GerminationFailed { .. } => "germination_failed",
             LifecycleEvent::BlendContinued { .. } => "blend_continued",
             LifecycleEvent::GateEvaluated { .. } => "gate_evaluated",
             LifecycleEvent::StageChanged { .. } => "stage_changed",
@@ -196,10 +289,14 @@ impl LifecycleEvent {
         }
     }
 
-    /// The slot it happened to (none for a failed controller action or a note).
+    /// The slot it happened to (none for a note, or a failed action recorded before
+    /// actions named their slot).
     pub fn slot(&self) -> Option<&str> {
         match self {
+            LifecycleEvent::ActionFailed { slot, .. } if slot.is_empty() => None,
             LifecycleEvent::Germinated { slot, .. }
+            | LifecycleEvent::GerminationFailed { slot, .. }
+            | LifecycleEvent::ActionFailed { slot, .. }
             | LifecycleEvent::BlendContinued { slot }
             | LifecycleEvent::GateEvaluated { slot, .. }
             | LifecycleEvent::StageChanged { slot, .. }
@@ -208,16 +305,17 @@ impl LifecycleEvent {
             | LifecycleEvent::SeedFault { slot, .. }
             | LifecycleEvent::Quarantined { slot, .. }
             | LifecycleEvent::ReleaseFailed { slot, .. } => Some(slot),
-            LifecycleEvent::ActionFailed { .. } | LifecycleEvent::Note(_) => None,
+            LifecycleEvent::Note(_) => None,
         }
     }
 
-    /// Something went wrong (logged as a warning): a seed fault, a quarantine, a failed
-    /// action or release.
+    /// Something went wrong (logged as a warning): a failed germination, a seed fault, a
+    /// quarantine, a failed action or release.
     pub fn is_warning(&self) -> bool {
         matches!(
             self,
-            LifecycleEvent::SeedFault { .. }
+            LifecycleEvent::GerminationFailed { .. }
+                | LifecycleEvent::SeedFault { .. }
                 | LifecycleEvent::Quarantined { .. }
                 | LifecycleEvent::ActionFailed { .. }
                 | LifecycleEvent::ReleaseFailed { .. }
@@ -268,6 +366,20 @@ mod tests {
     fn json_is_tagged_with_the_text_and_reads_back_and_old_lines_read_as_notes() {
         let all = [
             LifecycleEvent::Germinated { slot: "r0c1".into(), blueprint: "norm".into() },
+            LifecycleEvent::GerminationFailed {
+                slot: "r0c1".into(),
+                blueprint: "cnn:norm".into(),
+                plugin: Some("/p/libesper_norm.so".into()),
+                cause: GerminationFailure::BadOptions,
+                reason: "bad options for blueprint `cnn:norm`: unknown field `widht`".into(),
+            },
+            LifecycleEvent::GerminationFailed {
+                slot: "r1c1".into(),
+                blueprint: "nowhere".into(),
+                plugin: None,
+                cause: GerminationFailure::UnknownBlueprint,
+                reason: "unknown blueprint `nowhere`".into(),
+            },
             LifecycleEvent::BlendContinued { slot: "r0c1".into() },
             LifecycleEvent::GateEvaluated {
                 slot: "r0c1".into(),
@@ -285,7 +397,8 @@ mod tests {
                 detail: "output dtype Double, expected Float".into(),
             },
             LifecycleEvent::Quarantined { slot: "r0c1".into(), reason: "non_finite: non-finite outputs".into() },
-            LifecycleEvent::ActionFailed { error: "no such blueprint".into() },
+            LifecycleEvent::ActionFailed { slot: "r0c1".into(), error: "cannot advance".into() },
+            LifecycleEvent::ActionFailed { slot: String::new(), error: "no such blueprint".into() },
             LifecycleEvent::ReleaseFailed { slot: "r0c1".into(), error: "boom".into() },
             LifecycleEvent::Note("r0c1: GERMINATED -> TRAINING".into()),
         ];
@@ -320,6 +433,34 @@ mod tests {
         };
         assert!(fault.is_headline() && fault.is_warning());
         assert_eq!(fault.slot(), Some("r0c1"));
-        assert_eq!(LifecycleEvent::ActionFailed { error: "e".into() }.slot(), None);
+        assert_eq!(LifecycleEvent::ActionFailed { slot: String::new(), error: "e".into() }.slot(), None);
+        assert_eq!(LifecycleEvent::ActionFailed { slot: "r1c1".into(), error: "e".into() }.slot(), Some("r1c1"));
+    }
+
+    #[test]
+    fn a_failed_germination_names_slot_blueprint_plugin_and_cause_and_is_a_headline_warning() {
+        let e = LifecycleEvent::GerminationFailed {
+            slot: "r0c1".into(),
+            blueprint: "cnn:shape-change".into(),
+            plugin: Some("/p/libbroken.so".into()),
+            cause: GerminationFailure::ProbeRefused,
+            reason: "failed the germination probe".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "r0c1: germination of cnn:shape-change failed, the slot stays DORMANT: failed the germination probe"
+        );
+        assert!(e.is_warning() && e.is_headline());
+        assert_eq!((e.slot(), e.name()), (Some("r0c1"), "germination_failed"));
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            (&json["cause"], &json["plugin"], &json["slot"]),
+            (&"probe_refused".into(), &"/p/libbroken.so".into(), &"r0c1".into())
+        );
+        // A failed action of the earlier format (no slot) still reads.
+        let old: LifecycleEvent =
+            serde_json::from_str(r#"{"event":"action_failed","error":"boom","text":"failed: boom"}"#).unwrap();
+        assert_eq!(old, LifecycleEvent::ActionFailed { slot: String::new(), error: "boom".into() });
+        assert_eq!(old.to_string(), "failed: boom");
     }
 }

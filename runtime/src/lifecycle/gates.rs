@@ -404,6 +404,21 @@ mod tests {
     }
 
     #[test]
+    fn g2_strict_needs_the_whole_half_point_of_improvement() {
+        let g = QualityGates::strict();
+        for (gain, passes) in [(0.49, false), (0.5, true), (0.51, true)] {
+            let mut s = seed_in(SeedStage::Training);
+            train(&mut s, 10, 50.0, gain);
+            s.metrics_mut().record_gradient_ratio(0.5);
+            let r = g.check(&s, SeedStage::Blending).unwrap();
+            assert_eq!(r.passed, passes, "a gain of {gain} points: {r}");
+            if !passes {
+                assert_failed(&r, &["global_improvement_insufficient_0.49%"]);
+            }
+        }
+    }
+
+    #[test]
     fn g2_strict_fails_each_check() {
         let g = QualityGates::strict();
         // Nothing measured, no epochs.

@@ -32,7 +32,7 @@ pub use alpha::{
 };
 pub use check::{GateCheck, UnknownGateCheck};
 pub use error::LifecycleError;
-pub use event::LifecycleEvent;
+pub use event::{GerminationFailure, LifecycleEvent};
 pub use gates::{GateLevel, GateMode, GateResult, QualityGates};
 pub use metrics::{normalized_gradient_ratio, GradientHealth, SeedMetrics};
 pub use slot_core::{Lifecycle, StageChange, EMBARGO_EPOCHS_AFTER_PRUNE};

@@ -62,12 +62,13 @@ fn join(mismatches: &[Mismatch]) -> String {
 
 impl PluginError {
     /// Maps an error reported by a plugin into a runtime error naming blueprint and file.
-    /// A libtorch error inside the message keeps its reason and loses its C++ frame list
-    /// (the full text goes to the debug log).
+    /// A libtorch error inside the message keeps its reason and loses its C++ frame list;
+    /// the plugin's text is sanitised ([`super::text::sanitize`]: control characters
+    /// escaped, length capped). The full text goes to the debug log.
     pub(crate) fn from_plugin(key: &str, path: &std::path::Path, e: esper_plugin_api::PluginError) -> Self {
         use esper_plugin_api::ErrorKind as K;
-        let message =
-            crate::torch_error::summarize(&format!("blueprint `{key}` ({})", path.display()), e.message.as_str());
+        let context = format!("blueprint `{key}` ({})", path.display());
+        let message = super::text::sanitize(&crate::torch_error::summarize(&context, e.message.as_str())).into_owned();
         let (key, path) = (key.to_string(), path.to_path_buf());
         match e.kind {
             K::BadOptions => Self::BadOptions { key, path, message },

@@ -86,7 +86,7 @@ impl LoadedPlugin {
             return Ok(Self { path, sha256, blueprints, library: Library::Portable(library) });
         }
         let root = lib_header_from_path(file).and_then(init_root_module).map_err(|e| classify(&path, e, file))?;
-        let handshake = (root.handshake())();
+        let handshake = super::text::sanitize_handshake((root.handshake())());
         let mismatches = handshake.mismatches();
         if !mismatches.is_empty() {
             return Err(PluginError::VersionMismatch { path, mismatches });

@@ -14,6 +14,7 @@ mod loader;
 mod params;
 mod registry;
 mod seed;
+pub mod text;
 
 pub use error::PluginError;
 pub use kind::{OptionsSchema, PluginKind};

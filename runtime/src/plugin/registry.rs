@@ -1,10 +1,14 @@
 //! The blueprint registry: every blueprint of every loaded plugin, keyed `topology:name`.
+//!
+//! Descriptors are kept sanitised ([`super::text`]): what the registry lists, keys and
+//! shows is safe to print. The name the plugin gave is kept beside, for the calls into
+//! the plugin that name the blueprint.
 
 use super::{
     loader::Library,
     params::{SeedCap, StoreSink},
     seed::SeedModule,
-    LoadedPlugin, OptionsSchema, PluginError, PluginSeed,
+    text, LoadedPlugin, OptionsSchema, PluginError, PluginSeed,
 };
 use abi_stable::sabi_trait::TD_Opaque;
 use esper_plugin_api::abi::{BlueprintDescriptor, CreateRequest, ParamSink_TO};
@@ -17,7 +21,10 @@ use tch::{nn, Device};
 
 struct Entry {
     plugin: Arc<LoadedPlugin>,
+    /// Sanitised (see the module docs).
     descriptor: BlueprintDescriptor,
+    /// The blueprint's name as the plugin gave it, for calls into the plugin.
+    name: String,
 }
 
 /// Blueprints from any number of plugin libraries.
@@ -112,7 +119,7 @@ impl BlueprintRegistry {
         let mut added: BTreeMap<String, &Arc<LoadedPlugin>> = BTreeMap::new();
         for plugin in &loaded {
             for d in plugin.blueprints() {
-                let key = d.key();
+                let key = text::sanitize_descriptor(d).key();
                 let first =
                     self.entries.get(&key).map(|e| e.plugin.path()).or_else(|| added.get(&key).map(|p| p.path()));
                 if let Some(first) = first {
@@ -128,7 +135,9 @@ impl BlueprintRegistry {
         let keys: Vec<String> = added.keys().cloned().collect();
         for plugin in loaded {
             for d in plugin.blueprints() {
-                self.entries.insert(d.key(), Entry { plugin: plugin.clone(), descriptor: d.clone() });
+                let descriptor = text::sanitize_descriptor(d);
+                let name = d.name.to_string();
+                self.entries.insert(descriptor.key(), Entry { plugin: plugin.clone(), descriptor, name });
             }
             tracing::info!(plugin = %plugin.path().display(), blueprints = plugin.blueprints().len(), "plugin loaded");
             self.plugins.push(plugin);
@@ -186,7 +195,25 @@ impl BlueprintRegistry {
     pub fn options_schema(&self, name: &str) -> Result<OptionsSchema, PluginError> {
         let (key, _) = self.resolve(name)?;
         let entry = &self.entries[key];
-        entry.plugin.options_schema(key, entry.descriptor.name.as_str())
+        entry.plugin.options_schema(key, &entry.name)
+    }
+
+    /// The library that provides blueprint `name`, if it is loaded (and unambiguous).
+    pub fn plugin_of(&self, name: &str) -> Option<&Path> {
+        let (key, _) = self.resolve(name).ok()?;
+        self.entries.get(key).map(|e| e.plugin.path())
+    }
+
+    /// Creates a seed of blueprint `name` with `options` for `channels` channels on the
+    /// CPU and drops it at once: a germination's create without a model, to find bad
+    /// options and failing blueprints before a run starts. A failure to drop it is
+    /// logged, not returned (a run contains it too).
+    pub fn try_create(&self, name: &str, channels: i64, options: &serde_json::Value) -> Result<(), PluginError> {
+        let seed = self.create_seed(name, channels, options, Device::Cpu)?;
+        if let Err(e) = seed.release() {
+            tracing::warn!(blueprint = name, error = %e, "dropping a trial seed failed (contained)");
+        }
+        Ok(())
     }
 
     /// Creates a seed of blueprint `name` for `channels` channels, its parameters on `device`.
@@ -224,7 +251,7 @@ impl BlueprintRegistry {
             ),
         };
         let mut sink = StoreSink::new(vars.root(), cap);
-        let blueprint = entry.descriptor.name.as_str();
+        let blueprint = entry.name.as_str();
         let params = ParamSink_TO::from_ptr(&mut sink, TD_Opaque);
         let created = match entry.plugin.library() {
             Library::Native { root, .. } => {
@@ -233,11 +260,17 @@ impl BlueprintRegistry {
                 (root.create_seed())(request, params).into_result().map(SeedModule::Native)
             }
             Library::Portable(_) => {
-                let portable = entry.plugin.portable_blueprint(blueprint).expect("a listed portable blueprint");
+                let portable = entry.plugin.portable_blueprint(blueprint).ok_or_else(|| PluginError::Failed {
+                    key: key.into(),
+                    path: path.into(),
+                    message: "the portable library no longer lists this blueprint".into(),
+                })?;
                 portable.create(params, channels, &options_json).map(SeedModule::Portable)
             }
         };
         if let Some(message) = sink.refused.take() {
+            // It quotes the parameter name the plugin gave.
+            let message = text::sanitize(&message).into_owned();
             return Err(PluginError::BadParameter { key: key.into(), path: path.into(), message });
         }
         let module = created.map_err(|e| PluginError::from_plugin(key, path, e))?;

@@ -44,6 +44,18 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// The slot it is for.
+    pub fn slot(&self) -> &str {
+        match self {
+            Action::Germinate { slot, .. }
+            | Action::Advance { slot }
+            | Action::Continue { slot }
+            | Action::Prune { slot, .. } => slot,
+        }
+    }
+}
+
 /// What the controller remembers between epochs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ControllerState {

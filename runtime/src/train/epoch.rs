@@ -24,7 +24,7 @@ impl Trainer {
     /// Runs epoch `epoch` and returns (and keeps) its record.
     pub(super) fn epoch(&mut self, epoch: u32, observer: &mut dyn Observer) -> Result<EpochRecord> {
         let started = Instant::now();
-        let mut events = Vec::new();
+        let mut events = std::mem::take(&mut self.opening_events);
         let train = self.train_epoch(epoch, observer, &mut events)?;
         let (val_loss, val_accuracy) = self.evaluate_contained(None, &mut events)?;
         let contributions = self.measure_seeds(val_accuracy, &mut events)?;

@@ -41,6 +41,9 @@ pub struct Trainer {
     device: Device,
     guard: step::StepGuard,
     graphs: graph::StepGraphs,
+    /// Events of the decisions made before epoch 1 (the scheduled germinations), kept
+    /// for epoch 1's record.
+    opening_events: Vec<LifecycleEvent>,
 }
 
 /// The key of slot `slot`'s gate-network optimizer among the seed optimizers.
@@ -107,6 +110,7 @@ impl Trainer {
             config,
             device,
             guard: step::StepGuard::default(),
+            opening_events: Vec::new(),
         })
     }
 
@@ -132,7 +136,9 @@ impl Trainer {
         let side = self.graphs.side_stream()?;
         let start = self.history.last().map_or(0, |r| r.epoch);
         if start == 0 {
-            self.act(0, &mut Vec::new()); // scheduled germinations for epoch 1
+            let mut opening = Vec::new();
+            self.act(0, &mut opening); // scheduled germinations for epoch 1
+            self.opening_events = opening;
         }
         observer.run_started(start + 1, total);
         for epoch in start + 1..=total {
@@ -168,7 +174,7 @@ impl Trainer {
             };
             if let Err(e) = outcome {
                 tracing::debug!(action = ?action, "lifecycle action failed");
-                record(LifecycleEvent::ActionFailed { error: e.to_string() }, events);
+                record(seeds::failure_event(&self.registry, &action, &e), events);
             }
             self.collect_events(events);
         }

@@ -2,10 +2,11 @@
 //! the slot's channel count on the model's device, and hands it to the slot, which
 //! probes it and runs it. The model never sees the registry.
 
+use super::controller::Action;
 use crate::{
-    lifecycle::{BlendChoice, Lifecycle},
+    lifecycle::{BlendChoice, GerminationFailure, Lifecycle, LifecycleEvent},
     model::{ModelError, MorphogeneticModel},
-    plugin::{BlueprintRegistry, PluginSeed},
+    plugin::{BlueprintRegistry, PluginError, PluginSeed},
 };
 use serde_json::Value;
 
@@ -61,4 +62,41 @@ fn create(
 ) -> Result<PluginSeed, ModelError> {
     let channels = model.slot(slot)?.channels();
     Ok(registry.create_seed(blueprint, channels, options, model.device())?)
+}
+
+/// The event of a controller `action` that failed with `error`: for a germination, the
+/// slot, the blueprint, its library and why (the slot stays DORMANT); for any other
+/// action, its slot and the error.
+pub(super) fn failure_event(registry: &BlueprintRegistry, action: &Action, error: &ModelError) -> LifecycleEvent {
+    match action {
+        Action::Germinate { slot, blueprint, .. } => LifecycleEvent::GerminationFailed {
+            slot: slot.clone(),
+            blueprint: registry.resolve(blueprint).map_or_else(|_| blueprint.clone(), |(key, _)| key.to_string()),
+            plugin: registry.plugin_of(blueprint).map(|p| p.display().to_string()),
+            cause: germination_failure(error),
+            reason: error.to_string(),
+        },
+        other => LifecycleEvent::ActionFailed { slot: other.slot().to_string(), error: error.to_string() },
+    }
+}
+
+/// Why a germination failed with `error`.
+fn germination_failure(error: &ModelError) -> GerminationFailure {
+    use GerminationFailure as F;
+    match error {
+        ModelError::Plugin(e) => match e {
+            PluginError::UnknownBlueprint { .. } | PluginError::Ambiguous { .. } => F::UnknownBlueprint,
+            PluginError::BadOptions { .. } => F::BadOptions,
+            PluginError::Panicked { .. } => F::CreatePanicked,
+            PluginError::BadParameter { .. } => F::ParameterRefused,
+            _ => F::CreateFailed,
+        },
+        ModelError::ProbeRefused { .. } | ModelError::Seed(_) => F::ProbeRefused,
+        ModelError::Lifecycle { .. }
+        | ModelError::UnknownSlot { .. }
+        | ModelError::DuplicateSlot(_)
+        | ModelError::SeedMismatch { .. }
+        | ModelError::RestoreMismatch { .. } => F::SlotRefused,
+        ModelError::Host(_) | ModelError::Torch(_) => F::RuntimeFailed,
+    }
 }
