@@ -251,7 +251,7 @@ where
             _ => continue,
         };
         let (start, size) = segment.file_range(endian);
-        let end = start.checked_add(size).unwrap_or(u64::MAX);
+        let end = start.saturating_add(size);
         if end > len {
             return Err(ElfProblem::SegmentPastEnd { segment: kind, index, start, end, len });
         }
