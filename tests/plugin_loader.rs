@@ -415,3 +415,26 @@ fn no_command_ends_by_a_signal_for_a_broken_library_file() {
     assert_refused(&["plugins".as_ref(), "inspect".as_ref(), cut.as_os_str()], &dir, &words);
     assert_refused(&["config".as_ref(), "check".as_ref(), config.as_os_str()], &dir, &words);
 }
+
+#[test]
+fn resuming_a_run_whose_plugin_was_cut_short_is_refused_without_a_signal() {
+    let dir = temp_dir("resume-cut-plugin");
+    let plugin = dir.join("libnorm_copy.so");
+    std::fs::copy(plugin_lib("esper-norm"), &plugin).unwrap();
+    let job = SmallJob {
+        plugin: &plugin,
+        epochs: 1,
+        batch_size: 64,
+        memory_format: "contiguous",
+        blueprint: Some("norm"),
+        sections: "",
+    };
+    let config = write_file(&dir, "job.toml", &job.text());
+    let out = esper().arg("run").arg(&config).current_dir(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bytes = std::fs::read(&plugin).unwrap();
+    std::fs::write(&plugin, &bytes[..100_000]).unwrap();
+    let out_dir = dir.join("out");
+    let resume = ["run".as_ref(), "--resume".as_ref(), out_dir.as_os_str(), "--epochs".as_ref(), "2".as_ref()];
+    assert_refused(&resume, &dir, &["libnorm_copy.so"]);
+}
