@@ -9,7 +9,13 @@ use esper_conformance::{
 use esper_runtime::{isolation::seed_input, plugin::BlueprintRegistry};
 use esper_tests::{esper, plugin_lib};
 use serde_json::Value;
-use std::path::PathBuf;
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::process::ExitStatusExt,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
 use tch::Device;
 
 /// Package names of the shipped plugins: every `plugins/*/Cargo.toml`.
@@ -357,6 +363,14 @@ fn esper_conformance_passes_norm_with_exit_status_zero() {
     assert!(stdout.contains("pass  no_panic"), "{stdout}");
     assert!(stdout.lines().last().unwrap_or_default().starts_with("PASS: 1 blueprint(s)"), "{stdout}");
 
+    // Each check is printed on stderr as it finishes (from the blueprint's own process).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for check in Check::library().chain(Check::blueprint()) {
+        let scope = if Check::library().any(|c| c == check) { "(library)" } else { "cnn:norm" };
+        let line = stderr.lines().find(|l| l.starts_with("conformance: ") && l.contains(&format!(" {check} ")));
+        assert!(line.is_some_and(|l| l.contains(scope) && l.contains(" pass ")), "{check}:\n{stderr}");
+    }
+
     let out = esper().args(["conformance", "--json"]).arg(&lib).output().unwrap();
     assert!(out.status.success());
     let json: Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON on stdout");
@@ -404,4 +418,64 @@ fn esper_conformance_fails_a_broken_blueprint_with_a_non_zero_exit() {
     assert!(stdout.contains("FAIL  unknown_options"), "{stdout}");
     let out = esper().args(["conformance", "--blueprint", "attention"]).arg(&lib).output().unwrap();
     assert!(!out.status.success());
+}
+
+/// Runs `esper ARGS`, noting when each stderr line arrived: (exit status, stdout, stderr
+/// lines with their time since the start, time to the end).
+fn run_timed(
+    args: &[&str],
+    lib: &std::path::Path,
+) -> (std::process::ExitStatus, String, Vec<(Duration, String)>, Duration) {
+    let start = Instant::now();
+    let mut child =
+        esper().args(args).arg(lib).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start esper");
+    let stderr = child.stderr.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        BufReader::new(stderr).lines().map_while(Result::ok).map(|l| (start.elapsed(), l)).collect::<Vec<_>>()
+    });
+    let out = child.wait_with_output().unwrap();
+    let end = start.elapsed();
+    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), lines.join().unwrap(), end)
+}
+
+fn check_of<'a>(json: &'a Value, blueprint: &str, check: &str) -> &'a Value {
+    let b = json["blueprints"].as_array().unwrap().iter().find(|b| b["name"] == blueprint).expect(blueprint);
+    b["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == check)
+        .unwrap_or_else(|| panic!("{blueprint} {check}"))
+}
+
+#[test]
+fn esper_conformance_kills_a_hang_and_caps_a_hog_each_in_its_own_process() {
+    let lib = plugin_lib("esper-fixture-hostile");
+    let args = ["conformance", "--json", "--timeout-s", "5", "--memory-limit-gib", "2"];
+    let (status, stdout, stderr, end) = run_timed(&args, &lib);
+    let shown: String = stderr.iter().map(|(t, l)| format!("{:>6.2}s {l}\n", t.as_secs_f64())).collect();
+    assert!(status.code() == Some(1) && status.signal().is_none(), "{status:?}\n{shown}");
+    // `sleepy` sleeps 30 s per train-mode forward from the fourth on, many times over.
+    assert!(end < Duration::from_secs(25), "the hang was not cut at 5 s: {end:?}\n{shown}");
+    let json: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_eq!(json["blueprints"].as_array().unwrap().len(), 2, "both blueprints ran: {json:#}");
+
+    let time = check_of(&json, "cnn:sleepy", "time_limit");
+    let reason = time["reason"].as_str().unwrap();
+    assert_eq!(time["status"], "fail", "{time}");
+    assert!(reason.contains("`cnn:sleepy`") && reason.contains("time limit of 5 s"), "{reason}");
+    assert_eq!(check_of(&json, "cnn:sleepy", "create")["status"], "pass");
+    assert_eq!(check_of(&json, "cnn:sleepy", "no_panic")["status"], "skip");
+
+    let memory = check_of(&json, "cnn:hog", "memory_limit");
+    let reason = memory["reason"].as_str().unwrap();
+    assert_eq!(memory["status"], "fail", "{memory}");
+    assert!(reason.contains("`cnn:hog`") && reason.contains("memory cap of 2 GiB"), "{reason}");
+    assert!(reason.contains("can't allocate memory"), "libtorch's refusal, under the cap: {reason}");
+    assert_eq!(check_of(&json, "cnn:hog", "no_panic")["status"], "pass", "hog's process ran to its end");
+
+    // Each check was printed as it finished: sleepy's `create` long before the end.
+    let create = stderr.iter().find(|(_, l)| l.contains("cnn:sleepy") && l.contains(" create "));
+    let (at, _) = create.unwrap_or_else(|| panic!("no progress line for sleepy's create:\n{shown}"));
+    assert!(end.saturating_sub(*at) >= Duration::from_secs(1), "printed only at the end ({at:?} of {end:?}):\n{shown}");
 }

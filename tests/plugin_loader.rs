@@ -1,10 +1,16 @@
 //! The plugin loader and the `norm` plugin, through the real built libraries.
 
 use esper_plugin_api::abi::{AbiVersion, ABI_VERSION};
-use esper_runtime::plugin::{library_file_name, BlueprintRegistry, OptionsSchema, PluginError, PluginKind};
-use esper_tests::{plugin_lib, target_dir, temp_dir};
+use esper_runtime::plugin::{
+    library_file_name, BlueprintRegistry, ElfProblem, FileProblem, LoadedPlugin, OptionsSchema, PluginError,
+    PluginKind, Segment,
+};
+use esper_tests::{esper, plugin_lib, stderr, stdout, target_dir, temp_dir, write_file, SmallJob};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::{
+    os::unix::process::ExitStatusExt,
+    path::{Path, PathBuf},
+};
 use tch::{Device, Kind, Tensor};
 
 fn registry_with(crates: &[&str]) -> BlueprintRegistry {
@@ -94,7 +100,10 @@ fn a_file_that_is_no_library_is_not_a_plugin() {
     std::fs::write(&path, b"this is not an ELF file").unwrap();
     let e = load_err(&path);
     let msg = e.to_string();
-    assert!(matches!(e, PluginError::NotAPlugin { .. }), "{e:?}");
+    assert!(
+        matches!(&e, PluginError::BadFile { problem: FileProblem::Elf(ElfProblem::NotElf { .. }), .. }),
+        "refused before the dynamic loader: {e:?}"
+    );
     assert!(msg.contains("libgarbage.so") && msg.contains("cannot open it as a shared library"), "{msg}");
 }
 
@@ -318,4 +327,132 @@ fn a_current_plugin_without_a_schema_says_so() {
     assert_eq!((plugin.kind(), plugin.abi_version()), (PluginKind::Native, ABI_VERSION));
     assert_eq!(r.options_schema("norm").unwrap(), OptionsSchema::NotPublished);
     assert!(matches!(r.options_schema("nothing"), Err(PluginError::UnknownBlueprint { .. })));
+}
+
+/// Broken library files, each with a word its refusal must say: cut copies of the real
+/// `norm` plugin (4 KB, 100 KB, 1 MiB, one byte short), an empty file, a file that is no
+/// ELF, `norm` with its machine patched to aarch64, a directory named like a library, and
+/// a symbolic link loop.
+fn broken_libraries(dir: &Path) -> Vec<(PathBuf, &'static str)> {
+    let norm = std::fs::read(plugin_lib("esper-norm")).unwrap();
+    let mut cases = Vec::new();
+    for (name, cut) in [("4k", 4096), ("100k", 100_000), ("1m", 1 << 20), ("short1", norm.len() - 1)] {
+        cases.push((write_bytes(dir, &format!("libcut_{name}.so"), &norm[..cut]), "the file is truncated"));
+    }
+    cases.push((write_bytes(dir, "libempty.so", b""), "the file is empty (0 bytes"));
+    cases.push((write_bytes(dir, "libtext.so", b"#!/bin/sh\necho I am no library\n"), "not an ELF file"));
+    let mut aarch64 = norm.clone();
+    aarch64[18..20].copy_from_slice(&183u16.to_le_bytes()); // e_machine: EM_AARCH64
+    cases.push((write_bytes(dir, "libaarch64.so", &aarch64), "built for aarch64"));
+    let folder = dir.join("libfolder.so");
+    std::fs::create_dir_all(&folder).unwrap();
+    cases.push((folder, "folder"));
+    let (a, b) = (dir.join("libloop_a.so"), dir.join("libloop_b.so"));
+    std::os::unix::fs::symlink(&b, &a).unwrap();
+    std::os::unix::fs::symlink(&a, &b).unwrap();
+    cases.push((a, "symbolic link loop"));
+    cases
+}
+
+fn write_bytes(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn broken_library_files_are_refused_before_the_dynamic_loader_sees_them() {
+    let dir = temp_dir("broken-files");
+    for (path, why) in broken_libraries(&dir) {
+        let e = load_err(&path);
+        let msg = e.to_string();
+        assert!(msg.contains(&*path.file_name().unwrap().to_string_lossy()) && msg.contains(why), "{msg}");
+        if path.is_dir() {
+            assert!(matches!(e, PluginError::EmptyFolder { .. }), "a folder is a folder of plugins: {e:?}");
+            let e = LoadedPlugin::load(&path).unwrap_err();
+            assert!(matches!(e, PluginError::BadFile { problem: FileProblem::Directory, .. }), "{e:?}");
+        } else {
+            assert!(matches!(e, PluginError::BadFile { .. }), "{path:?}: {e:?}");
+        }
+    }
+    let cut = dir.join("libcut_100k.so");
+    let e = load_err(&cut);
+    let PluginError::BadFile { problem: FileProblem::Elf(problem), .. } = &e else { panic!("{e:?}") };
+    assert!(matches!(problem, ElfProblem::SegmentPastEnd { segment: Segment::Load, len: 100_000, .. }), "{e:?}");
+    // Pinned, the bytes read for the hash are checked before the private copy is opened.
+    let sha = esper_runtime::config::sha256_hex(&cut).unwrap();
+    let e = BlueprintRegistry::new().load_pinned(&cut, Some(&sha)).unwrap_err();
+    assert!(matches!(e, PluginError::BadFile { problem: FileProblem::Elf(ElfProblem::SegmentPastEnd { .. }), .. }));
+    assert!(e.to_string().contains(&*cut.canonicalize().unwrap().to_string_lossy()), "names the original: {e}");
+}
+
+/// `esper ARGS` ended by an exit status of 1 or 2 (never a signal), saying `words`.
+fn assert_refused(args: &[&std::ffi::OsStr], dir: &Path, words: &[&str]) {
+    let out = esper().args(args).current_dir(dir).output().unwrap();
+    let text = format!("{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        out.status.code().is_some() && out.status.signal().is_none(),
+        "esper {args:?} ended by a signal: {:?}\n{text}",
+        out.status
+    );
+    assert!(matches!(out.status.code(), Some(1 | 2)), "esper {args:?}: {:?}\n{text}", out.status);
+    for w in words {
+        assert!(text.contains(w), "esper {args:?} should say {w:?}:\n{text}");
+    }
+}
+
+#[test]
+fn no_command_ends_by_a_signal_for_a_broken_library_file() {
+    let dir = temp_dir("broken-files-cli");
+    // One thread per file: each command is a process start, most of it waiting.
+    std::thread::scope(|scope| {
+        for (path, why) in broken_libraries(&dir) {
+            let dir = &dir;
+            scope.spawn(move || {
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                let words = [name.as_str(), why];
+                assert_refused(&["plugins".as_ref(), "list".as_ref(), path.as_os_str()], dir, &words);
+                assert_refused(&["conformance".as_ref(), path.as_os_str()], dir, &words);
+                let job = SmallJob {
+                    plugin: &path,
+                    epochs: 1,
+                    batch_size: 64,
+                    memory_format: "contiguous",
+                    blueprint: None,
+                    sections: "",
+                };
+                let config = write_file(dir, &format!("{name}.toml"), &job.text());
+                let output = dir.join(format!("out-{name}"));
+                let run = ["run".as_ref(), config.as_os_str(), "--output".as_ref(), output.as_os_str()];
+                assert_refused(&run, dir, &words);
+            });
+        }
+    });
+    let (cut, config) = (dir.join("libcut_4k.so"), dir.join("libcut_4k.so.toml"));
+    let words = ["libcut_4k.so", "the file is truncated"];
+    assert_refused(&["plugins".as_ref(), "inspect".as_ref(), cut.as_os_str()], &dir, &words);
+    assert_refused(&["config".as_ref(), "check".as_ref(), config.as_os_str()], &dir, &words);
+}
+
+#[test]
+fn resuming_a_run_whose_plugin_was_cut_short_is_refused_without_a_signal() {
+    let dir = temp_dir("resume-cut-plugin");
+    let plugin = dir.join("libnorm_copy.so");
+    std::fs::copy(plugin_lib("esper-norm"), &plugin).unwrap();
+    let job = SmallJob {
+        plugin: &plugin,
+        epochs: 1,
+        batch_size: 64,
+        memory_format: "contiguous",
+        blueprint: Some("norm"),
+        sections: "",
+    };
+    let config = write_file(&dir, "job.toml", &job.text());
+    let out = esper().arg("run").arg(&config).current_dir(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bytes = std::fs::read(&plugin).unwrap();
+    std::fs::write(&plugin, &bytes[..100_000]).unwrap();
+    let out_dir = dir.join("out");
+    let resume = ["run".as_ref(), "--resume".as_ref(), out_dir.as_os_str(), "--epochs".as_ref(), "2".as_ref()];
+    assert_refused(&resume, &dir, &["libnorm_copy.so"]);
 }

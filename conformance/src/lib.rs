@@ -3,7 +3,8 @@
 //! Three ways in, one suite:
 //!
 //! * `esper conformance LIB [--blueprint NAME] [--json]`: a readable report (or JSON) and
-//!   a non-zero exit status when a check fails;
+//!   a non-zero exit status when a check fails; each blueprint's checks run in a process
+//!   of their own under a time limit and a memory cap ([`run_suite_isolated`]);
 //! * [`conformance_test!`](crate::conformance_test): one line in a plugin crate's tests;
 //! * [`run_suite`] from Rust (the workspace tests run it on every shipped plugin and on
 //!   the broken fixtures).
@@ -17,18 +18,23 @@
 //! The suite never panics itself.
 
 mod checks;
+mod child;
 mod report;
+mod supervise;
 mod table;
+pub mod wire;
 
 pub use checks::{
     guarded, host_isolation_with, Subject, BATCHES, CHANNELS, ESTIMATE_FACTOR, KNOWN_TOPOLOGIES, PRIMARY_CHANNELS,
     SIZES, UNKNOWN_OPTION,
 };
+pub use child::{apply_memory_cap, serve_blueprint, MemoryCap};
 pub use report::{BlueprintReport, Check, CheckResult, HandshakeReport, Status, SuiteReport, Summary};
+pub use supervise::{run_suite_isolated, Limits, Progress};
 pub use table::{CheckSpec, Runner, Scope, CHECKS};
 
 use esper_runtime::{device::cuda_available, plugin::BlueprintRegistry};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::Device;
 
 /// What to run.
@@ -49,58 +55,106 @@ pub fn default_move_target() -> Device {
     }
 }
 
-/// Runs the suite on the plugin library at `library`.
+/// Runs the suite on the plugin library at `library`, every blueprint in this process.
 pub fn run_suite(library: &Path, options: &SuiteOptions) -> SuiteReport {
-    let target = options.move_to.unwrap_or_else(default_move_target);
-    let target_name = checks::device_name(target);
-    let plugin = library.to_path_buf();
-    let mut registry = BlueprintRegistry::new();
-    let loaded = if library.is_dir() {
-        Err(format!("{} is a folder; give one plugin library file", library.display()))
-    } else {
-        registry.load(library).map_err(|e| e.to_string())
+    let prepared = match Prepared::new(library, options) {
+        Ok(prepared) => prepared,
+        Err(report) => return *report,
     };
-    if let Err(e) = loaded {
-        let checks = vec![
-            CheckResult::fail(Check::Handshake, e),
-            CheckResult::skip(Check::Blueprints, "the library did not load"),
-        ];
-        return SuiteReport::new(plugin, None, target_name, checks, Vec::new());
-    }
-    let (handshake, handshake_check) = handshake(&registry);
-    let mut checks = vec![handshake_check];
-    let keys: Vec<String> = registry.list().map(|(k, _, _)| k.to_string()).collect();
-    let selected = match &options.blueprint {
-        None if keys.is_empty() => {
-            checks.push(CheckResult::fail(
-                Check::Blueprints,
-                "the library exports no blueprint (no register_blueprint!)",
-            ));
-            Vec::new()
+    let blueprints = prepared
+        .selected
+        .iter()
+        .map(|key| blueprint_report(&prepared.registry, key, prepared.target, &mut |_| {}))
+        .collect();
+    prepared.finish(blueprints)
+}
+
+/// The library loaded and its library-level checks run: what the blueprints' checks
+/// start from, in this process or in one per blueprint ([`run_suite_isolated`]).
+pub(crate) struct Prepared {
+    plugin: PathBuf,
+    registry: BlueprintRegistry,
+    target: Device,
+    handshake: Option<HandshakeReport>,
+    /// The library-level results ([`Check::library`]).
+    checks: Vec<CheckResult>,
+    /// The keys of the blueprints to check.
+    selected: Vec<String>,
+}
+
+impl Prepared {
+    /// Loads `library` and runs the library-level checks; the whole (failed) report when
+    /// it does not load.
+    fn new(library: &Path, options: &SuiteOptions) -> Result<Self, Box<SuiteReport>> {
+        let target = options.move_to.unwrap_or_else(default_move_target);
+        let plugin = library.to_path_buf();
+        let mut registry = BlueprintRegistry::new();
+        let loaded = if library.is_dir() {
+            Err(format!("{} is a folder; give one plugin library file", library.display()))
+        } else {
+            registry.load(library).map_err(|e| e.to_string())
+        };
+        if let Err(e) = loaded {
+            let checks = vec![
+                CheckResult::fail(Check::Handshake, e),
+                CheckResult::skip(Check::Blueprints, "the library did not load"),
+            ];
+            return Err(Box::new(SuiteReport::new(plugin, None, checks::device_name(target), checks, Vec::new())));
         }
-        None => {
-            checks.push(CheckResult::pass(Check::Blueprints, format!("{}: {}", keys.len(), keys.join(", "))));
-            keys
-        }
-        Some(name) => match registry.resolve(name) {
-            Ok((key, _)) => {
-                checks.push(CheckResult::pass(Check::Blueprints, format!("checking `{key}` of: {}", keys.join(", "))));
-                vec![key.to_string()]
-            }
-            Err(e) => {
-                checks.push(CheckResult::fail(Check::Blueprints, e.to_string()));
+        let (handshake, handshake_check) = handshake(&registry);
+        let mut checks = vec![handshake_check];
+        let keys: Vec<String> = registry.list().map(|(k, _, _)| k.to_string()).collect();
+        let selected = match &options.blueprint {
+            None if keys.is_empty() => {
+                checks.push(CheckResult::fail(
+                    Check::Blueprints,
+                    "the library exports no blueprint (no register_blueprint!)",
+                ));
                 Vec::new()
             }
-        },
-    };
-    let blueprints = selected
-        .iter()
-        .map(|key| match Subject::new(&registry, key) {
-            Ok(subject) => run_blueprint(&subject, target),
-            Err(e) => BlueprintReport::new(key.clone(), vec![CheckResult::fail(Check::Create, e.to_string())]),
-        })
-        .collect();
-    SuiteReport::new(plugin, handshake, target_name, checks, blueprints)
+            None => {
+                checks.push(CheckResult::pass(Check::Blueprints, format!("{}: {}", keys.len(), keys.join(", "))));
+                keys
+            }
+            Some(name) => match registry.resolve(name) {
+                Ok((key, _)) => {
+                    checks.push(CheckResult::pass(
+                        Check::Blueprints,
+                        format!("checking `{key}` of: {}", keys.join(", ")),
+                    ));
+                    vec![key.to_string()]
+                }
+                Err(e) => {
+                    checks.push(CheckResult::fail(Check::Blueprints, e.to_string()));
+                    Vec::new()
+                }
+            },
+        };
+        Ok(Self { plugin, registry, target, handshake, checks, selected })
+    }
+
+    /// The report, with the blueprints' results.
+    fn finish(self, blueprints: Vec<BlueprintReport>) -> SuiteReport {
+        SuiteReport::new(self.plugin, self.handshake, checks::device_name(self.target), self.checks, blueprints)
+    }
+}
+
+/// The report of blueprint `key` of `registry` (a failed `create` when it cannot be
+/// resolved), telling `observe` of each check as it starts and ends.
+fn blueprint_report(
+    registry: &BlueprintRegistry,
+    key: &str,
+    move_to: Device,
+    observe: &mut dyn FnMut(CheckEvent<'_>),
+) -> BlueprintReport {
+    match Subject::new(registry, key) {
+        Ok(subject) => run_blueprint_observed(&subject, move_to, observe),
+        Err(e) => {
+            let result = CheckResult::fail(Check::Create, e.to_string());
+            observe(CheckEvent::Finished(&result));
+            BlueprintReport::new(key.to_string(), vec![result])
+        }
+    }
 }
 
 fn handshake(registry: &BlueprintRegistry) -> (Option<HandshakeReport>, CheckResult) {
@@ -143,24 +197,45 @@ fn handshake(registry: &BlueprintRegistry) -> (Option<HandshakeReport>, CheckRes
     (Some(report), check)
 }
 
+/// A blueprint check starting or ending.
+#[derive(Debug, Clone, Copy)]
+pub enum CheckEvent<'a> {
+    Started(Check),
+    Finished(&'a CheckResult),
+}
+
 /// Runs every blueprint check of the table on one blueprint, in order. When no seed can
 /// be created, the checks that need one are skipped, saying why (`create` itself fails).
 /// Every check runs guarded: an error on the runtime's side fails that check only.
 pub fn run_blueprint(subject: &Subject<'_>, move_to: Device) -> BlueprintReport {
+    run_blueprint_observed(subject, move_to, &mut |_| {})
+}
+
+/// [`run_blueprint`], telling `observe` of each check as it starts and ends.
+pub fn run_blueprint_observed(
+    subject: &Subject<'_>,
+    move_to: Device,
+    observe: &mut dyn FnMut(CheckEvent<'_>),
+) -> BlueprintReport {
     let mut no_seed = None;
     let mut results = Vec::new();
     for spec in &CHECKS {
-        let result = match spec.scope {
-            Scope::Library => continue,
-            Scope::Seed(run) => {
-                let no_seed = no_seed.get_or_insert_with(|| subject.create(PRIMARY_CHANNELS).err());
-                match no_seed {
-                    Some(e) => CheckResult::skip(spec.check, format!("no seed to check: {e}")),
-                    None => guarded(spec.check, || run(subject, move_to)),
-                }
-            }
-            Scope::Blueprint(run) => guarded(spec.check, || run(subject, move_to)),
+        let (run, needs_seed) = match spec.scope {
+            Scope::Library | Scope::Process => continue,
+            Scope::Seed(run) => (run, true),
+            Scope::Blueprint(run) => (run, false),
         };
+        observe(CheckEvent::Started(spec.check));
+        let missing_seed = if needs_seed {
+            no_seed.get_or_insert_with(|| subject.create(PRIMARY_CHANNELS).err()).as_ref()
+        } else {
+            None
+        };
+        let result = match missing_seed {
+            Some(e) => CheckResult::skip(spec.check, format!("no seed to check: {e}")),
+            None => guarded(spec.check, || run(subject, move_to)),
+        };
+        observe(CheckEvent::Finished(&result));
         results.push(result);
     }
     BlueprintReport::new(subject.key().to_string(), results)

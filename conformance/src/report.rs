@@ -1,11 +1,11 @@
 //! What the conformance suite reports: one [`CheckResult`] per check, grouped per
 //! blueprint, with serde `Serialize` for `--json` and a readable rendering.
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::{fmt, path::PathBuf};
 
 /// The outcome of one check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Pass,
@@ -30,7 +30,7 @@ impl Status {
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.label())
+        f.pad(self.label())
     }
 }
 
@@ -57,6 +57,10 @@ pub enum Check {
     ParamEstimate,
     UnknownOptions,
     NoPanic,
+    // Per blueprint, reported by `esper conformance`'s process supervisor only.
+    TimeLimit,
+    MemoryLimit,
+    ChildProcess,
 }
 
 impl Check {
@@ -82,19 +86,31 @@ impl Check {
 
     /// The checks run for each blueprint, in report order.
     pub fn blueprint() -> impl Iterator<Item = Check> {
-        super::table::CHECKS.iter().filter(|s| !s.scope.is_library()).map(|s| s.check)
+        super::table::CHECKS.iter().filter(|s| s.scope.runs_per_blueprint()).map(|s| s.check)
+    }
+
+    /// The check named `name` (as [`Check::name`] gives it).
+    pub fn from_name(name: &str) -> Option<Check> {
+        super::table::CHECKS.iter().find(|s| s.name == name).map(|s| s.check)
     }
 }
 
 impl fmt::Display for Check {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.pad(self.name())
     }
 }
 
 impl Serialize for Check {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Check {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Check::from_name(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown check `{name}`")))
     }
 }
 

@@ -20,11 +20,18 @@ pub enum Scope {
     Blueprint(Runner),
     /// For each blueprint that can create a seed (skipped, saying why, otherwise).
     Seed(Runner),
+    /// Reported for a blueprint by `esper conformance`, which runs each blueprint's
+    /// checks in a process of its own, only when that process breaks a limit or dies.
+    Process,
 }
 
 impl Scope {
     pub fn is_library(self) -> bool {
         matches!(self, Scope::Library)
+    }
+    /// Run by [`run_blueprint`](crate::run_blueprint) for each blueprint.
+    pub fn runs_per_blueprint(self) -> bool {
+        matches!(self, Scope::Blueprint(_) | Scope::Seed(_))
     }
 }
 
@@ -37,8 +44,9 @@ pub struct CheckSpec {
     pub scope: Scope,
 }
 
-/// Every check, in report order (`no_panic` last: it sums up the others' panics).
-pub const CHECKS: [CheckSpec; 16] = [
+/// Every check, in report order (`no_panic` last of those run: it sums up the others'
+/// panics; the process supervisor's after it).
+pub const CHECKS: [CheckSpec; 19] = [
     CheckSpec {
         check: Check::Handshake,
         name: "handshake",
@@ -143,6 +151,28 @@ pub const CHECKS: [CheckSpec; 16] = [
         what: "no create, forward or drop panicked (panics are contained by the ABI and reported here)",
         scope: Scope::Blueprint(|s, _| checks::no_panic(s)),
     },
+    CheckSpec {
+        check: Check::TimeLimit,
+        name: "time_limit",
+        what: "the blueprint's checks finish within `esper conformance --timeout-s` (no forward, backward or create \
+               hangs)",
+        scope: Scope::Process,
+    },
+    CheckSpec {
+        check: Check::MemoryLimit,
+        name: "memory_limit",
+        what:
+            "the blueprint's checks stay within `esper conformance --memory-limit-gib` (no allocation fails for want \
+               of memory)",
+        scope: Scope::Process,
+    },
+    CheckSpec {
+        check: Check::ChildProcess,
+        name: "child_process",
+        what: "the process running the blueprint's checks reports every check and exits normally (no signal, no \
+               abort)",
+        scope: Scope::Process,
+    },
 ];
 
 #[cfg(test)]
@@ -155,7 +185,11 @@ mod tests {
             assert_eq!(spec.check as usize, i, "{} is out of order", spec.name);
             assert!(CHECKS[..i].iter().all(|s| s.name != spec.name), "{} twice", spec.name);
         }
-        assert_eq!(Check::library().count() + Check::blueprint().count(), CHECKS.len());
+        let process = CHECKS.iter().filter(|s| matches!(s.scope, Scope::Process)).count();
+        assert_eq!(Check::library().count() + Check::blueprint().count() + process, CHECKS.len());
         assert_eq!(Check::blueprint().last(), Some(Check::NoPanic), "no_panic sums up the others: last");
+        for spec in &CHECKS {
+            assert_eq!(Check::from_name(spec.name), Some(spec.check));
+        }
     }
 }

@@ -33,6 +33,10 @@ const MAX_BLUEPRINTS: usize = 4096;
 impl PortableLibrary {
     /// Opens `file` as a portable plugin: `None` when it is no loadable library or does
     /// not export `esper_portable_plugin` (then it may be a native plugin).
+    ///
+    /// `file` goes straight to the dynamic loader, which trusts its headers: a library
+    /// cut short crashes the process (SIGBUS). Give only a file whose ELF headers were
+    /// checked, as the runtime's loader does (`esper_runtime::plugin`, the only caller).
     pub fn open(file: &Path) -> Option<Result<PortableLibrary, PortableLoadError>> {
         // SAFETY: loading a plugin runs its initialisers; that is what loading a plugin
         // means (the native path does the same through abi_stable).

@@ -28,7 +28,9 @@ impl PluginSource {
     /// The file exists and, when a sha256 is given, matches it now (an early answer
     /// only: the load checks the pin again on the bytes it loads).
     pub fn check(&self, config: &Path) -> Result<(), ConfigError> {
-        if !self.path.exists() {
+        // Only when nothing is there: anything else (a symbolic link loop, say) is named
+        // by the loader.
+        if std::fs::symlink_metadata(&self.path).is_err() {
             return Err(ConfigError::MissingPlugin { path: config.to_path_buf(), plugin: self.path.clone() });
         }
         let Some(expected) = &self.sha256 else { return Ok(()) };

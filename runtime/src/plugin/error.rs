@@ -1,6 +1,7 @@
 //! Errors of the plugin loader and blueprint registry. Each names the file (or the
 //! blueprint) and the cause.
 
+use super::FileProblem;
 use esper_plugin_api::abi::Mismatch;
 use std::path::PathBuf;
 use thiserror::Error;
@@ -9,6 +10,11 @@ use thiserror::Error;
 pub enum PluginError {
     #[error("plugin library {path} does not exist")]
     NotFound { path: PathBuf },
+
+    /// Refused before the dynamic loader saw it (a directory, a symbolic link loop, a
+    /// truncated library, one for another architecture, not ELF at all, ...).
+    #[error("plugin {path}: cannot open it as a shared library: {problem}; nothing was loaded")]
+    BadFile { path: PathBuf, problem: FileProblem },
 
     #[error("{path} is not an Esper plugin: {cause}")]
     NotAPlugin { path: PathBuf, cause: String },

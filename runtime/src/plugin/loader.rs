@@ -2,14 +2,19 @@
 //! check the handshake (ABI version by the compatibility rule, libtorch and tch by
 //! equality), list its blueprints.
 //!
-//! A pinned load ([`LoadedPlugin::load_pinned`]) hashes and opens the *same bytes*: the
-//! file is read once, its sha256 compared with the pin, and exactly those bytes written
-//! to a private copy (a fresh folder of mode 0700 under the temp folder, the file 0600,
-//! both created exclusively), which is what the dynamic loader opens; the copy is
-//! unlinked right after (the mapping stays valid). Replacing the original file between
-//! the check and the load therefore changes nothing. Messages name the original path.
+//! Before the dynamic loader sees a file, its ELF headers are checked ([`super::elf`]):
+//! `dlopen` of a library cut short crashes the process. Only a [`Vetted`] file is opened.
+//!
+//! A pinned load ([`LoadedPlugin::load_pinned`]) hashes, checks and opens the *same
+//! bytes*: the file is read once, its sha256 compared with the pin, and exactly those
+//! bytes written to a private copy (a fresh folder of mode 0700 under the temp folder,
+//! the file 0600, both created exclusively), which is what the dynamic loader opens; the
+//! copy is unlinked right after (the mapping stays valid). Replacing the original file
+//! between the check and the load therefore changes nothing. Messages name the original
+//! path. An unpinned load reads only the headers it checks, from the file it then
+//! opens by path: a file rewritten in place between the two is not covered (pin it).
 
-use super::{OptionsSchema, PluginError, PluginKind};
+use super::{elf::Vetted, library_file::regular_file, FileProblem, OptionsSchema, PluginError, PluginKind};
 use abi_stable::library::{lib_header_from_path, LibraryError};
 use esper_plugin_api::{
     abi::{init_root_module, AbiVersion, BlueprintDescriptor, Handshake, Mismatch, PluginRootRef, ABI_VERSION},
@@ -43,20 +48,18 @@ pub(crate) enum Library {
 impl LoadedPlugin {
     /// Opens and checks the plugin library at `path`.
     pub fn load(path: &Path) -> Result<Self, PluginError> {
-        if !path.is_file() {
-            return Err(PluginError::NotFound { path: path.to_path_buf() });
-        }
-        let path = path.canonicalize().map_err(|_| PluginError::NotFound { path: path.to_path_buf() })?;
-        Self::open(&path, path.clone(), None)
+        let path = regular_file(path)?;
+        let refuse = |problem: FileProblem| PluginError::BadFile { path: path.clone(), problem };
+        let file = std::fs::File::open(&path).map_err(|e| refuse(FileProblem::Unreadable { cause: e.to_string() }))?;
+        let headers = object::ReadCache::new(&file);
+        let vetted = Vetted::new(&path, &headers).map_err(|e| refuse(e.into()))?;
+        Self::open(vetted, path.clone(), None)
     }
 
     /// Loads the library at `path` only if its bytes hash to `expected_sha256` (hex, any
     /// case), and loads exactly the bytes hashed (see the module docs).
     pub fn load_pinned(path: &Path, expected_sha256: &str) -> Result<Self, PluginError> {
-        if !path.is_file() {
-            return Err(PluginError::NotFound { path: path.to_path_buf() });
-        }
-        let original = path.canonicalize().map_err(|_| PluginError::NotFound { path: path.to_path_buf() })?;
+        let original = regular_file(path)?;
         let pinned = |cause: String| PluginError::Pinned { path: original.clone(), cause };
         let bytes = std::fs::read(&original).map_err(|e| pinned(format!("cannot read it: {e}")))?;
         let actual = sha256_hex(&bytes);
@@ -67,14 +70,18 @@ impl LoadedPlugin {
         let file_name = original.file_name().map_or_else(|| "plugin".into(), |n| n.to_os_string());
         let copy = PrivateCopy::write(&bytes, &file_name)
             .map_err(|e| pinned(format!("cannot write a private copy to load: {e}")))?;
-        let loaded = Self::open(copy.path(), original, Some(actual));
+        let vetted = Vetted::new(copy.path(), &bytes[..])
+            .map_err(|e| PluginError::BadFile { path: original.clone(), problem: e.into() })?;
+        let loaded = Self::open(vetted, original, Some(actual));
         drop(copy); // unlinked: the loader keeps its mapping
         loaded
     }
 
-    /// Opens the library file `file`, naming it `path` in messages and afterwards: a
-    /// portable plugin when it exports the portable entry point, else a native one.
-    fn open(file: &Path, path: PathBuf, sha256: Option<String>) -> Result<Self, PluginError> {
+    /// Opens the checked library file `vetted`, naming it `path` in messages and
+    /// afterwards: a portable plugin when it exports the portable entry point, else a
+    /// native one.
+    fn open(vetted: Vetted<'_>, path: PathBuf, sha256: Option<String>) -> Result<Self, PluginError> {
+        let file = vetted.file();
         if let Some(portable) = PortableLibrary::open(file) {
             let library = portable.map_err(|e| match e {
                 PortableLoadError::Version(m) => {
