@@ -278,8 +278,9 @@ fn nan_host_weights_in_a_resumed_checkpoint_end_the_run_as_the_hosts_fault() {
     }
 }
 
-/// An observer that fills a host weight with NaN after the given batches of the given
-/// epoch (or, with batch `None`, as that epoch starts, before its first good state).
+/// An observer that fills a host tensor (the first convolution weight, or the first
+/// named `*tensor`) with NaN after the given batches of the given epoch (or, with batch
+/// `None`, as that epoch starts, before its first good state).
 struct Poison {
     weight: tch::Tensor,
     epoch: u32,
@@ -290,9 +291,13 @@ struct Poison {
 
 impl Poison {
     fn new(trainer: &Trainer, epoch: u32, after: Vec<Option<usize>>) -> Self {
+        Self::named(trainer, "weight", epoch, after)
+    }
+
+    fn named(trainer: &Trainer, tensor: &str, epoch: u32, after: Vec<Option<usize>>) -> Self {
         let vars = trainer.model().host_vars().variables();
-        let weight =
-            vars.iter().filter(|(n, t)| n.ends_with("weight") && t.dim() == 4).min_by_key(|(n, _)| (*n).clone());
+        let wanted = |n: &str, t: &tch::Tensor| n.ends_with(tensor) && (tensor != "weight" || t.dim() == 4);
+        let weight = vars.iter().filter(|(n, t)| wanted(n, t)).min_by_key(|(n, _)| (*n).clone());
         Self { weight: weight.unwrap().1.shallow_clone(), epoch, after, current: 0, batches: 0 }
     }
 
@@ -457,5 +462,22 @@ fn a_seed_going_non_finite_while_it_blends_is_still_the_one_pruned() {
     assert!(t.history().iter().all(|r| r.train_loss.is_finite() && r.val_loss.is_finite()), "{:?}", t.history());
     for (name, p) in t.model().host_vars().variables() {
         assert!(bool::try_from(p.isfinite().all()).unwrap(), "host tensor `{name}` is not finite");
+    }
+}
+
+#[test]
+fn a_non_finite_validation_loss_that_the_host_alone_gives_ends_the_run_as_the_hosts_fault() {
+    // A NaN BatchNorm running variance: training (batch statistics) stays finite,
+    // validation (running statistics) does not, with or without a seed in TRAINING.
+    for seed in [false, true] {
+        let mut t = trainer(&temp_dir(&format!("host-fault-validation-{seed}")), seed, 2);
+        let mut poison = Poison::named(&t, "running_var", 2, vec![None]);
+        let e = format!("{:#}", t.run(&mut poison).unwrap_err());
+        assert!(e.starts_with("epoch 2: training failed on the host's side"), "{e}");
+        assert!(e.contains("host fault: the host's own validation loss is not finite"), "{e}");
+        assert!(e.contains("running_var`, 1 of the host's"), "{e}");
+        let evidence = if seed { "the seeds running are in TRAINING" } else { "no seed's output was non-finite" };
+        assert!(e.contains(evidence), "{e}");
+        assert!(!events_of(&t).iter().any(|e| e.contains("pruned")), "{:?}", events_of(&t));
     }
 }

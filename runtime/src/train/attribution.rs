@@ -6,14 +6,17 @@
 //! epoch's loss sum, the only read of a step without seeds), and at validation. Then:
 //!
 //! * **A seed** is blamed only when the host alone is finite: its output flag (or its
-//!   gradient) is non-finite while the host's loss is finite (every blend of a
-//!   non-finite host stream is non-finite, so a finite loss means a finite host), or,
-//!   when the host's loss is not finite either and a flagged seed blends into the host's
-//!   stream, the same batch through the host alone (seeds bypassed) is finite.
+//!   gradient) is non-finite while the host's loss and gradient are finite (every blend
+//!   of a non-finite host stream is non-finite, so a finite loss means a finite host),
+//!   or, when the host's are not finite either and a flagged seed blends into the host's
+//!   stream, the same batch through the host alone (seeds bypassed, forward and
+//!   backward) gives a finite loss and finite host gradients.
 //! * **The host** is at fault when its loss (or its gradient) is not finite and no seed's
 //!   flag is set, or every running seed is in TRAINING (there the forward is the host's
 //!   own and the host trains exactly as without the seed, so no seed can have made it),
 //!   or the host alone is not finite on the same batch either; and when no seed runs.
+//!   Being judged from the last good state, a seed that made the host's weights
+//!   non-finite after it (through the blend's gradients) is still the one blamed.
 //!
 //! **What a host fault does.** At a step read the training state goes back to the last
 //! good state (as for a seed), the seeds' flags are cleared (the host's values reached
@@ -175,15 +178,29 @@ impl Trainer {
         Ok((!self.host_alone_finite(x, y)?).then_some(Evidence::HostAloneNonFinite))
     }
 
-    /// The batch through the host alone (train mode, no gradients): is its loss finite?
-    /// The BatchNorm statistics it moves are put back.
+    /// The batch through the host alone (train mode, seeds bypassed, forward and
+    /// backward): are its loss and the host's gradients finite? The BatchNorm statistics
+    /// it moves are put back; the gradients it leaves are zeroed by the retried step.
     fn host_alone_finite(&mut self, x: &Tensor, y: &Tensor) -> Result<bool> {
-        let finite = tch::no_grad(|| -> Result<bool> {
-            let logits = self.model.forward_host_only(x, true)?;
-            Ok(all_finite(&cross_entropy(&logits, y)?)?)
-        });
+        let finite = self.host_alone_step(x, y);
         self.guard.good.restore()?;
         finite
+    }
+
+    fn host_alone_step(&mut self, x: &Tensor, y: &Tensor) -> Result<bool> {
+        self.host_opt.zero_grad()?;
+        let loss = cross_entropy(&self.model.forward_host_only(x, true)?, y)?;
+        if !all_finite(&loss)? {
+            return Ok(false);
+        }
+        loss.f_backward()?;
+        for p in self.model.host_parameters() {
+            let g = p.grad();
+            if g.defined() && !all_finite(&g)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// A host fault at a step read: the run ends when it recurred in this epoch or the

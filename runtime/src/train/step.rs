@@ -244,8 +244,8 @@ impl Trainer {
     /// While seeds run: reads their finiteness flags with the finiteness of `host_loss`
     /// (the epoch's loss sum so far, made only then; one transfer), then, if all were
     /// finite, the gradient norms (the monitor's one transfer per slot). Suspect: a seed
-    /// with non-finite outputs, or non-finite gradients while the host's are finite; the
-    /// host, for a non-finite loss or gradient. Gradients of a step found non-finite are
+    /// with non-finite outputs or gradients; the host, for a non-finite loss or gradient
+    /// (who is at fault is decided after the rollback). Gradients of a step found non-finite are
     /// not recorded (a seed's metrics would keep a NaN the host may have caused). Without
     /// seeds nothing is read (the epoch's end reads the loss sum).
     pub(super) fn read_health(
@@ -263,9 +263,8 @@ impl Trainer {
         let slots = self.model.slots();
         let mut health = Health::clean();
         for (i, sample) in samples {
-            if !sample.host_norm.is_finite() {
-                health.host_finite = false;
-            } else if !sample.seed_norm.is_finite() {
+            health.host_finite &= sample.host_norm.is_finite();
+            if !sample.seed_norm.is_finite() {
                 health.seeds.extend(slots[i].fault_of(FaultKind::NonFinite { what: "gradients" }));
             }
         }
