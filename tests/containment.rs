@@ -11,7 +11,10 @@ use esper_runtime::{
     lifecycle::{LifecycleEvent, SeedStage},
     model::{ModelError, MorphogeneticModel, SlotConfig},
     plugin::BlueprintRegistry,
-    train::{germinate, Silent, Trainer},
+    train::{
+        attribution::{Evidence, HostFault, HostFaultSite},
+        germinate, Silent, Trainer,
+    },
 };
 use esper_tests::{esper, plugin_lib, temp_dir, SmallJob};
 use serde_json::{json, Value};
@@ -345,7 +348,10 @@ fn a_host_fault_is_rolled_back_once_and_ends_the_run_when_it_recurs_in_the_epoch
     // Poisoned again after the rollback, in the same epoch: the run ends, the seed kept.
     let mut twice = trainer(&temp_dir("host-fault-twice"), true, 2);
     let mut poison = Poison::new(&twice, 2, vec![Some(3), Some(5)]);
-    let e = format!("{:#}", twice.run(&mut poison).unwrap_err());
+    let err = twice.run(&mut poison).unwrap_err();
+    let fault = err.downcast_ref::<HostFault>().expect("a typed host fault");
+    assert_eq!((fault.site, fault.evidence, fault.recurred), (HostFaultSite::Step, Evidence::SeedsOnlyTraining, true));
+    let e = format!("{err:#}");
     assert!(e.starts_with("epoch 2: training failed on the host's side"), "{e}");
     assert!(e.contains("again after a rollback to the last good state") && e.contains("lr = 0.05"), "{e}");
     assert_eq!(twice.model().slot("r0c1").unwrap().stage(), SeedStage::Training, "not pruned for the host's fault");

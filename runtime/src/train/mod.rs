@@ -1,7 +1,7 @@
 //! The training job: host and seed optimizers, validation, gradient telemetry,
 //! counterfactual contributions, the lifecycle controller, checkpoints and the report.
 
-mod attribution;
+pub mod attribution;
 pub mod checkpoint;
 pub mod compare;
 pub mod controller;
