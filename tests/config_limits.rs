@@ -256,3 +256,68 @@ fn a_misspelled_blueprint_fails_run_before_the_first_epoch_as_config_check_does(
         assert!(!dir.join("out/checkpoints").exists(), "no epoch ran");
     }
 }
+
+/// [`small`] with `line` added to its `[training]` table.
+fn small_training(line: &str) -> String {
+    small(Some(&plugin_lib("esper-norm")), "").replace("batch_size = 32\n", &format!("batch_size = 32\n{line}\n"))
+}
+
+#[test]
+fn optimizer_hyper_parameters_classes_and_the_timeout_are_held_to_their_ranges() {
+    let sgd = |settings: &str| small_training(&format!("host_optimizer = {{ kind = \"sgd\", lr = 0.05{settings} }}"));
+    let adam = |settings: &str| small_training(&format!("seed_optimizer = {{ kind = \"adam\"{settings} }}"));
+    let host = |line: &str| small(Some(&plugin_lib("esper-norm")), &format!("[host]\n{line}\n"));
+    let cases = [
+        (sgd(", momentum = nan"), "[training.host_optimizer] momentum = NaN must be in [0, 1)"),
+        (sgd(", weight_decay = inf"), "[training.host_optimizer] weight_decay = inf must be >= 0 and finite"),
+        (
+            sgd(", momentum = 0.9").replace("lr = 0.05", "lr = 1e300"),
+            "[training.host_optimizer] lr = 1e300 is over 10.0",
+        ),
+        (adam(", lr = 1e-3, beta2 = 1.0"), "[training.seed_optimizer] beta2 = 1.0 must be in [0, 1)"),
+        (adam(", lr = 1e-3, eps = 0.0"), "[training.seed_optimizer] eps = 0.0 must be > 0 and finite"),
+        (adam(", lr = -1.0"), "[training.seed_optimizer] lr = -1.0 must be > 0 and finite"),
+        (host("num_classes = 1"), "[host] num_classes = 1 must be at least 2"),
+        (host("num_classes = 5"), "[host] num_classes = 5 is fewer than the 10 classes of the data set"),
+        (small_training("seed_timeout_s = 0.0"), "[training] seed_timeout_s = 0.0 must be > 0 and finite"),
+    ];
+    for (text, expected) in cases {
+        let config = RunConfig::parse(&text, Path::new("run.toml")).unwrap();
+        let e = config.validate(Path::new("run.toml")).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("config run.toml: {expected}")), "{text}\n{e}");
+    }
+    // The defaults, Adam's `eps` included, are in range; more logits than classes is fine.
+    let config = RunConfig::parse(&host("num_classes = 12"), Path::new("run.toml")).unwrap();
+    config.validate(Path::new("run.toml")).unwrap();
+    assert_eq!(config.training.seed_timeout_s, 60.0);
+}
+
+#[test]
+fn a_nan_momentum_is_refused_by_config_check_and_run_before_anything_is_written() {
+    let dir = temp_dir("nan-momentum");
+    let path =
+        write(&dir, "run.toml", &small_training("host_optimizer = { kind = \"sgd\", lr = 0.05, momentum = nan }"));
+    let expected =
+        format!("error: config {}: [training.host_optimizer] momentum = NaN must be in [0, 1)", path.display());
+    for args in [vec!["config".as_ref(), "check".as_ref(), path.as_os_str()], vec!["run".as_ref(), path.as_os_str()]] {
+        let (out, _) = esper(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out).trim_end(), expected, "{args:?}");
+    }
+    assert!(!dir.join("out").exists(), "refused before the output folder was made");
+}
+
+#[test]
+fn a_batch_larger_than_the_training_set_is_warned_about_with_both_numbers() {
+    let dir = temp_dir("batch-over-data");
+    let text = small(Some(&plugin_lib("esper-norm")), "").replace("batch_size = 32", "batch_size = 500");
+    let path = write(&dir, "run.toml", &text);
+    let (out, _) = esper(&["config".as_ref(), "check".as_ref(), path.as_os_str()]);
+    assert!(out.status.success(), "a warning, not a refusal: {}", stderr(&out));
+    let e = stderr(&out);
+    assert!(e.contains("[training] batch_size = 500 is larger than the training set (128 examples)"), "{e}");
+    // Within the data set: no warning.
+    let path = write(&dir, "ok.toml", &small(Some(&plugin_lib("esper-norm")), ""));
+    let (out, _) = esper(&["config".as_ref(), "check".as_ref(), path.as_os_str()]);
+    assert!(out.status.success() && !stderr(&out).contains("batch_size"), "{}", stderr(&out));
+}

@@ -8,14 +8,17 @@ use esper_conformance::{run_suite, Status, SuiteOptions};
 use esper_runtime::{
     config::RunConfig,
     host::CnnHostConfig,
-    lifecycle::LifecycleEvent,
+    lifecycle::{LifecycleEvent, SeedStage},
     model::{ModelError, MorphogeneticModel, SlotConfig},
     plugin::BlueprintRegistry,
-    train::{germinate, Silent, Trainer},
+    train::{
+        attribution::{Evidence, HostFault, HostFaultSite},
+        germinate, Silent, Trainer,
+    },
 };
 use esper_tests::{esper, plugin_lib, temp_dir, SmallJob};
 use serde_json::{json, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::Device;
 
 const FIXTURE: &str = "esper-fixture-misbehaving";
@@ -221,4 +224,266 @@ fn a_failing_backward_is_attributed_to_its_seed_among_several() {
     let stage = |id: &str| slots.iter().find(|s| s["slot"] == id).map(|s| s["stage"].to_string()).unwrap();
     assert!(stage("r0c1").contains("PRUNED") || stage("r0c1").contains("EMBARGOED"), "{}", stage("r0c1"));
     assert!(stage("r1c1").contains("TRAINING"), "the healthy seed runs on: {}", stage("r1c1"));
+}
+
+/// A small job with `blueprint` of `plugin` scheduled into r0c1 (GERMINATED in epoch 1,
+/// TRAINING in epoch 2, BLENDING from epoch 3), output in `dir/out`.
+fn lenient_job(dir: &Path, plugin: &Path, blueprint: Option<&str>, epochs: u32) -> PathBuf {
+    let sections = "[slot]\nblend_tempo = 2\n\n[lifecycle.gates]\nmode = \"permissive\"\nmin_blending_epochs = 1\n\
+                    min_gradient_health_for_blending = 0.0\n";
+    let job = SmallJob { plugin, epochs, batch_size: 32, memory_format: "channels_last", blueprint, sections };
+    let path = dir.join("run.toml");
+    std::fs::write(&path, job.text()).unwrap();
+    path
+}
+
+/// [`lenient_job`] with a `norm` seed (none with `seed = false`).
+fn norm_job(dir: &Path, seed: bool, epochs: u32) -> PathBuf {
+    lenient_job(dir, &plugin_lib("esper-norm"), seed.then_some("norm"), epochs)
+}
+
+/// Makes the first convolution weight of a checkpoint's host NaN (as a damaged file
+/// would); returns its name.
+fn poison_checkpoint(ckpt: &Path) -> String {
+    let file = ckpt.join("host.safetensors");
+    let mut tensors = tch::Tensor::read_safetensors(&file).unwrap();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let (name, t) = tensors.iter().find(|(n, t)| n.ends_with("weight") && t.dim() == 4).expect("a conv weight");
+    let _ = t.shallow_clone().fill_(f64::NAN);
+    let name = name.clone();
+    tch::Tensor::write_safetensors(&tensors, &file).unwrap();
+    name
+}
+
+#[test]
+fn nan_host_weights_in_a_resumed_checkpoint_end_the_run_as_the_hosts_fault() {
+    for seed in [true, false] {
+        let dir = temp_dir(&format!("host-fault-checkpoint-{seed}"));
+        let first = esper().arg("run").arg(norm_job(&dir, seed, 1)).output().unwrap();
+        assert_eq!(first.status.code(), Some(0), "{}", String::from_utf8_lossy(&first.stderr));
+        let ckpt = dir.join("out/checkpoints/epoch-0001");
+        let tensor = poison_checkpoint(&ckpt);
+        let out = esper().args(["run", "--epochs", "2", "--resume"]).arg(dir.join("out")).output().unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "seed {seed}: a host fault ends the run with exit 1:\n{e}");
+        let line = e.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
+        assert!(line.contains("epoch 2: training failed on the host's side"), "{line}");
+        assert!(line.contains("host fault: the host's own training loss is not finite"), "{line}");
+        assert!(line.contains(&format!("non-finite host weights (`host.{tensor}`")), "{line}");
+        let evidence = if seed { "the seeds running are in TRAINING" } else { "no seed ran in those steps" };
+        assert!(line.contains(evidence), "{line}");
+        // The seed is not blamed, and the complete checkpoint is kept as it was.
+        let events = std::fs::read_to_string(dir.join("out/events.jsonl")).unwrap();
+        assert!(!events.contains("\"seed_fault\"") && !events.contains("\"pruned\""), "{events}");
+        assert!(ckpt.join("COMPLETE").is_file() && !dir.join("out/checkpoints/epoch-0002").exists());
+        let latest = std::fs::read_to_string(dir.join("out/checkpoints/latest")).unwrap();
+        assert_eq!(latest.trim(), "epoch-0001");
+    }
+}
+
+/// An observer that fills a host tensor (the first convolution weight, or the first
+/// named `*tensor`) with NaN after the given batches of the given epoch (or, with batch
+/// `None`, as that epoch starts, before its first good state).
+struct Poison {
+    weight: tch::Tensor,
+    epoch: u32,
+    after: Vec<Option<usize>>,
+    current: u32,
+    batches: usize,
+}
+
+impl Poison {
+    fn new(trainer: &Trainer, epoch: u32, after: Vec<Option<usize>>) -> Self {
+        Self::named(trainer, "weight", epoch, after)
+    }
+
+    fn named(trainer: &Trainer, tensor: &str, epoch: u32, after: Vec<Option<usize>>) -> Self {
+        let vars = trainer.model().host_vars().variables();
+        let wanted = |n: &str, t: &tch::Tensor| n.ends_with(tensor) && (tensor != "weight" || t.dim() == 4);
+        let weight = vars.iter().filter(|(n, t)| wanted(n, t)).min_by_key(|(n, _)| (*n).clone());
+        Self { weight: weight.unwrap().1.shallow_clone(), epoch, after, current: 0, batches: 0 }
+    }
+
+    fn poison_if(&mut self, at: Option<usize>) {
+        if self.current == self.epoch && self.after.contains(&at) {
+            tch::no_grad(|| {
+                let _ = self.weight.shallow_clone().fill_(f64::NAN);
+            });
+        }
+    }
+}
+
+impl esper_runtime::train::Observer for Poison {
+    fn epoch_started(&mut self, epoch: u32, _batches: usize) {
+        (self.current, self.batches) = (epoch, 0);
+        self.poison_if(None);
+    }
+    fn batch_done(&mut self) {
+        self.batches += 1;
+        self.poison_if(Some(self.batches));
+    }
+}
+
+fn trainer(dir: &Path, seed: bool, epochs: u32) -> Trainer {
+    Trainer::new(RunConfig::load(&norm_job(dir, seed, epochs)).unwrap()).unwrap()
+}
+
+fn events_of(trainer: &Trainer) -> Vec<String> {
+    trainer.history().iter().flat_map(|r| &r.events).map(ToString::to_string).collect()
+}
+
+#[test]
+fn a_host_fault_is_rolled_back_once_and_ends_the_run_when_it_recurs_in_the_epoch() {
+    // Health is read every 2 steps; after batch 3 the host's weights turn NaN (the good
+    // state, taken at batch 3's read, is finite): the read after batch 5 finds the host's
+    // loss non-finite with the seed in TRAINING. Rolled back, the run goes on.
+    let mut once = trainer(&temp_dir("host-fault-once"), true, 2);
+    let mut poison = Poison::new(&once, 2, vec![Some(3)]);
+    once.run(&mut poison).expect("one host fault is rolled back and the run goes on");
+    assert_eq!(once.history().len(), 2);
+    assert!(once.history().iter().all(|r| r.train_loss.is_finite() && r.val_loss.is_finite()), "{:?}", once.history());
+    assert!(!events_of(&once).iter().any(|e| e.contains("pruned") || e.contains("fault")), "{:?}", events_of(&once));
+    let slot = once.model().slot("r0c1").unwrap();
+    assert!(slot.seed().is_some() && slot.stage() == SeedStage::Blending, "the seed runs on: {:?}", slot.stage());
+    // Poisoned again after the rollback, in the same epoch: the run ends, the seed kept.
+    let mut twice = trainer(&temp_dir("host-fault-twice"), true, 2);
+    let mut poison = Poison::new(&twice, 2, vec![Some(3), Some(5)]);
+    let err = twice.run(&mut poison).unwrap_err();
+    let fault = err.downcast_ref::<HostFault>().expect("a typed host fault");
+    assert_eq!((fault.site, fault.evidence, fault.recurred), (HostFaultSite::Step, Evidence::SeedsOnlyTraining, true));
+    let e = format!("{err:#}");
+    assert!(e.starts_with("epoch 2: training failed on the host's side"), "{e}");
+    assert!(e.contains("again after a rollback to the last good state") && e.contains("lr = 0.05"), "{e}");
+    assert_eq!(twice.model().slot("r0c1").unwrap().stage(), SeedStage::Training, "not pruned for the host's fault");
+}
+
+#[test]
+fn a_blending_seed_is_not_blamed_when_the_host_alone_is_not_finite_either() {
+    // Epoch 3 the seed blends into the host's stream. The host's weights are NaN from
+    // the epoch's start (its good state): the seed's output is NaN too, but the host
+    // alone is not finite on the same batch, so the host is at fault.
+    let mut t = trainer(&temp_dir("host-fault-blending"), true, 3);
+    let mut poison = Poison::new(&t, 3, vec![None]);
+    let e = format!("{:#}", t.run(&mut poison).unwrap_err());
+    assert_eq!(t.model().slot("r0c1").unwrap().stage(), SeedStage::Blending, "premise, and not pruned: {e}");
+    assert!(e.contains("the host alone, seeds bypassed, is not finite on the same batch"), "{e}");
+    assert!(e.contains("non-finite host weights"), "{e}");
+    assert!(!events_of(&t).iter().any(|e| e.contains("pruned")), "{:?}", events_of(&t));
+}
+
+#[test]
+fn a_seedless_run_whose_host_goes_non_finite_ends_instead_of_finishing_with_nan_losses() {
+    let mut t = trainer(&temp_dir("host-fault-seedless"), false, 2);
+    let mut poison = Poison::new(&t, 1, vec![Some(2)]);
+    let e = format!("{:#}", t.run(&mut poison).unwrap_err());
+    assert!(e.starts_with("epoch 1: training failed on the host's side"), "{e}");
+    // Judged in the state the epoch started from, which was finite: a divergence.
+    assert!(e.contains("no seed ran in those steps") && e.contains("the loss diverged"), "{e}");
+    assert!(t.history().is_empty(), "no epoch with a NaN loss was recorded");
+}
+
+#[test]
+fn a_sleeping_seed_is_reported_while_it_sleeps_then_pruned_for_timeout_and_the_run_finishes() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    // `sleepy` sleeps 30 s in its fourth train-mode forward (the probe is the first):
+    // the third step of its first TRAINING epoch, epoch 2. The limit is 2 s.
+    let dir = temp_dir("watchdog-sleepy");
+    let plugin = plugin_lib("esper-fixture-hostile");
+    let job = SmallJob {
+        plugin: &plugin,
+        epochs: 2,
+        batch_size: 32,
+        memory_format: "contiguous",
+        blueprint: Some("sleepy"),
+        sections: "",
+    };
+    let text = job.text().replace("gradient_every = 2", "gradient_every = 2\nseed_timeout_s = 2");
+    let path = dir.join("run.toml");
+    std::fs::write(&path, text).unwrap();
+    let started = Instant::now();
+    let mut child = esper().arg("run").arg(&path).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // Each stderr line with the time it arrived.
+    let lines: Vec<(Duration, String)> = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .map(|l| (started.elapsed(), l))
+        .collect();
+    let status = child.wait().unwrap();
+    let ended = started.elapsed();
+    let all: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
+    assert_eq!(status.code(), Some(0), "the run finishes:\n{all}");
+    let (warned, line) = lines
+        .iter()
+        .find(|(_, l)| l.contains("WARN") && l.contains("is still in its forward"))
+        .unwrap_or_else(|| panic!("no watchdog warning:\n{all}"));
+    assert!(
+        line.contains("r0c1") && line.contains("cnn:sleepy") && line.contains("libesper_fixture_hostile.so"),
+        "{line}"
+    );
+    assert!(line.contains("seed_timeout_s"), "{line}");
+    // Said while the 30 s call still ran: the run went on for most of the sleep after it.
+    assert!(ended - *warned > Duration::from_secs(20), "warned at {warned:?}, the run ended at {ended:?}:\n{all}");
+    // The event, as the watchdog saw it: about 2 s into the call.
+    let events = std::fs::read_to_string(dir.join("out/events.jsonl")).unwrap();
+    let overdue: Value = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["fields"]["event"] == "seed_overdue")
+        .unwrap_or_else(|| panic!("no seed_overdue event:\n{events}"));
+    let record: Value = serde_json::from_str(overdue["fields"]["record"].as_str().unwrap()).unwrap();
+    let seconds = record["seconds"].as_f64().unwrap();
+    assert!((2.0..6.0).contains(&seconds), "reported {seconds} s into the call: {record}");
+    assert_eq!(
+        (record["slot"].as_str(), record["phase"].as_str(), record["limit_s"].as_f64()),
+        (Some("r0c1"), Some("forward"), Some(2.0))
+    );
+    // When the call returned, the seed was pruned for it; the report has both.
+    let report: Value = serde_json::from_slice(&std::fs::read(dir.join("out/report.json")).unwrap()).unwrap();
+    assert_pruned_for(&events, &report, "timeout");
+    assert!(report.to_string().contains("is still in its forward after"), "{report}");
+}
+
+#[test]
+fn a_seed_going_non_finite_while_it_blends_is_still_the_one_pruned() {
+    // Its 12th train-mode forward (the probe, 8 steps of epoch 2, then epoch 3's third
+    // step) returns NaN while it blends into the host's stream: the host's loss is NaN
+    // too, but the host alone, from the state rolled back to, is finite.
+    let dir = temp_dir("nan-while-blending");
+    let path = lenient_job(&dir, &plugin_lib(FIXTURE), Some("nan-after-n-steps"), 3);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(
+            "blueprint = \"nan-after-n-steps\"",
+            "blueprint = \"nan-after-n-steps\"\noptions = { after = 11 }",
+        ),
+    )
+    .unwrap();
+    let mut t = Trainer::new(RunConfig::load(&path).unwrap()).unwrap();
+    t.run(&mut Silent).expect("the run goes on");
+    let events = events_of(&t);
+    let third: Vec<String> = t.history()[2].events.iter().map(ToString::to_string).collect();
+    assert!(third.iter().any(|e| e.contains("pruned (non_finite")), "pruned in epoch 3, while blending: {events:?}");
+    assert!(t.history().iter().all(|r| r.train_loss.is_finite() && r.val_loss.is_finite()), "{:?}", t.history());
+    for (name, p) in t.model().host_vars().variables() {
+        assert!(bool::try_from(p.isfinite().all()).unwrap(), "host tensor `{name}` is not finite");
+    }
+}
+
+#[test]
+fn a_non_finite_validation_loss_that_the_host_alone_gives_ends_the_run_as_the_hosts_fault() {
+    // A NaN BatchNorm running variance: training (batch statistics) stays finite,
+    // validation (running statistics) does not, with or without a seed in TRAINING.
+    for seed in [false, true] {
+        let mut t = trainer(&temp_dir(&format!("host-fault-validation-{seed}")), seed, 2);
+        let mut poison = Poison::named(&t, "running_var", 2, vec![None]);
+        let e = format!("{:#}", t.run(&mut poison).unwrap_err());
+        assert!(e.starts_with("epoch 2: training failed on the host's side"), "{e}");
+        assert!(e.contains("host fault: the host's own validation loss is not finite"), "{e}");
+        assert!(e.contains("running_var`, 1 of the host's"), "{e}");
+        let evidence = if seed { "the seeds running are in TRAINING" } else { "no seed's output was non-finite" };
+        assert!(e.contains(evidence), "{e}");
+        assert!(!events_of(&t).iter().any(|e| e.contains("pruned")), "{:?}", events_of(&t));
+    }
 }

@@ -12,7 +12,8 @@
 //! [host]      # blocks, base_channels, pool_layers, kernel_size, num_classes, memory_format, fused_pool, fused_batchnorm,
 //!             # first_conv_kernel, wgrad_kernel
 //! [data]      # kind = "synthetic" | "cifar10"
-//! [training]  # epochs, batch_size, host_optimizer, seed_optimizer, seed, memory_limit_gb
+//! [training]  # epochs, batch_size, host_optimizer, seed_optimizer, seed, memory_limit_gb,
+//!             # seed_timeout_s (60: the seed watchdog, see [`TrainingConfig::seed_timeout_s`])
 //! [slot]      # isolate_gradients, blend, alpha_curve, blend_tempo (every slot's settings)
 //! [lifecycle] # gates, schedule, controller, plugin_param_factor
 //! [output]    # dir, checkpoint, jsonl
@@ -23,9 +24,12 @@
 //! (nothing is allocated, see [`crate::host::budget`]) and held against
 //! `training.memory_limit_gb` (default: the machine's available memory on the CPU, a
 //! conservative [`DEFAULT_CUDA_MEMORY_GIB`] on CUDA); and the controller must leave a
-//! seed enough epochs in TRAINING to pass G2.
+//! seed enough epochs in TRAINING to pass G2. Every optimizer hyper-parameter is held to
+//! its range (see [`OptimizerConfig::check`]), so a value that can only make the host's
+//! loss non-finite is refused here, naming its key, rather than found at epoch 1.
 
 mod controller;
+mod optimizer;
 mod plugins;
 mod preflight;
 mod resources;
@@ -33,6 +37,7 @@ mod trial;
 
 pub use crate::model::Precision;
 pub use controller::{ControllerConfig, DEFAULT_MAX_TRAINING_EPOCHS, DEFAULT_ROTATION};
+pub use optimizer::{DEFAULT_ADAM_EPS, MAX_LR};
 pub use plugins::{sha256_hex, PluginSource};
 pub use preflight::Preflight;
 pub use resources::{MemoryLimit, ResourceError, DEFAULT_CUDA_MEMORY_GIB, FALLBACK_CPU_MEMORY_GIB};
@@ -118,9 +123,15 @@ pub enum OptimizerConfig {
         beta2: f64,
         #[serde(default)]
         weight_decay: f64,
+        /// Added to the denominator's square root (default [`DEFAULT_ADAM_EPS`]).
+        #[serde(default = "adam_eps")]
+        eps: f64,
     },
 }
 
+fn adam_eps() -> f64 {
+    DEFAULT_ADAM_EPS
+}
 fn beta1() -> f64 {
     0.9
 }
@@ -155,7 +166,24 @@ pub struct TrainingConfig {
     pub cuda_graph: CudaGraphMode,
     /// `"fp32"`, or `"bf16"` mixed precision (see [`Precision`]).
     pub precision: Precision,
+    /// The seed watchdog's limit, in seconds (default [`DEFAULT_SEED_TIMEOUT_S`]): a
+    /// seed's forward that runs longer is reported while it still runs (a WARN naming
+    /// slot, seed, blueprint and plugin file, and a `seed_overdue` event), and the seed
+    /// is pruned (reason `timeout`) when the call returns, the step redone without it.
+    /// The first call of each seed in train mode and the first in eval mode (a new
+    /// seed's germination probe; a resumed seed's first step and validation) get
+    /// [`crate::isolation::FIRST_CALL_FACTOR`] times the limit (lazy initialisation
+    /// happens there). The backward pass, while seeds run, is watched as a whole and
+    /// reported, never pruned: it runs no plugin code, only libtorch's kernels for the
+    /// host and every seed together, so it cannot be pinned on one seed. A call that
+    /// never returns cannot be stopped inside the process: the run stays blocked and the
+    /// watchdog says so periodically (end the process and resume from the last
+    /// checkpoint). See [`crate::isolation::watchdog`].
+    pub seed_timeout_s: f64,
 }
+
+/// Default of [`TrainingConfig::seed_timeout_s`].
+pub const DEFAULT_SEED_TIMEOUT_S: f64 = 60.0;
 
 /// `[training] cuda_graph`: whether a training step on CUDA is captured once as a CUDA
 /// graph and replayed for every batch of the same shape (recaptured when the model's
@@ -176,13 +204,28 @@ impl Default for TrainingConfig {
             epochs: 20,
             batch_size: 64,
             host_optimizer: OptimizerConfig::Sgd { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 },
-            seed_optimizer: OptimizerConfig::Adam { lr: 3e-3, beta1: 0.9, beta2: 0.999, weight_decay: 0.0 },
+            seed_optimizer: OptimizerConfig::Adam {
+                lr: 3e-3,
+                beta1: 0.9,
+                beta2: 0.999,
+                weight_decay: 0.0,
+                eps: DEFAULT_ADAM_EPS,
+            },
             seed: 0,
             gradient_every: 10,
             memory_limit_gb: None,
             cuda_graph: CudaGraphMode::Auto,
             precision: Precision::Fp32,
+            seed_timeout_s: DEFAULT_SEED_TIMEOUT_S,
         }
+    }
+}
+
+impl TrainingConfig {
+    /// [`TrainingConfig::seed_timeout_s`] as a duration (validated positive and finite;
+    /// an out-of-range value saturates).
+    pub fn seed_timeout(&self) -> std::time::Duration {
+        std::time::Duration::try_from_secs_f64(self.seed_timeout_s).unwrap_or(std::time::Duration::MAX)
     }
 }
 
@@ -352,16 +395,20 @@ impl RunConfig {
         if self.training.batch_size < 1 {
             return Err(invalid(format!("training.batch_size must be at least 1, got {}", self.training.batch_size)));
         }
-        for (name, opt) in
-            [("host_optimizer", &self.training.host_optimizer), ("seed_optimizer", &self.training.seed_optimizer)]
-        {
-            if !(opt.lr() > 0.0 && opt.lr().is_finite()) {
-                return Err(invalid(format!("training.{name}.lr must be positive, got {}", opt.lr())));
-            }
+        for (key, opt) in [
+            ("training.host_optimizer", &self.training.host_optimizer),
+            ("training.seed_optimizer", &self.training.seed_optimizer),
+        ] {
+            opt.check(key).map_err(invalid)?;
         }
         if self.training.gradient_every == 0 {
             return Err(invalid("training.gradient_every must be at least 1".into()));
         }
+        let timeout = self.training.seed_timeout_s;
+        if !(timeout > 0.0 && timeout.is_finite()) {
+            return Err(invalid(format!("[training] seed_timeout_s = {timeout:?} must be > 0 and finite (seconds)")));
+        }
+        self.check_classes().map_err(invalid)?;
         if self.slots.is_empty() && (!self.lifecycle.schedule.is_empty() || self.lifecycle.controller.enabled) {
             return Err(invalid("no slots: add `slots = [...]` or disable the controller and schedule".into()));
         }
@@ -397,6 +444,24 @@ impl RunConfig {
         }
         for p in &self.plugins {
             p.check(path)?;
+        }
+        Ok(())
+    }
+
+    /// The host's classifier has at least two classes, and one for each of the data
+    /// set's (a label past the last logit fails the loss at the first step).
+    fn check_classes(&self) -> Result<(), String> {
+        let classes = self.host.num_classes;
+        if classes < 2 {
+            return Err(format!("[host] num_classes = {classes} must be at least 2 (a classifier needs two classes)"));
+        }
+        let needed = self.data.num_classes();
+        if classes < needed {
+            return Err(format!(
+                "[host] num_classes = {classes} is fewer than the {needed} classes of the data set ([data] kind = \"{}\"); \
+                 set it to at least {needed}",
+                self.data.kind_name()
+            ));
         }
         Ok(())
     }

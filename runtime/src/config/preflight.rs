@@ -37,6 +37,7 @@ impl RunConfig {
                 return Err(anyhow!("slots: {}", HostError::UnknownPoint { name: slot.clone(), valid }));
             }
         }
+        self.warn_batch_over_data();
         let estimate = self.check_resources(device)?;
         let limit = self.memory_limit(device)?;
         let mut registry = BlueprintRegistry::new();
@@ -50,6 +51,27 @@ impl RunConfig {
         let rotation = self.controller_rotation(&registry)?;
         self.try_blueprints(&registry, &points, &rotation)?;
         Ok(Preflight { registry, estimate, limit, rotation })
+    }
+
+    /// A batch larger than the training set: warned about, naming both numbers, not
+    /// refused (each epoch is then one batch of the whole set, which trains; a tiny data
+    /// set for a quick try is legitimate, a typo in either number is the likelier cause).
+    /// Returns the warning, if any.
+    pub fn batch_over_data(&self) -> Option<String> {
+        let examples = self.data.train_examples()?;
+        let batch = self.training.batch_size;
+        (usize::try_from(batch).is_ok_and(|b| b > examples)).then(|| {
+            format!(
+                "[training] batch_size = {batch} is larger than the training set ({examples} examples): every epoch \
+                 is one batch of {examples}; lower batch_size or use more data"
+            )
+        })
+    }
+
+    fn warn_batch_over_data(&self) {
+        if let Some(warning) = self.batch_over_data() {
+            tracing::warn!(event = "config_warning", "{warning}");
+        }
     }
 
     /// The controller's rotation, every blueprint resolved. The default rotation

@@ -48,6 +48,13 @@ pub fn load_cifar10(dir: &Path, limit: Option<usize>) -> Result<Dataset, DataErr
     })
 }
 
+/// Records in the training files of `dir` (by their sizes; nothing is read), None where
+/// they cannot be listed.
+pub(super) fn train_records(dir: &Path) -> Option<usize> {
+    let sizes = train_files(dir).ok()?.iter().map(|p| p.metadata().map(|m| m.len())).collect::<Result<Vec<_>, _>>();
+    Some(sizes.ok()?.iter().map(|&size| (size / RECORD as u64) as usize).sum())
+}
+
 /// `data_batch_<n>.bin` files in `dir`, ordered by n.
 fn train_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     let io = |source| DataError::Io { path: dir.to_path_buf(), source };

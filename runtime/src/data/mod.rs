@@ -142,6 +142,34 @@ impl DataConfig {
         }
     }
 
+    /// The number of classes of the data set (10 for both kinds), known without loading it.
+    pub fn num_classes(&self) -> i64 {
+        match self {
+            DataConfig::Synthetic { .. } => synthetic::NUM_CLASSES as i64,
+            DataConfig::Cifar10 { .. } => CIFAR10_CLASSES.len() as i64,
+        }
+    }
+
+    /// The `kind` of this data set as the config writes it.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            DataConfig::Synthetic { .. } => "synthetic",
+            DataConfig::Cifar10 { .. } => "cifar10",
+        }
+    }
+
+    /// The number of training examples, from the config and (CIFAR-10) the training
+    /// files' sizes, without reading them; None where the files cannot be listed (the
+    /// load then says why).
+    pub fn train_examples(&self) -> Option<usize> {
+        match self {
+            DataConfig::Synthetic { train_size, .. } => Some(*train_size),
+            DataConfig::Cifar10 { path, limit, .. } => {
+                cifar::train_records(path).map(|n| limit.map_or(n, |l| n.min(l)))
+            }
+        }
+    }
+
     /// Generates or reads the data set. Tensors are on the CPU.
     pub fn load(&self) -> Result<Dataset, DataError> {
         match self {

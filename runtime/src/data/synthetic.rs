@@ -27,7 +27,7 @@
 use super::rng::{cos_turns, sin_turns, Rng};
 use super::{channel_stats, standardise, DataError, Dataset, Split, IMAGE_SIZE, PIXELS, VALUES};
 
-const NUM_CLASSES: usize = 10;
+pub(super) const NUM_CLASSES: usize = 10;
 const TRAIN_STREAM: u64 = 0;
 const VAL_STREAM: u64 = 1;
 

@@ -21,6 +21,10 @@ pub enum FaultKind {
     /// It produced NaN or infinite values (in `what`: outputs or gradients).
     #[error("non-finite {what}")]
     NonFinite { what: &'static str },
+    /// Its forward ran longer than its allowance (the seed watchdog's limit, see
+    /// [`super::watchdog`]), in seconds.
+    #[error("forward took {seconds:.1} s, over its limit of {limit_s} s ([training] seed_timeout_s)")]
+    Timeout { seconds: f64, limit_s: f64 },
 }
 
 impl FaultKind {
@@ -31,6 +35,7 @@ impl FaultKind {
             FaultKind::Forward(_) => "forward_error",
             FaultKind::Backward(_) => "backward_error",
             FaultKind::NonFinite { .. } => "non_finite",
+            FaultKind::Timeout { .. } => "timeout",
         }
     }
 }

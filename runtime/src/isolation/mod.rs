@@ -13,16 +13,20 @@
 //! * Every seed forward is held to the output [`contract`] (shape, dtype, device, input
 //!   untouched); a breach, an error, or non-finite values become a [`SeedFault`]
 //!   attributed to the seed, which the runtime then prunes.
+//! * The [`watchdog`] reports a seed call that runs past `[training] seed_timeout_s`
+//!   while it still runs; the seed is pruned when the call returns.
 
 mod blend;
 pub mod contract;
 mod fault;
 mod monitor;
+pub mod watchdog;
 
 pub use blend::{Blend, BlendAlgorithm, GateNet};
 pub use contract::ContractViolation;
 pub use fault::{FaultKind, SeedFault};
 pub use monitor::{GradientHealthMonitor, GradientSample};
+pub use watchdog::{SeedWatch, WatchPhase, Watchdog, WatchedSeed, FIRST_CALL_FACTOR};
 
 use tch::Tensor;
 

@@ -1,6 +1,6 @@
 //! What happened to a slot, as one typed value: germination (or its failure), gate
 //! evaluation, stage change, prune, seed fault, quarantine, failed action or failed
-//! release. A slot
+//! release, a seed call over the watchdog's limit. A slot
 //! produces its events; the trainer collects them, emits each once to tracing
 //! ([`LifecycleEvent::emit`], so `events.jsonl` has it) and keeps it in the epoch's
 //! record (`report.json`, the checkpoint, the end-of-run table). `Display` gives the
@@ -11,6 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::{check::GateCheck, gates::GateLevel, stage::SeedStage};
+use crate::isolation::WatchPhase;
 
 /// Why a germination failed, as code inspects it (`cause` in JSON, snake_case).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +109,20 @@ pub enum LifecycleEvent {
         slot: String,
         error: String,
     },
+    /// The seed watchdog saw a call run past its limit while it was still running
+    /// (emitted by the watchdog's thread at once; see [`crate::isolation::watchdog`]).
+    /// A forward's seed is pruned (reason `timeout`) when the call returns; an overdue
+    /// backward is reported only.
+    SeedOverdue {
+        slot: String,
+        seed_id: String,
+        blueprint: String,
+        plugin: String,
+        phase: WatchPhase,
+        /// How long the call had run when reported, and its limit, in seconds.
+        seconds: f64,
+        limit_s: f64,
+    },
     /// An event recorded as text only (the first format).
     Note(String),
 }
@@ -137,6 +152,22 @@ impl fmt::Display for LifecycleEvent {
             LifecycleEvent::ActionFailed { slot, error } => write!(f, "{slot}: action failed: {error}"),
             LifecycleEvent::ReleaseFailed { slot, error } => {
                 write!(f, "{slot}: dropping seed failed (contained): {error}")
+            }
+            LifecycleEvent::SeedOverdue { slot, seed_id, blueprint, plugin, phase, seconds, limit_s } => {
+                let seed = format!("seed `{seed_id}` (blueprint `{blueprint}`, plugin {plugin})");
+                match phase {
+                    WatchPhase::Forward => write!(
+                        f,
+                        "{slot}: {seed} is still in its forward after {seconds:.1} s, over its limit of {limit_s} s \
+                         ([training] seed_timeout_s); it is pruned when the call returns"
+                    ),
+                    WatchPhase::Backward => write!(
+                        f,
+                        "{slot}: the backward pass is still running after {seconds:.1} s, over the limit of {limit_s} \
+                         s ([training] seed_timeout_s), with {seed} running; reported only: the backward runs \
+                         libtorch's kernels for the host and every seed together, none of them plugin code"
+                    ),
+                }
             }
             LifecycleEvent::Note(text) => f.write_str(text),
         }
@@ -200,6 +231,15 @@ enum Tagged {
         slot: String,
         error: String,
     },
+    SeedOverdue {
+        slot: String,
+        seed_id: String,
+        blueprint: String,
+        plugin: String,
+        phase: WatchPhase,
+        seconds: f64,
+        limit_s: f64,
+    },
     Note {
         text: String,
     },
@@ -240,6 +280,9 @@ impl From<LifecycleEvent> for Tagged {
             LifecycleEvent::Quarantined { slot, reason } => Tagged::Quarantined { slot, reason },
             LifecycleEvent::ActionFailed { slot, error } => Tagged::ActionFailed { slot, error },
             LifecycleEvent::ReleaseFailed { slot, error } => Tagged::ReleaseFailed { slot, error },
+            LifecycleEvent::SeedOverdue { slot, seed_id, blueprint, plugin, phase, seconds, limit_s } => {
+                Tagged::SeedOverdue { slot, seed_id, blueprint, plugin, phase, seconds, limit_s }
+            }
             LifecycleEvent::Note(text) => Tagged::Note { text },
         }
     }
@@ -265,6 +308,9 @@ impl From<Tagged> for LifecycleEvent {
             Tagged::Quarantined { slot, reason } => LifecycleEvent::Quarantined { slot, reason },
             Tagged::ActionFailed { slot, error } => LifecycleEvent::ActionFailed { slot, error },
             Tagged::ReleaseFailed { slot, error } => LifecycleEvent::ReleaseFailed { slot, error },
+            Tagged::SeedOverdue { slot, seed_id, blueprint, plugin, phase, seconds, limit_s } => {
+                LifecycleEvent::SeedOverdue { slot, seed_id, blueprint, plugin, phase, seconds, limit_s }
+            }
             Tagged::Note { text } => LifecycleEvent::Note(text),
         }
     }
@@ -285,6 +331,7 @@ impl LifecycleEvent {
             LifecycleEvent::Quarantined { .. } => "quarantined",
             LifecycleEvent::ActionFailed { .. } => "action_failed",
             LifecycleEvent::ReleaseFailed { .. } => "release_failed",
+            LifecycleEvent::SeedOverdue { .. } => "seed_overdue",
             LifecycleEvent::Note(_) => "note",
         }
     }
@@ -304,13 +351,14 @@ impl LifecycleEvent {
             | LifecycleEvent::PruneScheduled { slot, .. }
             | LifecycleEvent::SeedFault { slot, .. }
             | LifecycleEvent::Quarantined { slot, .. }
-            | LifecycleEvent::ReleaseFailed { slot, .. } => Some(slot),
+            | LifecycleEvent::ReleaseFailed { slot, .. }
+            | LifecycleEvent::SeedOverdue { slot, .. } => Some(slot),
             LifecycleEvent::Note(_) => None,
         }
     }
 
     /// Something went wrong (logged as a warning): a failed germination, a seed fault, a
-    /// quarantine, a failed action or release.
+    /// quarantine, a failed action or release, an overdue call.
     pub fn is_warning(&self) -> bool {
         matches!(
             self,
@@ -319,6 +367,7 @@ impl LifecycleEvent {
                 | LifecycleEvent::Quarantined { .. }
                 | LifecycleEvent::ActionFailed { .. }
                 | LifecycleEvent::ReleaseFailed { .. }
+                | LifecycleEvent::SeedOverdue { .. }
         )
     }
 
@@ -400,6 +449,15 @@ mod tests {
             LifecycleEvent::ActionFailed { slot: "r0c1".into(), error: "cannot advance".into() },
             LifecycleEvent::ActionFailed { slot: String::new(), error: "no such blueprint".into() },
             LifecycleEvent::ReleaseFailed { slot: "r0c1".into(), error: "boom".into() },
+            LifecycleEvent::SeedOverdue {
+                slot: "r0c1".into(),
+                seed_id: "s1".into(),
+                blueprint: "cnn:sleepy".into(),
+                plugin: "/p/libx.so".into(),
+                phase: WatchPhase::Forward,
+                seconds: 2.25,
+                limit_s: 2.0,
+            },
             LifecycleEvent::Note("r0c1: GERMINATED -> TRAINING".into()),
         ];
         for e in all {

@@ -10,7 +10,7 @@ pub use slot::{SeedSlot, SlotConfig, SlotReport, PROBE_BATCH, PROBE_SIZE};
 
 use crate::{
     host::{CnnHost, CnnHostConfig, Segment},
-    isolation::GradientSample,
+    isolation::{GradientSample, SeedWatch, Watchdog},
     lifecycle::{BlendChoice, Lifecycle},
     plugin::PluginSeed,
 };
@@ -29,6 +29,8 @@ pub struct MorphogeneticModel {
     /// callers cache per-topology lists (e.g. the buffers to snapshot each step).
     generation: u64,
     precision: Precision,
+    /// The seed watchdog, once [`MorphogeneticModel::watch_seeds`] started it.
+    watchdog: Option<Watchdog>,
 }
 
 impl MorphogeneticModel {
@@ -61,7 +63,7 @@ impl MorphogeneticModel {
         }
         plan.push(host.segment(prev, None)?);
         let slots = points.iter().map(|p| SeedSlot::new(&p.id, p.channels, slot_config.clone())).collect();
-        Ok(Self { host_vs, host, slots, plan, generation: 0, precision: Precision::Fp32 })
+        Ok(Self { host_vs, host, slots, plan, generation: 0, precision: Precision::Fp32, watchdog: None })
     }
 
     pub fn host(&self) -> &CnnHost {
@@ -123,6 +125,28 @@ impl MorphogeneticModel {
     /// through): to find which seed a failing backward belongs to.
     pub fn forward_only(&self, x: &Tensor, train: bool, only: usize) -> Result<Tensor, ModelError> {
         self.run(x, train, &|i| i != only)
+    }
+
+    /// Starts the seed watchdog (one thread, stopped with the model): every seed call
+    /// from now on is timed against `limit` (see [`crate::isolation::watchdog`]).
+    pub fn watch_seeds(&mut self, limit: std::time::Duration) -> std::io::Result<()> {
+        let watchdog = Watchdog::start(limit)?;
+        for slot in &mut self.slots {
+            slot.set_watch(watchdog.handle());
+        }
+        self.watchdog = Some(watchdog);
+        Ok(())
+    }
+
+    /// The seed watchdog's handle, when it runs.
+    pub fn seed_watch(&self) -> Option<&SeedWatch> {
+        self.watchdog.as_ref().map(Watchdog::watch)
+    }
+
+    /// The host alone: every slot passes the host's features through, whatever its seed
+    /// (to tell a host's non-finite values from a seed's).
+    pub fn forward_host_only(&self, x: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        self.run(x, train, &|_| true)
     }
 
     /// Float32, or bfloat16 mixed precision for every forward from now on.

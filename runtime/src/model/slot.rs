@@ -4,8 +4,8 @@
 use super::ModelError;
 use crate::{
     isolation::{
-        contract, seed_input, straight_through, Blend, BlendAlgorithm, FaultKind, GradientHealthMonitor,
-        GradientSample, SeedFault,
+        contract, seed_input, straight_through, watchdog::SeedIdentity, Blend, BlendAlgorithm, FaultKind,
+        GradientHealthMonitor, GradientSample, SeedFault, SeedWatch, WatchedSeed,
     },
     lifecycle::{
         AlphaCurve, AlphaMode, AlphaTarget, BlendChoice, BlendSchedule, GateResult, GradientHealth, Lifecycle,
@@ -84,6 +84,10 @@ pub struct SeedSlot {
     options: serde_json::Value,
     /// What happened here since the trainer last collected (see [`SeedSlot::take_events`]).
     events: Vec<LifecycleEvent>,
+    /// The run's seed watchdog (none outside a run: calls are not timed then).
+    watch: Option<SeedWatch>,
+    /// The live seed as the watchdog knows it.
+    watched: Option<WatchedSeed>,
 }
 
 impl SeedSlot {
@@ -101,7 +105,36 @@ impl SeedSlot {
             alpha_synced: Cell::new(f64::NAN),
             options: serde_json::Value::Null,
             events: Vec::new(),
+            watch: None,
+            watched: None,
         }
+    }
+
+    /// Times this slot's seed calls with the run's watchdog (see
+    /// [`crate::isolation::watchdog`]).
+    pub fn set_watch(&mut self, watch: SeedWatch) {
+        if let (Some(old), Some(seed)) = (&self.watch, &self.watched) {
+            old.unregister(seed);
+        }
+        if let Some(seed) = &self.watched {
+            watch.register(seed);
+        }
+        self.watch = Some(watch);
+    }
+
+    /// `seed` (id `seed_id`) as the watchdog names it.
+    fn watched_seed(&self, seed: &PluginSeed, seed_id: &str) -> WatchedSeed {
+        WatchedSeed::new(SeedIdentity {
+            slot: self.id.clone(),
+            seed_id: seed_id.into(),
+            blueprint: seed.key().into(),
+            plugin: seed.plugin_path().to_path_buf(),
+        })
+    }
+
+    /// The watchdog and the seed, for a watched call.
+    fn watching<'a>(&'a self, seed: Option<&'a WatchedSeed>) -> Option<(&'a SeedWatch, &'a WatchedSeed)> {
+        self.watch.as_ref().zip(seed)
     }
 
     pub fn id(&self) -> &str {
@@ -138,6 +171,13 @@ impl SeedSlot {
         self.seed.is_some() && self.stage().is_active()
     }
 
+    /// Whether the seed's output reaches the host's stream: a running seed past
+    /// TRAINING (in TRAINING the straight-through forward is the host's own, and the
+    /// seed's input is detached, so the host trains exactly as without it).
+    pub fn blends_into_host(&self) -> bool {
+        self.runs_seed() && self.stage() != SeedStage::Training
+    }
+
     /// The slot's forward: the host features pass through unchanged unless a seed is
     /// active; then the isolation layer and the stage's blend apply. The seed's output
     /// is checked against the contract first; a breach or a plugin error is a
@@ -152,7 +192,8 @@ impl SeedSlot {
         let blend = self.blend.as_ref().filter(|_| !training);
         // The straight-through estimator uses no value of the output: it takes autocast's
         // float32 as it is (and hands the seed its gradient in float32).
-        let out = checked_forward(seed, &input, train, blend.is_none()).map_err(|kind| self.fault(kind))?;
+        let watch = self.watching(self.watched.as_ref());
+        let out = checked_forward(seed, &input, train, blend.is_none(), watch).map_err(|kind| self.fault(kind))?;
         if let Some(flag) = &self.finite {
             note_finite(flag, &out).map_err(|e| self.fault(FaultKind::Forward(e.to_string())))?;
         }
@@ -216,7 +257,8 @@ impl SeedSlot {
             // multiplicative blend starts neutral (host * (1 + alpha * tanh(0))).
             seed.zero_output_layer();
         }
-        self.probe(&seed)?;
+        let watched = self.watched_seed(&seed, seed_id);
+        self.probe(&seed, &watched)?;
         // GATE blends along a linear curve (esper-lite forces it); the others as configured.
         let curve =
             if self.config.blend == BlendAlgorithm::Gate { AlphaCurve::Linear } else { self.config.alpha_curve };
@@ -227,13 +269,13 @@ impl SeedSlot {
         };
         self.lifecycle.germinate_with(seed_id, seed.key(), schedule).map_err(|e| self.lifecycle_err(e))?;
         self.events.push(LifecycleEvent::Germinated { slot: self.id.clone(), blueprint: seed.key().into() });
-        self.install(seed, options.clone(), host_params);
+        self.install(seed, watched, options.clone(), host_params);
         Ok(())
     }
 
     /// The germination probe: a random (PROBE_BATCH, C, 32, 32) input in train and
     /// eval mode, through the same contract check as every forward, outputs finite.
-    fn probe(&self, seed: &PluginSeed) -> Result<(), ModelError> {
+    fn probe(&self, seed: &PluginSeed, watched: &WatchedSeed) -> Result<(), ModelError> {
         let device = seed.device();
         let shape = [PROBE_BATCH, self.channels, PROBE_SIZE, PROBE_SIZE];
         for (mode, train) in [("train mode", true), ("eval mode", false)] {
@@ -245,8 +287,9 @@ impl SeedSlot {
                 cause,
             };
             let probe = Tensor::f_randn(shape, (Kind::Float, device)).map_err(|e| ModelError::Torch(e.to_string()))?;
-            let out =
-                tch::no_grad(|| checked_forward(seed, &probe, train, false)).map_err(|k| refuse(k.to_string()))?;
+            let watch = self.watching(Some(watched));
+            let out = tch::no_grad(|| checked_forward(seed, &probe, train, false, watch))
+                .map_err(|k| refuse(k.to_string()))?;
             let finite = out.f_isfinite().and_then(|f| f.f_all()).map(|f| bool::try_from(&f).unwrap_or(false));
             if !finite.unwrap_or(false) {
                 return Err(refuse("non-finite output".into()));
@@ -275,7 +318,11 @@ impl SeedSlot {
         }
     }
 
-    fn install(&mut self, seed: PluginSeed, options: serde_json::Value, host_params: &[Tensor]) {
+    fn install(&mut self, seed: PluginSeed, watched: WatchedSeed, options: serde_json::Value, host_params: &[Tensor]) {
+        if let Some(watch) = &self.watch {
+            watch.register(&watched);
+        }
+        self.watched = Some(watched);
         self.finite = Tensor::f_ones([], (Kind::Bool, seed.device())).ok();
         self.alpha = Tensor::f_zeros([], (Kind::Float, seed.device())).ok();
         self.alpha_synced.set(0.0);
@@ -307,7 +354,8 @@ impl SeedSlot {
         self.drop_seed();
         if let Some(seed) = seed {
             self.check_fits(&seed)?;
-            self.install(seed, options, host_params);
+            let watched = self.watched_seed(&seed, lifecycle.state().map_or("", |s| s.seed_id()));
+            self.install(seed, watched, options, host_params);
         }
         self.lifecycle = lifecycle;
         if matches!(self.stage(), SeedStage::Blending | SeedStage::Holding | SeedStage::Fossilized) {
@@ -466,6 +514,16 @@ impl SeedSlot {
         self.finite.as_ref().filter(|_| self.runs_seed())
     }
 
+    /// Sets the finiteness flag back to "finite" (a fill, no sync): after a fault found
+    /// to be the host's, whose non-finite values reached the seed's input and so its
+    /// output, the seed starts clean.
+    pub fn clear_finite_flag(&self) -> Result<(), tch::TchError> {
+        if let Some(flag) = &self.finite {
+            let _ = flag.shallow_clone().f_fill_(1)?;
+        }
+        Ok(())
+    }
+
     /// The lifecycle events of this slot since the last call, in order. The slot does
     /// not log them: the trainer collects, emits and records each once.
     pub fn take_events(&mut self) -> Vec<LifecycleEvent> {
@@ -480,6 +538,10 @@ impl SeedSlot {
                 self.events.push(LifecycleEvent::ReleaseFailed { slot: self.id.clone(), error: e.to_string() });
             }
         }
+        if let (Some(watch), Some(seed)) = (&self.watch, &self.watched) {
+            watch.unregister(seed);
+        }
+        self.watched = None;
         self.blend = None;
         self.monitor = None;
         self.finite = None;
@@ -557,8 +619,9 @@ impl SeedSlot {
     }
 }
 
-/// Runs the seed's forward and holds the output to the contract. A float32 output for a
-/// bfloat16 input under autocast is autocast's doing, not the seed's (see
+/// Runs the seed's forward, timed by the run's watchdog when there is one (an overdue
+/// call is a [`FaultKind::Timeout`]), and holds the output to the contract. A float32
+/// output for a bfloat16 input under autocast is autocast's doing, not the seed's (see
 /// [`autocast_f32`]): it is cast back to the input's dtype, or, with `keep_autocast_f32`,
 /// kept as it is for a caller that converts itself.
 fn checked_forward(
@@ -566,10 +629,16 @@ fn checked_forward(
     input: &Tensor,
     train: bool,
     keep_autocast_f32: bool,
+    watch: Option<(&SeedWatch, &WatchedSeed)>,
 ) -> Result<Tensor, FaultKind> {
     let forward_err = |e: tch::TchError| FaultKind::Forward(e.to_string());
     let version = contract::input_version(input).map_err(forward_err)?;
-    let out = seed.forward(input, train).map_err(|e| FaultKind::Forward(e.to_string()))?;
+    let call = watch.map(|(watch, seed)| watch.forward(seed, train));
+    let out = seed.forward(input, train);
+    if let Some(over) = call.and_then(|c| c.finish()) {
+        return Err(FaultKind::Timeout { seconds: over.took.as_secs_f64(), limit_s: over.allowance.as_secs_f64() });
+    }
+    let out = out.map_err(|e| FaultKind::Forward(e.to_string()))?;
     if !autocast_f32(input, &out) {
         contract::check_output(input, version, &out)?;
         return Ok(out);

@@ -12,6 +12,18 @@ use anyhow::Result;
 use std::{collections::BTreeMap, time::Instant};
 use tch::{Kind, Tensor};
 
+/// What a validation pass runs.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Eval<'a> {
+    /// The model as it is.
+    Full,
+    /// Slot `id`'s alpha forced to 0 (the counterfactual).
+    Bypass(&'a str),
+    /// The host alone, every seed bypassed (to tell the host's non-finite values from a
+    /// seed's).
+    HostOnly,
+}
+
 /// Training loss and accuracy (%) of one epoch, its steps and their time.
 struct TrainResult {
     loss: f64,
@@ -26,9 +38,10 @@ impl Trainer {
         let started = Instant::now();
         let mut events = std::mem::take(&mut self.opening_events);
         let train = self.train_epoch(epoch, observer, &mut events)?;
-        let (val_loss, val_accuracy) = self.evaluate_contained(None, &mut events)?;
+        let (val_loss, val_accuracy) = self.evaluate_contained(Eval::Full, &mut events)?;
         let contributions = self.measure_seeds(val_accuracy, &mut events)?;
         self.advance_lifecycle(epoch, &mut events)?;
+        self.collect_overdue(&mut events);
         self.log_rollback_costs();
         let slots = self
             .model
@@ -83,9 +96,10 @@ impl Trainer {
         observer.epoch_started(epoch, n_batches);
         let started = Instant::now();
         let mut totals = self.graphs.epoch_totals(self.device)?;
-        if self.model.slots().iter().any(|s| s.runs_seed()) {
-            self.save_good(&totals)?; // the first state a non-finite seed can be rolled back to
-        }
+        self.guard.host_faults = 0;
+        // The first state a non-finite seed can be rolled back to, and where a host fault
+        // found at the epoch's end is judged.
+        self.save_good(&totals)?;
         for (i, (x, y)) in batches.enumerate() {
             let capture = i % gradient_every == 0 || i + 1 == n_batches;
             self.train_step(&x, &y, capture, &mut totals, events)?;
@@ -94,6 +108,10 @@ impl Trainer {
         let seen = totals.seen.max(1) as f64;
         // Reading the totals waits for the device: the time below includes every step.
         let loss = totals.loss.f_double_value(&[])? / seen;
+        if !loss.is_finite() {
+            // Steps with seeds were read as they went: these are the host's own.
+            return Err(self.host_fault_at_epoch_end(&mut totals)?.into());
+        }
         let accuracy = 100.0 * totals.correct.f_int64_value(&[])? as f64 / seen;
         Ok(TrainResult { loss, accuracy, steps: n_batches as u32, seconds: started.elapsed().as_secs_f64() })
     }
@@ -111,7 +129,7 @@ impl Trainer {
         for id in ids {
             let stage = self.model.slot(&id)?.stage();
             let contribution = if matches!(stage, SeedStage::Blending | SeedStage::Holding | SeedStage::Fossilized) {
-                Some(val_accuracy - self.evaluate_contained(Some(&id), events)?.1)
+                Some(val_accuracy - self.evaluate_contained(Eval::Bypass(&id), events)?.1)
             } else {
                 None
             };
@@ -148,12 +166,17 @@ impl Trainer {
     }
 
     /// [`Trainer::evaluate`], containing seeds at fault: a seed that breaks the contract,
-    /// fails or gives non-finite outputs is pruned and the evaluation run again.
-    fn evaluate_contained(&mut self, bypass: Option<&str>, events: &mut Vec<LifecycleEvent>) -> Result<(f64, f64)> {
+    /// fails or gives non-finite outputs is pruned and the evaluation run again. A
+    /// non-finite loss is judged first: the host's own ends the run (see
+    /// [`super::attribution`]).
+    fn evaluate_contained(&mut self, eval: Eval<'_>, events: &mut Vec<LifecycleEvent>) -> Result<(f64, f64)> {
         loop {
-            let faults = match self.evaluate(bypass) {
+            let faults = match self.evaluate(eval) {
                 Ok(result) => {
                     let faults = self.non_finite_outputs()?;
+                    if !result.0.is_finite() {
+                        self.judge_validation(&faults)?;
+                    }
                     if faults.is_empty() {
                         return Ok(result);
                     }
@@ -166,18 +189,18 @@ impl Trainer {
         }
     }
 
-    /// Validation loss and accuracy (%), eval mode; with `bypass`, that slot's alpha is
-    /// forced to 0 (the counterfactual).
-    fn evaluate(&self, bypass: Option<&str>) -> Result<(f64, f64), ModelError> {
+    /// Validation loss and accuracy (%), eval mode, of what `eval` names.
+    pub(super) fn evaluate(&self, eval: Eval<'_>) -> Result<(f64, f64), ModelError> {
         tch::no_grad(|| {
             // Summed on the device; read back once at the end (no sync per batch).
             let mut loss = Tensor::zeros([], (Kind::Float, self.device));
             let mut correct = Tensor::zeros([], (Kind::Int64, self.device));
             let mut seen = 0i64;
             for (x, y) in self.data.val.batches(256, None, self.device) {
-                let logits = match bypass {
-                    Some(id) => self.model.forward_counterfactual(&x, id)?,
-                    None => self.model.forward(&x, false)?,
+                let logits = match eval {
+                    Eval::Full => self.model.forward(&x, false)?,
+                    Eval::Bypass(id) => self.model.forward_counterfactual(&x, id)?,
+                    Eval::HostOnly => self.model.forward_host_only(&x, false)?,
                 };
                 let n = y.size()[0];
                 let _ = loss.f_add_(&step::cross_entropy(&logits, &y)?.f_mul_scalar(n as f64)?)?;

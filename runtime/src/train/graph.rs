@@ -17,9 +17,10 @@
 //!   so a moving alpha needs no recapture; Adam's step count lives on the device too.
 //! * **Containment.** A replay runs no plugin code, only the kernels the plugin launched
 //!   when captured, so what a seed can still do wrong is produce non-finite values: the
-//!   flags and gradients are read every `gradient_every` steps, after the replay, and a
-//!   seed at fault is handled as in the eager step (roll back to the last good state,
-//!   prune, re-run the batch without it). A plugin that fails while captured (an op that
+//!   flags, the host's loss and the gradients are read every `gradient_every` steps,
+//!   after the replay, and non-finite values are handled as in the eager step (roll back
+//!   to the last good state, judge who is at fault (see [`super::attribution`]), prune a
+//!   seed at fault, re-run the batch eagerly). A plugin that fails while captured (an op that
 //!   cannot be captured, a host sync) is not blamed: the capture is abandoned and that
 //!   topology runs eagerly, the reason logged; the eager step then judges the seed.
 //! * **Where it falls back.** The CPU, `cuda_graph = "off"`, a build without CUDA graph
@@ -265,7 +266,7 @@ impl Trainer {
         let loss = cross_entropy(&logits, y).map_err(|e| e.to_string())?;
         let had: Vec<Vec<bool>> =
             self.optimizers_mut().map(Optimizer::clear_grads).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
-        loss.f_backward().map_err(|e| e.to_string())?;
+        self.watched_backward(&loss).map_err(|e| e.to_string())?;
         for (opt, had) in self.optimizers_mut().zip(&had) {
             opt.zero_missing_grads(had).map_err(|e| e.to_string())?;
         }
@@ -309,11 +310,12 @@ impl Trainer {
         self.seed_opts.values_mut().for_each(|o| o.count_replayed_step());
         self.graphs.stats.replays += 1;
         if capture {
-            let faults = self.read_health().map_err(|e| anyhow!("reading seed health failed: {e}"))?;
-            if !faults.is_empty() {
-                self.roll_back(totals)?;
-                self.contain(faults, events)?;
-                // The topology changed: this batch again, eagerly, without the seed.
+            // The graph added this step's loss to the epoch's sum already.
+            let host_loss = || Ok(totals.loss.shallow_clone());
+            let health = self.read_health(host_loss).map_err(|e| anyhow!("reading seed health failed: {e}"))?;
+            if !health.is_clean() {
+                self.recover(x, y, health, totals, events)?;
+                // This batch again, eagerly (without the seed, if one was at fault).
                 return self.eager_step(x, y, capture, totals, events);
             }
         }

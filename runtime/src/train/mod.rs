@@ -1,6 +1,7 @@
 //! The training job: host and seed optimizers, validation, gradient telemetry,
 //! counterfactual contributions, the lifecycle controller, checkpoints and the report.
 
+pub mod attribution;
 pub mod checkpoint;
 pub mod compare;
 pub mod controller;
@@ -93,6 +94,7 @@ impl Trainer {
         let slots: Vec<&str> = config.slots.iter().map(String::as_str).collect();
         let mut model = MorphogeneticModel::new(config.host.clone(), &slots, config.slot.clone(), device)?;
         model.set_precision(config.training.precision);
+        model.watch_seeds(config.training.seed_timeout()).context("starting the seed watchdog")?;
         let data = config.data.load().context("loading the data set")?;
         let host_opt = Optimizer::new(config.training.host_optimizer, model.host_parameters());
         let controller =

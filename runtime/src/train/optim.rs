@@ -155,8 +155,8 @@ impl Optimizer {
             OptimizerConfig::Sgd { lr, momentum, weight_decay } => {
                 shim::sgd(&r(&params), &r(&grads), &r(&first), shim::Sgd { lr, momentum, weight_decay }).map(|_| ())
             }
-            OptimizerConfig::Adam { lr, beta1, beta2, weight_decay } => {
-                let settings = shim::Adam { lr, beta1, beta2, weight_decay, eps: 1e-8 };
+            OptimizerConfig::Adam { lr, beta1, beta2, weight_decay, eps } => {
+                let settings = shim::Adam { lr, beta1, beta2, weight_decay, eps };
                 // Made at the first step from the count before it (the shim adds one).
                 let steps = match &self.device_steps {
                     Some(t) => t,
@@ -265,7 +265,13 @@ mod tests {
     fn both_optimizers_minimise_a_quadratic() {
         assert!(quadratic_descent(OptimizerConfig::Sgd { lr: 0.1, momentum: 0.9, weight_decay: 0.0 }) < 1e-3);
         assert!(
-            quadratic_descent(OptimizerConfig::Adam { lr: 0.1, beta1: 0.9, beta2: 0.999, weight_decay: 0.0 }) < 1e-2
+            quadratic_descent(OptimizerConfig::Adam {
+                lr: 0.1,
+                beta1: 0.9,
+                beta2: 0.999,
+                weight_decay: 0.0,
+                eps: 1e-8
+            }) < 1e-2
         );
     }
 
@@ -304,7 +310,7 @@ mod tests {
 
     #[test]
     fn state_round_trip_continues_identically() {
-        let config = OptimizerConfig::Adam { lr: 0.05, beta1: 0.9, beta2: 0.999, weight_decay: 0.01 };
+        let config = OptimizerConfig::Adam { lr: 0.05, beta1: 0.9, beta2: 0.999, weight_decay: 0.01, eps: 1e-8 };
         let run = |p: &Tensor, opt: &mut Optimizer, n: usize| {
             for _ in 0..n {
                 opt.zero_grad().unwrap();

@@ -9,12 +9,16 @@
 //! and read where the loop already reads (the gradient capture, every
 //! `gradient_every` steps): then the whole state (parameters, buffers, optimizer state,
 //! the epoch's loss and accuracy sums) goes back to an in-memory copy of the last step
-//! read as good, and the step is re-run
-//! without the seed. An error that is the host's own ends the run.
+//! read as good, and the step is re-run without the seed; whether it is a seed's doing or
+//! the host's own is decided then (see [`super::attribution`]). An error that is the
+//! host's own ends the run.
+//!
+//! The backward pass, while seeds run, is timed by the seed watchdog as a whole (see
+//! [`crate::isolation::watchdog`]): reported when overdue, never pinned on a seed.
 
-use super::{optim::StateCopy, rollback::TensorCopy, Trainer};
+use super::{attribution::Health, optim::StateCopy, rollback::TensorCopy, Trainer};
 use crate::{
-    isolation::{FaultKind, SeedFault},
+    isolation::{watchdog::CallGuard, FaultKind, SeedFault},
     lifecycle::LifecycleEvent,
     model::ModelError,
     torch_error,
@@ -34,7 +38,7 @@ pub(super) struct StepGuard {
     /// Buffers as they were before the current step.
     buffers: TensorCopy,
     /// Parameters and buffers at the last step read as good.
-    good: TensorCopy,
+    pub(super) good: TensorCopy,
     good_host_opt: StateCopy,
     good_seed_opts: BTreeMap<String, StateCopy>,
     /// Examples seen in the epoch at that step (the epoch's sums are in `good`): the
@@ -44,6 +48,8 @@ pub(super) struct StepGuard {
     pub(super) snapshot_time: Duration,
     pub(super) snapshots: u32,
     pub(super) rollbacks: u32,
+    /// Host faults found at step reads in the current epoch (see [`super::attribution`]).
+    pub(super) host_faults: u32,
 }
 
 /// The epoch's running sums, on the device (read once at the end).
@@ -102,8 +108,9 @@ pub(super) fn cross_entropy(logits: &Tensor, y: &Tensor) -> Result<Tensor, tch::
 enum Spoiled {
     /// Seeds at fault, seen during the step (nothing was updated yet).
     Seeds(Vec<SeedFault>),
-    /// Seeds read back non-finite: steps since the last good read are suspect.
-    NonFinite(Vec<SeedFault>),
+    /// A read found non-finite values: steps since the last good read are suspect, and
+    /// who is at fault is decided after the rollback ([`Trainer::recover`]).
+    NonFinite(Health),
     /// The host's own error: the run ends.
     Host(anyhow::Error),
 }
@@ -136,7 +143,7 @@ impl Trainer {
             if seeded {
                 self.save_buffers()?;
             }
-            match self.attempt(x, y, capture) {
+            match self.attempt(x, y, capture, totals) {
                 Ok((loss, logits)) => {
                     totals.add(&loss, &logits, y)?;
                     if capture && seeded {
@@ -150,26 +157,25 @@ impl Trainer {
                     self.guard.buffers.restore()?;
                     self.contain(faults, events)?;
                 }
-                Err(Spoiled::NonFinite(faults)) => {
-                    self.roll_back(totals)?;
-                    self.contain(faults, events)?;
-                }
+                Err(Spoiled::NonFinite(health)) => self.recover(x, y, health, totals, events)?,
                 Err(Spoiled::Host(e)) => return Err(e),
             }
         }
     }
 
-    fn attempt(&mut self, x: &Tensor, y: &Tensor, capture: bool) -> Result<(Tensor, Tensor), Spoiled> {
+    fn attempt(&mut self, x: &Tensor, y: &Tensor, capture: bool, totals: &Totals) -> Result<(Tensor, Tensor), Spoiled> {
         let logits = self.model.forward(x, true).map_err(from_model)?;
         let loss = cross_entropy(&logits, y).map_err(|e| host_error("the loss", e))?;
         self.zero_grads().map_err(|e| host_error("zeroing the gradients", e))?;
-        if let Err(e) = loss.f_backward() {
+        if let Err(e) = self.watched_backward(&loss) {
             return Err(self.blame_backward(x, y, e));
         }
         if capture {
-            let faults = self.read_health().map_err(|e| host_error("reading seed health", e))?;
-            if !faults.is_empty() {
-                return Err(Spoiled::NonFinite(faults));
+            // The host's loss so far this epoch, this step's included.
+            let host_loss = || totals.loss.f_add(&loss);
+            let health = self.read_health(host_loss).map_err(|e| host_error("reading seed health", e))?;
+            if !health.is_clean() {
+                return Err(Spoiled::NonFinite(health));
             }
         }
         self.host_opt.step().map_err(|e| host_error("the host optimizer step", e))?;
@@ -177,6 +183,26 @@ impl Trainer {
             opt.step().map_err(|e| host_error(&format!("the optimizer step of {id}"), e))?;
         }
         Ok((loss, logits))
+    }
+
+    /// `loss.backward()`, timed by the seed watchdog while seeds run (see the module
+    /// docs): an overdue backward is reported, and when it returns logged, never blamed.
+    pub(super) fn watched_backward(&self, loss: &Tensor) -> Result<(), tch::TchError> {
+        let seeded = self.model.slots().iter().any(|s| s.runs_seed());
+        let call = self.model.seed_watch().filter(|_| seeded).map(|w| w.backward());
+        let result = loss.f_backward();
+        if let Some(over) = call.and_then(CallGuard::finish) {
+            tracing::warn!(
+                event = "backward_overdue",
+                seconds = over.took.as_secs_f64(),
+                "the backward pass took {:.1} s, over the seed watchdog's limit of {} s ([training] \
+                 seed_timeout_s); no seed is pruned for it: the backward runs libtorch's kernels for the host and \
+                 every seed together, none of them plugin code",
+                over.took.as_secs_f64(),
+                over.allowance.as_secs_f64()
+            );
+        }
+        result
     }
 
     fn zero_grads(&mut self) -> Result<(), esper_torch_shim::ShimError> {
@@ -215,20 +241,57 @@ impl Trainer {
         Spoiled::Seeds(culprits.iter().filter_map(|&i| slots[i].fault_of(FaultKind::Backward(text.clone()))).collect())
     }
 
-    /// Reads the running seeds' finiteness flags (one transfer) and gradient norms (the
-    /// monitor's one transfer per slot). A seed is at fault for non-finite outputs, or
-    /// for non-finite gradients while the host's are finite.
-    pub(super) fn read_health(&mut self) -> Result<Vec<SeedFault>, ModelError> {
-        let mut faults = self.non_finite_outputs()?;
+    /// While seeds run: reads their finiteness flags with the finiteness of `host_loss`
+    /// (the epoch's loss sum so far, made only then; one transfer), then, if all were
+    /// finite, the gradient norms (the monitor's one transfer per slot). Suspect: a seed
+    /// with non-finite outputs or gradients; the host, for a non-finite loss or gradient
+    /// (who is at fault is decided after the rollback). Gradients of a step found non-finite are
+    /// not recorded (a seed's metrics would keep a NaN the host may have caused). Without
+    /// seeds nothing is read (the epoch's end reads the loss sum).
+    pub(super) fn read_health(
+        &mut self,
+        host_loss: impl FnOnce() -> Result<Tensor, tch::TchError>,
+    ) -> Result<Health, ModelError> {
+        let Some((flagged, host_finite)) = self.read_flags(host_loss)? else { return Ok(Health::clean()) };
+        let slots = self.model.slots();
+        let seeds: Vec<SeedFault> =
+            flagged.iter().filter_map(|&i| slots[i].fault_of(FaultKind::NonFinite { what: "outputs" })).collect();
+        if !seeds.is_empty() || !host_finite {
+            return Ok(Health { seeds, host_finite });
+        }
         let samples = self.model.capture_gradients();
         let slots = self.model.slots();
+        let mut health = Health::clean();
         for (i, sample) in samples {
-            let already = faults.iter().any(|f| f.slot == slots[i].id());
-            if !already && !sample.seed_norm.is_finite() && sample.host_norm.is_finite() {
-                faults.extend(slots[i].fault_of(FaultKind::NonFinite { what: "gradients" }));
+            health.host_finite &= sample.host_norm.is_finite();
+            if !sample.seed_norm.is_finite() {
+                health.seeds.extend(slots[i].fault_of(FaultKind::NonFinite { what: "gradients" }));
             }
         }
-        Ok(faults)
+        Ok(health)
+    }
+
+    /// The running seeds with a non-finite output flag, and whether `host_loss` is
+    /// finite, in one transfer; None (nothing read) when no seed runs.
+    fn read_flags(
+        &self,
+        host_loss: impl FnOnce() -> Result<Tensor, tch::TchError>,
+    ) -> Result<Option<(Vec<usize>, bool)>, ModelError> {
+        let (idx, mut flags): (Vec<usize>, Vec<Tensor>) = self
+            .model
+            .slots()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.finite_flag().map(|f| (i, f.shallow_clone())))
+            .unzip();
+        let Some(device) = flags.first().map(Tensor::device) else { return Ok(None) };
+        flags.push(host_loss()?.f_isfinite()?);
+        // Stacked where the first flag lives, then one transfer to the host.
+        let on_one = flags.iter().map(|f| f.f_to_device(device)).collect::<Result<Vec<_>, _>>()?;
+        let read = Vec::<bool>::try_from(&Tensor::f_stack(&on_one, 0)?.f_to_device(tch::Device::Cpu)?)?;
+        let host_finite = read.last().copied().unwrap_or(false);
+        let flagged = idx.into_iter().zip(read).filter(|(_, ok)| !ok).map(|(i, _)| i).collect();
+        Ok(Some((flagged, host_finite)))
     }
 
     /// The running seeds whose outputs were not all finite (one read of their flags).
@@ -236,6 +299,14 @@ impl Trainer {
         let slots = self.model.slots();
         let bad = self.model.non_finite_slots()?;
         Ok(bad.iter().filter_map(|&i| slots[i].fault_of(FaultKind::NonFinite { what: "outputs" })).collect())
+    }
+
+    /// The watchdog's events since the last collection (emitted when they happened), into
+    /// the epoch's record.
+    pub(super) fn collect_overdue(&self, events: &mut Vec<LifecycleEvent>) {
+        if let Some(watch) = self.model.seed_watch() {
+            events.extend(watch.take_reported());
+        }
     }
 
     /// Copies the buffers a discarded forward could change (the list is taken again
@@ -292,6 +363,7 @@ impl Trainer {
         if faults.is_empty() {
             return Err(anyhow!("internal: a step was spoiled without a seed at fault"));
         }
+        self.collect_overdue(events);
         for fault in faults {
             self.model.slot_mut(&fault.slot)?.contain(&fault)?;
             self.collect_events(events);
