@@ -312,7 +312,11 @@ fn checkpoint_v1(dir: &Path) -> PathBuf {
 fn a_checkpoint_of_the_first_format_resumes_and_runs_on() {
     let _one = one_job_at_a_time();
     let dir = temp_dir("checkpoint-v1");
-    let mut t = Trainer::resume(&checkpoint_v1(&dir)).unwrap();
+    // A checkpoint folder outside a run folder: resumed into the folder named.
+    let ckpt = checkpoint_v1(&dir);
+    let e = Trainer::resume(&ckpt).err().unwrap().to_string();
+    assert!(e.contains("is a checkpoint outside a run folder"), "{e}");
+    let mut t = Trainer::resume_into(&ckpt, &dir.join("out")).unwrap();
     let h = t.history();
     assert_eq!(h.len(), 2);
     assert_eq!(h[0].events.iter().map(ToString::to_string).collect::<Vec<_>>(), ["r0c1: GERMINATED -> TRAINING"]);
