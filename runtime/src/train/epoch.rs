@@ -87,6 +87,7 @@ impl Trainer {
             self.save_good(&totals)?; // the first state a non-finite seed can be rolled back to
         }
         for (i, (x, y)) in batches.enumerate() {
+            self.stop.check()?; // a stop requested ends the epoch here, unrecorded
             let capture = i % gradient_every == 0 || i + 1 == n_batches;
             self.train_step(&x, &y, capture, &mut totals, events)?;
             observer.batch_done();
