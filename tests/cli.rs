@@ -409,6 +409,11 @@ fn a_copied_or_moved_run_folder_continues_where_it_is() {
         "{e}"
     );
     assert!(!d.exists());
+    let help = stdout(&esper(&["run", "--help"]));
+    assert!(
+        help.contains("a moved or copied run folder continues where it is") && help.contains("Not with --output"),
+        "{help}"
+    );
 }
 
 #[test]
