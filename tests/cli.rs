@@ -367,3 +367,324 @@ fn plugin_new_refuses_bad_names_and_existing_folders() {
     }
     assert!(!esper(&["plugin", "new", "x", "--portable", "--native"]).status.success());
 }
+
+// ---- Run folders: one process at a time, resumed where they are, written safely ----
+
+/// A config in `dir` for a fast run of `epochs` epochs (no seed), output `dir/out`.
+fn fast_job(dir: &std::path::Path, epochs: u32) -> std::path::PathBuf {
+    let norm = plugin_lib("esper-norm");
+    let job = SmallJob {
+        plugin: &norm,
+        epochs,
+        batch_size: 64,
+        memory_format: "channels_last",
+        blueprint: None,
+        sections: "",
+    };
+    esper_tests::write_file(dir, "run.toml", &job.text())
+}
+
+/// `esper run ARGS`, run to its end.
+fn run_esper(args: &[&std::ffi::OsStr]) -> Output {
+    esper_tests::esper().arg("run").args(args).output().unwrap()
+}
+
+/// `esper run ARGS` started in the background, its output captured.
+fn spawn_esper(args: &[&std::ffi::OsStr]) -> std::process::Child {
+    esper_tests::esper()
+        .arg("run")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn latest(out: &std::path::Path) -> String {
+    std::fs::read_to_string(out.join("checkpoints/latest")).unwrap_or_default()
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    s.as_ref()
+}
+
+#[test]
+fn a_second_process_on_a_run_folder_is_refused_at_once_naming_the_first() {
+    let dir = esper_tests::temp_dir("lock");
+    let config = fast_job(&dir, 1000);
+    let out = dir.join("out");
+    let mut first = spawn_esper(&[config.as_os_str()]);
+    let pid = first.id();
+    esper_tests::wait_for("the first run's lock and checkpoint", 60, || {
+        std::fs::read_to_string(out.join(".esper.lock")).is_ok_and(|t| t == format!("{pid}\n"))
+            && !latest(&out).is_empty()
+    });
+    let busy = format!("error: run folder {} is in use by another esper process (PID {pid}", out.display());
+    for args in
+        [vec![config.as_os_str()], vec![config.as_os_str(), os("--overwrite")], vec![os("--resume"), out.as_os_str()]]
+    {
+        let started = std::time::Instant::now();
+        let second = run_esper(&args);
+        let e = esper_tests::stderr(&second);
+        assert_eq!(second.status.code(), Some(1), "{args:?}: {e}");
+        assert!(e.starts_with(&busy), "{args:?}: {e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "{args:?} was not refused at once");
+        assert!(first.try_wait().unwrap().is_none(), "the first run goes on");
+        assert!(out.join("checkpoints").is_dir() && out.join("events.jsonl").is_file(), "{args:?} removed files");
+    }
+    // The lock goes with its process, however it ends (kill -9 here).
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let done: u32 = latest(&out).trim_start_matches("epoch-").parse().unwrap();
+    let resumed = run_esper(&[os("--resume"), out.as_os_str(), os("--epochs"), os(&(done + 1).to_string())]);
+    assert!(resumed.status.success(), "{}", esper_tests::stderr(&resumed));
+    assert_eq!(latest(&out), format!("epoch-{:04}", done + 1));
+}
+
+#[test]
+fn a_copied_or_moved_run_folder_continues_where_it_is() {
+    let dir = esper_tests::temp_dir("moved");
+    let config = fast_job(&dir, 1);
+    let (a, b, c) = (dir.join("rA"), dir.join("rB"), dir.join("rC"));
+    let first = run_esper(&[config.as_os_str(), os("--output"), a.as_os_str()]);
+    assert!(first.status.success(), "{}", esper_tests::stderr(&first));
+    let check = |run: &std::path::Path| {
+        assert_eq!(latest(run), "epoch-0002");
+        assert_eq!(esper_tests::report_epochs(run), [1, 2]);
+        let events = std::fs::read_to_string(run.join("events.jsonl")).unwrap();
+        assert_eq!(events.matches("\"event\":\"epoch\"").count(), 2, "both epochs' events in {}", run.display());
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("checkpoints/epoch-0002/state.json")).unwrap()).unwrap();
+        assert_eq!(state["config"]["output"]["dir"], run.to_str().unwrap());
+    };
+    // A copy continues in the copy; the original is not touched.
+    assert!(std::process::Command::new("cp").arg("-r").arg(&a).arg(&c).status().unwrap().success());
+    let original = esper_tests::snapshot(&a);
+    let resumed = run_esper(&[os("--resume"), c.as_os_str(), os("--epochs"), os("2")]);
+    assert!(resumed.status.success(), "{}", esper_tests::stderr(&resumed));
+    check(&c);
+    assert!(esper_tests::snapshot(&a) == original, "resuming the copy changed the original");
+    // A moved folder continues where it is now; nothing is written to where it was.
+    std::fs::rename(&a, &b).unwrap();
+    let resumed = run_esper(&[os("--resume"), b.as_os_str(), os("--epochs"), os("2")]);
+    assert!(resumed.status.success(), "{}", esper_tests::stderr(&resumed));
+    check(&b);
+    assert!(!a.exists(), "the old path was written to");
+    // --output cannot send a resumed run elsewhere: refused, the way out named.
+    let d = dir.join("rD");
+    let both = run_esper(&[os("--resume"), b.as_os_str(), os("--output"), d.as_os_str()]);
+    let e = esper_tests::stderr(&both);
+    assert_eq!(both.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("--resume continues a run in its own folder, so it takes no --output") && e.contains("cp -r"),
+        "{e}"
+    );
+    assert!(!d.exists());
+    let help = stdout(&esper(&["run", "--help"]));
+    assert!(
+        help.contains("a moved or copied run folder continues where it is") && help.contains("Not with --output"),
+        "{help}"
+    );
+}
+
+#[test]
+fn resume_follows_latest_only_inside_the_run_and_falls_back_to_a_complete_checkpoint() {
+    let dir = esper_tests::temp_dir("latest");
+    let config = fast_job(&dir, 2);
+    let out = dir.join("out");
+    let first = run_esper(&[config.as_os_str()]);
+    assert!(first.status.success(), "{}", esper_tests::stderr(&first));
+    let other = dir.join("other");
+    assert!(std::process::Command::new("cp").arg("-r").arg(&out).arg(&other).status().unwrap().success());
+    let theirs = esper_tests::snapshot(&other);
+    // `latest` naming another run's checkpoint is refused.
+    std::fs::write(out.join("checkpoints/latest"), "../../other/checkpoints/epoch-0002").unwrap();
+    let refused = run_esper(&[os("--resume"), out.as_os_str(), os("--epochs"), os("3")]);
+    let e = esper_tests::stderr(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{e}");
+    assert!(e.contains("names `../../other/checkpoints/epoch-0002`, not a checkpoint folder epoch-NNNN inside"), "{e}");
+    assert!(esper_tests::snapshot(&other) == theirs);
+    // The newest checkpoint without its marker: the one before is used, with a warning.
+    std::fs::write(out.join("checkpoints/latest"), "epoch-0002").unwrap();
+    std::fs::remove_file(out.join("checkpoints/epoch-0002/COMPLETE")).unwrap();
+    let resumed = run_esper(&[os("--resume"), out.as_os_str(), os("--epochs"), os("3")]);
+    let e = esper_tests::stderr(&resumed);
+    assert!(resumed.status.success(), "{e}");
+    let warning = format!(
+        "names epoch-0002, which is incomplete (no COMPLETE marker): resuming from {}, the newest complete checkpoint",
+        out.join("checkpoints/epoch-0001").display()
+    );
+    assert!(e.contains("WARN") && e.contains(&warning), "{e}");
+    assert_eq!(esper_tests::report_epochs(&out), [1, 2, 3]);
+    assert_eq!(latest(&out), "epoch-0003");
+    assert!(esper_tests::snapshot(&other) == theirs);
+}
+
+#[test]
+fn a_link_in_place_of_a_run_file_is_refused_and_its_target_left_alone() {
+    let dir = esper_tests::temp_dir("links");
+    let config = fast_job(&dir, 1);
+    let out = dir.join("out");
+    let first = run_esper(&[config.as_os_str()]);
+    assert!(first.status.success(), "{}", esper_tests::stderr(&first));
+    let precious = esper_tests::write_file(&dir, "precious.txt", "precious");
+    for name in ["report.json", "events.jsonl"] {
+        let kept = dir.join(format!("{name}.kept"));
+        std::fs::rename(out.join(name), &kept).unwrap();
+        std::os::unix::fs::symlink(&precious, out.join(name)).unwrap();
+        let refused = run_esper(&[os("--resume"), out.as_os_str(), os("--epochs"), os("2")]);
+        let e = esper_tests::stderr(&refused);
+        assert_eq!(refused.status.code(), Some(1), "{name}: {e}");
+        assert!(e.starts_with(&format!("error: {} is a symbolic link", out.join(name).display())), "{e}");
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), "precious", "{name}: the link's target was written");
+        assert_eq!(latest(&out), "epoch-0001", "{name}: the run went on");
+        std::fs::remove_file(out.join(name)).unwrap();
+        std::fs::rename(&kept, out.join(name)).unwrap();
+    }
+}
+
+#[test]
+fn a_full_disk_keeps_the_last_report_and_checkpoint_and_leaves_no_tmp() {
+    // A file size limit (RLIMIT_FSIZE, set with prlimit(1) on the running child: no
+    // privileges needed) with SIGXFSZ ignored: a write past it fails with EFBIG, as on
+    // a full disk. It is set once the run has resumed (loading a plugin writes a private
+    // copy of it); the seed sleeps 1 s a step from then on, so the epoch is still under
+    // way.
+    let dir = esper_tests::temp_dir("full-disk");
+    let config = sleepy_job(&dir, 1, 1);
+    let out = dir.join("out");
+    let first = run_esper(&[config.as_os_str(), os("--epochs"), os("1")]);
+    assert!(first.status.success(), "{}", esper_tests::stderr(&first));
+    let size = |p: &str| std::fs::metadata(out.join(p)).unwrap().len();
+    let resumed =
+        || std::fs::read_to_string(out.join("events.jsonl")).unwrap().matches("\"message\":\"resumed\"").count();
+    let limited = |bytes: u64| {
+        let before = resumed();
+        let run = std::process::Command::new("bash")
+            .args(["-c", "trap '' XFSZ; exec \"$0\" \"$@\""])
+            .arg(esper_tests::esper_bin())
+            .args([os("run"), os("--resume"), out.as_os_str(), os("--epochs"), os("2")])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        esper_tests::wait_for("the run to resume", 60, || resumed() > before);
+        let pid = run.id().to_string();
+        let fsize = format!("--fsize={bytes}");
+        assert!(std::process::Command::new("prlimit").args(["--pid", &pid, &fsize]).status().unwrap().success());
+        run.wait_with_output().unwrap()
+    };
+    // The checkpoint's largest file does not fit: the run ends, the last good state kept.
+    let host = size("checkpoints/epoch-0001/host.safetensors");
+    let before = esper_tests::snapshot(&out);
+    let full = limited(host - 2048);
+    let e = esper_tests::stderr(&full);
+    assert_eq!(full.status.code(), Some(1), "{e}");
+    assert!(e.contains("epoch 2: writing the checkpoint failed") && e.contains("host.safetensors"), "{e}");
+    assert!(esper_tests::tmp_leftovers(&out).is_empty(), "{:?}", esper_tests::tmp_leftovers(&out));
+    let after = esper_tests::snapshot(&out);
+    for kept in ["report.json", "report.png", "checkpoints/latest", "checkpoints/epoch-0001/host.safetensors"] {
+        let kept = std::path::Path::new(kept);
+        assert!(after[kept] == before[kept], "{} changed", kept.display());
+    }
+    assert!(!out.join("checkpoints/epoch-0002").exists());
+    // The checkpoint fits and the plot does not: the new report.json is in place, the
+    // previous report.png kept whole.
+    let png = std::fs::read(out.join("report.png")).unwrap();
+    let limit = host.max(size("checkpoints/epoch-0001/optim-host.safetensors")) + 2048;
+    assert!(png.len() as u64 > limit + 1024, "premise: the plot is larger than the checkpoint's files");
+    let full = limited(limit);
+    let e = esper_tests::stderr(&full);
+    assert_eq!(full.status.code(), Some(1), "{e}");
+    assert!(e.contains("report.png"), "{e}");
+    assert_eq!(std::fs::read(out.join("report.png")).unwrap(), png);
+    assert_eq!(esper_tests::report_epochs(&out), [1, 2]);
+    assert_eq!(latest(&out), "epoch-0002");
+    assert!(esper_tests::tmp_leftovers(&out).is_empty(), "{:?}", esper_tests::tmp_leftovers(&out));
+}
+
+#[test]
+fn sigint_and_sigterm_stop_the_run_with_its_report_and_say_how_to_resume() {
+    let dir = esper_tests::temp_dir("signals");
+    let config = fast_job(&dir, 1000);
+    let out = dir.join("out");
+    let resume = format!("continue with `esper run --resume {}`", out.display());
+    for (signal, code, args) in [
+        ("INT", 130, vec![config.as_os_str()]),
+        ("TERM", 143, vec![os("--resume"), out.as_os_str(), os("--epochs"), os("1000")]),
+    ] {
+        let before = latest(&out);
+        let run = spawn_esper(&args);
+        esper_tests::wait_for("a new checkpoint", 60, || !latest(&out).is_empty() && latest(&out) != before);
+        esper_tests::send_signal(run.id(), signal);
+        let ended = run.wait_with_output().unwrap();
+        let e = esper_tests::stderr(&ended);
+        assert_eq!(ended.status.code(), Some(code), "SIG{signal}: {e}");
+        let done: u64 = latest(&out).trim_start_matches("epoch-").parse().unwrap();
+        assert!(e.contains(&format!("stopped by SIG{signal} during epoch {} (not recorded)", done + 1)), "{e}");
+        assert!(e.contains(&format!("covers epochs 1-{done}")) && e.contains(&resume), "{e}");
+        assert_eq!(esper_tests::report_epochs(&out), (1..=done).collect::<Vec<_>>());
+        assert!(esper_tests::stdout(&ended).contains("validation accuracy:"), "the table is printed");
+    }
+}
+
+/// A run whose seed (`sleepy`, the hostile fixture, germinated before epoch 1) sleeps
+/// `sleep_s` seconds in each train-mode forward after its first `after` (the germination
+/// probe makes one; a seed trains from epoch 2).
+fn sleepy_job(dir: &std::path::Path, after: u32, sleep_s: u32) -> std::path::PathBuf {
+    let hostile = plugin_lib("esper-fixture-hostile");
+    let job = SmallJob {
+        plugin: &hostile,
+        epochs: 2,
+        batch_size: 64,
+        memory_format: "channels_last",
+        blueprint: Some("sleepy"),
+        sections: "",
+    };
+    let options = format!("blueprint = \"sleepy\"\noptions = {{ after = {after}, sleep_s = {sleep_s} }}\n");
+    esper_tests::write_file(dir, "run.toml", &job.text().replace("blueprint = \"sleepy\"\n", &options))
+}
+
+/// Whether the run in `out` has logged that it is prepared (its seed is germinated next).
+fn prepared(out: &std::path::Path) -> bool {
+    std::fs::read_to_string(out.join("events.jsonl")).is_ok_and(|t| t.contains("\"message\":\"run prepared\""))
+}
+
+#[test]
+fn a_stop_in_the_first_epoch_writes_nothing_and_a_second_ctrl_c_exits_at_once() {
+    let dir = esper_tests::temp_dir("sigint-first-epoch");
+    let out = dir.join("out");
+    // One SIGINT: the germination probe under way ends (the seed sleeps 2 s in it), then
+    // the run stops before its first step.
+    let config = sleepy_job(&dir, 0, 2);
+    let run = spawn_esper(&[config.as_os_str()]);
+    esper_tests::wait_for("the run to be prepared", 60, || prepared(&out));
+    esper_tests::send_signal(run.id(), "INT");
+    let ended = run.wait_with_output().unwrap();
+    let e = esper_tests::stderr(&ended);
+    assert_eq!(ended.status.code(), Some(130), "{e}");
+    assert!(e.contains("stopped by SIGINT during epoch 1, before any epoch ended: no report and no checkpoint"), "{e}");
+    assert!(!out.join("report.json").exists() && !out.join("checkpoints").exists());
+    let nothing = run_esper(&[os("--resume"), out.as_os_str()]);
+    let e = esper_tests::stderr(&nothing);
+    assert_eq!(nothing.status.code(), Some(1), "{e}");
+    let expected =
+        format!("{} has no complete checkpoint yet: the run stopped before its first epoch ended", out.display());
+    assert!(e.contains(&expected), "{e}");
+    // Two: the second ends the process at once, though the probe still sleeps (30 s).
+    let config = sleepy_job(&dir, 0, 30);
+    let out = dir.join("out-2");
+    let mut run = spawn_esper(&[config.as_os_str(), os("--output"), out.as_os_str()]);
+    esper_tests::wait_for("the run to be prepared", 60, || prepared(&out));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    esper_tests::send_signal(run.id(), "INT");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(run.try_wait().unwrap().is_none(), "the first SIGINT waits for the step to end");
+    let started = std::time::Instant::now();
+    esper_tests::send_signal(run.id(), "INT");
+    let ended = run.wait_with_output().unwrap();
+    assert_eq!(ended.status.code(), Some(130), "{}", esper_tests::stderr(&ended));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "the second SIGINT did not end the run at once");
+    assert!(!esper_tests::stderr(&ended).contains("stopped by"), "{}", esper_tests::stderr(&ended));
+}

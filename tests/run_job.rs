@@ -5,7 +5,7 @@
 use esper_runtime::{
     config::{sha256_hex, RunConfig},
     lifecycle::{LifecycleEvent, SeedStage},
-    train::{Silent, Trainer},
+    train::{report::EpochRecord, Observer, RunEnd, Silent, StopSignal, Trainer},
 };
 use esper_tests::{esper, plugin_lib, temp_dir, write_file, SmallJob};
 use std::path::{Path, PathBuf};
@@ -413,7 +413,11 @@ fn checkpoint_v1(dir: &Path) -> PathBuf {
 fn a_checkpoint_of_the_first_format_resumes_and_runs_on() {
     let _one = one_job_at_a_time();
     let dir = temp_dir("checkpoint-v1");
-    let mut t = Trainer::resume(&checkpoint_v1(&dir)).unwrap();
+    // A checkpoint folder outside a run folder: resumed into the folder named.
+    let ckpt = checkpoint_v1(&dir);
+    let e = Trainer::resume(&ckpt).err().unwrap().to_string();
+    assert!(e.contains("is a checkpoint outside a run folder"), "{e}");
+    let mut t = Trainer::resume_into(&ckpt, &dir.join("out")).unwrap();
     let h = t.history();
     assert_eq!(h.len(), 2);
     assert_eq!(h[0].events.iter().map(ToString::to_string).collect::<Vec<_>>(), ["r0c1: GERMINATED -> TRAINING"]);
@@ -461,4 +465,49 @@ fn a_bf16_run_trains_its_seed_through_the_lifecycle_like_fp32() {
     let last = |t: &Trainer| t.history().last().unwrap().val_accuracy;
     eprintln!("final val accuracy: fp32 {:.2}%, bf16 {:.2}%", last(&fp32), last(&bf16));
     assert!((last(&fp32) - last(&bf16)).abs() <= 5.0, "fp32 {} vs bf16 {}", last(&fp32), last(&bf16));
+}
+
+/// Requests a stop during batch `batch` of epoch `epoch`.
+struct StopAt {
+    stop: StopSignal,
+    epoch: u32,
+    batch: usize,
+    current: (u32, usize),
+}
+
+impl Observer for StopAt {
+    fn epoch_started(&mut self, epoch: u32, _batches: usize) {
+        self.current = (epoch, 0);
+    }
+    fn batch_done(&mut self) {
+        self.current.1 += 1;
+        if self.current == (self.epoch, self.batch) {
+            self.stop.request(std::num::NonZeroUsize::new(7).unwrap());
+        }
+    }
+    fn epoch_done(&mut self, record: &EpochRecord) {
+        assert!(record.epoch < self.epoch, "epoch {} was stopped, yet recorded", record.epoch);
+    }
+}
+
+#[test]
+fn a_stop_request_ends_the_run_at_the_next_step_and_the_partial_epoch_leaves_no_trace() {
+    let _one = one_job_at_a_time();
+    let dir = temp_dir("stop-signal");
+    let mut t = Trainer::new(RunConfig::load(&small_config(&dir, &plugin_lib("esper-norm"), 4)).unwrap()).unwrap();
+    let stop = StopSignal::new();
+    t.set_stop_signal(stop.clone());
+    let mut observer = StopAt { stop: stop.clone(), epoch: 2, batch: 2, current: (0, 0) };
+    assert_eq!(t.run(&mut observer).unwrap(), RunEnd::Stopped { epochs_done: 1 });
+    assert_eq!(observer.current, (2, 2), "no step after the request");
+    assert_eq!(stop.requested().map(|c| c.get()), Some(7));
+    assert_eq!(t.history().iter().map(|r| r.epoch).collect::<Vec<_>>(), [1]);
+    let out = dir.join("out/checkpoints");
+    assert_eq!(std::fs::read_to_string(out.join("latest")).unwrap(), "epoch-0001");
+    assert!(!out.join("epoch-0002").exists() && !out.join("epoch-0002.tmp").exists());
+    // Requested before the run starts: no epoch runs.
+    let mut t = Trainer::resume(&dir.join("out")).unwrap();
+    t.set_stop_signal(stop);
+    assert_eq!(t.run(&mut Silent).unwrap(), RunEnd::Stopped { epochs_done: 1 });
+    assert_eq!(t.history().len(), 1);
 }

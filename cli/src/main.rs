@@ -3,13 +3,15 @@
 //! * `commands`: one module per command family (`run`, `plugins`, `config`, `conformance`);
 //! * `telemetry`: logs on stderr and `events.jsonl` (tracing);
 //! * `progress`: the progress bars (the trainer's observer);
-//! * `report`: the end-of-run table and `report.png`.
+//! * `report`: the end-of-run table and `report.png`;
+//! * `signals`: SIGINT and SIGTERM stop a run at the next step.
 
 #![forbid(unsafe_code)]
 
 mod commands;
 mod progress;
 mod report;
+mod signals;
 mod telemetry;
 
 use clap::Parser;

@@ -53,7 +53,8 @@ pub fn init(level: &str, jsonl: Option<&Path>) -> anyhow::Result<MultiProgress> 
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+            // Never through a link: a symlinked events.jsonl is refused, its target left alone.
+            let file = esper_runtime::run_folder::files::open_append(path)?;
             // The file is the run's record: it keeps every info event whatever the console shows.
             Some(
                 tracing_subscriber::fmt::layer()

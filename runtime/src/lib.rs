@@ -9,6 +9,7 @@
 //! * [`model`]: the morphogenetic model: host plus seed slots, germinate, prune, forward.
 //! * [`config`]: the run config (TOML).
 //! * [`train`]: the training job, controller, checkpoints and the run's record.
+//! * [`run_folder`]: a run's output folder: its lock, and its files written safely.
 //! * [`plugin`]: the plugin loader and blueprint registry (dynamic blueprint plugins
 //!   through the stable ABI in `esper-plugin-api`).
 
@@ -22,5 +23,6 @@ pub mod isolation;
 pub mod lifecycle;
 pub mod model;
 pub mod plugin;
+pub mod run_folder;
 pub mod torch_error;
 pub mod train;

@@ -139,3 +139,54 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     path
 }
+
+/// Every file under `dir` (relative path and bytes; links as their target path), to
+/// check that a folder was left exactly as it was.
+pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, into: &mut std::collections::BTreeMap<PathBuf, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display())) {
+            let path = entry.expect("folder entry").path();
+            let kind = std::fs::symlink_metadata(&path).expect("metadata").file_type();
+            let key = path.strip_prefix(root).expect("under root").to_path_buf();
+            if kind.is_symlink() {
+                into.insert(key, std::fs::read_link(&path).expect("link").into_os_string().into_encoded_bytes());
+            } else if kind.is_dir() {
+                into.insert(key, b"<dir>".to_vec());
+                walk(root, &path, into);
+            } else {
+                into.insert(key, std::fs::read(&path).expect("file"));
+            }
+        }
+    }
+    let mut files = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut files);
+    files
+}
+
+/// Files and folders under `dir` named `*.tmp`: what an interrupted write leaves.
+pub fn tmp_leftovers(dir: &Path) -> Vec<PathBuf> {
+    snapshot(dir).into_keys().filter(|p| p.extension().is_some_and(|e| e == "tmp")).collect()
+}
+
+/// Polls `done` every 50 ms for up to `secs` seconds; panics naming `what` if it never holds.
+pub fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !done() {
+        assert!(std::time::Instant::now() < until, "waited {secs} s for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Sends signal `name` (`INT`, `TERM`, `KILL`) to process `pid` with `kill`.
+pub fn send_signal(pid: u32, name: &str) {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("running kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// The epochs `report.json` in run folder `out` records.
+pub fn report_epochs(out: &Path) -> Vec<u64> {
+    let path = out.join("report.json");
+    let text = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let report: serde_json::Value = serde_json::from_slice(&text).expect("report.json is JSON");
+    report["epochs"].as_array().expect("epochs").iter().map(|e| e["epoch"].as_u64().expect("epoch")).collect()
+}

@@ -2,15 +2,27 @@
 //!
 //! A run's output folder belongs to that run: `esper run` refuses a folder that is not
 //! empty, unless told to continue the run in it (`--resume DIR`) or to clear it first
-//! (`--overwrite`); `--output DIR` picks another folder.
+//! (`--overwrite`); `--output DIR` picks another folder. Whichever it does, it first
+//! takes the folder's lock (`.esper.lock`) and holds it to the end, so a second process
+//! on the same folder is refused at once. SIGINT or SIGTERM stops the run at the next
+//! training step: the report covers the epochs done, and the message says how to resume.
 
-use crate::{progress::Bars, report, telemetry};
+use crate::{
+    progress::Bars,
+    report,
+    signals::{self, StopCause},
+    telemetry,
+};
 use anyhow::{Context, Result};
 use clap::Args;
 use esper_runtime::{
     config::RunConfig,
     lifecycle::SeedStage,
-    train::{checkpoint, Trainer},
+    run_folder::{self, RunFile, RunFolderError, RunLock},
+    train::{
+        checkpoint::{self, Resume},
+        RunEnd, StopSignal, Trainer,
+    },
 };
 use indicatif::MultiProgress;
 use std::{
@@ -24,13 +36,16 @@ use thiserror::Error;
 pub struct RunArgs {
     /// Run config (TOML). Without it, the built-in default job runs.
     config: Option<PathBuf>,
-    /// Continue the run whose output folder (or checkpoint) is DIR.
+    /// Continue the run whose run folder (or a checkpoint in it) is DIR, in DIR: its
+    /// checkpoints, events and report are written there, wherever the run was written
+    /// before (a moved or copied run folder continues where it is). Not with --output:
+    /// to continue a run elsewhere, copy its folder and resume the copy.
     #[arg(long, value_name = "DIR", conflicts_with = "config")]
     resume: Option<PathBuf>,
     /// Override the number of epochs (with --resume: run up to this epoch).
     #[arg(long)]
     epochs: Option<u32>,
-    /// Override the output folder.
+    /// Override the output folder (of a new run).
     #[arg(long, value_name = "DIR")]
     output: Option<PathBuf>,
     /// Start over in an output folder that holds an earlier run: remove that run's
@@ -38,9 +53,6 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
 }
-
-/// Files and folders a run writes in its output folder (all `--overwrite` removes).
-const RUN_OUTPUTS: [&str; 4] = [checkpoint::CHECKPOINTS, "events.jsonl", "report.json", "report.png"];
 
 #[derive(Debug, Error)]
 pub enum OutputFolderError {
@@ -56,64 +68,119 @@ pub enum OutputFolderError {
     Foreign { dir: PathBuf, entry: String },
     #[error("cannot {action} output folder {dir}: {cause}")]
     Io { dir: PathBuf, action: &'static str, cause: std::io::Error },
+    #[error(transparent)]
+    Folder(#[from] RunFolderError),
 }
 
-/// Makes `dir` ready for a new run: created if missing; refused if it holds anything
-/// unless `overwrite`, which removes an earlier run's files (and only those).
-pub fn prepare_output_folder(dir: &Path, overwrite: bool) -> Result<(), OutputFolderError> {
+/// Makes `dir` ready for a new run and takes its lock: created if missing; refused if
+/// it holds anything unless `overwrite`, which removes an earlier run's files (exactly
+/// the names a run writes, see [`RunFile::owns`]); refused at once if another process
+/// holds its lock. A folder refused for holding other files is left as it was found.
+pub fn prepare_output_folder(dir: &Path, overwrite: bool) -> Result<RunLock, OutputFolderError> {
     let io = |action: &'static str| move |cause| OutputFolderError::Io { dir: dir.to_path_buf(), action, cause };
-    if dir.exists() {
-        let mut entries: Vec<String> = std::fs::read_dir(dir)
-            .map_err(io("read"))?
-            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-            .collect::<Result<_, _>>()
-            .map_err(io("read"))?;
-        entries.sort();
-        if !entries.is_empty() {
-            if !overwrite {
-                return Err(OutputFolderError::NotEmpty { dir: dir.to_path_buf() });
-            }
-            // `.tmp` files are what the run's own atomic writes leave when interrupted.
-            let ours = |e: &String| {
-                RUN_OUTPUTS.iter().any(|o| e == o || e.strip_prefix(o).is_some_and(|r| r.starts_with('.')))
-            };
-            if let Some(entry) = entries.iter().find(|e| !ours(e)) {
-                return Err(OutputFolderError::Foreign { dir: dir.to_path_buf(), entry: entry.clone() });
-            }
-            for entry in &entries {
-                let path = dir.join(entry);
-                if path.is_dir() {
-                    std::fs::remove_dir_all(&path).map_err(io("clear"))?;
-                } else {
-                    std::fs::remove_file(&path).map_err(io("clear"))?;
-                }
-            }
+    std::fs::create_dir_all(dir).map_err(io("create"))?;
+    let lock_path = RunFile::Lock.path(dir);
+    let had_lock = std::fs::symlink_metadata(&lock_path).is_ok();
+    let lock = RunLock::acquire(dir)?;
+    match clear_for_new_run(dir, overwrite) {
+        Err(e @ OutputFolderError::Foreign { .. }) | Err(e @ OutputFolderError::NotEmpty { .. }) if !had_lock => {
+            // Not a run's folder: it keeps no trace of this attempt.
+            let _ = std::fs::remove_file(&lock_path);
+            Err(e)
+        }
+        outcome => outcome.map(|()| lock),
+    }
+}
+
+/// Refuses a folder holding anything but the lock (unless `overwrite`), and with
+/// `overwrite` removes an earlier run's files, refusing a folder with anything else.
+fn clear_for_new_run(dir: &Path, overwrite: bool) -> Result<(), OutputFolderError> {
+    let io = |action: &'static str| move |cause| OutputFolderError::Io { dir: dir.to_path_buf(), action, cause };
+    let mut entries: Vec<String> = std::fs::read_dir(dir)
+        .map_err(io("read"))?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()
+        .map_err(io("read"))?;
+    entries.retain(|e| e != RunFile::Lock.name());
+    entries.sort();
+    if entries.is_empty() {
+        return Ok(());
+    }
+    if !overwrite {
+        return Err(OutputFolderError::NotEmpty { dir: dir.to_path_buf() });
+    }
+    if let Some(entry) = entries.iter().find(|e| !RunFile::owns(e)) {
+        return Err(OutputFolderError::Foreign { dir: dir.to_path_buf(), entry: entry.clone() });
+    }
+    for entry in &entries {
+        let path = dir.join(entry);
+        // A link is removed as a link, never followed.
+        let is_dir = std::fs::symlink_metadata(&path).map_err(io("read"))?.is_dir();
+        if is_dir {
+            std::fs::remove_dir_all(&path).map_err(io("clear"))?;
+        } else {
+            std::fs::remove_file(&path).map_err(io("clear"))?;
         }
     }
-    std::fs::create_dir_all(dir).map_err(io("create"))
+    Ok(())
+}
+
+/// A run ready to go: its trainer, the progress bars, and the lock on its folder (held
+/// until the run's last file is written).
+struct Prepared {
+    trainer: Trainer,
+    progress: MultiProgress,
+    _lock: RunLock,
 }
 
 impl RunArgs {
     pub fn run(self) -> Result<ExitCode> {
-        let (mut trainer, progress) = match &self.resume {
-            Some(dir) => {
-                let jsonl = dir.join("checkpoints").is_dir().then(|| dir.join("events.jsonl"));
-                let progress = telemetry::init("info", jsonl.as_deref())?;
-                (Trainer::resume(dir)?, progress)
-            }
+        if let (Some(dir), Some(out)) = (&self.resume, &self.output) {
+            let (dir, out) = (dir.display(), out.display());
+            clap::Error::raw(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "--resume continues a run in its own folder, so it takes no --output: to continue the run of \
+                     {dir} in {out}, copy the folder and resume the copy (cp -r {dir} {out}; esper run --resume {out})\n"
+                ),
+            )
+            .exit();
+        }
+        let stop = signals::install().context("installing the SIGINT and SIGTERM handlers")?;
+        let Prepared { mut trainer, progress, _lock } = match &self.resume {
+            Some(path) => self.resume(path)?,
             None => self.start()?,
         };
-        if let (Some(_), Some(epochs)) = (&self.resume, self.epochs) {
+        trainer.set_stop_signal(stop.clone());
+        let end = trainer.run(&mut Bars::new(&progress))?;
+        if !trainer.history().is_empty() {
+            summarize(&trainer)?;
+        }
+        match end {
+            RunEnd::Completed => Ok(ExitCode::SUCCESS),
+            RunEnd::Stopped { epochs_done } => Ok(stopped(&trainer, epochs_done, &stop)),
+        }
+    }
+
+    /// Continues the run of `path` in its run folder: lock, the run's files checked
+    /// (no links), the checkpoint read, logs set up as the run recorded them.
+    fn resume(&self, path: &Path) -> Result<Prepared> {
+        let dir = checkpoint::run_folder_of(path)?;
+        let lock = RunLock::acquire(&dir)?;
+        run_folder::refuse_links(&dir)?;
+        let resume = Resume::open(path)?;
+        let jsonl = resume.config().output.jsonl.then(|| RunFile::Events.path(&dir));
+        let progress = telemetry::init("info", jsonl.as_deref())?;
+        let mut trainer = resume.into_trainer(&dir)?;
+        if let Some(epochs) = self.epochs {
             trainer.set_epochs(epochs);
         }
-        trainer.run(&mut Bars::new(&progress))?;
-        summarize(&trainer)?;
-        Ok(ExitCode::SUCCESS)
+        Ok(Prepared { trainer, progress, _lock: lock })
     }
 
     /// A new run: its config (the file, or the built-in job) with this command's
-    /// overrides, checked, its output folder ready and its logs set up.
-    fn start(&self) -> Result<(Trainer, MultiProgress)> {
+    /// overrides, checked, its output folder ready and locked, its logs set up.
+    fn start(&self) -> Result<Prepared> {
         let mut config = match &self.config {
             Some(path) => RunConfig::read(path)?,
             None => RunConfig::default_job(super::shipped_plugins()?),
@@ -127,8 +194,8 @@ impl RunArgs {
         }
         let source = self.config.as_deref().unwrap_or("<built-in default job>".as_ref());
         config.validate(source)?;
-        prepare_output_folder(&config.output.dir, self.overwrite)?;
-        let jsonl = config.output.jsonl.then(|| config.output.dir.join("events.jsonl"));
+        let lock = prepare_output_folder(&config.output.dir, self.overwrite)?;
+        let jsonl = config.output.jsonl.then(|| RunFile::Events.path(&config.output.dir));
         let progress = telemetry::init("info", jsonl.as_deref())?;
         for d in &config.deprecations {
             tracing::warn!("config: {d}");
@@ -137,8 +204,30 @@ impl RunArgs {
             tracing::info!(plugins = %super::shown(&plugins), "the config names no [[plugins]]: using the shipped plugins");
         }
         let trainer = Trainer::new(config).with_context(|| format!("config {}", source.display()))?;
-        Ok((trainer, progress))
+        Ok(Prepared { trainer, progress, _lock: lock })
     }
+}
+
+/// What a run stopped by a signal says (on stderr) and its exit code: 130 for SIGINT,
+/// 143 for SIGTERM.
+fn stopped(trainer: &Trainer, epochs_done: u32, stop: &StopSignal) -> ExitCode {
+    let cause = stop.requested().and_then(StopCause::of).unwrap_or(StopCause::Interrupt);
+    let dir = &trainer.config().output.dir;
+    let first = trainer.history().first().map_or(1, |r| r.epoch);
+    let mut text = format!("stopped by {} during epoch {}", cause.name(), epochs_done + 1);
+    if trainer.history().is_empty() {
+        text += ", before any epoch ended: no report and no checkpoint were written";
+    } else {
+        text +=
+            &format!(" (not recorded): {} covers epochs {first}-{epochs_done}", RunFile::Report.path(dir).display());
+        if trainer.config().output.checkpoint {
+            text += &format!("; the checkpoints are kept: continue with `esper run --resume {}`", dir.display());
+        } else {
+            text += "; this run writes no checkpoints ([output] checkpoint = false), so it cannot be resumed";
+        }
+    }
+    eprintln!("{text}");
+    ExitCode::from(cause.exit_code())
 }
 
 /// The end of a run on the terminal: the table, `report.json`, `report.png`, and a
@@ -148,11 +237,11 @@ fn summarize(trainer: &Trainer) -> Result<()> {
     let out = trainer.config().output.dir.clone();
     println!("{}", report::table(history));
     esper_runtime::train::report::write_json(
-        &out.join("report.json"),
+        &RunFile::Report.path(&out),
         history,
         &serde_json::to_value(trainer.model().report())?,
     )?;
-    let note = report::plot(&out.join("report.png"), history)?;
+    let note = report::plot(&RunFile::Plot.path(&out), history)?;
     let stages: BTreeSet<SeedStage> = history.iter().flat_map(|r| r.slots.iter().map(|s| s.stage)).collect();
     let names: Vec<String> = stages.iter().map(ToString::to_string).collect();
     if let (Some(first), Some(last)) = (history.first(), history.last()) {
@@ -179,12 +268,22 @@ mod tests {
         dir
     }
 
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
     #[test]
-    fn a_new_or_empty_folder_is_used_as_is() {
+    fn a_new_or_empty_folder_is_used_as_is_and_locked() {
         let dir = temp("new");
-        prepare_output_folder(&dir, false).unwrap();
-        assert!(dir.is_dir());
-        prepare_output_folder(&dir, false).unwrap();
+        let lock = prepare_output_folder(&dir, false).unwrap();
+        assert_eq!(names(&dir), [".esper.lock"]);
+        let e = prepare_output_folder(&dir, false).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("run folder {} is in use by another esper process", dir.display())), "{e}");
+        drop(lock);
+        drop(prepare_output_folder(&dir, false).unwrap());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -201,15 +300,46 @@ mod tests {
             e.contains(&format!("--resume {shown}")) && e.contains("--overwrite") && e.contains("--output DIR"),
             "{e}"
         );
-        assert!(dir.join("events.jsonl").is_file(), "nothing removed without --overwrite");
-        prepare_output_folder(&dir, true).unwrap();
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        assert_eq!(names(&dir), ["checkpoints", "events.jsonl", "report.json.tmp"], "nothing written or removed");
+        drop(prepare_output_folder(&dir, true).unwrap());
+        assert_eq!(names(&dir), [".esper.lock"]);
         // A folder that is not a run's is never cleared.
         std::fs::write(dir.join("thesis.tex"), "").unwrap();
         std::fs::write(dir.join("report.json"), "").unwrap();
         let e = prepare_output_folder(&dir, true).unwrap_err().to_string();
         assert!(e.contains("holds files esper did not write (such as thesis.tex)"), "{e}");
-        assert!(dir.join("thesis.tex").is_file() && dir.join("report.json").is_file());
+        assert_eq!(names(&dir), [".esper.lock", "report.json", "thesis.tex"]);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn overwrite_removes_exactly_the_names_a_run_writes() {
+        let dir = temp("exact-names");
+        std::fs::create_dir_all(dir.join("checkpoints/epoch-0001")).unwrap();
+        for f in ["events.jsonl", "report.json", "report.png", "report.json.tmp", "report.png.tmp"] {
+            std::fs::write(dir.join(f), "").unwrap();
+        }
+        for theirs in ["report.json.orig", "checkpoints.bak", "events.jsonl.notes"] {
+            if theirs == "checkpoints.bak" {
+                std::fs::create_dir_all(dir.join(theirs).join("epoch-0001")).unwrap();
+            } else {
+                std::fs::write(dir.join(theirs), "mine").unwrap();
+            }
+            let e = prepare_output_folder(&dir, true).unwrap_err().to_string();
+            assert!(e.contains(&format!("holds files esper did not write (such as {theirs})")), "{e}");
+            assert!(dir.join(theirs).exists() && dir.join("report.json").is_file(), "{theirs}: nothing removed");
+            let _ = std::fs::remove_dir_all(dir.join(theirs));
+            let _ = std::fs::remove_file(dir.join(theirs));
+        }
+        // A link named like a run file is removed as a link; its target stays.
+        let target = temp("exact-names-target");
+        std::fs::create_dir_all(target.join("kept")).unwrap();
+        std::fs::remove_file(dir.join("report.json")).unwrap();
+        std::os::unix::fs::symlink(target.join("kept"), dir.join("report.json")).unwrap();
+        drop(prepare_output_folder(&dir, true).unwrap());
+        assert_eq!(names(&dir), [".esper.lock"]);
+        assert!(target.join("kept").is_dir());
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&target);
     }
 }

@@ -1,6 +1,7 @@
 //! The end-of-run report as the `esper` binary shows it: a per-epoch table on stdout and
 //! a plot of validation accuracy and each slot's alpha against epoch (`report.png`,
-//! plotters, labelled with the embedded font). `report.json` is the runtime's
+//! plotters, labelled with the embedded font, published through tmp + rename).
+//! `report.json` is the runtime's
 //! ([`esper_runtime::train::report::write_json`]).
 
 mod font;
@@ -42,13 +43,30 @@ pub fn table(history: &[EpochRecord]) -> String {
     out
 }
 
+/// The size of `report.png`, in pixels.
+const PLOT_SIZE: (u32, u32) = (960, 540);
+
 /// Plots validation accuracy (left axis, %) and each slot's alpha (scaled to 0-100)
 /// against epoch, labelled with the embedded font (`report/font.rs`). Should that font
 /// fail to load, the plot is drawn without text (and says so in the returned note).
+/// Drawn in memory and published through tmp + rename (a failed write keeps the
+/// previous plot; a link at `path` is refused).
 pub fn plot(path: &Path, history: &[EpochRecord]) -> Result<Option<&'static str>> {
+    let (w, h) = PLOT_SIZE;
+    let mut rgb = vec![0u8; w as usize * h as usize * 3];
+    let labelled = draw(&mut rgb, history)?;
+    let mut png = Vec::new();
+    image::ImageEncoder::write_image(image::codecs::png::PngEncoder::new(&mut png), &rgb, w, h, image::ColorType::Rgb8)
+        .context("encoding the plot as PNG")?;
+    esper_runtime::run_folder::files::publish(path, &png).with_context(|| format!("writing {}", path.display()))?;
+    Ok((!labelled).then_some("the embedded font did not load: the plot has no labels"))
+}
+
+/// Draws [`plot`]'s chart into `rgb` (8-bit RGB, [`PLOT_SIZE`]); whether it has labels.
+fn draw(rgb: &mut [u8], history: &[EpochRecord]) -> Result<bool> {
     use plotters::prelude::*;
     let labelled = font::register();
-    let root = BitMapBackend::new(path, (960, 540)).into_drawing_area();
+    let root = BitMapBackend::with_buffer(rgb, PLOT_SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let epochs = history.last().map_or(1, |r| r.epoch).max(1);
     let mut builder = ChartBuilder::on(&root);
@@ -83,8 +101,8 @@ pub fn plot(path: &Path, history: &[EpochRecord]) -> Result<Option<&'static str>
     if labelled {
         chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
     }
-    root.present().with_context(|| format!("writing {}", path.display()))?;
-    Ok((!labelled).then_some("the embedded font did not load: the plot has no labels"))
+    root.present()?;
+    Ok(labelled)
 }
 
 /// Plots a comparison (`esper compare`): final validation accuracy per run as bars,

@@ -13,6 +13,7 @@ pub mod report;
 pub mod rollback;
 mod seeds;
 mod step;
+mod stop;
 mod timing;
 
 use crate::{
@@ -25,6 +26,7 @@ use optim::Optimizer;
 use report::EpochRecord;
 pub use seeds::{germinate, germinate_with, restore};
 use std::collections::BTreeMap;
+pub use stop::{RunEnd, StopSignal, Stopped};
 use tch::{Device, Tensor};
 
 /// A training run: the model, its data, optimizers and controller, and the record of
@@ -45,6 +47,8 @@ pub struct Trainer {
     /// Events of the decisions made before epoch 1 (the scheduled germinations), kept
     /// for epoch 1's record.
     opening_events: Vec<LifecycleEvent>,
+    /// Read before each training step: a stop requested ends the run there.
+    stop: StopSignal,
 }
 
 /// The key of slot `slot`'s gate-network optimizer among the seed optimizers.
@@ -113,6 +117,7 @@ impl Trainer {
             device,
             guard: step::StepGuard::default(),
             opening_events: Vec::new(),
+            stop: StopSignal::new(),
         })
     }
 
@@ -131,8 +136,16 @@ impl Trainer {
         self.config.training.epochs = epochs;
     }
 
-    /// Runs the remaining epochs, telling `observer` how it goes.
-    pub fn run(&mut self, observer: &mut dyn Observer) -> Result<()> {
+    /// Stops the run at the next training-step boundary once `stop` is requested (see
+    /// [`Trainer::run`]).
+    pub fn set_stop_signal(&mut self, stop: StopSignal) {
+        self.stop = stop;
+    }
+
+    /// Runs the remaining epochs, telling `observer` how it goes. A stop requested
+    /// through the [`StopSignal`] ends the run before the next training step: the epoch
+    /// under way is abandoned (not recorded, not checkpointed), the ones before it kept.
+    pub fn run(&mut self, observer: &mut dyn Observer) -> Result<RunEnd> {
         let total = self.config.training.epochs;
         // With CUDA graphs, everything below runs on the run's stream (see `graph`).
         let side = self.graphs.side_stream()?;
@@ -143,8 +156,18 @@ impl Trainer {
             self.opening_events = opening;
         }
         observer.run_started(start + 1, total);
+        let mut end = RunEnd::Completed;
         for epoch in start + 1..=total {
-            let record = contained(epoch, "training", || self.epoch(epoch, observer))?;
+            let record = match contained(epoch, "training", || {
+                self.stop.check()?;
+                self.epoch(epoch, observer)
+            }) {
+                Err(e) if e.is::<Stopped>() => {
+                    end = RunEnd::Stopped { epochs_done: epoch - 1 };
+                    break;
+                }
+                outcome => outcome?,
+            };
             observer.epoch_done(&record);
             if self.config.output.checkpoint {
                 contained(epoch, "writing the checkpoint", || self.save_checkpoint(epoch))?;
@@ -154,7 +177,7 @@ impl Trainer {
             side.exit()?;
         }
         observer.run_done();
-        Ok(())
+        Ok(end)
     }
 
     /// The controller's decisions, applied. A failing action (a plugin that fails to

@@ -37,7 +37,11 @@ pub struct EpochRecord {
 /// The `format` of `report.json`: 2 since events are tagged objects (1: plain lines).
 pub const REPORT_FORMAT: u32 = 2;
 
+/// Publishes `report.json` at `path` through tmp + rename (see
+/// [`crate::run_folder::files::publish`]): a failed write leaves the previous report as
+/// it was, and a symbolic link there is refused.
 pub fn write_json(path: &Path, history: &[EpochRecord], final_slots: &serde_json::Value) -> Result<()> {
     let report = serde_json::json!({ "format": REPORT_FORMAT, "epochs": history, "final_slots": final_slots });
-    std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", path.display()))
+    crate::run_folder::files::publish(path, &serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing the report {}", path.display()))
 }

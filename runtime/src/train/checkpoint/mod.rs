@@ -85,12 +85,56 @@ impl SavedState {
     }
 }
 
-impl Trainer {
-    /// Continues the run whose output folder (or checkpoint) is `dir`.
-    pub fn resume(dir: &Path) -> Result<Self> {
-        let ckpt = Reader::open(dir)?;
+/// A checkpoint opened to resume its run: found, read and checked, the trainer not built
+/// yet (so a caller can set up logging from the run's config first).
+pub struct Resume {
+    ckpt: Reader,
+    saved: SavedState,
+}
+
+impl Resume {
+    /// The latest complete checkpoint of run folder `path` (or its `checkpoints/`, or a
+    /// checkpoint folder), read and checked against the plugins on disk.
+    pub fn open(path: &Path) -> Result<Self> {
+        let ckpt = Reader::open(path)?;
         let saved = SavedState::read(&ckpt)?;
-        let mut trainer = Self::new(saved.pinned_config())?;
+        Ok(Self { ckpt, saved })
+    }
+
+    /// The run's config as the checkpoint recorded it.
+    pub fn config(&self) -> &RunConfig {
+        &self.saved.config
+    }
+
+    /// The checkpoint read.
+    pub fn checkpoint(&self) -> &Path {
+        self.ckpt.dir()
+    }
+
+    /// Set when `latest` could not be followed and the newest complete checkpoint was
+    /// read instead (logged as a warning by [`Resume::into_trainer`]).
+    pub fn fallback(&self) -> Option<&Fallback> {
+        self.ckpt.fallback()
+    }
+
+    /// The trainer continuing the run, writing into `output` (its checkpoints, and the
+    /// run folder the caller writes the report to): the output folder the checkpoint
+    /// recorded is only where the run was before (it may have been moved or copied).
+    pub fn into_trainer(self, output: &Path) -> Result<Trainer> {
+        let Self { ckpt, saved } = self;
+        if let Some(fallback) = ckpt.fallback() {
+            tracing::warn!("{fallback}");
+        }
+        let mut config = saved.pinned_config();
+        if config.output.dir != output {
+            tracing::info!(
+                recorded = %config.output.dir.display(),
+                now = %output.display(),
+                "the run continues in its folder as it is now (the checkpoint recorded another)"
+            );
+            config.output.dir = output.to_path_buf();
+        }
+        let mut trainer = Trainer::new(config)?;
         if saved.slots.len() != trainer.model.slots().len() {
             bail!(
                 "checkpoint {} has {} slots, the config {}",
@@ -108,6 +152,22 @@ impl Trainer {
         trainer.controller.restore(saved.controller);
         tracing::info!(checkpoint = %ckpt.dir().display(), epoch = saved.epoch, "resumed");
         Ok(trainer)
+    }
+}
+
+impl Trainer {
+    /// Continues the run whose run folder is `path` (or its `checkpoints/`, or a
+    /// checkpoint folder inside it) in that folder, wherever the checkpoint says the
+    /// run was written before.
+    pub fn resume(path: &Path) -> Result<Self> {
+        let output = run_folder_of(path)?;
+        Self::resume_into(path, &output)
+    }
+
+    /// Continues the run of checkpoint `path` (as [`Trainer::resume`] reads it), writing
+    /// into `output`.
+    pub fn resume_into(path: &Path, output: &Path) -> Result<Self> {
+        Resume::open(path)?.into_trainer(output)
     }
 
     /// Loads the host's and each seed's parameters and optimizer state from `ckpt`.
