@@ -504,12 +504,12 @@ mod tests {
     #[test]
     fn dead_and_foreign_handles_are_refused_not_followed() {
         let a = handle(Tensor::zeros([2], (Kind::Float, tch::Device::Cpu)));
-        let lent = Handle::borrowed(Tensor::ones([2], (Kind::Float, tch::Device::Cpu)));
+        let borrowed = Handle::borrowed(Tensor::ones([2], (Kind::Float, tch::Device::Cpu)));
         let mut out = std::ptr::null_mut();
-        // SAFETY: a lent handle may not be dropped by the plugin: ignored, still usable.
+        // SAFETY: a borrowed handle may not be dropped by the plugin: ignored, still usable.
         unsafe {
-            drop_handle(lent.as_raw().cast_mut());
-            assert_eq!((OPS.neg)(lent.as_raw(), &mut out), sys::OK);
+            drop_handle(borrowed.as_raw().cast_mut());
+            assert_eq!((OPS.neg)(borrowed.as_raw(), &mut out), sys::OK);
             drop_handle(out);
             drop_handle(a);
         }

@@ -85,23 +85,23 @@ pub struct PortableSeed {
 unsafe impl Send for PortableSeed {}
 
 impl PortableSeed {
-    /// Runs the plugin's forward on `input` (lent for the call).
+    /// Runs the plugin's forward on `input` (borrowed for the call).
     pub fn forward(&self, input: &Tensor, train: bool) -> Result<Tensor, PluginError> {
         if self.released {
             return Err(PluginError::new(ErrorKind::InvalidArgument, "forward on a released seed"));
         }
-        let lent = Handle::borrowed(input.shallow_clone());
+        let borrowed = Handle::borrowed(input.shallow_clone());
         let mut out = std::ptr::null_mut();
         // SAFETY: the plugin's forward with the seed its create returned (not destroyed:
-        // `released` is false), a lent handle that outlives the call and a valid place.
-        let status = unsafe { (self.forward)(self.raw.as_ptr(), lent.as_raw(), train as i32, &mut out) };
+        // `released` is false), a borrowed handle that outlives the call and a valid place.
+        let status = unsafe { (self.forward)(self.raw.as_ptr(), borrowed.as_raw(), train as i32, &mut out) };
         if status != sys::OK {
             return Err(reported(status, "forward"));
         }
         if out.is_null() {
             return Err(PluginError::new(ErrorKind::Other, "forward succeeded without returning a tensor"));
         }
-        // SAFETY: `out` is a handle the plugin hands over (the lent one included).
+        // SAFETY: `out` is a handle the plugin hands over (the borrowed one included).
         unsafe { Handle::take(out) }
             .map_err(|e| PluginError::new(ErrorKind::InvalidArgument, format!("forward returned {e}")))
     }
