@@ -228,17 +228,7 @@ impl BlueprintRegistry {
         let (key, _) = self.resolve(name)?;
         let entry = &self.entries[key];
         let path = entry.plugin.path();
-        let options_json = match options {
-            serde_json::Value::Null => String::new(),
-            serde_json::Value::Object(_) => options.to_string(),
-            other => {
-                return Err(PluginError::BadOptions {
-                    key: key.into(),
-                    path: path.into(),
-                    message: format!("options must be a JSON object, got {other}"),
-                })
-            }
-        };
+        let options_json = options_text(key, path, options)?;
         let vars = nn::VarStore::new(device);
         let cap = SeedCap {
             elements: self.seed_element_cap(entry.descriptor.param_estimate),
@@ -278,5 +268,18 @@ impl BlueprintRegistry {
         let output_layer = std::mem::take(&mut sink.output_layer);
         Ok(PluginSeed::new(module, vars, key.to_string(), channels, entry.plugin.clone())
             .with_output_layer(output_layer))
+    }
+}
+
+/// Blueprint options as the JSON text the plugin parses: an object, or none (`null`).
+fn options_text(key: &str, path: &Path, options: &serde_json::Value) -> Result<String, PluginError> {
+    match options {
+        serde_json::Value::Null => Ok(String::new()),
+        serde_json::Value::Object(_) => Ok(options.to_string()),
+        other => Err(PluginError::BadOptions {
+            key: key.into(),
+            path: path.into(),
+            message: format!("options must be a JSON object, got {other}"),
+        }),
     }
 }
