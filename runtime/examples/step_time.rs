@@ -70,7 +70,9 @@ fn parse_args() -> Result<Args> {
                     "batchnorm" => k.batchnorm = false,
                     "first_conv" => k.first_conv = false,
                     "wgrad" => k.wgrad = false,
-                    other => bail!("--no-kernel {other}: not a key of [host.kernels] (pool, batchnorm, first_conv, wgrad)"),
+                    other => {
+                        bail!("--no-kernel {other}: not a key of [host.kernels] (pool, batchnorm, first_conv, wgrad)")
+                    }
                 }
             }
             other => bail!("unknown argument {other}"),

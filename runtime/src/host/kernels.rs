@@ -78,7 +78,9 @@ mod tests {
                 "`host.wgrad_kernel` is deprecated: write it as `wgrad` under `[host.kernels]`",
             ]
         );
-        let all = parse("[host]\nfused_pool = false\nfused_batchnorm = false\nfirst_conv_kernel = false\nwgrad_kernel = false\n");
+        let all = parse(
+            "[host]\nfused_pool = false\nfused_batchnorm = false\nfirst_conv_kernel = false\nwgrad_kernel = false\n",
+        );
         assert_eq!(all.deprecations.len(), 4, "{:?}", all.deprecations);
         assert_eq!(
             all.host.kernels,
