@@ -14,7 +14,7 @@
 use esper_runtime::{
     config::RunConfig,
     device::cuda_available,
-    host::{is_channels_last, to_channels_last, CnnHostConfig},
+    host::{is_channels_last, to_channels_last, CnnHostConfig, HostKernels},
     isolation::{GradientHealthMonitor, GradientSample},
     lifecycle::{LifecycleEvent, SeedStage},
     model::SlotConfig,
@@ -621,10 +621,11 @@ fn the_host_with_its_fused_kernels_trains_as_with_libtorchs_ops() {
     // running statistics, for a configuration of the fused kernels. The input and the
     // first convolution's weight are rounded to TF32, so that the first convolution's
     // kernels (TF32 operands) multiply exactly what cuDNN multiplies.
-    let step = |fused_pool: bool, fused_batchnorm: bool, first_conv_kernel: bool| {
+    let step = |pool: bool, batchnorm: bool, first_conv: bool| {
         tch::manual_seed(21);
         let vs = nn::VarStore::new(dev);
-        let config = CnnHostConfig { fused_pool, fused_batchnorm, first_conv_kernel, ..Default::default() };
+        let kernels = HostKernels { pool, batchnorm, first_conv, ..Default::default() };
+        let config = CnnHostConfig { kernels, ..Default::default() };
         let host = CnnHost::new(&vs.root(), config).unwrap();
         round_to_tf32(&vs.variables()["block0.conv.weight"]);
         let x = Tensor::randn([16, 3, 32, 32], (Kind::Float, dev));
@@ -657,7 +658,7 @@ fn the_host_with_its_fused_kernels_trains_as_with_libtorchs_ops() {
         let errors: Vec<(&str, f64)> =
             got.iter().zip(&stock).map(|((name, g), (_, w))| (name.as_str(), rel_error(g, w))).collect();
         let worst = errors.iter().map(|e| e.1).fold(0.0, f64::max);
-        assert!(worst <= tol, "fused_pool={pool} fused_batchnorm={bn} first_conv_kernel={conv}: off by {errors:?}");
+        assert!(worst <= tol, "pool={pool} batchnorm={bn} first_conv={conv}: off by {errors:?}");
     }
 }
 

@@ -4,10 +4,11 @@
 //! momentum 0.9 on host and seed. Prints one JSON line per batch size:
 //! `{"batch": 8, "seed": true, "cuda_graph": "auto", "median_ms": ..., "min_ms": ..., "steps": ...,
 //! "replays": ..., "capture_ms": ...}` (`--cuda-graph off` for eager steps on CUDA,
-//! `--precision bf16` for bfloat16 autocast, `--no-fused-pool` for libtorch's ReLU and
-//! max pool, `--no-fused-bn` for libtorch's BatchNorm, `--no-first-conv-kernel` for
-//! cuDNN's first convolution, `--no-wgrad-kernel` for cuDNN's weight gradient of the
-//! second, `--cudnn-benchmark` to let cuDNN time its algorithms).
+//! `--precision bf16` for bfloat16 autocast, `--no-kernel NAME` (repeatable) to turn off
+//! one of the runtime's CUDA kernels, NAME a key of `[host.kernels]`: `pool` for
+//! libtorch's ReLU and max pool, `batchnorm` for libtorch's BatchNorm, `first_conv` for
+//! cuDNN's first convolution, `wgrad` for cuDNN's weight gradient of the second;
+//! `--cudnn-benchmark` to let cuDNN time its algorithms).
 //!
 //! ```text
 //! cargo run --release -p esper-runtime --example step_time -- \
@@ -15,7 +16,7 @@
 //! ```
 
 use anyhow::{bail, Context, Result};
-use esper_runtime::{config::RunConfig, train::Trainer};
+use esper_runtime::{config::RunConfig, host::HostKernels, train::Trainer};
 use std::path::{Path, PathBuf};
 
 struct Args {
@@ -29,10 +30,7 @@ struct Args {
     cuda_graph: String,
     precision: String,
     cudnn_benchmark: bool,
-    fused_pool: bool,
-    fused_batchnorm: bool,
-    first_conv_kernel: bool,
-    wgrad_kernel: bool,
+    kernels: HostKernels,
 }
 
 fn parse_args() -> Result<Args> {
@@ -47,10 +45,7 @@ fn parse_args() -> Result<Args> {
         cuda_graph: "auto".into(),
         precision: "fp32".into(),
         cudnn_benchmark: false,
-        fused_pool: true,
-        fused_batchnorm: true,
-        first_conv_kernel: true,
-        wgrad_kernel: true,
+        kernels: HostKernels::default(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -68,10 +63,18 @@ fn parse_args() -> Result<Args> {
             "--precision" => a.precision = value()?,
             "--no-seed" => a.seed = false,
             "--cudnn-benchmark" => a.cudnn_benchmark = true,
-            "--no-fused-pool" => a.fused_pool = false,
-            "--no-fused-bn" => a.fused_batchnorm = false,
-            "--no-first-conv-kernel" => a.first_conv_kernel = false,
-            "--no-wgrad-kernel" => a.wgrad_kernel = false,
+            "--no-kernel" => {
+                let k = &mut a.kernels;
+                match value()?.as_str() {
+                    "pool" => k.pool = false,
+                    "batchnorm" => k.batchnorm = false,
+                    "first_conv" => k.first_conv = false,
+                    "wgrad" => k.wgrad = false,
+                    other => {
+                        bail!("--no-kernel {other}: not a key of [host.kernels] (pool, batchnorm, first_conv, wgrad)")
+                    }
+                }
+            }
             other => bail!("unknown argument {other}"),
         }
     }
@@ -92,10 +95,12 @@ path = "{plugin}"
 
 [host]
 memory_format = "{format}"
-fused_pool = {fused_pool}
-fused_batchnorm = {fused_batchnorm}
-first_conv_kernel = {first_conv_kernel}
-wgrad_kernel = {wgrad_kernel}
+
+[host.kernels]
+pool = {pool}
+batchnorm = {batchnorm}
+first_conv = {first_conv}
+wgrad = {wgrad}
 
 [data]
 kind = "synthetic"
@@ -116,10 +121,10 @@ checkpoint = false
         device = a.device,
         plugin = a.plugin.display(),
         format = a.memory_format,
-        fused_pool = a.fused_pool,
-        fused_batchnorm = a.fused_batchnorm,
-        first_conv_kernel = a.first_conv_kernel,
-        wgrad_kernel = a.wgrad_kernel,
+        pool = a.kernels.pool,
+        batchnorm = a.kernels.batchnorm,
+        first_conv = a.kernels.first_conv,
+        wgrad = a.kernels.wgrad,
         cuda_graph = a.cuda_graph,
         precision = a.precision,
     );
@@ -128,13 +133,11 @@ checkpoint = false
 
 fn main() -> Result<()> {
     let mut a = parse_args()?;
-    if a.fused_pool && a.device == "cuda" {
+    let none = HostKernels { pool: false, batchnorm: false, first_conv: false, wgrad: false };
+    if a.kernels != none && a.device == "cuda" {
         if let Err(why) = esper_runtime::host::fused_pool_available() {
-            eprintln!("fused pool kernels unavailable: {why}");
-            a.fused_pool = false; // reported as not used
-            a.fused_batchnorm = false; // compiled with the pool's
-            a.first_conv_kernel = false;
-            a.wgrad_kernel = false;
+            eprintln!("the runtime's CUDA kernels are unavailable: {why}");
+            a.kernels = none; // reported as not used: they are compiled together
         }
     }
     if a.cudnn_benchmark {
@@ -153,15 +156,15 @@ fn main() -> Result<()> {
         let median = times[times.len() / 2];
         let graphs = trainer.graph_stats();
         println!(
-            "{{\"batch\": {batch}, \"seed\": {}, \"cuda_graph\": \"{}\", \"precision\": \"{}\", \"fused_pool\": {}, \"fused_batchnorm\": {}, \"first_conv_kernel\": {}, \"wgrad_kernel\": {}, \"median_ms\": {median:.4}, \"min_ms\": {:.4}, \
+            "{{\"batch\": {batch}, \"seed\": {}, \"cuda_graph\": \"{}\", \"precision\": \"{}\", \"kernels\": {{\"pool\": {}, \"batchnorm\": {}, \"first_conv\": {}, \"wgrad\": {}}}, \"median_ms\": {median:.4}, \"min_ms\": {:.4}, \
              \"steps\": {}, \"replays\": {}, \"capture_ms\": {:.3}, \"graph_nodes\": {}}}",
             a.seed,
             a.cuda_graph,
             a.precision,
-            a.fused_pool,
-            a.fused_batchnorm,
-            a.first_conv_kernel,
-            a.wgrad_kernel,
+            a.kernels.pool,
+            a.kernels.batchnorm,
+            a.kernels.first_conv,
+            a.kernels.wgrad,
             times[0],
             times.len(),
             graphs.replays,

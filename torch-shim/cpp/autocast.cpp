@@ -2,6 +2,8 @@
 // CUDA (tch's `autocast` only knows CUDA and its default float16). The weight cache is
 // off inside (a CUDA graph of the step must cast the weights on every replay, and each
 // weight is used once per forward here anyway). No exception crosses.
+#include "esper_shim.h"
+
 #include <ATen/autocast_mode.h>
 
 #include <cstdio>
@@ -16,13 +18,6 @@ at::DeviceType device_type(int cuda) {
 }  // namespace
 
 extern "C" {
-
-// The state to restore on leaving: enabled, dtype, cache.
-struct EsperAutocastState {
-    int enabled;
-    int dtype;
-    int cache;
-};
 
 int esper_autocast_enter(int cuda, EsperAutocastState *previous, char *err, size_t len) {
     try {

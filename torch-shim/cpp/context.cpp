@@ -1,4 +1,6 @@
 // libtorch's process-wide settings that tch does not expose. No exception crosses.
+#include "esper_shim.h"
+
 #include <ATen/Context.h>
 
 extern "C" {

@@ -4,6 +4,8 @@
 // arithmetic).
 // Tensors arrive as tch's handles (`at::Tensor*`). No exception crosses: each function
 // returns 0, or 1 with the message in `err`.
+#include "esper_shim.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Functions.h>
 #include <c10/core/GradMode.h>
@@ -21,7 +23,7 @@
 
 namespace {
 
-std::vector<at::Tensor> list(at::Tensor **ts, size_t n) {
+std::vector<at::Tensor> list(at::Tensor *const *ts, size_t n) {
     std::vector<at::Tensor> out;
     out.reserve(n);
     for (size_t i = 0; i < n; ++i) out.push_back(*ts[i]);
@@ -40,7 +42,7 @@ int fail(const char *what, char *err, size_t len) {
 extern "C" {
 
 // Zeroes every tensor of the list in place (a group's gradients).
-int esper_foreach_zero(at::Tensor **ts, size_t n, char *err, size_t err_len) {
+int esper_foreach_zero(at::Tensor *const *ts, size_t n, char *err, size_t err_len) {
     try {
         c10::AutoGradMode no_grad(false);
         auto t = list(ts, n);
@@ -54,7 +56,7 @@ int esper_foreach_zero(at::Tensor **ts, size_t n, char *err, size_t err_len) {
 // Drops the gradient of every tensor of the list (`p.grad = None`): the next backward
 // hands each its gradient as it is, no kernel (autograd's AccumulateGrad keeps a fresh
 // gradient of the parameter's layout instead of adding it into a zeroed one).
-int esper_clear_grads(at::Tensor **ts, size_t n, char *err, size_t err_len) {
+int esper_clear_grads(at::Tensor *const *ts, size_t n, char *err, size_t err_len) {
     try {
         for (size_t i = 0; i < n; ++i) ts[i]->mutable_grad().reset();
         return 0;
@@ -65,7 +67,7 @@ int esper_clear_grads(at::Tensor **ts, size_t n, char *err, size_t err_len) {
 
 // Gives every tensor of the list whose `had[i]` is set and that has no gradient now a
 // zero one (what a zeroed gradient that the backward left alone would be).
-int esper_zero_missing_grads(at::Tensor **ts, const int *had, size_t n, char *err, size_t err_len) {
+int esper_zero_missing_grads(at::Tensor *const *ts, const int *had, size_t n, char *err, size_t err_len) {
     try {
         c10::AutoGradMode no_grad(false);
         for (size_t i = 0; i < n; ++i) {
@@ -82,8 +84,9 @@ int esper_zero_missing_grads(at::Tensor **ts, const int *had, size_t n, char *er
 // `*kernel` 1: optim.cpp's one kernel where it applies (float32 CUDA tensors on the
 // current device, kernels built), libtorch's _foreach_* ops otherwise; 0: those ops.
 // On return `*kernel` says whether the kernel ran.
-int esper_foreach_sgd(at::Tensor **params, at::Tensor **grads, at::Tensor **bufs, size_t n, double lr,
-                      double momentum, double weight_decay, int init_bufs, int *kernel, char *err, size_t err_len) {
+int esper_foreach_sgd(at::Tensor *const *params, at::Tensor *const *grads, at::Tensor *const *bufs, size_t n,
+                      double lr, double momentum, double weight_decay, int init_bufs, int *kernel, char *err,
+                      size_t err_len) {
     try {
         c10::AutoGradMode no_grad(false);
         auto p = list(params, n);
@@ -127,9 +130,9 @@ int esper_foreach_sgd(at::Tensor **params, at::Tensor **grads, at::Tensor **bufs
 // the bias corrections are computed on the device (in double, used in float as a host
 // scalar would be), so the step has no host-side value that changes from step to step
 // and a CUDA graph of it stays right on every replay.
-int esper_foreach_adam(at::Tensor **params, at::Tensor **grads, at::Tensor **ms, at::Tensor **vs, size_t n,
-                       double lr, double beta1, double beta2, double weight_decay, double eps, at::Tensor *step,
-                       char *err, size_t err_len) {
+int esper_foreach_adam(at::Tensor *const *params, at::Tensor *const *grads, at::Tensor *const *ms,
+                       at::Tensor *const *vs, size_t n, double lr, double beta1, double beta2, double weight_decay,
+                       double eps, at::Tensor *step, char *err, size_t err_len) {
     try {
         c10::AutoGradMode no_grad(false);
         auto p = list(params, n);

@@ -8,6 +8,8 @@
 // capture leaves) is a weak reference, resolved from the libcudart libtorch_cuda loads.
 // No exception crosses: each function returns 0 (or a handle), or 1 (or null) with the
 // message in `err`.
+#include "esper_shim.h"
+
 #include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/core/Event.h>

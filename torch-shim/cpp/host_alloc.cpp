@@ -7,6 +7,8 @@
 // threshold to 1 GiB and the trim threshold to 2 GiB keeps that memory in the process
 // for the next step: its resident size stays at its peak, which a training process
 // reaches every step anyway.
+#include "esper_shim.h"
+
 #include <climits>  // first: it defines __GLIBC__ where this is glibc
 
 #if defined(__GLIBC__)

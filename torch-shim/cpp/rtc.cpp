@@ -8,6 +8,10 @@
 // * batchnorm.cpp's BatchNorm + ReLU (+ pool) kernels, optim.cpp's SGD, conv.cpp's
 //   first convolution and wgrad.cpp's weight gradient, compiled in the same program.
 //
+// Their CUDA source is cuda/ (pool.cu and nchw.cu for this file's), which build.rs
+// assembles into one program, kernels_src.h's kProgram; kernel_slots below lists every
+// kernel looked up in it.
+//
 // The pool:
 // Why: libtorch's channels-last max-pool backward scatters through int64 indices and
 // is the costliest kernel of the host's training step at large batches, and a ReLU in
@@ -23,7 +27,10 @@
 // cubin is cached on disk (see cache_file), so later processes only load it. They are
 // launched on libtorch's current stream, so CUDA graphs capture them like any libtorch
 // kernel. No exception crosses the C boundary.
+#include "esper_shim.h"
+
 #include "error.h"
+#include "kernels_src.h"
 #include "rtc.h"
 
 #include <ATen/ATen.h>
@@ -41,6 +48,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <filesystem>
 #include <fstream>
@@ -49,6 +57,7 @@
 #include <limits>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -80,148 +89,6 @@ const Cudart &cudart() {
     return c;
 }
 
-const char *kSource = R"CUDA(
-template <typename T> struct Val;
-template <> struct Val<float> {
-    static __device__ __forceinline__ float f(float v) { return v; }
-    static __device__ __forceinline__ float t(float v) { return v; }
-};
-// bfloat16 as its raw bits; t rounds to nearest even (NaN stays NaN), as libtorch does.
-template <> struct Val<unsigned short> {
-    static __device__ __forceinline__ float f(unsigned short v) { return __uint_as_float(((unsigned int)v) << 16); }
-    static __device__ __forceinline__ unsigned short t(float v) {
-        const unsigned int u = __float_as_uint(v);
-        if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
-        return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-    }
-};
-
-// VEC consecutive channels, loaded and stored as one access.
-template <typename T, int VEC> struct alignas(sizeof(T) * VEC) Vec { T v[VEC]; };
-template <int VEC> struct alignas(VEC) Idx { unsigned char v[VEC]; };
-
-// The input element of window slot k (0..3, libtorch's scan order) of the pooled
-// element at (n, oh, ow, channel group c), counted in vectors of an NHWC
-// (channels-last) tensor with Cv vectors per pixel.
-__device__ __forceinline__ int window(int o, int Cv, int OW, int OH, int W, int *row) {
-    const int c = o % Cv;
-    int r = o / Cv;
-    const int ow = r % OW;
-    r /= OW;
-    const int oh = r % OH;
-    const int n = r / OH;
-    *row = W * Cv;
-    return ((n * 2 * OH + 2 * oh) * W + 2 * ow) * Cv + c;
-}
-
-// One thread per VEC pooled elements: x is N x H x W x C, z and idx N x OH x OW x C
-// (OH = H / 2, OW = W / 2), all counted here in vectors (total of them, Cv per pixel).
-// A later window element wins only if greater, or NaN (as libtorch).
-template <typename T, int VEC, bool RELU>
-__device__ void forward(const Vec<T, VEC> *__restrict__ x, Vec<T, VEC> *__restrict__ z,
-                        Idx<VEC> *__restrict__ idx, int total, int Cv, int OW, int OH, int W) {
-    for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < total; o += gridDim.x * blockDim.x) {
-        int row;
-        const int base = window(o, Cv, OW, OH, W, &row);
-        const Vec<T, VEC> v[4] = {x[base], x[base + Cv], x[base + row], x[base + row + Cv]};
-        Vec<T, VEC> m = v[0];
-        Idx<VEC> k;
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) {
-            float mf = Val<T>::f(m.v[j]);
-            k.v[j] = 0;
-#pragma unroll
-            for (int i = 1; i < 4; ++i) {
-                const float f = Val<T>::f(v[i].v[j]);
-                if (f > mf || f != f) {
-                    m.v[j] = v[i].v[j];
-                    mf = f;
-                    k.v[j] = (unsigned char)i;
-                }
-            }
-            if (RELU && mf < 0.f) m.v[j] = T(0);
-        }
-        z[o] = m;
-        idx[o] = k;
-    }
-}
-
-// The gradient of `forward`: the pooled gradient (zero where the ReLU clamped, as
-// threshold_backward: pooled value <= 0) goes to the window's chosen element, zero to
-// the other three; every input element is written.
-template <typename T, int VEC, bool RELU>
-__device__ void backward(const Vec<T, VEC> *__restrict__ g, const Vec<T, VEC> *__restrict__ z,
-                         const Idx<VEC> *__restrict__ idx, Vec<T, VEC> *__restrict__ gx, int total, int Cv,
-                         int OW, int OH, int W) {
-    for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < total; o += gridDim.x * blockDim.x) {
-        int row;
-        const int base = window(o, Cv, OW, OH, W, &row);
-        Vec<T, VEC> gv = g[o];
-        const Idx<VEC> k = idx[o];
-        if (RELU) {
-            const Vec<T, VEC> zv = z[o];
-#pragma unroll
-            for (int j = 0; j < VEC; ++j)
-                if (Val<T>::f(zv.v[j]) <= 0.f) gv.v[j] = T(0);
-        }
-        Vec<T, VEC> out[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int j = 0; j < VEC; ++j) out[i].v[j] = k.v[j] == i ? gv.v[j] : T(0);
-        gx[base] = out[0];
-        gx[base + Cv] = out[1];
-        gx[base + row] = out[2];
-        gx[base + row + Cv] = out[3];
-    }
-}
-
-#define ESPER_POOL_KERNELS(NAME, T, VEC, RELU)                                                               \
-    extern "C" __global__ void fwd_##NAME(const Vec<T, VEC> *x, Vec<T, VEC> *z, Idx<VEC> *idx, int total,     \
-                                          int Cv, int OW, int OH, int W) {                                    \
-        forward<T, VEC, RELU>(x, z, idx, total, Cv, OW, OH, W);                                              \
-    }                                                                                                        \
-    extern "C" __global__ void bwd_##NAME(const Vec<T, VEC> *g, const Vec<T, VEC> *z, const Idx<VEC> *idx,    \
-                                          Vec<T, VEC> *gx, int total, int Cv, int OW, int OH, int W) {        \
-        backward<T, VEC, RELU>(g, z, idx, gx, total, Cv, OW, OH, W);                                         \
-    }
-ESPER_POOL_KERNELS(f32_v1, float, 1, false)
-ESPER_POOL_KERNELS(f32_v1_relu, float, 1, true)
-ESPER_POOL_KERNELS(bf16_v1, unsigned short, 1, false)
-ESPER_POOL_KERNELS(bf16_v1_relu, unsigned short, 1, true)
-ESPER_POOL_KERNELS(f32_v4, float, 4, false)
-ESPER_POOL_KERNELS(f32_v4_relu, float, 4, true)
-ESPER_POOL_KERNELS(bf16_v4, unsigned short, 4, false)
-ESPER_POOL_KERNELS(bf16_v4_relu, unsigned short, 4, true)
-
-// in is N x P x C (P = H * W, channels innermost), out N x C x P: 32 x 32 tiles of
-// (P, C) per sample, read along C and written along P, both coalesced; T in, U out.
-template <typename T, typename U>
-__device__ void transpose(const T *__restrict__ in, U *__restrict__ out, int P, int C) {
-    __shared__ T tile[32][33];
-    const long long offset = (long long)blockIdx.z * P * C;
-    const int c0 = blockIdx.x * 32, p0 = blockIdx.y * 32;
-    for (int j = threadIdx.y; j < 32; j += blockDim.y) {
-        const int p = p0 + j, c = c0 + threadIdx.x;
-        if (p < P && c < C) tile[j][threadIdx.x] = in[offset + (long long)p * C + c];
-    }
-    __syncthreads();
-    for (int j = threadIdx.y; j < 32; j += blockDim.y) {
-        const int c = c0 + j, p = p0 + threadIdx.x;
-        if (c < C && p < P) out[offset + (long long)c * P + p] = Val<U>::t(Val<T>::f(tile[threadIdx.x][j]));
-    }
-}
-extern "C" __global__ void nchw_f32(const float *in, float *out, int P, int C) { transpose<float, float>(in, out, P, C); }
-extern "C" __global__ void nchw_bf16(const unsigned short *in, unsigned short *out, int P, int C) {
-    transpose<unsigned short, unsigned short>(in, out, P, C);
-}
-// bfloat16 in, float32 out (exact): the isolation layer's gradient for a float32 seed output
-// under bfloat16 autocast.
-extern "C" __global__ void nchw_bf16_f32(const unsigned short *in, float *out, int P, int C) {
-    transpose<unsigned short, float>(in, out, P, C);
-}
-)CUDA";
-
 // The compiled kernels: [dtype: f32, bf16][vector: 1, 4 channels][relu: no, yes].
 // And the channels-last -> NCHW copy: [dtype]; and batchnorm.cpp's.
 struct Kernels {
@@ -234,13 +101,6 @@ struct Kernels {
     esper::rtc::ConvKernels conv;
     esper::rtc::WgradKernels wgrad;
 };
-
-// The whole program: this file's kernels, then batchnorm.cpp's (which use them).
-const std::string &source() {
-    static const std::string s = std::string(kSource) + esper::rtc::batchnorm_source() + esper::rtc::optim_source() +
-                                 esper::rtc::conv_source() + esper::rtc::wgrad_source();
-    return s;
-}
 
 void check_cuda(cudaError_t status, const char *what) {
     TORCH_CHECK(status == cudaSuccess, what, ": ",
@@ -277,44 +137,93 @@ void *open_nvrtc() {
     return lib;
 }
 
-// NVRTC's cubin of kSource for `arch` (an sm_XY option).
-std::vector<char> compile_cubin(const std::string &arch) {
-    void *lib = open_nvrtc();  // stays loaded
-    auto create = symbol<decltype(&nvrtcCreateProgram)>(lib, "nvrtcCreateProgram");
-    auto compile = symbol<decltype(&nvrtcCompileProgram)>(lib, "nvrtcCompileProgram");
-    auto log_size = symbol<decltype(&nvrtcGetProgramLogSize)>(lib, "nvrtcGetProgramLogSize");
-    auto get_log = symbol<decltype(&nvrtcGetProgramLog)>(lib, "nvrtcGetProgramLog");
-    auto cubin_size = symbol<decltype(&nvrtcGetCUBINSize)>(lib, "nvrtcGetCUBINSize");
-    auto get_cubin = symbol<decltype(&nvrtcGetCUBIN)>(lib, "nvrtcGetCUBIN");
-    auto destroy = symbol<decltype(&nvrtcDestroyProgram)>(lib, "nvrtcDestroyProgram");
-    auto error_string = symbol<decltype(&nvrtcGetErrorString)>(lib, "nvrtcGetErrorString");
+// NVRTC's functions (looked up once; throws why they cannot be).
+struct Nvrtc {
+    decltype(&nvrtcCreateProgram) create;
+    decltype(&nvrtcCompileProgram) compile;
+    decltype(&nvrtcGetProgramLogSize) log_size;
+    decltype(&nvrtcGetProgramLog) get_log;
+    decltype(&nvrtcGetCUBINSize) cubin_size;
+    decltype(&nvrtcGetCUBIN) get_cubin;
+    decltype(&nvrtcGetPTXSize) ptx_size;
+    decltype(&nvrtcGetPTX) get_ptx;
+    decltype(&nvrtcDestroyProgram) destroy;
+    decltype(&nvrtcGetErrorString) error_string;
+};
 
+const Nvrtc &nvrtc() {
+    static const Nvrtc n = [] {
+        void *lib = open_nvrtc();  // stays loaded
+        return Nvrtc{
+            symbol<decltype(&nvrtcCreateProgram)>(lib, "nvrtcCreateProgram"),
+            symbol<decltype(&nvrtcCompileProgram)>(lib, "nvrtcCompileProgram"),
+            symbol<decltype(&nvrtcGetProgramLogSize)>(lib, "nvrtcGetProgramLogSize"),
+            symbol<decltype(&nvrtcGetProgramLog)>(lib, "nvrtcGetProgramLog"),
+            symbol<decltype(&nvrtcGetCUBINSize)>(lib, "nvrtcGetCUBINSize"),
+            symbol<decltype(&nvrtcGetCUBIN)>(lib, "nvrtcGetCUBIN"),
+            symbol<decltype(&nvrtcGetPTXSize)>(lib, "nvrtcGetPTXSize"),
+            symbol<decltype(&nvrtcGetPTX)>(lib, "nvrtcGetPTX"),
+            symbol<decltype(&nvrtcDestroyProgram)>(lib, "nvrtcDestroyProgram"),
+            symbol<decltype(&nvrtcGetErrorString)>(lib, "nvrtcGetErrorString"),
+        };
+    }();
+    return n;
+}
+
+// `source` (called `name` in NVRTC's messages) compiled with `options`: the program (for
+// the caller to destroy), or throws with NVRTC's log.
+nvrtcProgram nvrtc_compile(const char *source, const char *name, const std::vector<const char *> &options) {
+    const Nvrtc &n = nvrtc();
     nvrtcProgram program = nullptr;
-    nvrtcResult status = create(&program, source().c_str(), "esper_rtc.cu", 0, nullptr, nullptr);
-    TORCH_CHECK(status == NVRTC_SUCCESS, "nvrtcCreateProgram: ", error_string(status));
-    const char *options[] = {arch.c_str(), "--std=c++17", "-default-device"};
-    status = compile(program, 3, options);
+    nvrtcResult status = n.create(&program, source, name, 0, nullptr, nullptr);
+    TORCH_CHECK(status == NVRTC_SUCCESS, "nvrtcCreateProgram: ", n.error_string(status));
+    status = n.compile(program, static_cast<int>(options.size()), options.data());
     if (status != NVRTC_SUCCESS) {
         size_t size = 0;
-        log_size(program, &size);
+        n.log_size(program, &size);
         std::string log(size, '\0');
-        get_log(program, log.data());
-        destroy(&program);
-        TORCH_CHECK(false, "NVRTC could not compile the runtime's kernels for ", arch, ": ", error_string(status),
+        n.get_log(program, log.data());
+        n.destroy(&program);
+        std::string opts;
+        for (const char *o : options) opts += std::string(" ") + o;
+        TORCH_CHECK(false, "NVRTC could not compile ", name, " (", opts.substr(1), "): ", n.error_string(status),
                     "\n", log);
     }
+    return program;
+}
+
+// The options the kernels' program is compiled with, for an architecture option.
+std::vector<const char *> program_options(const std::string &arch) {
+    return {arch.c_str(), "--std=c++17", "-default-device"};
+}
+
+// NVRTC's cubin of the kernels' program (kernels_src.h) for `arch` (an sm_XY option).
+std::vector<char> compile_cubin(const std::string &arch) {
+    const Nvrtc &n = nvrtc();
+    nvrtcProgram program = nvrtc_compile(esper::rtc::kProgram, "esper_rtc.cu", program_options(arch));
     size_t size = 0;
-    cubin_size(program, &size);
+    n.cubin_size(program, &size);
     std::vector<char> cubin(size);
-    get_cubin(program, cubin.data());
-    destroy(&program);
+    n.get_cubin(program, cubin.data());
+    n.destroy(&program);
     return cubin;
+}
+
+// The names of the kernels (`.entry`) in PTX text, one a line.
+std::string ptx_entries(const std::string &ptx) {
+    std::string names;
+    for (size_t at = ptx.find(".entry "); at != std::string::npos; at = ptx.find(".entry ", at + 1)) {
+        const size_t begin = at + 7, end = ptx.find_first_of("( \n", begin);
+        if (end != std::string::npos) names += ptx.substr(begin, end - begin) + "\n";
+    }
+    return names;
 }
 
 // Where the cubin for `arch` is cached between processes (compiling takes seconds):
 // $ESPER_KERNEL_CACHE (a folder; "off": no cache), else
 // $XDG_CACHE_HOME/esper-runtime/kernels, else ~/.cache/esper-runtime/kernels; the name
-// hashes the source, the architecture and the CUDA version. Empty: no cache.
+// hashes the program's hash (build.rs's, of the text: any change to a cuda/ file changes
+// it), the architecture and the CUDA version. Empty: no cache.
 std::string cache_file(const std::string &arch) {
     std::string dir;
     if (const char *env = std::getenv("ESPER_KERNEL_CACHE"); env && *env) {
@@ -328,7 +237,7 @@ std::string cache_file(const std::string &arch) {
         return "";
     }
     uint64_t hash = 1469598103934665603ull;  // FNV-1a, stable across builds and runs
-    const std::string key = source() + arch + std::to_string(CUDART_VERSION);
+    const std::string key = std::string(esper::rtc::kProgramHash) + arch + std::to_string(CUDART_VERSION);
     for (unsigned char c : key) hash = (hash ^ c) * 1099511628211ull;
     char name[64];
     std::snprintf(name, sizeof name, "/rtc-%016llx.cubin", static_cast<unsigned long long>(hash));
@@ -351,6 +260,46 @@ void write_file(const std::string &path, const std::vector<char> &bytes) {
     }
     std::filesystem::rename(tmp, path, ec);  // atomic: readers see all of it or nothing
     if (ec) std::filesystem::remove(tmp, ec);
+}
+
+// Every kernel the launcher looks up in the program: its name and where `k` keeps it.
+std::vector<std::pair<std::string, cudaKernel_t *>> kernel_slots(Kernels &k) {
+    std::vector<std::pair<std::string, cudaKernel_t *>> s;
+    const char *dtypes[2] = {"f32", "bf16"};
+    const char *vecs[2] = {"_v1", "_v4"};
+    for (int d = 0; d < 2; ++d) {
+        for (int v = 0; v < 2; ++v) {
+            for (int relu = 0; relu < 2; ++relu) {
+                const std::string suffix = std::string(dtypes[d]) + vecs[v] + (relu ? "_relu" : "");
+                s.emplace_back("fwd_" + suffix, &k.fwd[d][v][relu]);
+                s.emplace_back("bwd_" + suffix, &k.bwd[d][v][relu]);
+            }
+        }
+        s.emplace_back(std::string("nchw_") + dtypes[d], &k.nchw[d]);
+        const std::string bn = dtypes[d];
+        s.emplace_back("bn_stats_" + bn, &k.bn.stats[d]);
+        for (int pool = 0; pool < 2; ++pool) {
+            const std::string suffix = bn + (pool ? "_pool" : "");
+            s.emplace_back("bn_apply_" + suffix, &k.bn.apply[d][pool]);
+            s.emplace_back("bn_grad_stats_" + suffix, &k.bn.grad_stats[d][pool]);
+            s.emplace_back("bn_backward_" + suffix, &k.bn.backward[d][pool]);
+        }
+    }
+    s.emplace_back("nchw_bf16_f32", &k.nchw_bf16_f32);
+    s.emplace_back("sgd_f32", &k.optim.sgd);
+    for (int in = 0; in < 2; ++in) {
+        for (int out = 0; out < 2; ++out) {
+            const std::string suffix = std::string(dtypes[in]) + "_" + dtypes[out];
+            s.emplace_back("conv3_forward_" + suffix, &k.conv.forward[in][out]);
+            for (int m = 0; m < 3; ++m) {
+                s.emplace_back("conv3_wgrad_" + suffix + "_c" + std::to_string(1 << m), &k.conv.wgrad[in][out][m]);
+            }
+        }
+    }
+    s.emplace_back("conv3_wgrad_sum", &k.conv.wgrad_sum);
+    for (int d = 0; d < 2; ++d) s.emplace_back(std::string("wgrad3x3_") + dtypes[d] + "_c32_64", &k.wgrad.c32_64[d]);
+    s.emplace_back("wgrad3x3_sum", &k.wgrad.sum);
+    return s;
 }
 
 // The kernels for the current device: the cached cubin if it loads, else compiled (and
@@ -377,47 +326,7 @@ Kernels compile() {
         if (!cached.empty()) write_file(cached, cubin);
     }
     Kernels k;
-    const char *dtypes[2] = {"f32", "bf16"};
-    const char *vecs[2] = {"_v1", "_v4"};
-    for (int d = 0; d < 2; ++d) {
-        for (int v = 0; v < 2; ++v) {
-            for (int relu = 0; relu < 2; ++relu) {
-                const std::string suffix = std::string(dtypes[d]) + vecs[v] + (relu ? "_relu" : "");
-                check_cuda(rt.get_kernel(&k.fwd[d][v][relu], library, ("fwd_" + suffix).c_str()), "fwd kernel");
-                check_cuda(rt.get_kernel(&k.bwd[d][v][relu], library, ("bwd_" + suffix).c_str()), "bwd kernel");
-            }
-        }
-        check_cuda(rt.get_kernel(&k.nchw[d], library, (std::string("nchw_") + dtypes[d]).c_str()), "nchw kernel");
-        const std::string bn = dtypes[d];
-        check_cuda(rt.get_kernel(&k.bn.stats[d], library, ("bn_stats_" + bn).c_str()), "bn_stats kernel");
-        for (int pool = 0; pool < 2; ++pool) {
-            const std::string suffix = bn + (pool ? "_pool" : "");
-            check_cuda(rt.get_kernel(&k.bn.apply[d][pool], library, ("bn_apply_" + suffix).c_str()), "bn_apply kernel");
-            check_cuda(rt.get_kernel(&k.bn.grad_stats[d][pool], library, ("bn_grad_stats_" + suffix).c_str()),
-                       "bn_grad_stats kernel");
-            check_cuda(rt.get_kernel(&k.bn.backward[d][pool], library, ("bn_backward_" + suffix).c_str()),
-                       "bn_backward kernel");
-        }
-    }
-    check_cuda(rt.get_kernel(&k.nchw_bf16_f32, library, "nchw_bf16_f32"), "nchw kernel");
-    check_cuda(rt.get_kernel(&k.optim.sgd, library, "sgd_f32"), "sgd kernel");
-    for (int in = 0; in < 2; ++in) {
-        for (int out = 0; out < 2; ++out) {
-            const std::string suffix = std::string(dtypes[in]) + "_" + dtypes[out];
-            check_cuda(rt.get_kernel(&k.conv.forward[in][out], library, ("conv3_forward_" + suffix).c_str()),
-                       "conv3_forward kernel");
-            for (int m = 0; m < 3; ++m) {
-                const std::string name = "conv3_wgrad_" + suffix + "_c" + std::to_string(1 << m);
-                check_cuda(rt.get_kernel(&k.conv.wgrad[in][out][m], library, name.c_str()), "conv3_wgrad kernel");
-            }
-        }
-    }
-    check_cuda(rt.get_kernel(&k.conv.wgrad_sum, library, "conv3_wgrad_sum"), "conv3_wgrad_sum kernel");
-    for (int d = 0; d < 2; ++d) {
-        const std::string name = std::string("wgrad3x3_") + dtypes[d] + "_c32_64";
-        check_cuda(rt.get_kernel(&k.wgrad.c32_64[d], library, name.c_str()), "wgrad3x3 kernel");
-    }
-    check_cuda(rt.get_kernel(&k.wgrad.sum, library, "wgrad3x3_sum"), "wgrad3x3_sum kernel");
+    for (auto &[name, slot] : kernel_slots(k)) check_cuda(rt.get_kernel(slot, library, name.c_str()), name.c_str());
     return k;
 }
 
@@ -634,6 +543,34 @@ int esper_nchw_copy(const at::Tensor *x, at::Tensor **out, char *err, size_t len
     } catch (const std::exception &e) {
         return esper::fail(e, err, len);
     }
+}
+
+// For the tests of the program and of each cuda/ file (no GPU needed).
+int esper_rtc_compile(const char *source, const char *name, const char *const *options, int n_options,
+                      char *entries, size_t entries_len, char *err, size_t len) {
+    try {
+        const Nvrtc &n = nvrtc();
+        nvrtcProgram program = nvrtc_compile(source, name, std::vector<const char *>(options, options + n_options));
+        size_t size = 0;
+        n.ptx_size(program, &size);
+        std::string ptx(size, '\0');
+        n.get_ptx(program, ptx.data());
+        n.destroy(&program);
+        const std::string names = ptx_entries(ptx);
+        TORCH_CHECK(names.size() < entries_len, "the kernel names need ", names.size() + 1, " bytes, not ", entries_len);
+        std::memcpy(entries, names.c_str(), names.size() + 1);
+        return 0;
+    } catch (const std::exception &e) {
+        return esper::fail(e, err, len);
+    }
+}
+
+size_t esper_rtc_kernel_names(char *out, size_t len) {
+    Kernels k;
+    std::string names;
+    for (const auto &slot : kernel_slots(k)) names += slot.first + "\n";
+    if (out && len) std::snprintf(out, len, "%s", names.c_str());
+    return names.size() + 1;
 }
 
 }  // extern "C"

@@ -1,5 +1,5 @@
-// The runtime-compiled CUDA kernels (rtc.cpp) other shim files call. Built only where the
-// CUDA headers are (build.rs defines ESPER_RTC then).
+// The runtime-compiled CUDA kernels (rtc.cpp; their source: cuda/) other shim files call.
+// Built only where the CUDA headers are (build.rs defines ESPER_RTC then).
 #pragma once
 #include "error.h"
 
@@ -19,9 +19,6 @@ struct BatchNormKernels {
     cudaKernel_t backward[2][2] = {};
 };
 
-// batchnorm.cpp's CUDA source, compiled with rtc.cpp's.
-const char *batchnorm_source();
-
 // The BatchNorm kernels for the current device; throws why they cannot be built.
 const BatchNormKernels &batchnorm_kernels();
 
@@ -34,9 +31,6 @@ struct ConvKernels {
     cudaKernel_t wgrad_sum = nullptr;
 };
 
-// conv.cpp's CUDA source, compiled with rtc.cpp's.
-const char *conv_source();
-
 // The convolution kernels for the current device; throws why they cannot be built.
 const ConvKernels &conv_kernels();
 
@@ -47,10 +41,6 @@ struct WgradKernels {
     cudaKernel_t sum = nullptr;
 };
 
-// wgrad.cpp's CUDA source, compiled with rtc.cpp's (after conv.cpp's, whose helpers it
-// uses).
-const char *wgrad_source();
-
 // The weight-gradient kernels for the current device; throws why they cannot be built.
 const WgradKernels &wgrad_kernels();
 
@@ -58,9 +48,6 @@ const WgradKernels &wgrad_kernels();
 struct OptimKernels {
     cudaKernel_t sgd = nullptr;
 };
-
-// optim.cpp's CUDA source, compiled with rtc.cpp's.
-const char *optim_source();
 
 // The optimizer kernels for the current device, or null where they cannot be built
 // (rtc.cpp logs nothing: the caller falls back to libtorch's ops).

@@ -4,6 +4,8 @@
 // backward hands the incoming gradient to the host unchanged and to the seed in the
 // seed's own dtype and memory format (one conversion here instead of one inside each op
 // of the seed's backward). No exception crosses the C boundary.
+#include "esper_shim.h"
+
 #include "error.h"
 
 #include <torch/csrc/autograd/custom_function.h>

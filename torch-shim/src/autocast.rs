@@ -1,22 +1,8 @@
 //! bfloat16 mixed precision (`cpp/autocast.cpp`): libtorch's autocast on the CPU or CUDA,
 //! entered for a scope. tch's own `autocast` knows CUDA only, with float16.
 
+use crate::sys::{esper_autocast_enabled, esper_autocast_enter, esper_autocast_exit, EsperAutocastState as State};
 use crate::ShimError;
-use std::ffi::c_char;
-
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-struct State {
-    enabled: i32,
-    dtype: i32,
-    cache: i32,
-}
-
-extern "C" {
-    fn esper_autocast_enter(cuda: i32, previous: *mut State, err: *mut c_char, len: usize) -> i32;
-    fn esper_autocast_exit(cuda: i32, previous: *const State, err: *mut c_char, len: usize) -> i32;
-    fn esper_autocast_enabled(cuda: i32) -> i32;
-}
 
 /// bfloat16 autocast on the CPU (`cuda` false) or CUDA, with the weight cache off, until
 /// dropped (then the previous state is back). Ops on autocast's lower-precision list run

@@ -9,36 +9,23 @@
 //! Built where the libtorch has CUDA and the CUDA headers were found (see `build.rs`);
 //! elsewhere [`available`] says why not and every call returns that reason.
 
+#[cfg(esper_cuda)]
+use crate::sys as ffi;
+use crate::sys::{EsperGraph, EsperSideStream, EsperStream};
 use crate::ShimError;
-use std::ffi::{c_char, c_void};
-
-#[cfg(esper_cuda_graphs)]
-mod ffi {
-    use std::ffi::{c_char, c_void};
-    extern "C" {
-        pub fn esper_stream_new(device: i32, err: *mut c_char, len: usize) -> *mut c_void;
-        pub fn esper_stream_free(stream: *mut c_void);
-        pub fn esper_side_stream_enter(stream: *const c_void, err: *mut c_char, len: usize) -> *mut c_void;
-        pub fn esper_side_stream_exit(scope: *mut c_void, err: *mut c_char, len: usize) -> i32;
-        pub fn esper_graph_begin(err: *mut c_char, len: usize) -> *mut c_void;
-        pub fn esper_graph_end(g: *mut c_void, nodes: *mut usize, err: *mut c_char, len: usize) -> i32;
-        pub fn esper_graph_abort(g: *mut c_void);
-        pub fn esper_graph_replay(g: *mut c_void, err: *mut c_char, len: usize) -> i32;
-        pub fn esper_graph_free(g: *mut c_void);
-    }
-}
+use std::ffi::c_char;
 
 /// Whether this build can capture CUDA graphs; Err says why not.
 pub fn available() -> Result<(), ShimError> {
-    #[cfg(esper_cuda_graphs)]
+    #[cfg(esper_cuda)]
     return Ok(());
-    #[cfg(not(esper_cuda_graphs))]
-    Err(ShimError(format!("this build has no CUDA graph support: {}", env!("ESPER_NO_CUDA_GRAPHS"))))
+    #[cfg(not(esper_cuda))]
+    Err(ShimError(format!("this build has no CUDA graph support: {}", env!("ESPER_NO_CUDA"))))
 }
 
 /// Runs a shim call that returns a handle (null on failure, with the message).
-#[cfg_attr(not(esper_cuda_graphs), allow(dead_code))]
-fn handle(f: impl FnOnce(*mut c_char, usize) -> *mut c_void) -> Result<*mut c_void, ShimError> {
+#[cfg_attr(not(esper_cuda), allow(dead_code))]
+fn handle<T>(f: impl FnOnce(*mut c_char, usize) -> *mut T) -> Result<*mut T, ShimError> {
     let mut out = std::ptr::null_mut();
     crate::call(|err, len| {
         out = f(err, len);
@@ -49,25 +36,25 @@ fn handle(f: impl FnOnce(*mut c_char, usize) -> *mut c_void) -> Result<*mut c_vo
 
 /// A CUDA stream from libtorch's pool (not the default stream), to run a trainer's
 /// steps on: made once, entered with [`SideStream::enter`] as often as needed.
-pub struct CudaStream(*mut c_void);
+pub struct CudaStream(*mut EsperStream);
 
 impl CudaStream {
     pub fn new(device: usize) -> Result<Self, ShimError> {
         available()?;
-        #[cfg(esper_cuda_graphs)]
+        #[cfg(esper_cuda)]
         {
             let device = i32::try_from(device).map_err(|_| ShimError(format!("CUDA device {device}")))?;
             // SAFETY: plain values in; the shim catches every C++ exception.
             handle(|err, len| unsafe { ffi::esper_stream_new(device, err, len) }).map(Self)
         }
-        #[cfg(not(esper_cuda_graphs))]
+        #[cfg(not(esper_cuda))]
         unreachable!("available() is Err without CUDA graph support (device {device})")
     }
 }
 
 impl Drop for CudaStream {
     fn drop(&mut self) {
-        #[cfg(esper_cuda_graphs)]
+        #[cfg(esper_cuda)]
         // SAFETY: `self.0` came from `esper_stream_new` and is freed once, here.
         unsafe {
             ffi::esper_stream_free(self.0)
@@ -84,17 +71,17 @@ impl std::fmt::Debug for CudaStream {
 /// `stream` made current on its device (after the work queued on the stream that was
 /// current); dropping it (or [`SideStream::exit`]) makes that stream current again, after
 /// the side stream's work. Current streams are per thread: enter and leave on one.
-pub struct SideStream(*mut c_void);
+pub struct SideStream(*mut EsperSideStream);
 
 impl SideStream {
-    #[cfg_attr(not(esper_cuda_graphs), allow(unused_variables))]
+    #[cfg_attr(not(esper_cuda), allow(unused_variables))]
     pub fn enter(stream: &CudaStream) -> Result<Self, ShimError> {
         available()?;
-        #[cfg(esper_cuda_graphs)]
+        #[cfg(esper_cuda)]
         // SAFETY: `stream.0` is a live stream handle borrowed for the call; exceptions
         // are caught in the shim.
         return handle(|err, len| unsafe { ffi::esper_side_stream_enter(stream.0, err, len) }).map(Self);
-        #[cfg(not(esper_cuda_graphs))]
+        #[cfg(not(esper_cuda))]
         unreachable!("available() is Err without CUDA graph support")
     }
 
@@ -105,16 +92,16 @@ impl SideStream {
     }
 }
 
-#[cfg_attr(not(esper_cuda_graphs), allow(unused_variables))]
-fn exit(scope: *mut c_void) -> Result<(), ShimError> {
+#[cfg_attr(not(esper_cuda), allow(unused_variables))]
+fn exit(scope: *mut EsperSideStream) -> Result<(), ShimError> {
     if scope.is_null() {
         return Ok(());
     }
-    #[cfg(esper_cuda_graphs)]
+    #[cfg(esper_cuda)]
     // SAFETY: `scope` came from `esper_side_stream_enter` and is released here once
     // (the caller nulls its copy); exceptions are caught in the shim.
     return crate::call(|err, len| unsafe { ffi::esper_side_stream_exit(scope, err, len) });
-    #[cfg(not(esper_cuda_graphs))]
+    #[cfg(not(esper_cuda))]
     Ok(())
 }
 
@@ -128,24 +115,24 @@ impl Drop for SideStream {
 }
 
 /// A capture in progress on the current (side) stream. Dropping it aborts the capture.
-pub struct Capture(*mut c_void);
+pub struct Capture(*mut EsperGraph);
 
 impl Capture {
     /// Starts capturing the current stream, which must not be the default stream (enter a
     /// [`SideStream`] first).
     pub fn begin() -> Result<Self, ShimError> {
         available()?;
-        #[cfg(esper_cuda_graphs)]
+        #[cfg(esper_cuda)]
         // SAFETY: no arguments but the error buffer; exceptions are caught in the shim.
         return handle(|err, len| unsafe { ffi::esper_graph_begin(err, len) }).map(Self);
-        #[cfg(not(esper_cuda_graphs))]
+        #[cfg(not(esper_cuda))]
         unreachable!("available() is Err without CUDA graph support")
     }
 
     /// Ends the capture: the graph, ready to replay. On failure the capture is aborted.
     pub fn end(mut self) -> Result<CudaGraph, ShimError> {
         let g = std::mem::replace(&mut self.0, std::ptr::null_mut());
-        #[cfg(esper_cuda_graphs)]
+        #[cfg(esper_cuda)]
         {
             let mut nodes = 0usize;
             // SAFETY: `g` is the live handle `begin` returned, owned by `self` until here;
@@ -156,14 +143,14 @@ impl Capture {
             }
             Ok(CudaGraph { handle: g, nodes })
         }
-        #[cfg(not(esper_cuda_graphs))]
+        #[cfg(not(esper_cuda))]
         Err(ShimError(format!("no CUDA graph support (handle {g:?})")))
     }
 }
 
-#[cfg_attr(not(esper_cuda_graphs), allow(unused_variables))]
-fn abort(g: *mut c_void) {
-    #[cfg(esper_cuda_graphs)]
+#[cfg_attr(not(esper_cuda), allow(unused_variables))]
+fn abort(g: *mut EsperGraph) {
+    #[cfg(esper_cuda)]
     if !g.is_null() {
         // SAFETY: `g` came from `esper_graph_begin` and is released here once.
         unsafe { ffi::esper_graph_abort(g) }
@@ -178,7 +165,7 @@ impl Drop for Capture {
 
 /// A captured CUDA graph.
 pub struct CudaGraph {
-    handle: *mut c_void,
+    handle: *mut EsperGraph,
     nodes: usize,
 }
 
@@ -190,17 +177,17 @@ impl CudaGraph {
 
     /// Replays the graph on the current stream (asynchronously, as the kernels would run).
     pub fn replay(&self) -> Result<(), ShimError> {
-        #[cfg(esper_cuda_graphs)]
+        #[cfg(esper_cuda)]
         // SAFETY: `self.handle` is a live graph handle owned by `self`; exceptions are caught.
         return crate::call(|err, len| unsafe { ffi::esper_graph_replay(self.handle, err, len) });
-        #[cfg(not(esper_cuda_graphs))]
+        #[cfg(not(esper_cuda))]
         Err(ShimError("no CUDA graph support".into()))
     }
 }
 
 impl Drop for CudaGraph {
     fn drop(&mut self) {
-        #[cfg(esper_cuda_graphs)]
+        #[cfg(esper_cuda)]
         // SAFETY: `self.handle` is a live graph handle owned by `self`, freed once here.
         unsafe {
             ffi::esper_graph_free(self.handle)
@@ -220,7 +207,7 @@ mod tests {
 
     #[test]
     fn availability_matches_the_build() {
-        let built = cfg!(esper_cuda_graphs);
+        let built = cfg!(esper_cuda);
         assert_eq!(available().is_ok(), built);
         if let Err(e) = available() {
             assert!(e.0.contains("no CUDA graph support"), "{e}");

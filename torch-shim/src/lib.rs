@@ -8,68 +8,28 @@
 //! [`autocast`] enters bfloat16 mixed precision on the CPU or CUDA. Where the libtorch
 //! has CUDA, [`graph`] adds CUDA graphs (`cpp/graph.cpp`): capture and
 //! replay of a whole training step, and [`rtc`] CUDA kernels compiled at run time with
-//! NVRTC (`cpp/rtc.cpp`: a fused ReLU + max pool, a channels-last to NCHW copy).
+//! NVRTC (`cpp/rtc.cpp`; their CUDA source is `cuda/`).
 //!
 //! This crate is the shim's Rust face and the only place it is called from; its
-//! `unsafe` blocks are the FFI calls, each with its `SAFETY:` reason.
+//! `unsafe` blocks are the FFI calls, each with its `SAFETY:` reason. The C interface is
+//! `include/esper_shim.h`, declared in Rust once (`sys`, checked against it by a test).
+//! The crate's README says what each piece is for and how to add a kernel.
 
 pub mod autocast;
 pub mod graph;
+#[cfg(test)]
+mod program;
 pub mod rtc;
+#[allow(dead_code)] // the whole header: a few functions serve the tests only
+mod sys;
 
 use std::ffi::c_char;
+use sys::{
+    esper_clear_grads, esper_foreach_adam, esper_foreach_sgd, esper_foreach_zero, esper_keep_freed_host_memory,
+    esper_set_cudnn_tf32, esper_set_deterministic_cudnn, esper_straight_through, esper_zero_missing_grads,
+};
 use tch::Tensor;
 use torch_sys::C_tensor;
-
-extern "C" {
-    fn esper_straight_through(
-        host: *const C_tensor,
-        seed: *const C_tensor,
-        out: *mut *mut C_tensor,
-        err: *mut c_char,
-        err_len: usize,
-    ) -> i32;
-    fn esper_keep_freed_host_memory() -> i32;
-    fn esper_set_deterministic_cudnn(on: i32) -> i32;
-    fn esper_set_cudnn_tf32(on: i32) -> i32;
-    fn esper_foreach_zero(ts: *const *mut C_tensor, n: usize, err: *mut c_char, err_len: usize) -> i32;
-    fn esper_clear_grads(ts: *const *mut C_tensor, n: usize, err: *mut c_char, err_len: usize) -> i32;
-    fn esper_zero_missing_grads(
-        ts: *const *mut C_tensor,
-        had: *const i32,
-        n: usize,
-        err: *mut c_char,
-        err_len: usize,
-    ) -> i32;
-    fn esper_foreach_sgd(
-        params: *const *mut C_tensor,
-        grads: *const *mut C_tensor,
-        bufs: *const *mut C_tensor,
-        n: usize,
-        lr: f64,
-        momentum: f64,
-        weight_decay: f64,
-        init_bufs: i32,
-        kernel: *mut i32,
-        err: *mut c_char,
-        err_len: usize,
-    ) -> i32;
-    fn esper_foreach_adam(
-        params: *const *mut C_tensor,
-        grads: *const *mut C_tensor,
-        ms: *const *mut C_tensor,
-        vs: *const *mut C_tensor,
-        n: usize,
-        lr: f64,
-        beta1: f64,
-        beta2: f64,
-        weight_decay: f64,
-        eps: f64,
-        step: *mut C_tensor,
-        err: *mut c_char,
-        err_len: usize,
-    ) -> i32;
-}
 
 /// Turns cuDNN's deterministic algorithms on or off for the process (libtorch's
 /// `torch.backends.cudnn.deterministic`); returns the previous setting. Runs that must

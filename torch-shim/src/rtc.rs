@@ -15,56 +15,15 @@
 //!   float32) whose weight gradient is the runtime's kernel (`cpp/wgrad.cpp`; forward and
 //!   input gradient stay cuDNN's).
 //!
-//! Built with the CUDA graph support (same headers, see `build.rs`); elsewhere
-//! [`available`] says why not.
+//! The kernels' CUDA source is `cuda/` (one NVRTC program, embedded by `build.rs`; see
+//! the crate's README). Built with the CUDA graph support (same headers, see `build.rs`);
+//! elsewhere [`available`] says why not.
 
 use crate::ShimError;
 use tch::Tensor;
 
-#[cfg(esper_cuda_graphs)]
-mod ffi {
-    use std::ffi::c_char;
-    use torch_sys::C_tensor;
-    extern "C" {
-        pub fn esper_pool_ready(err: *mut c_char, len: usize) -> i32;
-        pub fn esper_relu_max_pool2x2(
-            x: *const C_tensor,
-            relu: i32,
-            out: *mut *mut C_tensor,
-            err: *mut c_char,
-            len: usize,
-        ) -> i32;
-        pub fn esper_nchw_copy(x: *const C_tensor, out: *mut *mut C_tensor, err: *mut c_char, len: usize) -> i32;
-        #[allow(clippy::too_many_arguments)]
-        pub fn esper_bn_relu(
-            x: *const C_tensor,
-            weight: *const C_tensor,
-            bias: *const C_tensor,
-            running_mean: *const C_tensor,
-            running_var: *const C_tensor,
-            momentum: f64,
-            eps: f64,
-            pool: i32,
-            out: *mut *mut C_tensor,
-            err: *mut c_char,
-            len: usize,
-        ) -> i32;
-        pub fn esper_first_conv(
-            x: *const C_tensor,
-            w: *const C_tensor,
-            out: *mut *mut C_tensor,
-            err: *mut c_char,
-            len: usize,
-        ) -> i32;
-        pub fn esper_conv3x3(
-            x: *const C_tensor,
-            w: *const C_tensor,
-            out: *mut *mut C_tensor,
-            err: *mut c_char,
-            len: usize,
-        ) -> i32;
-    }
-}
+#[cfg(esper_cuda)]
+use crate::sys as ffi;
 
 /// Whether the kernels can run here. The first call loads them for the current CUDA
 /// device from the on-disk cache (`$ESPER_KERNEL_CACHE`, `off` for none, else
@@ -73,10 +32,10 @@ mod ffi {
 /// Err says why not (no CUDA build, no NVRTC, an architecture NVRTC does not know).
 pub fn available() -> Result<(), ShimError> {
     crate::graph::available()?;
-    #[cfg(esper_cuda_graphs)]
+    #[cfg(esper_cuda)]
     // SAFETY: only the error buffer crosses; exceptions are caught in the shim.
     return crate::call(|err, len| unsafe { ffi::esper_pool_ready(err, len) });
-    #[cfg(not(esper_cuda_graphs))]
+    #[cfg(not(esper_cuda))]
     unreachable!("graph::available() is Err without CUDA support")
 }
 
@@ -84,10 +43,10 @@ pub fn available() -> Result<(), ShimError> {
 /// suits them (CUDA, 4-d channels-last float32 or bfloat16, even height and width),
 /// libtorch's ops otherwise. Err where the kernels would run but cannot be built (the
 /// reason [`available`] gives).
-#[cfg_attr(not(esper_cuda_graphs), allow(unused_variables))]
+#[cfg_attr(not(esper_cuda), allow(unused_variables))]
 pub fn relu_max_pool2x2(x: &Tensor, relu: bool) -> Result<Tensor, ShimError> {
     crate::graph::available()?; // the shim compiles the kernels on first use, or says why not
-    #[cfg(esper_cuda_graphs)]
+    #[cfg(esper_cuda)]
     {
         let mut out = std::ptr::null_mut();
         // SAFETY: `x` is a live tch handle (`at::Tensor*`) borrowed for the call; on
@@ -98,7 +57,7 @@ pub fn relu_max_pool2x2(x: &Tensor, relu: bool) -> Result<Tensor, ShimError> {
         // SAFETY: `out` is the fresh, owned handle written above; tch frees it on drop.
         Ok(unsafe { Tensor::from_ptr(out) })
     }
-    #[cfg(not(esper_cuda_graphs))]
+    #[cfg(not(esper_cuda))]
     unreachable!("available() is Err without CUDA support")
 }
 
@@ -107,7 +66,7 @@ pub fn relu_max_pool2x2(x: &Tensor, relu: bool) -> Result<Tensor, ShimError> {
 /// memory bandwidth, where libtorch's strided copy reaches a quarter of it), libtorch's
 /// copy otherwise (detached).
 pub fn nchw_copy(x: &Tensor) -> Result<Tensor, ShimError> {
-    #[cfg(esper_cuda_graphs)]
+    #[cfg(esper_cuda)]
     {
         let mut out = std::ptr::null_mut();
         // SAFETY: `x` is a live tch handle borrowed for the call; on success `out` holds a
@@ -116,7 +75,7 @@ pub fn nchw_copy(x: &Tensor) -> Result<Tensor, ShimError> {
         // SAFETY: `out` is the fresh, owned handle written above; tch frees it on drop.
         Ok(unsafe { Tensor::from_ptr(out) })
     }
-    #[cfg(not(esper_cuda_graphs))]
+    #[cfg(not(esper_cuda))]
     x.f_contiguous().map(|c| c.detach()).map_err(|e| ShimError(e.to_string()))
 }
 
@@ -140,9 +99,9 @@ pub struct BatchNormParams<'a> {
 /// [`available`] gives) or a launch fails.
 ///
 /// The values are libtorch's to rounding, not bit for bit: the sums run in another order.
-#[cfg_attr(not(esper_cuda_graphs), allow(unused_variables))]
+#[cfg_attr(not(esper_cuda), allow(unused_variables))]
 pub fn bn_relu(x: &Tensor, bn: &BatchNormParams<'_>, pool: bool) -> Result<Option<Tensor>, ShimError> {
-    #[cfg(esper_cuda_graphs)]
+    #[cfg(esper_cuda)]
     // SAFETY: every tensor is a live tch handle (`at::Tensor*`) borrowed for the call;
     // exceptions are caught in the shim.
     return new_tensor_or_none(x, |out, err, len| unsafe {
@@ -160,7 +119,7 @@ pub fn bn_relu(x: &Tensor, bn: &BatchNormParams<'_>, pool: bool) -> Result<Optio
             len,
         )
     });
-    #[cfg(not(esper_cuda_graphs))]
+    #[cfg(not(esper_cuda))]
     Ok(None)
 }
 
@@ -176,15 +135,15 @@ pub fn bn_relu(x: &Tensor, bn: &BatchNormParams<'_>, pool: bool) -> Result<Optio
 ///
 /// The products run on the tensor cores with TF32 operands and float32 sums, as cuDNN's
 /// do by default for float32: libtorch's values to TF32 rounding.
-#[cfg_attr(not(esper_cuda_graphs), allow(unused_variables))]
+#[cfg_attr(not(esper_cuda), allow(unused_variables))]
 pub fn first_conv(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>, ShimError> {
-    #[cfg(esper_cuda_graphs)]
+    #[cfg(esper_cuda)]
     // SAFETY: `x` and `w` are live tch handles (`at::Tensor*`) borrowed for the call;
     // exceptions are caught in the shim.
     return new_tensor_or_none(x, |out, err, len| unsafe {
         ffi::esper_first_conv(x.as_ptr(), w.as_ptr(), out, err, len)
     });
-    #[cfg(not(esper_cuda_graphs))]
+    #[cfg(not(esper_cuda))]
     Ok(None)
 }
 
@@ -200,19 +159,19 @@ pub fn first_conv(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>, ShimError> {
 /// `[64, 32, 3, 3]` beside it; a GPU before Ampere): the caller runs libtorch's
 /// convolution. Err where the kernel would run but cannot be built (the reason
 /// [`available`] gives) or a launch fails.
-#[cfg_attr(not(esper_cuda_graphs), allow(unused_variables))]
+#[cfg_attr(not(esper_cuda), allow(unused_variables))]
 pub fn conv3x3(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>, ShimError> {
-    #[cfg(esper_cuda_graphs)]
+    #[cfg(esper_cuda)]
     // SAFETY: `x` and `w` are live tch handles (`at::Tensor*`) borrowed for the call;
     // exceptions are caught in the shim.
     return new_tensor_or_none(x, |out, err, len| unsafe { ffi::esper_conv3x3(x.as_ptr(), w.as_ptr(), out, err, len) });
-    #[cfg(not(esper_cuda_graphs))]
+    #[cfg(not(esper_cuda))]
     Ok(None)
 }
 
 /// A shim call that writes a new tensor or null into `out`: Ok(None) for null and for an
 /// `x` that is not on CUDA (no call then), the tensor otherwise.
-#[cfg(esper_cuda_graphs)]
+#[cfg(esper_cuda)]
 fn new_tensor_or_none(
     x: &Tensor,
     f: impl FnOnce(*mut *mut torch_sys::C_tensor, *mut std::ffi::c_char, usize) -> i32,
@@ -228,4 +187,91 @@ fn new_tensor_or_none(
     // SAFETY: on success the shim stores in `out` null (handled above) or a new
     // `at::Tensor*` that nothing else owns; tch frees it on drop.
     Ok(Some(unsafe { Tensor::from_ptr(out) }))
+}
+
+#[cfg(all(test, esper_cuda))]
+mod tests {
+    use crate::{sys, ShimError};
+    use std::collections::BTreeSet;
+    use std::ffi::{c_char, CString};
+    use std::path::Path;
+
+    /// The kernels (`.entry` names) of `source` compiled by NVRTC to PTX with `options`.
+    fn entries(source: &str, name: &str, options: &[&str]) -> Result<BTreeSet<String>, ShimError> {
+        let source = CString::new(source).unwrap();
+        let name = CString::new(name).unwrap();
+        let options: Vec<CString> = options.iter().map(|o| CString::new(*o).unwrap()).collect();
+        let pointers: Vec<*const c_char> = options.iter().map(|o| o.as_ptr()).collect();
+        let mut out = vec![0u8; 1 << 16];
+        // SAFETY: every pointer is a live NUL-terminated string or array of `pointers.len()`
+        // of them; the shim writes at most `out.len()` bytes into `out` and catches every
+        // exception.
+        crate::call(|err, len| unsafe {
+            sys::esper_rtc_compile(
+                source.as_ptr(),
+                name.as_ptr(),
+                pointers.as_ptr(),
+                pointers.len() as i32,
+                out.as_mut_ptr().cast(),
+                out.len(),
+                err,
+                len,
+            )
+        })?;
+        let end = out.iter().position(|&b| b == 0).unwrap();
+        Ok(String::from_utf8(out[..end].to_vec()).unwrap().lines().map(String::from).collect())
+    }
+
+    /// The kernels the launcher (`cpp/rtc.cpp`'s `kernel_slots`) looks up.
+    fn launcher_names() -> BTreeSet<String> {
+        // SAFETY: a null buffer of length 0 only asks for the size.
+        let size = unsafe { sys::esper_rtc_kernel_names(std::ptr::null_mut(), 0) };
+        let mut out = vec![0u8; size];
+        // SAFETY: `out` has the `size` bytes the list needs.
+        unsafe { sys::esper_rtc_kernel_names(out.as_mut_ptr().cast(), size) };
+        String::from_utf8(out[..size - 1].to_vec()).unwrap().lines().map(String::from).collect()
+    }
+
+    const PROGRAM: &str = include_str!(concat!(env!("OUT_DIR"), "/esper_rtc.cu"));
+
+    #[test]
+    fn the_program_compiles_for_every_architecture_with_every_kernel_the_launcher_looks_up() {
+        let names = launcher_names();
+        assert!(names.len() > 50 && names.contains("sgd_f32") && names.contains("wgrad3x3_sum"), "{names:?}");
+        // Turing (the oldest architecture of CUDA 13, no tensor-core paths), Ampere, Hopper.
+        for arch in ["compute_75", "compute_80", "compute_90"] {
+            let arch = format!("--gpu-architecture={arch}");
+            let found = entries(PROGRAM, "esper_rtc.cu", &[&arch, "--std=c++17", "-default-device"]).unwrap();
+            assert_eq!(found, names, "{arch}: the program's kernels vs the ones the launcher looks up");
+        }
+        // A kernel renamed in its file is a kernel the launcher would not find.
+        let renamed = PROGRAM.replacen("void sgd_f32(", "void sgd_f32_renamed(", 1);
+        let found =
+            entries(&renamed, "esper_rtc.cu", &["--gpu-architecture=compute_80", "--std=c++17", "-default-device"]);
+        assert!(!found.unwrap().contains("sgd_f32"));
+    }
+
+    #[test]
+    fn each_cuda_file_compiles_on_its_own_with_its_includes() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda");
+        let include = format!("--include-path={}", dir.display());
+        let mut all = BTreeSet::new();
+        for name in crate::program::FILES.iter().filter(|f| f.ends_with(".cu")) {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap();
+            // No -default-device: each function says where it runs, as nvcc needs.
+            let found = entries(&text, name, &["--gpu-architecture=compute_80", "--std=c++17", &include])
+                .unwrap_or_else(|e| panic!("cuda/{name} on its own: {e}"));
+            assert!(!found.is_empty(), "cuda/{name} has no kernel");
+            all.extend(found);
+        }
+        assert_eq!(all, launcher_names(), "the files' kernels together are the program's");
+    }
+
+    #[test]
+    fn a_cuda_error_comes_back_with_the_file_and_line() {
+        let broken = PROGRAM.replacen("sgd_f32(const SgdList l", "sgd_f32(const SgdLst l", 1);
+        let e = entries(&broken, "esper_rtc.cu", &["--gpu-architecture=compute_80", "--std=c++17", "-default-device"])
+            .unwrap_err();
+        assert!(e.0.contains("torch-shim/cuda/optim.cu("), "{e}");
+    }
 }

@@ -9,8 +9,8 @@
 //! path = "plugins/libesper_norm.so"    # file or folder, relative to this file
 //! sha256 = "…"                         # optional: the bytes hashed are the bytes loaded
 //!
-//! [host]      # blocks, base_channels, pool_layers, kernel_size, num_classes, memory_format, fused_pool, fused_batchnorm,
-//!             # first_conv_kernel, wgrad_kernel
+//! [host]      # blocks, base_channels, pool_layers, kernel_size, num_classes, memory_format
+//! [host.kernels] # pool, batchnorm, first_conv, wgrad (the runtime's CUDA kernels)
 //! [data]      # kind = "synthetic" | "cifar10"
 //! [training]  # epochs, batch_size, host_optimizer, seed_optimizer, seed, memory_limit_gb,
 //!             # seed_timeout_s (60: the seed watchdog, see [`TrainingConfig::seed_timeout_s`])
@@ -336,8 +336,10 @@ impl RunConfig {
     }
 
     /// Moves the deprecated `[lifecycle]` slot keys into `[slot]` (they win over the
-    /// defaults there) and records a note for each in `deprecations`.
+    /// defaults there), and the flat `[host]` kernel switches into `[host.kernels]`, and
+    /// records a note for each in `deprecations`.
     pub fn migrate_deprecated(&mut self) {
+        self.host.migrate_deprecated(&mut self.deprecations);
         let (l, slot, notes) = (&mut self.lifecycle, &mut self.slot, &mut self.deprecations);
         let mut note = |key: &str| {
             notes.push(format!("`lifecycle.{key}` is deprecated: write it as `{key}` under `[slot]`"));

@@ -6,7 +6,7 @@
 //! A *segment* is a contiguous range of ops between two points (or from the input, or
 //! to the logits); segments are plain index ranges, computed once.
 
-use super::MemoryFormat;
+use super::{HostKernels, MemoryFormat};
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::ModuleT, Tensor};
 use thiserror::Error;
@@ -22,26 +22,21 @@ pub struct CnnHostConfig {
     pub kernel_size: i64,
     pub num_classes: i64,
     pub memory_format: MemoryFormat,
-    /// On CUDA, each block's ReLU and the max pool after it run as one fused kernel
-    /// (forward and backward), compiled at run time with NVRTC; `false` keeps libtorch's
-    /// ops. Same values and gradients either way (see `host::pool`).
-    pub fused_pool: bool,
-    /// On CUDA, in training, each block's BatchNorm and ReLU (and the pool after it) run
-    /// as the runtime's own kernels, compiled with the pool's; `false` keeps libtorch's
-    /// BatchNorm. Values agree to rounding (see `host::batchnorm`).
-    pub fused_batchnorm: bool,
-    /// On CUDA, the first block's convolution (3 input channels, kernel size 3, 16, 32 or
-    /// 64 output channels) runs as the runtime's own kernels forward and for its weight
-    /// gradient, compiled with the pool's; `false` keeps libtorch's (cuDNN's). Values
-    /// agree to TF32 rounding, as cuDNN's own (see `host::conv`).
-    pub first_conv_kernel: bool,
-    /// On CUDA, a later block's 3x3 convolution from 32 to 64 channels (the default
-    /// host's second) takes its weight gradient from the runtime's own kernel, compiled
-    /// with the pool's (cuDNN's forward and input gradient), in float32 (TF32 products, as
-    /// cuDNN's by default) and under bfloat16 autocast; `false` keeps cuDNN's. Values
-    /// agree to TF32 rounding, and in bfloat16 to the rounding of libtorch's gradient to
-    /// bfloat16, which this one skips (see `host::conv`).
-    pub wgrad_kernel: bool,
+    /// Which of the runtime's own CUDA kernels the host may use (`[host.kernels]`).
+    pub kernels: HostKernels,
+    /// Deprecated: `kernels.pool`. Read from an old config or checkpoint, then moved
+    /// there by [`CnnHostConfig::migrate_deprecated`]; never written.
+    #[serde(default, skip_serializing)]
+    pub fused_pool: Option<bool>,
+    /// Deprecated: `kernels.batchnorm` (as `fused_pool`).
+    #[serde(default, skip_serializing)]
+    pub fused_batchnorm: Option<bool>,
+    /// Deprecated: `kernels.first_conv` (as `fused_pool`).
+    #[serde(default, skip_serializing)]
+    pub first_conv_kernel: Option<bool>,
+    /// Deprecated: `kernels.wgrad` (as `fused_pool`).
+    #[serde(default, skip_serializing)]
+    pub wgrad_kernel: Option<bool>,
 }
 
 impl Default for CnnHostConfig {
@@ -54,10 +49,11 @@ impl Default for CnnHostConfig {
             kernel_size: 3,
             num_classes: 10,
             memory_format: MemoryFormat::ChannelsLast,
-            fused_pool: true,
-            fused_batchnorm: true,
-            first_conv_kernel: true,
-            wgrad_kernel: true,
+            kernels: HostKernels::default(),
+            fused_pool: None,
+            fused_batchnorm: None,
+            first_conv_kernel: None,
+            wgrad_kernel: None,
         }
     }
 }
@@ -254,21 +250,21 @@ impl CnnHost {
     }
 
     /// Block `i` (conv, BatchNorm, ReLU), then the 2x2 max pool when `pool`. The fused
-    /// BatchNorm takes the pool in only where `fused_pool` allows the runtime's pool; the
-    /// first block's convolution is the runtime's where `first_conv_kernel` allows, a
-    /// later one's weight gradient where `wgrad_kernel` does.
+    /// BatchNorm takes the pool in only where `kernels.pool` allows the runtime's pool;
+    /// the first block's convolution is the runtime's where `kernels.first_conv` allows, a
+    /// later one's weight gradient where `kernels.wgrad` does.
     fn block(&self, i: usize, x: &Tensor, train: bool, pool: bool) -> Tensor {
         let block = &self.blocks[i];
         let y = self.own_conv(i, x, &block.conv.ws).unwrap_or_else(|| x.apply(&block.conv));
-        if train && self.config.fused_batchnorm {
-            let with_pool = pool && self.config.fused_pool;
+        if train && self.config.kernels.batchnorm {
+            let with_pool = pool && self.config.kernels.pool;
             if let Some(z) = super::batchnorm::bn_relu(&y, &block.bn, &bn_config(), with_pool) {
                 return if pool && !with_pool { super::pool::max_pool2x2(&z, false, false) } else { z };
             }
         }
         let y = block.bn.forward_t(&y, train);
         if pool {
-            super::pool::max_pool2x2(&y, true, self.config.fused_pool)
+            super::pool::max_pool2x2(&y, true, self.config.kernels.pool)
         } else {
             y.relu()
         }
@@ -280,8 +276,8 @@ impl CnnHost {
             return None;
         }
         match i {
-            0 if self.config.first_conv_kernel => super::conv::first_conv(x, weight),
-            1.. if self.config.wgrad_kernel && weight.requires_grad() => super::conv::conv3x3(x, weight),
+            0 if self.config.kernels.first_conv => super::conv::first_conv(x, weight),
+            1.. if self.config.kernels.wgrad && weight.requires_grad() => super::conv::conv3x3(x, weight),
             _ => None,
         }
     }
@@ -289,7 +285,7 @@ impl CnnHost {
     fn run_op(&self, op: Op, x: &Tensor, train: bool) -> Tensor {
         match op {
             Op::Block(i) => self.block(i, x, train, false),
-            Op::Pool => super::pool::max_pool2x2(x, false, self.config.fused_pool),
+            Op::Pool => super::pool::max_pool2x2(x, false, self.config.kernels.pool),
             Op::Head => x.mean_dim([2i64, 3].as_slice(), false, x.kind()).apply(&self.head),
         }
     }

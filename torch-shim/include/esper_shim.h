@@ -1,0 +1,108 @@
+/* The shim's C interface: every `esper_*` function the C++ files of torch-shim/cpp define
+ * and the Rust crate calls (src/sys.rs mirrors this file; a test there keeps the two
+ * equal, and every cpp/*.cpp that defines one includes it, so the compiler holds the
+ * definitions to it).
+ *
+ * Conventions: no C++ exception crosses. A function that can fail returns 0 on success
+ * (or a handle), and 1 (or null) with the message, NUL-terminated, in `err` (at most
+ * `len` bytes). Tensors are tch's handles (`at::Tensor *`); a tensor written to `*out` is
+ * new and the caller owns it. */
+#ifndef ESPER_SHIM_H
+#define ESPER_SHIM_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+namespace at {
+class Tensor;
+}
+namespace c10 {
+class Stream;
+}
+typedef at::Tensor EsperTensor;
+typedef c10::Stream EsperStream;
+extern "C" {
+#else
+typedef struct EsperTensor EsperTensor;
+typedef struct EsperStream EsperStream;
+#endif
+
+typedef struct EsperSideStream EsperSideStream;
+typedef struct EsperGraph EsperGraph;
+
+/* The autocast state to restore on leaving: enabled, dtype, cache. */
+typedef struct EsperAutocastState {
+    int enabled;
+    int dtype;
+    int cache;
+} EsperAutocastState;
+
+/* ---- Every build ---- */
+
+/* straight.cpp: `host + (seed - seed.detach())` in value and gradients, into `*out`. */
+int esper_straight_through(const EsperTensor *host, const EsperTensor *seed, EsperTensor **out, char *err,
+                           size_t len);
+
+/* host_alloc.cpp: glibc's malloc thresholds for a training process. 0: set; 1: glibc
+ * refused one; 2: not glibc (nothing done). */
+int esper_keep_freed_host_memory(void);
+
+/* context.cpp: cuDNN's deterministic algorithms, TF32 in cuDNN's float32 convolutions:
+ * on (1) or off (0); each returns the previous setting. */
+int esper_set_deterministic_cudnn(int on);
+int esper_set_cudnn_tf32(int on);
+
+/* foreach.cpp: a parameter group's steps over `n` tensors at once. */
+int esper_foreach_zero(EsperTensor *const *ts, size_t n, char *err, size_t err_len);
+int esper_clear_grads(EsperTensor *const *ts, size_t n, char *err, size_t err_len);
+int esper_zero_missing_grads(EsperTensor *const *ts, const int *had, size_t n, char *err, size_t err_len);
+int esper_foreach_sgd(EsperTensor *const *params, EsperTensor *const *grads, EsperTensor *const *bufs, size_t n,
+                      double lr, double momentum, double weight_decay, int init_bufs, int *kernel, char *err,
+                      size_t err_len);
+int esper_foreach_adam(EsperTensor *const *params, EsperTensor *const *grads, EsperTensor *const *ms,
+                       EsperTensor *const *vs, size_t n, double lr, double beta1, double beta2, double weight_decay,
+                       double eps, EsperTensor *step, char *err, size_t err_len);
+
+/* autocast.cpp: bfloat16 autocast on the CPU (`cuda` 0) or CUDA. */
+int esper_autocast_enter(int cuda, EsperAutocastState *previous, char *err, size_t len);
+int esper_autocast_exit(int cuda, const EsperAutocastState *previous, char *err, size_t len);
+int esper_autocast_enabled(int cuda);
+
+/* ---- CUDA builds only (build.rs found CUDA: the `esper_cuda` cfg, ESPER_RTC) ---- */
+
+/* graph.cpp: a side stream, and CUDA graphs captured on it. */
+EsperStream *esper_stream_new(int device, char *err, size_t len);
+void esper_stream_free(EsperStream *stream);
+EsperSideStream *esper_side_stream_enter(const EsperStream *stream, char *err, size_t len);
+int esper_side_stream_exit(EsperSideStream *scope, char *err, size_t len);
+EsperGraph *esper_graph_begin(char *err, size_t len);
+int esper_graph_end(EsperGraph *g, size_t *nodes, char *err, size_t len);
+void esper_graph_abort(EsperGraph *g);
+int esper_graph_replay(EsperGraph *g, char *err, size_t len);
+void esper_graph_free(EsperGraph *g);
+
+/* rtc.cpp: the runtime-compiled kernels (loaded, or compiled, on first use). */
+int esper_pool_ready(char *err, size_t len);
+int esper_relu_max_pool2x2(const EsperTensor *x, int relu, EsperTensor **out, char *err, size_t len);
+int esper_nchw_copy(const EsperTensor *x, EsperTensor **out, char *err, size_t len);
+/* Compiles `source` with NVRTC to PTX with `options` (no GPU needed) and writes the names
+ * of its kernels, one a line, into `entries` (at most `entries_len` bytes). */
+int esper_rtc_compile(const char *source, const char *name, const char *const *options, int n_options,
+                      char *entries, size_t entries_len, char *err, size_t len);
+/* The names of the kernels the launcher looks up in the program, one a line, into `out`
+ * (at most `len` bytes); returns the bytes the whole list needs, NUL included. */
+size_t esper_rtc_kernel_names(char *out, size_t len);
+
+/* batchnorm.cpp, conv.cpp, wgrad.cpp: `*out` null where the tensors do not suit the
+ * kernels (the caller runs libtorch's op). */
+int esper_bn_relu(const EsperTensor *x, const EsperTensor *weight, const EsperTensor *bias,
+                  const EsperTensor *running_mean, const EsperTensor *running_var, double momentum, double eps,
+                  int pool, EsperTensor **out, char *err, size_t len);
+int esper_first_conv(const EsperTensor *x, const EsperTensor *w, EsperTensor **out, char *err, size_t len);
+int esper_conv3x3(const EsperTensor *x, const EsperTensor *w, EsperTensor **out, char *err, size_t len);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* ESPER_SHIM_H */
