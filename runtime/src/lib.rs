@@ -26,3 +26,13 @@ pub mod plugin;
 pub mod run_folder;
 pub mod torch_error;
 pub mod train;
+
+/// A fresh, empty folder under the temp folder for one unit test, unique to this process
+/// and `name`.
+#[cfg(test)]
+pub(crate) fn test_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("esper-unit-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a unit test's temp folder");
+    dir
+}

@@ -111,10 +111,7 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("esper-files-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
+        crate::test_dir(&format!("files-{name}"))
     }
 
     fn names(dir: &Path) -> Vec<String> {

@@ -471,10 +471,7 @@ mod tests {
     use super::*;
 
     fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("esper-ckpt-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
+        crate::test_dir(&format!("ckpt-{name}"))
     }
 
     fn write(out: &Path, epoch: u32, tag: &str) -> PathBuf {
@@ -568,10 +565,7 @@ mod publishing {
     use super::*;
 
     fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("esper-ckpt-pub-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
+        crate::test_dir(&format!("ckpt-pub-{name}"))
     }
 
     fn begin(out: &Path, epoch: u32, tag: &str) -> Writer {
