@@ -48,14 +48,15 @@ if [ "$(readlink "$repo/.libtorch" 2>/dev/null || true)" != "$libtorch" ]; then
 fi
 
 # The CUDA headers of the wheel lack nv/target, which ATen's CUDA headers need: the CCCL
-# wheel adds it, for the CUDA-graph part of torch-shim (torch-shim/build.rs). Without it
-# the build goes on without CUDA graphs (and says so).
+# wheel adds it, for the CUDA part of torch-shim (CUDA graphs and the NVRTC kernels,
+# cfg esper_cuda in torch-shim/build.rs). Without it the build goes on without them (and
+# says so).
 if [ -z "${LIBTORCH:-}" ] && [ ! -f "$venv/.cccl-13.0" ]; then
-    log "installing nvidia-cuda-cccl 13.0 into $venv (headers for the CUDA-graph shim)"
+    log "installing nvidia-cuda-cccl 13.0 into $venv (headers for the shim's CUDA part)"
     if "$venv/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir "nvidia-cuda-cccl==13.0.*"; then
         touch "$venv/.cccl-13.0"
     else
-        log "warning: nvidia-cuda-cccl could not be installed: this build will have no CUDA graphs"
+        log "warning: nvidia-cuda-cccl could not be installed: this build will have no CUDA graphs or kernels of its own"
     fi
 fi
 
