@@ -60,7 +60,7 @@ if [ -z "${LIBTORCH:-}" ] && [ ! -f "$venv/.cccl-13.0" ]; then
     fi
 fi
 
-# A Python with torch, safetensors and numpy for the PyTorch parity tests (tests/parity.rs),
+# A Python with torch, safetensors and numpy for the PyTorch parity tests (tests/all/parity.rs),
 # linked as <repo>/.esper-python: the torch venv above (safetensors added once), or with
 # $LIBTORCH a python3 that already has both.
 parity_python=""

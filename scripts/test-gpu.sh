@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the CUDA tests: every test marked `#[ignore = "needs CUDA: run scripts/test-gpu.sh"]`
-# (tests/gpu.rs, and the CUDA test of tests/containment.rs). They are ignored by a plain
+# (the `gpu` module of the tests/all binary, and the CUDA test of its `containment`). They are ignored by a plain
 # `cargo test`, so a machine without a GPU never counts them as passed; here they run, and
 # this script FAILS when no CUDA device can be used (each test asserts it first).
 #
@@ -35,16 +35,17 @@ dir=$(realpath -m "${1:-$repo/.gpu-carry}")
 
 log() { printf '[test-gpu] %s\n' "$*" >&2; }
 
-# The test binaries and, for each, the libtest arguments that select its CUDA tests.
-suites=(gpu containment)
-declare -A filter=([gpu]="" [containment]="cuda")
+# The test binaries and, for each, the libtest filters that select its CUDA tests
+# (with --ignored: only the ignored tests whose names match one filter).
+suites=(all)
+declare -A filter=([all]="gpu:: containment::")
 
 # Runs one test binary's CUDA tests; fails unless at least one ran and none failed.
 run_suite() {
     local name=$1 bin=$2 out
     out=$(mktemp)
     log "$name: $bin --ignored --nocapture ${filter[$name]}"
-    # shellcheck disable=SC2086 # the filter is one word or none
+    # shellcheck disable=SC2086 # the filters are words
     if ! "$bin" --ignored --test-threads=1 --nocapture ${filter[$name]} 2>&1 | tee "$out"; then
         rm -f "$out"
         log "$name: FAILED"

@@ -1,5 +1,5 @@
 """PyTorch reference for the CNN blueprints, written from the catalogue (not esper-lite's
-code), for tests/parity.rs.
+code), for tests/all/parity.rs.
 
     python reference.py CASES.json IN.safetensors OUT.safetensors
 

@@ -8,7 +8,7 @@
 //! (from `FOLD_FROM` input elements as `groupnorm(x; gate * weight, gate * bias) +
 //! (1 - gate) * x`, `gate = tanh(scale)`, as the native plugin). The runtime's op table
 //! runs each op in its libtorch, in the native plugin's order, so the two agree bit for
-//! bit (tests/portable.rs).
+//! bit (tests/all/portable.rs).
 
 #![forbid(unsafe_code)]
 

@@ -1,7 +1,6 @@
 //! The `esper` binary's plugin commands and help, as a user runs them, and the
 //! documentation's examples run through it (`docs`).
 
-#[path = "cli/docs.rs"]
 mod docs;
 
 use esper_tests::{plugin_lib, stdout, SmallJob};

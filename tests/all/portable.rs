@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
 // The two plugins' shared rule for when the gate is folded into GroupNorm.
-#[path = "../plugins/norm/src/fold.rs"]
+#[path = "../../plugins/norm/src/fold.rs"]
 mod fold;
 
 fn c_fixture(name: &str) -> PathBuf {
