@@ -20,7 +20,7 @@ valid_libtorch() { [ -d "$1/include" ] && [ -f "$1/lib/libtorch_cpu.so" ]; }
 
 if [ -n "${LIBTORCH:-}" ]; then
     valid_libtorch "$LIBTORCH" || { log "LIBTORCH=$LIBTORCH has no include/ and lib/libtorch_cpu.so"; exit 1; }
-    libtorch=$(cd "$LIBTORCH" && pwd)
+    libtorch=$(cd "$LIBTORCH" && pwd -P)
     log "using LIBTORCH=$libtorch"
 else
     site=$(ls -d "$venv"/lib/python3*/site-packages 2>/dev/null | head -n1 || true)

@@ -217,7 +217,7 @@ mod tests {
     #[test]
     fn without_a_cuda_device_a_stream_is_an_error_not_a_crash() {
         if tch::Cuda::is_available() {
-            return; // the GPU machine: tests/gpu.rs covers streams and graphs there
+            return; // the GPU machine: tests/all/gpu.rs covers streams and graphs there
         }
         let e = CudaStream::new(0).expect_err("no CUDA device: no stream");
         assert!(!e.0.is_empty());
