@@ -26,10 +26,7 @@ pub mod metrics;
 pub mod stage;
 pub mod state;
 
-pub use alpha::{
-    AlphaController, AlphaCurve, AlphaMode, AlphaTarget, BlendChoice, BlendSchedule, DEFAULT_BLEND_TEMPO_EPOCHS,
-    SIGMOID_STEEPNESS,
-};
+pub use alpha::{AlphaController, AlphaCurve, AlphaMode, SIGMOID_STEEPNESS};
 pub use check::{GateCheck, UnknownGateCheck};
 pub use error::LifecycleError;
 pub use event::{GerminationFailure, LifecycleEvent};
