@@ -4,6 +4,7 @@
 //!
 //! * [`data`]: training data: the embedded synthetic image set, CIFAR-10, batching.
 //! * [`host`]: host networks (the CNN backbone) and their injection points.
+//! * [`blend`]: the blend settings (algorithm, alpha curve, tempo, target) and their defaults.
 //! * [`isolation`]: the isolation layer every seed goes through, and the gradient monitor.
 //! * [`lifecycle`]: seed stages, transitions, gates, alpha schedule and metrics.
 //! * [`model`]: the morphogenetic model: host plus seed slots, germinate, prune, forward.
@@ -15,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod blend;
 pub mod config;
 pub mod data;
 pub mod device;

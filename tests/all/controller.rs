@@ -3,9 +3,10 @@
 //! prune gives the seed's blueprint. The rules without seeds are unit tests beside it.
 
 use esper_runtime::{
+    blend::{AlphaTarget, BlendChoice, BlendTempo},
     config::ControllerConfig,
     host::CnnHostConfig,
-    lifecycle::{AlphaTarget, BlendChoice, SeedStage},
+    lifecycle::SeedStage,
     model::{MorphogeneticModel, SlotConfig},
     train::{
         controller::{Action, Controller},
@@ -96,7 +97,7 @@ fn a_holding_seed_is_fossilized_at_half_a_point_of_contribution_and_pruned_below
 fn a_seed_resting_at_a_partial_target_goes_on_to_full_amplitude_once_it_contributes() {
     let host = CnnHostConfig { base_channels: 8, ..Default::default() };
     let mut m = MorphogeneticModel::new(host, &[SLOT], SlotConfig::default(), tch::Device::Cpu).unwrap();
-    let choice = BlendChoice { alpha_target: Some(AlphaTarget::Half), blend_tempo: Some(2) };
+    let choice = BlendChoice { target: Some(AlphaTarget::Half), tempo: Some(BlendTempo::from_epochs(2)) };
     germinate_with(&mut m, &norm_registry(), (SLOT, "norm", "s1"), &serde_json::Value::Null, choice).unwrap();
     let gates = lenient_gates();
     m.slot_mut(SLOT).unwrap().advance(&gates).unwrap(); // TRAINING

@@ -3,9 +3,10 @@
 //! counterfactual forward, and the per-device gradient monitor (BUG-013, CPU side).
 
 use esper_runtime::{
+    blend::{BlendChoice, BlendSettings},
     host::{is_channels_last, to_channels_last, CnnHostConfig, MemoryFormat},
     isolation::BlendAlgorithm,
-    lifecycle::{BlendChoice, SeedStage, EMBARGO_EPOCHS_AFTER_PRUNE},
+    lifecycle::{SeedStage, EMBARGO_EPOCHS_AFTER_PRUNE},
     model::{ModelError, MorphogeneticModel, SlotConfig},
     plugin::BlueprintRegistry,
     train::germinate,
@@ -120,7 +121,8 @@ fn host_gradients_are_exactly_the_same_with_and_without_a_training_seed() {
 fn every_blend_runs_forward_and_backward_in_blending() {
     let r = norm_registry();
     for blend in [BlendAlgorithm::Add, BlendAlgorithm::Multiply, BlendAlgorithm::Gate] {
-        let config = SlotConfig { blend, ..Default::default() };
+        let config =
+            SlotConfig { blend: BlendSettings { algorithm: blend, ..Default::default() }, ..Default::default() };
         let mut m = model_in_stage(&r, CnnHostConfig::default(), SLOT, config, SeedStage::Blending);
         m.step_epoch().unwrap();
         let (x, y) = batch(4, Device::Cpu);
@@ -304,7 +306,8 @@ fn bug013_monitor_groups_per_device_and_measures_on_cpu() {
 fn a_gate_network_is_made_when_its_seed_enters_blending_ramps_linearly_and_is_not_the_seeds() {
     let r = norm_registry();
     let host = CnnHostConfig { base_channels: 8, ..Default::default() };
-    let config = SlotConfig { blend: BlendAlgorithm::Gate, ..Default::default() };
+    let blend = BlendSettings { algorithm: BlendAlgorithm::Gate, ..Default::default() };
+    let config = SlotConfig { blend, ..Default::default() };
     let m = model_in_stage(&r, host.clone(), SLOT, config.clone(), SeedStage::Training);
     let slot = m.slot(SLOT).unwrap();
     assert!(slot.gate_parameters().is_empty(), "no gate network while the seed trains alone");
@@ -382,7 +385,8 @@ fn the_multiply_rule_zeroes_a_seeds_output_layer_so_the_blend_starts_neutral() {
         let seed = registry.create_seed(blueprint, 64, &serde_json::Value::Null, Device::Cpu).unwrap();
         assert_eq!(seed.output_layer(), output_layer.as_slice(), "{blueprint} marks its last layer");
         for blend in [BlendAlgorithm::Add, BlendAlgorithm::Multiply] {
-            let config = SlotConfig { blend, ..Default::default() };
+            let config =
+                SlotConfig { blend: BlendSettings { algorithm: blend, ..Default::default() }, ..Default::default() };
             let mut model = MorphogeneticModel::new(CnnHostConfig::default(), &["r0c1"], config, Device::Cpu).unwrap();
             germinate(&mut model, &registry, "r0c1", blueprint, "s1", &serde_json::Value::Null).unwrap();
             let seed = model.slot("r0c1").unwrap().seed().expect("a live seed");

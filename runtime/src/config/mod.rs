@@ -14,7 +14,8 @@
 //! [data]      # kind = "synthetic" | "cifar10"
 //! [training]  # epochs, batch_size, host_optimizer, seed_optimizer, seed, memory_limit_gb,
 //!             # seed_timeout_s (60: the seed watchdog, see [`TrainingConfig::seed_timeout_s`])
-//! [slot]      # isolate_gradients, blend, alpha_curve, blend_tempo (every slot's settings)
+//! [slot]      # isolate_gradients, blend, alpha_curve, blend_tempo, alpha_target (every slot's;
+//!             # the blend settings are [`crate::blend::BlendSettings`])
 //! [lifecycle] # gates, schedule, controller, plugin_param_factor
 //! [output]    # dir, checkpoint, jsonl
 //! ```
@@ -43,6 +44,7 @@ pub use preflight::Preflight;
 pub use resources::{MemoryLimit, ResourceError, DEFAULT_CUDA_MEMORY_GIB, FALLBACK_CPU_MEMORY_GIB};
 
 use crate::{
+    blend::{AlphaTarget, BlendChoice, BlendTempo},
     data::DataConfig,
     device::DeviceChoice,
     host::CnnHostConfig,
@@ -239,12 +241,20 @@ pub struct ScheduledSeed {
     pub blueprint: String,
     #[serde(default)]
     pub options: serde_json::Value,
-    /// This seed's first alpha target (0.5, 0.7 or 1.0) instead of `[slot]`'s.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alpha_target: Option<crate::lifecycle::AlphaTarget>,
-    /// This seed's blend tempo (epochs per ramp) instead of `[slot]`'s.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blend_tempo: Option<u32>,
+    /// This seed's first alpha target (0.5, 0.7 or 1.0) instead of `[slot]`'s (key
+    /// `alpha_target`).
+    #[serde(rename = "alpha_target", default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<AlphaTarget>,
+    /// This seed's blend tempo instead of `[slot]`'s (key `blend_tempo`).
+    #[serde(rename = "blend_tempo", default, skip_serializing_if = "Option::is_none")]
+    pub tempo: Option<BlendTempo>,
+}
+
+impl ScheduledSeed {
+    /// This seed's own blend choice, over its slot's settings.
+    pub fn blend_choice(&self) -> BlendChoice {
+        BlendChoice { target: self.target, tempo: self.tempo }
+    }
 }
 
 /// Default of [`LifecycleConfig::plugin_param_factor`].
@@ -269,7 +279,7 @@ pub struct LifecycleConfig {
     #[serde(default, skip_serializing)]
     alpha_curve: Option<AlphaCurve>,
     #[serde(default, skip_serializing)]
-    blend_tempo: Option<u32>,
+    blend_tempo: Option<BlendTempo>,
 }
 
 impl Default for LifecycleConfig {
@@ -349,15 +359,15 @@ impl RunConfig {
             note("isolate_gradients");
         }
         if let Some(v) = l.blend.take() {
-            slot.blend = v;
+            slot.blend.algorithm = v;
             note("blend");
         }
         if let Some(v) = l.alpha_curve.take() {
-            slot.alpha_curve = v;
+            slot.blend.ramp.curve = v;
             note("alpha_curve");
         }
         if let Some(v) = l.blend_tempo.take() {
-            slot.blend_tempo = v;
+            slot.blend.ramp.tempo = v;
             note("blend_tempo");
         }
     }
@@ -514,6 +524,7 @@ pub const DEFAULT_JOB: &str = include_str!("default_job.toml");
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blend::{AlphaRamp, BlendSettings};
 
     fn parse(text: &str) -> Result<RunConfig, ConfigError> {
         RunConfig::parse(text, Path::new("run.toml"))
@@ -521,33 +532,22 @@ mod tests {
 
     #[test]
     fn slot_settings_live_in_slot_and_the_old_lifecycle_keys_still_work_with_a_warning() {
-        let new = parse(
-            "[slot]
-blend = \"multiply\"
-blend_tempo = 7
-isolate_gradients = false
-",
-        )
-        .unwrap();
-        assert_eq!(
-            (new.slot.blend, new.slot.blend_tempo, new.slot.isolate_gradients),
-            (BlendAlgorithm::Multiply, 7, false)
-        );
+        let keys = "blend = \"multiply\"\nalpha_curve = \"cosine\"\nblend_tempo = 7\nisolate_gradients = false\n";
+        let new = parse(&format!("[slot]\n{keys}")).unwrap();
+        let ramp =
+            AlphaRamp { curve: AlphaCurve::Cosine, tempo: BlendTempo::from_epochs(7), target: AlphaTarget::Full };
+        assert_eq!(new.slot.blend, BlendSettings { algorithm: BlendAlgorithm::Multiply, ramp });
+        assert!(!new.slot.isolate_gradients);
         assert!(new.deprecations.is_empty());
-        let old = parse(
-            "[lifecycle]
-blend = \"multiply\"
-blend_tempo = 7
-isolate_gradients = false
-",
-        )
-        .unwrap();
+        let old = parse(&format!("[lifecycle]\n{keys}")).unwrap();
         assert_eq!(old.slot, new.slot, "the deprecated keys mean the same");
-        assert_eq!(old.deprecations.len(), 3, "{:?}", old.deprecations);
+        assert_eq!(old.deprecations.len(), 4, "{:?}", old.deprecations);
         assert!(old.deprecations[0].contains("`lifecycle.isolate_gradients` is deprecated"), "{:?}", old.deprecations);
+        assert!(old.deprecations[2].contains("`lifecycle.alpha_curve` is deprecated"), "{:?}", old.deprecations);
         // Written back (as in a checkpoint), only `[slot]` remains, and it reads the same.
         let json = serde_json::to_value(&old).unwrap();
         assert!(json["lifecycle"].get("blend").is_none() && json["slot"]["blend"] == "multiply", "{json}");
+        assert!(json["lifecycle"].get("blend_tempo").is_none() && json["slot"]["blend_tempo"] == 7, "{json}");
         let again: RunConfig = serde_json::from_value(json).unwrap();
         assert_eq!(again.slot, new.slot);
         assert!(
@@ -561,6 +561,41 @@ blnd = \"add\"
             .contains("blnd"),
             "unknown keys refused"
         );
+    }
+
+    #[test]
+    fn every_default_blend_setting_is_the_one_of_blend_settings() {
+        let defaults = BlendSettings::default();
+        let empty = parse("").unwrap();
+        assert_eq!(empty.slot, SlotConfig::default());
+        assert_eq!(empty.slot.blend, defaults, "no [slot]");
+        assert_eq!(parse("[slot]\nisolate_gradients = false\n").unwrap().slot.blend, defaults, "no blend key");
+        // Written out (a checkpoint's config), the defaults are the documented keys.
+        let json = serde_json::to_value(&empty.slot).unwrap();
+        let documented = serde_json::json!({"isolate_gradients": true, "blend": "add", "alpha_curve": "sigmoid",
+            "blend_tempo": 5, "alpha_target": 1.0});
+        assert_eq!(json, documented);
+        // Keys from before `alpha_target` (tests/data/checkpoint-v1) read with its default.
+        let v1 = serde_json::json!({"isolate_gradients": true, "blend": "add", "alpha_curve": "sigmoid",
+            "blend_tempo": 2});
+        let v1: SlotConfig = serde_json::from_value(v1).unwrap();
+        assert_eq!(v1.blend.ramp.target, defaults.ramp.target);
+        // A schedule entry without a choice of its own blends as its slot.
+        let c = parse("[[lifecycle.schedule]]\nepoch = 1\nslot = \"r0c1\"\nblueprint = \"norm\"\n").unwrap();
+        assert_eq!(c.lifecycle.schedule[0].blend_choice(), BlendChoice::default());
+    }
+
+    #[test]
+    fn a_schedule_entry_chooses_its_own_tempo_and_target() {
+        let entry = "[[lifecycle.schedule]]\nepoch = 1\nslot = \"r0c1\"\nblueprint = \"norm\"\n";
+        let c = parse(&format!("{entry}alpha_target = 0.7\nblend_tempo = 3\n")).unwrap();
+        let s = &c.lifecycle.schedule[0];
+        let choice = BlendChoice { target: Some(AlphaTarget::SevenTenths), tempo: Some(BlendTempo::from_epochs(3)) };
+        assert_eq!(s.blend_choice(), choice);
+        let json = serde_json::to_value(s).unwrap();
+        assert_eq!((&json["alpha_target"], &json["blend_tempo"]), (&serde_json::json!(0.7), &serde_json::json!(3)));
+        let e = parse(&format!("{entry}alpha_target = 0.6\n")).unwrap_err().to_string();
+        assert!(e.contains("must be 0.5, 0.7 or 1.0"), "{e}");
     }
 
     #[test]

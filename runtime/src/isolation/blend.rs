@@ -17,11 +17,11 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Device, Tensor};
 
-/// The blend a slot is configured with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+/// The blend a slot is configured with (`[slot] blend`; its default is
+/// [`crate::blend::BlendSettings`]'s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BlendAlgorithm {
-    #[default]
     Add,
     Multiply,
     Gate,

@@ -10,8 +10,6 @@ use super::error::LifecycleError;
 
 /// Steepness of the sigmoid curve.
 pub const SIGMOID_STEEPNESS: f64 = 12.0;
-/// Default blend tempo: BLENDING ramps alpha 0 -> 1 over this many epochs.
-pub const DEFAULT_BLEND_TEMPO_EPOCHS: u32 = 5;
 /// Alpha values closer than this are equal (target reached, full amplitude).
 pub const ALPHA_EPSILON: f64 = 1e-6;
 
@@ -107,77 +105,11 @@ impl fmt::Display for AlphaMode {
     }
 }
 
-/// The amplitude a seed's first ramp in BLENDING aims at: esper-lite's three (0.5, 0.7,
-/// full). Below full, the seed rests there (a partial hold) until it is continued to
-/// full amplitude or pruned; G3 (to HOLDING) needs full amplitude.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(try_from = "f64", into = "f64")]
-pub enum AlphaTarget {
-    Half,
-    SevenTenths,
-    #[default]
-    Full,
-}
-
-impl AlphaTarget {
-    pub fn value(self) -> f64 {
-        match self {
-            AlphaTarget::Half => 0.5,
-            AlphaTarget::SevenTenths => 0.7,
-            AlphaTarget::Full => 1.0,
-        }
-    }
-}
-
-impl From<AlphaTarget> for f64 {
-    fn from(t: AlphaTarget) -> f64 {
-        t.value()
-    }
-}
-
-impl TryFrom<f64> for AlphaTarget {
-    type Error = String;
-    fn try_from(v: f64) -> Result<Self, String> {
-        [AlphaTarget::Half, AlphaTarget::SevenTenths, AlphaTarget::Full]
-            .into_iter()
-            .find(|t| (t.value() - v).abs() < 1e-9)
-            .ok_or_else(|| format!("alpha target {v}: must be 0.5, 0.7 or 1.0"))
-    }
-}
-
-/// How a seed is blended in when it enters BLENDING: the curve, the number of epochs
-/// (controller ticks) of a ramp, and the amplitude of the first ramp.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct BlendSchedule {
-    pub curve: AlphaCurve,
-    pub tempo_epochs: u32,
-    /// Full for a checkpoint from before per-seed targets.
-    #[serde(default)]
-    pub alpha_target: AlphaTarget,
-}
-
-impl Default for BlendSchedule {
-    /// Sigmoid over 5 epochs to full amplitude (esper-lite's default blend and tempo).
-    fn default() -> Self {
-        BlendSchedule {
-            curve: AlphaCurve::Sigmoid,
-            tempo_epochs: DEFAULT_BLEND_TEMPO_EPOCHS,
-            alpha_target: AlphaTarget::Full,
-        }
-    }
-}
-
-/// A seed's own choice of how it blends in, over its slot's `[slot]` settings (a
-/// schedule entry can give one; esper-lite's tempos are 3, 5 and 8 epochs).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlendChoice {
-    pub alpha_target: Option<AlphaTarget>,
-    pub blend_tempo: Option<u32>,
-}
-
-/// Moves alpha from `alpha_start` to `alpha_target` over `steps_total` ticks along a
-/// curve. Alpha always stays in [0, 1]; a new target may only be set while at rest
-/// (HOLD), so a transition is never redirected half-way.
+/// Moves alpha from `alpha_start` to `alpha_target` over `ramp_steps` ticks along a
+/// curve (a blend ramp's steps are its tempo's, [`crate::blend::BlendTempo::ramp_steps`]).
+/// Alpha always stays in [0, 1]; a new target may only be set while at rest (HOLD), so a
+/// transition is never redirected half-way. Checkpoints name the ramp's steps
+/// `steps_total`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(from = "AlphaControllerFields")]
 pub struct AlphaController {
@@ -186,7 +118,8 @@ pub struct AlphaController {
     alpha_target: f64,
     mode: AlphaMode,
     curve: AlphaCurve,
-    steps_total: u32,
+    #[serde(rename = "steps_total")]
+    ramp_steps: u32,
     steps_done: u32,
 }
 
@@ -198,7 +131,8 @@ struct AlphaControllerFields {
     alpha_target: f64,
     mode: AlphaMode,
     curve: AlphaCurve,
-    steps_total: u32,
+    #[serde(rename = "steps_total")]
+    ramp_steps: u32,
     steps_done: u32,
 }
 
@@ -218,8 +152,8 @@ impl From<AlphaControllerFields> for AlphaController {
             alpha_target: clamp01(f.alpha_target),
             mode: f.mode,
             curve: f.curve,
-            steps_total: f.steps_total,
-            steps_done: f.steps_done.min(f.steps_total),
+            ramp_steps: f.ramp_steps,
+            steps_done: f.steps_done.min(f.ramp_steps),
         }
     }
 }
@@ -240,7 +174,7 @@ impl AlphaController {
             alpha_target: alpha,
             mode: AlphaMode::Hold,
             curve: AlphaCurve::Linear,
-            steps_total: 0,
+            ramp_steps: 0,
             steps_done: 0,
         }
     }
@@ -260,8 +194,8 @@ impl AlphaController {
     pub fn curve(&self) -> AlphaCurve {
         self.curve
     }
-    pub fn steps_total(&self) -> u32 {
-        self.steps_total
+    pub fn ramp_steps(&self) -> u32 {
+        self.ramp_steps
     }
     pub fn steps_done(&self) -> u32 {
         self.steps_done
@@ -271,7 +205,7 @@ impl AlphaController {
         if self.mode == AlphaMode::Hold {
             0
         } else {
-            self.steps_total - self.steps_done
+            self.ramp_steps - self.steps_done
         }
     }
 
@@ -295,7 +229,7 @@ impl AlphaController {
         self.alpha_start = self.alpha;
         self.alpha_target = target;
         self.curve = curve;
-        self.steps_total = steps;
+        self.ramp_steps = steps;
         self.steps_done = 0;
         self.mode = if target > self.alpha {
             AlphaMode::Up
@@ -315,17 +249,17 @@ impl AlphaController {
     /// is then exactly the target and the mode HOLD); `false` otherwise, including
     /// every tick while at rest.
     pub fn step(&mut self) -> bool {
-        if self.mode == AlphaMode::Hold || self.steps_total == 0 {
+        if self.mode == AlphaMode::Hold || self.ramp_steps == 0 {
             return false;
         }
         self.steps_done += 1;
-        if self.steps_done >= self.steps_total {
-            self.steps_done = self.steps_total;
+        if self.steps_done >= self.ramp_steps {
+            self.steps_done = self.ramp_steps;
             self.alpha = self.alpha_target;
             self.mode = AlphaMode::Hold;
             return true;
         }
-        let t = f64::from(self.steps_done) / f64::from(self.steps_total);
+        let t = f64::from(self.steps_done) / f64::from(self.ramp_steps);
         let eased = self.curve.progress(t);
         let value = clamp01(self.alpha_start + (self.alpha_target - self.alpha_start) * eased);
         // Never overshoot either end of the move.
@@ -347,7 +281,7 @@ impl AlphaController {
         self.alpha_start = target;
         self.alpha_target = target;
         self.mode = AlphaMode::Hold;
-        self.steps_done = self.steps_total;
+        self.steps_done = self.ramp_steps;
     }
 }
 
@@ -433,7 +367,7 @@ mod tests {
     #[test]
     fn linear_up_takes_equal_steps() {
         let mut ctl = AlphaController::new(0.0);
-        ctl.retarget(1.0, DEFAULT_BLEND_TEMPO_EPOCHS, AlphaCurve::Linear).unwrap();
+        ctl.retarget(1.0, crate::blend::DEFAULT_TEMPO.ramp_steps(), AlphaCurve::Linear).unwrap();
         let mut seen = vec![];
         while !ctl.step() {
             seen.push(ctl.alpha());
@@ -527,6 +461,7 @@ mod tests {
         ctl.retarget(1.0, 5, AlphaCurve::Cosine).unwrap();
         ctl.step();
         let json = serde_json::to_string(&ctl).unwrap();
+        assert!(json.contains(r#""steps_total":5"#), "the checkpoint's name for the ramp's steps: {json}");
         let back: AlphaController = serde_json::from_str(&json).unwrap();
         assert_eq!(back, ctl);
 

@@ -323,10 +323,11 @@ impl QualityGates {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lifecycle::alpha::{AlphaCurve, BlendSchedule};
+    use crate::blend::BlendSettings;
+    use crate::lifecycle::alpha::AlphaCurve;
 
     fn seed_in(stage: SeedStage) -> SeedState {
-        let mut s = SeedState::new("s1", "norm", "r0c0", BlendSchedule::default());
+        let mut s = SeedState::new("s1", "norm", "r0c0", BlendSettings::default().ramp);
         // A baseline of 50%: every stage entered below starts from it.
         s.metrics_mut().record_accuracy(50.0);
         let path = [SeedStage::Germinated, SeedStage::Training, SeedStage::Blending, SeedStage::Holding];
@@ -376,10 +377,10 @@ mod tests {
     fn g0_passes_and_fails() {
         let ok = QualityGates::check_g0(&seed_in(SeedStage::Dormant));
         assert!(ok.passed, "{ok}");
-        let bad = SeedState::new("", "", "r0c0", BlendSchedule::default());
+        let bad = SeedState::new("", "", "r0c0", BlendSettings::default().ramp);
         let r = QualityGates::check_g0(&bad);
         assert_failed(&r, &["seed_id_missing", "blueprint_id_missing"]);
-        let no_bp = SeedState::new("s", "", "r0c0", BlendSchedule::default());
+        let no_bp = SeedState::new("s", "", "r0c0", BlendSettings::default().ramp);
         assert_failed(&QualityGates::check_g0(&no_bp), &["blueprint_id_missing"]);
     }
 
@@ -591,7 +592,7 @@ mod tests {
 
     #[test]
     fn result_display_is_readable() {
-        let bad = SeedState::new("", "norm", "r0c0", BlendSchedule::default());
+        let bad = SeedState::new("", "norm", "r0c0", BlendSettings::default().ramp);
         let text = QualityGates::check_g0(&bad).to_string();
         assert!(text.starts_with("G0 FAILED"), "{text}");
         assert!(text.contains("seed_id_missing"), "{text}");

@@ -11,7 +11,7 @@
 //! * [`metrics`]: [`SeedMetrics`] (accuracy, gradient ratio and health, contribution).
 //! * [`gates`]: [`QualityGates`] and [`GateResult`].
 //! * [`state`]: [`SeedState`], one seed's full state.
-//! * [`slot_core`]: [`Lifecycle`], one slot's clock: `germinate`, `advance`,
+//! * [`machine`]: [`Lifecycle`], one slot's state machine and clock: `germinate`, `advance`,
 //!   `prune`, `schedule_prune`, `step_epoch`, `alpha`.
 //!
 //! Every refusal is a [`LifecycleError`].
@@ -21,20 +21,17 @@ pub mod check;
 mod error;
 pub mod event;
 pub mod gates;
+pub mod machine;
 pub mod metrics;
-pub mod slot_core;
 pub mod stage;
 pub mod state;
 
-pub use alpha::{
-    AlphaController, AlphaCurve, AlphaMode, AlphaTarget, BlendChoice, BlendSchedule, DEFAULT_BLEND_TEMPO_EPOCHS,
-    SIGMOID_STEEPNESS,
-};
+pub use alpha::{AlphaController, AlphaCurve, AlphaMode, SIGMOID_STEEPNESS};
 pub use check::{GateCheck, UnknownGateCheck};
 pub use error::LifecycleError;
 pub use event::{GerminationFailure, LifecycleEvent};
 pub use gates::{GateLevel, GateMode, GateResult, QualityGates};
+pub use machine::{Lifecycle, StageChange, EMBARGO_EPOCHS_AFTER_PRUNE};
 pub use metrics::{normalized_gradient_ratio, GradientHealth, SeedMetrics};
-pub use slot_core::{Lifecycle, StageChange, EMBARGO_EPOCHS_AFTER_PRUNE};
 pub use stage::{can_transition, SeedStage};
 pub use state::{ScheduledPrune, SeedState, StageRecord};

@@ -4,10 +4,11 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use super::alpha::{AlphaController, BlendSchedule};
+use super::alpha::AlphaController;
 use super::error::LifecycleError;
 use super::metrics::SeedMetrics;
 use super::stage::SeedStage;
+use crate::blend::AlphaRamp;
 
 /// How many stage changes the history keeps (oldest dropped first).
 pub const STAGE_HISTORY_LEN: usize = 100;
@@ -39,7 +40,8 @@ pub struct SeedState {
     pub(super) previous_stage: SeedStage,
     pub(super) stage_history: VecDeque<StageRecord>,
     pub(super) alpha_controller: AlphaController,
-    pub(super) blend: BlendSchedule,
+    /// How this seed's alpha ramps in BLENDING (its slot's settings with its own choice).
+    pub(super) blend: AlphaRamp,
     pub(super) metrics: SeedMetrics,
     pub(super) is_healthy: bool,
     /// Epochs spent in EMBARGOED so far (restarts on entering EMBARGOED).
@@ -54,7 +56,7 @@ impl SeedState {
         seed_id: impl Into<String>,
         blueprint_id: impl Into<String>,
         slot_id: impl Into<String>,
-        blend: BlendSchedule,
+        blend: AlphaRamp,
     ) -> Self {
         SeedState {
             seed_id: seed_id.into(),
@@ -131,7 +133,8 @@ impl SeedState {
     pub fn alpha_controller(&self) -> &AlphaController {
         &self.alpha_controller
     }
-    pub fn blend(&self) -> BlendSchedule {
+    /// How this seed's alpha ramps in BLENDING.
+    pub fn blend(&self) -> AlphaRamp {
         self.blend
     }
     pub fn metrics(&self) -> &SeedMetrics {
@@ -164,10 +167,11 @@ impl SeedState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blend::BlendSettings;
     use SeedStage::*;
 
     fn seed() -> SeedState {
-        SeedState::new("s1", "norm", "r0c0", BlendSchedule::default())
+        SeedState::new("s1", "norm", "r0c0", BlendSettings::default().ramp)
     }
 
     #[test]

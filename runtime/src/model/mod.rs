@@ -9,9 +9,10 @@ pub use precision::Precision;
 pub use slot::{SeedSlot, SlotConfig, SlotReport, PROBE_BATCH, PROBE_SIZE};
 
 use crate::{
+    blend::BlendChoice,
     host::{CnnHost, CnnHostConfig, Segment},
     isolation::{GradientSample, SeedWatch, Watchdog},
-    lifecycle::{BlendChoice, Lifecycle},
+    lifecycle::Lifecycle,
     plugin::PluginSeed,
 };
 use esper_torch_shim::autocast::Bf16Autocast;

@@ -3,13 +3,14 @@
 
 use super::ModelError;
 use crate::{
+    blend::{AlphaRamp, AlphaTarget, BlendChoice, BlendSettings, BlendTempo},
     isolation::{
         contract, seed_input, straight_through, watchdog::SeedIdentity, Blend, BlendAlgorithm, FaultKind,
         GradientHealthMonitor, GradientSample, SeedFault, SeedWatch, WatchedSeed,
     },
     lifecycle::{
-        AlphaCurve, AlphaMode, AlphaTarget, BlendChoice, BlendSchedule, GateResult, GradientHealth, Lifecycle,
-        LifecycleError, LifecycleEvent, QualityGates, SeedStage, SeedState, StageChange,
+        AlphaCurve, AlphaMode, GateResult, GradientHealth, Lifecycle, LifecycleError, LifecycleEvent, QualityGates,
+        SeedStage, SeedState, StageChange,
     },
     plugin::PluginSeed,
 };
@@ -17,29 +18,55 @@ use serde::{Deserialize, Serialize};
 use std::cell::Cell;
 use tch::{Device, Kind, Tensor};
 
-/// How a slot runs its seed.
+/// How a slot runs its seed: gradient isolation and the blend settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(from = "SlotKeys", into = "SlotKeys")]
 pub struct SlotConfig {
     /// Detach the seed's input from the host graph (made contiguous first).
     pub isolate_gradients: bool,
-    pub blend: BlendAlgorithm,
-    pub alpha_curve: AlphaCurve,
-    /// Epochs for an alpha ramp in BLENDING.
-    pub blend_tempo: u32,
-    /// The amplitude of a seed's first ramp (0.5, 0.7 or 1.0).
-    pub alpha_target: AlphaTarget,
+    pub blend: BlendSettings,
 }
 
 impl Default for SlotConfig {
     fn default() -> Self {
-        Self {
-            isolate_gradients: true,
-            blend: BlendAlgorithm::Add,
-            alpha_curve: AlphaCurve::Sigmoid,
-            blend_tempo: 5,
-            alpha_target: AlphaTarget::Full,
+        Self { isolate_gradients: true, blend: BlendSettings::default() }
+    }
+}
+
+/// `[slot]` as a config (and a checkpoint's copy of it) writes it: one flat table.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct SlotKeys {
+    isolate_gradients: bool,
+    blend: BlendAlgorithm,
+    alpha_curve: AlphaCurve,
+    blend_tempo: BlendTempo,
+    alpha_target: AlphaTarget,
+}
+
+impl Default for SlotKeys {
+    fn default() -> Self {
+        SlotConfig::default().into()
+    }
+}
+
+impl From<SlotConfig> for SlotKeys {
+    fn from(c: SlotConfig) -> Self {
+        let (algorithm, ramp) = (c.blend.algorithm, c.blend.ramp);
+        SlotKeys {
+            isolate_gradients: c.isolate_gradients,
+            blend: algorithm,
+            alpha_curve: ramp.curve,
+            blend_tempo: ramp.tempo,
+            alpha_target: ramp.target,
         }
+    }
+}
+
+impl From<SlotKeys> for SlotConfig {
+    fn from(k: SlotKeys) -> Self {
+        let ramp = AlphaRamp { curve: k.alpha_curve, tempo: k.blend_tempo, target: k.alpha_target };
+        SlotConfig { isolate_gradients: k.isolate_gradients, blend: BlendSettings { algorithm: k.blend, ramp } }
     }
 }
 
@@ -68,7 +95,7 @@ pub struct SeedSlot {
     config: SlotConfig,
     lifecycle: Lifecycle,
     seed: Option<PluginSeed>,
-    /// The live seed's blend, made from `config.blend` when it enters BLENDING (none
+    /// The live seed's blend, made from `config.blend.algorithm` when it enters BLENDING (none
     /// before: a TRAINING seed is not blended).
     blend: Option<Blend>,
     monitor: Option<GradientHealthMonitor>,
@@ -252,22 +279,15 @@ impl SeedSlot {
             );
         }
         self.check_fits(&seed)?;
-        if self.config.blend == BlendAlgorithm::Multiply {
+        if self.config.blend.algorithm == BlendAlgorithm::Multiply {
             // The MULTIPLY rule: the seed's output layer starts at zero, so the
             // multiplicative blend starts neutral (host * (1 + alpha * tanh(0))).
             seed.zero_output_layer();
         }
         let watched = self.watched_seed(&seed, seed_id);
         self.probe(&seed, &watched)?;
-        // GATE blends along a linear curve (esper-lite forces it); the others as configured.
-        let curve =
-            if self.config.blend == BlendAlgorithm::Gate { AlphaCurve::Linear } else { self.config.alpha_curve };
-        let schedule = BlendSchedule {
-            curve,
-            tempo_epochs: choice.blend_tempo.unwrap_or(self.config.blend_tempo),
-            alpha_target: choice.alpha_target.unwrap_or(self.config.alpha_target),
-        };
-        self.lifecycle.germinate_with(seed_id, seed.key(), schedule).map_err(|e| self.lifecycle_err(e))?;
+        let ramp = self.config.blend.with_choice(choice).seed_ramp();
+        self.lifecycle.germinate_with(seed_id, seed.key(), ramp).map_err(|e| self.lifecycle_err(e))?;
         self.events.push(LifecycleEvent::Germinated { slot: self.id.clone(), blueprint: seed.key().into() });
         self.install(seed, watched, options.clone(), host_params);
         Ok(())
@@ -314,7 +334,7 @@ impl SeedSlot {
     /// Makes the blend for a seed entering BLENDING (once).
     fn make_blend(&mut self) {
         if let (Some(seed), None) = (&self.seed, &self.blend) {
-            self.blend = Some(Blend::new(self.config.blend, self.channels, seed.device()));
+            self.blend = Some(Blend::new(self.config.blend.algorithm, self.channels, seed.device()));
         }
     }
 

@@ -99,8 +99,8 @@ mod tests {
             slot: "r0c1".into(),
             blueprint: "norm".into(),
             options: serde_json::Value::Null,
-            alpha_target: None,
-            blend_tempo: None,
+            target: None,
+            tempo: None,
         }];
         let c = run_config(&config, Some("cnn:conv_light"));
         assert_eq!(c.lifecycle.schedule[0].blueprint, "cnn:conv_light");

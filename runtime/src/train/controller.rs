@@ -13,8 +13,9 @@
 //! place and the penalties are the controller's state, kept in checkpoints.
 
 use crate::{
+    blend::BlendChoice,
     config::{ControllerConfig, ScheduledSeed},
-    lifecycle::{BlendChoice, SeedStage},
+    lifecycle::SeedStage,
     model::{MorphogeneticModel, SeedSlot},
 };
 use serde::{Deserialize, Serialize};
@@ -158,8 +159,7 @@ impl Controller {
             // The schedule names its epoch; the controller waits for a plateau.
             let id = slot.id();
             if let Some(s) = self.schedule.iter().find(|s| s.slot == id && s.epoch == epoch + 1) {
-                let choice = BlendChoice { alpha_target: s.alpha_target, blend_tempo: s.blend_tempo };
-                actions.push(germinate(id, &s.blueprint, &s.options, epoch, choice));
+                actions.push(germinate(id, &s.blueprint, &s.options, epoch, s.blend_choice()));
                 live += 1;
             } else if self.config.enabled
                 && live < self.config.max_live_seeds
@@ -332,8 +332,8 @@ mod tests {
             slot: "r1c1".into(),
             blueprint: "x".into(),
             options: Value::Null,
-            alpha_target: None,
-            blend_tempo: None,
+            target: None,
+            tempo: None,
         }];
         let config = ControllerConfig { enabled: false, ..ControllerConfig::default() };
         let mut c = Controller::new(config, vec![], schedule);

@@ -4,7 +4,8 @@
 
 use super::controller::Action;
 use crate::{
-    lifecycle::{BlendChoice, GerminationFailure, Lifecycle, LifecycleEvent},
+    blend::BlendChoice,
+    lifecycle::{GerminationFailure, Lifecycle, LifecycleEvent},
     model::{ModelError, MorphogeneticModel},
     plugin::{BlueprintRegistry, PluginError, PluginSeed},
 };

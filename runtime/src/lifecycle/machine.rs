@@ -9,12 +9,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::alpha::{AlphaController, AlphaMode, BlendSchedule, ALPHA_EPSILON};
+use super::alpha::{AlphaController, AlphaMode, ALPHA_EPSILON};
 use super::error::LifecycleError;
 use super::gates::{GateLevel, GateResult, QualityGates};
 use super::metrics::SeedMetrics;
 use super::stage::SeedStage;
 use super::state::{ScheduledPrune, SeedState};
+use crate::blend::{AlphaRamp, BlendSettings};
 
 /// Epochs a slot stays EMBARGOED after a prune before it is reset.
 pub const EMBARGO_EPOCHS_AFTER_PRUNE: u32 = 5;
@@ -101,22 +102,23 @@ impl Lifecycle {
         }
     }
 
-    /// Germinate with the default blend schedule (sigmoid over 5 epochs).
+    /// Germinate with the default blend settings' ramp ([`BlendSettings::default`]).
     pub fn germinate(
         &mut self,
         seed_id: impl Into<String>,
         blueprint_id: impl Into<String>,
     ) -> Result<(), LifecycleError> {
-        self.germinate_with(seed_id, blueprint_id, BlendSchedule::default())
+        self.germinate_with(seed_id, blueprint_id, BlendSettings::default().seed_ramp())
     }
 
     /// Put a new seed into the empty slot: DORMANT -> GERMINATED through G0. Refused
-    /// while the slot holds a seed (including one cooling down, or fossilized).
+    /// while the slot holds a seed (including one cooling down, or fossilized). `blend`
+    /// is how its alpha will ramp in BLENDING.
     pub fn germinate_with(
         &mut self,
         seed_id: impl Into<String>,
         blueprint_id: impl Into<String>,
-        blend: BlendSchedule,
+        blend: AlphaRamp,
     ) -> Result<(), LifecycleError> {
         if let Some(s) = &self.state {
             return Err(LifecycleError::SlotOccupied { slot_id: self.slot_id.clone(), stage: s.stage });
@@ -159,7 +161,8 @@ impl Lifecycle {
         match (from, target) {
             (SeedStage::Training, SeedStage::Blending) => {
                 let mut ctl = AlphaController::new(state.alpha());
-                ctl.retarget(state.blend.alpha_target.value(), state.blend.tempo_epochs, state.blend.curve)?;
+                let ramp = state.blend;
+                ctl.retarget(ramp.target.value(), ramp.tempo.ramp_steps(), ramp.curve)?;
                 state.alpha_controller = ctl;
             }
             (SeedStage::Blending, SeedStage::Holding) => state.alpha_controller.snap_to(1.0),
@@ -179,7 +182,7 @@ impl Lifecycle {
             });
         }
         let curve = state.alpha_controller.curve();
-        state.alpha_controller.retarget(1.0, state.blend.tempo_epochs, curve)
+        state.alpha_controller.retarget(1.0, state.blend.tempo.ramp_steps(), curve)
     }
 
     /// Prune now: alpha drops to 0 and any scheduled prune is dropped. FOSSILIZED
@@ -274,7 +277,8 @@ impl Lifecycle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lifecycle::alpha::{AlphaCurve, AlphaTarget};
+    use crate::blend::{AlphaTarget, BlendTempo};
+    use crate::lifecycle::alpha::AlphaCurve;
     use crate::lifecycle::GateCheck;
     use SeedStage::*;
 
@@ -350,7 +354,7 @@ mod tests {
         let ctl = lc.state().unwrap().alpha_controller();
         assert_eq!(ctl.mode(), AlphaMode::Up);
         assert_eq!(ctl.curve(), AlphaCurve::Sigmoid);
-        assert_eq!(ctl.steps_total(), 5);
+        assert_eq!(ctl.ramp_steps(), 5);
         let mut alphas = vec![];
         for _ in 0..5 {
             assert_eq!(lc.step_epoch(), Ok(None));
@@ -370,7 +374,8 @@ mod tests {
     #[test]
     fn a_partial_alpha_target_holds_below_full_until_continued() {
         let mut lc = Lifecycle::new("r1c0");
-        let blend = BlendSchedule { curve: AlphaCurve::Linear, tempo_epochs: 2, alpha_target: AlphaTarget::Half };
+        let blend =
+            AlphaRamp { curve: AlphaCurve::Linear, tempo: BlendTempo::from_epochs(2), target: AlphaTarget::Half };
         lc.germinate_with("s", "norm", blend).unwrap();
         assert!(lc.continue_to_full().is_err(), "not blending yet");
         lc.advance(&QualityGates::permissive()).unwrap();
@@ -395,19 +400,10 @@ mod tests {
     }
 
     #[test]
-    fn alpha_targets_are_esper_lites_three() {
-        for (v, t) in [(0.5, AlphaTarget::Half), (0.7, AlphaTarget::SevenTenths), (1.0, AlphaTarget::Full)] {
-            assert_eq!(AlphaTarget::try_from(v), Ok(t));
-            assert_eq!(serde_json::to_value(t).unwrap(), serde_json::json!(v));
-        }
-        let e = serde_json::from_value::<AlphaTarget>(serde_json::json!(0.6)).unwrap_err();
-        assert!(e.to_string().contains("must be 0.5, 0.7 or 1.0"), "{e}");
-    }
-
-    #[test]
     fn custom_blend_schedule() {
         let mut lc = Lifecycle::new("r1c0");
-        let blend = BlendSchedule { curve: AlphaCurve::Linear, tempo_epochs: 2, ..Default::default() };
+        let blend =
+            AlphaRamp { curve: AlphaCurve::Linear, tempo: BlendTempo::from_epochs(2), target: AlphaTarget::Full };
         lc.germinate_with("s", "norm", blend).unwrap();
         lc.advance(&QualityGates::permissive()).unwrap();
         epochs(&mut lc, 10);
