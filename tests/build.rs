@@ -8,7 +8,7 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let source = PathBuf::from("portable-c/channel_gain.c");
     println!("cargo:rerun-if-changed={}", source.display());
-    println!("cargo:rerun-if-changed=../include/esper_plugin.h");
+    println!("cargo:rerun-if-changed={}", esper_plugin_sys::HEADER_PATH);
     let compiler = cc::Build::new().cargo_metadata(false).get_compiler();
     for (name, defines) in [
         ("c_gain", &[][..]),
@@ -18,7 +18,8 @@ fn main() {
     ] {
         let lib = out.join(format!("libesper_fixture_{name}.so"));
         let status = Command::new(compiler.path())
-            .args(["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-shared", "-fPIC", "-I../include"])
+            .args(["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-shared", "-fPIC"])
+            .arg(format!("-I{}", esper_plugin_sys::INCLUDE_DIR))
             .args(defines)
             .arg(&source)
             .arg("-o")

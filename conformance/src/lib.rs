@@ -244,7 +244,7 @@ pub fn run_blueprint_observed(
 /// The plugin library of package `package` as built for the running test binary, and
 /// the staleness check of a crate's sources against it: shared with portable plugins'
 /// tests, which run without this crate.
-pub use esper_plugin_api::portable::testing::{crate_library, newer_source};
+pub use esper_plugin_portable::testing::{crate_library, newer_source};
 
 /// Runs the suite and panics, printing the report, when a check fails. Prints the
 /// report on success too (shown with `cargo test -- --nocapture`).

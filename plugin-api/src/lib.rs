@@ -2,7 +2,8 @@
 //!
 //! The stable ABI between the Esper seed runtime and native blueprint plugins (plugins
 //! that use tch on the runtime's own tensors; portable plugins depend on
-//! `esper-plugin-portable` instead). A native plugin is a `cdylib` that implements
+//! `esper-plugin-portable` instead, and the runtime's side of those lives in
+//! `esper-portable-runtime`). A native plugin is a `cdylib` that implements
 //! [`Blueprint`] and [`Seed`] for each blueprint and adds two macro lines:
 //!
 //! ```ignore
@@ -28,7 +29,6 @@ mod tensor;
 mod version;
 
 pub mod abi;
-pub mod portable;
 
 // The author's prelude: what a blueprint plugin uses (plus the two macros).
 pub use blueprint::{parse_options, Blueprint, NoOptions};

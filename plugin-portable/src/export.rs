@@ -176,7 +176,7 @@ macro_rules! register_blueprint {
 #[macro_export]
 macro_rules! export_plugin {
     () => {
-        /// The portable plugin's entry point (see `include/esper_plugin.h`).
+        /// The portable plugin's entry point (see `esper_plugin.h` in `esper-plugin-sys`).
         ///
         /// # Safety
         /// Called by the runtime with its op table.

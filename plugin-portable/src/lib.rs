@@ -2,10 +2,11 @@
 //!
 //! Portable blueprint plugins for the Esper seed runtime. A portable plugin links no
 //! libtorch and no tch: every tensor op goes through the op table the runtime passes in
-//! (`include/esper_plugin.h`), so the ops run in the runtime's libtorch (autograd,
-//! devices, channels-last and the isolation layer as for native plugins), the crate
-//! builds in seconds on a machine without libtorch, and the library keeps loading in
-//! every runtime of the same ABI major, whatever libtorch that runtime uses.
+//! (`esper_plugin.h`, declared with its Rust mirror in `esper-plugin-sys`), so the ops
+//! run in the runtime's libtorch (autograd, devices, channels-last and the isolation
+//! layer as for native plugins), the crate builds in seconds on a machine without
+//! libtorch, and the library keeps loading in every runtime of the same ABI major,
+//! whatever libtorch that runtime uses.
 //!
 //! The author's side has the shape of a native plugin: [`Blueprint`], [`Seed`],
 //! [`Params`] (with [`Params::sub`]), [`Init`], [`NoOptions`], [`PluginError`], and a
@@ -24,8 +25,11 @@ mod export;
 mod params;
 mod tensor;
 
-pub mod sys;
 pub mod testing;
+
+/// The portable ABI as C sees it (the header's Rust mirror), for what the safe types
+/// do not cover.
+pub use esper_plugin_sys as sys;
 
 pub use blueprint::{parse_options, Blueprint, NoOptions, Seed};
 pub use error::{ErrorKind, PluginError};

@@ -4,11 +4,20 @@
 
 use std::process::Command;
 
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
 /// The crates (by name) in the normal-dependency tree of workspace package `package`.
 fn dependencies(package: &str) -> Vec<String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["tree", "--offline", "-e", "normal", "--prefix", "none", "-p", package])
+    tree(package, "normal")
+}
+
+/// The crates (by name) in the dependency tree of workspace package `package`, along
+/// the dependency kinds `edges` (`cargo tree -e`).
+fn tree(package: &str, edges: &str) -> Vec<String> {
+    let out = Command::new(cargo())
+        .args(["tree", "--offline", "-e", edges, "--prefix", "none", "-p", package])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo runs");
@@ -38,12 +47,45 @@ fn the_runtime_library_and_the_conformance_suite_have_no_front_end_dependency() 
 
 #[test]
 fn portable_plugins_depend_on_no_libtorch_crate() {
-    for package in ["esper-plugin-portable", "esper-norm-portable"] {
+    for package in ["esper-plugin-sys", "esper-plugin-portable", "esper-norm-portable"] {
         let deps = dependencies(package);
-        assert!(deps.iter().any(|d| d == "esper-plugin-portable"), "premise: {deps:?}");
+        assert!(deps.iter().any(|d| d == "esper-plugin-sys"), "premise: {deps:?}");
         let found: Vec<&String> =
             deps.iter().filter(|d| ["tch", "torch-sys", "abi_stable"].contains(&d.as_str())).collect();
         assert!(found.is_empty(), "{package} depends on {found:?}");
+    }
+}
+
+/// The workspace's own crates (by name).
+fn workspace_crates() -> Vec<String> {
+    let out = Command::new(cargo())
+        .args(["metadata", "--offline", "--no-deps", "--format-version", "1"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo runs");
+    assert!(out.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&out.stderr));
+    let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata prints JSON");
+    let packages = metadata["packages"].as_array().expect("cargo metadata lists packages");
+    packages.iter().filter_map(|p| p["name"].as_str().map(str::to_string)).collect()
+}
+
+/// A native plugin builds the plugin API and nothing else of the workspace: not the
+/// portable ABI's crates (the C header's mirror, the author crate, the runtime's op
+/// table), which only portable plugins and the runtime use.
+#[test]
+fn native_plugins_build_no_other_workspace_crate_than_the_plugin_api() {
+    let workspace = workspace_crates();
+    for c in ["esper-plugin-sys", "esper-plugin-portable", "esper-portable-runtime"] {
+        assert!(workspace.iter().any(|w| w == c), "premise: {c} is a workspace crate: {workspace:?}");
+    }
+    for (package, allowed) in
+        [("esper-plugin-api", &["esper-plugin-api"][..]), ("esper-norm", &["esper-norm", "esper-plugin-api"][..])]
+    {
+        let deps = tree(package, "normal,build");
+        assert!(deps.iter().any(|d| d == "tch"), "premise: {package} depends on tch: {deps:?}");
+        let found: Vec<&String> =
+            deps.iter().filter(|d| workspace.contains(d) && !allowed.contains(&d.as_str())).collect();
+        assert!(found.is_empty(), "{package} depends on the workspace crates {found:?}");
     }
 }
 

@@ -10,8 +10,8 @@ pub enum PluginKind {
     /// tensors, so its libtorch and tch versions must equal the runtime's.
     Native,
     /// Built against `esper-plugin-portable`: no libtorch of its own, every tensor op
-    /// through the runtime's op table (`include/esper_plugin.h`), so it loads in any
-    /// runtime of its ABI major whatever libtorch that runtime has.
+    /// through the runtime's op table (`plugin-sys/include/esper_plugin.h`), so it loads
+    /// in any runtime of its ABI major whatever libtorch that runtime has.
     Portable,
 }
 

@@ -16,10 +16,10 @@
 
 use super::{elf::Vetted, library_file::regular_file, FileProblem, OptionsSchema, PluginError, PluginKind};
 use abi_stable::library::{lib_header_from_path, LibraryError};
-use esper_plugin_api::{
-    abi::{init_root_module, AbiVersion, BlueprintDescriptor, Handshake, Mismatch, PluginRootRef, ABI_VERSION},
-    portable::{PortableBlueprint, PortableLibrary, PortableLoadError},
+use esper_plugin_api::abi::{
+    init_root_module, AbiVersion, BlueprintDescriptor, Handshake, Mismatch, PluginRootRef, ABI_VERSION,
 };
+use esper_portable_runtime::{PortableBlueprint, PortableLibrary, PortableLoadError};
 use sha2::{Digest, Sha256};
 use std::{
     io::Write,

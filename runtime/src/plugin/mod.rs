@@ -31,7 +31,8 @@ pub use seed::PluginSeed;
 /// The file name cargo gives the `cdylib` of package `package` on this platform
 /// (`esper-norm` -> `libesper_norm.so` on Linux).
 pub fn library_file_name(package: &str) -> String {
-    esper_plugin_api::portable::testing::library_file_name(package)
+    use std::env::consts::{DLL_EXTENSION, DLL_PREFIX};
+    format!("{DLL_PREFIX}{}.{DLL_EXTENSION}", package.replace('-', "_"))
 }
 
 #[cfg(all(test, target_os = "linux"))]

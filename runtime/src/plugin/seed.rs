@@ -2,10 +2,8 @@
 //! runtime-owned parameters.
 
 use super::{LoadedPlugin, PluginError};
-use esper_plugin_api::{
-    abi::{SeedBox, TensorRef},
-    portable::PortableSeed,
-};
+use esper_plugin_api::abi::{SeedBox, TensorRef};
+use esper_portable_runtime::PortableSeed;
 use std::{path::Path, sync::Arc};
 use tch::{nn, Device, Tensor};
 

@@ -1,12 +1,13 @@
 //! Parameters of a portable seed: the op table's `param` reaches the runtime's
-//! [`ParamSink`](crate::abi::ParamSink) of the seed being created, and only while it is.
+//! [`ParamSink`](esper_plugin_api::abi::ParamSink) of the seed being created, and only
+//! while it is.
 
 use super::handle::{set_error, Handle};
-use crate::{
+use esper_plugin_api::{
     abi::{ParamSinkRef, ParamSpec},
     ErrorKind, Init,
 };
-use esper_plugin_portable::sys::{self, EsperInit, EsperParams, Out, Status};
+use esper_plugin_sys::{self as sys, EsperInit, EsperParams, Out, Status};
 use std::{cell::Cell, ffi::c_char};
 
 thread_local! {

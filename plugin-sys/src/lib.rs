@@ -1,7 +1,18 @@
-//! The portable ABI as C sees it: `include/esper_plugin.h`, field for field (a test
-//! compares the two). Authors use the safe types of the crate root instead.
+//! # esper-plugin-sys
+//!
+//! The portable plugin ABI, both sides of it in one place: the C header
+//! `include/esper_plugin.h` (for plugins in C and other languages) and its Rust mirror,
+//! field for field (a test compares the two). Both sides build on this crate: the author
+//! crate `esper-plugin-portable` (the safe types a Rust plugin uses) and the runtime's
+//! op table in `esper-portable-runtime`. No libtorch, no tch, no dependencies.
 
 use std::ffi::c_char;
+
+/// The folder holding `esper_plugin.h`, for C builds (`-I`), e.g. from a build script
+/// with this crate as a build dependency.
+pub const INCLUDE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
+/// The path of `esper_plugin.h` (for `cargo:rerun-if-changed`).
+pub const HEADER_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/include/esper_plugin.h");
 
 /// The ABI version this crate is built against (shared with native plugins).
 pub const ABI_MAJOR: u32 = 1;
@@ -238,9 +249,17 @@ mod tests {
     }
 
     #[test]
-    fn the_c_header_and_this_module_declare_the_same_fields_in_the_same_order() {
-        let header = include_str!("../../include/esper_plugin.h");
-        let rust = include_str!("sys.rs");
+    fn the_header_paths_name_the_header_this_crate_mirrors() {
+        let on_disk = std::fs::read_to_string(super::HEADER_PATH).expect("HEADER_PATH is readable");
+        assert_eq!(on_disk, include_str!("../include/esper_plugin.h"));
+        let joined = std::path::Path::new(super::INCLUDE_DIR).join("esper_plugin.h");
+        assert_eq!(joined, std::path::Path::new(super::HEADER_PATH));
+    }
+
+    #[test]
+    fn the_c_header_and_this_crate_declare_the_same_fields_in_the_same_order() {
+        let header = include_str!("../include/esper_plugin.h");
+        let rust = include_str!("lib.rs");
         for (c, r) in [
             ("typedef struct esper_ops {", "pub struct EsperOps {"),
             ("typedef struct esper_blueprint {", "pub struct EsperBlueprint {"),

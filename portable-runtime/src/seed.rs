@@ -4,11 +4,11 @@ use super::{
     handle::{take_error, Handle},
     params::{kind_of, with_sink},
 };
-use crate::{
+use esper_plugin_api::{
     abi::{BlueprintDescriptor, ParamSinkRef},
     ErrorKind, PluginError,
 };
-use esper_plugin_portable::sys::{self, CreateFn, DestroyFn, EsperSeed, ForwardFn};
+use esper_plugin_sys::{self as sys, CreateFn, DestroyFn, EsperSeed, ForwardFn};
 use std::{ffi::CString, ptr::NonNull};
 use tch::Tensor;
 

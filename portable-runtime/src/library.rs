@@ -2,8 +2,8 @@
 //! check what it describes (ABI version, names, blueprints) before anything is used.
 
 use super::{handle::take_error, ops::OPS, PortableBlueprint};
-use crate::abi::{AbiVersion, BlueprintDescriptor, Mismatch, ABI_VERSION};
-use esper_plugin_portable::sys::{self, EntryFn, EsperPlugin};
+use esper_plugin_api::abi::{AbiVersion, BlueprintDescriptor, Mismatch, ABI_VERSION};
+use esper_plugin_sys::{self as sys, EntryFn, EsperPlugin};
 use std::{
     ffi::{c_char, CStr},
     path::Path,

@@ -1,7 +1,7 @@
 //! Tensor handles as the runtime hands them to portable plugins, and the per-thread
 //! error slot of the op table.
 
-use esper_plugin_portable::sys::{self, EsperTensor, Status};
+use esper_plugin_sys::{self as sys, EsperTensor, Status};
 use std::{cell::RefCell, ffi::CString};
 use tch::Tensor;
 

@@ -6,7 +6,8 @@ use super::{
     handle::{last_error_ptr, set_error, Handle},
     params,
 };
-use esper_plugin_portable::sys::{self, EsperOps, EsperTensor, Out, Status, T};
+use esper_plugin_api::panic_message;
+use esper_plugin_sys::{self as sys, EsperOps, EsperTensor, Out, Status, T};
 use std::{
     ffi::c_char,
     panic::{catch_unwind, AssertUnwindSafe},
@@ -87,7 +88,7 @@ unsafe fn run<const N: usize>(
             set_error(sys::ERR_INVALID_ARGUMENT, &format!("{name}({}): {e}", operands.describe()))
         }
         Ok(Err(OpError::Torch(e))) => set_error(sys::ERR_TENSOR, &format!("{name}({}): {e}", operands.describe())),
-        Err(p) => set_error(sys::ERR_PANIC, &format!("{name}: panicked: {}", crate::panic_message(p.as_ref()))),
+        Err(p) => set_error(sys::ERR_PANIC, &format!("{name}: panicked: {}", panic_message(p.as_ref()))),
     }
 }
 

@@ -10,7 +10,8 @@
  * memory formats work as for the runtime's own code, and a plugin keeps working when the
  * runtime moves to another libtorch. Rust authors use the `esper-plugin-portable` crate,
  * which wraps all of this in safe types; this header is for other languages and is the
- * reference for the layout (the crate's `sys` module mirrors it field for field).
+ * reference for the layout (the `esper-plugin-sys` crate, whose folder holds this header,
+ * mirrors it in Rust field for field).
  *
  * Versioning. ESPER_ABI_MAJOR.ESPER_ABI_MINOR is the ABI version, shared with native
  * plugins. A plugin built against ABI M.n loads in every runtime M.k with k >= n: later
