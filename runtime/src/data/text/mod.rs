@@ -19,6 +19,7 @@
 mod config;
 mod corpus;
 mod error;
+mod tokenizer;
 
 pub use config::{
     TextConfig, TextSource, TokenizerConfig, DEFAULT_BLOCK_SIZE, DEFAULT_BPE_VOCAB, DEFAULT_CORPUS_BYTES,
@@ -26,3 +27,4 @@ pub use config::{
 };
 pub use corpus::embedded_corpus;
 pub use error::{TextDataError, TextSplit, TokenizerLibError};
+pub use tokenizer::{Tokenizer, BYTE_VOCAB};
