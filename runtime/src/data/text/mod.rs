@@ -145,4 +145,34 @@ mod tests {
         assert_eq!(val.num_windows(), windows);
         assert_eq!(val.map(|(x, _)| x.size()[0] as usize).sum::<usize>(), windows);
     }
+
+    /// Cross-entropy in nats of a unigram (frequency) model of `tokens` on itself.
+    fn unigram_entropy(tokens: &[i64]) -> f64 {
+        let mut counts = [0u64; 256];
+        tokens.iter().for_each(|&t| counts[t as usize] += 1);
+        let n = tokens.len() as f64;
+        counts.iter().filter(|&&c| c > 0).map(|&c| -(c as f64 / n) * (c as f64 / n).ln()).sum()
+    }
+
+    #[test]
+    fn a_small_model_learns_the_embedded_corpus_below_its_unigram_entropy() {
+        use tch::nn::{self, Module, OptimizerConfig};
+        tch::manual_seed(0);
+        let d = config(TextSource::Embedded { bytes: 100_000 }, TokenizerConfig::Byte, 32).load().unwrap();
+        let unigram = unigram_entropy(&tokens(&d.val));
+        // A bigram model: each byte's logits for the next one, read from a table.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let table = nn::embedding(vs.root(), 256, 256, Default::default());
+        let mut opt = nn::Adam::default().build(&vs, 0.05).unwrap();
+        let loss =
+            |x: &tch::Tensor, y: &tch::Tensor| table.forward(x).view([-1, 256]).cross_entropy_for_logits(&y.view([-1]));
+        for (x, y) in d.train_batches(16, crate::data::epoch_seed(0, 0), Device::Cpu).take(100) {
+            opt.backward_step(&loss(&x, &y));
+        }
+        let val: Vec<f64> =
+            tch::no_grad(|| d.val_batches(64, Device::Cpu).map(|(x, y)| loss(&x, &y).double_value(&[])).collect());
+        let val = val.iter().sum::<f64>() / val.len() as f64;
+        eprintln!("validation loss {val:.3} nats; unigram entropy {unigram:.3} nats");
+        assert!(val < unigram - 0.7, "validation loss {val} vs unigram entropy {unigram}");
+    }
 }
