@@ -37,4 +37,6 @@ pub enum DataError {
     Config(String),
     #[error("invalid split: {0}")]
     Split(String),
+    #[error(transparent)]
+    Text(#[from] super::text::TextDataError),
 }

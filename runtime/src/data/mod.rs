@@ -1,5 +1,6 @@
 //! Training data with no download: an embedded synthetic image set, a CIFAR-10 loader,
-//! and batching.
+//! and batching; language-model data (text sources, tokenizers, token windows) in
+//! [`text`].
 //!
 //! * [`DataConfig`]: what a run trains on (serde, embedded in the run config), and
 //!   [`DataConfig::load`], which gives a [`Dataset`].
@@ -21,6 +22,7 @@ mod error;
 mod learnability;
 mod rng;
 mod synthetic;
+pub mod text;
 
 pub use batches::Batches;
 pub use cifar::{load_cifar10, CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD};
