@@ -1,4 +1,4 @@
-use crate::{host::HostError, isolation::SeedFault, lifecycle::LifecycleError, plugin::PluginError};
+use crate::{host::HostError, isolation::SeedFault, lifecycle::LifecycleError, plugin::LoadError};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -6,7 +6,7 @@ pub enum ModelError {
     #[error(transparent)]
     Host(#[from] HostError),
     #[error(transparent)]
-    Plugin(#[from] PluginError),
+    Plugin(#[from] LoadError),
     #[error("slot `{slot}`: {source}")]
     Lifecycle { slot: String, source: LifecycleError },
     #[error("unknown slot `{name}`; valid slots: {}", .valid.join(", "))]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
-pub enum PluginError {
+pub enum LoadError {
     #[error("plugin library {path} does not exist")]
     NotFound { path: PathBuf },
 
@@ -66,7 +66,7 @@ fn join(mismatches: &[Mismatch]) -> String {
     mismatches.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
-impl PluginError {
+impl LoadError {
     /// Maps an error reported by a plugin into a runtime error naming blueprint and file.
     /// A libtorch error inside the message keeps its reason and loses its C++ frame list;
     /// the plugin's text is sanitised ([`super::text::sanitize`]: control characters
@@ -94,7 +94,7 @@ mod tests {
         let full = crate::torch_error::matmul_error();
         assert!(full.contains("frame #"), "premise: libtorch's text has frames: {full}");
         for kind in [ErrorKind::Tensor, ErrorKind::Panic, ErrorKind::BadOptions] {
-            let e = PluginError::from_plugin(
+            let e = LoadError::from_plugin(
                 "cnn:norm",
                 std::path::Path::new("/p/libx.so"),
                 esper_plugin_api::PluginError::new(kind, full.clone()),

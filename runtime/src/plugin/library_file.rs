@@ -2,7 +2,7 @@
 //! file, or a typed reason why not (a directory, a symbolic link loop, a FIFO or device,
 //! unreadable, or bytes no dynamic loader should see, [`ElfProblem`]).
 
-use super::{elf::ElfProblem, PluginError};
+use super::{elf::ElfProblem, LoadError};
 use std::{
     fmt,
     path::{Path, PathBuf},
@@ -42,14 +42,14 @@ impl From<ElfProblem> for FileProblem {
 }
 
 /// The canonical path of the regular file `path` names (through any symbolic links), or
-/// why there is none: [`PluginError::NotFound`] when nothing is there,
-/// [`PluginError::BadFile`] otherwise.
-pub(crate) fn regular_file(path: &Path) -> Result<PathBuf, PluginError> {
-    let refuse = |problem| PluginError::BadFile { path: path.to_path_buf(), problem };
+/// why there is none: [`LoadError::NotFound`] when nothing is there,
+/// [`LoadError::BadFile`] otherwise.
+pub(crate) fn regular_file(path: &Path) -> Result<PathBuf, LoadError> {
+    let refuse = |problem| LoadError::BadFile { path: path.to_path_buf(), problem };
     let metadata = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(PluginError::NotFound { path: path.to_path_buf() })
+            return Err(LoadError::NotFound { path: path.to_path_buf() })
         }
         Err(e) if is_symlink_loop(&e) => return Err(refuse(FileProblem::SymlinkLoop)),
         Err(e) => return Err(refuse(FileProblem::Unreadable { cause: e.to_string() })),
@@ -101,7 +101,7 @@ mod tests {
 
     fn problem(path: &Path) -> FileProblem {
         match regular_file(path) {
-            Err(PluginError::BadFile { problem, path: named }) => {
+            Err(LoadError::BadFile { problem, path: named }) => {
                 assert_eq!(named, path);
                 problem
             }
@@ -126,7 +126,7 @@ mod tests {
         assert_eq!(problem(Path::new("/dev/null")), FileProblem::NotRegular { kind: "character device" });
 
         let missing = dir.join("libmissing.so");
-        assert!(matches!(regular_file(&missing), Err(PluginError::NotFound { .. })));
+        assert!(matches!(regular_file(&missing), Err(LoadError::NotFound { .. })));
         let link = dir.join("liblink.so");
         std::fs::write(dir.join("libreal.so"), b"x").unwrap();
         std::os::unix::fs::symlink(dir.join("libreal.so"), &link).unwrap();

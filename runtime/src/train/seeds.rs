@@ -6,7 +6,7 @@ use super::controller::Action;
 use crate::{
     lifecycle::{BlendChoice, GerminationFailure, Lifecycle, LifecycleEvent},
     model::{ModelError, MorphogeneticModel},
-    plugin::{BlueprintRegistry, PluginError, PluginSeed},
+    plugin::{BlueprintRegistry, LoadError, PluginSeed},
 };
 use serde_json::Value;
 
@@ -85,10 +85,10 @@ fn germination_failure(error: &ModelError) -> GerminationFailure {
     use GerminationFailure as F;
     match error {
         ModelError::Plugin(e) => match e {
-            PluginError::UnknownBlueprint { .. } | PluginError::Ambiguous { .. } => F::UnknownBlueprint,
-            PluginError::BadOptions { .. } => F::BadOptions,
-            PluginError::Panicked { .. } => F::CreatePanicked,
-            PluginError::BadParameter { .. } => F::ParameterRefused,
+            LoadError::UnknownBlueprint { .. } | LoadError::Ambiguous { .. } => F::UnknownBlueprint,
+            LoadError::BadOptions { .. } => F::BadOptions,
+            LoadError::Panicked { .. } => F::CreatePanicked,
+            LoadError::BadParameter { .. } => F::ParameterRefused,
             _ => F::CreateFailed,
         },
         ModelError::ProbeRefused { .. } | ModelError::Seed(_) => F::ProbeRefused,
