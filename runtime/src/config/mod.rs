@@ -39,7 +39,7 @@ pub use crate::model::Precision;
 pub use controller::{ControllerConfig, DEFAULT_MAX_TRAINING_EPOCHS, DEFAULT_ROTATION};
 pub use optimizer::{DEFAULT_ADAM_EPS, MAX_LR};
 pub use plugins::{sha256_hex, PluginSource};
-pub use preflight::Preflight;
+pub use preflight::{Preflight, PreflightError};
 pub use resources::{MemoryLimit, ResourceError, DEFAULT_CUDA_MEMORY_GIB, FALLBACK_CPU_MEMORY_GIB};
 
 use crate::{
