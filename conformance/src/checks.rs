@@ -108,7 +108,7 @@ fn short(e: &LoadError) -> String {
         LoadError::Panicked { message, .. } => format!("{message} (contained)"),
         LoadError::BadOptions { message, .. } => format!("bad options: {message}"),
         LoadError::Failed { message, .. } | LoadError::BadParameter { message, .. } => message.clone(),
-        other => other.to_string(),
+        other => esper_runtime::error::chain(other),
     };
     esper_runtime::torch_error::summarize("conformance", &text)
 }

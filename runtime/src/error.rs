@@ -106,11 +106,12 @@ impl Error {
     }
 }
 
-/// The error a transparent wrapper stands for: an [`Error`]'s module error, or what a
-/// [`ModelError`] passes through unchanged.
+/// The error a transparent wrapper stands for: an [`Error`]'s module error (also where
+/// a cause holds a boxed [`Error`]), or what a [`ModelError`] passes through unchanged.
 fn unwrap_transparent<'a>(mut e: &'a (dyn StdError + 'static)) -> &'a (dyn StdError + 'static) {
     loop {
-        e = match (e.downcast_ref::<Error>(), e.downcast_ref::<ModelError>()) {
+        let outer = e.downcast_ref::<Error>().or_else(|| e.downcast_ref::<Box<Error>>().map(AsRef::as_ref));
+        e = match (outer, e.downcast_ref::<ModelError>()) {
             (Some(outer), _) => outer.inner(),
             (_, Some(ModelError::Host(inner))) => inner,
             (_, Some(ModelError::Plugin(inner))) => inner,
@@ -187,5 +188,62 @@ impl From<tch::TchError> for Error {
 impl From<esper_torch_shim::ShimError> for Error {
     fn from(e: esper_torch_shim::ShimError) -> Self {
         Error::Train(TrainError::Shim(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::{
+        attribution::{Evidence, HostCause, HostFaultSite},
+        Trainer,
+    };
+    use std::io::ErrorKind;
+
+    #[test]
+    fn a_checkpoint_without_its_state_file_is_a_checkpoint_error_caused_by_the_missing_file() {
+        let dir = crate::test_dir("error-missing-state");
+        let ckpt = dir.join("checkpoints").join("epoch-0001");
+        std::fs::create_dir_all(&ckpt).unwrap();
+        std::fs::write(ckpt.join("COMPLETE"), "").unwrap();
+        let e = Trainer::resume_into(&ckpt, &dir).err().expect("no state.json: refused");
+        let Error::Checkpoint(CheckpointError::Io { action: "reading", path, .. }) = &e else { panic!("{e:?}") };
+        assert_eq!(path, &ckpt.join("state.json"));
+        let cause = e.source().and_then(|s| s.downcast_ref::<std::io::Error>()).expect("the system's error, typed");
+        assert_eq!(cause.kind(), ErrorKind::NotFound);
+        assert_eq!(e.to_string(), format!("reading {}", path.display()));
+        assert_eq!(format!("{e:#}"), format!("reading {}: {cause}", path.display()), "the chain, each part once");
+        assert!(e.is::<std::io::Error>());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_cause_is_printed_once_by_the_chain() {
+        let missing = std::path::Path::new("/nonexistent/esper/run.toml");
+        let e = Error::from(crate::config::RunConfig::load(missing).unwrap_err());
+        let Error::Config(ConfigError::Read { source, .. }) = &e else { panic!("{e:?}") };
+        assert_eq!(source.kind(), ErrorKind::NotFound);
+        assert_eq!(format!("{e:#}"), format!("cannot read config {}: {source}", missing.display()));
+        let data =
+            Error::from(DataError::Io { path: "/data/x.bin".into(), source: std::io::Error::other("disk gone") });
+        assert_eq!(format!("{data:#}"), "cannot read /data/x.bin: disk gone");
+        assert_eq!(chain(&data), format!("{data:#}"));
+    }
+
+    #[test]
+    fn a_host_fault_is_found_under_the_epoch_it_ended() {
+        let fault = HostFault {
+            site: HostFaultSite::Step,
+            evidence: Evidence::NoSeedRuns,
+            cause: HostCause::Data,
+            recurred: false,
+        };
+        let e: Error = TrainError::Phase { epoch: 2, phase: "training", source: Box::new(fault.clone().into()) }.into();
+        assert_eq!(e.downcast_ref::<HostFault>(), Some(&fault));
+        assert!(!e.is::<Stopped>());
+        let shown = format!("{e:#}");
+        assert!(shown.starts_with("epoch 2: training failed on the host's side"), "{shown}");
+        assert!(shown.ends_with(&format!(": {fault}")), "{shown}");
+        assert_eq!(shown.matches("host fault:").count(), 1, "{shown}");
     }
 }

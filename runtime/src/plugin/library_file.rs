@@ -8,8 +8,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// Why a file named as a plugin library cannot be opened as one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a file named as a plugin library cannot be opened as one (shown inside
+/// [`LoadError::BadFile`]'s sentence, the system's error included).
+#[derive(Debug)]
 pub enum FileProblem {
     /// A directory (named like a library, or given where one library is expected).
     Directory,
@@ -18,7 +19,7 @@ pub enum FileProblem {
     /// Not a regular file (a FIFO, socket or device: reading it may never end).
     NotRegular { kind: &'static str },
     /// The system refused to read it.
-    Unreadable { cause: String },
+    Unreadable(std::io::Error),
     /// Its bytes are no shared library the loader can map safely.
     Elf(ElfProblem),
 }
@@ -29,7 +30,7 @@ impl fmt::Display for FileProblem {
             FileProblem::Directory => f.write_str("it is a directory, not a library file"),
             FileProblem::SymlinkLoop => f.write_str("it is a symbolic link loop (its links never reach a file)"),
             FileProblem::NotRegular { kind } => write!(f, "it is a {kind}, not a regular file"),
-            FileProblem::Unreadable { cause } => write!(f, "it cannot be read: {cause}"),
+            FileProblem::Unreadable(cause) => write!(f, "it cannot be read: {cause}"),
             FileProblem::Elf(problem) => problem.fmt(f),
         }
     }
@@ -52,7 +53,7 @@ pub(crate) fn regular_file(path: &Path) -> Result<PathBuf, LoadError> {
             return Err(LoadError::NotFound { path: path.to_path_buf() })
         }
         Err(e) if is_symlink_loop(&e) => return Err(refuse(FileProblem::SymlinkLoop)),
-        Err(e) => return Err(refuse(FileProblem::Unreadable { cause: e.to_string() })),
+        Err(e) => return Err(refuse(FileProblem::Unreadable(e))),
     };
     if metadata.is_dir() {
         return Err(refuse(FileProblem::Directory));
@@ -60,7 +61,7 @@ pub(crate) fn regular_file(path: &Path) -> Result<PathBuf, LoadError> {
     if !metadata.is_file() {
         return Err(refuse(FileProblem::NotRegular { kind: special_kind(&metadata) }));
     }
-    path.canonicalize().map_err(|e| refuse(FileProblem::Unreadable { cause: e.to_string() }))
+    path.canonicalize().map_err(|e| refuse(FileProblem::Unreadable(e)))
 }
 
 #[cfg(unix)]
@@ -114,16 +115,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("esper-library-file-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("libdir.so")).unwrap();
-        assert_eq!(problem(&dir.join("libdir.so")), FileProblem::Directory);
+        assert!(matches!(problem(&dir.join("libdir.so")), FileProblem::Directory));
 
         let (a, b) = (dir.join("liba.so"), dir.join("libb.so"));
         std::os::unix::fs::symlink(&b, &a).unwrap();
         std::os::unix::fs::symlink(&a, &b).unwrap();
-        assert_eq!(problem(&a), FileProblem::SymlinkLoop);
+        assert!(matches!(problem(&a), FileProblem::SymlinkLoop));
         let e = regular_file(&a).unwrap_err().to_string();
         assert!(e.contains("liba.so") && e.contains("symbolic link loop"), "{e}");
 
-        assert_eq!(problem(Path::new("/dev/null")), FileProblem::NotRegular { kind: "character device" });
+        assert!(matches!(problem(Path::new("/dev/null")), FileProblem::NotRegular { kind: "character device" }));
 
         let missing = dir.join("libmissing.so");
         assert!(matches!(regular_file(&missing), Err(LoadError::NotFound { .. })));

@@ -50,7 +50,7 @@ impl LoadedPlugin {
     pub fn load(path: &Path) -> Result<Self, LoadError> {
         let path = regular_file(path)?;
         let refuse = |problem: FileProblem| LoadError::BadFile { path: path.clone(), problem };
-        let file = std::fs::File::open(&path).map_err(|e| refuse(FileProblem::Unreadable { cause: e.to_string() }))?;
+        let file = std::fs::File::open(&path).map_err(|e| refuse(FileProblem::Unreadable(e)))?;
         let headers = object::ReadCache::new(&file);
         let vetted = Vetted::new(&path, &headers).map_err(|e| refuse(e.into()))?;
         Self::open(vetted, path.clone(), None)
@@ -60,16 +60,18 @@ impl LoadedPlugin {
     /// case), and loads exactly the bytes hashed (see the module docs).
     pub fn load_pinned(path: &Path, expected_sha256: &str) -> Result<Self, LoadError> {
         let original = regular_file(path)?;
-        let pinned = |cause: String| LoadError::Pinned { path: original.clone(), cause };
-        let bytes = std::fs::read(&original).map_err(|e| pinned(format!("cannot read it: {e}")))?;
+        let pinned = |step| {
+            let path = original.clone();
+            move |source| LoadError::PinnedIo { path, step, source }
+        };
+        let bytes = std::fs::read(&original).map_err(pinned("cannot read it"))?;
         let actual = sha256_hex(&bytes);
         let expected = expected_sha256.trim().to_ascii_lowercase();
         if actual != expected {
             return Err(LoadError::PinMismatch { path: original, expected: expected_sha256.trim().into(), actual });
         }
         let file_name = original.file_name().map_or_else(|| "plugin".into(), |n| n.to_os_string());
-        let copy = PrivateCopy::write(&bytes, &file_name)
-            .map_err(|e| pinned(format!("cannot write a private copy to load: {e}")))?;
+        let copy = PrivateCopy::write(&bytes, &file_name).map_err(pinned("cannot write a private copy to load"))?;
         let vetted = Vetted::new(copy.path(), &bytes[..])
             .map_err(|e| LoadError::BadFile { path: original.clone(), problem: e.into() })?;
         let loaded = Self::open(vetted, original, Some(actual));

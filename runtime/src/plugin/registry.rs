@@ -90,10 +90,7 @@ impl BlueprintRegistry {
     pub fn load_pinned(&mut self, path: &Path, sha256: Option<&str>) -> Result<Vec<String>, LoadError> {
         let Some(expected) = sha256 else { return self.load(path) };
         if path.is_dir() {
-            return Err(LoadError::Pinned {
-                path: path.to_path_buf(),
-                cause: "a sha256 pin names one library file, not a folder".into(),
-            });
+            return Err(LoadError::PinnedFolder { path: path.to_path_buf() });
         }
         let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
         if let Some(already) = self.plugins.iter().find(|p| p.path() == canonical) {
@@ -102,10 +99,7 @@ impl BlueprintRegistry {
             return match already.sha256() {
                 Some(sha) if sha == wanted => Ok(Vec::new()),
                 Some(sha) => Err(LoadError::PinMismatch { path: canonical, expected: wanted, actual: sha.into() }),
-                None => Err(LoadError::Pinned {
-                    path: canonical,
-                    cause: "it is already loaded without a pin; pin every entry that names it".into(),
-                }),
+                None => Err(LoadError::LoadedUnpinned { path: canonical }),
             };
         }
         let plugin = LoadedPlugin::load_pinned(path, expected)?;
@@ -146,7 +140,7 @@ impl BlueprintRegistry {
     }
 
     fn libraries_in(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
-        let folder_err = |e: std::io::Error| LoadError::Folder { path: dir.to_path_buf(), cause: e.to_string() };
+        let folder_err = |source| LoadError::Folder { path: dir.to_path_buf(), source };
         let mut libs = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(folder_err)? {
             let p = entry.map_err(folder_err)?.path();

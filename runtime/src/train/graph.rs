@@ -261,7 +261,7 @@ impl Trainer {
     /// stay the parameters' gradients after capture (each replay rewrites them), and an
     /// eager step between replays (a partial batch) zeroes and fills these same tensors.
     fn captured_step(&mut self, x: &Tensor, y: &Tensor, totals: &Totals) -> Result<(), String> {
-        let logits = self.model.forward(x, true).map_err(|e| e.to_string())?;
+        let logits = self.model.forward(x, true).map_err(|e| crate::error::chain(&e))?;
         let loss = cross_entropy(&logits, y).map_err(|e| e.to_string())?;
         let had: Vec<Vec<bool>> =
             self.optimizers_mut().map(Optimizer::clear_grads).collect::<Result<_, _>>().map_err(|e| e.to_string())?;

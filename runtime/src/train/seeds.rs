@@ -74,9 +74,9 @@ pub(super) fn failure_event(registry: &BlueprintRegistry, action: &Action, error
             blueprint: registry.resolve(blueprint).map_or_else(|_| blueprint.clone(), |(key, _)| key.to_string()),
             plugin: registry.plugin_of(blueprint).map(|p| p.display().to_string()),
             cause: germination_failure(error),
-            reason: error.to_string(),
+            reason: crate::error::chain(error),
         },
-        other => LifecycleEvent::ActionFailed { slot: other.slot().to_string(), error: error.to_string() },
+        other => LifecycleEvent::ActionFailed { slot: other.slot().to_string(), error: crate::error::chain(error) },
     }
 }
 
@@ -97,6 +97,6 @@ fn germination_failure(error: &ModelError) -> GerminationFailure {
         | ModelError::DuplicateSlot(_)
         | ModelError::SeedMismatch { .. }
         | ModelError::RestoreMismatch { .. } => F::SlotRefused,
-        ModelError::Host(_) | ModelError::Torch(_) => F::RuntimeFailed,
+        ModelError::Host(_) | ModelError::Torch(_) | ModelError::Shim(_) => F::RuntimeFailed,
     }
 }
