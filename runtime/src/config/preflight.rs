@@ -33,7 +33,7 @@ pub enum PreflightError {
     Blueprint {
         setting: String,
         #[source]
-        source: LoadError,
+        source: Box<LoadError>,
     },
     /// The controller's default rotation has no blueprint among those loaded.
     #[error(
@@ -52,7 +52,7 @@ pub enum PreflightError {
         blueprint: String,
         channels: i64,
         #[source]
-        source: LoadError,
+        source: Box<LoadError>,
     },
     /// A blueprint of the controller's rotation could not be created at a slot's width.
     #[error("lifecycle.controller: rotation blueprint `{blueprint}` at {channels} channels (slot {slot})")]
@@ -61,7 +61,7 @@ pub enum PreflightError {
         channels: i64,
         slot: String,
         #[source]
-        source: LoadError,
+        source: Box<LoadError>,
     },
 }
 
@@ -158,5 +158,5 @@ impl RunConfig {
 
 /// A closure naming `setting` on a blueprint that does not resolve.
 fn blueprint_error(setting: &str) -> impl FnOnce(LoadError) -> PreflightError + '_ {
-    move |source| PreflightError::Blueprint { setting: setting.to_string(), source }
+    move |source| PreflightError::Blueprint { setting: setting.to_string(), source: Box::new(source) }
 }

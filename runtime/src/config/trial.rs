@@ -28,7 +28,7 @@ impl RunConfig {
             let Some(channels) = channels_of(&s.slot) else { continue };
             registry.try_create(&s.blueprint, channels, &s.options).map_err(|source| {
                 let (epoch, slot, blueprint) = (s.epoch, s.slot.clone(), s.blueprint.clone());
-                PreflightError::ScheduledTrial { index: i, epoch, slot, blueprint, channels, source }
+                PreflightError::ScheduledTrial { index: i, epoch, slot, blueprint, channels, source: Box::new(source) }
             })?;
         }
         let mut widths: Vec<(i64, &str)> =
@@ -39,7 +39,7 @@ impl RunConfig {
             for &(channels, slot) in &widths {
                 registry.try_create(blueprint, channels, options).map_err(|source| {
                     let (blueprint, slot) = (blueprint.clone(), slot.to_string());
-                    PreflightError::RotationTrial { blueprint, channels, slot, source }
+                    PreflightError::RotationTrial { blueprint, channels, slot, source: Box::new(source) }
                 })?;
             }
         }

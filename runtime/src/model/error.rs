@@ -26,7 +26,7 @@ pub enum ModelError {
     /// The germination probe refused the seed: `cause` is what the seed did (shown in
     /// the sentence, which goes on after it).
     #[error("slot `{slot}`: blueprint `{blueprint}` failed the germination probe ({mode}, input {input:?}): {cause}; germination refused")]
-    ProbeRefused { slot: String, blueprint: String, mode: &'static str, input: Vec<i64>, cause: FaultKind },
+    ProbeRefused { slot: String, blueprint: String, mode: &'static str, input: Vec<i64>, cause: Box<FaultKind> },
     /// A seed handed to a slot was created for another channel count.
     #[error("slot `{slot}` has {expected} channels; the `{blueprint}` seed handed to it was created for {got}")]
     SeedMismatch { slot: String, blueprint: String, expected: i64, got: i64 },

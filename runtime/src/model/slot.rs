@@ -284,7 +284,7 @@ impl SeedSlot {
                 blueprint: seed.key().into(),
                 mode,
                 input: shape.to_vec(),
-                cause,
+                cause: Box::new(cause),
             };
             let probe = Tensor::f_randn(shape, (Kind::Float, device))?;
             let watch = self.watching(Some(watched));
