@@ -2,7 +2,10 @@
 //! file, and carries the system's, libtorch's or serde's error as its source.
 
 use super::COMPLETE;
-use crate::run_folder::{RunFile, RunFolderError};
+use crate::{
+    run_folder::{RunFile, RunFolderError},
+    train::optim::StateMismatch,
+};
 use std::path::PathBuf;
 use thiserror::Error;
 
@@ -112,9 +115,13 @@ pub enum CheckpointError {
     SlotCount { dir: PathBuf, saved: usize, config: usize },
     #[error("checkpoint {}: slot `{slot}` has a seed but no seed optimizer", .dir.display())]
     NoSeedOptimizer { dir: PathBuf, slot: String },
-    /// A saved optimizer state does not fit the optimizer (`problem` says how).
-    #[error("{}: {problem}", .path.display())]
-    OptimizerState { path: PathBuf, problem: String },
+    /// A saved optimizer state does not fit the optimizer.
+    #[error("{}", .path.display())]
+    OptimizerState {
+        path: PathBuf,
+        #[source]
+        source: StateMismatch,
+    },
     #[error("{}: {saved} tensors saved, {expected} expected", .path.display())]
     TensorCount { path: PathBuf, saved: usize, expected: usize },
     #[error("{}: no tensor `{name}`", .path.display())]

@@ -84,8 +84,8 @@ impl SavedState {
 
 /// Restores `opt`'s state from the tensors of `file` in `ckpt`.
 fn load_optimizer(opt: &mut super::optim::Optimizer, ckpt: &Reader, file: &str) -> Result<(), CheckpointError> {
-    let problem = |problem| CheckpointError::OptimizerState { path: ckpt.dir().join(file), problem };
-    opt.load_state(&ckpt.tensors(file)?).map_err(problem)
+    let mismatch = |source| CheckpointError::OptimizerState { path: ckpt.dir().join(file), source };
+    opt.load_state(&ckpt.tensors(file)?).map_err(mismatch)
 }
 
 /// A checkpoint opened to resume its run: found, read and checked, the trainer not built
