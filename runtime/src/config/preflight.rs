@@ -43,7 +43,7 @@ pub enum PreflightError {
         .available.join(", ")
     )]
     NoDefaultBlueprint { rotation: Vec<String>, available: Vec<String> },
-    /// Schedule entry `index` could not be created for its slot (see [`super::trial`]).
+    /// Schedule entry `index` could not be created for its slot (the trial germination).
     #[error("lifecycle.schedule[{index}] (epoch {epoch}, slot {slot}, blueprint `{blueprint}`, {channels} channels)")]
     ScheduledTrial {
         index: usize,
