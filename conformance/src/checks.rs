@@ -9,7 +9,7 @@ use esper_plugin_api::abi::BlueprintDescriptor;
 use esper_runtime::{
     host::{is_channels_last, to_channels_last},
     isolation::{contract, seed_input, straight_through, Blend},
-    plugin::{BlueprintRegistry, PluginError, PluginSeed},
+    plugin::{BlueprintRegistry, LoadError, PluginSeed},
 };
 use serde_json::{json, Value};
 use std::{
@@ -47,7 +47,7 @@ pub struct Subject<'a> {
 
 impl<'a> Subject<'a> {
     /// The blueprint `name` (`topology:name`, or the bare name when unambiguous) of `registry`.
-    pub fn new(registry: &'a BlueprintRegistry, name: &str) -> Result<Self, PluginError> {
+    pub fn new(registry: &'a BlueprintRegistry, name: &str) -> Result<Self, LoadError> {
         let (key, descriptor) = registry.resolve(name)?;
         Ok(Self {
             registry,
@@ -68,10 +68,10 @@ impl<'a> Subject<'a> {
     }
 
     /// A seed on the CPU, created through the registry like the runtime does.
-    pub fn create_with(&self, channels: i64, options: &Value) -> Result<PluginSeed, PluginError> {
+    pub fn create_with(&self, channels: i64, options: &Value) -> Result<PluginSeed, LoadError> {
         self.calls.set(self.calls.get() + 1);
         let made = self.registry.create_seed(&self.key, channels, options, Device::Cpu);
-        if let Err(PluginError::Panicked { message, .. }) = &made {
+        if let Err(LoadError::Panicked { message, .. }) = &made {
             self.panics.borrow_mut().push(format!("create for {channels} channels: {message}"));
         }
         made
@@ -85,7 +85,7 @@ impl<'a> Subject<'a> {
     /// Drops a seed through the ABI's `release`, recording a panic in its `Drop`.
     pub fn release(&self, seed: PluginSeed) {
         self.calls.set(self.calls.get() + 1);
-        if let Err(PluginError::Panicked { message, .. }) = seed.release() {
+        if let Err(LoadError::Panicked { message, .. }) = seed.release() {
             self.panics.borrow_mut().push(format!("drop: {message}"));
         }
     }
@@ -94,7 +94,7 @@ impl<'a> Subject<'a> {
     pub fn forward(&self, seed: &PluginSeed, x: &Tensor, train: bool) -> Result<Tensor, String> {
         self.calls.set(self.calls.get() + 1);
         seed.forward(x, train).map_err(|e| {
-            if let PluginError::Panicked { message, .. } = &e {
+            if let LoadError::Panicked { message, .. } = &e {
                 self.panics.borrow_mut().push(format!("forward on {}: {message}", describe(x)));
             }
             format!("forward(train={train}) on {}: {}", describe(x), short(&e))
@@ -103,12 +103,12 @@ impl<'a> Subject<'a> {
 }
 
 /// A plugin error without the library path (the report names the library once).
-fn short(e: &PluginError) -> String {
+fn short(e: &LoadError) -> String {
     let text = match e {
-        PluginError::Panicked { message, .. } => format!("{message} (contained)"),
-        PluginError::BadOptions { message, .. } => format!("bad options: {message}"),
-        PluginError::Failed { message, .. } | PluginError::BadParameter { message, .. } => message.clone(),
-        other => other.to_string(),
+        LoadError::Panicked { message, .. } => format!("{message} (contained)"),
+        LoadError::BadOptions { message, .. } => format!("bad options: {message}"),
+        LoadError::Failed { message, .. } | LoadError::BadParameter { message, .. } => message.clone(),
+        other => esper_runtime::error::chain(other),
     };
     esper_runtime::torch_error::summarize("conformance", &text)
 }
@@ -674,10 +674,10 @@ pub fn unknown_options(s: &Subject<'_>) -> CheckResult {
             "accepted {options}: unknown option keys must be refused by name (use #[serde(deny_unknown_fields)] or \
              NoOptions)"
         )),
-        Err(PluginError::BadOptions { message, .. }) if message.contains(UNKNOWN_OPTION) => {
+        Err(LoadError::BadOptions { message, .. }) if message.contains(UNKNOWN_OPTION) => {
             Ok(format!("refused: {message}"))
         }
-        Err(PluginError::BadOptions { message, .. }) => {
+        Err(LoadError::BadOptions { message, .. }) => {
             Err(format!("refused as bad options, but the message does not name the key `{UNKNOWN_OPTION}`: {message}"))
         }
         Err(e) => Err(format!("expected a bad-options error for {options}, got: {}", short(&e))),

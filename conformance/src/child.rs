@@ -76,7 +76,7 @@ pub fn serve_blueprint(
     };
     send(out, &Line::Ready { memory_cap, note });
     let mut registry = BlueprintRegistry::new();
-    registry.load(library).map_err(|e| e.to_string())?;
+    registry.load(library).map_err(|e| esper_runtime::error::chain(&e))?;
     blueprint_report(&registry, blueprint, target, &mut |event| match event {
         CheckEvent::Started(check) => send(out, &Line::Started { check }),
         CheckEvent::Finished(result) => send(out, &Line::finished(result)),

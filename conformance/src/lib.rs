@@ -92,7 +92,7 @@ impl Prepared {
         let loaded = if library.is_dir() {
             Err(format!("{} is a folder; give one plugin library file", library.display()))
         } else {
-            registry.load(library).map_err(|e| e.to_string())
+            registry.load(library).map_err(|e| esper_runtime::error::chain(&e))
         };
         if let Err(e) = loaded {
             let checks = vec![

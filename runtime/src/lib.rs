@@ -13,6 +13,8 @@
 //! * [`run_folder`]: a run's output folder: its lock, and its files written safely.
 //! * [`plugin`]: the plugin loader and blueprint registry (dynamic blueprint plugins
 //!   through the stable ABI in `esper-plugin-api`).
+//! * [`error`]: the library's [`Error`]: one variant per module's error, causes chained
+//!   as sources.
 
 #![forbid(unsafe_code)]
 
@@ -20,6 +22,7 @@ pub mod blend;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod error;
 pub mod host;
 pub mod isolation;
 pub mod lifecycle;
@@ -28,6 +31,8 @@ pub mod plugin;
 pub mod run_folder;
 pub mod torch_error;
 pub mod train;
+
+pub use error::{Error, Result};
 
 /// A fresh, empty folder under the temp folder for one unit test, unique to this process
 /// and `name`.

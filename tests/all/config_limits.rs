@@ -6,7 +6,7 @@
 
 use esper_runtime::{
     config::{sha256_hex, PluginSource, RunConfig},
-    plugin::{BlueprintRegistry, PluginError},
+    plugin::{BlueprintRegistry, LoadError},
     train::Trainer,
 };
 use esper_tests::{plugin_lib, stderr, stdout, target_dir, temp_dir, write_file as write};
@@ -128,7 +128,7 @@ fn pinned_loads_check_the_bytes_they_load() {
     let mut registry = BlueprintRegistry::new();
     let e = registry.load_pinned(&norm, Some(&wrong)).unwrap_err();
     let text = e.to_string();
-    assert!(matches!(e, PluginError::PinMismatch { .. }), "{text}");
+    assert!(matches!(e, LoadError::PinMismatch { .. }), "{text}");
     assert!(text.contains("libesper_norm.so") && text.contains(&wrong) && text.contains(&right), "{text}");
     assert_eq!(registry.plugins().count(), 0, "nothing loaded");
     let keys = registry.load_pinned(&norm, Some(&right.to_uppercase())).unwrap();
@@ -140,7 +140,7 @@ fn pinned_loads_check_the_bytes_they_load() {
     registry.create_seed("norm", 8, &serde_json::Value::Null, tch::Device::Cpu).unwrap();
     // Loading the same file again with the same pin is no conflict; with another it is.
     assert!(registry.load_pinned(&norm, Some(&right)).unwrap().is_empty());
-    assert!(matches!(registry.load_pinned(&norm, Some(&wrong)), Err(PluginError::PinMismatch { .. })));
+    assert!(matches!(registry.load_pinned(&norm, Some(&wrong)), Err(LoadError::PinMismatch { .. })));
     // A pin names a file, not a folder.
     let folder = norm.parent().unwrap();
     let e = BlueprintRegistry::new().load_pinned(folder, Some(&right)).unwrap_err().to_string();
@@ -169,7 +169,7 @@ fn a_plugin_asking_for_too_many_parameters_gets_a_create_error_not_an_allocation
     // 1Mi-element floor of its cap.
     let e = registry.create_seed("norm", 2_000_000, &serde_json::Value::Null, tch::Device::Cpu).err().unwrap();
     let text = e.to_string();
-    assert!(matches!(e, PluginError::BadParameter { .. }), "{text}");
+    assert!(matches!(e, LoadError::BadParameter { .. }), "{text}");
     assert!(text.contains("of shape [2000000]") && text.contains("over this seed's cap of 1048576 elements"), "{text}");
     assert!(text.contains("plugin_param_factor"), "{text}");
     // The factor is configurable.

@@ -9,7 +9,7 @@ use esper_conformance::{newer_source, run_suite, Check, Status, SuiteOptions};
 use esper_runtime::{
     config::RunConfig,
     model::MorphogeneticModel,
-    plugin::{BlueprintRegistry, PluginError},
+    plugin::{BlueprintRegistry, LoadError},
     train::germinate,
 };
 use esper_tests::target_dir;
@@ -73,10 +73,7 @@ fn the_example_is_the_identity_at_birth_and_checks_its_options() {
     let y = seed.forward(&x, true).unwrap();
     assert!(y.equal(&x), "identity at birth");
     let e = registry.create_seed("channel-scale", 32, &json!({"reduction": 0}), Device::Cpu).err().unwrap();
-    assert!(
-        matches!(e, PluginError::BadOptions { .. }) && e.to_string().contains("reduction must be at least 1"),
-        "{e}"
-    );
+    assert!(matches!(e, LoadError::BadOptions { .. }) && e.to_string().contains("reduction must be at least 1"), "{e}");
     let e = registry.create_seed("channel-scale", 32, &json!({"reductoin": 2}), Device::Cpu).err().unwrap();
     assert!(e.to_string().contains("unknown field `reductoin`"), "{e}");
 }

@@ -2,8 +2,8 @@
 
 use esper_plugin_api::abi::{AbiVersion, ABI_VERSION};
 use esper_runtime::plugin::{
-    library_file_name, BlueprintRegistry, ElfProblem, FileProblem, LoadedPlugin, OptionsSchema, PluginError,
-    PluginKind, Segment,
+    library_file_name, BlueprintRegistry, ElfProblem, FileProblem, LoadError, LoadedPlugin, OptionsSchema, PluginKind,
+    Segment,
 };
 use esper_tests::{esper, plugin_lib, stderr, stdout, target_dir, temp_dir, write_file, SmallJob};
 use serde_json::{json, Value};
@@ -21,7 +21,7 @@ fn registry_with(crates: &[&str]) -> BlueprintRegistry {
     r
 }
 
-fn load_err(path: &std::path::Path) -> PluginError {
+fn load_err(path: &std::path::Path) -> LoadError {
     BlueprintRegistry::new().load(path).expect_err("load should fail")
 }
 
@@ -90,7 +90,7 @@ fn norm_is_the_identity_at_birth_and_scale_gets_a_gradient() {
 fn missing_file_is_named() {
     let path = temp_dir("missing").join("libnothing.so");
     let e = load_err(&path);
-    assert!(matches!(e, PluginError::NotFound { .. }), "{e:?}");
+    assert!(matches!(e, LoadError::NotFound { .. }), "{e:?}");
     assert_eq!(e.to_string(), format!("plugin library {} does not exist", path.display()));
 }
 
@@ -101,7 +101,7 @@ fn a_file_that_is_no_library_is_not_a_plugin() {
     let e = load_err(&path);
     let msg = e.to_string();
     assert!(
-        matches!(&e, PluginError::BadFile { problem: FileProblem::Elf(ElfProblem::NotElf { .. }), .. }),
+        matches!(&e, LoadError::BadFile { problem: FileProblem::Elf(ElfProblem::NotElf { .. }), .. }),
         "refused before the dynamic loader: {e:?}"
     );
     assert!(msg.contains("libgarbage.so") && msg.contains("cannot open it as a shared library"), "{msg}");
@@ -112,7 +112,7 @@ fn a_library_without_root_module_is_not_a_plugin() {
     let path = plugin_lib("esper-fixture-not-a-plugin");
     let e = load_err(&path);
     let msg = e.to_string();
-    assert!(matches!(e, PluginError::NotAPlugin { .. }), "{e:?}");
+    assert!(matches!(e, LoadError::NotAPlugin { .. }), "{e:?}");
     assert!(msg.contains("libesper_fixture_not_a_plugin.so is not an Esper plugin"), "{msg}");
     assert!(msg.contains("exports no abi_stable root module"), "{msg}");
 }
@@ -121,7 +121,7 @@ fn a_library_without_root_module_is_not_a_plugin() {
 fn layout_mismatch_is_refused_by_the_abi_check() {
     let e = load_err(&plugin_lib("esper-fixture-layout-mismatch"));
     let msg = e.to_string();
-    assert!(matches!(e, PluginError::AbiMismatch { .. }), "{e:?}");
+    assert!(matches!(e, LoadError::AbiMismatch { .. }), "{e:?}");
     assert!(msg.contains("libesper_fixture_layout_mismatch.so has an incompatible ABI layout"), "{msg}");
 }
 
@@ -129,7 +129,7 @@ fn layout_mismatch_is_refused_by_the_abi_check() {
 fn version_mismatch_names_both_sides() {
     let e = load_err(&plugin_lib("esper-fixture-wrong-version"));
     let msg = e.to_string();
-    assert!(matches!(e, PluginError::VersionMismatch { .. }), "{e:?}");
+    assert!(matches!(e, LoadError::VersionMismatch { .. }), "{e:?}");
     assert!(msg.contains("libesper_fixture_wrong_version.so was built with other versions"), "{msg}");
     assert!(msg.contains("libtorch: plugin built with 2.10.0, runtime has 2.11.0"), "{msg}");
     assert!(msg.contains("tch: plugin built with 0.23.0, runtime has 0.24.0"), "{msg}");
@@ -141,7 +141,7 @@ fn the_same_blueprint_from_two_plugins_is_refused_and_nothing_is_lost() {
     let dup = plugin_lib("esper-fixture-duplicate-norm");
     let e = r.load(&dup).expect_err("duplicate");
     let msg = e.to_string();
-    assert!(matches!(e, PluginError::Duplicate { .. }), "{e:?}");
+    assert!(matches!(e, LoadError::Duplicate { .. }), "{e:?}");
     assert!(msg.contains("`cnn:norm` is exported by two plugins"), "{msg}");
     assert!(msg.contains("libesper_norm.so") && msg.contains("libesper_fixture_duplicate_norm.so"), "{msg}");
     // The registry is as it was: the real norm still serves.
@@ -169,7 +169,7 @@ fn bad_options_name_the_key() {
     let r = registry_with(&["esper-norm"]);
     let e = r.create_seed("norm", 16, &json!({"groups": 4}), Device::Cpu).err().expect("bad options");
     let msg = e.to_string();
-    assert!(matches!(e, PluginError::BadOptions { .. }), "{e:?}");
+    assert!(matches!(e, LoadError::BadOptions { .. }), "{e:?}");
     assert!(msg.contains("bad options for blueprint `cnn:norm`") && msg.contains("libesper_norm.so"), "{msg}");
     assert!(msg.contains("unknown field `groups`"), "{msg}");
     let e = r.create_seed("norm", 16, &json!([1, 2]), Device::Cpu).err().expect("not an object");
@@ -181,7 +181,7 @@ fn a_panic_in_create_is_contained_and_reported() {
     let r = registry_with(&["esper-norm", "esper-fixture-broken"]);
     let e = r.create_seed("panic-create", 24, &Value::Null, Device::Cpu).err().expect("panic");
     let msg = e.to_string();
-    assert!(matches!(e, PluginError::Panicked { .. }), "{e:?}");
+    assert!(matches!(e, LoadError::Panicked { .. }), "{e:?}");
     assert!(msg.contains("libesper_fixture_broken.so panicked in blueprint `cnn:panic-create`"), "{msg}");
     assert!(msg.contains("deliberate panic in create (24 channels)"), "{msg}");
     // The process is up and the registry still works.
@@ -197,7 +197,7 @@ fn a_panic_in_forward_is_contained_and_reported() {
     for _ in 0..2 {
         let e = seed.forward(&x, true).expect_err("panic");
         let msg = e.to_string();
-        assert!(matches!(e, PluginError::Panicked { .. }), "{e:?}");
+        assert!(matches!(e, LoadError::Panicked { .. }), "{e:?}");
         assert!(msg.contains("deliberate panic in forward on input [1, 8, 4, 4]"), "{msg}");
     }
 }
@@ -213,7 +213,7 @@ fn a_plugins_error_text_comes_back_escaped_and_cut() {
     let forward = seed.forward(&Tensor::zeros([1, 8, 4, 4], (Kind::Float, Device::Cpu)), true).expect_err("fails");
     for (e, call) in [(create, "create"), (forward, "forward")] {
         let msg = e.to_string();
-        assert!(matches!(e, PluginError::Failed { .. }), "{e:?}");
+        assert!(matches!(e, LoadError::Failed { .. }), "{e:?}");
         assert!(msg.contains(&format!("failed: \\u{{1b}}[31mgarbled {call}: \\u{{1b}}[31mred")), "{call}: {msg:.300}");
         assert!(!msg.chars().any(|c| c.is_control() || c == '\u{202e}'), "{call}: {msg:?}");
         assert!(msg.len() < MAX_TEXT_BYTES + 300 && msg.ends_with(" bytes cut]"), "{call}: {} bytes", msg.len());
@@ -302,7 +302,7 @@ fn a_plugin_built_against_abi_1_0_loads_creates_runs_and_conforms_in_this_runtim
 fn a_plugin_of_abi_2_0_is_refused_naming_both_versions() {
     let e = load_err(&plugin_lib("esper-fixture-abi-2-0"));
     let msg = e.to_string();
-    assert!(matches!(e, PluginError::VersionMismatch { .. }), "{e:?}");
+    assert!(matches!(e, LoadError::VersionMismatch { .. }), "{e:?}");
     assert!(msg.contains("libesper_fixture_abi_2_0.so was built with other versions than this runtime"), "{msg}");
     assert!(msg.contains(&format!("plugin built against ABI 2.0, runtime has ABI {ABI_VERSION}")), "{msg}");
     assert!(msg.contains("another major version"), "{msg}");
@@ -312,7 +312,7 @@ fn a_plugin_of_abi_2_0_is_refused_naming_both_versions() {
 fn a_plugin_of_a_newer_minor_abi_is_refused_naming_both_versions() {
     let e = load_err(&plugin_lib("esper-fixture-abi-1-9"));
     let msg = e.to_string();
-    assert!(matches!(e, PluginError::VersionMismatch { .. }), "{e:?}");
+    assert!(matches!(e, LoadError::VersionMismatch { .. }), "{e:?}");
     assert!(msg.contains("libesper_fixture_abi_1_9.so"), "{msg}");
     assert!(msg.contains(&format!("plugin built against ABI 1.9, runtime has ABI {ABI_VERSION}")), "{msg}");
     assert!(msg.contains("the plugin is newer"), "{msg}");
@@ -326,7 +326,7 @@ fn a_current_plugin_without_a_schema_says_so() {
     let plugin = r.plugins().next().unwrap();
     assert_eq!((plugin.kind(), plugin.abi_version()), (PluginKind::Native, ABI_VERSION));
     assert_eq!(r.options_schema("norm").unwrap(), OptionsSchema::NotPublished);
-    assert!(matches!(r.options_schema("nothing"), Err(PluginError::UnknownBlueprint { .. })));
+    assert!(matches!(r.options_schema("nothing"), Err(LoadError::UnknownBlueprint { .. })));
 }
 
 /// Broken library files, each with a word its refusal must say: cut copies of the real
@@ -368,21 +368,21 @@ fn broken_library_files_are_refused_before_the_dynamic_loader_sees_them() {
         let msg = e.to_string();
         assert!(msg.contains(&*path.file_name().unwrap().to_string_lossy()) && msg.contains(why), "{msg}");
         if path.is_dir() {
-            assert!(matches!(e, PluginError::EmptyFolder { .. }), "a folder is a folder of plugins: {e:?}");
+            assert!(matches!(e, LoadError::EmptyFolder { .. }), "a folder is a folder of plugins: {e:?}");
             let e = LoadedPlugin::load(&path).unwrap_err();
-            assert!(matches!(e, PluginError::BadFile { problem: FileProblem::Directory, .. }), "{e:?}");
+            assert!(matches!(e, LoadError::BadFile { problem: FileProblem::Directory, .. }), "{e:?}");
         } else {
-            assert!(matches!(e, PluginError::BadFile { .. }), "{path:?}: {e:?}");
+            assert!(matches!(e, LoadError::BadFile { .. }), "{path:?}: {e:?}");
         }
     }
     let cut = dir.join("libcut_100k.so");
     let e = load_err(&cut);
-    let PluginError::BadFile { problem: FileProblem::Elf(problem), .. } = &e else { panic!("{e:?}") };
+    let LoadError::BadFile { problem: FileProblem::Elf(problem), .. } = &e else { panic!("{e:?}") };
     assert!(matches!(problem, ElfProblem::SegmentPastEnd { segment: Segment::Load, len: 100_000, .. }), "{e:?}");
     // Pinned, the bytes read for the hash are checked before the private copy is opened.
     let sha = esper_runtime::config::sha256_hex(&cut).unwrap();
     let e = BlueprintRegistry::new().load_pinned(&cut, Some(&sha)).unwrap_err();
-    assert!(matches!(e, PluginError::BadFile { problem: FileProblem::Elf(ElfProblem::SegmentPastEnd { .. }), .. }));
+    assert!(matches!(e, LoadError::BadFile { problem: FileProblem::Elf(ElfProblem::SegmentPastEnd { .. }), .. }));
     assert!(e.to_string().contains(&*cut.canonicalize().unwrap().to_string_lossy()), "names the original: {e}");
 }
 

@@ -5,7 +5,7 @@
 
 use esper_conformance::{run_suite, SuiteOptions};
 use esper_runtime::host::to_channels_last;
-use esper_runtime::plugin::{BlueprintRegistry, PluginError, PluginKind, PluginSeed};
+use esper_runtime::plugin::{BlueprintRegistry, LoadError, PluginKind, PluginSeed};
 use esper_tests::{esper, plugin_lib, stderr, stdout};
 use serde_json::json;
 use std::path::PathBuf;
@@ -173,6 +173,6 @@ fn a_portable_seed_follows_its_parameters_to_channels_last_and_back() {
     let x = to_channels_last(&Tensor::randn([2, 32, 6, 6], (Kind::Float, Device::Cpu)));
     let y = seed.forward(&x, false).unwrap();
     assert_eq!(y.size(), x.size());
-    let e: Result<_, PluginError> = seed.forward(&Tensor::randn([2, 31, 6, 6], (Kind::Float, Device::Cpu)), false);
+    let e: Result<_, LoadError> = seed.forward(&Tensor::randn([2, 31, 6, 6], (Kind::Float, Device::Cpu)), false);
     assert!(e.unwrap_err().to_string().contains("group_norm("), "names the op");
 }

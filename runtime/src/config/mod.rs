@@ -40,7 +40,7 @@ pub use crate::model::Precision;
 pub use controller::{ControllerConfig, DEFAULT_MAX_TRAINING_EPOCHS, DEFAULT_ROTATION};
 pub use optimizer::{DEFAULT_ADAM_EPS, MAX_LR};
 pub use plugins::{sha256_hex, PluginSource};
-pub use preflight::Preflight;
+pub use preflight::{Preflight, PreflightError};
 pub use resources::{MemoryLimit, ResourceError, DEFAULT_CUDA_MEMORY_GIB, FALLBACK_CPU_MEMORY_GIB};
 
 use crate::{
@@ -58,8 +58,12 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {cause}")]
-    Read { path: PathBuf, cause: String },
+    #[error("cannot read config {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config {path}: {message}")]
@@ -68,9 +72,12 @@ pub enum ConfigError {
     MissingPlugin { path: PathBuf, plugin: PathBuf },
     #[error("config {path}: plugin {plugin}: sha256 mismatch: the config says {expected}, the file has {actual}")]
     Sha256Mismatch { path: PathBuf, plugin: PathBuf, expected: String, actual: String },
-    /// Not a source (its text is already in this one's message).
-    #[error("config {path}: {cause}")]
-    Resources { path: PathBuf, cause: Box<ResourceError> },
+    #[error("config {path}")]
+    Resources {
+        path: PathBuf,
+        #[source]
+        source: Box<ResourceError>,
+    },
 }
 
 /// A whole run.
@@ -327,8 +334,8 @@ impl RunConfig {
     /// [`RunConfig::validate`] (for callers that fill in more first, such as the CLI's
     /// default plugins, and validate after).
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::Read { path: path.to_path_buf(), cause: e.to_string() })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let mut config = Self::parse(&text, path)?;
         let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         config.resolve_paths(base);
@@ -446,7 +453,7 @@ impl RunConfig {
             return Err(invalid(format!("lifecycle.plugin_param_factor must be positive, got {factor}")));
         }
         self.check_resources(None)
-            .map_err(|cause| ConfigError::Resources { path: path.to_path_buf(), cause: Box::new(cause) })?;
+            .map_err(|e| ConfigError::Resources { path: path.to_path_buf(), source: Box::new(e) })?;
         if self.plugins.is_empty() {
             return Err(invalid(
                 "no plugins: add at least one [[plugins]] entry (the `esper` command uses its shipped plugins \

@@ -6,11 +6,64 @@
 
 use super::{MemoryLimit, RunConfig};
 use crate::{
-    host::{budget, budget::StepEstimate, HostError},
-    plugin::BlueprintRegistry,
+    host::{
+        budget::{self, BudgetError, StepEstimate},
+        HostError,
+    },
+    plugin::{BlueprintRegistry, LoadError},
+    Result,
 };
-use anyhow::{anyhow, Result};
 use tch::Device;
+use thiserror::Error;
+
+/// What the preflight refuses beyond the config's own checks: each names the config
+/// setting, with the host's or the loader's error as its source.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum PreflightError {
+    /// The host's shape.
+    #[error("host")]
+    Host(#[source] BudgetError),
+    /// A slot that is none of the host's injection points.
+    #[error("slots")]
+    Slot(#[source] HostError),
+    /// A blueprint named at `setting` ("lifecycle.schedule", "lifecycle.controller.blueprint",
+    /// ...) does not resolve.
+    #[error("{setting}")]
+    Blueprint {
+        setting: String,
+        #[source]
+        source: Box<LoadError>,
+    },
+    /// The controller's default rotation has no blueprint among those loaded.
+    #[error(
+        "lifecycle.controller: none of the default rotation's blueprints ({}) is loaded (available: {}); name \
+         the controller's `blueprint` or `blueprints`, or load a plugin that has them",
+        .rotation.join(", "),
+        .available.join(", ")
+    )]
+    NoDefaultBlueprint { rotation: Vec<String>, available: Vec<String> },
+    /// Schedule entry `index` could not be created for its slot (the trial germination).
+    #[error("lifecycle.schedule[{index}] (epoch {epoch}, slot {slot}, blueprint `{blueprint}`, {channels} channels)")]
+    ScheduledTrial {
+        index: usize,
+        epoch: u32,
+        slot: String,
+        blueprint: String,
+        channels: i64,
+        #[source]
+        source: Box<LoadError>,
+    },
+    /// A blueprint of the controller's rotation could not be created at a slot's width.
+    #[error("lifecycle.controller: rotation blueprint `{blueprint}` at {channels} channels (slot {slot})")]
+    RotationTrial {
+        blueprint: String,
+        channels: i64,
+        slot: String,
+        #[source]
+        source: Box<LoadError>,
+    },
+}
 
 /// What the preflight found: the loaded plugins, the step's memory estimate against its
 /// limit, and the controller's rotation (blueprint and options, each resolved; empty
@@ -30,11 +83,11 @@ impl RunConfig {
     /// created once with its options and dropped.
     /// `validate` (keys and values) is assumed to have passed.
     pub fn preflight(&self, device: Option<Device>) -> Result<Preflight> {
-        let points = budget::injection_points(&self.host).map_err(|e| anyhow!("host: {e}"))?;
+        let points = budget::injection_points(&self.host).map_err(PreflightError::Host)?;
         for slot in &self.slots {
             if !points.iter().any(|(id, _)| id == slot) {
                 let valid = points.iter().map(|p| p.0.clone()).collect();
-                return Err(anyhow!("slots: {}", HostError::UnknownPoint { name: slot.clone(), valid }));
+                return Err(PreflightError::Slot(HostError::UnknownPoint { name: slot.clone(), valid }).into());
             }
         }
         self.warn_batch_over_data();
@@ -46,7 +99,7 @@ impl RunConfig {
             registry.load_pinned(&p.path, p.sha256.as_deref())?;
         }
         for s in &self.lifecycle.schedule {
-            registry.resolve(&s.blueprint).map_err(|e| anyhow!("lifecycle.schedule: {e}"))?;
+            registry.resolve(&s.blueprint).map_err(blueprint_error("lifecycle.schedule"))?;
         }
         let rotation = self.controller_rotation(&registry)?;
         self.try_blueprints(&registry, &points, &rotation)?;
@@ -77,7 +130,10 @@ impl RunConfig {
     /// The controller's rotation, every blueprint resolved. The default rotation
     /// (neither `blueprint` nor `blueprints` given) keeps the blueprints the loaded
     /// plugins provide, and needs one of them; a named one must resolve.
-    fn controller_rotation(&self, registry: &BlueprintRegistry) -> Result<Vec<(String, serde_json::Value)>> {
+    fn controller_rotation(
+        &self,
+        registry: &BlueprintRegistry,
+    ) -> Result<Vec<(String, serde_json::Value)>, PreflightError> {
         let ctl = &self.lifecycle.controller;
         if !ctl.enabled {
             return Ok(Vec::new());
@@ -86,20 +142,21 @@ impl RunConfig {
         if ctl.blueprint.is_none() && ctl.blueprints.is_none() {
             let loaded: Vec<_> = rotation.into_iter().filter(|(b, _)| registry.resolve(b).is_ok()).collect();
             if loaded.is_empty() {
-                let available: Vec<&str> = registry.list().map(|(key, _, _)| key).collect();
-                return Err(anyhow!(
-                    "lifecycle.controller: none of the default rotation's blueprints ({}) is loaded (available: {}); \
-                     name the controller's `blueprint` or `blueprints`, or load a plugin that has them",
-                    super::DEFAULT_ROTATION.join(", "),
-                    available.join(", ")
-                ));
+                let available = registry.list().map(|(key, _, _)| key.to_string()).collect();
+                let rotation = super::DEFAULT_ROTATION.iter().map(ToString::to_string).collect();
+                return Err(PreflightError::NoDefaultBlueprint { rotation, available });
             }
             return Ok(loaded);
         }
         let setting = if ctl.blueprint.is_some() { "blueprint" } else { "blueprints" };
         for (b, _) in &rotation {
-            registry.resolve(b).map_err(|e| anyhow!("lifecycle.controller.{setting}: {e}"))?;
+            registry.resolve(b).map_err(blueprint_error(&format!("lifecycle.controller.{setting}")))?;
         }
         Ok(rotation)
     }
+}
+
+/// A closure naming `setting` on a blueprint that does not resolve.
+fn blueprint_error(setting: &str) -> impl FnOnce(LoadError) -> PreflightError + '_ {
+    move |source| PreflightError::Blueprint { setting: setting.to_string(), source: Box::new(source) }
 }

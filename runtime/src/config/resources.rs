@@ -20,7 +20,8 @@ const GIB: f64 = (1u64 << 30) as f64;
 
 #[derive(Debug, Error)]
 pub enum ResourceError {
-    /// Not a source (its text is already in this one's message).
+    /// The host's shape or size arithmetic (shown in this one's message, which callers
+    /// read whole).
     #[error("host: {0}")]
     Host(BudgetError),
     #[error(

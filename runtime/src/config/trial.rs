@@ -9,9 +9,8 @@
 //! blueprint that needs a channel count to divide, or is too large for a wide slot,
 //! fails here exactly as it would in the run. Nothing else of the run is allocated.
 
-use super::RunConfig;
+use super::{PreflightError, RunConfig};
 use crate::plugin::BlueprintRegistry;
-use anyhow::{anyhow, Result};
 use serde_json::Value;
 
 impl RunConfig {
@@ -23,17 +22,13 @@ impl RunConfig {
         registry: &BlueprintRegistry,
         points: &[(String, i64)],
         rotation: &[(String, Value)],
-    ) -> Result<()> {
+    ) -> Result<(), PreflightError> {
         let channels_of = |slot: &str| points.iter().find(|(id, _)| id == slot).map(|p| p.1);
         for (i, s) in self.lifecycle.schedule.iter().enumerate() {
             let Some(channels) = channels_of(&s.slot) else { continue };
-            registry.try_create(&s.blueprint, channels, &s.options).map_err(|e| {
-                anyhow!(
-                    "lifecycle.schedule[{i}] (epoch {}, slot {}, blueprint `{}`, {channels} channels): {e}",
-                    s.epoch,
-                    s.slot,
-                    s.blueprint
-                )
+            registry.try_create(&s.blueprint, channels, &s.options).map_err(|source| {
+                let (epoch, slot, blueprint) = (s.epoch, s.slot.clone(), s.blueprint.clone());
+                PreflightError::ScheduledTrial { index: i, epoch, slot, blueprint, channels, source: Box::new(source) }
             })?;
         }
         let mut widths: Vec<(i64, &str)> =
@@ -42,10 +37,9 @@ impl RunConfig {
         widths.dedup_by_key(|w| w.0);
         for (blueprint, options) in rotation {
             for &(channels, slot) in &widths {
-                registry.try_create(blueprint, channels, options).map_err(|e| {
-                    anyhow!(
-                        "lifecycle.controller: rotation blueprint `{blueprint}` at {channels} channels (slot {slot}): {e}"
-                    )
+                registry.try_create(blueprint, channels, options).map_err(|source| {
+                    let (blueprint, slot) = (blueprint.clone(), slot.to_string());
+                    PreflightError::RotationTrial { blueprint, channels, slot, source: Box::new(source) }
                 })?;
             }
         }

@@ -27,7 +27,7 @@ pub enum DataError {
     BadLabel { path: PathBuf, index: usize, label: u8 },
     #[error("the {split} split of {} holds no records", .path.display())]
     EmptySplit { path: PathBuf, split: &'static str },
-    #[error("cannot read {}: {source}", .path.display())]
+    #[error("cannot read {}", .path.display())]
     Io {
         path: PathBuf,
         #[source]

@@ -163,7 +163,7 @@ impl MorphogeneticModel {
         if self.precision == Precision::Fp32 {
             return self.run_in(x, train, bypass);
         }
-        let autocast = Bf16Autocast::enter(self.device().is_cuda()).map_err(|e| ModelError::Torch(e.to_string()))?;
+        let autocast = Bf16Autocast::enter(self.device().is_cuda())?;
         let logits = self.run_in(x, train, bypass)?;
         drop(autocast);
         Ok(logits.f_to_kind(tch::Kind::Float)?)
@@ -184,7 +184,7 @@ impl MorphogeneticModel {
     /// replay, which runs no forward; see [`SeedSlot::sync_alpha`]).
     pub fn sync_alpha(&self) -> Result<(), ModelError> {
         for slot in self.slots.iter().filter(|s| s.runs_seed()) {
-            slot.sync_alpha().map_err(|e| ModelError::Torch(e.to_string()))?;
+            slot.sync_alpha()?;
         }
         Ok(())
     }

@@ -299,20 +299,19 @@ impl SeedSlot {
         let device = seed.device();
         let shape = [PROBE_BATCH, self.channels, PROBE_SIZE, PROBE_SIZE];
         for (mode, train) in [("train mode", true), ("eval mode", false)] {
-            let refuse = |cause: String| ModelError::ProbeRefused {
+            let refuse = |cause: FaultKind| ModelError::ProbeRefused {
                 slot: self.id.clone(),
                 blueprint: seed.key().into(),
                 mode,
                 input: shape.to_vec(),
-                cause,
+                cause: Box::new(cause),
             };
-            let probe = Tensor::f_randn(shape, (Kind::Float, device)).map_err(|e| ModelError::Torch(e.to_string()))?;
+            let probe = Tensor::f_randn(shape, (Kind::Float, device))?;
             let watch = self.watching(Some(watched));
-            let out = tch::no_grad(|| checked_forward(seed, &probe, train, false, watch))
-                .map_err(|k| refuse(k.to_string()))?;
+            let out = tch::no_grad(|| checked_forward(seed, &probe, train, false, watch)).map_err(refuse)?;
             let finite = out.f_isfinite().and_then(|f| f.f_all()).map(|f| bool::try_from(&f).unwrap_or(false));
             if !finite.unwrap_or(false) {
-                return Err(refuse("non-finite output".into()));
+                return Err(refuse(FaultKind::NonFinite { what: "output" }));
             }
         }
         Ok(())
@@ -634,8 +633,8 @@ impl SeedSlot {
         }
     }
 
-    fn lifecycle_err(&self, source: LifecycleError) -> ModelError {
-        ModelError::Lifecycle { slot: self.id.clone(), source }
+    fn lifecycle_err(&self, error: LifecycleError) -> ModelError {
+        ModelError::Lifecycle { slot: self.id.clone(), error }
     }
 }
 

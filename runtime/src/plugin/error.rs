@@ -1,13 +1,18 @@
 //! Errors of the plugin loader and blueprint registry. Each names the file (or the
-//! blueprint) and the cause.
+//! blueprint) and the cause: the system's error as the source; the dynamic loader's
+//! text (rewritten to name the file given, not a pinned load's private copy), a
+//! portable library's refusal and a plugin's own message (which crossed the ABI as
+//! text) as text.
 
 use super::FileProblem;
 use esper_plugin_api::abi::Mismatch;
 use std::path::PathBuf;
 use thiserror::Error;
 
+/// Why a plugin library was not loaded, or a blueprint not resolved or created.
 #[derive(Debug, Error)]
-pub enum PluginError {
+#[non_exhaustive]
+pub enum LoadError {
     #[error("plugin library {path} does not exist")]
     NotFound { path: PathBuf },
 
@@ -34,8 +39,12 @@ pub enum PluginError {
     #[error("plugin folder {path} has no plugin libraries (*.so)")]
     EmptyFolder { path: PathBuf },
 
-    #[error("cannot read plugin folder {path}: {cause}")]
-    Folder { path: PathBuf, cause: String },
+    #[error("cannot read plugin folder {path}")]
+    Folder {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 
     #[error("unknown blueprint `{name}`; available: {}", if .available.is_empty() { "none (no plugin loaded)".to_string() } else { .available.join(", ") })]
     UnknownBlueprint { name: String, available: Vec<String> },
@@ -58,15 +67,28 @@ pub enum PluginError {
     #[error("plugin {path}: sha256 mismatch: the pin says {expected}, the file has {actual}; nothing was loaded")]
     PinMismatch { path: PathBuf, expected: String, actual: String },
 
-    #[error("plugin {path}: cannot load it pinned: {cause}")]
-    Pinned { path: PathBuf, cause: String },
+    /// A pinned load could not read the file, or write the private copy it loads
+    /// (`step`: "cannot read it", "cannot write a private copy to load").
+    #[error("plugin {path}: cannot load it pinned: {step}")]
+    PinnedIo {
+        path: PathBuf,
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("plugin {path}: cannot load it pinned: a sha256 pin names one library file, not a folder")]
+    PinnedFolder { path: PathBuf },
+
+    #[error("plugin {path}: cannot load it pinned: it is already loaded without a pin; pin every entry that names it")]
+    LoadedUnpinned { path: PathBuf },
 }
 
 fn join(mismatches: &[Mismatch]) -> String {
     mismatches.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
-impl PluginError {
+impl LoadError {
     /// Maps an error reported by a plugin into a runtime error naming blueprint and file.
     /// A libtorch error inside the message keeps its reason and loses its C++ frame list;
     /// the plugin's text is sanitised ([`super::text::sanitize`]: control characters
@@ -94,7 +116,7 @@ mod tests {
         let full = crate::torch_error::matmul_error();
         assert!(full.contains("frame #"), "premise: libtorch's text has frames: {full}");
         for kind in [ErrorKind::Tensor, ErrorKind::Panic, ErrorKind::BadOptions] {
-            let e = PluginError::from_plugin(
+            let e = LoadError::from_plugin(
                 "cnn:norm",
                 std::path::Path::new("/p/libx.so"),
                 esper_plugin_api::PluginError::new(kind, full.clone()),

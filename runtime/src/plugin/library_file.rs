@@ -2,14 +2,15 @@
 //! file, or a typed reason why not (a directory, a symbolic link loop, a FIFO or device,
 //! unreadable, or bytes no dynamic loader should see, [`ElfProblem`]).
 
-use super::{elf::ElfProblem, PluginError};
+use super::{elf::ElfProblem, LoadError};
 use std::{
     fmt,
     path::{Path, PathBuf},
 };
 
-/// Why a file named as a plugin library cannot be opened as one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a file named as a plugin library cannot be opened as one (shown inside
+/// [`LoadError::BadFile`]'s sentence, the system's error included).
+#[derive(Debug)]
 pub enum FileProblem {
     /// A directory (named like a library, or given where one library is expected).
     Directory,
@@ -18,7 +19,7 @@ pub enum FileProblem {
     /// Not a regular file (a FIFO, socket or device: reading it may never end).
     NotRegular { kind: &'static str },
     /// The system refused to read it.
-    Unreadable { cause: String },
+    Unreadable(std::io::Error),
     /// Its bytes are no shared library the loader can map safely.
     Elf(ElfProblem),
 }
@@ -29,7 +30,7 @@ impl fmt::Display for FileProblem {
             FileProblem::Directory => f.write_str("it is a directory, not a library file"),
             FileProblem::SymlinkLoop => f.write_str("it is a symbolic link loop (its links never reach a file)"),
             FileProblem::NotRegular { kind } => write!(f, "it is a {kind}, not a regular file"),
-            FileProblem::Unreadable { cause } => write!(f, "it cannot be read: {cause}"),
+            FileProblem::Unreadable(cause) => write!(f, "it cannot be read: {cause}"),
             FileProblem::Elf(problem) => problem.fmt(f),
         }
     }
@@ -42,17 +43,17 @@ impl From<ElfProblem> for FileProblem {
 }
 
 /// The canonical path of the regular file `path` names (through any symbolic links), or
-/// why there is none: [`PluginError::NotFound`] when nothing is there,
-/// [`PluginError::BadFile`] otherwise.
-pub(crate) fn regular_file(path: &Path) -> Result<PathBuf, PluginError> {
-    let refuse = |problem| PluginError::BadFile { path: path.to_path_buf(), problem };
+/// why there is none: [`LoadError::NotFound`] when nothing is there,
+/// [`LoadError::BadFile`] otherwise.
+pub(crate) fn regular_file(path: &Path) -> Result<PathBuf, LoadError> {
+    let refuse = |problem| LoadError::BadFile { path: path.to_path_buf(), problem };
     let metadata = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(PluginError::NotFound { path: path.to_path_buf() })
+            return Err(LoadError::NotFound { path: path.to_path_buf() })
         }
         Err(e) if is_symlink_loop(&e) => return Err(refuse(FileProblem::SymlinkLoop)),
-        Err(e) => return Err(refuse(FileProblem::Unreadable { cause: e.to_string() })),
+        Err(e) => return Err(refuse(FileProblem::Unreadable(e))),
     };
     if metadata.is_dir() {
         return Err(refuse(FileProblem::Directory));
@@ -60,7 +61,7 @@ pub(crate) fn regular_file(path: &Path) -> Result<PathBuf, PluginError> {
     if !metadata.is_file() {
         return Err(refuse(FileProblem::NotRegular { kind: special_kind(&metadata) }));
     }
-    path.canonicalize().map_err(|e| refuse(FileProblem::Unreadable { cause: e.to_string() }))
+    path.canonicalize().map_err(|e| refuse(FileProblem::Unreadable(e)))
 }
 
 #[cfg(unix)]
@@ -101,7 +102,7 @@ mod tests {
 
     fn problem(path: &Path) -> FileProblem {
         match regular_file(path) {
-            Err(PluginError::BadFile { problem, path: named }) => {
+            Err(LoadError::BadFile { problem, path: named }) => {
                 assert_eq!(named, path);
                 problem
             }
@@ -114,19 +115,19 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("esper-library-file-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("libdir.so")).unwrap();
-        assert_eq!(problem(&dir.join("libdir.so")), FileProblem::Directory);
+        assert!(matches!(problem(&dir.join("libdir.so")), FileProblem::Directory));
 
         let (a, b) = (dir.join("liba.so"), dir.join("libb.so"));
         std::os::unix::fs::symlink(&b, &a).unwrap();
         std::os::unix::fs::symlink(&a, &b).unwrap();
-        assert_eq!(problem(&a), FileProblem::SymlinkLoop);
+        assert!(matches!(problem(&a), FileProblem::SymlinkLoop));
         let e = regular_file(&a).unwrap_err().to_string();
         assert!(e.contains("liba.so") && e.contains("symbolic link loop"), "{e}");
 
-        assert_eq!(problem(Path::new("/dev/null")), FileProblem::NotRegular { kind: "character device" });
+        assert!(matches!(problem(Path::new("/dev/null")), FileProblem::NotRegular { kind: "character device" }));
 
         let missing = dir.join("libmissing.so");
-        assert!(matches!(regular_file(&missing), Err(PluginError::NotFound { .. })));
+        assert!(matches!(regular_file(&missing), Err(LoadError::NotFound { .. })));
         let link = dir.join("liblink.so");
         std::fs::write(dir.join("libreal.so"), b"x").unwrap();
         std::os::unix::fs::symlink(dir.join("libreal.so"), &link).unwrap();

@@ -14,7 +14,7 @@
 //! path. An unpinned load reads only the headers it checks, from the file it then
 //! opens by path: a file rewritten in place between the two is not covered (pin it).
 
-use super::{elf::Vetted, library_file::regular_file, FileProblem, OptionsSchema, PluginError, PluginKind};
+use super::{elf::Vetted, library_file::regular_file, FileProblem, LoadError, OptionsSchema, PluginKind};
 use abi_stable::library::{lib_header_from_path, LibraryError};
 use esper_plugin_api::abi::{
     init_root_module, AbiVersion, BlueprintDescriptor, Handshake, Mismatch, PluginRootRef, ABI_VERSION,
@@ -47,10 +47,10 @@ pub(crate) enum Library {
 
 impl LoadedPlugin {
     /// Opens and checks the plugin library at `path`.
-    pub fn load(path: &Path) -> Result<Self, PluginError> {
+    pub fn load(path: &Path) -> Result<Self, LoadError> {
         let path = regular_file(path)?;
-        let refuse = |problem: FileProblem| PluginError::BadFile { path: path.clone(), problem };
-        let file = std::fs::File::open(&path).map_err(|e| refuse(FileProblem::Unreadable { cause: e.to_string() }))?;
+        let refuse = |problem: FileProblem| LoadError::BadFile { path: path.clone(), problem };
+        let file = std::fs::File::open(&path).map_err(|e| refuse(FileProblem::Unreadable(e)))?;
         let headers = object::ReadCache::new(&file);
         let vetted = Vetted::new(&path, &headers).map_err(|e| refuse(e.into()))?;
         Self::open(vetted, path.clone(), None)
@@ -58,20 +58,22 @@ impl LoadedPlugin {
 
     /// Loads the library at `path` only if its bytes hash to `expected_sha256` (hex, any
     /// case), and loads exactly the bytes hashed (see the module docs).
-    pub fn load_pinned(path: &Path, expected_sha256: &str) -> Result<Self, PluginError> {
+    pub fn load_pinned(path: &Path, expected_sha256: &str) -> Result<Self, LoadError> {
         let original = regular_file(path)?;
-        let pinned = |cause: String| PluginError::Pinned { path: original.clone(), cause };
-        let bytes = std::fs::read(&original).map_err(|e| pinned(format!("cannot read it: {e}")))?;
+        let pinned = |step| {
+            let path = original.clone();
+            move |source| LoadError::PinnedIo { path, step, source }
+        };
+        let bytes = std::fs::read(&original).map_err(pinned("cannot read it"))?;
         let actual = sha256_hex(&bytes);
         let expected = expected_sha256.trim().to_ascii_lowercase();
         if actual != expected {
-            return Err(PluginError::PinMismatch { path: original, expected: expected_sha256.trim().into(), actual });
+            return Err(LoadError::PinMismatch { path: original, expected: expected_sha256.trim().into(), actual });
         }
         let file_name = original.file_name().map_or_else(|| "plugin".into(), |n| n.to_os_string());
-        let copy = PrivateCopy::write(&bytes, &file_name)
-            .map_err(|e| pinned(format!("cannot write a private copy to load: {e}")))?;
+        let copy = PrivateCopy::write(&bytes, &file_name).map_err(pinned("cannot write a private copy to load"))?;
         let vetted = Vetted::new(copy.path(), &bytes[..])
-            .map_err(|e| PluginError::BadFile { path: original.clone(), problem: e.into() })?;
+            .map_err(|e| LoadError::BadFile { path: original.clone(), problem: e.into() })?;
         let loaded = Self::open(vetted, original, Some(actual));
         drop(copy); // unlinked: the loader keeps its mapping
         loaded
@@ -80,14 +82,12 @@ impl LoadedPlugin {
     /// Opens the checked library file `vetted`, naming it `path` in messages and
     /// afterwards: a portable plugin when it exports the portable entry point, else a
     /// native one.
-    fn open(vetted: Vetted<'_>, path: PathBuf, sha256: Option<String>) -> Result<Self, PluginError> {
+    fn open(vetted: Vetted<'_>, path: PathBuf, sha256: Option<String>) -> Result<Self, LoadError> {
         let file = vetted.file();
         if let Some(portable) = PortableLibrary::open(file) {
             let library = portable.map_err(|e| match e {
-                PortableLoadError::Version(m) => {
-                    PluginError::VersionMismatch { path: path.clone(), mismatches: vec![m] }
-                }
-                PortableLoadError::Invalid(cause) => PluginError::PortableRefused { path: path.clone(), cause },
+                PortableLoadError::Version(m) => LoadError::VersionMismatch { path: path.clone(), mismatches: vec![m] },
+                PortableLoadError::Invalid(cause) => LoadError::PortableRefused { path: path.clone(), cause },
             })?;
             let blueprints = library.blueprints().iter().map(|b| b.descriptor().clone()).collect();
             return Ok(Self { path, sha256, blueprints, library: Library::Portable(library) });
@@ -96,11 +96,11 @@ impl LoadedPlugin {
         let handshake = super::text::sanitize_handshake((root.handshake())());
         let mismatches = handshake.mismatches();
         if !mismatches.is_empty() {
-            return Err(PluginError::VersionMismatch { path, mismatches });
+            return Err(LoadError::VersionMismatch { path, mismatches });
         }
         let blueprints = (root.blueprints())()
             .into_result()
-            .map_err(|e| PluginError::Failed { key: "<list>".into(), path: path.clone(), message: e.to_string() })?
+            .map_err(|e| LoadError::Failed { key: "<list>".into(), path: path.clone(), message: e.to_string() })?
             .into_vec();
         Ok(Self { path, sha256, blueprints, library: Library::Native { root, handshake } })
     }
@@ -155,7 +155,7 @@ impl LoadedPlugin {
     /// The options schema of blueprint `blueprint` (its bare name) of this library.
     /// A library of ABI 1.0 has no `describe_options`: [`OptionsSchema::NotInAbi`].
     /// A failing, panicking or malformed answer is an error naming the blueprint.
-    pub fn options_schema(&self, key: &str, blueprint: &str) -> Result<OptionsSchema, PluginError> {
+    pub fn options_schema(&self, key: &str, blueprint: &str) -> Result<OptionsSchema, LoadError> {
         let root = match &self.library {
             Library::Native { root, .. } => root,
             Library::Portable(_) => {
@@ -167,13 +167,13 @@ impl LoadedPlugin {
             return Ok(OptionsSchema::NotInAbi(self.abi_version()));
         };
         let answer =
-            describe(blueprint.into()).into_result().map_err(|e| PluginError::from_plugin(key, &self.path, e))?;
+            describe(blueprint.into()).into_result().map_err(|e| LoadError::from_plugin(key, &self.path, e))?;
         let Some(text) = answer.into_option() else { return Ok(OptionsSchema::NotPublished) };
         self.parse_schema(key, text.as_str())
     }
 
-    fn parse_schema(&self, key: &str, text: &str) -> Result<OptionsSchema, PluginError> {
-        serde_json::from_str(text).map(OptionsSchema::Schema).map_err(|e| PluginError::Failed {
+    fn parse_schema(&self, key: &str, text: &str) -> Result<OptionsSchema, LoadError> {
+        serde_json::from_str(text).map(OptionsSchema::Schema).map_err(|e| LoadError::Failed {
             key: key.into(),
             path: self.path.clone(),
             message: format!("its options schema is not JSON ({e}): {text}"),
@@ -269,38 +269,38 @@ fn create_private_file(file: &Path) -> std::io::Result<std::fs::File> {
 
 /// Maps a loader error for the library opened from `file` to one naming `path` (they
 /// differ for a pinned load's private copy).
-fn classify(path: &Path, e: LibraryError, file: &Path) -> PluginError {
+fn classify(path: &Path, e: LibraryError, file: &Path) -> LoadError {
     let original = path.to_path_buf();
     let mut error = classify_at(original.clone(), e);
     if file != path {
-        if let PluginError::NotAPlugin { cause, .. } | PluginError::AbiMismatch { cause, .. } = &mut error {
+        if let LoadError::NotAPlugin { cause, .. } | LoadError::AbiMismatch { cause, .. } = &mut error {
             *cause = cause.replace(&*file.to_string_lossy(), &original.to_string_lossy());
         }
     }
     error
 }
 
-fn classify_at(path: PathBuf, e: LibraryError) -> PluginError {
+fn classify_at(path: PathBuf, e: LibraryError) -> LoadError {
     match e {
         LibraryError::OpenError { err, .. } => {
-            PluginError::NotAPlugin { path, cause: format!("cannot open it as a shared library: {err}") }
+            LoadError::NotAPlugin { path, cause: format!("cannot open it as a shared library: {err}") }
         }
-        LibraryError::GetSymbolError { .. } => PluginError::NotAPlugin {
+        LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin {
             path,
             cause: "it exports no abi_stable root module (was it built with `export_plugin!`?)".into(),
         },
         LibraryError::RootModule { err, .. } => {
-            PluginError::NotAPlugin { path, cause: format!("its root module failed to initialise: {err}") }
+            LoadError::NotAPlugin { path, cause: format!("its root module failed to initialise: {err}") }
         }
         // abi_stable compares the library's version (our ABI version) first: another major.
         LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => {
             let plugin = AbiVersion::new(actual_version.major, actual_version.minor);
             let runtime = AbiVersion::new(expected_version.major, expected_version.minor);
             let mismatch = ABI_VERSION.accepts(plugin).err().unwrap_or(Mismatch::AbiMajor { plugin, runtime });
-            PluginError::VersionMismatch { path, mismatches: vec![mismatch] }
+            LoadError::VersionMismatch { path, mismatches: vec![mismatch] }
         }
         // AbiInstability, InvalidAbiHeader, InvalidCAbi, ...
-        other => PluginError::AbiMismatch { path, cause: other.to_string() },
+        other => LoadError::AbiMismatch { path, cause: other.to_string() },
     }
 }
 
@@ -336,7 +336,7 @@ mod tests {
                 actual_version: VersionNumber { major: 2, minor: 0, patch: 0 },
             },
         );
-        assert!(matches!(e, PluginError::VersionMismatch { .. }), "{e:?}");
+        assert!(matches!(e, LoadError::VersionMismatch { .. }), "{e:?}");
         let text = e.to_string();
         assert!(text.contains("/p/libfuture.so") && text.contains("ABI 2.0"), "{text}");
         assert!(text.contains(&format!("runtime has ABI {ABI_VERSION}")), "{text}");
@@ -350,7 +350,7 @@ mod tests {
         std::fs::write(&lib, b"not a library").unwrap();
         let e = LoadedPlugin::load_pinned(&lib, &"ab".repeat(32)).unwrap_err();
         let text = e.to_string();
-        assert!(matches!(e, PluginError::PinMismatch { .. }), "{text}");
+        assert!(matches!(e, LoadError::PinMismatch { .. }), "{text}");
         assert!(text.contains("libnot_a_plugin.so") && text.contains(&"ab".repeat(32)), "{text}");
         assert!(text.contains(&sha256_hex(b"not a library")), "{text}");
         // The right pin gets as far as the loader, whose error names the original file.

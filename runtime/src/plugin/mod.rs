@@ -8,7 +8,7 @@
 //! matches ours (abi_stable: an older minor's shorter root module is accepted); the
 //! handshake's ABI version is one we accept (same major, minor not newer) and its
 //! libtorch and tch versions equal ours; no blueprint key is already taken. Every
-//! failure is a [`PluginError`] naming the file and the cause.
+//! failure is a [`LoadError`] naming the file and the cause.
 
 mod elf;
 mod error;
@@ -21,7 +21,7 @@ mod seed;
 pub mod text;
 
 pub use elf::{ElfProblem, Segment};
-pub use error::PluginError;
+pub use error::LoadError;
 pub use kind::{OptionsSchema, PluginKind};
 pub use library_file::FileProblem;
 pub use loader::LoadedPlugin;

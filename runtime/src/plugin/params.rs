@@ -6,7 +6,7 @@
 use abi_stable::std_types::{RResult, RStr};
 use esper_plugin_api::{
     abi::{ParamSink, ParamSpec, TensorOut},
-    ErrorKind, Init, PluginError as ApiError,
+    ErrorKind, Init, PluginError,
 };
 use std::{
     collections::HashSet,
@@ -103,7 +103,7 @@ impl<'a> StoreSink<'a> {
 }
 
 impl ParamSink for StoreSink<'_> {
-    fn create(&mut self, spec: ParamSpec<'_>) -> RResult<TensorOut, ApiError> {
+    fn create(&mut self, spec: ParamSpec<'_>) -> RResult<TensorOut, PluginError> {
         // This runs inside a call from the plugin: nothing may unwind out of it.
         let made = catch_unwind(AssertUnwindSafe(|| self.make(&spec)))
             .unwrap_or_else(|_| Err("parameter creation panicked".into()));
@@ -111,12 +111,12 @@ impl ParamSink for StoreSink<'_> {
             Ok(t) => RResult::ROk(TensorOut::new(t)),
             Err(message) => {
                 self.refused.get_or_insert_with(|| message.clone());
-                RResult::RErr(ApiError::new(ErrorKind::InvalidArgument, message))
+                RResult::RErr(PluginError::new(ErrorKind::InvalidArgument, message))
             }
         }
     }
 
-    fn mark_output(&mut self, name: RStr<'_>) -> RResult<(), ApiError> {
+    fn mark_output(&mut self, name: RStr<'_>) -> RResult<(), PluginError> {
         let name = name.as_str();
         let refused = if !self.names.contains(name) {
             Some(format!("output layer: `{name}` is not a parameter this seed created"))
@@ -128,7 +128,7 @@ impl ParamSink for StoreSink<'_> {
         match refused {
             Some(message) => {
                 self.refused.get_or_insert_with(|| message.clone());
-                RResult::RErr(ApiError::new(ErrorKind::InvalidArgument, message))
+                RResult::RErr(PluginError::new(ErrorKind::InvalidArgument, message))
             }
             None => {
                 self.output_layer.push(name.to_string());

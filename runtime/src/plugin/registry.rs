@@ -8,7 +8,7 @@ use super::{
     loader::Library,
     params::{SeedCap, StoreSink},
     seed::SeedModule,
-    text, LoadedPlugin, OptionsSchema, PluginError, PluginSeed,
+    text, LoadError, LoadedPlugin, OptionsSchema, PluginSeed,
 };
 use abi_stable::sabi_trait::TD_Opaque;
 use esper_plugin_api::abi::{BlueprintDescriptor, CreateRequest, ParamSink_TO};
@@ -71,7 +71,7 @@ impl BlueprintRegistry {
 
     /// Loads a plugin library, or every library in a folder. All or nothing: on error
     /// the registry is left as it was. Returns the keys of the blueprints added.
-    pub fn load(&mut self, path: &Path) -> Result<Vec<String>, PluginError> {
+    pub fn load(&mut self, path: &Path) -> Result<Vec<String>, LoadError> {
         let libraries = if path.is_dir() { Self::libraries_in(path)? } else { vec![path.to_path_buf()] };
         let mut loaded = Vec::new();
         for lib in &libraries {
@@ -87,13 +87,10 @@ impl BlueprintRegistry {
     /// Loads a library as a config entry describes it: with a sha256 pin, only a file
     /// whose bytes match it, and exactly those bytes (see [`LoadedPlugin::load_pinned`]);
     /// without one, like [`BlueprintRegistry::load`] (a file or a folder).
-    pub fn load_pinned(&mut self, path: &Path, sha256: Option<&str>) -> Result<Vec<String>, PluginError> {
+    pub fn load_pinned(&mut self, path: &Path, sha256: Option<&str>) -> Result<Vec<String>, LoadError> {
         let Some(expected) = sha256 else { return self.load(path) };
         if path.is_dir() {
-            return Err(PluginError::Pinned {
-                path: path.to_path_buf(),
-                cause: "a sha256 pin names one library file, not a folder".into(),
-            });
+            return Err(LoadError::PinnedFolder { path: path.to_path_buf() });
         }
         let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
         if let Some(already) = self.plugins.iter().find(|p| p.path() == canonical) {
@@ -101,11 +98,8 @@ impl BlueprintRegistry {
             let wanted = expected.trim().to_ascii_lowercase();
             return match already.sha256() {
                 Some(sha) if sha == wanted => Ok(Vec::new()),
-                Some(sha) => Err(PluginError::PinMismatch { path: canonical, expected: wanted, actual: sha.into() }),
-                None => Err(PluginError::Pinned {
-                    path: canonical,
-                    cause: "it is already loaded without a pin; pin every entry that names it".into(),
-                }),
+                Some(sha) => Err(LoadError::PinMismatch { path: canonical, expected: wanted, actual: sha.into() }),
+                None => Err(LoadError::LoadedUnpinned { path: canonical }),
             };
         }
         let plugin = LoadedPlugin::load_pinned(path, expected)?;
@@ -114,7 +108,7 @@ impl BlueprintRegistry {
     }
 
     /// Adds loaded plugins, all or nothing.
-    fn add(&mut self, loaded: Vec<Arc<LoadedPlugin>>) -> Result<Vec<String>, PluginError> {
+    fn add(&mut self, loaded: Vec<Arc<LoadedPlugin>>) -> Result<Vec<String>, LoadError> {
         // Check every new key against the registry and each other before adding any.
         let mut added: BTreeMap<String, &Arc<LoadedPlugin>> = BTreeMap::new();
         for plugin in &loaded {
@@ -123,7 +117,7 @@ impl BlueprintRegistry {
                 let first =
                     self.entries.get(&key).map(|e| e.plugin.path()).or_else(|| added.get(&key).map(|p| p.path()));
                 if let Some(first) = first {
-                    return Err(PluginError::Duplicate {
+                    return Err(LoadError::Duplicate {
                         key,
                         first: first.to_path_buf(),
                         second: plugin.path().to_path_buf(),
@@ -145,8 +139,8 @@ impl BlueprintRegistry {
         Ok(keys)
     }
 
-    fn libraries_in(dir: &Path) -> Result<Vec<PathBuf>, PluginError> {
-        let folder_err = |e: std::io::Error| PluginError::Folder { path: dir.to_path_buf(), cause: e.to_string() };
+    fn libraries_in(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+        let folder_err = |source| LoadError::Folder { path: dir.to_path_buf(), source };
         let mut libs = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(folder_err)? {
             let p = entry.map_err(folder_err)?.path();
@@ -156,7 +150,7 @@ impl BlueprintRegistry {
         }
         libs.sort();
         if libs.is_empty() {
-            return Err(PluginError::EmptyFolder { path: dir.to_path_buf() });
+            return Err(LoadError::EmptyFolder { path: dir.to_path_buf() });
         }
         Ok(libs)
     }
@@ -172,7 +166,7 @@ impl BlueprintRegistry {
     }
 
     /// Finds a blueprint by `topology:name`, or by bare name when that is unambiguous.
-    pub fn resolve(&self, name: &str) -> Result<(&str, &BlueprintDescriptor), PluginError> {
+    pub fn resolve(&self, name: &str) -> Result<(&str, &BlueprintDescriptor), LoadError> {
         if let Some((k, e)) = self.entries.get_key_value(name) {
             return Ok((k.as_str(), &e.descriptor));
         }
@@ -180,11 +174,11 @@ impl BlueprintRegistry {
             self.entries.iter().filter(|(_, e)| e.descriptor.name.as_str() == name).collect();
         match matches.as_slice() {
             [(k, e)] => Ok((k.as_str(), &e.descriptor)),
-            [] => Err(PluginError::UnknownBlueprint {
+            [] => Err(LoadError::UnknownBlueprint {
                 name: name.to_string(),
                 available: self.entries.keys().cloned().collect(),
             }),
-            many => Err(PluginError::Ambiguous {
+            many => Err(LoadError::Ambiguous {
                 name: name.to_string(),
                 candidates: many.iter().map(|(k, _)| k.to_string()).collect(),
             }),
@@ -192,7 +186,7 @@ impl BlueprintRegistry {
     }
 
     /// The options schema of blueprint `name` (see [`LoadedPlugin::options_schema`]).
-    pub fn options_schema(&self, name: &str) -> Result<OptionsSchema, PluginError> {
+    pub fn options_schema(&self, name: &str) -> Result<OptionsSchema, LoadError> {
         let (key, _) = self.resolve(name)?;
         let entry = &self.entries[key];
         entry.plugin.options_schema(key, &entry.name)
@@ -208,7 +202,7 @@ impl BlueprintRegistry {
     /// CPU and drops it at once: a germination's create without a model, to find bad
     /// options and failing blueprints before a run starts. A failure to drop it is
     /// logged, not returned (a run contains it too).
-    pub fn try_create(&self, name: &str, channels: i64, options: &serde_json::Value) -> Result<(), PluginError> {
+    pub fn try_create(&self, name: &str, channels: i64, options: &serde_json::Value) -> Result<(), LoadError> {
         let seed = self.create_seed(name, channels, options, Device::Cpu)?;
         if let Err(e) = seed.release() {
             tracing::warn!(blueprint = name, error = %e, "dropping a trial seed failed (contained)");
@@ -224,7 +218,7 @@ impl BlueprintRegistry {
         channels: i64,
         options: &serde_json::Value,
         device: Device,
-    ) -> Result<PluginSeed, PluginError> {
+    ) -> Result<PluginSeed, LoadError> {
         let (key, _) = self.resolve(name)?;
         let entry = &self.entries[key];
         let path = entry.plugin.path();
@@ -250,7 +244,7 @@ impl BlueprintRegistry {
                 (root.create_seed())(request, params).into_result().map(SeedModule::Native)
             }
             Library::Portable(_) => {
-                let portable = entry.plugin.portable_blueprint(blueprint).ok_or_else(|| PluginError::Failed {
+                let portable = entry.plugin.portable_blueprint(blueprint).ok_or_else(|| LoadError::Failed {
                     key: key.into(),
                     path: path.into(),
                     message: "the portable library no longer lists this blueprint".into(),
@@ -261,9 +255,9 @@ impl BlueprintRegistry {
         if let Some(message) = sink.refused.take() {
             // It quotes the parameter name the plugin gave.
             let message = text::sanitize(&message).into_owned();
-            return Err(PluginError::BadParameter { key: key.into(), path: path.into(), message });
+            return Err(LoadError::BadParameter { key: key.into(), path: path.into(), message });
         }
-        let module = created.map_err(|e| PluginError::from_plugin(key, path, e))?;
+        let module = created.map_err(|e| LoadError::from_plugin(key, path, e))?;
         tracing::debug!(blueprint = key, channels, "seed created");
         let output_layer = std::mem::take(&mut sink.output_layer);
         Ok(PluginSeed::new(module, vars, key.to_string(), channels, entry.plugin.clone())
@@ -272,11 +266,11 @@ impl BlueprintRegistry {
 }
 
 /// Blueprint options as the JSON text the plugin parses: an object, or none (`null`).
-fn options_text(key: &str, path: &Path, options: &serde_json::Value) -> Result<String, PluginError> {
+fn options_text(key: &str, path: &Path, options: &serde_json::Value) -> Result<String, LoadError> {
     match options {
         serde_json::Value::Null => Ok(String::new()),
         serde_json::Value::Object(_) => Ok(options.to_string()),
-        other => Err(PluginError::BadOptions {
+        other => Err(LoadError::BadOptions {
             key: key.into(),
             path: path.into(),
             message: format!("options must be a JSON object, got {other}"),

@@ -1,7 +1,7 @@
 //! A seed instance created from a plugin blueprint: the plugin's module plus the
 //! runtime-owned parameters.
 
-use super::{LoadedPlugin, PluginError};
+use super::{LoadError, LoadedPlugin};
 use esper_plugin_api::abi::{SeedBox, TensorRef};
 use esper_portable_runtime::PortableSeed;
 use std::{path::Path, sync::Arc};
@@ -61,22 +61,22 @@ impl PluginSeed {
 
     /// Runs the plugin's forward. Errors and panics inside the plugin come back as
     /// errors naming the blueprint and the library.
-    pub fn forward(&self, input: &Tensor, train: bool) -> Result<Tensor, PluginError> {
+    pub fn forward(&self, input: &Tensor, train: bool) -> Result<Tensor, LoadError> {
         let out = match &self.module {
             SeedModule::Native(m) => m.forward(TensorRef::new(input), train).into_result().map(|out| out.into_tensor()),
             SeedModule::Portable(m) => m.forward(input, train),
         };
-        out.map_err(|e| PluginError::from_plugin(&self.key, self.plugin.path(), e))
+        out.map_err(|e| LoadError::from_plugin(&self.key, self.plugin.path(), e))
     }
 
     /// Drops the plugin's seed now; a panic in its `Drop` comes back as an error (the
     /// ABI contains it either way).
-    pub fn release(mut self) -> Result<(), PluginError> {
+    pub fn release(mut self) -> Result<(), LoadError> {
         let released = match &mut self.module {
             SeedModule::Native(m) => m.release().into_result(),
             SeedModule::Portable(m) => m.release(),
         };
-        released.map_err(|e| PluginError::from_plugin(&self.key, self.plugin.path(), e))
+        released.map_err(|e| LoadError::from_plugin(&self.key, self.plugin.path(), e))
     }
 
     /// `topology:name` of the blueprint.

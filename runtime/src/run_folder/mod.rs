@@ -71,8 +71,13 @@ pub enum RunFolderError {
          through a link; move the link away (its target is left alone)"
     )]
     Link { path: PathBuf },
-    #[error("cannot {action} {path}: {cause}")]
-    Io { path: PathBuf, action: &'static str, cause: std::io::Error },
+    #[error("cannot {action} {path}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        cause: std::io::Error,
+    },
 }
 
 impl RunFolderError {

@@ -35,8 +35,7 @@
 //! `gradient_every = 1` reads every batch.
 
 use super::{step::cross_entropy, step::Totals, Trainer};
-use crate::{config::OptimizerConfig, isolation::SeedFault, lifecycle::LifecycleEvent};
-use anyhow::Result;
+use crate::{config::OptimizerConfig, isolation::SeedFault, lifecycle::LifecycleEvent, Result};
 use std::fmt;
 use tch::Tensor;
 use thiserror::Error;

@@ -2,9 +2,8 @@
 //! once without a seed, the baseline), each run's final accuracy, the parameters its
 //! seeds added, and the training step's time.
 
-use super::{report::EpochRecord, Silent, Trainer};
-use crate::{config::RunConfig, lifecycle::SeedStage};
-use anyhow::{Context, Result};
+use super::{report::EpochRecord, Silent, TrainError, Trainer};
+use crate::{config::RunConfig, lifecycle::SeedStage, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -55,8 +54,10 @@ pub fn compare(
     let runs = std::iter::once(None).chain(blueprints.iter().map(|b| Some(b.as_str())));
     runs.map(|blueprint| {
         started(blueprint);
-        let mut trainer = Trainer::new(run_config(config, blueprint))
-            .with_context(|| format!("comparing {}", blueprint.unwrap_or("the baseline")))?;
+        let mut trainer = Trainer::new(run_config(config, blueprint)).map_err(|source| TrainError::Compare {
+            run: blueprint.unwrap_or("the baseline").to_string(),
+            source: Box::new(source),
+        })?;
         trainer.run(&mut Silent)?;
         Ok(row(&trainer, blueprint))
     })
@@ -81,8 +82,10 @@ fn row(trainer: &Trainer, blueprint: Option<&str>) -> CompareRow {
 }
 
 /// Writes `rows` as JSON to `path`.
-pub fn write_json(path: &Path, rows: &[CompareRow]) -> Result<()> {
-    std::fs::write(path, serde_json::to_vec_pretty(rows)?).with_context(|| format!("writing {}", path.display()))
+pub fn write_json(path: &Path, rows: &[CompareRow]) -> Result<(), TrainError> {
+    let bytes =
+        serde_json::to_vec_pretty(rows).map_err(|source| TrainError::Encode { path: path.to_path_buf(), source })?;
+    std::fs::write(path, bytes).map_err(|source| TrainError::Write { path: path.to_path_buf(), source })
 }
 
 #[cfg(test)]

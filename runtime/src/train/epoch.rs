@@ -7,8 +7,8 @@ use crate::{
     data::epoch_seed,
     lifecycle::{LifecycleEvent, SeedStage},
     model::ModelError,
+    Result,
 };
-use anyhow::Result;
 use std::{collections::BTreeMap, time::Instant};
 use tch::{Kind, Tensor};
 
@@ -73,7 +73,7 @@ impl Trainer {
             train_accuracy = record.train_accuracy,
             val_loss,
             val_accuracy,
-            slots = %serde_json::to_string(&record.slots)?,
+            slots = %serde_json::to_string(&record.slots).unwrap_or_default(),
             "epoch {epoch}: train loss {:.4}, val accuracy {val_accuracy:.2}%", record.train_loss
         );
         self.history.push(record.clone());

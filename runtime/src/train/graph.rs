@@ -30,9 +30,8 @@
 //! run keeps (zeroed each epoch); a rollback puts them back with the rest of the state
 //! (steps it discards do not count), as in the eager step.
 
-use super::{optim::Optimizer, step::cross_entropy, step::Totals, Trainer};
-use crate::{config::CudaGraphMode, lifecycle::LifecycleEvent};
-use anyhow::{anyhow, Context, Result};
+use super::{optim::Optimizer, step::cross_entropy, step::Totals, TrainError, Trainer};
+use crate::{config::CudaGraphMode, lifecycle::LifecycleEvent, Result};
 use esper_torch_shim::graph::{self as shim, CudaGraph, CudaStream, SideStream};
 use serde::Serialize;
 use std::{
@@ -127,7 +126,7 @@ impl StepGraphs {
     /// Makes the run's stream current while graphs are on (None when off).
     pub fn side_stream(&self) -> Result<Option<SideStream>> {
         match &self.stream {
-            Some(stream) => Ok(Some(SideStream::enter(stream).context("entering the run's CUDA stream")?)),
+            Some(stream) => Ok(Some(SideStream::enter(stream).map_err(TrainError::Stream)?)),
             None => Ok(None),
         }
     }
@@ -262,7 +261,7 @@ impl Trainer {
     /// stay the parameters' gradients after capture (each replay rewrites them), and an
     /// eager step between replays (a partial batch) zeroes and fills these same tensors.
     fn captured_step(&mut self, x: &Tensor, y: &Tensor, totals: &Totals) -> Result<(), String> {
-        let logits = self.model.forward(x, true).map_err(|e| e.to_string())?;
+        let logits = self.model.forward(x, true).map_err(|e| crate::error::chain(&e))?;
         let loss = cross_entropy(&logits, y).map_err(|e| e.to_string())?;
         let had: Vec<Vec<bool>> =
             self.optimizers_mut().map(Optimizer::clear_grads).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
@@ -301,18 +300,18 @@ impl Trainer {
         totals: &mut Totals,
         events: &mut Vec<LifecycleEvent>,
     ) -> Result<()> {
-        let c = self.graphs.current.as_ref().ok_or_else(|| anyhow!("internal: no graph to replay"))?;
+        let c = self.graphs.current.as_ref().ok_or(TrainError::Internal("no graph to replay"))?;
         c.x.shallow_clone().f_copy_(x)?;
         c.y.shallow_clone().f_copy_(y)?;
         self.model.sync_alpha()?;
-        c.graph.replay().map_err(|e| anyhow!("replaying the training step's CUDA graph failed: {e}"))?;
+        c.graph.replay().map_err(TrainError::Replay)?;
         self.host_opt.count_replayed_step();
         self.seed_opts.values_mut().for_each(|o| o.count_replayed_step());
         self.graphs.stats.replays += 1;
         if capture {
             // The graph added this step's loss to the epoch's sum already.
             let host_loss = || Ok(totals.loss.shallow_clone());
-            let health = self.read_health(host_loss).map_err(|e| anyhow!("reading seed health failed: {e}"))?;
+            let health = self.read_health(host_loss).map_err(TrainError::Health)?;
             if !health.is_clean() {
                 self.recover(x, y, health, totals, events)?;
                 // This batch again, eagerly (without the seed, if one was at fault).

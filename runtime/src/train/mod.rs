@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod compare;
 pub mod controller;
 mod epoch;
+mod error;
 pub mod graph;
 pub mod observer;
 pub mod optim;
@@ -18,9 +19,10 @@ mod timing;
 
 use crate::{
     config::RunConfig, data::Dataset, lifecycle::LifecycleEvent, model::MorphogeneticModel, plugin::BlueprintRegistry,
+    Result,
 };
-use anyhow::{Context, Result};
 use controller::{Action, Controller};
+pub use error::TrainError;
 pub use observer::{Observer, Silent};
 use optim::Optimizer;
 use report::EpochRecord;
@@ -66,21 +68,19 @@ fn record(event: LifecycleEvent, events: &mut Vec<LifecycleEvent>) {
 /// Runs one phase of epoch `epoch`. Seeds at fault are contained inside it; what is left
 /// is the host's own failure, and it ends the run with an error (never a panic), the
 /// checkpoints already written kept.
-fn contained<T>(epoch: u32, phase: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+fn contained<T>(epoch: u32, phase: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
         let text = esper_plugin_api::panic_message(payload.as_ref());
         tracing::debug!(error = %text, "host failure (full text)");
-        Err(anyhow::anyhow!("{}", crate::torch_error::summary(&text)))
+        Err(TrainError::Panicked { message: crate::torch_error::summary(&text) }.into())
     });
-    outcome.with_context(|| {
-        format!("epoch {epoch}: {phase} failed on the host's side (the complete checkpoints written so far are kept)")
-    })
+    outcome.map_err(|source| TrainError::Phase { epoch, phase, source: Box::new(source) }.into())
 }
 
 impl Trainer {
     /// Loads the plugins and data and builds the model of `config`.
     pub fn new(config: RunConfig) -> Result<Self> {
-        let device = config.device.resolve().map_err(anyhow::Error::msg)?;
+        let device = config.device.resolve()?;
         // Before anything is allocated: slots, memory against the limit, plugins loaded
         // and pinned, every blueprint the run names resolved (as `esper config check`).
         let preflight = config.preflight(Some(device))?;
@@ -98,8 +98,8 @@ impl Trainer {
         let slots: Vec<&str> = config.slots.iter().map(String::as_str).collect();
         let mut model = MorphogeneticModel::new(config.host.clone(), &slots, config.slot.clone(), device)?;
         model.set_precision(config.training.precision);
-        model.watch_seeds(config.training.seed_timeout()).context("starting the seed watchdog")?;
-        let data = config.data.load().context("loading the data set")?;
+        model.watch_seeds(config.training.seed_timeout()).map_err(TrainError::Watchdog)?;
+        let data = config.data.load().map_err(TrainError::Data)?;
         let host_opt = Optimizer::new(config.training.host_optimizer, model.host_parameters());
         let controller =
             Controller::new(config.lifecycle.controller.clone(), rotation, config.lifecycle.schedule.clone());
@@ -170,7 +170,7 @@ impl Trainer {
             };
             observer.epoch_done(&record);
             if self.config.output.checkpoint {
-                contained(epoch, "writing the checkpoint", || self.save_checkpoint(epoch))?;
+                contained(epoch, "writing the checkpoint", || Ok(self.save_checkpoint(epoch)?))?;
             }
         }
         if let Some(side) = side {
@@ -243,7 +243,7 @@ mod tests {
 
     #[test]
     fn a_host_side_panic_becomes_an_error_without_the_cpp_frames() {
-        let err = contained(3, "training", || -> anyhow::Result<()> {
+        let err = contained(3, "training", || -> crate::Result<()> {
             panic!("Torch(\"out of memory\nException raised from alloc at c10/core/Alloc.cpp:1\nframe #0: f\")")
         })
         .unwrap_err();

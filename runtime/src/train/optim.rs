@@ -13,6 +13,15 @@ use crate::config::OptimizerConfig;
 use esper_torch_shim::{self as shim, ShimError};
 use tch::{Kind, Tensor};
 
+/// Saved optimizer state that does not fit the optimizer it is loaded into.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StateMismatch {
+    #[error("optimizer state has no `steps`")]
+    NoSteps,
+    #[error("optimizer state {name} has shape {saved:?}, parameter has {expected:?}")]
+    Shape { name: String, saved: Vec<i64>, expected: Vec<i64> },
+}
+
 fn refs(v: &[Tensor]) -> Vec<&Tensor> {
     v.iter().collect()
 }
@@ -222,21 +231,18 @@ impl Optimizer {
     }
 
     /// Restores what [`Optimizer::state_tensors`] saved.
-    pub fn load_state(&mut self, tensors: &[(String, Tensor)]) -> Result<(), String> {
+    pub fn load_state(&mut self, tensors: &[(String, Tensor)]) -> Result<(), StateMismatch> {
         let get = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t);
-        let steps = get("steps").ok_or("optimizer state has no `steps`")?;
+        let steps = get("steps").ok_or(StateMismatch::NoSteps)?;
         self.steps = steps.int64_value(&[0]);
         self.device_steps = None; // made from `steps` at the next step
         for (i, (p, state)) in self.params.iter().zip(&mut self.state).enumerate() {
             state.clear();
             for j in 0.. {
-                let Some(t) = get(&format!("p{i}.s{j}")) else { break };
+                let name = format!("p{i}.s{j}");
+                let Some(t) = get(&name) else { break };
                 if t.size() != p.size() {
-                    return Err(format!(
-                        "optimizer state p{i}.s{j} has shape {:?}, parameter has {:?}",
-                        t.size(),
-                        p.size()
-                    ));
+                    return Err(StateMismatch::Shape { name, saved: t.size(), expected: p.size() });
                 }
                 state.push(t.to_device(p.device()).to_kind(Kind::Float));
             }
@@ -330,5 +336,18 @@ mod tests {
         run(&b, &mut ob2, 3);
         assert!(a.equal(&b), "{a} vs {b}");
         assert_eq!(b.device(), Device::Cpu);
+    }
+
+    #[test]
+    fn state_that_does_not_fit_is_refused_naming_what() {
+        let config = OptimizerConfig::Adam { lr: 0.05, beta1: 0.9, beta2: 0.999, weight_decay: 0.0, eps: 1e-8 };
+        let p = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
+        let mut opt = Optimizer::new(config, vec![p.shallow_clone()]);
+        assert_eq!(opt.load_state(&[]), Err(StateMismatch::NoSteps));
+        let steps = ("steps".to_string(), Tensor::from_slice(&[3i64]));
+        let wide = ("p0.s0".to_string(), Tensor::zeros([3], (Kind::Float, Device::Cpu)));
+        let e = opt.load_state(&[steps, wide]).unwrap_err();
+        assert_eq!(e, StateMismatch::Shape { name: "p0.s0".into(), saved: vec![3], expected: vec![2] });
+        assert_eq!(e.to_string(), "optimizer state p0.s0 has shape [3], parameter has [2]");
     }
 }

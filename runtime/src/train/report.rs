@@ -1,8 +1,8 @@
 //! The run's record: one [`EpochRecord`] per epoch, and `report.json` (the same as JSON,
 //! with each slot's final state). Drawing it (the table, the plot) is the `esper` binary's.
 
+use super::TrainError;
 use crate::lifecycle::{LifecycleEvent, SeedStage};
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -40,8 +40,10 @@ pub const REPORT_FORMAT: u32 = 2;
 /// Publishes `report.json` at `path` through tmp + rename (see
 /// [`crate::run_folder::files::publish`]): a failed write leaves the previous report as
 /// it was, and a symbolic link there is refused.
-pub fn write_json(path: &Path, history: &[EpochRecord], final_slots: &serde_json::Value) -> Result<()> {
+pub fn write_json(path: &Path, history: &[EpochRecord], final_slots: &serde_json::Value) -> Result<(), TrainError> {
     let report = serde_json::json!({ "format": REPORT_FORMAT, "epochs": history, "final_slots": final_slots });
-    crate::run_folder::files::publish(path, &serde_json::to_vec_pretty(&report)?)
-        .with_context(|| format!("writing the report {}", path.display()))
+    let bytes =
+        serde_json::to_vec_pretty(&report).map_err(|source| TrainError::Encode { path: path.to_path_buf(), source })?;
+    crate::run_folder::files::publish(path, &bytes)
+        .map_err(|source| TrainError::Report { path: path.to_path_buf(), source })
 }

@@ -7,7 +7,7 @@ use crate::{
     blend::BlendChoice,
     lifecycle::{GerminationFailure, Lifecycle, LifecycleEvent},
     model::{ModelError, MorphogeneticModel},
-    plugin::{BlueprintRegistry, PluginError, PluginSeed},
+    plugin::{BlueprintRegistry, LoadError, PluginSeed},
 };
 use serde_json::Value;
 
@@ -75,9 +75,9 @@ pub(super) fn failure_event(registry: &BlueprintRegistry, action: &Action, error
             blueprint: registry.resolve(blueprint).map_or_else(|_| blueprint.clone(), |(key, _)| key.to_string()),
             plugin: registry.plugin_of(blueprint).map(|p| p.display().to_string()),
             cause: germination_failure(error),
-            reason: error.to_string(),
+            reason: crate::error::chain(error),
         },
-        other => LifecycleEvent::ActionFailed { slot: other.slot().to_string(), error: error.to_string() },
+        other => LifecycleEvent::ActionFailed { slot: other.slot().to_string(), error: crate::error::chain(error) },
     }
 }
 
@@ -86,10 +86,10 @@ fn germination_failure(error: &ModelError) -> GerminationFailure {
     use GerminationFailure as F;
     match error {
         ModelError::Plugin(e) => match e {
-            PluginError::UnknownBlueprint { .. } | PluginError::Ambiguous { .. } => F::UnknownBlueprint,
-            PluginError::BadOptions { .. } => F::BadOptions,
-            PluginError::Panicked { .. } => F::CreatePanicked,
-            PluginError::BadParameter { .. } => F::ParameterRefused,
+            LoadError::UnknownBlueprint { .. } | LoadError::Ambiguous { .. } => F::UnknownBlueprint,
+            LoadError::BadOptions { .. } => F::BadOptions,
+            LoadError::Panicked { .. } => F::CreatePanicked,
+            LoadError::BadParameter { .. } => F::ParameterRefused,
             _ => F::CreateFailed,
         },
         ModelError::ProbeRefused { .. } | ModelError::Seed(_) => F::ProbeRefused,
@@ -98,6 +98,6 @@ fn germination_failure(error: &ModelError) -> GerminationFailure {
         | ModelError::DuplicateSlot(_)
         | ModelError::SeedMismatch { .. }
         | ModelError::RestoreMismatch { .. } => F::SlotRefused,
-        ModelError::Host(_) | ModelError::Torch(_) => F::RuntimeFailed,
+        ModelError::Host(_) | ModelError::Torch(_) | ModelError::Shim(_) => F::RuntimeFailed,
     }
 }

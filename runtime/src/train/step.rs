@@ -16,14 +16,13 @@
 //! The backward pass, while seeds run, is timed by the seed watchdog as a whole (see
 //! [`crate::isolation::watchdog`]): reported when overdue, never pinned on a seed.
 
-use super::{attribution::Health, optim::StateCopy, rollback::TensorCopy, Trainer};
+use super::{attribution::Health, optim::StateCopy, rollback::TensorCopy, TrainError, Trainer};
 use crate::{
     isolation::{watchdog::CallGuard, FaultKind, SeedFault},
     lifecycle::LifecycleEvent,
     model::ModelError,
-    torch_error,
+    torch_error, Error, Result,
 };
-use anyhow::{anyhow, Result};
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
@@ -112,13 +111,15 @@ enum Spoiled {
     /// who is at fault is decided after the rollback ([`Trainer::recover`]).
     NonFinite(Health),
     /// The host's own error: the run ends.
-    Host(anyhow::Error),
+    Host(Error),
 }
 
-fn host_error(what: &str, e: impl std::fmt::Display) -> Spoiled {
-    let text = e.to_string();
-    tracing::debug!(error = %text, "{what} failed (full text)");
-    Spoiled::Host(anyhow!("{what} failed: {}", torch_error::summary(&text)))
+/// The host's own failure in `what` (its message, libtorch's C++ frames included, goes
+/// to the debug log; what a user reads drops them, see [`crate::error::chain`]).
+fn host_error(what: &str, e: impl Into<Error>) -> Spoiled {
+    let source = Box::new(e.into());
+    tracing::debug!(error = %source, "{what} failed (full text)");
+    Spoiled::Host(TrainError::Step { what: what.to_string(), source }.into())
 }
 
 fn from_model(e: ModelError) -> Spoiled {
@@ -147,9 +148,7 @@ impl Trainer {
                 Ok((loss, logits)) => {
                     totals.add(&loss, &logits, y)?;
                     if capture && seeded {
-                        self.save_good(totals).map_err(|e| {
-                            anyhow!("the rollback copy failed: {}", torch_error::summary(&e.to_string()))
-                        })?;
+                        self.save_good(totals).map_err(TrainError::RollbackCopy)?;
                     }
                     return Ok(());
                 }
@@ -361,7 +360,7 @@ impl Trainer {
     /// and what was done.
     pub(super) fn contain(&mut self, faults: Vec<SeedFault>, events: &mut Vec<LifecycleEvent>) -> Result<()> {
         if faults.is_empty() {
-            return Err(anyhow!("internal: a step was spoiled without a seed at fault"));
+            return Err(TrainError::Internal("a step was spoiled without a seed at fault").into());
         }
         self.collect_overdue(events);
         for fault in faults {

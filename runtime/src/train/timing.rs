@@ -3,9 +3,8 @@
 //! the side-by-side benchmark against PyTorch (`scripts/bench-vs-pytorch.sh`); on CUDA
 //! with the run's `cuda_graph` setting (replays once captured).
 
-use super::{seeds::germinate, Trainer};
-use crate::lifecycle::SeedStage;
-use anyhow::{ensure, Result};
+use super::{seeds::germinate, TrainError, Trainer};
+use crate::{lifecycle::SeedStage, Result};
 use std::time::Instant;
 use tch::Device;
 
@@ -17,7 +16,9 @@ impl Trainer {
         let gates = self.config.lifecycle.gates.clone();
         let result = self.model.slot_mut(slot)?.advance(&gates)?;
         let stage = self.model.slot(slot)?.stage();
-        ensure!(stage == SeedStage::Training, "the seed in {slot} did not reach TRAINING ({stage}): {result}");
+        if stage != SeedStage::Training {
+            return Err(TrainError::NotTraining { slot: slot.into(), stage, result: result.to_string() }.into());
+        }
         self.sync_seed_optimizers();
         let _ = self.model.slot_mut(slot)?.take_events();
         Ok(())
@@ -27,7 +28,8 @@ impl Trainer {
     /// and returns the last `steps` times in milliseconds, each step ending with the
     /// device idle.
     pub fn time_steps(&mut self, batch: i64, warmup: usize, steps: usize) -> Result<Vec<f64>> {
-        let (x, y) = self.data.train.batches(batch, Some(0), self.device).next().expect("a non-empty training set");
+        let first = self.data.train.batches(batch, Some(0), self.device).next();
+        let (x, y) = first.ok_or(TrainError::Internal("the training set is empty"))?;
         let every = self.config.training.gradient_every;
         let mut totals = self.graphs.epoch_totals(self.device)?;
         let mut events = Vec::new();
@@ -46,7 +48,9 @@ impl Trainer {
         if let Some(side) = side {
             side.exit()?;
         }
-        ensure!(events.is_empty(), "the timed steps changed the lifecycle: {events:?}");
+        if !events.is_empty() {
+            return Err(TrainError::LifecycleChanged { events }.into());
+        }
         Ok(times)
     }
 }

@@ -1,16 +1,18 @@
 //! Checkpoints of a run: what the trainer saves at the end of an epoch and how a run
 //! resumes from it. The files and their atomic writes are [`store`]'s.
 
+mod error;
 mod store;
 
+pub use error::CheckpointError;
 pub use store::*;
 
 use super::{controller::ControllerState, report::EpochRecord, seeds, Trainer};
 use crate::{
     config::{sha256_hex, RunConfig},
     lifecycle::Lifecycle,
+    Result,
 };
-use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -42,25 +44,20 @@ struct SavedSlot {
 impl SavedState {
     /// The state of checkpoint `ckpt`, refused when its format is newer than this
     /// runtime reads or a plugin it ran is missing or changed.
-    fn read(ckpt: &Reader) -> Result<Self> {
+    fn read(ckpt: &Reader) -> Result<Self, CheckpointError> {
         let saved: SavedState = ckpt.json(STATE)?;
-        let dir = ckpt.dir().display();
+        let dir = || ckpt.dir().to_path_buf();
         if saved.format > STATE_FORMAT {
-            bail!(
-                "cannot resume from {dir}: checkpoint format {} is newer than this esper reads ({STATE_FORMAT})",
-                saved.format
-            );
+            return Err(CheckpointError::FormatTooNew { dir: dir(), found: saved.format, supported: STATE_FORMAT });
         }
         for (path, sha) in &saved.plugins {
             if !path.exists() {
-                bail!("cannot resume from {dir}: plugin {} is missing", path.display());
+                return Err(CheckpointError::PluginMissing { dir: dir(), plugin: path.clone() });
             }
-            let now = sha256_hex(path).with_context(|| format!("reading plugin {}", path.display()))?;
+            let now = sha256_hex(path).map_err(CheckpointError::io("reading plugin", path))?;
             if &now != sha {
-                bail!(
-                    "cannot resume from {dir}: plugin {} changed since the checkpoint (sha256 {sha} then, {now} now)",
-                    path.display()
-                );
+                let (then, plugin) = (sha.clone(), path.clone());
+                return Err(CheckpointError::PluginChanged { dir: dir(), plugin, then, now });
             }
         }
         Ok(saved)
@@ -85,6 +82,12 @@ impl SavedState {
     }
 }
 
+/// Restores `opt`'s state from the tensors of `file` in `ckpt`.
+fn load_optimizer(opt: &mut super::optim::Optimizer, ckpt: &Reader, file: &str) -> Result<(), CheckpointError> {
+    let mismatch = |source| CheckpointError::OptimizerState { path: ckpt.dir().join(file), source };
+    opt.load_state(&ckpt.tensors(file)?).map_err(mismatch)
+}
+
 /// A checkpoint opened to resume its run: found, read and checked, the trainer not built
 /// yet (so a caller can set up logging from the run's config first).
 pub struct Resume {
@@ -95,7 +98,7 @@ pub struct Resume {
 impl Resume {
     /// The latest complete checkpoint of run folder `path` (or its `checkpoints/`, or a
     /// checkpoint folder), read and checked against the plugins on disk.
-    pub fn open(path: &Path) -> Result<Self> {
+    pub fn open(path: &Path) -> Result<Self, CheckpointError> {
         let ckpt = Reader::open(path)?;
         let saved = SavedState::read(&ckpt)?;
         Ok(Self { ckpt, saved })
@@ -136,12 +139,8 @@ impl Resume {
         }
         let mut trainer = Trainer::new(config)?;
         if saved.slots.len() != trainer.model.slots().len() {
-            bail!(
-                "checkpoint {} has {} slots, the config {}",
-                ckpt.dir().display(),
-                saved.slots.len(),
-                trainer.model.slots().len()
-            );
+            let (saved, config) = (saved.slots.len(), trainer.model.slots().len());
+            return Err(CheckpointError::SlotCount { dir: ckpt.dir().to_path_buf(), saved, config }.into());
         }
         let ids: Vec<String> = trainer.model.slots().iter().map(|s| s.id().to_string()).collect();
         for (id, s) in ids.iter().zip(saved.slots) {
@@ -171,9 +170,9 @@ impl Trainer {
     }
 
     /// Loads the host's and each seed's parameters and optimizer state from `ckpt`.
-    fn load_tensors(&mut self, ckpt: &Reader) -> Result<()> {
+    fn load_tensors(&mut self, ckpt: &Reader) -> Result<(), CheckpointError> {
         ckpt.load_vars(HOST, &named(self.model.host_vars()))?;
-        self.host_opt.load_state(&ckpt.tensors(HOST_OPTIMIZER)?).map_err(anyhow::Error::msg)?;
+        load_optimizer(&mut self.host_opt, ckpt, HOST_OPTIMIZER)?;
         self.sync_seed_optimizers();
         for slot in self.model.slots() {
             let named = slot.named_seed_tensors();
@@ -181,20 +180,18 @@ impl Trainer {
                 continue;
             }
             ckpt.load_vars(&slot_file(slot.id()), &named)?;
-            let state = ckpt.tensors(&slot_optimizer_file(slot.id()))?;
-            let opt = self.seed_opts.get_mut(slot.id()).with_context(|| {
-                format!("checkpoint {}: slot `{}` has a seed but no seed optimizer", ckpt.dir().display(), slot.id())
-            })?;
-            opt.load_state(&state).map_err(anyhow::Error::msg)?;
+            let no_optimizer = || CheckpointError::NoSeedOptimizer { dir: ckpt.dir().into(), slot: slot.id().into() };
+            let opt = self.seed_opts.get_mut(slot.id()).ok_or_else(no_optimizer)?;
+            load_optimizer(opt, ckpt, &slot_optimizer_file(slot.id()))?;
             if let Some(gate) = self.seed_opts.get_mut(&super::gate_key(slot.id())) {
-                gate.load_state(&ckpt.tensors(&gate_optimizer_file(slot.id()))?).map_err(anyhow::Error::msg)?;
+                load_optimizer(gate, ckpt, &gate_optimizer_file(slot.id()))?;
             }
         }
         Ok(())
     }
 
     /// Writes the checkpoint of `epoch` (atomically, see [`Writer`]).
-    pub(super) fn save_checkpoint(&self, epoch: u32) -> Result<()> {
+    pub(super) fn save_checkpoint(&self, epoch: u32) -> Result<(), CheckpointError> {
         let w = Writer::begin(&self.config.output.dir, epoch)?;
         w.tensors(HOST, &named(self.model.host_vars()))?;
         w.tensors(HOST_OPTIMIZER, &self.host_opt.state_tensors())?;
@@ -211,8 +208,10 @@ impl Trainer {
         let plugins = self
             .registry
             .plugins()
-            .map(|p| Ok((p.path().to_path_buf(), sha256_hex(p.path())?)))
-            .collect::<std::io::Result<Vec<_>>>()?;
+            .map(|p| {
+                Ok((p.path().to_path_buf(), sha256_hex(p.path()).map_err(CheckpointError::io("hashing", p.path()))?))
+            })
+            .collect::<Result<Vec<_>, CheckpointError>>()?;
         let slots = self
             .model
             .slots()

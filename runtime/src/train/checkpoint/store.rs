@@ -20,8 +20,8 @@
 //! when it is missing, empty, or names a missing or incomplete folder, the newest
 //! complete `epoch-NNNN` folder is read instead, and [`Reader::fallback`] says why.
 
+use super::CheckpointError;
 use crate::run_folder::{files, RunFile};
-use anyhow::{bail, Context, Result};
 use serde::{de::DeserializeOwned, Serialize};
 use std::{
     fmt, fs,
@@ -32,7 +32,7 @@ use tch::{Device, Tensor};
 pub const CHECKPOINTS: &str = "checkpoints";
 /// The file naming the newest complete checkpoint folder.
 pub const LATEST: &str = "latest";
-const COMPLETE: &str = "COMPLETE";
+pub(super) const COMPLETE: &str = "COMPLETE";
 pub const STATE: &str = "state.json";
 /// The host's parameters and buffers.
 pub const HOST: &str = "host.safetensors";
@@ -73,6 +73,8 @@ fn parse_epoch_dir(name: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
+type Result<T, E = CheckpointError> = std::result::Result<T, E>;
+
 /// A checkpoint being written. Dropped before [`Writer::commit`] has published it (an
 /// error on the way: a full disk), it removes its `.tmp` folder.
 pub struct Writer {
@@ -102,15 +104,15 @@ impl Writer {
         files::refuse_link(&root)?;
         let name = epoch_dir_name(epoch);
         let tmp = root.join(format!("{name}.tmp"));
-        fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        fs::create_dir_all(&root).map_err(CheckpointError::io("creating", &root))?;
         // A stale one (a link is removed, never followed).
         match fs::symlink_metadata(&tmp) {
             Ok(m) if m.is_dir() => fs::remove_dir_all(&tmp),
             Ok(_) => fs::remove_file(&tmp),
             Err(_) => Ok(()),
         }
-        .with_context(|| format!("removing stale {}", tmp.display()))?;
-        fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        .map_err(CheckpointError::io("removing stale", &tmp))?;
+        fs::create_dir(&tmp).map_err(CheckpointError::io("creating", &tmp))?;
         Ok(Self { root, epoch, name, tmp })
     }
 
@@ -119,12 +121,19 @@ impl Writer {
         let cpu: Vec<(String, Tensor)> =
             tensors.iter().map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).contiguous())).collect();
         let path = self.tmp.join(file);
-        Tensor::write_safetensors(&cpu, &path).with_context(|| format!("writing {}", path.display()))?;
+        Tensor::write_safetensors(&cpu, &path).map_err(|source| CheckpointError::Tensors {
+            action: "writing",
+            path: path.clone(),
+            source,
+        })?;
         sync_file(&path)
     }
 
     pub fn json<T: Serialize>(&self, file: &str, value: &T) -> Result<()> {
-        Ok(files::write_new(&self.tmp.join(file), &serde_json::to_vec_pretty(value)?)?)
+        let path = self.tmp.join(file);
+        let bytes = serde_json::to_vec_pretty(value)
+            .map_err(|source| CheckpointError::Encode { path: path.clone(), source })?;
+        Ok(files::write_new(&path, &bytes)?)
     }
 
     /// Marks the checkpoint complete, publishes it as `latest`, prunes older ones.
@@ -143,7 +152,7 @@ impl Writer {
         before(CommitStep::Prune)?;
         let aside = self.aside();
         if aside.exists() {
-            fs::remove_dir_all(&aside).with_context(|| format!("removing {}", aside.display()))?;
+            fs::remove_dir_all(&aside).map_err(CheckpointError::io("removing", &aside))?;
         }
         self.prune_old()?;
         Ok(dir)
@@ -169,13 +178,19 @@ impl Writer {
         let aside = self.aside();
         if fs::symlink_metadata(&dir).is_ok() {
             if aside.exists() {
-                fs::remove_dir_all(&aside).with_context(|| format!("removing stale {}", aside.display()))?;
+                fs::remove_dir_all(&aside).map_err(CheckpointError::io("removing stale", &aside))?;
             }
-            fs::rename(&dir, &aside)
-                .with_context(|| format!("moving {} aside to {}", dir.display(), aside.display()))?;
+            fs::rename(&dir, &aside).map_err(|source| CheckpointError::Move {
+                from: dir.clone(),
+                to: aside,
+                source,
+            })?;
         }
-        fs::rename(&self.tmp, &dir)
-            .with_context(|| format!("publishing {} as {}", self.tmp.display(), dir.display()))?;
+        fs::rename(&self.tmp, &dir).map_err(|source| CheckpointError::Move {
+            from: self.tmp.clone(),
+            to: dir.clone(),
+            source,
+        })?;
         files::sync_dir(&self.root);
         Ok(dir)
     }
@@ -189,7 +204,7 @@ impl Writer {
         older.sort_by_key(|(epoch, _)| *epoch);
         let excess = older.len().saturating_sub(KEEP.saturating_sub(1));
         for (_, old) in &older[..excess] {
-            fs::remove_dir_all(old).with_context(|| format!("removing old checkpoint {}", old.display()))?;
+            fs::remove_dir_all(old).map_err(CheckpointError::io("removing old checkpoint", old))?;
         }
         Ok(())
     }
@@ -212,7 +227,7 @@ fn complete_epochs(root: &Path) -> Result<Vec<(u32, PathBuf)>> {
     let entries = match fs::read_dir(root) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", root.display())),
+        Err(e) => return Err(CheckpointError::io("listing", root)(e)),
     };
     Ok(entries
         .filter_map(|e| e.ok())
@@ -229,7 +244,7 @@ fn is_complete(dir: &Path) -> bool {
 }
 
 fn sync_file(path: &Path) -> Result<()> {
-    fs::File::open(path)?.sync_all().with_context(|| format!("syncing {}", path.display()))
+    fs::File::open(path).and_then(|f| f.sync_all()).map_err(CheckpointError::io("syncing", path))
 }
 
 /// Why the checkpoint `latest` names was not the one read.
@@ -299,16 +314,12 @@ impl Layout {
 /// folder inside that) writes to. A checkpoint folder outside a run folder has none.
 pub fn run_folder_of(path: &Path) -> Result<PathBuf> {
     if !path.is_dir() {
-        bail!("nothing to resume: {} is not a run folder (it does not exist or is not a folder)", path.display());
+        return Err(CheckpointError::NotAFolder { path: path.to_path_buf() });
     }
     match Layout::of(path) {
         Layout::Run { run, .. } => {
             if !RunFile::ALL.iter().any(|f| fs::symlink_metadata(f.path(&run)).is_ok()) {
-                bail!(
-                    "nothing to resume: {} holds no run (none of {})",
-                    run.display(),
-                    RunFile::ALL.map(RunFile::name).join(", ")
-                );
+                return Err(CheckpointError::NoRun { path: run });
             }
             Ok(run)
         }
@@ -316,11 +327,7 @@ pub fn run_folder_of(path: &Path) -> Result<PathBuf> {
             Some(run) if path.parent().is_some_and(|p| p.file_name().is_some_and(|n| n == CHECKPOINTS)) => {
                 Ok(run.to_path_buf())
             }
-            _ => bail!(
-                "{} is a checkpoint outside a run folder (not inside a {CHECKPOINTS}/ folder): a resumed run \
-                 continues in its own run folder; pass the run folder that holds it",
-                path.display()
-            ),
+            _ => Err(CheckpointError::OutsideRunFolder { path: path.to_path_buf() }),
         },
     }
 }
@@ -337,16 +344,13 @@ impl Reader {
     /// folder, or a checkpoint folder itself).
     pub fn open(path: &Path) -> Result<Self> {
         if !path.exists() {
-            bail!("nothing to resume: {} does not exist", path.display());
+            return Err(CheckpointError::Missing { path: path.to_path_buf() });
         }
         match Layout::of(path) {
             Layout::Run { run, root } => Self::latest(&run, &root),
             Layout::Checkpoint => {
                 if !path.join(COMPLETE).exists() {
-                    bail!(
-                        "checkpoint {} is incomplete (no {COMPLETE} marker): it was interrupted while being written",
-                        path.display()
-                    );
+                    return Err(CheckpointError::Incomplete { path: path.to_path_buf() });
                 }
                 Ok(Self { dir: path.to_path_buf(), fallback: None })
             }
@@ -359,28 +363,17 @@ impl Reader {
         let latest = root.join(LATEST);
         let problem = match fs::read_to_string(&latest) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => LatestProblem::Missing,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", latest.display())),
+            Err(e) => return Err(CheckpointError::io("reading", latest)(e)),
             Ok(text) if text.trim().is_empty() => LatestProblem::Empty,
             Ok(text) => {
                 let name = text.trim();
                 if parse_epoch_dir(name).is_none() {
-                    bail!(
-                        "{} names `{}`, not a checkpoint folder epoch-NNNN inside {}: refusing to resume from it \
-                         (remove {} to resume from the newest complete checkpoint)",
-                        latest.display(),
-                        name.escape_debug(),
-                        root.display(),
-                        latest.display()
-                    );
+                    return Err(CheckpointError::BadLatest { latest, name: name.into(), root: root.into() });
                 }
                 let dir = root.join(name);
                 if let Ok(m) = fs::symlink_metadata(&dir) {
                     if m.file_type().is_symlink() {
-                        bail!(
-                            "{} names {}, a symbolic link: a run resumes only from its own checkpoint folders",
-                            latest.display(),
-                            dir.display()
-                        );
+                        return Err(CheckpointError::LatestIsLink { latest, dir });
                     }
                 }
                 let aside = root.join(format!("{name}.{REPLACED}"));
@@ -400,13 +393,7 @@ impl Reader {
             }
         };
         let newest = complete_epochs(root)?.into_iter().max_by_key(|(epoch, _)| *epoch);
-        let Some((_, used)) = newest else {
-            bail!(
-                "{} has no complete checkpoint yet: the run stopped before its first epoch ended (start it again \
-                 with --overwrite)",
-                run.display()
-            );
-        };
+        let Some((_, used)) = newest else { return Err(CheckpointError::NoneComplete { run: run.to_path_buf() }) };
         Ok(Self { dir: used.clone(), fallback: Some(Fallback { latest, problem, used }) })
     }
 
@@ -422,37 +409,36 @@ impl Reader {
 
     pub fn json<T: DeserializeOwned>(&self, file: &str) -> Result<T> {
         let path = self.dir.join(file);
-        let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+        let bytes = fs::read(&path).map_err(CheckpointError::io("reading", &path))?;
+        serde_json::from_slice(&bytes).map_err(|source| CheckpointError::Parse { path, source })
     }
 
     pub fn tensors(&self, file: &str) -> Result<Vec<(String, Tensor)>> {
         let path = self.dir.join(file);
-        Tensor::read_safetensors(&path).with_context(|| format!("reading {}", path.display()))
+        Tensor::read_safetensors(&path).map_err(|source| CheckpointError::Tensors { action: "reading", path, source })
     }
 
     /// Copies saved tensors into `vars` by name; every variable must be present with
     /// its shape, and nothing extra may be saved.
     pub fn load_vars(&self, file: &str, vars: &[(String, Tensor)]) -> Result<()> {
         let saved = self.tensors(file)?;
+        let path = self.dir.join(file);
         if saved.len() != vars.len() {
-            bail!("{}: {} tensors saved, {} expected", self.dir.join(file).display(), saved.len(), vars.len());
+            return Err(CheckpointError::TensorCount { path, saved: saved.len(), expected: vars.len() });
         }
         tch::no_grad(|| -> Result<()> {
             for (name, var) in vars {
-                let (_, t) = saved
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .with_context(|| format!("{}: no tensor `{name}`", self.dir.join(file).display()))?;
+                let missing = || CheckpointError::MissingTensor { path: path.clone(), name: name.clone() };
+                let (_, t) = saved.iter().find(|(n, _)| n == name).ok_or_else(missing)?;
                 if t.size() != var.size() {
-                    bail!(
-                        "{}: `{name}` has shape {:?}, expected {:?}",
-                        self.dir.join(file).display(),
-                        t.size(),
-                        var.size()
-                    );
+                    let (saved, expected) = (t.size(), var.size());
+                    return Err(CheckpointError::Shape { path, name: name.clone(), saved, expected });
                 }
-                var.shallow_clone().f_copy_(t)?;
+                var.shallow_clone().f_copy_(t).map_err(|source| CheckpointError::Load {
+                    path: path.clone(),
+                    name: name.clone(),
+                    source,
+                })?;
             }
             Ok(())
         })
@@ -586,10 +572,13 @@ mod publishing {
         for failing in [CommitStep::Marker, CommitStep::Rename, CommitStep::Latest] {
             let out = temp(&format!("fail-{failing:?}"));
             begin(&out, 1, "epoch 1").commit().unwrap();
+            let full =
+                |step| CheckpointError::io("writing", "x")(std::io::Error::other(format!("disk full at {step:?}")));
             let e = begin(&out, 2, "epoch 2")
-                .commit_with(|step| if step == failing { bail!("disk full at {step:?}") } else { Ok(()) })
+                .commit_with(|step| if step == failing { Err(full(step)) } else { Ok(()) })
                 .unwrap_err();
-            assert_eq!(e.to_string(), format!("disk full at {failing:?}"));
+            let cause = std::error::Error::source(&e).map(ToString::to_string);
+            assert_eq!(cause, Some(format!("disk full at {failing:?}")));
             let root = out.join(CHECKPOINTS);
             assert_eq!(fs::read_to_string(root.join(LATEST)).unwrap(), "epoch-0001", "{failing:?}");
             let r = Reader::open(&out).unwrap();
