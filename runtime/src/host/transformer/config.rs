@@ -60,7 +60,7 @@ impl TransformerHostConfig {
                 self.n_embd, self.n_head
             ));
         }
-        if self.n_layer % self.num_segments != 0 {
+        if !self.n_layer.is_multiple_of(self.num_segments) {
             return bad(format!(
                 "host.n_layer ({}) is not a multiple of host.num_segments ({}): the layers are divided evenly \
                  among the segments",

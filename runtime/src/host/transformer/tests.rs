@@ -190,3 +190,28 @@ fn a_few_sgd_steps_lower_the_loss_on_a_repeated_sequence() {
     let last = next_token_loss(&h.forward(&x, false), &x).double_value(&[]);
     assert!(last < 0.5 * first, "loss {first} -> {last}");
 }
+
+/// Under bfloat16 autocast (on the CPU here; CUDA in tests/all/gpu.rs) the host runs with
+/// no dtype of its own: bfloat16 logits close to float32's, gradients finite, causality
+/// kept.
+#[test]
+fn runs_under_bf16_autocast() {
+    let (vs, h) = host(tiny());
+    let x = tokens(2, 12, 37);
+    let reference = h.forward(&x, false);
+    let autocast = esper_torch_shim::autocast::Bf16Autocast::enter(false).unwrap();
+    let logits = h.forward(&x, true);
+    let changed = x.copy();
+    let _ = changed.narrow(1, 6, 6).fill_(0);
+    let other = h.forward(&changed, false);
+    drop(autocast);
+    assert_eq!(logits.kind(), Kind::BFloat16);
+    let err = (logits.to_kind(Kind::Float) - &reference).abs().max().double_value(&[]);
+    assert!(err < 0.05 * reference.abs().max().double_value(&[]), "bf16 logits off by {err}");
+    assert!(equal(&logits.detach().narrow(1, 0, 6), &other.narrow(1, 0, 6)), "causal under autocast");
+    logits.to_kind(Kind::Float).sum(Kind::Float).backward();
+    for (name, p) in vs.variables() {
+        assert_eq!(p.grad().kind(), Kind::Float, "{name}");
+        assert!(p.grad().isfinite().all().int64_value(&[]) == 1, "{name}");
+    }
+}
