@@ -855,3 +855,47 @@ fn the_weight_gradient_kernel_matches_a_float64_reference() {
     let _autocast = Bf16Autocast::enter(true).unwrap();
     assert!(conv3x3(&x32, &weight).unwrap().is_none(), "float32 under autocast");
 }
+
+/// The transformer host on CUDA: the CPU's logits and gradients on the same weights
+/// (float32), bfloat16 logits under autocast, and causality (the fused attention kernels
+/// included): changing the tokens after position `t` leaves the logits up to `t`
+/// exactly as they were, in float32 and under autocast.
+#[test]
+#[ignore = "needs CUDA: run scripts/test-gpu.sh"]
+fn transformer_host_on_cuda_matches_the_cpu_and_stays_causal() {
+    use esper_runtime::host::{TransformerHost, TransformerHostConfig};
+    use esper_torch_shim::autocast::Bf16Autocast;
+    let dev = gpu();
+    tch::manual_seed(51);
+    let config = TransformerHostConfig {
+        vocab_size: 97,
+        n_embd: 64,
+        n_head: 4,
+        n_layer: 4,
+        block_size: 64,
+        num_segments: 2,
+        dropout: 0.0,
+    };
+    let (cpu_vs, mut cuda_vs) = (tch::nn::VarStore::new(Device::Cpu), tch::nn::VarStore::new(dev));
+    let cpu = TransformerHost::new(&cpu_vs.root(), config.clone()).unwrap();
+    let cuda = TransformerHost::new(&cuda_vs.root(), config).unwrap();
+    cuda_vs.copy(&cpu_vs).unwrap();
+    let (x, t) = (Tensor::randint(97, [4, 64], (Kind::Int64, Device::Cpu)), 20);
+    let changed = x.copy();
+    let _ = changed.narrow(1, t + 1, 64 - t - 1).fill_(3);
+    let (want, got) = (cpu.forward(&x, true), cuda.forward(&x.to(dev), true));
+    assert!(rel_error(&got, &want) < 1e-3, "CUDA logits against the CPU's");
+    want.sum(Kind::Float).backward();
+    got.sum(Kind::Float).backward();
+    for (name, p) in cuda_vs.variables() {
+        assert!(rel_error(&p.grad(), &cpu_vs.variables()[&name].grad()) < 1e-3, "the gradient of {name}");
+    }
+    for autocast in [false, true] {
+        let _autocast = autocast.then(|| Bf16Autocast::enter(true).unwrap());
+        let (a, b) = (cuda.forward(&x.to(dev), false), cuda.forward(&changed.to(dev), false));
+        assert_eq!(a.kind(), if autocast { Kind::BFloat16 } else { Kind::Float });
+        assert!(a.narrow(1, 0, t + 1).equal(&b.narrow(1, 0, t + 1)), "causal (autocast {autocast})");
+        assert!(!a.narrow(1, t + 1, 1).equal(&b.narrow(1, t + 1, 1)), "premise: the changed positions differ");
+        assert!(rel_error(&a, &want) < 0.05, "autocast {autocast}: logits near float32's");
+    }
+}

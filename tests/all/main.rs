@@ -14,3 +14,4 @@ mod plugin_loader;
 mod portable;
 mod run_job;
 mod runtime_core;
+mod transformer_parity;

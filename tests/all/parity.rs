@@ -8,12 +8,11 @@
 //! gradients within 1e-4, relative to the reference's largest magnitude.
 
 use esper_runtime::{host::to_channels_last, isolation::seed_input, plugin::BlueprintRegistry};
-use esper_tests::{plugin_lib, temp_dir};
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    process::Command,
+use esper_tests::{
+    parity::{pytorch_reference, relative_error},
+    plugin_lib,
 };
+use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
 
 const BLUEPRINTS: [&str; 8] =
@@ -22,34 +21,6 @@ const CHANNELS: [i64; 3] = [16, 64, 112];
 const SIZES: [(i64, i64); 2] = [(8, 8), (5, 7)];
 const OUT_TOLERANCE: f64 = 1e-5;
 const GRAD_TOLERANCE: f64 = 1e-4;
-
-/// The Python with torch and safetensors: `$ESPER_PYTHON`, else the one `scripts/setup.sh` links.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("ESPER_PYTHON").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let linked = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.esper-python");
-    assert!(
-        linked.exists(),
-        "no Python with torch and safetensors for the parity tests: run scripts/setup.sh (it links {}), or set \
-         ESPER_PYTHON",
-        linked.display()
-    );
-    // The link's own target (a venv's bin/python), not its final target: Python finds
-    // its venv from the path it was started by.
-    std::fs::read_link(&linked).unwrap_or(linked)
-}
-
-/// `max |ours - reference| / max |reference|` (absolute when the reference is all zeros).
-fn relative_error(ours: &Tensor, reference: &Tensor) -> f64 {
-    let diff = (ours - reference).abs().max().double_value(&[]);
-    let scale = reference.abs().max().double_value(&[]);
-    if scale > 0.0 {
-        diff / scale
-    } else {
-        diff
-    }
-}
 
 struct Case {
     blueprint: &'static str,
@@ -106,21 +77,9 @@ fn every_cnn_blueprint_matches_pytorch_forward_and_backward() {
         }
     }
 
-    let dir = temp_dir("parity");
-    let (cases_json, input, output) = (dir.join("cases.json"), dir.join("in.safetensors"), dir.join("out.safetensors"));
     let list: Vec<serde_json::Value> =
         cases.iter().map(|c| serde_json::json!({"blueprint": c.blueprint, "channels": c.channels})).collect();
-    std::fs::write(&cases_json, serde_json::to_vec(&list).unwrap()).unwrap();
-    Tensor::write_safetensors(&file, &input).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("parity/reference.py");
-    let run = Command::new(python()).arg(&script).arg(&cases_json).arg(&input).arg(&output).output().unwrap();
-    assert!(
-        run.status.success(),
-        "the PyTorch reference failed:\n{}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let reference: BTreeMap<String, Tensor> = Tensor::read_safetensors(&output).unwrap().into_iter().collect();
+    let reference = pytorch_reference("reference.py", "parity", &list.into(), &file);
 
     let mut failures = Vec::new();
     let mut checked = 0;

@@ -2,6 +2,7 @@
 //! with seeds in a given stage.
 
 pub mod model;
+pub mod parity;
 
 use std::{
     path::{Path, PathBuf},

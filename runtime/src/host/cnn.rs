@@ -6,7 +6,7 @@
 //! A *segment* is a contiguous range of ops between two points (or from the input, or
 //! to the logits); segments are plain index ranges, computed once.
 
-use super::{HostKernels, MemoryFormat};
+use super::{HostKernels, MemoryFormat, Segment};
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::ModuleT, Tensor};
 use thiserror::Error;
@@ -76,7 +76,7 @@ pub struct InjectionPoint {
     /// Position in execution order.
     pub order: usize,
     /// Index of the op after which the point sits (ops `0..=op` run before it).
-    op: usize,
+    pub(crate) op: usize,
 }
 
 /// One step of the host's forward.
@@ -110,13 +110,6 @@ fn head_layer(path: &nn::Path, in_c: i64, classes: i64) -> nn::Linear {
 /// The blocks' BatchNorm settings (libtorch's defaults: eps 1e-5, momentum 0.1).
 fn bn_config() -> nn::BatchNormConfig {
     nn::BatchNormConfig::default()
-}
-
-/// A range of ops `start..end`, the unit of routing between slots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Segment {
-    start: usize,
-    end: usize,
 }
 
 #[derive(Debug)]
