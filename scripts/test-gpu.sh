@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the CUDA tests: every test marked `#[ignore = "needs CUDA: run scripts/test-gpu.sh"]`
-# (the `gpu` module of the tests/all binary, and the CUDA test of its `containment`). They are ignored by a plain
+# (the `gpu` module of the tests/all binary, and the CUDA test of tests/jobs' `containment`). They are ignored by a plain
 # `cargo test`, so a machine without a GPU never counts them as passed; here they run, and
 # this script FAILS when no CUDA device can be used (each test asserts it first).
 #
@@ -37,8 +37,8 @@ log() { printf '[test-gpu] %s\n' "$*" >&2; }
 
 # The test binaries and, for each, the libtest filters that select its CUDA tests
 # (with --ignored: only the ignored tests whose names match one filter).
-suites=(all)
-declare -A filter=([all]="gpu:: containment::")
+suites=(all jobs)
+declare -A filter=([all]="gpu::" [jobs]="containment::")
 
 # Runs one test binary's CUDA tests; fails unless at least one ran and none failed.
 run_suite() {

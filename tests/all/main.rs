@@ -1,10 +1,10 @@
-//! The workspace's integration tests, one binary: each module is one area, run with
-//! `cargo test -p esper-tests --test all -- MODULE::` (e.g. `run_job::`).
+//! The workspace's integration tests but for whole training jobs (`tests/jobs`): each
+//! module is one area, run with `cargo test -p esper-tests --test all -- MODULE::` (e.g.
+//! `runtime_core::`).
 
 mod cli;
 mod config_limits;
 mod conformance;
-mod containment;
 mod controller;
 mod example_plugin;
 mod gpu;
@@ -12,6 +12,5 @@ mod layering;
 mod parity;
 mod plugin_loader;
 mod portable;
-mod run_job;
 mod runtime_core;
 mod transformer_parity;

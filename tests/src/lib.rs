@@ -37,6 +37,14 @@ pub fn plugin_lib(crate_name: &str) -> PathBuf {
     path
 }
 
+/// In-process jobs and every other in-process user of libtorch's random generator in one
+/// test binary (it is one per process) take turns: a job seeds it and draws from it at
+/// epoch boundaries, so another test drawing meanwhile would change the job's weights.
+pub fn one_job_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static JOBS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    JOBS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A small CPU job for tests, as config text: slot r0c1, a base-8 host, 256/128 synthetic
 /// samples, gradients every 2 steps, the controller off, output in `out` beside the
 /// config file (write it into the test's folder).

@@ -7,7 +7,7 @@ use esper_runtime::{
     lifecycle::{LifecycleEvent, SeedStage},
     train::{report::EpochRecord, Observer, RunEnd, Silent, StopSignal, Trainer},
 };
-use esper_tests::{esper, plugin_lib, temp_dir, write_file, SmallJob};
+use esper_tests::{esper, one_job_at_a_time, plugin_lib, temp_dir, write_file, SmallJob};
 use std::path::{Path, PathBuf};
 
 /// A small, fast job: tiny synthetic data, a narrow host, a seed scheduled at epoch 1
@@ -181,14 +181,6 @@ fn the_built_in_default_job_runs_on_a_short_schedule() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("validation accuracy:") && stdout.contains("after epoch 1"), "{stdout}");
     assert!(dir.join("report.json").is_file() && dir.join("checkpoints/epoch-0001/COMPLETE").is_file());
-}
-
-/// In-process jobs share libtorch's global generator: one at a time, so each is
-/// reproducible.
-static JOBS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_job_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    JOBS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn run_to_end(config: RunConfig) -> Trainer {

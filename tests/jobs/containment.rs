@@ -16,7 +16,7 @@ use esper_runtime::{
         germinate, Silent, Trainer,
     },
 };
-use esper_tests::{esper, plugin_lib, temp_dir, SmallJob};
+use esper_tests::{esper, one_job_at_a_time, plugin_lib, temp_dir, SmallJob};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use tch::Device;
@@ -105,6 +105,7 @@ fn host_params_after(dir: &Path, blueprint: Option<&str>) -> (Trainer, Vec<(Stri
 
 #[test]
 fn an_in_place_write_in_training_leaves_the_host_exactly_as_without_the_seed() {
+    let _rng = one_job_at_a_time();
     let (with_seed, host_a) = host_params_after(&temp_dir("bitwise-with"), Some("inplace-input"));
     let (_, host_b) = host_params_after(&temp_dir("bitwise-without"), None);
     let events: Vec<String> = with_seed.history().iter().flat_map(|r| &r.events).map(ToString::to_string).collect();
@@ -117,6 +118,7 @@ fn an_in_place_write_in_training_leaves_the_host_exactly_as_without_the_seed() {
 
 #[test]
 fn a_non_finite_seed_is_rolled_back_and_the_host_stays_finite() {
+    let _rng = one_job_at_a_time();
     let dir = temp_dir("rollback-nan");
     let path = dir.join("run.toml");
     // Health read every 4 steps: the seed turns NaN at its fourth train-mode forward (the
@@ -139,6 +141,7 @@ fn a_non_finite_seed_is_rolled_back_and_the_host_stays_finite() {
 
 #[test]
 fn conformance_fails_each_fixture_on_its_named_check() {
+    let _rng = one_job_at_a_time();
     let lib = plugin_lib(FIXTURE);
     for (blueprint, check) in FAILS_ON {
         let report = run_suite(&lib, &SuiteOptions { blueprint: Some(blueprint.into()), move_to: Some(Device::Cpu) });
@@ -151,6 +154,7 @@ fn conformance_fails_each_fixture_on_its_named_check() {
 
 #[test]
 fn the_probe_refuses_a_seed_that_misbehaves_from_its_first_call() {
+    let _rng = one_job_at_a_time();
     let mut registry = BlueprintRegistry::new();
     registry.load(&plugin_lib(FIXTURE)).unwrap();
     let host = CnnHostConfig { base_channels: 8, ..Default::default() };
@@ -168,6 +172,7 @@ fn the_probe_refuses_a_seed_that_misbehaves_from_its_first_call() {
 #[test]
 #[ignore = "needs CUDA: run scripts/test-gpu.sh"]
 fn a_seed_answering_on_the_wrong_device_is_pruned_on_cuda() {
+    let _rng = one_job_at_a_time();
     assert!(esper_runtime::device::cuda_available(), "this test needs a CUDA device");
     let dir = temp_dir("contain-wrong-device");
     let text = config_text(Some("wrong-device"), "channels_last", 2).replace("device = \"cpu\"", "device = \"cuda\"");
@@ -334,6 +339,7 @@ fn events_of(trainer: &Trainer) -> Vec<String> {
 
 #[test]
 fn a_host_fault_is_rolled_back_once_and_ends_the_run_when_it_recurs_in_the_epoch() {
+    let _rng = one_job_at_a_time();
     // Health is read every 2 steps; after batch 3 the host's weights turn NaN (the good
     // state, taken at batch 3's read, is finite): the read after batch 5 finds the host's
     // loss non-finite with the seed in TRAINING. Rolled back, the run goes on.
@@ -359,6 +365,7 @@ fn a_host_fault_is_rolled_back_once_and_ends_the_run_when_it_recurs_in_the_epoch
 
 #[test]
 fn a_blending_seed_is_not_blamed_when_the_host_alone_is_not_finite_either() {
+    let _rng = one_job_at_a_time();
     // Epoch 3 the seed blends into the host's stream. The host's weights are NaN from
     // the epoch's start (its good state): the seed's output is NaN too, but the host
     // alone is not finite on the same batch, so the host is at fault.
@@ -373,6 +380,7 @@ fn a_blending_seed_is_not_blamed_when_the_host_alone_is_not_finite_either() {
 
 #[test]
 fn a_seedless_run_whose_host_goes_non_finite_ends_instead_of_finishing_with_nan_losses() {
+    let _rng = one_job_at_a_time();
     let mut t = trainer(&temp_dir("host-fault-seedless"), false, 2);
     let mut poison = Poison::new(&t, 1, vec![Some(2)]);
     let e = format!("{:#}", t.run(&mut poison).unwrap_err());
@@ -446,6 +454,7 @@ fn a_sleeping_seed_is_reported_while_it_sleeps_then_pruned_for_timeout_and_the_r
 
 #[test]
 fn a_seed_going_non_finite_while_it_blends_is_still_the_one_pruned() {
+    let _rng = one_job_at_a_time();
     // Its 12th train-mode forward (the probe, 8 steps of epoch 2, then epoch 3's third
     // step) returns NaN while it blends into the host's stream: the host's loss is NaN
     // too, but the host alone, from the state rolled back to, is finite.
@@ -473,6 +482,7 @@ fn a_seed_going_non_finite_while_it_blends_is_still_the_one_pruned() {
 
 #[test]
 fn a_non_finite_validation_loss_that_the_host_alone_gives_ends_the_run_as_the_hosts_fault() {
+    let _rng = one_job_at_a_time();
     // A NaN BatchNorm running variance: training (batch statistics) stays finite,
     // validation (running statistics) does not, with or without a seed in TRAINING.
     for seed in [false, true] {
