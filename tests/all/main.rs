@@ -8,6 +8,7 @@ mod containment;
 mod controller;
 mod example_plugin;
 mod gpu;
+mod host_seam;
 mod layering;
 mod parity;
 mod plugin_loader;
