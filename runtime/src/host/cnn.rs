@@ -6,10 +6,11 @@
 //! A *segment* is a contiguous range of ops between two points (or from the input, or
 //! to the logits); segments are plain index ranges, computed once.
 
-use super::{HostKernels, MemoryFormat};
+use super::{
+    seam::segment_between, FeatureLayout, Host, HostError, HostKernels, InjectionPoint, MemoryFormat, Segment, Topology,
+};
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::ModuleT, Tensor};
-use thiserror::Error;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -58,27 +59,6 @@ impl Default for CnnHostConfig {
     }
 }
 
-#[derive(Debug, Error, PartialEq)]
-pub enum HostError {
-    #[error("invalid host config: {0}")]
-    Config(String),
-    #[error("unknown injection point `{name}`; valid: {}", .valid.join(", "))]
-    UnknownPoint { name: String, valid: Vec<String> },
-    #[error("segment from `{from}` to `{to}` runs backwards (execution order: {})", .order.join(", "))]
-    Backwards { from: String, to: String, order: Vec<String> },
-}
-
-/// An injection point: where a seed slot can sit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InjectionPoint {
-    pub id: String,
-    pub channels: i64,
-    /// Position in execution order.
-    pub order: usize,
-    /// Index of the op after which the point sits (ops `0..=op` run before it).
-    op: usize,
-}
-
 /// One step of the host's forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
@@ -110,13 +90,6 @@ fn head_layer(path: &nn::Path, in_c: i64, classes: i64) -> nn::Linear {
 /// The blocks' BatchNorm settings (libtorch's defaults: eps 1e-5, momentum 0.1).
 fn bn_config() -> nn::BatchNormConfig {
     nn::BatchNormConfig::default()
-}
-
-/// A range of ops `start..end`, the unit of routing between slots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Segment {
-    start: usize,
-    end: usize,
 }
 
 #[derive(Debug)]
@@ -159,7 +132,7 @@ impl CnnHost {
                 id: format!("r0c{i}"),
                 channels: out_c,
                 order: points.len(),
-                op: ops.len() - 1,
+                position: ops.len() - 1,
             });
             if i < pool_layers {
                 ops.push(Op::Pool);
@@ -167,7 +140,7 @@ impl CnnHost {
                     id: format!("r1c{i}"),
                     channels: out_c,
                     order: points.len(),
-                    op: ops.len() - 1,
+                    position: ops.len() - 1,
                 });
             }
             in_c = out_c;
@@ -196,30 +169,12 @@ impl CnnHost {
     }
 
     pub fn point(&self, id: &str) -> Result<&InjectionPoint, HostError> {
-        self.points.iter().find(|p| p.id == id).ok_or_else(|| HostError::UnknownPoint {
-            name: id.to_string(),
-            valid: self.points.iter().map(|p| p.id.clone()).collect(),
-        })
+        Host::point(self, id)
     }
 
     /// The segment from `from` (None: the input) to `to` (None: the logits).
     pub fn segment(&self, from: Option<&str>, to: Option<&str>) -> Result<Segment, HostError> {
-        let start = match from {
-            None => 0,
-            Some(id) => self.point(id)?.op + 1,
-        };
-        let end = match to {
-            None => self.ops.len(),
-            Some(id) => self.point(id)?.op + 1,
-        };
-        if end < start || (from.is_some() && from == to) {
-            return Err(HostError::Backwards {
-                from: from.unwrap_or("input").into(),
-                to: to.unwrap_or("logits").into(),
-                order: self.points.iter().map(|p| p.id.clone()).collect(),
-            });
-        }
-        Ok(Segment { start, end })
+        segment_between(&self.points, self.ops.len(), from, to)
     }
 
     /// Puts the network input in the host's memory format: once, at the entry.
@@ -234,7 +189,7 @@ impl CnnHost {
     /// it: the ReLU is applied after pooling (same result; see `host::pool`), or the
     /// BatchNorm, ReLU and pool are one fused op (see `host::batchnorm`).
     pub fn run_segment(&self, segment: Segment, x: &Tensor, train: bool) -> Tensor {
-        let ops = &self.ops[segment.start..segment.end];
+        let ops = &self.ops[segment.range()];
         let mut h = x.shallow_clone();
         let mut i = 0;
         while i < ops.len() {
@@ -297,12 +252,37 @@ impl CnnHost {
 
     /// The segment made of op `i` alone.
     pub fn op_segment(&self, i: usize) -> Segment {
-        Segment { start: i, end: i + 1 }
+        Segment::new(i, i + 1)
     }
 
     /// The whole host, input to logits.
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        self.run_segment(Segment { start: 0, end: self.ops.len() }, &self.prepare_input(x), train)
+        self.run_segment(Segment::new(0, self.ops.len()), &self.prepare_input(x), train)
+    }
+}
+
+/// The CNN host through the seam: its inherent methods, features `(B, C, H, W)`.
+impl Host for CnnHost {
+    fn topology(&self) -> Topology {
+        Topology::Cnn
+    }
+    fn injection_points(&self) -> &[InjectionPoint] {
+        &self.points
+    }
+    fn layout(&self) -> FeatureLayout {
+        FeatureLayout::Nchw
+    }
+    fn segment(&self, from: Option<&str>, to: Option<&str>) -> Result<Segment, HostError> {
+        CnnHost::segment(self, from, to)
+    }
+    fn prepare_input(&self, x: &Tensor) -> Tensor {
+        CnnHost::prepare_input(self, x)
+    }
+    fn run_segment(&self, segment: Segment, x: &Tensor, train: bool) -> Tensor {
+        CnnHost::run_segment(self, segment, x, train)
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
