@@ -6,6 +6,7 @@ mod config_limits;
 mod conformance;
 mod containment;
 mod controller;
+mod custom_host;
 mod example_plugin;
 mod gpu;
 mod host_seam;
