@@ -25,3 +25,9 @@ use tch::nn;
 pub fn build(path: &nn::Path, config: CnnHostConfig) -> Result<Box<dyn Host>, HostError> {
     Ok(Box::new(CnnHost::new(path, config)?))
 }
+
+/// Why a host kind other than `cnn` is refused (the transformer host is not wired into
+/// runs yet).
+pub(crate) fn kind_not_wired(kind: Topology) -> String {
+    format!("host kind `{kind}` is not wired into runs yet; the built-in host is kind = \"cnn\"")
+}
