@@ -472,7 +472,11 @@ impl RunConfig {
     /// logit fails the loss at the first step).
     fn check_host(&self) -> Result<(), String> {
         if self.host.kind != Topology::Cnn {
-            return Err(format!("[host] kind = \"{}\": {}", self.host.kind, crate::host::kind_not_wired(self.host.kind)));
+            return Err(format!(
+                "[host] kind = \"{}\": {}",
+                self.host.kind,
+                crate::host::kind_not_wired(self.host.kind)
+            ));
         }
         let classes = self.host.num_classes;
         if classes < 2 {
