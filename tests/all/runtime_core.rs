@@ -4,7 +4,7 @@
 
 use esper_runtime::{
     blend::{BlendChoice, BlendSettings},
-    host::{is_channels_last, to_channels_last, CnnHostConfig, MemoryFormat},
+    host::{is_channels_last, to_channels_last, CnnHost, CnnHostConfig, MemoryFormat},
     isolation::BlendAlgorithm,
     lifecycle::{SeedStage, EMBARGO_EPOCHS_AFTER_PRUNE},
     model::{ModelError, MorphogeneticModel, SlotConfig},
@@ -30,7 +30,8 @@ fn isolated() -> SlotConfig {
 fn bug005_training_stage_with_channels_last_no_crash() {
     let r = norm_registry();
     let mut m = model_in_stage(&r, CnnHostConfig::default(), SLOT, isolated(), SeedStage::Training);
-    assert_eq!(m.host().config().memory_format, MemoryFormat::ChannelsLast);
+    let cnn = m.host().downcast_ref::<CnnHost>().expect("the built-in CNN host");
+    assert_eq!(cnn.config().memory_format, MemoryFormat::ChannelsLast);
     let (x, y) = batch(4, Device::Cpu);
     let loss = train_step(&mut m, &x, &y);
     assert!(loss.is_finite());

@@ -47,7 +47,7 @@ use crate::{
     blend::{AlphaTarget, BlendChoice, BlendTempo},
     data::DataConfig,
     device::DeviceChoice,
-    host::CnnHostConfig,
+    host::{CnnHostConfig, Topology},
     isolation::BlendAlgorithm,
     lifecycle::{AlphaCurve, QualityGates},
     model::SlotConfig,
@@ -427,7 +427,7 @@ impl RunConfig {
         if !(timeout > 0.0 && timeout.is_finite()) {
             return Err(invalid(format!("[training] seed_timeout_s = {timeout:?} must be > 0 and finite (seconds)")));
         }
-        self.check_classes().map_err(invalid)?;
+        self.check_host().map_err(invalid)?;
         if self.slots.is_empty() && (!self.lifecycle.schedule.is_empty() || self.lifecycle.controller.enabled) {
             return Err(invalid("no slots: add `slots = [...]` or disable the controller and schedule".into()));
         }
@@ -467,9 +467,17 @@ impl RunConfig {
         Ok(())
     }
 
-    /// The host's classifier has at least two classes, and one for each of the data
-    /// set's (a label past the last logit fails the loss at the first step).
-    fn check_classes(&self) -> Result<(), String> {
+    /// The host is one a run can build (`[host] kind = "cnn"`), and its classifier has
+    /// at least two classes, and one for each of the data set's (a label past the last
+    /// logit fails the loss at the first step).
+    fn check_host(&self) -> Result<(), String> {
+        if self.host.kind != Topology::Cnn {
+            return Err(format!(
+                "[host] kind = \"{}\": {}",
+                self.host.kind,
+                crate::host::kind_not_wired(self.host.kind)
+            ));
+        }
         let classes = self.host.num_classes;
         if classes < 2 {
             return Err(format!("[host] num_classes = {classes} must be at least 2 (a classifier needs two classes)"));
@@ -568,6 +576,26 @@ blnd = \"add\"
             .contains("blnd"),
             "unknown keys refused"
         );
+    }
+
+    #[test]
+    fn the_host_kind_is_cnn_by_default_and_transformer_is_refused_for_now() {
+        let path = Path::new("run.toml");
+        let absent = parse("[host]\nblocks = 2\n").unwrap();
+        assert_eq!(absent.host.kind, Topology::Cnn);
+        assert_eq!(parse("[host]\nkind = \"cnn\"\nblocks = 2\n").unwrap().host, absent.host);
+        // An old checkpoint's config (no `kind`) reads as the CNN.
+        let mut json = serde_json::to_value(&absent.host).unwrap();
+        assert_eq!(json.as_object_mut().unwrap().remove("kind"), Some("cnn".into()));
+        assert_eq!(serde_json::from_value::<CnnHostConfig>(json).unwrap(), absent.host);
+        let t = parse("[host]\nkind = \"transformer\"\n").unwrap();
+        assert_eq!(
+            t.validate(path).unwrap_err().to_string(),
+            "config run.toml: [host] kind = \"transformer\": host kind `transformer` is not wired into runs yet; \
+             the built-in host is kind = \"cnn\""
+        );
+        let e = parse("[host]\nkind = \"rnn\"\n").unwrap_err().to_string();
+        assert!(e.contains("rnn") && e.contains("`cnn`") && e.contains("`transformer`"), "{e}");
     }
 
     #[test]

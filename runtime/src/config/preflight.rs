@@ -7,8 +7,8 @@
 use super::{MemoryLimit, RunConfig};
 use crate::{
     host::{
-        budget::{self, BudgetError, StepEstimate},
-        HostError,
+        budget::{BudgetError, StepEstimate},
+        HostBudget, HostError,
     },
     plugin::{BlueprintRegistry, LoadError},
     Result,
@@ -83,7 +83,7 @@ impl RunConfig {
     /// created once with its options and dropped.
     /// `validate` (keys and values) is assumed to have passed.
     pub fn preflight(&self, device: Option<Device>) -> Result<Preflight> {
-        let points = budget::injection_points(&self.host).map_err(PreflightError::Host)?;
+        let points = self.host.injection_points().map_err(PreflightError::Host)?;
         for slot in &self.slots {
             if !points.iter().any(|(id, _)| id == slot) {
                 let valid = points.iter().map(|p| p.0.clone()).collect();

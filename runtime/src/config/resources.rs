@@ -5,7 +5,10 @@ use super::{OptimizerConfig, RunConfig};
 use crate::{
     data::{DataConfig, CHANNELS, IMAGE_SIZE},
     device::DeviceChoice,
-    host::budget::{self, human_bytes, BudgetError, StepEstimate, StepInput},
+    host::{
+        budget::{self, human_bytes, BudgetError, StepEstimate, StepInput},
+        HostBudget,
+    },
 };
 use tch::Device;
 use thiserror::Error;
@@ -146,7 +149,7 @@ impl RunConfig {
             optimizer_states,
             resident_data_bytes,
         };
-        Ok(budget::estimate_step(&self.host, input)?)
+        Ok(self.host.estimate_step(input)?)
     }
 
     /// Bytes of the data set in memory (float32 images; CIFAR-10 without a limit

@@ -16,7 +16,7 @@
 //! output and its int64 indices, plus twice the largest activation for the gradients in
 //! flight during backward.
 
-use super::CnnHostConfig;
+use super::{CnnHostConfig, Topology};
 use thiserror::Error;
 
 /// Bytes per element of the host's tensors (float32).
@@ -116,6 +116,9 @@ fn positive(value: i64, name: &str) -> Result<u64, BudgetError> {
 
 /// The same structural checks as `CnnHost::new`, without building it.
 fn check_structure(config: &CnnHostConfig) -> Result<usize, BudgetError> {
+    if config.kind != Topology::Cnn {
+        return Err(BudgetError::Config(super::kind_not_wired(config.kind)));
+    }
     let pool_layers = config.pool_layers.unwrap_or(config.blocks);
     if config.blocks < 2 {
         return Err(BudgetError::Config(format!("host.blocks must be at least 2, got {}", config.blocks)));
@@ -205,6 +208,29 @@ pub fn estimate_step(config: &CnnHostConfig, input: StepInput) -> Result<StepEst
     StepEstimate::from_elements(parameters, buffers, activations, &input)
 }
 
+/// A built-in host's arithmetic from its config alone, for the preflight: its topology,
+/// its injection points and its memory for one step, before anything is allocated. (A
+/// host an embedding program builds itself has no preflight: it exists before the model.)
+pub trait HostBudget {
+    fn topology(&self) -> Topology;
+    /// Injection points (id, channels) in execution order, as the built host lists them.
+    fn injection_points(&self) -> Result<Vec<(String, i64)>, BudgetError>;
+    /// Parameter count and memory estimate of one training step.
+    fn estimate_step(&self, input: StepInput) -> Result<StepEstimate, BudgetError>;
+}
+
+impl HostBudget for CnnHostConfig {
+    fn topology(&self) -> Topology {
+        Topology::Cnn
+    }
+    fn injection_points(&self) -> Result<Vec<(String, i64)>, BudgetError> {
+        injection_points(self)
+    }
+    fn estimate_step(&self, input: StepInput) -> Result<StepEstimate, BudgetError> {
+        estimate_step(self, input)
+    }
+}
+
 impl StepEstimate {
     /// The bytes of a step from its element counts: parameters, their gradients, the
     /// optimizer state, the rollback copy, the activations and the resident data.
@@ -270,7 +296,8 @@ mod tests {
             assert!(e.buffers >= other, "{config:?}: {} buffers counted, {other} in the store", e.buffers);
             let points: Vec<(String, i64)> =
                 host.injection_points().iter().map(|p| (p.id.clone(), p.channels)).collect();
-            assert_eq!(injection_points(&config).unwrap(), points);
+            assert_eq!(HostBudget::injection_points(&config).unwrap(), points);
+            assert_eq!(HostBudget::topology(&config), crate::host::Host::topology(&host));
         }
     }
 

@@ -6,14 +6,18 @@
 //! A *segment* is a contiguous range of ops between two points (or from the input, or
 //! to the logits); segments are plain index ranges, computed once.
 
-use super::{HostKernels, MemoryFormat, Segment};
+use super::{
+    seam::segment_between, FeatureLayout, Host, HostError, HostKernels, InjectionPoint, MemoryFormat, Segment, Topology,
+};
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::ModuleT, Tensor};
-use thiserror::Error;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CnnHostConfig {
+    /// Which built-in host (`[host] kind`): `cnn`, the one these keys describe (the
+    /// default). `transformer` is refused: that host is not wired into runs yet.
+    pub kind: Topology,
     pub in_channels: i64,
     pub blocks: usize,
     pub base_channels: i64,
@@ -42,6 +46,7 @@ pub struct CnnHostConfig {
 impl Default for CnnHostConfig {
     fn default() -> Self {
         Self {
+            kind: Topology::Cnn,
             in_channels: 3,
             blocks: 3,
             base_channels: 32,
@@ -56,27 +61,6 @@ impl Default for CnnHostConfig {
             wgrad_kernel: None,
         }
     }
-}
-
-#[derive(Debug, Error, PartialEq)]
-pub enum HostError {
-    #[error("invalid host config: {0}")]
-    Config(String),
-    #[error("unknown injection point `{name}`; valid: {}", .valid.join(", "))]
-    UnknownPoint { name: String, valid: Vec<String> },
-    #[error("segment from `{from}` to `{to}` runs backwards (execution order: {})", .order.join(", "))]
-    Backwards { from: String, to: String, order: Vec<String> },
-}
-
-/// An injection point: where a seed slot can sit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InjectionPoint {
-    pub id: String,
-    pub channels: i64,
-    /// Position in execution order.
-    pub order: usize,
-    /// Index of the op after which the point sits (ops `0..=op` run before it).
-    pub(crate) op: usize,
 }
 
 /// One step of the host's forward.
@@ -124,6 +108,9 @@ pub struct CnnHost {
 impl CnnHost {
     /// Builds the host with its parameters under `path`.
     pub fn new(path: &nn::Path, config: CnnHostConfig) -> Result<Self, HostError> {
+        if config.kind != Topology::Cnn {
+            return Err(HostError::Config(super::kind_not_wired(config.kind)));
+        }
         let pool_layers = config.pool_layers.unwrap_or(config.blocks);
         if config.blocks < 2 {
             return Err(HostError::Config(format!("blocks must be at least 2, got {}", config.blocks)));
@@ -152,7 +139,7 @@ impl CnnHost {
                 id: format!("r0c{i}"),
                 channels: out_c,
                 order: points.len(),
-                op: ops.len() - 1,
+                position: ops.len() - 1,
             });
             if i < pool_layers {
                 ops.push(Op::Pool);
@@ -160,7 +147,7 @@ impl CnnHost {
                     id: format!("r1c{i}"),
                     channels: out_c,
                     order: points.len(),
-                    op: ops.len() - 1,
+                    position: ops.len() - 1,
                 });
             }
             in_c = out_c;
@@ -189,30 +176,12 @@ impl CnnHost {
     }
 
     pub fn point(&self, id: &str) -> Result<&InjectionPoint, HostError> {
-        self.points.iter().find(|p| p.id == id).ok_or_else(|| HostError::UnknownPoint {
-            name: id.to_string(),
-            valid: self.points.iter().map(|p| p.id.clone()).collect(),
-        })
+        Host::point(self, id)
     }
 
     /// The segment from `from` (None: the input) to `to` (None: the logits).
     pub fn segment(&self, from: Option<&str>, to: Option<&str>) -> Result<Segment, HostError> {
-        let start = match from {
-            None => 0,
-            Some(id) => self.point(id)?.op + 1,
-        };
-        let end = match to {
-            None => self.ops.len(),
-            Some(id) => self.point(id)?.op + 1,
-        };
-        if end < start || (from.is_some() && from == to) {
-            return Err(HostError::Backwards {
-                from: from.unwrap_or("input").into(),
-                to: to.unwrap_or("logits").into(),
-                order: self.points.iter().map(|p| p.id.clone()).collect(),
-            });
-        }
-        Ok(Segment { start, end })
+        segment_between(&self.points, self.ops.len(), from, to)
     }
 
     /// Puts the network input in the host's memory format: once, at the entry.
@@ -227,7 +196,7 @@ impl CnnHost {
     /// it: the ReLU is applied after pooling (same result; see `host::pool`), or the
     /// BatchNorm, ReLU and pool are one fused op (see `host::batchnorm`).
     pub fn run_segment(&self, segment: Segment, x: &Tensor, train: bool) -> Tensor {
-        let ops = &self.ops[segment.start..segment.end];
+        let ops = &self.ops[segment.range()];
         let mut h = x.shallow_clone();
         let mut i = 0;
         while i < ops.len() {
@@ -290,12 +259,37 @@ impl CnnHost {
 
     /// The segment made of op `i` alone.
     pub fn op_segment(&self, i: usize) -> Segment {
-        Segment { start: i, end: i + 1 }
+        Segment::new(i, i + 1)
     }
 
     /// The whole host, input to logits.
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        self.run_segment(Segment { start: 0, end: self.ops.len() }, &self.prepare_input(x), train)
+        self.run_segment(Segment::new(0, self.ops.len()), &self.prepare_input(x), train)
+    }
+}
+
+/// The CNN host through the seam: its inherent methods, features `(B, C, H, W)`.
+impl Host for CnnHost {
+    fn topology(&self) -> Topology {
+        Topology::Cnn
+    }
+    fn injection_points(&self) -> &[InjectionPoint] {
+        &self.points
+    }
+    fn layout(&self) -> FeatureLayout {
+        FeatureLayout::Nchw
+    }
+    fn segment(&self, from: Option<&str>, to: Option<&str>) -> Result<Segment, HostError> {
+        CnnHost::segment(self, from, to)
+    }
+    fn prepare_input(&self, x: &Tensor) -> Tensor {
+        CnnHost::prepare_input(self, x)
+    }
+    fn run_segment(&self, segment: Segment, x: &Tensor, train: bool) -> Tensor {
+        CnnHost::run_segment(self, segment, x, train)
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
@@ -348,6 +342,11 @@ mod tests {
         let e = h.segment(None, Some("r9c9")).unwrap_err();
         assert_eq!(e.to_string(), "unknown injection point `r9c9`; valid: r0c0, r1c0, r0c1, r1c1, r0c2, r1c2");
         let vs = nn::VarStore::new(Device::Cpu);
+        let e = CnnHost::new(&vs.root(), CnnHostConfig { kind: Topology::Transformer, ..Default::default() });
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "invalid host config: host kind `transformer` is not wired into runs yet; the built-in host is kind = \"cnn\""
+        );
         assert!(CnnHost::new(&vs.root(), CnnHostConfig { blocks: 1, ..Default::default() }).is_err());
         assert!(CnnHost::new(&vs.root(), CnnHostConfig { kernel_size: 4, ..Default::default() }).is_err());
     }

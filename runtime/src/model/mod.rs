@@ -10,7 +10,7 @@ pub use slot::{SeedSlot, SlotConfig, SlotReport, PROBE_BATCH, PROBE_SIZE};
 
 use crate::{
     blend::BlendChoice,
-    host::{CnnHost, CnnHostConfig, Segment},
+    host::{self, CnnHostConfig, Host, HostError, InjectionPoint, Segment},
     isolation::{GradientSample, SeedWatch, Watchdog},
     lifecycle::Lifecycle,
     plugin::PluginSeed,
@@ -20,7 +20,7 @@ use tch::{nn, Device, Tensor};
 
 pub struct MorphogeneticModel {
     host_vs: nn::VarStore,
-    host: CnnHost,
+    host: Box<dyn Host>,
     /// Slots in execution order.
     slots: Vec<SeedSlot>,
     /// `plan[i]` runs the host up to slot `i`; the last entry runs to the logits.
@@ -34,28 +34,49 @@ pub struct MorphogeneticModel {
     watchdog: Option<Watchdog>,
 }
 
+/// The injection points of `slot_ids` on `host`, in execution order; each must be a
+/// point, and only once.
+fn slot_points(host: &dyn Host, slot_ids: &[&str]) -> Result<Vec<InjectionPoint>, ModelError> {
+    let mut points: Vec<InjectionPoint> = Vec::new();
+    for id in slot_ids {
+        let point = host.point(id).map_err(|_| ModelError::UnknownSlot {
+            name: id.to_string(),
+            valid: host.injection_points().iter().map(|p| p.id.clone()).collect(),
+        })?;
+        if points.iter().any(|p| p.id == point.id) {
+            return Err(ModelError::DuplicateSlot(id.to_string()));
+        }
+        points.push(point.clone());
+    }
+    points.sort_by_key(|p| p.order);
+    Ok(points)
+}
+
 impl MorphogeneticModel {
-    /// A CNN host with slots at `slot_ids` (any order; they run in execution order).
+    /// The built-in CNN host made from `host_config`, with slots at `slot_ids` (any
+    /// order; they run in execution order).
     pub fn new(
         host_config: CnnHostConfig,
         slot_ids: &[&str],
         slot_config: SlotConfig,
         device: Device,
     ) -> Result<Self, ModelError> {
+        Self::with_host(device, |path| host::build(path, host_config), slot_ids, slot_config)
+    }
+
+    /// A host of the caller's own, built by `build` on the path it is given (the root of
+    /// the host's variable store, which the model owns on `device`): every parameter and
+    /// buffer of the host must be registered under that path (see [`crate::host::seam`]).
+    /// Slots at `slot_ids` (any order; they run in execution order).
+    pub fn with_host(
+        device: Device,
+        build: impl FnOnce(&nn::Path) -> Result<Box<dyn Host>, HostError>,
+        slot_ids: &[&str],
+        slot_config: SlotConfig,
+    ) -> Result<Self, ModelError> {
         let host_vs = nn::VarStore::new(device);
-        let host = CnnHost::new(&host_vs.root(), host_config)?;
-        let mut points = Vec::new();
-        for id in slot_ids {
-            let point = host.point(id).map_err(|_| ModelError::UnknownSlot {
-                name: id.to_string(),
-                valid: host.injection_points().iter().map(|p| p.id.clone()).collect(),
-            })?;
-            if points.iter().any(|p: &&crate::host::InjectionPoint| p.id == point.id) {
-                return Err(ModelError::DuplicateSlot(id.to_string()));
-            }
-            points.push(point);
-        }
-        points.sort_by_key(|p| p.order);
+        let host = build(&host_vs.root())?;
+        let points = slot_points(host.as_ref(), slot_ids)?;
         let mut plan = Vec::with_capacity(points.len() + 1);
         let mut prev: Option<&str> = None;
         for p in &points {
@@ -67,8 +88,10 @@ impl MorphogeneticModel {
         Ok(Self { host_vs, host, slots, plan, generation: 0, precision: Precision::Fp32, watchdog: None })
     }
 
-    pub fn host(&self) -> &CnnHost {
-        &self.host
+    /// The host, through the seam (`host().downcast_ref::<CnnHost>()` for the built-in
+    /// one's config).
+    pub fn host(&self) -> &dyn Host {
+        self.host.as_ref()
     }
     pub fn device(&self) -> Device {
         self.host_vs.device()

@@ -18,7 +18,7 @@ mod tests;
 
 pub use config::TransformerHostConfig;
 
-use super::{HostError, InjectionPoint, Segment};
+use super::{seam::segment_between, FeatureLayout, Host, HostError, InjectionPoint, Segment, Topology};
 use block::{Block, INIT_STD};
 use tch::{nn, nn::Module, Kind, Tensor};
 
@@ -52,7 +52,7 @@ impl TransformerHost {
                 channels: c,
                 order: i,
                 // The last block of run i is block (i + 1) * per_segment - 1, step (i + 1) * per_segment.
-                op: (i + 1) * per_segment,
+                position: (i + 1) * per_segment,
             })
             .collect();
         Ok(Self { config, wte, wpe, blocks, ln_f, points })
@@ -85,22 +85,7 @@ impl TransformerHost {
 
     /// The segment from `from` (None: the token ids) to `to` (None: the logits).
     pub fn segment(&self, from: Option<&str>, to: Option<&str>) -> Result<Segment, HostError> {
-        let start = match from {
-            None => 0,
-            Some(id) => self.point(id)?.op + 1,
-        };
-        let end = match to {
-            None => self.num_steps(),
-            Some(id) => self.point(id)?.op + 1,
-        };
-        if end <= start {
-            return Err(HostError::Backwards {
-                from: from.unwrap_or("input").into(),
-                to: to.unwrap_or("logits").into(),
-                order: self.point_ids(),
-            });
-        }
-        Ok(Segment { start, end })
+        segment_between(&self.points, self.num_steps(), from, to)
     }
 
     /// Checks a batch of token ids before it enters the host: int64 of shape `(B, T)`
@@ -138,7 +123,7 @@ impl TransformerHost {
     /// (checked by [`TransformerHost::check_input`]), else features `(B, T, C)`.
     pub fn run_segment(&self, segment: Segment, x: &Tensor, train: bool) -> Tensor {
         let mut h = x.shallow_clone();
-        for step in segment.start..segment.end {
+        for step in segment.range() {
             h = self.run_step(step, &h, train);
         }
         h
@@ -162,6 +147,30 @@ impl TransformerHost {
 
     /// The whole host, token ids to logits.
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        self.run_segment(Segment { start: 0, end: self.num_steps() }, &self.prepare_input(x), train)
+        self.run_segment(Segment::new(0, self.num_steps()), &self.prepare_input(x), train)
+    }
+}
+
+impl Host for TransformerHost {
+    fn topology(&self) -> Topology {
+        Topology::Transformer
+    }
+    fn layout(&self) -> FeatureLayout {
+        FeatureLayout::Ntc
+    }
+    fn injection_points(&self) -> &[InjectionPoint] {
+        TransformerHost::injection_points(self)
+    }
+    fn segment(&self, from: Option<&str>, to: Option<&str>) -> Result<Segment, HostError> {
+        TransformerHost::segment(self, from, to)
+    }
+    fn prepare_input(&self, x: &Tensor) -> Tensor {
+        TransformerHost::prepare_input(self, x)
+    }
+    fn run_segment(&self, segment: Segment, x: &Tensor, train: bool) -> Tensor {
+        TransformerHost::run_segment(self, segment, x, train)
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

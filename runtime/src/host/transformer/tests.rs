@@ -32,11 +32,12 @@ fn equal(a: &Tensor, b: &Tensor) -> bool {
 #[test]
 fn points_are_the_segment_ends_in_order() {
     let (_vs, h) = host(TransformerHostConfig { n_layer: 6, num_segments: 3, ..tiny() });
-    let points: Vec<_> = h.injection_points().iter().map(|p| (p.id.as_str(), p.channels, p.order, p.op)).collect();
+    let points: Vec<_> =
+        h.injection_points().iter().map(|p| (p.id.as_str(), p.channels, p.order, p.position)).collect();
     // Steps: 0 the embeddings, 1..=6 the blocks, 7 the head; two blocks per segment.
     assert_eq!(points, vec![("r0c0", 32, 0, 2), ("r0c1", 32, 1, 4), ("r0c2", 32, 2, 6)]);
-    assert_eq!(h.segment(None, None).unwrap(), Segment { start: 0, end: 8 });
-    assert_eq!(h.segment(Some("r0c2"), None).unwrap(), Segment { start: 7, end: 8 });
+    assert_eq!(h.segment(None, None).unwrap(), Segment::new(0, 8));
+    assert_eq!(h.segment(Some("r0c2"), None).unwrap(), Segment::new(7, 8));
     let e = h.segment(Some("r0c1"), Some("r0c0")).unwrap_err().to_string();
     assert_eq!(e, "segment from `r0c1` to `r0c0` runs backwards (execution order: r0c0, r0c1, r0c2)");
     assert!(h.segment(Some("r0c1"), Some("r0c1")).is_err(), "an empty segment");
@@ -214,4 +215,26 @@ fn runs_under_bf16_autocast() {
         assert_eq!(p.grad().kind(), Kind::Float, "{name}");
         assert!(p.grad().isfinite().all().int64_value(&[]) == 1, "{name}");
     }
+}
+
+#[test]
+fn a_model_drives_the_transformer_host_through_the_seam_with_empty_slots() {
+    use crate::model::{MorphogeneticModel, SlotConfig};
+    tch::manual_seed(7);
+    let model = MorphogeneticModel::with_host(
+        Device::Cpu,
+        |path| Ok(Box::new(TransformerHost::new(path, tiny())?)),
+        &["r0c1", "r0c0"],
+        SlotConfig::default(),
+    )
+    .unwrap();
+    let host = model.host();
+    assert_eq!((host.topology(), host.layout()), (Topology::Transformer, FeatureLayout::Ntc));
+    let ids: Vec<&str> = model.slots().iter().map(|s| s.id()).collect();
+    assert_eq!(ids, ["r0c0", "r0c1"], "slots run in the host's order");
+    let x = tokens(3, 9, 37);
+    let logits = model.forward(&x, false).unwrap();
+    let direct = host.downcast_ref::<TransformerHost>().unwrap().forward(&x, false);
+    assert!(equal(&logits, &direct), "empty slots pass the features through");
+    assert_eq!(logits.size(), [3, 9, 37]);
 }
