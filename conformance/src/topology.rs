@@ -53,8 +53,8 @@ impl Topology {
         }
     }
 
-    /// The shapes of the shape check at `channels`, with the size or length swept, as
-    /// `(shape, extent label)`.
+    /// The shapes of the shape check for `batch` samples of `channels` channels: every
+    /// spatial size of [`SIZES`](crate::SIZES), or every length of [`SEQUENCE_LENGTHS`].
     pub fn sweep(self, batch: i64, channels: i64) -> Vec<Vec<i64>> {
         match self {
             Topology::Cnn => super::checks::SIZES.iter().map(|&(h, w)| vec![batch, channels, h, w]).collect(),
