@@ -4,10 +4,12 @@
 //! Each check creates its own fresh seed(s) on the CPU, so one check's gradients or
 //! parameter changes never leak into another.
 
-use super::report::{Check, CheckResult};
+use super::{
+    report::{Check, CheckResult},
+    topology::{SuiteInputs, Topology},
+};
 use esper_plugin_api::abi::BlueprintDescriptor;
 use esper_runtime::{
-    host::{is_channels_last, to_channels_last},
     isolation::{contract, seed_input, straight_through, Blend},
     plugin::{BlueprintRegistry, LoadError, PluginSeed},
 };
@@ -21,8 +23,9 @@ use tch::{Device, Kind, Tensor};
 /// Channel counts the create and shape checks sweep. 48, 80 and 112 are not powers of
 /// two: they catch blueprints that assume one (group counts, head counts, reductions).
 pub const CHANNELS: [i64; 7] = [16, 32, 48, 64, 80, 112, 128];
-/// Spatial sizes (H, W) of the shape check, from 1x1 to 64x64 (a usual size first, so a
-/// seed that changes the shape is reported on it rather than on an edge case).
+/// Spatial sizes (H, W) of the shape check for `cnn` blueprints, from 1x1 to 64x64 (a
+/// usual size first, so a seed that changes the shape is reported on it rather than on
+/// an edge case). `transformer` blueprints get [`SEQUENCE_LENGTHS`](crate::SEQUENCE_LENGTHS).
 pub const SIZES: [(i64, i64); 8] = [(32, 32), (1, 1), (2, 2), (3, 5), (7, 7), (8, 8), (16, 16), (64, 64)];
 /// Batch sizes of the shape check.
 pub const BATCHES: [i64; 2] = [1, 3];
@@ -41,6 +44,7 @@ pub struct Subject<'a> {
     registry: &'a BlueprintRegistry,
     key: String,
     descriptor: BlueprintDescriptor,
+    topology: Topology,
     panics: RefCell<Vec<String>>,
     calls: Cell<usize>,
 }
@@ -49,10 +53,13 @@ impl<'a> Subject<'a> {
     /// The blueprint `name` (`topology:name`, or the bare name when unambiguous) of `registry`.
     pub fn new(registry: &'a BlueprintRegistry, name: &str) -> Result<Self, LoadError> {
         let (key, descriptor) = registry.resolve(name)?;
+        // A topology the runtime has no host for gets `cnn` inputs (`metadata` warns).
+        let topology = descriptor.topology.as_str().parse().unwrap_or(Topology::Cnn);
         Ok(Self {
             registry,
             key: key.to_string(),
             descriptor: descriptor.clone(),
+            topology,
             panics: RefCell::default(),
             calls: Cell::new(0),
         })
@@ -65,6 +72,22 @@ impl<'a> Subject<'a> {
 
     pub fn descriptor(&self) -> &BlueprintDescriptor {
         &self.descriptor
+    }
+
+    /// The topology whose inputs the checks feed it.
+    pub fn topology(&self) -> Topology {
+        self.topology
+    }
+
+    /// The shape of `batch` samples at [`PRIMARY_CHANNELS`] and `extent` (spatial side
+    /// or sequence length) in this blueprint's topology.
+    fn shape(&self, batch: i64, extent: i64) -> Vec<i64> {
+        self.topology.shape(batch, PRIMARY_CHANNELS, extent)
+    }
+
+    /// Random normal features of that shape, on the CPU.
+    fn randn(&self, batch: i64, extent: i64) -> Tensor {
+        randn(&self.shape(batch, extent))
     }
 
     /// A seed on the CPU, created through the registry like the runtime does.
@@ -211,7 +234,7 @@ fn backward_through(y: &Tensor) -> Result<Tensor, String> {
 fn live_parameters(s: &Subject<'_>) -> Result<Vec<String>, String> {
     let seed = s.create(PRIMARY_CHANNELS)?;
     let params = trainable(&seed);
-    let y = s.forward(&seed, &randn(&[2, PRIMARY_CHANNELS, 8, 8]), true)?;
+    let y = s.forward(&seed, &s.randn(2, 8), true)?;
     if params.is_empty() || !y.requires_grad() {
         return Ok(Vec::new());
     }
@@ -242,7 +265,7 @@ fn is_identifier(s: &str) -> bool {
 }
 
 /// Topologies the runtime has hosts for.
-pub const KNOWN_TOPOLOGIES: [&str; 1] = ["cnn"];
+pub const KNOWN_TOPOLOGIES: [&str; 2] = [Topology::ALL[0].as_str(), Topology::ALL[1].as_str()];
 
 pub fn metadata(d: &BlueprintDescriptor) -> CheckResult {
     let (name, topology, description) = (d.name.as_str(), d.topology.as_str(), d.description.as_str());
@@ -313,10 +336,10 @@ fn shape_sweep(s: &Subject<'_>) -> Outcome {
     let mut cases = 0;
     for c in CHANNELS {
         let seed = s.create(c)?;
-        for (h, w) in SIZES {
-            for b in BATCHES {
+        for b in BATCHES {
+            for shape in s.topology().sweep(b, c) {
                 for train in [false, true] {
-                    let x = randn(&[b, c, h, w]);
+                    let x = randn(&shape);
                     let version = contract::input_version(&x).map_err(|e| e.to_string())?;
                     let y = tch::no_grad(|| s.forward(&seed, &x, train))?;
                     // Shape, dtype and device exactly as the runtime checks them in a run.
@@ -334,10 +357,10 @@ fn shape_sweep(s: &Subject<'_>) -> Outcome {
         }
     }
     Ok(format!(
-        "{cases} inputs, train and eval ({} channels; {} from 1x1 to 64x64; batch {}): output shape, Float and cpu \
-         kept",
+        "{cases} {} inputs, train and eval ({} channels; {}; batch {}): output shape, Float and cpu kept",
+        s.topology().layout_text(),
         list(&CHANNELS),
-        SIZES.len(),
+        s.topology().sweep_text(),
         list(&BATCHES)
     ))
 }
@@ -350,7 +373,7 @@ fn train_eval(s: &Subject<'_>) -> Outcome {
     let seed = s.create(PRIMARY_CHANNELS)?;
     perturb(&seed);
     let names: Vec<String> = trainable(&seed).into_iter().map(|(n, _)| n).collect();
-    let x = randn(&[4, PRIMARY_CHANNELS, 8, 8]);
+    let x = s.randn(4, 8);
     let before = snapshot(&seed);
     let y_train = s.forward(&seed, &x, true)?;
     require_same_shape(&x, &y_train)?;
@@ -387,7 +410,7 @@ fn gradients(s: &Subject<'_>) -> Outcome {
     if params.is_empty() {
         return Ok("declares no trainable parameters".into());
     }
-    let x = randn(&[2, PRIMARY_CHANNELS, 8, 8]);
+    let x = s.randn(2, 8);
     let y = s.forward(&seed, &x, true)?;
     if !y.requires_grad() {
         return Err(format!("the train-mode output depends on none of its {} parameter(s)", params.len()));
@@ -464,7 +487,7 @@ fn isolation(s: &Subject<'_>, feed: &dyn Fn(&Tensor) -> Tensor) -> Outcome {
     let routes = [Route::StraightThrough, Route::Add, Route::Multiply];
     for route in routes {
         // The host input: a leaf whose only legitimate gradient is the host path's.
-        let host = randn(&[2, PRIMARY_CHANNELS, 8, 8]).set_requires_grad(true);
+        let host = s.randn(2, 8).set_requires_grad(true);
         let input = feed(&host);
         let out = s.forward(&seed, &input, true)?;
         require_same_shape(&host, &out)?;
@@ -512,8 +535,9 @@ fn channels_last_outcome(s: &Subject<'_>) -> Outcome {
     let seed = s.create(PRIMARY_CHANNELS)?;
     perturb(&seed);
     let params = trainable(&seed);
-    let leaf = randn(&[2, PRIMARY_CHANNELS, 8, 8]).set_requires_grad(true);
-    let host = to_channels_last(&leaf);
+    let (topology, layout) = (s.topology(), s.topology().strided_name());
+    let leaf = s.randn(2, 8).set_requires_grad(true);
+    let host = topology.strided(&leaf);
     let strides = host.stride();
     // The isolation layer: contiguous before detach (BUG-005), host stream untouched.
     let input = seed_input(&host, true);
@@ -522,31 +546,30 @@ fn channels_last_outcome(s: &Subject<'_>) -> Outcome {
     let y = straight_through(&host, &out).map_err(|e| e.to_string())?
         + Blend::Add.apply(&host, &out, &input, &blend_alpha(&host));
     let r = backward_through(&y)?;
-    if !is_channels_last(&host) {
-        return Err("the host stream lost its channels-last layout".into());
+    if !topology.is_strided(&host) {
+        return Err(format!("the host stream lost its {layout} layout"));
     }
     let expected = &r * (2.0 - BLEND_ALPHA);
     let grad = leaf.grad();
     if !grad.defined() {
-        return Err("the channels-last host got no gradient".into());
+        return Err(format!("the {layout} host got no gradient"));
     }
-    close(&grad, &expected, 1e-5, 1e-6)
-        .map_err(|e| format!("channels-last host gradient is not the host path's: {e}"))?;
+    close(&grad, &expected, 1e-5, 1e-6).map_err(|e| format!("{layout} host gradient is not the host path's: {e}"))?;
     let starved = starved(&params, &live);
     if !starved.is_empty() {
-        return Err(format!("no gradient reached seed parameter(s) {} from a channels-last host", starved.join(", ")));
+        return Err(format!("no gradient reached seed parameter(s) {} from a {layout} host", starved.join(", ")));
     }
-    // Without isolation the seed itself sees channels-last: same values either way.
-    let x = randn(&[2, PRIMARY_CHANNELS, 8, 8]);
+    // Without isolation the seed itself sees the strided layout: same values either way.
+    let x = s.randn(2, 8);
     let (y_contiguous, y_last) = tch::no_grad(|| -> Result<(Tensor, Tensor), String> {
-        Ok((s.forward(&seed, &x, false)?, s.forward(&seed, &to_channels_last(&x), false)?))
+        Ok((s.forward(&seed, &x, false)?, s.forward(&seed, &topology.strided(&x), false)?))
     })?;
     require_same_shape(&x, &y_last)?;
     close(&y_last, &y_contiguous, 1e-4, 1e-5)
-        .map_err(|e| format!("a channels-last input gives another output than the contiguous one: {e}"))?;
+        .map_err(|e| format!("a {layout} input gives another output than the contiguous one: {e}"))?;
     Ok(format!(
-        "host with strides {strides:?}: backward through the isolation layer completed, the host kept channels-last \
-         and its exact gradient, {} seed parameter(s) got gradients; channels-last and contiguous inputs agree",
+        "host with strides {strides:?}: backward through the isolation layer completed, the host kept {layout} and \
+         its exact gradient, {} seed parameter(s) got gradients; {layout} and contiguous inputs agree",
         live.len()
     ))
 }
@@ -558,7 +581,7 @@ pub fn finite_outputs(s: &Subject<'_>) -> CheckResult {
 fn finite(s: &Subject<'_>) -> Outcome {
     let seed = s.create(PRIMARY_CHANNELS)?;
     perturb(&seed);
-    let shape = [4, PRIMARY_CHANNELS, 16, 16];
+    let shape = s.shape(4, 16);
     let inputs =
         [("randn", randn(&shape)), ("relu(randn)", randn(&shape).relu()), ("zeros", randn(&shape).zeros_like())];
     for round in 1..=REPEATS {
@@ -588,16 +611,16 @@ fn untouched(s: &Subject<'_>) -> Outcome {
     perturb(&seed);
     let mut calls = 0;
     for round in 1..=REPEATS {
-        for channels_last in [false, true] {
+        for strided in [false, true] {
             for train in [true, false] {
                 // A host activation as the runtime hands it to a seed: detached, and made
-                // contiguous first when the host is channels-last (BUG-005).
-                let leaf = randn(&[2, PRIMARY_CHANNELS, 8, 8]).set_requires_grad(true);
-                let host = if channels_last { to_channels_last(&(&leaf * 1.0)) } else { &leaf * 1.0 };
+                // contiguous first when the host is strided (BUG-005).
+                let leaf = s.randn(2, 8).set_requires_grad(true);
+                let host = if strided { s.topology().strided(&(&leaf * 1.0)) } else { &leaf * 1.0 };
                 let input = seed_input(&host, true);
                 let reference = host.detach().copy();
                 let version = contract::input_version(&input).map_err(|e| e.to_string())?;
-                let layout = if channels_last { "channels-last" } else { "contiguous" };
+                let layout = if strided { s.topology().strided_name() } else { "contiguous" };
                 let out = s.forward(&seed, &input, train)?;
                 calls += 1;
                 if let Err(v @ contract::ContractViolation::InputWritten { .. }) =
@@ -615,8 +638,9 @@ fn untouched(s: &Subject<'_>) -> Outcome {
         }
     }
     Ok(format!(
-        "{calls} calls (train and eval, contiguous and channels-last hosts, {REPEATS} rounds): the input's version \
-         counter and values never changed"
+        "{calls} calls (train and eval, contiguous and {} hosts, {REPEATS} rounds): the input's version counter and \
+         values never changed",
+        s.topology().strided_name()
     ))
 }
 
@@ -627,7 +651,7 @@ pub fn determinism(s: &Subject<'_>) -> CheckResult {
 fn deterministic(s: &Subject<'_>) -> Outcome {
     let seed = s.create(PRIMARY_CHANNELS)?;
     perturb(&seed);
-    let x = randn(&[2, PRIMARY_CHANNELS, 16, 16]);
+    let x = s.randn(2, 16);
     let first = tch::no_grad(|| s.forward(&seed, &x, false))?;
     let again = tch::no_grad(|| s.forward(&seed, &x, false))?;
     close(&again, &first, 0.0, 0.0).map_err(|e| format!("the same input twice gave different outputs: {e}"))?;
@@ -689,7 +713,7 @@ pub fn unknown_options(s: &Subject<'_>) -> CheckResult {
 /// used seed through the ABI (so a panic in a seed's `Drop` shows here).
 pub fn no_panic(s: &Subject<'_>) -> CheckResult {
     if let Ok(seed) = s.create(PRIMARY_CHANNELS) {
-        let x = randn(&[2, PRIMARY_CHANNELS, 8, 8]);
+        let x = s.randn(2, 8);
         let _ = s.forward(&seed, &x, true);
         s.release(seed);
     }
@@ -718,7 +742,7 @@ fn moved(s: &Subject<'_>, target: Device) -> Outcome {
     let live = live_parameters(s)?;
     let mut seed = s.create(PRIMARY_CHANNELS)?;
     perturb(&seed);
-    let x = randn(&[2, PRIMARY_CHANNELS, 8, 8]);
+    let x = s.randn(2, 8);
     let reference = tch::no_grad(|| s.forward(&seed, &x, false))?;
     let route = format!("cpu -> {} -> cpu", device_name(target));
     seed.set_device(target);
@@ -767,4 +791,69 @@ fn moved(s: &Subject<'_>, target: Device) -> Outcome {
     close(&back, &reference, 1e-4, 1e-5).map_err(|e| format!("back on cpu, the output changed: {e}"))?;
     let note = if target == Device::Cpu { " (no CUDA device: a cpu -> cpu move only)" } else { "" };
     Ok(format!("{route}: same outputs on each side, train-mode gradients on {}{note}", device_name(target)))
+}
+
+/// Sequence length of the causal check.
+pub const CAUSAL_LENGTH: i64 = 16;
+/// The positions `t` the causal check splits the sequence at: the first, one inside and
+/// the last but one, so a leak from one position ahead, from the far end or from
+/// anywhere between is caught.
+pub const CAUSAL_SPLITS: [i64; 3] = [0, 6, CAUSAL_LENGTH - 2];
+
+pub fn causal(s: &Subject<'_>) -> CheckResult {
+    match s.topology() {
+        Topology::Transformer => CheckResult::from_outcome(Check::Causal, causal_outcome(s)),
+        other => CheckResult::pass(
+            Check::Causal,
+            format!("not applicable: topology `{other}` has no sequence positions (checked for `transformer` only)"),
+        ),
+    }
+}
+
+fn causal_outcome(s: &Subject<'_>) -> Outcome {
+    // Off its birth value a seed really mixes positions (a zero-init projection would
+    // hide a leak), so a non-causal seed shows.
+    let seed = s.create(PRIMARY_CHANNELS)?;
+    perturb(&seed);
+    let x = s.randn(2, CAUSAL_LENGTH);
+    let y = tch::no_grad(|| s.forward(&seed, &x, false))?;
+    require_same_shape(&x, &y)?;
+    for t in CAUSAL_SPLITS {
+        let (head, tail) = (t + 1, CAUSAL_LENGTH - t - 1);
+        // Forward: every feature at positions > t replaced by fresh random values.
+        let changed = Tensor::cat(&[x.narrow(1, 0, head), randn(&[2, tail, PRIMARY_CHANNELS])], 1);
+        let y_changed = tch::no_grad(|| s.forward(&seed, &changed, false))?;
+        require_same_shape(&changed, &y_changed)?;
+        close(&y_changed.narrow(1, 0, head), &y.narrow(1, 0, head), 0.0, 0.0).map_err(|e| {
+            format!(
+                "eval mode, length {CAUSAL_LENGTH}: changing the features at positions > {t} changed the output at \
+                 positions <= {t} ({e}): the seed looks ahead"
+            )
+        })?;
+        // Backward: no gradient from the outputs at positions <= t to inputs after t.
+        let leaf = x.copy().set_requires_grad(true);
+        let out = s.forward(&seed, &leaf, true)?;
+        if !out.requires_grad() {
+            continue;
+        }
+        let part = out.narrow(1, 0, head);
+        (&part * part.randn_like()).sum(Kind::Float).f_backward().map_err(|e| format!("backward failed: {e}"))?;
+        let grad = leaf.grad();
+        if !grad.defined() {
+            continue;
+        }
+        let ahead = grad.narrow(1, head, tail).abs().max().double_value(&[]);
+        if ahead != 0.0 {
+            return Err(format!(
+                "train mode, length {CAUSAL_LENGTH}: the outputs at positions <= {t} send gradient to the inputs at \
+                 positions > {t} (max |gradient| {ahead:.3e}): the seed looks ahead"
+            ));
+        }
+    }
+    Ok(format!(
+        "length {CAUSAL_LENGTH}, split after positions {}: random features after the split leave the eval output up \
+         to it bit-identical, and the train-mode outputs up to it send exactly zero gradient past it (parameters \
+         perturbed)",
+        list(&CAUSAL_SPLITS)
+    ))
 }

@@ -11,7 +11,8 @@
 //!
 //! The suite loads the library into a fresh [`BlueprintRegistry`] (which checks the ABI
 //! layout and the handshake), then runs every blueprint check of [`CHECKS`] on each
-//! blueprint, on the CPU; `device_move` moves seeds to CUDA when a device is available
+//! blueprint, on inputs of the blueprint's own [`Topology`] (`(B, C, H, W)` for `cnn`,
+//! `(B, T, C)` for `transformer`), on the CPU; `device_move` moves seeds to CUDA when a device is available
 //! (else CPU to CPU, and says so). Each check reports pass, fail, warn or skip with a
 //! one-line reason. Panics inside the plugin are contained by the ABI and reported (by
 //! `no_panic`); a libtorch error on the runtime's side fails the check it happened in.
@@ -22,16 +23,18 @@ mod child;
 mod report;
 mod supervise;
 mod table;
+mod topology;
 pub mod wire;
 
 pub use checks::{
-    guarded, host_isolation_with, Subject, BATCHES, CHANNELS, ESTIMATE_FACTOR, KNOWN_TOPOLOGIES, PRIMARY_CHANNELS,
-    SIZES, UNKNOWN_OPTION,
+    guarded, host_isolation_with, Subject, BATCHES, CAUSAL_LENGTH, CAUSAL_SPLITS, CHANNELS, ESTIMATE_FACTOR,
+    KNOWN_TOPOLOGIES, PRIMARY_CHANNELS, SIZES, UNKNOWN_OPTION,
 };
 pub use child::{apply_memory_cap, serve_blueprint, MemoryCap};
 pub use report::{BlueprintReport, Check, CheckResult, HandshakeReport, Status, SuiteReport, Summary};
 pub use supervise::{run_suite_isolated, Limits, Progress};
 pub use table::{CheckSpec, Runner, Scope, CHECKS};
+pub use topology::{SuiteInputs, Topology, SEQUENCE_LENGTHS};
 
 use esper_runtime::{device::cuda_available, plugin::BlueprintRegistry};
 use std::path::{Path, PathBuf};

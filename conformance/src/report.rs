@@ -53,6 +53,7 @@ pub enum Check {
     ChannelsLast,
     FiniteOutputs,
     Determinism,
+    Causal,
     DeviceMove,
     ParamEstimate,
     UnknownOptions,

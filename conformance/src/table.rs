@@ -46,7 +46,7 @@ pub struct CheckSpec {
 
 /// Every check, in report order (`no_panic` last of those run: it sums up the others'
 /// panics; the process supervisor's after it).
-pub const CHECKS: [CheckSpec; 19] = [
+pub const CHECKS: [CheckSpec; 20] = [
     CheckSpec {
         check: Check::Handshake,
         name: "handshake",
@@ -109,8 +109,8 @@ pub const CHECKS: [CheckSpec; 19] = [
     CheckSpec {
         check: Check::ChannelsLast,
         name: "channels_last",
-        what: "a channels-last host survives backward through the isolation layer (BUG-005), and a channels-last \
-               input gives the same output as a contiguous one",
+        what: "a channels-last host (transformer: a time-major one) survives backward through the isolation layer \
+               (BUG-005), and such an input gives the same output as a contiguous one",
         scope: Scope::Seed(|s, _| checks::channels_last(s)),
     },
     CheckSpec {
@@ -125,6 +125,13 @@ pub const CHECKS: [CheckSpec; 19] = [
         what: "eval mode: the same input and parameters give the same output (twice, and in a second seed with the \
                parameters copied)",
         scope: Scope::Seed(|s, _| checks::determinism(s)),
+    },
+    CheckSpec {
+        check: Check::Causal,
+        name: "causal",
+        what: "transformer: changing the features at positions > t leaves the output at positions <= t exactly \
+               unchanged, and the outputs at positions <= t send exactly zero gradient to the inputs after t",
+        scope: Scope::Seed(|s, _| checks::causal(s)),
     },
     CheckSpec {
         check: Check::DeviceMove,

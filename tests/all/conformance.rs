@@ -479,3 +479,91 @@ fn esper_conformance_kills_a_hang_and_caps_a_hog_each_in_its_own_process() {
     let (at, _) = create.unwrap_or_else(|| panic!("no progress line for sleepy's create:\n{shown}"));
     assert!(end.saturating_sub(*at) >= Duration::from_secs(1), "printed only at the end ({at:?} of {end:?}):\n{shown}");
 }
+
+/// The leaky-attention fixture's blueprints and the checks each fails: non-causal
+/// attention (or a gradient that looks ahead) fails `causal` and nothing else; the same
+/// attention with the mask passes.
+const ATTENTION: &str = "esper-fixture-leaky-attention";
+const ATTENTION_FAILS_ON: [(&str, &[&str]); 3] = [
+    ("transformer:leaky-attention", &["causal"]),
+    ("transformer:causal-attention", &[]),
+    ("transformer:leaky-gradient", &["causal"]),
+];
+
+#[test]
+fn leaky_attention_fails_only_causal_and_causal_attention_passes_on_transformer_inputs() {
+    let report = suite(ATTENTION, None);
+    assert_eq!(report.blueprints.len(), 3, "{}", report.render());
+    for (name, fails) in ATTENTION_FAILS_ON {
+        let b = report.blueprint(name).unwrap_or_else(|| panic!("no {name}:\n{}", report.render()));
+        let ran: Vec<Check> = b.checks.iter().map(|c| c.check).collect();
+        assert_eq!(ran, Check::blueprint().collect::<Vec<_>>(), "{name}: every check, in order");
+        let failed: Vec<&str> = b.failed().map(|c| c.check.name()).collect();
+        assert_eq!(failed, fails, "{name}:\n{}", report.render());
+        for c in b.checks.iter().filter(|c| !fails.contains(&c.check.name())) {
+            assert_eq!(c.status, Status::Pass, "{name} {}: {}", c.check, c.reason);
+        }
+        // Every check fed it (B, T, C) features: the fixture refuses any other rank.
+        let shapes = b.check(Check::ShapeDtypeDevice).unwrap();
+        assert!(shapes.reason.contains("(B, T, C)") && shapes.reason.contains("sequence lengths 16, 1, 2, 7, 64"));
+        assert!(shapes.reason.contains("48") && shapes.reason.contains("batch 1, 3"), "{}", shapes.reason);
+        assert!(b.check(Check::ChannelsLast).unwrap().reason.contains("time-major"));
+    }
+    let leak = report.blueprint("leaky-attention").unwrap().check(Check::Causal).unwrap();
+    assert!(
+        leak.reason.contains("changing the features at positions > 0 changed the output at positions <= 0")
+            && leak.reason.contains("looks ahead"),
+        "{}",
+        leak.reason
+    );
+    let kept = report.blueprint("causal-attention").unwrap().check(Check::Causal).unwrap();
+    assert!(kept.reason.contains("bit-identical") && kept.reason.contains("zero gradient"), "{}", kept.reason);
+
+    // A cnn blueprint has no positions: the check does not apply, and says so.
+    let norm = suite("esper-norm", None);
+    let causal = norm.blueprint("norm").unwrap().check(Check::Causal).unwrap();
+    assert_eq!(causal.status, Status::Pass);
+    assert!(causal.reason.starts_with("not applicable: topology `cnn`"), "{}", causal.reason);
+}
+
+#[test]
+fn the_causal_check_catches_a_leak_in_backward_alone() {
+    // Its outputs are causal-attention's bit for bit; only the gradient looks ahead.
+    let mut registry = BlueprintRegistry::new();
+    registry.load(&plugin_lib(ATTENTION)).unwrap();
+    let subject = Subject::new(&registry, "leaky-gradient").unwrap();
+    assert_eq!(subject.topology(), esper_conformance::Topology::Transformer);
+    let report = run_blueprint(&subject, Device::Cpu);
+    let failed: Vec<Check> = report.failed().map(|c| c.check).collect();
+    assert_eq!(failed, [Check::Causal], "{report:#?}");
+    let reason = &report.check(Check::Causal).unwrap().reason;
+    assert!(
+        reason.contains("train mode") && reason.contains("positions <= 0 send gradient to the inputs at positions > 0"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn esper_conformance_fails_leaky_attention_on_causal_and_passes_causal_attention() {
+    let lib = plugin_lib(ATTENTION);
+    for (name, fails) in ATTENTION_FAILS_ON {
+        let out = esper().arg("conformance").arg(&lib).args(["--blueprint", name, "--json"]).output().unwrap();
+        let code = if fails.is_empty() { 0 } else { 1 };
+        assert_eq!(out.status.code(), Some(code), "{name}:\n{}", String::from_utf8_lossy(&out.stderr));
+        let json: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+        assert_eq!(json["passed"], fails.is_empty(), "{name}: {json:#}");
+        let failed: Vec<&str> = json["blueprints"][0]["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["status"] == "fail")
+            .filter_map(|c| c["check"].as_str())
+            .collect();
+        assert_eq!(failed, fails, "{name}: {json:#}");
+        assert_eq!(check_of(&json, name, "causal")["status"], if fails.is_empty() { "pass" } else { "fail" });
+    }
+    let out = esper().arg("conformance").arg(&lib).args(["--blueprint", "leaky-attention"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL  causal") && stdout.contains("transformer:leaky-attention causal:"), "{stdout}");
+}

@@ -39,7 +39,7 @@ impl Topology {
     pub const ALL: [Topology; 2] = [Topology::Cnn, Topology::Transformer];
 
     /// The name blueprint descriptors use.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Topology::Cnn => "cnn",
             Topology::Transformer => "transformer",
