@@ -1,13 +1,15 @@
 //! Limits a config is held to before anything is allocated or loaded: the host's
 //! memory estimate against the limit (through `esper config check`, `esper run` and
 //! `Trainer::new`), sha256 pins on the bytes actually loaded (registry and library
-//! API), plugin parameter requests against their cap, controller against gates, and a
-//! config without `[[plugins]]`.
+//! API), plugin parameter requests against their cap, controller against gates, a
+//! config without `[[plugins]]`, and blueprints of another topology than the host's.
 
 use esper_runtime::{
     config::{sha256_hex, PluginSource, RunConfig},
+    host::CnnHostConfig,
+    model::{ModelError, MorphogeneticModel, SlotConfig},
     plugin::{BlueprintRegistry, LoadError},
-    train::Trainer,
+    train::{germinate, Trainer},
 };
 use esper_tests::{plugin_lib, stderr, stdout, target_dir, temp_dir, write_file as write};
 use std::{
@@ -320,4 +322,32 @@ fn a_batch_larger_than_the_training_set_is_warned_about_with_both_numbers() {
     let path = write(&dir, "ok.toml", &small(Some(&plugin_lib("esper-norm")), ""));
     let (out, _) = esper(&["config".as_ref(), "check".as_ref(), path.as_os_str()]);
     assert!(out.status.success() && !stderr(&out).contains("batch_size"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_blueprint_of_another_topology_is_refused_naming_both_topologies() {
+    // `causal-attention` is a `transformer` blueprint; the run's host is the CNN.
+    let leaky = plugin_lib("esper-fixture-leaky-attention");
+    let schedule = "[[lifecycle.schedule]]\nepoch = 1\nslot = \"r0c1\"\nblueprint = \"causal-attention\"\n";
+    let controller = "[lifecycle.controller]\nblueprint = \"causal-attention\"\n";
+    for (extra, setting) in [(schedule, "lifecycle.schedule"), (controller, "lifecycle.controller.blueprint")] {
+        let dir = temp_dir("wrong-topology");
+        let path = write(&dir, "run.toml", &small(Some(&leaky), extra));
+        let (check, _) = esper(&["config".as_ref(), "check".as_ref(), path.as_os_str()]);
+        assert_eq!(check.status.code(), Some(1), "{extra}: {}", stderr(&check));
+        let e = stderr(&check);
+        let expected = format!(
+            "{setting}: blueprint `transformer:causal-attention` is for `transformer` hosts and this run's host is `cnn`"
+        );
+        assert!(e.contains(&expected), "{e}");
+    }
+    // The library refuses the germination too, and the slot stays dormant.
+    let mut registry = BlueprintRegistry::new();
+    registry.load(&leaky).unwrap();
+    let host = CnnHostConfig { base_channels: 8, ..Default::default() };
+    let mut model = MorphogeneticModel::new(host, &["r0c1"], SlotConfig::default(), tch::Device::Cpu).unwrap();
+    let err = germinate(&mut model, &registry, "r0c1", "causal-attention", "s1", &serde_json::json!({})).unwrap_err();
+    assert!(matches!(err, ModelError::TopologyMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("is for `transformer` hosts and this host is `cnn`"), "{err}");
+    assert!(model.slot("r0c1").unwrap().seed().is_none());
 }

@@ -8,7 +8,7 @@ use super::{MemoryLimit, RunConfig};
 use crate::{
     host::{
         budget::{BudgetError, StepEstimate},
-        HostBudget, HostError,
+        HostBudget, HostError, Topology,
     },
     plugin::{BlueprintRegistry, LoadError},
     Result,
@@ -35,6 +35,12 @@ pub enum PreflightError {
         #[source]
         source: Box<LoadError>,
     },
+    /// A blueprint named at `setting` is of another topology than the host's.
+    #[error(
+        "{setting}: blueprint `{blueprint}` is for `{blueprint_topology}` hosts and this run's host is \
+         `{host_topology}` ([host] kind); name a `{host_topology}` blueprint"
+    )]
+    Topology { setting: String, blueprint: String, blueprint_topology: String, host_topology: Topology },
     /// The controller's default rotation has no blueprint among those loaded.
     #[error(
         "lifecycle.controller: none of the default rotation's blueprints ({}) is loaded (available: {}); name \
@@ -99,7 +105,7 @@ impl RunConfig {
             registry.load_pinned(&p.path, p.sha256.as_deref())?;
         }
         for s in &self.lifecycle.schedule {
-            registry.resolve(&s.blueprint).map_err(blueprint_error("lifecycle.schedule"))?;
+            self.check_topology(&registry, &s.blueprint, "lifecycle.schedule")?;
         }
         let rotation = self.controller_rotation(&registry)?;
         self.try_blueprints(&registry, &points, &rotation)?;
@@ -140,7 +146,9 @@ impl RunConfig {
         }
         let rotation = ctl.rotation();
         if ctl.blueprint.is_none() && ctl.blueprints.is_none() {
-            let loaded: Vec<_> = rotation.into_iter().filter(|(b, _)| registry.resolve(b).is_ok()).collect();
+            let host = self.host.topology();
+            let fits = |b: &str| registry.resolve(b).is_ok_and(|(_, d)| d.topology.as_str() == host.as_str());
+            let loaded: Vec<_> = rotation.into_iter().filter(|(b, _)| fits(b)).collect();
             if loaded.is_empty() {
                 let available = registry.list().map(|(key, _, _)| key.to_string()).collect();
                 let rotation = super::DEFAULT_ROTATION.iter().map(ToString::to_string).collect();
@@ -150,9 +158,29 @@ impl RunConfig {
         }
         let setting = if ctl.blueprint.is_some() { "blueprint" } else { "blueprints" };
         for (b, _) in &rotation {
-            registry.resolve(b).map_err(blueprint_error(&format!("lifecycle.controller.{setting}")))?;
+            self.check_topology(registry, b, &format!("lifecycle.controller.{setting}"))?;
         }
         Ok(rotation)
+    }
+
+    /// `blueprint`, named at `setting`, resolves and is of the host's topology.
+    fn check_topology(
+        &self,
+        registry: &BlueprintRegistry,
+        blueprint: &str,
+        setting: &str,
+    ) -> Result<(), PreflightError> {
+        let (key, descriptor) = registry.resolve(blueprint).map_err(blueprint_error(setting))?;
+        let host_topology = self.host.topology();
+        if descriptor.topology.as_str() == host_topology.as_str() {
+            return Ok(());
+        }
+        Err(PreflightError::Topology {
+            setting: setting.to_string(),
+            blueprint: key.to_string(),
+            blueprint_topology: descriptor.topology.to_string(),
+            host_topology,
+        })
     }
 }
 

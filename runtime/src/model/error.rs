@@ -1,5 +1,5 @@
 use crate::{
-    host::HostError,
+    host::{HostError, Topology},
     isolation::{FaultKind, SeedFault},
     lifecycle::LifecycleError,
     plugin::LoadError,
@@ -30,6 +30,10 @@ pub enum ModelError {
     /// A seed handed to a slot was created for another channel count.
     #[error("slot `{slot}` has {expected} channels; the `{blueprint}` seed handed to it was created for {got}")]
     SeedMismatch { slot: String, blueprint: String, expected: i64, got: i64 },
+    /// A blueprint of another topology than the host's (a `transformer` blueprint in a
+    /// `cnn` host's slot, or the other way round).
+    #[error("slot `{slot}`: blueprint `{blueprint}` is for `{blueprint_topology}` hosts and this host is `{host_topology}`; germinate a `{host_topology}` blueprint here")]
+    TopologyMismatch { slot: String, blueprint: String, blueprint_topology: String, host_topology: Topology },
     /// A checkpointed lifecycle restored with the wrong seed (or none, or one too many).
     #[error("slot `{slot}`: the checkpointed lifecycle runs {lifecycle}, the seed given to restore it is {seed}")]
     RestoreMismatch { slot: String, lifecycle: String, seed: String },

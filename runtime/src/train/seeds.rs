@@ -62,6 +62,16 @@ fn create(
     options: &Value,
 ) -> Result<PluginSeed, ModelError> {
     let channels = model.slot(slot)?.channels();
+    let (key, descriptor) = registry.resolve(blueprint)?;
+    let host_topology = model.host().topology();
+    if descriptor.topology.as_str() != host_topology.as_str() {
+        return Err(ModelError::TopologyMismatch {
+            slot: slot.to_string(),
+            blueprint: key.to_string(),
+            blueprint_topology: descriptor.topology.to_string(),
+            host_topology,
+        });
+    }
     Ok(registry.create_seed(blueprint, channels, options, model.device())?)
 }
 
@@ -97,6 +107,7 @@ fn germination_failure(error: &ModelError) -> GerminationFailure {
         | ModelError::UnknownSlot { .. }
         | ModelError::DuplicateSlot(_)
         | ModelError::SeedMismatch { .. }
+        | ModelError::TopologyMismatch { .. }
         | ModelError::RestoreMismatch { .. } => F::SlotRefused,
         ModelError::Host(_) | ModelError::Torch(_) | ModelError::Shim(_) => F::RuntimeFailed,
     }
