@@ -243,15 +243,27 @@ unsafe extern "C" fn softmax(x: T, dim: i64, out: Out) -> Status {
 
 unsafe extern "C" fn attention(q: T, k: T, v: T, out: Out) -> Status {
     // SAFETY: as in `run`.
+    unsafe { sdpa("attention", q, k, v, out, false) }
+}
+
+/// ABI 1.2.
+unsafe extern "C" fn causal_attention(q: T, k: T, v: T, out: Out) -> Status {
+    // SAFETY: as in `run`.
+    unsafe { sdpa("causal_attention", q, k, v, out, true) }
+}
+
+/// `scaled_dot_product_attention(q, k, v)` with `is_causal` as given.
+unsafe fn sdpa(op: &str, q: T, k: T, v: T, out: Out, causal: bool) -> Status {
+    // SAFETY: as in `run`.
     unsafe {
-        run("attention", [q, k, v], out, |o| {
+        run(op, [q, k, v], out, |o| {
             Ok(Tensor::f_scaled_dot_product_attention(
                 o.need(0)?,
                 o.need(1)?,
                 o.need(2)?,
                 None::<&Tensor>,
                 0.0,
-                false,
+                causal,
                 None::<f64>,
                 false,
             )?)
@@ -421,6 +433,7 @@ pub(crate) static OPS: EsperOps = EsperOps {
     zeros_like,
     ones_like,
     detach,
+    causal_attention,
 };
 
 #[cfg(test)]
@@ -478,6 +491,32 @@ mod tests {
             assert_eq!((OPS.dtype)(hx), sys::DTYPE_FLOAT32);
             drop_handle(hx);
             drop_handle(hw);
+        }
+    }
+
+    #[test]
+    fn attention_ops_compute_libtorchs_sdpa_causal_or_not() {
+        let opts = (Kind::Float, tch::Device::Cpu);
+        let (q, k, v) =
+            (Tensor::randn([2, 3, 5, 4], opts), Tensor::randn([2, 3, 5, 4], opts), Tensor::randn([2, 3, 5, 4], opts));
+        let (hq, hk, hv) = (handle(q.shallow_clone()), handle(k.shallow_clone()), handle(v.shallow_clone()));
+        let sdpa =
+            |causal| Tensor::scaled_dot_product_attention(&q, &k, &v, None::<&Tensor>, 0.0, causal, None::<f64>, false);
+        let mut out = std::ptr::null_mut();
+        // SAFETY: live handles and a valid place, as a plugin passes them.
+        unsafe {
+            assert_eq!((OPS.causal_attention)(hq, hk, hv, &mut out), sys::OK);
+            let causal = take(out);
+            assert!(same(&causal, &sdpa(true)));
+            assert!(!same(&causal, &sdpa(false)), "the causal op masks the future");
+            // The first query sees only the first key: its output is the first value.
+            let first = (causal.narrow(2, 0, 1) - v.narrow(2, 0, 1)).abs().max().double_value(&[]);
+            assert!(first < 1e-6, "{first}");
+            assert_eq!((OPS.attention)(hq, hk, hv, &mut out), sys::OK);
+            assert!(same(&take(out), &sdpa(false)));
+            drop_handle(hq);
+            drop_handle(hk);
+            drop_handle(hv);
         }
     }
 
