@@ -14,4 +14,5 @@ mod plugin_loader;
 mod portable;
 mod run_job;
 mod runtime_core;
+mod transformer_blueprint_parity;
 mod transformer_parity;
