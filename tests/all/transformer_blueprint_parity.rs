@@ -121,3 +121,23 @@ fn every_transformer_blueprint_is_the_identity_at_birth() {
         assert_eq!((&y - &x).abs().max().double_value(&[]), 0.0, "{blueprint}: y = x at birth");
     }
 }
+
+#[test]
+fn each_transformer_blueprint_marks_its_last_linear_layer_for_the_multiply_rule() {
+    let mut registry = BlueprintRegistry::new();
+    registry.load(&plugin_lib("esper-transformer")).unwrap();
+    for (blueprint, output_layer) in [
+        ("noop", vec![]),
+        ("norm", vec![]),
+        ("lora", vec!["up_weight"]),
+        ("lora_large", vec!["up_weight"]),
+        ("attention", vec!["proj_weight", "proj_bias"]),
+        ("mlp_small", vec!["fc2_weight", "fc2_bias"]),
+        ("mlp", vec!["fc2_weight", "fc2_bias"]),
+        ("flex_attention", vec!["proj_weight", "proj_bias"]),
+    ] {
+        let name = format!("transformer:{blueprint}");
+        let seed = registry.create_seed(&name, 64, &serde_json::Value::Null, Device::Cpu).unwrap();
+        assert_eq!(seed.output_layer(), output_layer.as_slice(), "{blueprint} marks its last layer");
+    }
+}

@@ -70,12 +70,16 @@ impl Linear {
         layer: Layer,
     ) -> Result<Self, PluginError> {
         let shape = [out, inp];
-        let (init, make): (Init, fn(&mut Params<'_>, &str, &[i64], Init) -> Result<Tensor, PluginError>) = match layer {
-            Layer::Inner => (Init::pytorch_default(&shape), |p, n, s, i| p.param(n, s, i)),
-            Layer::Output => (Init::Zeros, |p, n, s, i| p.output_param(n, s, i)),
+        let init = match layer {
+            Layer::Inner => Init::pytorch_default(&shape),
+            Layer::Output => Init::Zeros,
         };
-        let weight = make(params, &format!("{prefix}_weight"), &shape, init)?;
-        let bias = if bias { Some(make(params, &format!("{prefix}_bias"), &[out], init)?) } else { None };
+        let mut make = |name: String, shape: &[i64]| match layer {
+            Layer::Inner => params.param(&name, shape, init),
+            Layer::Output => params.output_param(&name, shape, init),
+        };
+        let weight = make(format!("{prefix}_weight"), &shape)?;
+        let bias = if bias { Some(make(format!("{prefix}_bias"), &[out])?) } else { None };
         Ok(Self { weight, bias })
     }
 
