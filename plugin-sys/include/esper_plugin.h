@@ -176,6 +176,10 @@ typedef struct esper_ops {
      * to keys 0..=i (q and k of the same length); no dropout. */
     esper_status (*causal_attention)(const esper_tensor *q, const esper_tensor *k, const esper_tensor *v,
                                      esper_tensor **out);
+    /* Causal attention over a sliding window (ABI 1.2): query i attends to keys
+     * i - window + 1 ..= i (those >= 0); `window` >= 1. No dropout. */
+    esper_status (*window_attention)(const esper_tensor *q, const esper_tensor *k, const esper_tensor *v,
+                                     int64_t window, esper_tensor **out);
 } esper_ops;
 
 /* One blueprint of the plugin. */

@@ -167,6 +167,7 @@ pub struct EsperOps {
 
     // ABI 1.2.
     pub causal_attention: unsafe extern "C" fn(q: T, k: T, v: T, out: Out) -> Status,
+    pub window_attention: unsafe extern "C" fn(q: T, k: T, v: T, window: i64, out: Out) -> Status,
 }
 
 pub type CreateFn = unsafe extern "C" fn(

@@ -252,6 +252,29 @@ unsafe extern "C" fn causal_attention(q: T, k: T, v: T, out: Out) -> Status {
     unsafe { sdpa("causal_attention", q, k, v, out, true) }
 }
 
+/// ABI 1.2. The mask is built on the operands' device from their shapes (known on the
+/// host), so no call waits for the device.
+unsafe extern "C" fn window_attention(q: T, k: T, v: T, window: i64, out: Out) -> Status {
+    // SAFETY: as in `run`.
+    unsafe {
+        run("window_attention", [q, k, v], out, |o| {
+            let (q, k, v) = (o.need(0)?, o.need(1)?, o.need(2)?);
+            if window < 1 {
+                return Err(format!("window must be at least 1, got {window}").into());
+            }
+            let (tq, tk) = match (&q.size()[..], &k.size()[..]) {
+                ([.., tq, _], [.., tk, _]) => (*tq, *tk),
+                _ => return Err("q and k need (..., T, D)".to_string().into()),
+            };
+            let positions = |n| Tensor::f_arange(n, (Kind::Int64, q.device()));
+            // distance[i, j] = i - j: key j is visible to query i when 0 <= i - j < window.
+            let distance = positions(tq)?.f_unsqueeze(1)?.f_sub(&positions(tk)?.f_unsqueeze(0)?)?;
+            let visible = distance.f_ge(0)?.f_logical_and(&distance.f_lt(window)?)?;
+            Ok(Tensor::f_scaled_dot_product_attention(q, k, v, Some(&visible), 0.0, false, None::<f64>, false)?)
+        })
+    }
+}
+
 /// `scaled_dot_product_attention(q, k, v)` with `is_causal` as given.
 unsafe fn sdpa(op: &str, q: T, k: T, v: T, out: Out, causal: bool) -> Status {
     // SAFETY: as in `run`.
@@ -434,6 +457,7 @@ pub(crate) static OPS: EsperOps = EsperOps {
     ones_like,
     detach,
     causal_attention,
+    window_attention,
 };
 
 #[cfg(test)]
@@ -514,6 +538,22 @@ mod tests {
             assert!(first < 1e-6, "{first}");
             assert_eq!((OPS.attention)(hq, hk, hv, &mut out), sys::OK);
             assert!(same(&take(out), &sdpa(false)));
+            // A window as long as the sequence is causal attention; a window of 1 sees
+            // only itself (its own value); a window of 2 is what an explicit mask gives.
+            assert_eq!((OPS.window_attention)(hq, hk, hv, 5, &mut out), sys::OK);
+            assert!((take(out) - sdpa(true)).abs().max().double_value(&[]) < 1e-6);
+            assert_eq!((OPS.window_attention)(hq, hk, hv, 1, &mut out), sys::OK);
+            assert!((take(out) - &v).abs().max().double_value(&[]) < 1e-6);
+            let mask = Tensor::ones([5, 5], (Kind::Bool, tch::Device::Cpu))
+                .tril(0)
+                .logical_and(&Tensor::ones([5, 5], (Kind::Bool, tch::Device::Cpu)).triu(-1));
+            let banded = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), 0.0, false, None::<f64>, false);
+            assert_eq!((OPS.window_attention)(hq, hk, hv, 2, &mut out), sys::OK);
+            let two = take(out);
+            assert!((&two - banded).abs().max().double_value(&[]) < 1e-6);
+            assert!((&two - sdpa(true)).abs().max().double_value(&[]) > 1e-3, "the window cuts the far past");
+            assert_eq!((OPS.window_attention)(hq, hk, hv, 0, &mut out), sys::ERR_INVALID_ARGUMENT);
+            assert!(last().contains("window must be at least 1, got 0"), "{}", last());
             drop_handle(hq);
             drop_handle(hk);
             drop_handle(hv);
