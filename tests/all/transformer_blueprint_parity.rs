@@ -1,5 +1,5 @@
 //! Parity with PyTorch on identical weights: the transformer catalogue's eight
-//! blueprints (`plugins/transformer`) at C in {32, 96} and sequence lengths {7, 16}, on
+//! blueprints (`plugins/transformer`), and `flex_attention` over a sliding window, at C in {32, 96} and sequence lengths {7, 16}, on
 //! `(B, T, C)` features through the isolation layer, against a PyTorch
 //! reference written from the catalogue (`tests/parity/transformer_blueprints.py`, in
 //! float64 with the attention written out). The parameters are perturbed away from their
@@ -22,6 +22,7 @@ const GRAD_TOLERANCE: f64 = 1e-4;
 
 struct Case {
     blueprint: &'static str,
+    options: serde_json::Value,
     channels: i64,
     seq: i64,
     out: Tensor,
@@ -32,12 +33,12 @@ struct Case {
 fn run_case(
     registry: &BlueprintRegistry,
     i: usize,
-    case: (&'static str, i64, i64),
+    case: (&'static str, &serde_json::Value, i64, i64),
     file: &mut Vec<(String, Tensor)>,
 ) -> Case {
-    let (blueprint, channels, seq) = case;
+    let (blueprint, options, channels, seq) = case;
     let name = format!("transformer:{blueprint}");
-    let seed = registry.create_seed(&name, channels, &serde_json::Value::Null, Device::Cpu).unwrap();
+    let seed = registry.create_seed(&name, channels, options, Device::Cpu).unwrap();
     let params: BTreeMap<String, Tensor> = seed.vars().variables().into_iter().collect();
     tch::no_grad(|| {
         for p in params.values() {
@@ -58,7 +59,7 @@ fn run_case(
         file.push((format!("{i}.param.{name}"), p.detach().contiguous()));
     }
     let grads = params.iter().map(|(n, p)| (n.clone(), p.grad().copy())).collect();
-    Case { blueprint, channels, seq, out: out.detach().copy(), grads }
+    Case { blueprint, options: options.clone(), channels, seq, out: out.detach().copy(), grads }
 }
 
 #[test]
@@ -68,22 +69,26 @@ fn every_transformer_blueprint_matches_pytorch_forward_and_backward() {
     registry.load(&plugin_lib("esper-transformer")).unwrap();
     let mut file = Vec::new();
     let mut cases = Vec::new();
-    for blueprint in BLUEPRINTS {
+    // Esper-lite's catalogue with its defaults, and `flex_attention` over a sliding window
+    // shorter than the sequences.
+    let windowed = ("flex_attention", serde_json::json!({"window": 3}));
+    let all = BLUEPRINTS.map(|b| (b, serde_json::Value::Null)).into_iter().chain([windowed]);
+    for (blueprint, options) in all {
         for channels in CHANNELS {
             for seq in SEQUENCES {
-                cases.push(run_case(&registry, cases.len(), (blueprint, channels, seq), &mut file));
+                cases.push(run_case(&registry, cases.len(), (blueprint, &options, channels, seq), &mut file));
             }
         }
     }
 
     let list: Vec<serde_json::Value> =
-        cases.iter().map(|c| serde_json::json!({"blueprint": c.blueprint, "channels": c.channels})).collect();
+        cases.iter().map(|c| serde_json::json!({"blueprint": c.blueprint, "channels": c.channels, "window": c.options.get("window")})).collect();
     let reference = pytorch_reference("transformer_blueprints.py", "transformer-blueprint-parity", &list.into(), &file);
 
     let mut failures = Vec::new();
     let mut checked = 0;
     for (i, c) in cases.iter().enumerate() {
-        let what = format!("{} C={} T={}", c.blueprint, c.channels, c.seq);
+        let what = format!("{} {} C={} T={}", c.blueprint, c.options, c.channels, c.seq);
         let err = relative_error(&c.out, &reference[&format!("{i}.out")]);
         if err > OUT_TOLERANCE {
             failures.push(format!("{what}: output differs by {err:.2e} (relative)"));
@@ -104,7 +109,7 @@ fn every_transformer_blueprint_matches_pytorch_forward_and_backward() {
         }
     }
     assert!(failures.is_empty(), "{} mismatch(es) with PyTorch:\n{}", failures.len(), failures.join("\n"));
-    assert_eq!(cases.len(), BLUEPRINTS.len() * CHANNELS.len() * SEQUENCES.len());
+    assert_eq!(cases.len(), (BLUEPRINTS.len() + 1) * CHANNELS.len() * SEQUENCES.len());
     assert!(checked > 100, "premise: parameter gradients compared ({checked})");
 }
 

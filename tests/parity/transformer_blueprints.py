@@ -3,7 +3,7 @@ esper-lite's code), for tests/all/transformer_blueprint_parity.rs.
 
     python transformer_blueprints.py CASES.json IN.safetensors OUT.safetensors
 
-CASES.json lists the cases (blueprint, channels); IN holds, for case i, `{i}.x` (the
+CASES.json lists the cases (blueprint, channels, window: null or flex_attention's sliding window); IN holds, for case i, `{i}.x` (the
 seed's (B, T, C) input), `{i}.g` (the upstream gradient) and `{i}.param.NAME` (the
 seed's parameters). For each case this computes y = blueprint(x) and the gradients of
 sum(y * g) with respect to every parameter, and writes `{i}.out` and `{i}.grad.NAME` to
@@ -26,7 +26,7 @@ EPS = 1e-5
 N_HEAD = 4
 
 
-def causal_attention(x, p):
+def causal_attention(x, p, window=None):
     b, t, c = x.shape
     d = c // N_HEAD
 
@@ -35,13 +35,17 @@ def causal_attention(x, p):
 
     q, k, v = heads("q"), heads("k"), heads("v")
     scores = q @ k.transpose(-2, -1) / math.sqrt(d)
-    future = torch.ones(t, t, dtype=torch.bool).triu(1)
-    weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+    i = torch.arange(t)[:, None]
+    j = torch.arange(t)[None, :]
+    hidden = j > i  # the future
+    if window is not None:
+        hidden = hidden | (i - j >= window)  # beyond the window
+    weights = scores.masked_fill(hidden, float("-inf")).softmax(dim=-1)
     out = (weights @ v).transpose(1, 2).reshape(b, t, c)
     return x + F.linear(out, p["proj_weight"], p["proj_bias"])
 
 
-def forward(blueprint, p, x):
+def forward(blueprint, p, x, window=None):
     if blueprint == "noop":
         return x
     if blueprint == "norm":
@@ -50,7 +54,7 @@ def forward(blueprint, p, x):
     if blueprint in ("lora", "lora_large"):
         return x + F.linear(F.linear(x, p["down_weight"]), p["up_weight"])
     if blueprint in ("attention", "flex_attention"):
-        return causal_attention(x, p)
+        return causal_attention(x, p, window)
     if blueprint in ("mlp_small", "mlp"):
         hidden = F.gelu(F.linear(x, p["fc1_weight"], p["fc1_bias"]))
         return x + F.linear(hidden, p["fc2_weight"], p["fc2_bias"])
@@ -68,7 +72,7 @@ def main():
         params = {
             k[len(prefix):]: v.double().requires_grad_(True) for k, v in tensors.items() if k.startswith(prefix)
         }
-        y = forward(case["blueprint"], params, tensors[f"{i}.x"].double())
+        y = forward(case["blueprint"], params, tensors[f"{i}.x"].double(), case.get("window"))
         out[f"{i}.out"] = y.detach().float().contiguous()
         if params:
             (y * tensors[f"{i}.g"].double()).sum().backward()

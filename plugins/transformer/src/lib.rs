@@ -10,9 +10,10 @@
 //! Declared estimates are counts at 64 channels, as the ABI defines them (esper-lite
 //! declares its own at 384: 800, 6000, 25000, 591000, 591000, 1200000, 591000).
 //!
-//! A portable plugin (`esper-plugin-portable`, ABI 1.2 for `causal_attention`). The last
-//! linear layer of each blueprint is created with `output_param` (the MULTIPLY rule:
-//! zeroed under a MULTIPLY blend); each is the identity at birth, as in esper-lite.
+//! A portable plugin (`esper-plugin-portable`; ABI 1.2 for `causal_attention` and
+//! `window_attention`). The last linear layer of each blueprint is created with
+//! `output_param` (the MULTIPLY rule: zeroed under a MULTIPLY blend); each is the
+//! identity at birth, as in esper-lite.
 //!
 //! | blueprint | forward |
 //! | --- | --- |
@@ -21,6 +22,8 @@
 //! | `lora`, `lora_large` | `y = x + up(down(x))` |
 //! | `attention`, `flex_attention` | `y = x + proj(causal_attention(q(x), k(x), v(x)))` |
 //! | `mlp_small`, `mlp` | `y = x + fc2(gelu(fc1(x)))` |
+//!
+//! `flex_attention` takes an optional sliding `window` (`window_attention`).
 
 #![forbid(unsafe_code)]
 
@@ -221,11 +224,24 @@ pub struct HeadOptions {
     pub n_head: Option<i64>,
 }
 
+/// Options of `flex_attention`.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlexOptions {
+    /// Attention heads (4); they must divide the width.
+    pub n_head: Option<i64>,
+    /// A sliding window: query `i` sees keys `i - window + 1 ..= i`. Absent: the whole
+    /// past (esper-lite's causal block mask).
+    pub window: Option<i64>,
+}
+
 pub struct Attention;
 pub struct FlexAttention;
 pub struct AttentionSeed {
     channels: i64,
     n_head: i64,
+    /// `None`: every earlier position; `Some(w)`: the last `w` positions.
+    window: Option<i64>,
     q: Linear,
     k: Linear,
     v: Linear,
@@ -233,8 +249,14 @@ pub struct AttentionSeed {
 }
 
 impl AttentionSeed {
-    fn new(params: &mut Params<'_>, channels: i64, options: HeadOptions) -> Result<Self, PluginError> {
-        let n_head = positive("n_head", options.n_head, 4)?;
+    fn new(
+        params: &mut Params<'_>,
+        channels: i64,
+        n_head: Option<i64>,
+        window: Option<i64>,
+    ) -> Result<Self, PluginError> {
+        let n_head = positive("n_head", n_head, 4)?;
+        let window = window.map(|w| positive("window", Some(w), 1)).transpose()?;
         if channels % n_head != 0 {
             return Err(PluginError::invalid_argument(format!(
                 "attention needs the width divisible by n_head, got {channels} channels and n_head {n_head}"
@@ -244,6 +266,7 @@ impl AttentionSeed {
         Ok(Self {
             channels,
             n_head,
+            window,
             q: Linear::new(params, "q", square, true, Layer::Inner)?,
             k: Linear::new(params, "k", square, true, Layer::Inner)?,
             v: Linear::new(params, "v", square, true, Layer::Inner)?,
@@ -262,23 +285,24 @@ impl Blueprint for Attention {
     type Seed = AttentionSeed;
 
     fn create(params: &mut Params<'_>, channels: i64, options: HeadOptions) -> Result<AttentionSeed, PluginError> {
-        AttentionSeed::new(params, channels, options)
+        AttentionSeed::new(params, channels, options.n_head, None)
     }
 }
 
 /// esper-lite's `flex_attention`: FlexAttention with a causal block mask, which computes
 /// what causal scaled dot-product attention does (esper-lite itself falls back to it on
-/// CPU): the same seed as `attention`, kept under its catalogue name.
+/// CPU): by default the same seed as `attention`, kept under its catalogue name; the
+/// `window` option narrows the mask to a sliding window of the last `window` positions.
 impl Blueprint for FlexAttention {
     const NAME: &'static str = "flex_attention";
     const TOPOLOGY: &'static str = "transformer";
-    const DESCRIPTION: &'static str = "causal attention through a causal block mask";
+    const DESCRIPTION: &'static str = "causal attention with a causal or sliding-window mask";
     const PARAM_ESTIMATE: u64 = 16_600;
-    type Options = HeadOptions;
+    type Options = FlexOptions;
     type Seed = AttentionSeed;
 
-    fn create(params: &mut Params<'_>, channels: i64, options: HeadOptions) -> Result<AttentionSeed, PluginError> {
-        AttentionSeed::new(params, channels, options)
+    fn create(params: &mut Params<'_>, channels: i64, options: FlexOptions) -> Result<AttentionSeed, PluginError> {
+        AttentionSeed::new(params, channels, options.n_head, options.window)
     }
 }
 
@@ -289,7 +313,11 @@ impl Seed for AttentionSeed {
             // (B, T, C) -> (B, H, T, C / H)
             layer.forward(x)?.reshape(&[b, t, self.n_head, c / self.n_head])?.transpose(1, 2)
         };
-        let out = Tensor::causal_attention(&heads(&self.q)?, &heads(&self.k)?, &heads(&self.v)?)?;
+        let (q, k, v) = (heads(&self.q)?, heads(&self.k)?, heads(&self.v)?);
+        let out = match self.window {
+            None => Tensor::causal_attention(&q, &k, &v)?,
+            Some(window) => Tensor::window_attention(&q, &k, &v, window)?,
+        };
         let out = out.transpose(1, 2)?.reshape(&[b, t, c])?;
         x.add(&self.proj.forward(&out)?)
     }
