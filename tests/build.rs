@@ -14,6 +14,7 @@ fn main() {
         ("c_gain", &[][..]),
         ("c_gain_abi_2_0", &["-DFIXTURE_ABI_MAJOR=2", "-DFIXTURE_ABI_MINOR=0"][..]),
         ("c_gain_abi_1_9", &["-DFIXTURE_ABI_MINOR=9"][..]),
+        ("c_gain_abi_1_1", &["-DFIXTURE_ABI_MINOR=1"][..]),
         ("c_gain_null_forward", &["-DFIXTURE_NULL_FORWARD"][..]),
     ] {
         let lib = out.join(format!("libesper_fixture_{name}.so"));

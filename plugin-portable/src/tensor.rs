@@ -335,6 +335,22 @@ impl Tensor {
         Self::call(|out| unsafe { f(q.as_ptr(), k.as_ptr(), v.as_ptr(), out) })
     }
 
+    /// Causal scaled dot-product attention of `q`, `k`, `v` (`is_causal`: query `i` attends
+    /// to keys `0..=i`; no dropout). ABI 1.2.
+    pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor, PluginError> {
+        let f = ops().causal_attention;
+        // SAFETY: live handles.
+        Self::call(|out| unsafe { f(q.as_ptr(), k.as_ptr(), v.as_ptr(), out) })
+    }
+
+    /// Causal attention over a sliding window of `window` positions: query `i` attends to
+    /// keys `i - window + 1 ..= i` (`window` >= 1; no dropout). ABI 1.2.
+    pub fn window_attention(q: &Tensor, k: &Tensor, v: &Tensor, window: i64) -> Result<Tensor, PluginError> {
+        let f = ops().window_attention;
+        // SAFETY: live handles.
+        Self::call(|out| unsafe { f(q.as_ptr(), k.as_ptr(), v.as_ptr(), window, out) })
+    }
+
     fn dims_op(&self, f: sys::DimsFn, dims: &[i64]) -> Result<Tensor, PluginError> {
         // SAFETY: a live handle; `dims` points at `dims.len()` values.
         Self::call(|out| unsafe { f(self.as_ptr(), dims.as_ptr(), dims.len(), out) })

@@ -41,7 +41,7 @@ extern "C" {
 #endif
 
 #define ESPER_ABI_MAJOR 1
-#define ESPER_ABI_MINOR 1
+#define ESPER_ABI_MINOR 2
 
 typedef int32_t esper_status;
 #define ESPER_OK 0
@@ -171,6 +171,15 @@ typedef struct esper_ops {
     esper_unary_fn zeros_like;
     esper_unary_fn ones_like;
     esper_unary_fn detach;
+
+    /* ABI 1.2. scaled_dot_product_attention(q, k, v, is_causal = true): query i attends
+     * to keys 0..=i (q and k of the same length); no dropout. */
+    esper_status (*causal_attention)(const esper_tensor *q, const esper_tensor *k, const esper_tensor *v,
+                                     esper_tensor **out);
+    /* Causal attention over a sliding window (ABI 1.2): query i attends to keys
+     * i - window + 1 ..= i (those >= 0); `window` >= 1. No dropout. */
+    esper_status (*window_attention)(const esper_tensor *q, const esper_tensor *k, const esper_tensor *v,
+                                     int64_t window, esper_tensor **out);
 } esper_ops;
 
 /* One blueprint of the plugin. */

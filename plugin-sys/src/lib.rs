@@ -16,7 +16,7 @@ pub const HEADER_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/include/espe
 
 /// The ABI version this crate is built against (shared with native plugins).
 pub const ABI_MAJOR: u32 = 1;
-pub const ABI_MINOR: u32 = 1;
+pub const ABI_MINOR: u32 = 2;
 /// The one symbol a portable plugin exports: an [`EntryFn`].
 pub const ENTRY_SYMBOL: &str = "esper_portable_plugin";
 
@@ -164,6 +164,10 @@ pub struct EsperOps {
     pub zeros_like: UnaryFn,
     pub ones_like: UnaryFn,
     pub detach: UnaryFn,
+
+    // ABI 1.2.
+    pub causal_attention: unsafe extern "C" fn(q: T, k: T, v: T, out: Out) -> Status,
+    pub window_attention: unsafe extern "C" fn(q: T, k: T, v: T, window: i64, out: Out) -> Status,
 }
 
 pub type CreateFn = unsafe extern "C" fn(

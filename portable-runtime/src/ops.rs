@@ -243,15 +243,50 @@ unsafe extern "C" fn softmax(x: T, dim: i64, out: Out) -> Status {
 
 unsafe extern "C" fn attention(q: T, k: T, v: T, out: Out) -> Status {
     // SAFETY: as in `run`.
+    unsafe { sdpa("attention", q, k, v, out, false) }
+}
+
+/// ABI 1.2.
+unsafe extern "C" fn causal_attention(q: T, k: T, v: T, out: Out) -> Status {
+    // SAFETY: as in `run`.
+    unsafe { sdpa("causal_attention", q, k, v, out, true) }
+}
+
+/// ABI 1.2. The mask is built on the operands' device from their shapes (known on the
+/// host), so no call waits for the device.
+unsafe extern "C" fn window_attention(q: T, k: T, v: T, window: i64, out: Out) -> Status {
+    // SAFETY: as in `run`.
     unsafe {
-        run("attention", [q, k, v], out, |o| {
+        run("window_attention", [q, k, v], out, |o| {
+            let (q, k, v) = (o.need(0)?, o.need(1)?, o.need(2)?);
+            if window < 1 {
+                return Err(format!("window must be at least 1, got {window}").into());
+            }
+            let (tq, tk) = match (&q.size()[..], &k.size()[..]) {
+                ([.., tq, _], [.., tk, _]) => (*tq, *tk),
+                _ => return Err("q and k need (..., T, D)".to_string().into()),
+            };
+            let positions = |n| Tensor::f_arange(n, (Kind::Int64, q.device()));
+            // distance[i, j] = i - j: key j is visible to query i when 0 <= i - j < window.
+            let distance = positions(tq)?.f_unsqueeze(1)?.f_sub(&positions(tk)?.f_unsqueeze(0)?)?;
+            let visible = distance.f_ge(0)?.f_logical_and(&distance.f_lt(window)?)?;
+            Ok(Tensor::f_scaled_dot_product_attention(q, k, v, Some(&visible), 0.0, false, None::<f64>, false)?)
+        })
+    }
+}
+
+/// `scaled_dot_product_attention(q, k, v)` with `is_causal` as given.
+unsafe fn sdpa(op: &str, q: T, k: T, v: T, out: Out, causal: bool) -> Status {
+    // SAFETY: as in `run`.
+    unsafe {
+        run(op, [q, k, v], out, |o| {
             Ok(Tensor::f_scaled_dot_product_attention(
                 o.need(0)?,
                 o.need(1)?,
                 o.need(2)?,
                 None::<&Tensor>,
                 0.0,
-                false,
+                causal,
                 None::<f64>,
                 false,
             )?)
@@ -421,6 +456,8 @@ pub(crate) static OPS: EsperOps = EsperOps {
     zeros_like,
     ones_like,
     detach,
+    causal_attention,
+    window_attention,
 };
 
 #[cfg(test)]
@@ -478,6 +515,48 @@ mod tests {
             assert_eq!((OPS.dtype)(hx), sys::DTYPE_FLOAT32);
             drop_handle(hx);
             drop_handle(hw);
+        }
+    }
+
+    #[test]
+    fn attention_ops_compute_libtorchs_sdpa_causal_or_not() {
+        let opts = (Kind::Float, tch::Device::Cpu);
+        let (q, k, v) =
+            (Tensor::randn([2, 3, 5, 4], opts), Tensor::randn([2, 3, 5, 4], opts), Tensor::randn([2, 3, 5, 4], opts));
+        let (hq, hk, hv) = (handle(q.shallow_clone()), handle(k.shallow_clone()), handle(v.shallow_clone()));
+        let sdpa =
+            |causal| Tensor::scaled_dot_product_attention(&q, &k, &v, None::<&Tensor>, 0.0, causal, None::<f64>, false);
+        let mut out = std::ptr::null_mut();
+        // SAFETY: live handles and a valid place, as a plugin passes them.
+        unsafe {
+            assert_eq!((OPS.causal_attention)(hq, hk, hv, &mut out), sys::OK);
+            let causal = take(out);
+            assert!(same(&causal, &sdpa(true)));
+            assert!(!same(&causal, &sdpa(false)), "the causal op masks the future");
+            // The first query sees only the first key: its output is the first value.
+            let first = (causal.narrow(2, 0, 1) - v.narrow(2, 0, 1)).abs().max().double_value(&[]);
+            assert!(first < 1e-6, "{first}");
+            assert_eq!((OPS.attention)(hq, hk, hv, &mut out), sys::OK);
+            assert!(same(&take(out), &sdpa(false)));
+            // A window as long as the sequence is causal attention; a window of 1 sees
+            // only itself (its own value); a window of 2 is what an explicit mask gives.
+            assert_eq!((OPS.window_attention)(hq, hk, hv, 5, &mut out), sys::OK);
+            assert!((take(out) - sdpa(true)).abs().max().double_value(&[]) < 1e-6);
+            assert_eq!((OPS.window_attention)(hq, hk, hv, 1, &mut out), sys::OK);
+            assert!((take(out) - &v).abs().max().double_value(&[]) < 1e-6);
+            let mask = Tensor::ones([5, 5], (Kind::Bool, tch::Device::Cpu))
+                .tril(0)
+                .logical_and(&Tensor::ones([5, 5], (Kind::Bool, tch::Device::Cpu)).triu(-1));
+            let banded = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), 0.0, false, None::<f64>, false);
+            assert_eq!((OPS.window_attention)(hq, hk, hv, 2, &mut out), sys::OK);
+            let two = take(out);
+            assert!((&two - banded).abs().max().double_value(&[]) < 1e-6);
+            assert!((&two - sdpa(true)).abs().max().double_value(&[]) > 1e-3, "the window cuts the far past");
+            assert_eq!((OPS.window_attention)(hq, hk, hv, 0, &mut out), sys::ERR_INVALID_ARGUMENT);
+            assert!(last().contains("window must be at least 1, got 0"), "{}", last());
+            drop_handle(hq);
+            drop_handle(hk);
+            drop_handle(hv);
         }
     }
 

@@ -48,6 +48,7 @@ fn status(report: &BlueprintReport, check: Check) -> Status {
 fn every_shipped_plugin_passes() {
     let plugins = shipped_plugins();
     assert!(plugins.contains(&"esper-norm".to_string()), "{plugins:?}");
+    assert!(plugins.contains(&"esper-transformer".to_string()), "{plugins:?}");
     for name in plugins {
         let report = suite(&name, None);
         assert!(report.passed, "shipped plugin {name} is not conformant:\n{}", report.render());

@@ -15,4 +15,5 @@ mod parity;
 mod plugin_loader;
 mod portable;
 mod runtime_core;
+mod transformer_blueprint_parity;
 mod transformer_parity;

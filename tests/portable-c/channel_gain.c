@@ -6,7 +6,7 @@
  * so the seed is the identity at birth. It includes only esper_plugin.h and links no
  * libtorch: every op goes through the runtime's op table. Built by tests/build.rs with
  * the `cc` crate. Variants for the loader tests (each refused at load, by name):
- *   -DFIXTURE_ABI_MAJOR=2 / -DFIXTURE_ABI_MINOR=9: claims another ABI;
+ *   -DFIXTURE_ABI_MAJOR=2 / -DFIXTURE_ABI_MINOR=9: claims another ABI (MINOR=1: an older one);
  *   -DFIXTURE_NULL_FORWARD: describes a blueprint without a forward function.
  */
 #include "esper_plugin.h"
@@ -128,7 +128,7 @@ esper_status (*const fixture_unused_forward)(esper_seed *, const esper_tensor *,
 const esper_plugin *esper_portable_plugin(const esper_ops *ops) {
     if (!ops || ops->abi_major != ESPER_ABI_MAJOR || ops->abi_minor < ESPER_ABI_MINOR ||
         ops->size < sizeof(esper_ops)) {
-        if (ops) ops->set_error(ESPER_ERR_OTHER, "c-gain needs ABI " "1.1" " or a later 1.x op table");
+        if (ops) ops->set_error(ESPER_ERR_OTHER, "c-gain needs ABI " "1.2" " or a later 1.x op table");
         return NULL;
     }
     OPS = ops;
