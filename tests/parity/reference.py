@@ -10,15 +10,13 @@ of sum(y * g) with respect to every parameter, and writes `{i}.out` and `{i}.gra
 to OUT.
 """
 
-import json
-import sys
 import warnings
 
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
+from harness import run  # noqa: E402
 
 EPS = 1e-5
 
@@ -69,24 +67,7 @@ def forward(blueprint, p, x):
 
 
 def main():
-    cases_path, in_path, out_path = sys.argv[1:4]
-    with open(cases_path) as f:
-        cases = json.load(f)
-    tensors = load_file(in_path)
-    out = {}
-    for i, case in enumerate(cases):
-        prefix = f"{i}.param."
-        params = {
-            k[len(prefix):]: v.clone().requires_grad_(True) for k, v in tensors.items() if k.startswith(prefix)
-        }
-        y = forward(case["blueprint"], params, tensors[f"{i}.x"])
-        out[f"{i}.out"] = y.detach().contiguous()
-        if params:
-            (y * tensors[f"{i}.g"]).sum().backward()
-            for name, p in params.items():
-                out[f"{i}.grad.{name}"] = p.grad.contiguous()
-    save_file(out, out_path)
-    print(f"reference.py: {len(cases)} cases, torch {torch.__version__}")
+    run("reference.py", lambda case, params, x: forward(case["blueprint"], params, x))
 
 
 if __name__ == "__main__":

@@ -11,16 +11,14 @@ OUT (float32). The math runs in float64, the attention written out (scores, caus
 softmax), so the reference shares no kernel with the runtime.
 """
 
-import json
 import math
-import sys
 import warnings
 
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
+from harness import run  # noqa: E402
 
 EPS = 1e-5
 N_HEAD = 4
@@ -62,24 +60,11 @@ def forward(blueprint, p, x, window=None):
 
 
 def main():
-    cases_path, in_path, out_path = sys.argv[1:4]
-    with open(cases_path) as f:
-        cases = json.load(f)
-    tensors = load_file(in_path)
-    out = {}
-    for i, case in enumerate(cases):
-        prefix = f"{i}.param."
-        params = {
-            k[len(prefix):]: v.double().requires_grad_(True) for k, v in tensors.items() if k.startswith(prefix)
-        }
-        y = forward(case["blueprint"], params, tensors[f"{i}.x"].double(), case.get("window"))
-        out[f"{i}.out"] = y.detach().float().contiguous()
-        if params:
-            (y * tensors[f"{i}.g"].double()).sum().backward()
-            for name, p in params.items():
-                out[f"{i}.grad.{name}"] = p.grad.float().contiguous()
-    save_file(out, out_path)
-    print(f"transformer_blueprints.py: {len(cases)} cases, torch {torch.__version__}")
+    run(
+        "transformer_blueprints.py",
+        lambda case, params, x: forward(case["blueprint"], params, x.double(), case.get("window")),
+        torch.float64,
+    )
 
 
 if __name__ == "__main__":

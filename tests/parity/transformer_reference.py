@@ -14,15 +14,13 @@ the gradients of sum(logits * g) with respect to every parameter, `{i}.grad.NAME
 OUT in float32.
 """
 
-import json
 import math
-import sys
 import warnings
 
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 
 import torch  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
+from harness import run  # noqa: E402
 
 EPS = 1e-5
 
@@ -68,23 +66,7 @@ def forward(case, p, ids):
 
 
 def main():
-    cases_path, in_path, out_path = sys.argv[1:4]
-    with open(cases_path) as f:
-        cases = json.load(f)
-    tensors = load_file(in_path)
-    out = {}
-    for i, case in enumerate(cases):
-        prefix = f"{i}.param."
-        params = {
-            k[len(prefix):]: v.double().requires_grad_(True) for k, v in tensors.items() if k.startswith(prefix)
-        }
-        logits = forward(case, params, tensors[f"{i}.x"])
-        out[f"{i}.out"] = logits.detach().float().contiguous()
-        (logits * tensors[f"{i}.g"].double()).sum().backward()
-        for name, p in params.items():
-            out[f"{i}.grad.{name}"] = p.grad.float().contiguous()
-    save_file(out, out_path)
-    print(f"transformer_reference.py: {len(cases)} cases, torch {torch.__version__}")
+    run("transformer_reference.py", forward, torch.float64)
 
 
 if __name__ == "__main__":
