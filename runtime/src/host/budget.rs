@@ -26,8 +26,8 @@ pub const BYTES_PER_ELEMENT: u64 = 4;
 pub enum BudgetError {
     #[error("{0}")]
     Config(String),
-    #[error("{what} overflows 64-bit arithmetic ({detail}); make the host smaller (host.blocks, host.base_channels)")]
-    Overflow { what: String, detail: String },
+    #[error("{what} overflows 64-bit arithmetic ({detail}); make the host smaller ({sizes})")]
+    Overflow { what: String, detail: String, sizes: &'static str },
 }
 
 /// The network input one step sees.
@@ -95,16 +95,40 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
-fn overflow(what: &str, detail: impl Into<String>) -> BudgetError {
-    BudgetError::Overflow { what: what.to_string(), detail: detail.into() }
+/// Checked arithmetic for one host's estimate: an overflow is an error naming the host's
+/// size settings (`sizes`), the ones to lower.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Checked {
+    pub(crate) sizes: &'static str,
 }
 
+impl Checked {
+    pub(crate) fn overflow(self, what: &str, detail: impl Into<String>) -> BudgetError {
+        BudgetError::Overflow { what: what.to_string(), detail: detail.into(), sizes: self.sizes }
+    }
+
+    pub(crate) fn mul(self, a: u64, b: u64, what: &str) -> Result<u64, BudgetError> {
+        a.checked_mul(b).ok_or_else(|| self.overflow(what, format!("{a} x {b}")))
+    }
+
+    pub(crate) fn add(self, a: u64, b: u64, what: &str) -> Result<u64, BudgetError> {
+        a.checked_add(b).ok_or_else(|| self.overflow(what, format!("{a} + {b}")))
+    }
+}
+
+/// The CNN host's arithmetic.
+const CNN: Checked = Checked { sizes: "host.blocks, host.base_channels" };
+
 fn mul(a: u64, b: u64, what: &str) -> Result<u64, BudgetError> {
-    a.checked_mul(b).ok_or_else(|| overflow(what, format!("{a} x {b}")))
+    CNN.mul(a, b, what)
 }
 
 fn add(a: u64, b: u64, what: &str) -> Result<u64, BudgetError> {
-    a.checked_add(b).ok_or_else(|| overflow(what, format!("{a} + {b}")))
+    CNN.add(a, b, what)
+}
+
+fn overflow(what: &str, detail: impl Into<String>) -> BudgetError {
+    CNN.overflow(what, detail)
 }
 
 fn positive(value: i64, name: &str) -> Result<u64, BudgetError> {
@@ -205,7 +229,8 @@ pub fn estimate_step(config: &CnnHostConfig, input: StepInput) -> Result<StepEst
     parameters = add(parameters, add(mul(in_c, classes, "classifier")?, classes, "classifier")?, "parameters")?;
     // Gradients of the largest activations in flight during backward.
     activations = add(activations, mul(2, largest, "activations")?, "activations")?;
-    StepEstimate::from_elements(parameters, buffers, activations, &input)
+    let step = StepBytes { optimizer_states: input.optimizer_states, resident_data_bytes: input.resident_data_bytes };
+    StepEstimate::from_elements((parameters, buffers, activations), step, CNN)
 }
 
 /// A built-in host's arithmetic from its config alone, for the preflight: its topology,
@@ -231,23 +256,38 @@ impl HostBudget for CnnHostConfig {
     }
 }
 
+/// What a step's bytes depend on beyond its element counts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepBytes {
+    /// Optimizer state tensors per parameter.
+    pub(crate) optimizer_states: u64,
+    /// Bytes of data resident in the same memory.
+    pub(crate) resident_data_bytes: u64,
+}
+
 impl StepEstimate {
-    /// The bytes of a step from its element counts: parameters, their gradients, the
-    /// optimizer state, the rollback copy, the activations and the resident data.
-    fn from_elements(parameters: u64, buffers: u64, activations: u64, input: &StepInput) -> Result<Self, BudgetError> {
-        let bytes = |elements: u64, what: &str| mul(elements, BYTES_PER_ELEMENT, what);
+    /// The bytes of a step from its element counts (parameters, buffers, activations):
+    /// parameters, their gradients, the optimizer state, the rollback copy (parameters,
+    /// buffers, optimizer state), the activations and the resident data; every product
+    /// and sum checked with `arith`.
+    pub(crate) fn from_elements(
+        (parameters, buffers, activations): (u64, u64, u64),
+        step: StepBytes,
+        arith: Checked,
+    ) -> Result<Self, BudgetError> {
+        let bytes = |elements: u64, what: &str| arith.mul(elements, BYTES_PER_ELEMENT, what);
         let parameter_bytes = bytes(parameters, "parameter bytes")?;
         let gradient_bytes = parameter_bytes;
-        let optimizer_bytes = mul(parameter_bytes, input.optimizer_states, "optimizer state bytes")?;
-        let snapshot_bytes = add(
-            add(parameter_bytes, bytes(buffers, "buffer bytes")?, "rollback copy")?,
+        let optimizer_bytes = arith.mul(parameter_bytes, step.optimizer_states, "optimizer state bytes")?;
+        let snapshot_bytes = arith.add(
+            arith.add(parameter_bytes, bytes(buffers, "buffer bytes")?, "rollback copy")?,
             optimizer_bytes,
             "rollback copy",
         )?;
         let activation_bytes = bytes(activations, "activation bytes")?;
-        let mut total = add(parameter_bytes, bytes(buffers, "buffer bytes")?, "total")?;
-        for part in [gradient_bytes, optimizer_bytes, snapshot_bytes, activation_bytes, input.resident_data_bytes] {
-            total = add(total, part, "the step's memory estimate")?;
+        let mut total = arith.add(parameter_bytes, bytes(buffers, "buffer bytes")?, "total")?;
+        for part in [gradient_bytes, optimizer_bytes, snapshot_bytes, activation_bytes, step.resident_data_bytes] {
+            total = arith.add(total, part, "the step's memory estimate")?;
         }
         Ok(StepEstimate {
             parameters,
@@ -258,7 +298,7 @@ impl StepEstimate {
             optimizer_bytes,
             snapshot_bytes,
             activation_bytes,
-            data_bytes: input.resident_data_bytes,
+            data_bytes: step.resident_data_bytes,
             total_bytes: total,
         })
     }

@@ -19,7 +19,7 @@
 //! largest of these for the gradients in flight. The host has no buffers.
 
 use super::TransformerHostConfig;
-use crate::host::budget::{BudgetError, StepEstimate, BYTES_PER_ELEMENT};
+use crate::host::budget::{BudgetError, Checked, StepBytes, StepEstimate};
 
 /// What one training step of a transformer host sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,19 +33,15 @@ pub struct SequenceInput {
     pub resident_data_bytes: u64,
 }
 
-fn overflow(what: &str, detail: String) -> BudgetError {
-    BudgetError::Config(format!(
-        "{what} overflows 64-bit arithmetic ({detail}); make the host smaller (host.n_embd, host.n_layer, \
-         host.vocab_size, host.block_size)"
-    ))
-}
+/// The transformer host's arithmetic.
+const ARITH: Checked = Checked { sizes: "host.n_embd, host.n_layer, host.vocab_size, host.block_size" };
 
 fn mul(a: u64, b: u64, what: &str) -> Result<u64, BudgetError> {
-    a.checked_mul(b).ok_or_else(|| overflow(what, format!("{a} x {b}")))
+    ARITH.mul(a, b, what)
 }
 
 fn add(a: u64, b: u64, what: &str) -> Result<u64, BudgetError> {
-    a.checked_add(b).ok_or_else(|| overflow(what, format!("{a} + {b}")))
+    ARITH.add(a, b, what)
 }
 
 /// `a x b x ...`, checked.
@@ -126,26 +122,8 @@ pub fn estimate_step(config: &TransformerHostConfig, input: SequenceInput) -> Re
     }
     let parameters = parameter_count(config)?;
     let activations = activation_elements(config, &s, &input)?;
-    let what = "the transformer host's step memory";
-    let parameter_bytes = mul(parameters, BYTES_PER_ELEMENT, what)?;
-    let optimizer_bytes = mul(parameter_bytes, input.optimizer_states, what)?;
-    // The rollback copy: parameters and optimizer state (no buffers).
-    let snapshot_bytes = add(parameter_bytes, optimizer_bytes, what)?;
-    let activation_bytes = mul(activations, BYTES_PER_ELEMENT, what)?;
-    let parts = [parameter_bytes, parameter_bytes, optimizer_bytes, snapshot_bytes, activation_bytes];
-    let total = parts.iter().try_fold(input.resident_data_bytes, |acc, &x| add(acc, x, what))?;
-    Ok(StepEstimate {
-        parameters,
-        buffers: 0,
-        activation_elements: activations,
-        parameter_bytes,
-        gradient_bytes: parameter_bytes,
-        optimizer_bytes,
-        snapshot_bytes,
-        activation_bytes,
-        data_bytes: input.resident_data_bytes,
-        total_bytes: total,
-    })
+    let step = StepBytes { optimizer_states: input.optimizer_states, resident_data_bytes: input.resident_data_bytes };
+    StepEstimate::from_elements((parameters, 0, activations), step, ARITH)
 }
 
 #[cfg(test)]
