@@ -47,7 +47,10 @@ impl Observer for Bars {
         }
         if let Some(bar) = &self.epochs {
             bar.set_position(record.epoch as u64);
-            bar.set_message(format!("val {:.1}%", record.val_accuracy));
+            bar.set_message(match record.val_perplexity {
+                Some(perplexity) => format!("val ppl {perplexity:.2}"),
+                None => format!("val {:.1}%", record.val_accuracy),
+            });
         }
     }
 
@@ -79,6 +82,7 @@ mod tests {
             train_accuracy: 50.0,
             val_loss: 1.0,
             val_accuracy: 42.0,
+            val_perplexity: None,
             seconds: 1.0,
             steps: 4,
             train_seconds: 0.5,
@@ -89,6 +93,8 @@ mod tests {
         assert!(bars.batches.is_none());
         let epochs = bars.epochs.as_ref().unwrap();
         assert_eq!((epochs.position(), epochs.message()), (3, "val 42.0%".to_string()));
+        bars.epoch_done(&esper_runtime::train::report::EpochRecord { val_perplexity: Some(7.25), ..record });
+        assert_eq!(bars.epochs.as_ref().unwrap().message(), "val ppl 7.25");
         bars.run_done();
         assert!(bars.epochs.is_none());
     }

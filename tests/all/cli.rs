@@ -22,8 +22,8 @@ fn plugins_list_shows_every_blueprint_with_its_library() {
     // A plugin's description is shown escaped.
     assert!(!out.stdout.contains(&0x1b) && text.contains("terminal escapes (\\u{1b}[31m)"), "{text}");
     assert!(norm_line.contains("~130") && norm_line.contains("libesper_norm.so"), "{norm_line}");
-    // With no path: the shipped plugins built beside the binary, norm and the CNN library
-    // (esper-lite's catalogue) with their estimates.
+    // With no path: the shipped plugins built beside the binary, norm, the CNN library
+    // and the transformer library (esper-lite's catalogues) with their estimates.
     let out = esper(&["plugins", "list"]);
     let text = stdout(&out);
     let listed: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().next()).collect();
@@ -36,11 +36,22 @@ fn plugins_list_shows_every_blueprint_with_its_library() {
         ("cnn:conv_small", "~4200"),
         ("cnn:conv_light", "~37000"),
         ("cnn:conv_heavy", "~74000"),
+        ("transformer:noop", "~0"),
+        ("transformer:norm", "~130"),
+        ("transformer:lora", "~1000"),
+        ("transformer:lora_large", "~4100"),
+        ("transformer:attention", "~16600"),
+        ("transformer:flex_attention", "~16600"),
+        ("transformer:mlp_small", "~16600"),
+        ("transformer:mlp", "~33000"),
     ] {
         let line = text.lines().find(|l| l.split_whitespace().next() == Some(blueprint));
         assert!(line.is_some_and(|l| l.contains(estimate)), "{blueprint} {estimate}: {text}");
     }
-    assert_eq!(listed.len(), 8, "{text}");
+    assert_eq!(listed.len(), 16, "{text}");
+    // Every name in one column, the longest one included.
+    let column = |l: &str| l.find('~').unwrap();
+    assert!(text.lines().all(|l| column(l) == column(text.lines().next().unwrap())), "{text}");
 }
 
 #[test]

@@ -26,7 +26,7 @@ fn seeded(stage: SeedStage) -> MorphogeneticModel {
 fn record(model: &mut MorphogeneticModel, accuracies: &[f64]) {
     let lifecycle = model.slot_mut(SLOT).unwrap().lifecycle_mut();
     for &a in accuracies {
-        lifecycle.record_accuracy(a);
+        lifecycle.record_score(a);
     }
 }
 
@@ -37,7 +37,7 @@ fn contribution(model: &mut MorphogeneticModel, points: f64) {
 
 fn decide(config: ControllerConfig, model: &MorphogeneticModel) -> (Vec<Action>, Controller) {
     let rotation = vec![("norm".to_string(), serde_json::Value::Null)];
-    let mut c = Controller::new(config, rotation, vec![]);
+    let mut c = Controller::new(config, rotation, vec![], esper_runtime::data::Objective::Accuracy);
     (c.decide(10, &[50.0; 10], model), c)
 }
 

@@ -9,3 +9,4 @@
 
 mod containment;
 mod run_job;
+mod transformer_job;

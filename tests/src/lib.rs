@@ -104,6 +104,74 @@ dir = "out"
     }
 }
 
+/// A small CPU language-model job for tests, as config text: a 2-layer transformer host
+/// of width 32 (slots r0c0 and r0c1), the embedded corpus cut to 20 kB, byte tokens in
+/// windows of 16, 8 batches of 8 an epoch, Adam, the controller off unless `sections`
+/// turns it on, output in `out` beside the config file.
+pub struct TextJob<'a> {
+    /// The transformer blueprint library.
+    pub plugin: &'a Path,
+    pub epochs: u32,
+    /// Germinated into r0c1 before epoch 1 (by the schedule), if any.
+    pub blueprint: Option<&'a str>,
+    /// More config text (`[slot]`, `[lifecycle.gates]`, ...), placed before the controller.
+    pub sections: &'a str,
+    /// The `[lifecycle.controller]` table's body.
+    pub controller: &'a str,
+}
+
+impl TextJob<'_> {
+    pub fn text(&self) -> String {
+        let schedule = self.blueprint.map_or(String::new(), |b| {
+            format!("[[lifecycle.schedule]]\nepoch = 1\nslot = \"r0c1\"\nblueprint = \"{b}\"\n")
+        });
+        format!(
+            r#"
+device = "cpu"
+slots = ["r0c0", "r0c1"]
+
+[[plugins]]
+path = "{plugin}"
+
+[host]
+kind = "transformer"
+vocab_size = 256
+n_embd = 32
+n_head = 2
+n_layer = 2
+block_size = 16
+num_segments = 2
+dropout = 0.0
+
+[data]
+kind = "text"
+source = {{ kind = "embedded", bytes = 20000 }}
+block_size = 16
+batches_per_epoch = 8
+
+[training]
+epochs = {epochs}
+batch_size = 8
+gradient_every = 2
+host_optimizer = {{ kind = "adam", lr = 0.01 }}
+seed_optimizer = {{ kind = "adam", lr = 0.01 }}
+
+{sections}
+[lifecycle.controller]
+{controller}
+
+{schedule}
+[output]
+dir = "out"
+"#,
+            plugin = self.plugin.display(),
+            epochs = self.epochs,
+            sections = self.sections,
+            controller = self.controller,
+        )
+    }
+}
+
 /// A fresh, empty temporary folder for one test.
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("esper-test-{}-{name}", std::process::id()));

@@ -97,12 +97,12 @@ impl ConformanceArgs {
 fn print_progress(progress: Progress<'_>) {
     match progress {
         Progress::Check { blueprint, result } => eprintln!(
-            "conformance: {:<24} {:<4}  {:<20} {}",
+            "conformance: {:<27} {:<4}  {:<20} {}",
             blueprint.unwrap_or("(library)"),
             result.status,
             result.check,
             result.reason
         ),
-        Progress::Note { blueprint, text } => eprintln!("conformance: {blueprint:<24} note: {text}"),
+        Progress::Note { blueprint, text } => eprintln!("conformance: {blueprint:<27} note: {text}"),
     }
 }

@@ -40,8 +40,10 @@ enum Command {
     Env,
 }
 
-/// Packages of the plugins shipped with the runtime: `norm` and the CNN library.
-pub const SHIPPED_PLUGINS: [&str; 2] = ["esper-norm", "esper-cnn"];
+/// Packages of the plugins shipped with the runtime: `norm`, the CNN library and the
+/// transformer library. A bare blueprint name resolves to the run's host topology's
+/// (`norm`: `cnn:norm` on a CNN, `transformer:norm` on a transformer).
+pub const SHIPPED_PLUGINS: [&str; 3] = ["esper-norm", "esper-cnn", "esper-transformer"];
 
 /// The shipped plugins, built beside the running binary (`target/<profile>/lib*.so`).
 pub fn shipped_plugins() -> Result<Vec<PathBuf>> {

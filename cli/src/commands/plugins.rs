@@ -45,9 +45,9 @@ impl PluginsCommand {
                         Ok(seed) => seed.num_parameters().to_string(),
                         Err(e) => format!("cannot create: {e}"),
                     };
-                    println!("  {key:<24} {}", d.description);
+                    println!("  {key:<27} {}", d.description);
                     println!(
-                        "  {:<24} parameters at {channels} channels: declared ~{}, actual {actual}",
+                        "  {:<27} parameters at {channels} channels: declared ~{}, actual {actual}",
                         "", d.param_estimate
                     );
                     print_options_schema(&registry, key);
@@ -64,7 +64,7 @@ impl PluginsCommand {
                     let plugin = registry.plugins().find(|p| p.path() == lib).expect("a listed blueprint's library");
                     let (kind, abi) = (plugin.kind(), plugin.abi_version());
                     println!(
-                        "{key:<24} ~{:<8} {kind:<8} ABI {:<5} {:<60} {}",
+                        "{key:<27} ~{:<8} {kind:<8} ABI {:<5} {:<60} {}",
                         d.param_estimate,
                         abi.to_string(),
                         d.description,
@@ -84,15 +84,15 @@ fn print_options_schema(registry: &BlueprintRegistry, key: &str) {
     match registry.options_schema(key) {
         Ok(OptionsSchema::Schema(schema)) => {
             let text = serde_json::to_string_pretty(&schema).unwrap_or_else(|_| schema.to_string());
-            println!("  {pad:<24} options schema:");
+            println!("  {pad:<27} options schema:");
             for line in text.lines() {
-                println!("  {pad:<24}   {line}");
+                println!("  {pad:<27}   {line}");
             }
         }
-        Ok(OptionsSchema::NotPublished) => println!("  {pad:<24} options schema: none published"),
+        Ok(OptionsSchema::NotPublished) => println!("  {pad:<27} options schema: none published"),
         Ok(OptionsSchema::NotInAbi(abi)) => {
-            println!("  {pad:<24} options schema: not available (ABI {abi} has no describe_options; 1.1 does)")
+            println!("  {pad:<27} options schema: not available (ABI {abi} has no describe_options; 1.1 does)")
         }
-        Err(e) => println!("  {pad:<24} options schema: cannot describe: {e}"),
+        Err(e) => println!("  {pad:<27} options schema: cannot describe: {e}"),
     }
 }

@@ -245,10 +245,16 @@ fn summarize(trainer: &Trainer) -> Result<()> {
     let stages: BTreeSet<SeedStage> = history.iter().flat_map(|r| r.slots.iter().map(|s| s.stage)).collect();
     let names: Vec<String> = stages.iter().map(ToString::to_string).collect();
     if let (Some(first), Some(last)) = (history.first(), history.last()) {
-        println!(
-            "validation accuracy: {:.2}% after epoch {} -> {:.2}% after epoch {}",
-            first.val_accuracy, first.epoch, last.val_accuracy, last.epoch
-        );
+        match (first.val_perplexity, last.val_perplexity) {
+            (Some(p0), Some(p1)) => println!(
+                "validation loss: {:.4} (perplexity {p0:.2}) after epoch {} -> {:.4} (perplexity {p1:.2}) after epoch {}",
+                first.val_loss, first.epoch, last.val_loss, last.epoch
+            ),
+            _ => println!(
+                "validation accuracy: {:.2}% after epoch {} -> {:.2}% after epoch {}",
+                first.val_accuracy, first.epoch, last.val_accuracy, last.epoch
+            ),
+        }
     }
     println!("stages seen: {}", names.join(", "));
     println!("report: {} and {}", out.join("report.json").display(), out.join("report.png").display());

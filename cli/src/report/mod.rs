@@ -19,7 +19,12 @@ pub fn table(history: &[EpochRecord]) -> String {
     let mut out = String::new();
     let slots: Vec<&str> =
         history.first().map(|r| r.slots.iter().map(|s| s.slot.as_str()).collect()).unwrap_or_default();
+    // Text runs (next-token prediction) add the validation perplexity.
+    let text = history.iter().any(|r| r.val_perplexity.is_some());
     let _ = write!(out, "{:>5} {:>10} {:>9} {:>9} {:>8}", "epoch", "train_loss", "train_acc", "val_loss", "val_acc");
+    if text {
+        let _ = write!(out, " {:>9}", "val_ppl");
+    }
     for s in &slots {
         let _ = write!(out, "  {:<18}", format!("{s} stage/alpha"));
     }
@@ -30,6 +35,9 @@ pub fn table(history: &[EpochRecord]) -> String {
             "{:>5} {:>10.4} {:>8.2}% {:>9.4} {:>7.2}%",
             r.epoch, r.train_loss, r.train_accuracy, r.val_loss, r.val_accuracy
         );
+        if text {
+            let _ = write!(out, " {:>9.2}", r.val_perplexity.unwrap_or(f64::NAN));
+        }
         for s in &r.slots {
             let _ = write!(out, "  {:<18}", format!("{} {:.2}", s.stage, s.alpha));
         }
@@ -174,6 +182,7 @@ mod tests {
                 train_accuracy: 10.0 * e as f64,
                 val_loss: 1.0,
                 val_accuracy: 20.0 * e as f64,
+                val_perplexity: None,
                 seconds: 1.0,
                 steps: 4,
                 train_seconds: 0.5,
@@ -195,6 +204,19 @@ mod tests {
         assert_eq!(lines.len(), 4);
         assert!(lines[0].contains("r0c1 stage/alpha"));
         assert!(lines[2].contains("BLENDING 0.67") && lines[2].contains("advanced to BLENDING"), "{}", lines[2]);
+    }
+
+    #[test]
+    fn text_runs_add_the_validation_perplexity() {
+        assert!(!table(&rows()).contains("val_ppl"));
+        let mut history = rows();
+        for (r, p) in history.iter_mut().zip([40.5, 12.25, 7.0]) {
+            r.val_perplexity = Some(p);
+        }
+        let t = table(&history);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].contains("val_acc   val_ppl"), "{t}");
+        assert!(lines[2].contains("40.00%     12.25"), "{t}");
     }
 
     #[test]

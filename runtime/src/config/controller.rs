@@ -1,12 +1,25 @@
 //! `[lifecycle.controller]`: the heuristic controller's settings (esper-lite's Tamiyo
 //! heuristic: its defaults are esper-lite's).
 
+use crate::host::Topology;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// esper-lite's rotation of CNN blueprints, the controller's default.
+/// esper-lite's rotation of CNN blueprints, the controller's default on a CNN host.
 pub const DEFAULT_ROTATION: [&str; 5] = ["conv_light", "conv_heavy", "attention", "norm", "depthwise"];
+
+/// The controller's default on a transformer host: the adapter first (LoRA, what language
+/// models grow today), then the MLP, attention and norm blueprints of the catalogue.
+pub const DEFAULT_TRANSFORMER_ROTATION: [&str; 4] = ["lora", "mlp_small", "attention", "norm"];
+
+/// The default rotation for a host of `topology`.
+pub fn default_rotation(topology: Topology) -> &'static [&'static str] {
+    match topology {
+        Topology::Cnn => &DEFAULT_ROTATION,
+        Topology::Transformer => &DEFAULT_TRANSFORMER_ROTATION,
+    }
+}
 
 /// The automatic controller.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,20 +106,20 @@ impl Default for ControllerConfig {
 pub const DEFAULT_MAX_TRAINING_EPOCHS: u32 = crate::lifecycle::gates::DEFAULT_MIN_BLENDING_EPOCHS + 2;
 
 impl ControllerConfig {
-    /// The blueprints it germinates, in turn, each with its options.
-    pub fn rotation(&self) -> Vec<(String, Value)> {
+    /// The blueprints it germinates on a host of `topology`, in turn, each with its options.
+    pub fn rotation(&self, topology: Topology) -> Vec<(String, Value)> {
         if let Some(b) = &self.blueprint {
             return vec![(b.clone(), self.options.clone())];
         }
         let names: Vec<String> = match &self.blueprints {
             Some(list) => list.clone(),
-            None => DEFAULT_ROTATION.iter().map(|s| s.to_string()).collect(),
+            None => default_rotation(topology).iter().map(|s| s.to_string()).collect(),
         };
         names.into_iter().map(|n| (n.clone(), self.blueprint_options.get(&n).cloned().unwrap_or(Value::Null))).collect()
     }
 
-    /// The settings that cannot work together, named.
-    pub fn validate(&self) -> Result<(), String> {
+    /// The settings that cannot work together, named (on a host of `topology`).
+    pub fn validate(&self, topology: Topology) -> Result<(), String> {
         let key = "lifecycle.controller";
         if self.blueprint.is_some() && self.blueprints.is_some() {
             return Err(format!("{key}: give `blueprint` (one) or `blueprints` (a rotation), not both"));
@@ -119,7 +132,7 @@ impl ControllerConfig {
         if self.blueprints.as_ref().is_some_and(Vec::is_empty) {
             return Err(format!("{key}.blueprints is empty: name at least one blueprint"));
         }
-        let rotation: Vec<String> = self.rotation().into_iter().map(|(n, _)| n).collect();
+        let rotation: Vec<String> = self.rotation(topology).into_iter().map(|(n, _)| n).collect();
         if let Some(stray) = self.blueprint_options.keys().find(|k| !rotation.contains(k)) {
             return Err(format!(
                 "{key}.blueprint_options.{stray}: `{stray}` is not in the rotation ({})",
@@ -145,42 +158,44 @@ mod tests {
     #[test]
     fn the_rotation_is_esper_lites_unless_one_blueprint_or_a_list_is_given() {
         let c = ControllerConfig::default();
-        let names: Vec<String> = c.rotation().into_iter().map(|(n, _)| n).collect();
+        let names: Vec<String> = c.rotation(Topology::Cnn).into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, DEFAULT_ROTATION);
+        let names: Vec<String> = c.rotation(Topology::Transformer).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, DEFAULT_TRANSFORMER_ROTATION);
         let one = ControllerConfig {
             blueprint: Some("norm".into()),
             options: serde_json::json!({"a": 1}),
             ..Default::default()
         };
-        assert_eq!(one.rotation(), [("norm".to_string(), serde_json::json!({"a": 1}))]);
+        assert_eq!(one.rotation(Topology::Cnn), [("norm".to_string(), serde_json::json!({"a": 1}))]);
         let list = ControllerConfig {
             blueprints: Some(vec!["attention".into(), "norm".into()]),
             blueprint_options: [("attention".to_string(), serde_json::json!({"reduction": 8}))].into(),
             ..Default::default()
         };
-        assert_eq!(list.rotation()[0].1, serde_json::json!({"reduction": 8}));
-        assert_eq!(list.rotation()[1].1, Value::Null);
-        list.validate().unwrap();
+        assert_eq!(list.rotation(Topology::Cnn)[0].1, serde_json::json!({"reduction": 8}));
+        assert_eq!(list.rotation(Topology::Cnn)[1].1, Value::Null);
+        list.validate(Topology::Cnn).unwrap();
     }
 
     #[test]
     fn contradictory_settings_are_refused_by_name() {
         let both = ControllerConfig { blueprint: Some("a".into()), blueprints: Some(vec![]), ..Default::default() };
-        assert!(both.validate().unwrap_err().contains("not both"));
+        assert!(both.validate(Topology::Cnn).unwrap_err().contains("not both"));
         let empty = ControllerConfig { blueprints: Some(vec![]), ..Default::default() };
-        assert!(empty.validate().unwrap_err().contains("blueprints is empty"));
+        assert!(empty.validate(Topology::Cnn).unwrap_err().contains("blueprints is empty"));
         let stray = ControllerConfig {
             blueprints: Some(vec!["norm".into()]),
             blueprint_options: [("attention".to_string(), Value::Null)].into(),
             ..Default::default()
         };
         assert!(stray
-            .validate()
+            .validate(Topology::Cnn)
             .unwrap_err()
             .contains("blueprint_options.attention: `attention` is not in the rotation"));
         let options = ControllerConfig { options: serde_json::json!({"x": 1}), ..Default::default() };
-        assert!(options.validate().unwrap_err().contains("options belongs to `blueprint`"));
+        assert!(options.validate(Topology::Cnn).unwrap_err().contains("options belongs to `blueprint`"));
         let decay = ControllerConfig { penalty_decay: 1.5, ..Default::default() };
-        assert!(decay.validate().unwrap_err().contains("penalty_decay"));
+        assert!(decay.validate(Topology::Cnn).unwrap_err().contains("penalty_decay"));
     }
 }

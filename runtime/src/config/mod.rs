@@ -37,7 +37,9 @@ mod resources;
 mod trial;
 
 pub use crate::model::Precision;
-pub use controller::{ControllerConfig, DEFAULT_MAX_TRAINING_EPOCHS, DEFAULT_ROTATION};
+pub use controller::{
+    default_rotation, ControllerConfig, DEFAULT_MAX_TRAINING_EPOCHS, DEFAULT_ROTATION, DEFAULT_TRANSFORMER_ROTATION,
+};
 pub use optimizer::{DEFAULT_ADAM_EPS, MAX_LR};
 pub use plugins::{sha256_hex, PluginSource};
 pub use preflight::{Preflight, PreflightError};
@@ -47,7 +49,7 @@ use crate::{
     blend::{AlphaTarget, BlendChoice, BlendTempo},
     data::DataConfig,
     device::DeviceChoice,
-    host::{CnnHostConfig, Topology},
+    host::{HostConfig, Topology},
     isolation::BlendAlgorithm,
     lifecycle::{AlphaCurve, QualityGates},
     model::SlotConfig,
@@ -95,7 +97,7 @@ pub struct RunConfig {
     #[serde(default)]
     pub slot: SlotConfig,
     #[serde(default)]
-    pub host: CnnHostConfig,
+    pub host: HostConfig,
     #[serde(default)]
     pub data: DataConfig,
     #[serde(default)]
@@ -397,8 +399,18 @@ impl RunConfig {
             join(&mut p.path);
         }
         join(&mut self.output.dir);
-        if let DataConfig::Cifar10 { path, .. } = &mut self.data {
-            join(path);
+        match &mut self.data {
+            DataConfig::Cifar10 { path, .. } => join(path),
+            DataConfig::Text(text) => {
+                use crate::data::text::{TextSource, TokenizerConfig};
+                if let TextSource::File { path } | TextSource::Bin { path } = &mut text.source {
+                    join(path);
+                }
+                if let TokenizerConfig::File { path } = &mut text.tokenizer {
+                    join(path);
+                }
+            }
+            DataConfig::Synthetic { .. } => {}
         }
     }
 
@@ -446,7 +458,7 @@ impl RunConfig {
                 )));
             }
         }
-        self.lifecycle.controller.validate().map_err(invalid)?;
+        self.lifecycle.controller.validate(self.host.topology()).map_err(invalid)?;
         self.check_controller_and_gates().map_err(invalid)?;
         let factor = self.lifecycle.plugin_param_factor;
         if !(factor > 0.0 && factor.is_finite()) {
@@ -467,30 +479,58 @@ impl RunConfig {
         Ok(())
     }
 
-    /// The host is one a run can build (`[host] kind = "cnn"`), and its classifier has
-    /// at least two classes, and one for each of the data set's (a label past the last
-    /// logit fails the loss at the first step).
+    /// The host fits the data: a CNN classifier has at least two classes and one for
+    /// each of the image set's (a label past the last logit fails the loss at the first
+    /// step); a transformer reads text, with sequences no longer than its positions and a
+    /// vocabulary that covers the tokenizer's where that is known before loading.
     fn check_host(&self) -> Result<(), String> {
-        if self.host.kind != Topology::Cnn {
-            return Err(format!(
-                "[host] kind = \"{}\": {}",
-                self.host.kind,
-                crate::host::kind_not_wired(self.host.kind)
-            ));
+        let data_kind = self.data.kind_name();
+        match (&self.host, &self.data) {
+            (HostConfig::Cnn(host), DataConfig::Synthetic { .. } | DataConfig::Cifar10 { .. }) => {
+                let classes = host.num_classes;
+                if classes < 2 {
+                    return Err(format!(
+                        "[host] num_classes = {classes} must be at least 2 (a classifier needs two classes)"
+                    ));
+                }
+                let needed = self.data.num_classes().unwrap_or(0);
+                if classes < needed {
+                    return Err(format!(
+                        "[host] num_classes = {classes} is fewer than the {needed} classes of the data set ([data] \
+                         kind = \"{data_kind}\"); set it to at least {needed}"
+                    ));
+                }
+                Ok(())
+            }
+            (HostConfig::Transformer(host), DataConfig::Text(text)) => {
+                host.validate().map_err(|e| format!("[host] kind = \"transformer\": {e}"))?;
+                text.validate().map_err(|e| format!("[data] kind = \"text\": {e}"))?;
+                if text.block_size as i64 > host.block_size {
+                    return Err(format!(
+                        "[data] block_size = {} is longer than the host's positions ([host] block_size = {}); \
+                         lower the first or raise the second",
+                        text.block_size, host.block_size
+                    ));
+                }
+                match text.known_vocab_size() {
+                    Some(vocab) if (vocab as i64) > host.vocab_size => Err(format!(
+                        "[host] vocab_size = {} is smaller than the tokenizer's vocabulary ({vocab}, {}); set it to \
+                         at least {vocab}",
+                        host.vocab_size,
+                        text.tokenizer.describe()
+                    )),
+                    _ => Ok(()),
+                }
+            }
+            (host, _) => Err(format!(
+                "[host] kind = \"{}\" cannot train on [data] kind = \"{data_kind}\": {}",
+                host.topology(),
+                match host.topology() {
+                    Topology::Cnn => "the CNN host classifies images (kind = \"synthetic\" or \"cifar10\")",
+                    Topology::Transformer => "the transformer host reads token sequences (kind = \"text\")",
+                }
+            )),
         }
-        let classes = self.host.num_classes;
-        if classes < 2 {
-            return Err(format!("[host] num_classes = {classes} must be at least 2 (a classifier needs two classes)"));
-        }
-        let needed = self.data.num_classes();
-        if classes < needed {
-            return Err(format!(
-                "[host] num_classes = {classes} is fewer than the {needed} classes of the data set ([data] kind = \"{}\"); \
-                 set it to at least {needed}",
-                self.data.kind_name()
-            ));
-        }
-        Ok(())
     }
 
     /// A seed can pass G2 before the controller prunes it, and G5 before it gives up
@@ -579,21 +619,29 @@ blnd = \"add\"
     }
 
     #[test]
-    fn the_host_kind_is_cnn_by_default_and_transformer_is_refused_for_now() {
+    fn the_host_kind_is_cnn_by_default_and_each_host_needs_its_kind_of_data() {
         let path = Path::new("run.toml");
         let absent = parse("[host]\nblocks = 2\n").unwrap();
-        assert_eq!(absent.host.kind, Topology::Cnn);
+        assert_eq!(absent.host.topology(), Topology::Cnn);
         assert_eq!(parse("[host]\nkind = \"cnn\"\nblocks = 2\n").unwrap().host, absent.host);
         // An old checkpoint's config (no `kind`) reads as the CNN.
         let mut json = serde_json::to_value(&absent.host).unwrap();
         assert_eq!(json.as_object_mut().unwrap().remove("kind"), Some("cnn".into()));
-        assert_eq!(serde_json::from_value::<CnnHostConfig>(json).unwrap(), absent.host);
-        let t = parse("[host]\nkind = \"transformer\"\n").unwrap();
+        assert_eq!(serde_json::from_value::<HostConfig>(json).unwrap(), absent.host);
+        let invalid = |text: &str| parse(text).unwrap().validate(path).unwrap_err().to_string();
         assert_eq!(
-            t.validate(path).unwrap_err().to_string(),
-            "config run.toml: [host] kind = \"transformer\": host kind `transformer` is not wired into runs yet; \
-             the built-in host is kind = \"cnn\""
+            invalid("[host]\nkind = \"transformer\"\n"),
+            "config run.toml: [host] kind = \"transformer\" cannot train on [data] kind = \"synthetic\": the \
+             transformer host reads token sequences (kind = \"text\")"
         );
+        assert!(invalid("[data]\nkind = \"text\"\n").contains("the CNN host classifies images"));
+        let text = "[host]\nkind = \"transformer\"\nblock_size = 32\n[data]\nkind = \"text\"\nblock_size = 64\n";
+        assert!(invalid(text)
+            .contains("[data] block_size = 64 is longer than the host's positions ([host] block_size = 32)"));
+        let text = "[host]\nkind = \"transformer\"\nvocab_size = 100\n[data]\nkind = \"text\"\n";
+        assert!(invalid(text).contains("[host] vocab_size = 100 is smaller than the tokenizer's vocabulary (256"));
+        let text = "[host]\nkind = \"transformer\"\nn_layer = 4\n[data]\nkind = \"text\"\n";
+        assert!(invalid(text).contains("host.n_layer (4) is not a multiple of host.num_segments (3)"));
         let e = parse("[host]\nkind = \"rnn\"\n").unwrap_err().to_string();
         assert!(e.contains("rnn") && e.contains("`cnn`") && e.contains("`transformer`"), "{e}");
     }
@@ -670,7 +718,7 @@ blnd = \"add\"
         let c = RunConfig::default_job(vec![PathBuf::from("libesper_norm.so"), PathBuf::from("libesper_cnn.so")]);
         assert!(c.lifecycle.controller.enabled);
         assert_eq!(c.plugins.len(), 2);
-        assert_eq!(c.lifecycle.controller.rotation().len(), 5, "esper-lite's rotation");
+        assert_eq!(c.lifecycle.controller.rotation(Topology::Cnn).len(), 5, "esper-lite's rotation");
         c.check_controller_and_gates().unwrap();
         c.check_resources(None).unwrap();
     }

@@ -8,7 +8,7 @@ use super::{MemoryLimit, RunConfig};
 use crate::{
     host::{
         budget::{BudgetError, StepEstimate},
-        HostBudget, HostError, Topology,
+        HostError, Topology,
     },
     plugin::{BlueprintRegistry, LoadError},
     Result,
@@ -100,6 +100,7 @@ impl RunConfig {
         let estimate = self.check_resources(device)?;
         let limit = self.memory_limit(device)?;
         let mut registry = BlueprintRegistry::new();
+        registry.prefer_topology(self.host.topology());
         registry.set_param_factor(self.lifecycle.plugin_param_factor);
         for p in &self.plugins {
             registry.load_pinned(&p.path, p.sha256.as_deref())?;
@@ -144,14 +145,14 @@ impl RunConfig {
         if !ctl.enabled {
             return Ok(Vec::new());
         }
-        let rotation = ctl.rotation();
+        let host = self.host.topology();
+        let rotation = ctl.rotation(host);
         if ctl.blueprint.is_none() && ctl.blueprints.is_none() {
-            let host = self.host.topology();
             let fits = |b: &str| registry.resolve(b).is_ok_and(|(_, d)| d.topology.as_str() == host.as_str());
             let loaded: Vec<_> = rotation.into_iter().filter(|(b, _)| fits(b)).collect();
             if loaded.is_empty() {
                 let available = registry.list().map(|(key, _, _)| key.to_string()).collect();
-                let rotation = super::DEFAULT_ROTATION.iter().map(ToString::to_string).collect();
+                let rotation = super::default_rotation(host).iter().map(ToString::to_string).collect();
                 return Err(PreflightError::NoDefaultBlueprint { rotation, available });
             }
             return Ok(loaded);

@@ -7,7 +7,8 @@ use crate::{
     device::DeviceChoice,
     host::{
         budget::{self, human_bytes, BudgetError, StepEstimate, StepInput},
-        HostBudget,
+        transformer::{self, budget::SequenceInput},
+        HostBudget, HostConfig,
     },
 };
 use tch::Device;
@@ -29,12 +30,20 @@ pub enum ResourceError {
     Host(BudgetError),
     #[error(
         "the host needs an estimated {} of memory for one training step ({parameters} parameters; \
-         {breakdown}), over the limit of {} ({source_of_limit}); make it smaller ([host] blocks or \
-         base_channels, [training] batch_size) or raise the limit with `[training] memory_limit_gb`",
+         {breakdown}), over the limit of {} ({source_of_limit}); make it smaller ({shrink}) or raise the \
+         limit with `[training] memory_limit_gb`",
         human_bytes(*.estimate_bytes),
         human_bytes(*.limit_bytes)
     )]
-    OverLimit { estimate_bytes: u64, limit_bytes: u64, parameters: u64, breakdown: String, source_of_limit: String },
+    OverLimit {
+        estimate_bytes: u64,
+        limit_bytes: u64,
+        parameters: u64,
+        breakdown: String,
+        source_of_limit: String,
+        /// The settings that make this host's step smaller.
+        shrink: &'static str,
+    },
     #[error("training.memory_limit_gb must be positive, got {0}")]
     BadLimit(f64),
     #[error(
@@ -141,19 +150,31 @@ impl RunConfig {
         };
         // The data set stays on the CPU; it shares the step's memory only there.
         let resident_data_bytes = if on_cpu(self, device) != Some(false) { self.data_bytes() } else { 0 };
-        let input = StepInput {
-            batch_size: self.training.batch_size,
-            channels: CHANNELS,
-            height: IMAGE_SIZE,
-            width: IMAGE_SIZE,
-            optimizer_states,
-            resident_data_bytes,
-        };
-        Ok(self.host.estimate_step(input)?)
+        let batch_size = self.training.batch_size;
+        Ok(match &self.host {
+            HostConfig::Cnn(host) => host.estimate_step(StepInput {
+                batch_size,
+                channels: CHANNELS,
+                height: IMAGE_SIZE,
+                width: IMAGE_SIZE,
+                optimizer_states,
+                resident_data_bytes,
+            })?,
+            HostConfig::Transformer(host) => {
+                let seq_len = match &self.data {
+                    DataConfig::Text(text) => i64::try_from(text.block_size).unwrap_or(i64::MAX),
+                    _ => host.block_size,
+                };
+                let input = SequenceInput { batch_size, seq_len, optimizer_states, resident_data_bytes };
+                transformer::budget::estimate_step(host, input)?
+            }
+        })
     }
 
-    /// Bytes of the data set in memory (float32 images; CIFAR-10 without a limit
-    /// counted at its full 50,000 + 10,000 images).
+    /// Bytes of the data set in memory: float32 images (CIFAR-10 without a limit counted
+    /// at its full 50,000 + 10,000 images); for text, int64 tokens (at most one per byte
+    /// of a text source, exactly one per u16 of a `.bin`), plus the text of a source read
+    /// from a file or generated (held while it is tokenized).
     fn data_bytes(&self) -> u64 {
         let images = match &self.data {
             DataConfig::Synthetic { train_size, val_size, .. } => train_size.saturating_add(*val_size),
@@ -161,6 +182,7 @@ impl RunConfig {
                 let l = limit.unwrap_or(usize::MAX);
                 l.min(50_000).saturating_add(l.min(10_000))
             }
+            DataConfig::Text(text) => return text.resident_bytes(),
         };
         let per_image = (CHANNELS * IMAGE_SIZE * IMAGE_SIZE) as u64 * budget::BYTES_PER_ELEMENT;
         (images as u64).saturating_mul(per_image)
@@ -178,12 +200,20 @@ impl RunConfig {
                 parameters: estimate.parameters,
                 breakdown: estimate.breakdown(),
                 source_of_limit: limit.source,
+                shrink: match self.host {
+                    HostConfig::Cnn(_) => "[host] blocks or base_channels, [training] batch_size",
+                    HostConfig::Transformer(_) => {
+                        "[host] n_embd, n_layer or vocab_size, [training] batch_size, [data] block_size"
+                    }
+                },
             });
         }
-        let pools = self.host.pool_layers.unwrap_or(self.host.blocks);
-        let max = IMAGE_SIZE.ilog2() as usize;
-        if pools > max {
-            return Err(ResourceError::TooManyPools { pools, size: IMAGE_SIZE, max });
+        if let HostConfig::Cnn(host) = &self.host {
+            let pools = host.pool_layers.unwrap_or(host.blocks);
+            let max = IMAGE_SIZE.ilog2() as usize;
+            if pools > max {
+                return Err(ResourceError::TooManyPools { pools, size: IMAGE_SIZE, max });
+            }
         }
         Ok(estimate)
     }

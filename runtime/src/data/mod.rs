@@ -21,12 +21,14 @@ mod error;
 #[cfg(test)]
 mod learnability;
 mod rng;
+mod run_data;
 mod synthetic;
 pub mod text;
 
 pub use batches::Batches;
 pub use cifar::{load_cifar10, CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD};
 pub use error::DataError;
+pub use run_data::{EpochBatches, Objective, RunData};
 pub use synthetic::{synthetic, DEFAULT_SYNTHETIC_NOISE};
 
 use serde::{Deserialize, Serialize};
@@ -51,6 +53,10 @@ pub(crate) const VALUES: usize = CHANNELS as usize * PIXELS;
 /// kind = "cifar10"
 /// path = "data/cifar-10-batches-bin"
 /// limit = 10000           # optional: at most this many records per split
+///
+/// [data]
+/// kind = "text"           # language-model text for the transformer host
+/// block_size = 64         # source, tokenizer, val_fraction, seed, batches_per_epoch
 /// ```
 ///
 /// Fields left out take their defaults; unknown fields are errors.
@@ -84,6 +90,9 @@ pub enum DataConfig {
         #[serde(default = "yes")]
         augment: bool,
     },
+    /// Language-model text (see [`text::TextConfig`]): token sequences for next-token
+    /// prediction, for the transformer host.
+    Text(text::TextConfig),
 }
 
 fn yes() -> bool {
@@ -144,11 +153,13 @@ impl DataConfig {
         }
     }
 
-    /// The number of classes of the data set (10 for both kinds), known without loading it.
-    pub fn num_classes(&self) -> i64 {
+    /// The number of classes of an image set (10 for both kinds), known without loading
+    /// it; `None` for text (its vocabulary is the tokenizer's).
+    pub fn num_classes(&self) -> Option<i64> {
         match self {
-            DataConfig::Synthetic { .. } => synthetic::NUM_CLASSES as i64,
-            DataConfig::Cifar10 { .. } => CIFAR10_CLASSES.len() as i64,
+            DataConfig::Synthetic { .. } => Some(synthetic::NUM_CLASSES as i64),
+            DataConfig::Cifar10 { .. } => Some(CIFAR10_CLASSES.len() as i64),
+            DataConfig::Text(_) => None,
         }
     }
 
@@ -157,6 +168,7 @@ impl DataConfig {
         match self {
             DataConfig::Synthetic { .. } => "synthetic",
             DataConfig::Cifar10 { .. } => "cifar10",
+            DataConfig::Text(_) => "text",
         }
     }
 
@@ -169,17 +181,19 @@ impl DataConfig {
             DataConfig::Cifar10 { path, limit, .. } => {
                 cifar::train_records(path).map(|n| limit.map_or(n, |l| n.min(l)))
             }
+            DataConfig::Text(_) => None,
         }
     }
 
     /// Generates or reads the data set. Tensors are on the CPU.
-    pub fn load(&self) -> Result<Dataset, DataError> {
-        match self {
+    pub fn load(&self) -> Result<RunData, DataError> {
+        Ok(match self {
             DataConfig::Synthetic { train_size, val_size, seed, noise, .. } => {
-                synthetic(*train_size, *val_size, *seed, *noise)
+                RunData::Images(synthetic(*train_size, *val_size, *seed, *noise)?)
             }
-            DataConfig::Cifar10 { path, limit, .. } => load_cifar10(path, *limit),
-        }
+            DataConfig::Cifar10 { path, limit, .. } => RunData::Images(load_cifar10(path, *limit)?),
+            DataConfig::Text(text) => RunData::Text(text.load()?),
+        })
     }
 }
 
@@ -412,7 +426,7 @@ mod tests {
     fn load_dispatches() {
         let d =
             DataConfig::Synthetic { train_size: 30, val_size: 20, seed: 1, noise: 0.1, augment: false }.load().unwrap();
-        assert_eq!((d.train.len(), d.val.len()), (30, 20));
+        assert_eq!(d.sizes(), (30, 20, "images"));
         let e = DataConfig::Cifar10 { path: "/definitely/not/here".into(), limit: None, augment: false }
             .load()
             .unwrap_err();
@@ -425,7 +439,7 @@ mod tests {
         let d = DataConfig::default().load().unwrap();
         let elapsed = started.elapsed();
         eprintln!("default synthetic set generated in {elapsed:?}");
-        assert_eq!((d.train.len(), d.val.len(), d.num_classes), (5000, 1000, 10));
+        assert_eq!((d.sizes(), d.num_outputs()), ((5000, 1000, "images"), 10));
         assert!(elapsed.as_secs_f64() < 10.0, "{elapsed:?}");
     }
 

@@ -140,9 +140,6 @@ fn positive(value: i64, name: &str) -> Result<u64, BudgetError> {
 
 /// The same structural checks as `CnnHost::new`, without building it.
 fn check_structure(config: &CnnHostConfig) -> Result<usize, BudgetError> {
-    if config.kind != Topology::Cnn {
-        return Err(BudgetError::Config(super::kind_not_wired(config.kind)));
-    }
     let pool_layers = config.pool_layers.unwrap_or(config.blocks);
     if config.blocks < 2 {
         return Err(BudgetError::Config(format!("host.blocks must be at least 2, got {}", config.blocks)));

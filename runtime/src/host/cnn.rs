@@ -15,9 +15,6 @@ use tch::{nn, nn::ModuleT, Tensor};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CnnHostConfig {
-    /// Which built-in host (`[host] kind`): `cnn`, the one these keys describe (the
-    /// default). `transformer` is refused: that host is not wired into runs yet.
-    pub kind: Topology,
     pub in_channels: i64,
     pub blocks: usize,
     pub base_channels: i64,
@@ -46,7 +43,6 @@ pub struct CnnHostConfig {
 impl Default for CnnHostConfig {
     fn default() -> Self {
         Self {
-            kind: Topology::Cnn,
             in_channels: 3,
             blocks: 3,
             base_channels: 32,
@@ -108,9 +104,6 @@ pub struct CnnHost {
 impl CnnHost {
     /// Builds the host with its parameters under `path`.
     pub fn new(path: &nn::Path, config: CnnHostConfig) -> Result<Self, HostError> {
-        if config.kind != Topology::Cnn {
-            return Err(HostError::Config(super::kind_not_wired(config.kind)));
-        }
         let pool_layers = config.pool_layers.unwrap_or(config.blocks);
         if config.blocks < 2 {
             return Err(HostError::Config(format!("blocks must be at least 2, got {}", config.blocks)));
@@ -342,11 +335,6 @@ mod tests {
         let e = h.segment(None, Some("r9c9")).unwrap_err();
         assert_eq!(e.to_string(), "unknown injection point `r9c9`; valid: r0c0, r1c0, r0c1, r1c1, r0c2, r1c2");
         let vs = nn::VarStore::new(Device::Cpu);
-        let e = CnnHost::new(&vs.root(), CnnHostConfig { kind: Topology::Transformer, ..Default::default() });
-        assert_eq!(
-            e.unwrap_err().to_string(),
-            "invalid host config: host kind `transformer` is not wired into runs yet; the built-in host is kind = \"cnn\""
-        );
         assert!(CnnHost::new(&vs.root(), CnnHostConfig { blocks: 1, ..Default::default() }).is_err());
         assert!(CnnHost::new(&vs.root(), CnnHostConfig { kernel_size: 4, ..Default::default() }).is_err());
     }

@@ -68,7 +68,11 @@ mod tests {
     fn the_old_flat_keys_give_the_same_host_with_a_warning_each() {
         let new = parse("[host]\nbase_channels = 16\n\n[host.kernels]\npool = false\nwgrad = false\n");
         assert!(new.deprecations.is_empty(), "{:?}", new.deprecations);
-        assert!(!new.host.kernels.pool && new.host.kernels.batchnorm && new.host.kernels.first_conv);
+        assert!(
+            !new.host.cnn().unwrap().kernels.pool
+                && new.host.cnn().unwrap().kernels.batchnorm
+                && new.host.cnn().unwrap().kernels.first_conv
+        );
         let old = parse("[host]\nbase_channels = 16\nfused_pool = false\nwgrad_kernel = false\n");
         assert_eq!(old.host, new.host, "the deprecated keys mean the same");
         assert_eq!(
@@ -83,7 +87,7 @@ mod tests {
         );
         assert_eq!(all.deprecations.len(), 4, "{:?}", all.deprecations);
         assert_eq!(
-            all.host.kernels,
+            all.host.cnn().unwrap().kernels,
             super::HostKernels { pool: false, batchnorm: false, first_conv: false, wgrad: false }
         );
         let e = RunConfig::parse("[host.kernels]\nfused_pool = false\n", Path::new("run.toml")).unwrap_err();
@@ -101,7 +105,11 @@ mod tests {
         host.insert("first_conv_kernel".into(), false.into());
         let mut old: RunConfig = serde_json::from_value(json).unwrap();
         old.migrate_deprecated();
-        assert!(!old.host.kernels.batchnorm && !old.host.kernels.first_conv && old.host.kernels.pool);
+        assert!(
+            !old.host.cnn().unwrap().kernels.batchnorm
+                && !old.host.cnn().unwrap().kernels.first_conv
+                && old.host.cnn().unwrap().kernels.pool
+        );
         assert_eq!(old.deprecations.len(), 2, "{:?}", old.deprecations);
         let written = serde_json::to_value(&old).unwrap();
         assert!(written["host"].get("fused_batchnorm").is_none(), "{}", written["host"]);

@@ -14,6 +14,7 @@
 //! [`BlendAlgorithm`] is the configured choice; [`Blend`] is the slot's live blend, made
 //! from it when the seed enters BLENDING (GATE owns its network and its variables).
 
+use crate::host::FeatureLayout;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Device, Tensor};
 
@@ -31,12 +32,13 @@ pub enum BlendAlgorithm {
 #[derive(Debug)]
 pub struct GateNet {
     vars: nn::VarStore,
+    layout: FeatureLayout,
     hidden: nn::Linear,
     out: nn::Linear,
 }
 
 impl GateNet {
-    pub fn new(channels: i64, device: Device) -> Self {
+    pub fn new(channels: i64, layout: FeatureLayout, device: Device) -> Self {
         let vars = nn::VarStore::new(device);
         let hidden = Self::hidden_width(channels);
         let root = vars.root();
@@ -44,7 +46,7 @@ impl GateNet {
             nn::linear(&root / "gate_hidden", channels, hidden, Default::default()),
             nn::linear(&root / "gate_out", hidden, 1, Default::default()),
         );
-        Self { vars, hidden, out }
+        Self { vars, layout, hidden, out }
     }
 
     /// The hidden layer's width for `channels` channels: max(8, C/4), as esper-lite.
@@ -52,10 +54,18 @@ impl GateNet {
         (channels / 4).max(8)
     }
 
-    /// Per-sample gate in [0, 1], shaped (B, 1, 1, 1).
+    /// The gate in [0, 1]: per sample on images, `(B, 1, 1, 1)` from the channels'
+    /// spatial means (as esper-lite); per token on sequences, `(B, T, 1)` from that
+    /// token's features alone. (esper-lite averages over the tokens, which lets a
+    /// causal model's early tokens see later ones through the gate.)
     pub fn gate(&self, x: &Tensor) -> Tensor {
-        let pooled = x.mean_dim([2i64, 3].as_slice(), false, x.kind());
-        self.out.forward(&self.hidden.forward(&pooled).relu()).sigmoid().view([-1, 1, 1, 1])
+        match self.layout {
+            FeatureLayout::Nchw => {
+                let pooled = x.mean_dim([2i64, 3].as_slice(), false, x.kind());
+                self.out.forward(&self.hidden.forward(&pooled).relu()).sigmoid().view([-1, 1, 1, 1])
+            }
+            FeatureLayout::Ntc => self.out.forward(&self.hidden.forward(x).relu()).sigmoid(),
+        }
     }
 }
 
@@ -68,12 +78,13 @@ pub enum Blend {
 }
 
 impl Blend {
-    /// The blend of `algorithm` for `channels` channels (GATE creates its network on `device`).
-    pub fn new(algorithm: BlendAlgorithm, channels: i64, device: Device) -> Self {
+    /// The blend of `algorithm` for `channels` channels laid out as `layout` (GATE
+    /// creates its network on `device`).
+    pub fn new(algorithm: BlendAlgorithm, channels: i64, layout: FeatureLayout, device: Device) -> Self {
         match algorithm {
             BlendAlgorithm::Add => Blend::Add,
             BlendAlgorithm::Multiply => Blend::Multiply,
-            BlendAlgorithm::Gate => Blend::Gate(GateNet::new(channels, device)),
+            BlendAlgorithm::Gate => Blend::Gate(GateNet::new(channels, layout, device)),
         }
     }
 
@@ -139,7 +150,7 @@ mod tests {
     fn every_blend_is_the_identity_at_alpha_zero() {
         let (h, s) = (t(&[2, 8, 3, 3]), t(&[2, 8, 3, 3]));
         for algo in [BlendAlgorithm::Add, BlendAlgorithm::Multiply, BlendAlgorithm::Gate] {
-            let blend = Blend::new(algo, 8, Device::Cpu);
+            let blend = Blend::new(algo, 8, FeatureLayout::Nchw, Device::Cpu);
             assert_eq!(blend.algorithm(), algo);
             assert_eq!(blend.vars().is_some(), algo == BlendAlgorithm::Gate, "only GATE has variables");
             let y = blend.apply(&h, &s, &h, &a(0.0));
@@ -160,13 +171,15 @@ mod tests {
     #[test]
     fn the_gate_is_at_least_8_wide() {
         assert_eq!([4, 16, 32, 64, 112].map(GateNet::hidden_width), [8, 8, 8, 16, 28]);
-        let Blend::Gate(gate) = Blend::new(BlendAlgorithm::Gate, 4, Device::Cpu) else { unreachable!() };
+        let Blend::Gate(gate) = Blend::new(BlendAlgorithm::Gate, 4, FeatureLayout::Nchw, Device::Cpu) else {
+            unreachable!()
+        };
         assert_eq!(gate.vars.trainable_variables().iter().map(|t| t.numel()).sum::<usize>(), 4 * 8 + 8 + 8 + 1);
     }
 
     #[test]
     fn gate_is_per_sample_and_convex() {
-        let blend = Blend::new(BlendAlgorithm::Gate, 4, Device::Cpu);
+        let blend = Blend::new(BlendAlgorithm::Gate, 4, FeatureLayout::Nchw, Device::Cpu);
         let Blend::Gate(gate) = &blend else { unreachable!("GATE makes a gate network") };
         let (h, s) = (t(&[3, 4, 2, 2]), t(&[3, 4, 2, 2]));
         let g = gate.gate(&h);
@@ -174,5 +187,21 @@ mod tests {
         let y = blend.apply(&h, &s, &h, &a(1.0));
         let expected = &h + (&s - &h) * &g;
         assert!((y - expected).abs().max().double_value(&[]) < 1e-6);
+    }
+
+    #[test]
+    fn on_sequences_the_gate_is_per_token_so_no_token_sees_a_later_one() {
+        let blend = Blend::new(BlendAlgorithm::Gate, 4, FeatureLayout::Ntc, Device::Cpu);
+        let Blend::Gate(gate) = &blend else { unreachable!("GATE makes a gate network") };
+        let (h, s) = (t(&[2, 5, 4]), t(&[2, 5, 4]));
+        assert_eq!(gate.gate(&h).size(), vec![2, 5, 1]);
+        let y = blend.apply(&h, &s, &h, &a(1.0));
+        // Changing the last token changes no earlier token's output.
+        let h2 = h.copy();
+        let _ = h2.narrow(1, 4, 1).fill_(3.0);
+        let y2 = blend.apply(&h2, &s, &h2, &a(1.0));
+        let diff = (y2 - &y).abs().sum_dim_intlist([0i64, 2].as_slice(), false, Kind::Float);
+        let per_token = Vec::<f32>::try_from(diff).unwrap();
+        assert!(per_token[..4].iter().all(|d| *d == 0.0) && per_token[4] > 0.0, "{per_token:?}");
     }
 }

@@ -329,7 +329,7 @@ mod tests {
     fn seed_in(stage: SeedStage) -> SeedState {
         let mut s = SeedState::new("s1", "norm", "r0c0", BlendSettings::default().ramp);
         // A baseline of 50%: every stage entered below starts from it.
-        s.metrics_mut().record_accuracy(50.0);
+        s.metrics_mut().record_score(50.0);
         let path = [SeedStage::Germinated, SeedStage::Training, SeedStage::Blending, SeedStage::Holding];
         for next in path {
             if s.stage() == stage {
@@ -345,7 +345,7 @@ mod tests {
     fn train(s: &mut SeedState, epochs: u32, start: f64, gain: f64) {
         for i in 1..=epochs {
             let acc = start + gain * f64::from(i) / f64::from(epochs);
-            s.metrics_mut().record_accuracy(acc);
+            s.metrics_mut().record_score(acc);
         }
     }
 

@@ -2,7 +2,7 @@
 //! the per-epoch clock (alpha ramp, scheduled prune, cool-down) and pruning.
 //!
 //! The slot that owns the seed module calls, once per epoch after validation,
-//! [`Lifecycle::record_accuracy`] (and the gradient/contribution recorders through
+//! [`Lifecycle::record_score`] (and the gradient/contribution recorders through
 //! [`Lifecycle::metrics_mut`]), then [`Lifecycle::step_epoch`], and reads
 //! [`Lifecycle::alpha`] for the forward pass. A [`StageChange`] to PRUNED is the cue to
 //! drop the seed module; one to DORMANT means the slot is free again.
@@ -81,10 +81,10 @@ impl Lifecycle {
 
     /// Record this epoch's validation accuracy (percentage points). Ignored (returns
     /// `false`) while the slot is empty or cooling down after a prune.
-    pub fn record_accuracy(&mut self, accuracy: f64) -> bool {
+    pub fn record_score(&mut self, accuracy: f64) -> bool {
         match self.state.as_mut() {
             Some(s) if !s.stage.is_failure() => {
-                s.metrics.record_accuracy(accuracy);
+                s.metrics.record_score(accuracy);
                 true
             }
             _ => false,
@@ -286,7 +286,7 @@ mod tests {
     fn epochs(lc: &mut Lifecycle, n: u32) {
         for _ in 0..n {
             let acc = lc.state().unwrap().metrics().current_val_accuracy().max(50.0) + 0.2;
-            assert!(lc.record_accuracy(acc));
+            assert!(lc.record_score(acc));
         }
     }
 
@@ -436,7 +436,7 @@ mod tests {
         assert_eq!(lc.stage(), Pruned);
         assert_eq!(lc.state().unwrap().prune_reason(), Some("no_improvement"));
         assert!(!lc.is_available());
-        assert!(!lc.record_accuracy(60.0), "no accuracy while pruned");
+        assert!(!lc.record_score(60.0), "no accuracy while pruned");
 
         // Next epoch: PRUNED -> EMBARGOED.
         assert_eq!(lc.step_epoch(), Ok(Some(StageChange { from: Pruned, to: Embargoed })));
@@ -503,7 +503,7 @@ mod tests {
         let mut empty = Lifecycle::new("r0c1");
         assert!(matches!(empty.advance(&QualityGates::strict()), Err(LifecycleError::NoSeed { .. })));
         assert!(matches!(empty.prune("x"), Err(LifecycleError::NoSeed { .. })));
-        assert!(!empty.record_accuracy(1.0));
+        assert!(!empty.record_score(1.0));
         assert!(!empty.set_healthy(false));
     }
 

@@ -111,9 +111,11 @@ impl SeedMetrics {
         Self::default()
     }
 
-    /// Record one validation accuracy (once per epoch). The first one is also the
-    /// initial accuracy and the first stage baseline.
-    pub fn record_accuracy(&mut self, accuracy: f64) {
+    /// Record one validation score (once per epoch): the accuracy in percent, or a text
+    /// run's loss score (see [`crate::data::Objective::score`]); the fields keep the
+    /// accuracy's names. The first one is also the initial score and the first stage
+    /// baseline.
+    pub fn record_score(&mut self, accuracy: f64) {
         if self.epochs_total == 0 {
             self.initial_val_accuracy = accuracy;
             self.accuracy_at_stage_start = accuracy;
@@ -232,11 +234,11 @@ mod tests {
     #[test]
     fn accuracy_bookkeeping() {
         let mut m = SeedMetrics::new();
-        m.record_accuracy(40.0);
+        m.record_score(40.0);
         assert_eq!(m.initial_val_accuracy(), 40.0);
         assert_eq!(m.accuracy_at_stage_start(), 40.0);
-        m.record_accuracy(45.0);
-        m.record_accuracy(43.0);
+        m.record_score(45.0);
+        m.record_score(43.0);
         assert_eq!(m.current_val_accuracy(), 43.0);
         assert_eq!(m.best_val_accuracy(), 45.0);
         assert_eq!(m.total_improvement(), 3.0);
@@ -246,7 +248,7 @@ mod tests {
         m.reset_stage_baseline();
         assert_eq!(m.epochs_in_current_stage(), 0);
         assert_eq!(m.improvement_since_stage_start(), 0.0);
-        m.record_accuracy(44.5);
+        m.record_score(44.5);
         assert_eq!(m.improvement_since_stage_start(), 1.5);
         assert_eq!(m.total_improvement(), 4.5);
         assert_eq!((m.epochs_total(), m.epochs_in_current_stage()), (4, 1));
@@ -257,7 +259,7 @@ mod tests {
     fn history_is_bounded_and_keeps_the_newest() {
         let mut m = SeedMetrics::new();
         for i in 0..(ACCURACY_HISTORY_LEN + 7) {
-            m.record_accuracy(i as f64);
+            m.record_score(i as f64);
         }
         let h = m.accuracy_history();
         assert_eq!(h.len(), ACCURACY_HISTORY_LEN);
@@ -359,7 +361,7 @@ mod tests {
     #[test]
     fn serde_round_trip() {
         let mut m = SeedMetrics::new();
-        m.record_accuracy(50.0);
+        m.record_score(50.0);
         m.record_gradient_ratio(0.3);
         m.record_gradient_health(0.9, false);
         m.set_counterfactual_contribution(Some(1.25));

@@ -189,8 +189,8 @@ mod tests {
     fn transition_records_history_and_resets_baseline() {
         let mut s = seed();
         s.transition(Germinated).unwrap();
-        s.metrics_mut().record_accuracy(50.0);
-        s.metrics_mut().record_accuracy(52.0);
+        s.metrics_mut().record_score(50.0);
+        s.metrics_mut().record_score(52.0);
         assert_eq!(s.metrics().improvement_since_stage_start(), 2.0);
         s.transition(Training).unwrap();
         assert_eq!(s.stage(), Training);
@@ -232,7 +232,7 @@ mod tests {
     fn serde_round_trip() {
         let mut s = seed();
         s.transition(Germinated).unwrap();
-        s.metrics_mut().record_accuracy(10.0);
+        s.metrics_mut().record_score(10.0);
         let json = serde_json::to_string(&s).unwrap();
         assert!(json.contains("\"GERMINATED\""), "{json}");
         let back: SeedState = serde_json::from_str(&json).unwrap();

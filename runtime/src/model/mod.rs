@@ -6,11 +6,11 @@ mod slot;
 
 pub use error::ModelError;
 pub use precision::Precision;
-pub use slot::{SeedSlot, SlotConfig, SlotReport, PROBE_BATCH, PROBE_SIZE};
+pub use slot::{SeedSlot, SlotConfig, SlotReport, PROBE_BATCH, PROBE_SIZE, PROBE_TOKENS};
 
 use crate::{
     blend::BlendChoice,
-    host::{self, CnnHostConfig, Host, HostError, InjectionPoint, Segment},
+    host::{Host, HostConfig, HostError, InjectionPoint, Segment},
     isolation::{GradientSample, SeedWatch, Watchdog},
     lifecycle::Lifecycle,
     plugin::PluginSeed,
@@ -53,15 +53,16 @@ fn slot_points(host: &dyn Host, slot_ids: &[&str]) -> Result<Vec<InjectionPoint>
 }
 
 impl MorphogeneticModel {
-    /// The built-in CNN host made from `host_config`, with slots at `slot_ids` (any
-    /// order; they run in execution order).
+    /// The built-in host made from `host_config` (a [`HostConfig`], or the settings of
+    /// one host), with slots at `slot_ids` (any order; they run in execution order).
     pub fn new(
-        host_config: CnnHostConfig,
+        host_config: impl Into<HostConfig>,
         slot_ids: &[&str],
         slot_config: SlotConfig,
         device: Device,
     ) -> Result<Self, ModelError> {
-        Self::with_host(device, |path| host::build(path, host_config), slot_ids, slot_config)
+        let host_config = host_config.into();
+        Self::with_host(device, |path| host_config.build(path), slot_ids, slot_config)
     }
 
     /// A host of the caller's own, built by `build` on the path it is given (the root of
@@ -84,7 +85,8 @@ impl MorphogeneticModel {
             prev = Some(&p.id);
         }
         plan.push(host.segment(prev, None)?);
-        let slots = points.iter().map(|p| SeedSlot::new(&p.id, p.channels, slot_config.clone())).collect();
+        let layout = host.topology().layout();
+        let slots = points.iter().map(|p| SeedSlot::new(&p.id, p.channels, layout, slot_config.clone())).collect();
         Ok(Self { host_vs, host, slots, plan, generation: 0, precision: Precision::Fp32, watchdog: None })
     }
 

@@ -4,6 +4,7 @@
 use super::ModelError;
 use crate::{
     blend::{AlphaRamp, AlphaTarget, BlendChoice, BlendSettings, BlendTempo},
+    host::FeatureLayout,
     isolation::{
         contract, seed_input, straight_through, watchdog::SeedIdentity, Blend, BlendAlgorithm, FaultKind,
         GradientHealthMonitor, GradientSample, SeedFault, SeedWatch, WatchedSeed,
@@ -70,9 +71,12 @@ impl From<SlotKeys> for SlotConfig {
     }
 }
 
-/// Side of the germination probe (a random (PROBE_BATCH, C, 32, 32) input, train and
-/// eval mode).
+/// Side of the germination probe at an image point (a random (PROBE_BATCH, C, 32, 32)
+/// input, train and eval mode).
 pub const PROBE_SIZE: i64 = 32;
+/// Tokens of the germination probe at a sequence point (a random
+/// (PROBE_BATCH, PROBE_TOKENS, C) input).
+pub const PROBE_TOKENS: i64 = 16;
 /// Batch of the germination probe: at least 2, so a seed that collapses the batch
 /// (returns `(1, C, H, W)`, which would broadcast) is refused.
 pub const PROBE_BATCH: i64 = 2;
@@ -92,6 +96,7 @@ pub struct SlotReport {
 pub struct SeedSlot {
     id: String,
     channels: i64,
+    layout: FeatureLayout,
     config: SlotConfig,
     lifecycle: Lifecycle,
     seed: Option<PluginSeed>,
@@ -118,10 +123,13 @@ pub struct SeedSlot {
 }
 
 impl SeedSlot {
-    pub fn new(id: &str, channels: i64, config: SlotConfig) -> Self {
+    /// A slot at injection point `id`, whose features have `channels` channels laid out
+    /// as `layout`.
+    pub fn new(id: &str, channels: i64, layout: FeatureLayout, config: SlotConfig) -> Self {
         Self {
             id: id.into(),
             channels,
+            layout,
             config,
             lifecycle: Lifecycle::new(id),
             seed: None,
@@ -293,20 +301,24 @@ impl SeedSlot {
         Ok(())
     }
 
-    /// The germination probe: a random (PROBE_BATCH, C, 32, 32) input in train and
-    /// eval mode, through the same contract check as every forward, outputs finite.
+    /// The germination probe: a random input of the slot's layout, (PROBE_BATCH, C, 32,
+    /// 32) or (PROBE_BATCH, PROBE_TOKENS, C), in train and eval mode, through the same
+    /// contract check as every forward, outputs finite.
     fn probe(&self, seed: &PluginSeed, watched: &WatchedSeed) -> Result<(), ModelError> {
         let device = seed.device();
-        let shape = [PROBE_BATCH, self.channels, PROBE_SIZE, PROBE_SIZE];
+        let shape: Vec<i64> = match self.layout {
+            FeatureLayout::Nchw => vec![PROBE_BATCH, self.channels, PROBE_SIZE, PROBE_SIZE],
+            FeatureLayout::Ntc => vec![PROBE_BATCH, PROBE_TOKENS, self.channels],
+        };
         for (mode, train) in [("train mode", true), ("eval mode", false)] {
             let refuse = |cause: FaultKind| ModelError::ProbeRefused {
                 slot: self.id.clone(),
                 blueprint: seed.key().into(),
                 mode,
-                input: shape.to_vec(),
+                input: shape.clone(),
                 cause: Box::new(cause),
             };
-            let probe = Tensor::f_randn(shape, (Kind::Float, device))?;
+            let probe = Tensor::f_randn(shape.as_slice(), (Kind::Float, device))?;
             let watch = self.watching(Some(watched));
             let out = tch::no_grad(|| checked_forward(seed, &probe, train, false, watch)).map_err(refuse)?;
             let finite = out.f_isfinite().and_then(|f| f.f_all()).map(|f| bool::try_from(&f).unwrap_or(false));
@@ -333,7 +345,7 @@ impl SeedSlot {
     /// Makes the blend for a seed entering BLENDING (once).
     fn make_blend(&mut self) {
         if let (Some(seed), None) = (&self.seed, &self.blend) {
-            self.blend = Some(Blend::new(self.config.blend.algorithm, self.channels, seed.device()));
+            self.blend = Some(Blend::new(self.config.blend.algorithm, self.channels, self.layout, seed.device()));
         }
     }
 

@@ -10,6 +10,7 @@ use super::{
     seed::SeedModule,
     text, LoadError, LoadedPlugin, OptionsSchema, PluginSeed,
 };
+use crate::host::Topology;
 use abi_stable::sabi_trait::TD_Opaque;
 use esper_plugin_api::abi::{BlueprintDescriptor, CreateRequest, ParamSink_TO};
 use std::{
@@ -32,11 +33,14 @@ pub struct BlueprintRegistry {
     plugins: Vec<Arc<LoadedPlugin>>,
     entries: BTreeMap<String, Entry>,
     param_factor: f64,
+    /// The run's host topology: a bare name that several topologies provide resolves to
+    /// this one's blueprint (see [`BlueprintRegistry::resolve`]).
+    topology: Option<Topology>,
 }
 
 impl Default for BlueprintRegistry {
     fn default() -> Self {
-        Self { plugins: Vec::new(), entries: BTreeMap::new(), param_factor: Self::DEFAULT_PARAM_FACTOR }
+        Self { plugins: Vec::new(), entries: BTreeMap::new(), param_factor: Self::DEFAULT_PARAM_FACTOR, topology: None }
     }
 }
 
@@ -60,6 +64,12 @@ impl BlueprintRegistry {
         if factor > 0.0 && !factor.is_nan() {
             self.param_factor = factor;
         }
+    }
+
+    /// Resolves bare names that several topologies provide (`norm`: `cnn:norm` and
+    /// `transformer:norm`) to `topology`'s blueprint: the run's host's.
+    pub fn prefer_topology(&mut self, topology: Topology) {
+        self.topology = Some(topology);
     }
 
     /// The element cap of a seed of a blueprint declaring `param_estimate`.
@@ -170,8 +180,14 @@ impl BlueprintRegistry {
         if let Some((k, e)) = self.entries.get_key_value(name) {
             return Ok((k.as_str(), &e.descriptor));
         }
-        let matches: Vec<(&String, &Entry)> =
+        let mut matches: Vec<(&String, &Entry)> =
             self.entries.iter().filter(|(_, e)| e.descriptor.name.as_str() == name).collect();
+        if let (Some(topology), true) = (self.topology, matches.len() > 1) {
+            let preferred = |e: &Entry| e.descriptor.topology.as_str() == topology.as_str();
+            if matches.iter().any(|(_, e)| preferred(e)) {
+                matches.retain(|(_, e)| preferred(e));
+            }
+        }
         match matches.as_slice() {
             [(k, e)] => Ok((k.as_str(), &e.descriptor)),
             [] => Err(LoadError::UnknownBlueprint {

@@ -1,6 +1,6 @@
 //! Comparing blueprints on one job: the same seed schedule run once per blueprint (and
-//! once without a seed, the baseline), each run's final accuracy, the parameters its
-//! seeds added, and the training step's time.
+//! once without a seed, the baseline), each run's final accuracy and loss, the
+//! parameters its seeds added, and the training step's time.
 
 use super::{report::EpochRecord, Silent, TrainError, Trainer};
 use crate::{config::RunConfig, lifecycle::SeedStage, Result};
@@ -14,6 +14,12 @@ pub struct CompareRow {
     pub blueprint: Option<String>,
     pub final_val_accuracy: f64,
     pub best_val_accuracy: f64,
+    /// The validation loss at the end and the lowest of the run (what a text run is
+    /// judged by); absent (0) in comparisons from before they were kept.
+    #[serde(default)]
+    pub final_val_loss: f64,
+    #[serde(default)]
+    pub best_val_loss: f64,
     /// Trainable parameters of the seeds still in the model at the end (a pruned seed's
     /// are gone).
     pub seed_parameters: i64,
@@ -75,6 +81,8 @@ fn row(trainer: &Trainer, blueprint: Option<&str>) -> CompareRow {
         blueprint: blueprint.map(str::to_string),
         final_val_accuracy: history.last().map_or(0.0, |r| r.val_accuracy),
         best_val_accuracy: history.iter().map(|r| r.val_accuracy).fold(0.0, f64::max),
+        final_val_loss: history.last().map_or(f64::NAN, |r| r.val_loss),
+        best_val_loss: history.iter().map(|r| r.val_loss).fold(f64::INFINITY, f64::min),
         seed_parameters: slots.iter().filter_map(|s| s.seed()).map(|s| s.num_parameters()).sum(),
         final_stages: slots.iter().map(|s| s.stage()).collect(),
         step_ms: if steps > 0 { 1e3 * seconds / steps as f64 } else { 0.0 },

@@ -15,6 +15,7 @@
 use crate::{
     blend::BlendChoice,
     config::{ControllerConfig, ScheduledSeed},
+    data::Objective,
     lifecycle::SeedStage,
     model::{MorphogeneticModel, SeedSlot},
 };
@@ -70,6 +71,8 @@ pub struct ControllerState {
 
 pub struct Controller {
     config: ControllerConfig,
+    /// What the validation scores it is given measure (for its messages).
+    objective: Objective,
     rotation: Vec<(String, Value)>,
     schedule: Vec<ScheduledSeed>,
     state: ControllerState,
@@ -82,9 +85,15 @@ fn bare(name: &str) -> &str {
 
 impl Controller {
     /// A controller germinating from `rotation` (blueprint and options, in turn; see
-    /// [`crate::config::Preflight::rotation`]) besides the `schedule`.
-    pub fn new(config: ControllerConfig, rotation: Vec<(String, Value)>, schedule: Vec<ScheduledSeed>) -> Self {
-        Self { config, rotation, schedule, state: ControllerState::default() }
+    /// [`crate::config::Preflight::rotation`]) besides the `schedule`, judging seeds by
+    /// validation scores of `objective`.
+    pub fn new(
+        config: ControllerConfig,
+        rotation: Vec<(String, Value)>,
+        schedule: Vec<ScheduledSeed>,
+        objective: Objective,
+    ) -> Self {
+        Self { config, objective, rotation, schedule, state: ControllerState::default() }
     }
 
     pub fn state(&self) -> &ControllerState {
@@ -96,9 +105,9 @@ impl Controller {
     }
 
     /// Epochs in a row, up to the last, that each gained less than `plateau_delta`
-    /// points over the one before.
-    fn plateau(&self, val_accuracy: &[f64]) -> u32 {
-        let gains = val_accuracy.windows(2).rev();
+    /// points of validation score over the one before.
+    fn plateau(&self, val_score: &[f64]) -> u32 {
+        let gains = val_score.windows(2).rev();
         gains.take_while(|w| w[1] - w[0] < self.config.plateau_delta).count() as u32
     }
 
@@ -136,7 +145,9 @@ impl Controller {
 
     /// Decisions at the end of `epoch` (1-based; 0 before the first), given validation
     /// accuracy so far.
-    pub fn decide(&mut self, epoch: u32, val_accuracy: &[f64], model: &MorphogeneticModel) -> Vec<Action> {
+    /// The decisions after epoch `epoch` (0: before the first), given every epoch's
+    /// validation score so far (see [`Objective::score`]).
+    pub fn decide(&mut self, epoch: u32, val_score: &[f64], model: &MorphogeneticModel) -> Vec<Action> {
         self.decay(epoch);
         let mut actions = Vec::new();
         // Seeds in flight (a fossilized seed is part of the host now).
@@ -164,7 +175,7 @@ impl Controller {
             } else if self.config.enabled
                 && live < self.config.max_live_seeds
                 && epoch >= self.config.min_epoch
-                && self.plateau(val_accuracy) >= self.config.plateau_epochs
+                && self.plateau(val_score) >= self.config.plateau_epochs
             {
                 let (blueprint, options) = self.next_blueprint();
                 actions.push(germinate(id, &blueprint, &options, epoch, BlendChoice::default()));
@@ -189,7 +200,8 @@ impl Controller {
                 prune(format!("stalled: still in TRAINING after {in_stage} epochs"))
             }
             SeedStage::Training | SeedStage::Blending if dropped => prune(format!(
-                "accuracy dropped {:.2} points in {} over {in_stage} epochs",
+                "{} dropped {:.2} points in {} over {in_stage} epochs",
+                self.objective.score_name(),
                 -metrics.improvement_since_stage_start(),
                 slot.stage()
             )),
@@ -247,8 +259,8 @@ mod tests {
 
     /// A controller with the config's own rotation (no plugins to resolve it against).
     fn controller(config: ControllerConfig) -> Controller {
-        let rotation = config.rotation();
-        Controller::new(config, rotation, vec![])
+        let rotation = config.rotation(crate::host::Topology::Cnn);
+        Controller::new(config, rotation, vec![], Objective::Accuracy)
     }
 
     fn rotation(names: &[&str]) -> ControllerConfig {
@@ -263,6 +275,16 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn on_text_a_plateau_is_judged_on_the_validation_loss() {
+        let c = controller(ControllerConfig { plateau_delta: 0.5, ..Default::default() });
+        let scores = |losses: &[f64]| losses.iter().map(|&l| Objective::Loss.score(l, 0.0)).collect::<Vec<_>>();
+        // 3.0 -> 2.5 is the loss 18% lower; then 0.4% and 0.2%: two epochs of plateau.
+        assert_eq!(c.plateau(&scores(&[3.0, 2.5, 2.49, 2.485])), 2);
+        assert_eq!(c.plateau(&scores(&[3.0, 2.5, 2.49, 2.4])), 0, "the loss 3.6% lower");
+        assert_eq!(c.plateau(&scores(&[3.0, 2.5, 2.6])), 1, "a rising loss is a plateau too");
     }
 
     #[test]
@@ -336,7 +358,7 @@ mod tests {
             tempo: None,
         }];
         let config = ControllerConfig { enabled: false, ..ControllerConfig::default() };
-        let mut c = Controller::new(config, vec![], schedule);
+        let mut c = Controller::new(config, vec![], schedule, Objective::Accuracy);
         let m = model();
         assert!(c.decide(0, &[], &m).is_empty());
         assert_eq!(germinated(&c.decide(1, &[50.0], &m)), [("r1c1", "x")]);

@@ -4,7 +4,7 @@
 
 use super::{report::EpochRecord, report::SlotRecord, step, Observer, Trainer};
 use crate::{
-    data::epoch_seed,
+    data::{epoch_seed, Objective},
     lifecycle::{LifecycleEvent, SeedStage},
     model::ModelError,
     Result,
@@ -39,7 +39,7 @@ impl Trainer {
         let mut events = std::mem::take(&mut self.opening_events);
         let train = self.train_epoch(epoch, observer, &mut events)?;
         let (val_loss, val_accuracy) = self.evaluate_contained(Eval::Full, &mut events)?;
-        let contributions = self.measure_seeds(val_accuracy, &mut events)?;
+        let contributions = self.measure_seeds(self.objective.score(val_loss, val_accuracy), &mut events)?;
         self.advance_lifecycle(epoch, &mut events)?;
         self.collect_overdue(&mut events);
         self.log_rollback_costs();
@@ -60,11 +60,16 @@ impl Trainer {
             train_accuracy: train.accuracy,
             val_loss,
             val_accuracy,
+            val_perplexity: (self.objective == Objective::Loss).then(|| val_loss.exp()),
             seconds: started.elapsed().as_secs_f64(),
             steps: train.steps,
             train_seconds: train.seconds,
             slots,
             events,
+        };
+        let val = match record.val_perplexity {
+            Some(perplexity) => format!("val loss {val_loss:.4}, perplexity {perplexity:.2}"),
+            None => format!("val accuracy {val_accuracy:.2}%"),
         };
         tracing::info!(
             event = "epoch",
@@ -74,7 +79,7 @@ impl Trainer {
             val_loss,
             val_accuracy,
             slots = %serde_json::to_string(&record.slots).unwrap_or_default(),
-            "epoch {epoch}: train loss {:.4}, val accuracy {val_accuracy:.2}%", record.train_loss
+            "epoch {epoch}: train loss {:.4}, {val}", record.train_loss
         );
         self.history.push(record.clone());
         Ok(record)
@@ -90,8 +95,8 @@ impl Trainer {
     ) -> Result<TrainResult> {
         tch::manual_seed(self.config.training.seed as i64 * 1_000_003 + epoch as i64);
         let cfg = &self.config.training;
-        let batches = self.data.train.batches(cfg.batch_size, Some(epoch_seed(cfg.seed, epoch as u64)), self.device);
-        let batches = self.config.data.augmentation().apply(batches);
+        let seed = epoch_seed(cfg.seed, epoch as u64);
+        let batches = self.data.train_batches(cfg.batch_size, seed, self.config.data.augmentation(), self.device);
         let (n_batches, gradient_every) = (batches.len(), cfg.gradient_every);
         observer.epoch_started(epoch, n_batches);
         let started = Instant::now();
@@ -117,25 +122,23 @@ impl Trainer {
         Ok(TrainResult { loss, accuracy, steps: n_batches as u32, seconds: started.elapsed().as_secs_f64() })
     }
 
-    /// Records this epoch's validation accuracy in each live seed's metrics, and the
-    /// counterfactual contribution (alpha forced to 0) of each seed that affects the
-    /// output. Returns the contributions by slot (`None` where not measured).
-    fn measure_seeds(
-        &mut self,
-        val_accuracy: f64,
-        events: &mut Vec<LifecycleEvent>,
-    ) -> Result<BTreeMap<String, Option<f64>>> {
+    /// Records this epoch's validation score (see [`Objective::score`]) in each live
+    /// seed's metrics, and the counterfactual contribution (the score's loss with alpha
+    /// forced to 0) of each seed that affects the output. Returns the contributions by
+    /// slot (`None` where not measured).
+    fn measure_seeds(&mut self, score: f64, events: &mut Vec<LifecycleEvent>) -> Result<BTreeMap<String, Option<f64>>> {
         let mut contributions = BTreeMap::new();
         let ids: Vec<String> = self.model.slots().iter().map(|s| s.id().to_string()).collect();
         for id in ids {
             let stage = self.model.slot(&id)?.stage();
             let contribution = if matches!(stage, SeedStage::Blending | SeedStage::Holding | SeedStage::Fossilized) {
-                Some(val_accuracy - self.evaluate_contained(Eval::Bypass(&id), events)?.1)
+                let (loss, accuracy) = self.evaluate_contained(Eval::Bypass(&id), events)?;
+                Some(score - self.objective.score(loss, accuracy))
             } else {
                 None
             };
             let lifecycle = self.model.slot_mut(&id)?.lifecycle_mut();
-            lifecycle.record_accuracy(val_accuracy);
+            lifecycle.record_score(score);
             if let (Some(c), Some(m)) = (contribution, lifecycle.metrics_mut()) {
                 m.set_counterfactual_contribution(Some(c));
             }
@@ -197,15 +200,15 @@ impl Trainer {
             let mut loss = Tensor::zeros([], (Kind::Float, self.device));
             let mut correct = Tensor::zeros([], (Kind::Int64, self.device));
             let mut seen = 0i64;
-            for (x, y) in self.data.val.batches(256, None, self.device) {
+            for (x, y) in self.data.val_batches(self.config.training.batch_size, self.device) {
                 let logits = match eval {
                     Eval::Full => self.model.forward(&x, false)?,
                     Eval::Bypass(id) => self.model.forward_counterfactual(&x, id)?,
                     Eval::HostOnly => self.model.forward_host_only(&x, false)?,
                 };
-                let n = y.size()[0];
+                let n = y.numel() as i64;
                 let _ = loss.f_add_(&step::cross_entropy(&logits, &y)?.f_mul_scalar(n as f64)?)?;
-                let _ = correct.f_add_(&logits.f_argmax(1, false)?.f_eq_tensor(&y)?.f_sum(Kind::Int64)?)?;
+                let _ = correct.f_add_(&step::correct(&logits, &y)?)?;
                 seen += n;
             }
             let seen = seen.max(1) as f64;

@@ -50,6 +50,10 @@ pub enum TrainError {
     Watchdog(#[source] std::io::Error),
     #[error("loading the data set")]
     Data(#[source] DataError),
+    /// The host's logits cover fewer classes than the data has (image classes, or the
+    /// tokenizer's vocabulary, known once the data is loaded).
+    #[error("{setting} = {host} is smaller than {what} ({data}); set it to at least {data}")]
+    TooFewOutputs { setting: &'static str, host: i64, what: &'static str, data: i64 },
     /// A comparison run could not be set up.
     #[error("comparing {run}")]
     Compare {

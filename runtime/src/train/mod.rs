@@ -18,7 +18,11 @@ mod stop;
 mod timing;
 
 use crate::{
-    config::RunConfig, data::Dataset, lifecycle::LifecycleEvent, model::MorphogeneticModel, plugin::BlueprintRegistry,
+    config::RunConfig,
+    data::{Objective, RunData},
+    lifecycle::LifecycleEvent,
+    model::MorphogeneticModel,
+    plugin::BlueprintRegistry,
     Result,
 };
 use controller::{Action, Controller};
@@ -38,7 +42,9 @@ pub struct Trainer {
     config: RunConfig,
     registry: BlueprintRegistry,
     model: MorphogeneticModel,
-    data: Dataset,
+    data: RunData,
+    /// What validation is judged by: accuracy for images, the loss for text.
+    objective: Objective,
     host_opt: Optimizer,
     seed_opts: BTreeMap<String, Optimizer>,
     controller: Controller,
@@ -100,13 +106,27 @@ impl Trainer {
         model.set_precision(config.training.precision);
         model.watch_seeds(config.training.seed_timeout()).map_err(TrainError::Watchdog)?;
         let data = config.data.load().map_err(TrainError::Data)?;
+        let outputs = config.host.num_outputs();
+        if data.num_outputs() > outputs {
+            let (setting, what) = match data.objective() {
+                Objective::Accuracy => ("[host] num_classes", "the data set's classes"),
+                Objective::Loss => ("[host] vocab_size", "the tokenizer's vocabulary"),
+            };
+            return Err(TrainError::TooFewOutputs { setting, host: outputs, what, data: data.num_outputs() }.into());
+        }
         let host_opt = Optimizer::new(config.training.host_optimizer, model.host_parameters());
-        let controller =
-            Controller::new(config.lifecycle.controller.clone(), rotation, config.lifecycle.schedule.clone());
-        tracing::info!(device = ?device, train = data.train.len(), val = data.val.len(), slots = ?config.slots, "run prepared");
+        let controller = Controller::new(
+            config.lifecycle.controller.clone(),
+            rotation,
+            config.lifecycle.schedule.clone(),
+            data.objective(),
+        );
+        let (train, val, unit) = data.sizes();
+        tracing::info!(device = ?device, train, val, unit, slots = ?config.slots, "run prepared");
         Ok(Self {
             registry,
             model,
+            objective: data.objective(),
             data,
             host_opt,
             seed_opts: BTreeMap::new(),
@@ -183,7 +203,7 @@ impl Trainer {
     /// The controller's decisions, applied. A failing action (a plugin that fails to
     /// create, a probe refusal) is reported and the run goes on.
     fn act(&mut self, epoch: u32, events: &mut Vec<LifecycleEvent>) {
-        let val: Vec<f64> = self.history.iter().map(|r| r.val_accuracy).collect();
+        let val: Vec<f64> = self.history.iter().map(|r| self.objective.score(r.val_loss, r.val_accuracy)).collect();
         let gates = self.config.lifecycle.gates.clone();
         for action in self.controller.decide(epoch, &val, &self.model) {
             let outcome = match &action {

@@ -11,7 +11,9 @@ pub struct SlotRecord {
     pub slot: String,
     pub stage: SeedStage,
     pub alpha: f64,
-    /// Counterfactual contribution in accuracy points (when measured this epoch).
+    /// Counterfactual contribution in points of the run's objective (when measured this
+    /// epoch): accuracy points, or loss points for text (see
+    /// [`crate::data::Objective::score`]).
     pub contribution: Option<f64>,
 }
 
@@ -22,6 +24,9 @@ pub struct EpochRecord {
     pub train_accuracy: f64,
     pub val_loss: f64,
     pub val_accuracy: f64,
+    /// `exp(val_loss)`, for text runs (next-token prediction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_perplexity: Option<f64>,
     pub seconds: f64,
     /// The training batches of the epoch and the seconds their steps took (validation
     /// and the lifecycle left out); absent (0) in reports from before they were kept.

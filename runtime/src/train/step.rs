@@ -76,15 +76,15 @@ impl Totals {
     /// Counts the examples of `y` as seen (the host half of [`Totals::add`]: a replayed
     /// graph has already added the sums on the device).
     pub(super) fn count(&mut self, y: &Tensor) {
-        self.seen += y.size().first().copied().unwrap_or(0);
+        self.seen += y.numel() as i64;
     }
 
     /// The device half of [`Totals::add`] (what a CUDA graph of the step records; the
     /// replay counts `seen`).
     pub(super) fn add_on_device(&self, loss: &Tensor, logits: &Tensor, y: &Tensor) -> Result<(), tch::TchError> {
-        let n = y.size().first().copied().unwrap_or(0);
+        let n = y.numel();
         let _ = self.loss.shallow_clone().f_add_(&loss.f_detach()?.f_mul_scalar(n as f64)?)?;
-        let _ = self.correct.shallow_clone().f_add_(&logits.f_argmax(1, false)?.f_eq_tensor(y)?.f_sum(Kind::Int64)?)?;
+        let _ = self.correct.shallow_clone().f_add_(&correct(logits, y)?)?;
         Ok(())
     }
 
@@ -98,9 +98,17 @@ impl Totals {
 }
 
 /// Mean cross-entropy of `logits` for class indices `y` (tch's `cross_entropy_for_logits`,
-/// fallible).
+/// fallible): images' `(B, classes)` against `(B)`, or a sequence's `(B, T, vocab)`
+/// against the next tokens `(B, T)`, every position one example.
 pub(super) fn cross_entropy(logits: &Tensor, y: &Tensor) -> Result<Tensor, tch::TchError> {
-    logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss(y, None::<Tensor>, tch::Reduction::Mean, -100)
+    let (logits, y) = (logits.f_flatten(0, -2)?, y.f_flatten(0, -1)?);
+    logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss(&y, None::<Tensor>, tch::Reduction::Mean, -100)
+}
+
+/// How many of `y`'s class indices are the argmax of `logits` (shaped as for
+/// [`cross_entropy`]), as an i64 0-d tensor on the device.
+pub(super) fn correct(logits: &Tensor, y: &Tensor) -> Result<Tensor, tch::TchError> {
+    logits.f_argmax(-1, false)?.f_eq_tensor(y)?.f_sum(Kind::Int64)
 }
 
 /// Why an attempt at a step did not apply.

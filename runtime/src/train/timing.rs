@@ -28,7 +28,7 @@ impl Trainer {
     /// and returns the last `steps` times in milliseconds, each step ending with the
     /// device idle.
     pub fn time_steps(&mut self, batch: i64, warmup: usize, steps: usize) -> Result<Vec<f64>> {
-        let first = self.data.train.batches(batch, Some(0), self.device).next();
+        let first = self.data.train_batches(batch, 0, Default::default(), self.device).next();
         let (x, y) = first.ok_or(TrainError::Internal("the training set is empty"))?;
         let every = self.config.training.gradient_every;
         let mut totals = self.graphs.epoch_totals(self.device)?;

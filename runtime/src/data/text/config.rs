@@ -94,7 +94,45 @@ impl Default for TextConfig {
     }
 }
 
+impl TokenizerConfig {
+    /// The tokenizer in words, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            TokenizerConfig::Byte => "the byte tokenizer".into(),
+            TokenizerConfig::Bpe { vocab_size } => format!("a BPE vocabulary of at most {vocab_size} tokens"),
+            TokenizerConfig::File { path } => format!("the tokenizer {}", path.display()),
+        }
+    }
+}
+
 impl TextConfig {
+    /// The most token ids the tokenizer can give, where that is known without loading
+    /// anything (a tokenizer file is read when the data loads).
+    pub fn known_vocab_size(&self) -> Option<usize> {
+        match self.tokenizer {
+            TokenizerConfig::Byte => Some(super::BYTE_VOCAB),
+            TokenizerConfig::Bpe { vocab_size } => Some(vocab_size),
+            TokenizerConfig::File { .. } => None,
+        }
+    }
+
+    /// Bytes the data set holds in memory while a run trains, from the config and the
+    /// files' sizes (a file that cannot be listed counts as empty: loading it says why):
+    /// int64 tokens, at most one per byte of text or exactly one per u16 of a `.bin`,
+    /// and the text itself while it is tokenized.
+    pub fn resident_bytes(&self) -> u64 {
+        let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let token_bytes = std::mem::size_of::<i64>() as u64;
+        match &self.source {
+            TextSource::Embedded { bytes } => (*bytes as u64).saturating_mul(token_bytes + 1),
+            TextSource::File { path } => size(path).saturating_mul(token_bytes + 1),
+            TextSource::Bin { path } => {
+                let u16s = (size(&path.join("train.bin")) + size(&path.join("val.bin"))) / 2;
+                u16s.saturating_mul(token_bytes)
+            }
+        }
+    }
+
     /// Checks the values that need no file: sizes, the validation share, and that a BPE
     /// vocabulary is trained on text.
     pub fn validate(&self) -> Result<(), TextDataError> {
