@@ -415,6 +415,61 @@ fn bf16_autocast_runs_the_seed_in_cuda_graphs_through_its_lifecycle() {
     assert!(max_abs_diff(&host(&fp32), &host(&bf16)) > 0.0, "bf16 ran");
 }
 
+/// A language-model job on CUDA (see [`esper_tests::TextJob`]): `lora` scheduled into
+/// r0c1, the step in CUDA graphs per `mode`, more `[training]` lines in `training`.
+fn text_graph_job(name: &str, mode: &str, epochs: u32, training: &str) -> Trainer {
+    let dir = temp_dir(name);
+    let plugin = plugin_lib("esper-transformer");
+    let sections = "[slot]\nblend = \"gate\"\nblend_tempo = 2\n\n[lifecycle.gates]\nmode = \"permissive\"\n\
+                    min_blending_epochs = 1\nmin_gradient_health_for_blending = 0.0\n";
+    let job = esper_tests::TextJob {
+        plugin: &plugin,
+        epochs,
+        blueprint: Some("lora"),
+        sections,
+        controller: "enabled = false",
+    };
+    let text = job
+        .text()
+        .replace("device = \"cpu\"", "device = \"cuda\"")
+        .replace("gradient_every = 2", &format!("gradient_every = 4\ncuda_graph = \"{mode}\"\n{training}"));
+    let mut t = Trainer::new(RunConfig::load(&write_file(&dir, "run.toml", &text)).unwrap()).unwrap();
+    t.run(&mut Silent).unwrap();
+    t
+}
+
+#[test]
+#[ignore = "needs CUDA: run scripts/test-gpu.sh"]
+fn a_language_model_trains_in_cuda_graphs_in_fp32_and_bf16() {
+    gpu();
+    let epochs = 5;
+    let eager = text_graph_job("text-graph-eager", "off", epochs, "");
+    let again = text_graph_job("text-graph-eager-again", "off", epochs, "");
+    let graphed = text_graph_job("text-graph-auto", "auto", epochs, "");
+    let stats = graphed.graph_stats();
+    eprintln!("transformer graph stats: {stats:?}, last refusal: {:?}", graphed.last_graph_refusal());
+    assert_eq!(stats.refusals, 0, "{stats:?}");
+    assert!(stats.captures >= 3 && stats.replays > stats.eager_steps, "one capture per topology: {stats:?}");
+    let stages = |t: &Trainer| t.history().iter().map(|r| r.slots[1].stage).collect::<Vec<_>>();
+    assert_eq!(stages(&graphed), stages(&eager));
+    assert!(stages(&eager).contains(&SeedStage::Blending), "{:?}", stages(&eager));
+    let (e, a, g) = (state(&eager), state(&again), state(&graphed));
+    let (eager_noise, graph_diff) = (max_abs_diff(&e, &a), max_abs_diff(&e, &g));
+    eprintln!("max |eager - eager| = {eager_noise:e}, max |eager - graph| = {graph_diff:e}");
+    assert!(graph_diff <= 10.0 * eager_noise.max(1e-5), "{graph_diff:e} vs eager noise {eager_noise:e}");
+
+    let bf16 = text_graph_job("text-graph-bf16", "auto", epochs, "precision = \"bf16\"");
+    let stats = bf16.graph_stats();
+    eprintln!("transformer bf16 graph stats: {stats:?}, last refusal: {:?}", bf16.last_graph_refusal());
+    assert!(stats.captures >= 3 && stats.refusals == 0 && stats.replays > 0, "{stats:?}");
+    let loss = |t: &Trainer| t.history().iter().map(|r| r.val_loss).collect::<Vec<_>>();
+    eprintln!("val loss: fp32 {:?}, bf16 {:?}", loss(&graphed), loss(&bf16));
+    let l = loss(&bf16);
+    assert!(l.iter().all(|v| v.is_finite()) && l[l.len() - 1] < l[0], "{l:?}");
+    let events = events(&bf16);
+    assert!(!events.iter().any(|e| matches!(e, LifecycleEvent::SeedFault { .. })), "{events:?}");
+}
+
 /// Values and input gradient of `f` at `x`, with distinct upstream gradients (so one
 /// routed to the wrong element shows).
 fn value_and_grad(x: &Tensor, f: impl Fn(&Tensor) -> Tensor) -> (Tensor, Tensor) {

@@ -88,7 +88,8 @@ pub enum ConfigError {
 pub struct RunConfig {
     #[serde(default)]
     pub device: DeviceChoice,
-    /// Injection points that get a seed slot.
+    /// Injection points that get a seed slot (left out: `r0c1` and `r1c1` on the CNN,
+    /// every injection point on the transformer).
     #[serde(default = "default_slots")]
     pub slots: Vec<String>,
     #[serde(default)]
@@ -114,6 +115,12 @@ pub struct RunConfig {
 
 fn default_slots() -> Vec<String> {
     vec!["r0c1".into(), "r1c1".into()]
+}
+
+/// Whether the config text sets `slots` (the default depends on the host, known only
+/// once the whole config is read).
+fn names_slots(text: &str) -> bool {
+    toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key("slots"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -351,6 +358,11 @@ impl RunConfig {
             message: e.to_string().trim_end().to_string(),
         })?;
         config.migrate_deprecated();
+        if config.host.topology() == Topology::Transformer && !names_slots(text) {
+            if let Ok(points) = config.host.injection_points() {
+                config.slots = points.into_iter().map(|(id, _)| id).collect();
+            }
+        }
         Ok(config)
     }
 
@@ -640,6 +652,9 @@ blnd = \"add\"
             .contains("[data] block_size = 64 is longer than the host's positions ([host] block_size = 32)"));
         let text = "[host]\nkind = \"transformer\"\nvocab_size = 100\n[data]\nkind = \"text\"\n";
         assert!(invalid(text).contains("[host] vocab_size = 100 is smaller than the tokenizer's vocabulary (256"));
+        let text = "[host]\nkind = \"transformer\"\n[data]\nkind = \"text\"\n";
+        assert_eq!(parse(text).unwrap().slots, ["r0c0", "r0c1", "r0c2"], "every point by default");
+        assert_eq!(parse(&format!("slots = [\"r0c1\"]\n{text}")).unwrap().slots, ["r0c1"]);
         let text = "[host]\nkind = \"transformer\"\nn_layer = 4\n[data]\nkind = \"text\"\n";
         assert!(invalid(text).contains("host.n_layer (4) is not a multiple of host.num_segments (3)"));
         let e = parse("[host]\nkind = \"rnn\"\n").unwrap_err().to_string();

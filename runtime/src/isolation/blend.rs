@@ -126,8 +126,11 @@ impl Blend {
             Blend::Add => host.lerp_tensor(seed, alpha),
             Blend::Multiply => host * ((seed - seed_input).tanh() * alpha + 1.0),
             Blend::Gate(gate) => {
-                let effective = (gate.gate(seed_input) * alpha).clamp(0.0, 1.0);
-                host.lerp_tensor(seed, &effective)
+                // Under autocast the gate network answers in bfloat16, while a stream
+                // kept in float32 (the transformer's residual) wants float32.
+                let g = gate.gate(seed_input);
+                let g = if g.kind() == host.kind() { g } else { g.to_kind(host.kind()) };
+                host.lerp_tensor(seed, &(g * alpha).clamp(0.0, 1.0))
             }
         }
     }
