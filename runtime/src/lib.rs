@@ -22,6 +22,7 @@ pub mod blend;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod distributed;
 pub mod error;
 pub mod host;
 pub mod isolation;

@@ -49,6 +49,7 @@ use crate::{
     blend::{AlphaTarget, BlendChoice, BlendTempo},
     data::DataConfig,
     device::DeviceChoice,
+    distributed::DistributedConfig,
     host::{HostConfig, Topology},
     isolation::BlendAlgorithm,
     lifecycle::{AlphaCurve, QualityGates},
@@ -107,6 +108,10 @@ pub struct RunConfig {
     pub lifecycle: LifecycleConfig,
     #[serde(default)]
     pub output: OutputConfig,
+    /// How the ranks of a multi-process run work together (see
+    /// [`crate::distributed`]).
+    #[serde(default)]
+    pub distributed: DistributedConfig,
     /// Deprecated keys met while reading, each with its replacement (for the caller to
     /// show once logging is up).
     #[serde(skip)]
@@ -471,6 +476,7 @@ impl RunConfig {
             }
         }
         self.lifecycle.controller.validate(self.host.topology()).map_err(invalid)?;
+        self.distributed.validate().map_err(invalid)?;
         self.check_controller_and_gates().map_err(invalid)?;
         let factor = self.lifecycle.plugin_param_factor;
         if !(factor > 0.0 && factor.is_finite()) {

@@ -1,7 +1,7 @@
 //! One epoch of mini-batches over a split.
 
 use super::rng::Rng;
-use super::Split;
+use super::{Shard, Split};
 use tch::{Device, Kind, Tensor};
 
 /// Stream ids under the epoch seed, so shuffling and flipping draw independent numbers.
@@ -32,6 +32,9 @@ pub struct Batches {
     /// offsets (rows, columns) into the padded image, each in `0..=2 * padding`.
     crops: Option<(i64, Vec<(i64, i64)>)>,
     seed: u64,
+    /// Examples in the split (what the flips and crops are drawn for).
+    split_len: usize,
+    /// Examples in the epoch (the split's, or a rank's share of them).
     len: usize,
     batch_size: usize,
     device: Device,
@@ -52,11 +55,24 @@ impl Batches {
             flips: None,
             crops: None,
             seed,
+            split_len: len,
             len,
             batch_size,
             device,
             next: 0,
         }
+    }
+
+    /// Only `shard`'s share of the epoch (see [`Shard`]); augmentations drawn as for the
+    /// whole epoch, so an example is cropped and flipped the same on any rank.
+    pub fn shard(mut self, shard: Shard) -> Self {
+        if shard.world > 1 {
+            let order = self.order.take().unwrap_or_else(|| (0..self.split_len as i64).collect());
+            let share = shard.take(&order);
+            self.len = share.len();
+            self.order = Some(share);
+        }
+        self
     }
 
     /// With `on`, flips each example horizontally with probability 1/2, decided by the
@@ -65,7 +81,7 @@ impl Batches {
     pub fn with_hflip(mut self, on: bool) -> Self {
         self.flips = on.then(|| {
             let mut rng = Rng::stream(self.seed, &[FLIP_STREAM]);
-            (0..self.len).map(|_| rng.coin()).collect()
+            (0..self.split_len).map(|_| rng.coin()).collect()
         });
         self
     }
@@ -78,7 +94,7 @@ impl Batches {
         self.crops = (padding > 0).then(|| {
             let mut rng = Rng::stream(self.seed, &[CROP_STREAM]);
             let span = 2 * padding as u64 + 1;
-            (padding, (0..self.len).map(|_| (rng.below(span) as i64, rng.below(span) as i64)).collect())
+            (padding, (0..self.split_len).map(|_| (rng.below(span) as i64, rng.below(span) as i64)).collect())
         });
         self
     }

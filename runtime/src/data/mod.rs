@@ -22,6 +22,7 @@ mod error;
 mod learnability;
 mod rng;
 mod run_data;
+mod shard;
 mod synthetic;
 pub mod text;
 
@@ -29,6 +30,7 @@ pub use batches::Batches;
 pub use cifar::{load_cifar10, CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD};
 pub use error::DataError;
 pub use run_data::{EpochBatches, Objective, RunData};
+pub use shard::Shard;
 pub use synthetic::{synthetic, DEFAULT_SYNTHETIC_NOISE};
 
 use serde::{Deserialize, Serialize};

@@ -1,7 +1,7 @@
 //! What a run trains on, whatever its kind: images for the CNN host, token sequences for
 //! the transformer host, and how the run judges its model on them.
 
-use super::{text::TextBatches, text::TextDataset, Augmentation, Batches, Dataset};
+use super::{text::TextBatches, text::TextDataset, Augmentation, Batches, Dataset, Shard};
 use tch::{Device, Tensor};
 
 /// Examples per validation batch of an image set (no gradients: larger than a training
@@ -47,11 +47,21 @@ pub enum RunData {
 
 impl RunData {
     /// One epoch of training batches, shuffled (images) or drawn (text) from `seed`
-    /// (pass [`super::epoch_seed`]`(run_seed, epoch)`), images augmented as given.
-    pub fn train_batches(&self, batch_size: i64, seed: u64, augment: Augmentation, device: Device) -> EpochBatches {
+    /// (pass [`super::epoch_seed`]`(run_seed, epoch)`), images augmented as given; of a
+    /// multi-process run, `shard`'s share ([`Shard::WHOLE`] otherwise).
+    pub fn train_batches(
+        &self,
+        batch_size: i64,
+        seed: u64,
+        (augment, shard): (Augmentation, Shard),
+        device: Device,
+    ) -> EpochBatches {
         match self {
-            RunData::Images(d) => EpochBatches::Images(augment.apply(d.train.batches(batch_size, Some(seed), device))),
-            RunData::Text(d) => EpochBatches::Text(d.train_batches(batch_size, seed, device)),
+            RunData::Images(d) => {
+                let batches = d.train.batches(batch_size, Some(seed), device).shard(shard);
+                EpochBatches::Images(augment.apply(batches))
+            }
+            RunData::Text(d) => EpochBatches::Text(d.train_share(batch_size, seed, shard, device)),
         }
     }
 
@@ -131,5 +141,47 @@ mod tests {
         assert!(gain(2.0, 2.5) < 0.0, "a higher loss scores lower");
         assert!(Objective::Loss.score(0.0, 0.0).is_finite());
         assert_eq!(Objective::Accuracy.score(1.7, 42.5), 42.5);
+    }
+
+    fn all_rows(batches: EpochBatches) -> (Vec<Vec<f32>>, usize) {
+        let mut rows = Vec::new();
+        let mut n = 0;
+        for (x, _) in batches {
+            n += 1;
+            let x = x.to_kind(tch::Kind::Float).flatten(1, -1);
+            rows.extend(Vec::<Vec<f32>>::try_from(x).unwrap());
+        }
+        (rows, n)
+    }
+
+    #[test]
+    fn two_ranks_share_an_epoch_without_overlap_augmented_alike() {
+        let images =
+            super::super::DataConfig::Synthetic { train_size: 40, val_size: 8, seed: 2, noise: 0.1, augment: true };
+        let augment = images.augmentation();
+        let data = images.load().unwrap();
+        let share = |rank| data.train_batches(8, 5, (augment, Shard { rank, world: 2 }), Device::Cpu);
+        let (whole, _) = all_rows(data.train_batches(8, 5, (augment, Shard::WHOLE), Device::Cpu));
+        let ((r0, n0), (r1, n1)) = (all_rows(share(0)), all_rows(share(1)));
+        assert_eq!((r0.len(), r1.len(), n0, n1), (20, 20, 3, 3));
+        // Together the whole epoch, each example once, cropped as in the whole epoch.
+        let mut both = [r0, r1].concat();
+        let mut whole = whole;
+        let key = |r: &Vec<f32>| r.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        both.sort_by_key(key);
+        whole.sort_by_key(key);
+        assert!(both == whole, "the two shares are the epoch");
+
+        let text = super::super::text::TextConfig {
+            source: super::super::text::TextSource::Embedded { bytes: 5000 },
+            block_size: 8,
+            batches_per_epoch: Some(6),
+            ..Default::default()
+        };
+        let data = RunData::Text(text.load().unwrap());
+        let share = |rank| data.train_batches(4, 9, (Augmentation::default(), Shard { rank, world: 2 }), Device::Cpu);
+        let ((t0, m0), (t1, m1)) = (all_rows(share(0)), all_rows(share(1)));
+        assert_eq!((m0, m1), (6, 6), "the configured batches per epoch are steps: every rank takes them");
+        assert_ne!(t0, t1);
     }
 }

@@ -96,7 +96,8 @@ impl Trainer {
         tch::manual_seed(self.config.training.seed as i64 * 1_000_003 + epoch as i64);
         let cfg = &self.config.training;
         let seed = epoch_seed(cfg.seed, epoch as u64);
-        let batches = self.data.train_batches(cfg.batch_size, seed, self.config.data.augmentation(), self.device);
+        let share = (self.config.data.augmentation(), self.shard);
+        let batches = self.data.train_batches(cfg.batch_size, seed, share, self.device);
         let (n_batches, gradient_every) = (batches.len(), cfg.gradient_every);
         observer.epoch_started(epoch, n_batches);
         let started = Instant::now();

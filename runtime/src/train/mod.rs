@@ -19,7 +19,7 @@ mod timing;
 
 use crate::{
     config::RunConfig,
-    data::{Objective, RunData},
+    data::{Objective, RunData, Shard},
     lifecycle::LifecycleEvent,
     model::MorphogeneticModel,
     plugin::BlueprintRegistry,
@@ -45,6 +45,9 @@ pub struct Trainer {
     data: RunData,
     /// What validation is judged by: accuracy for images, the loss for text.
     objective: Objective,
+    /// This process's share of each epoch's training data (the whole of it, but for a
+    /// rank of a multi-process run).
+    shard: Shard,
     host_opt: Optimizer,
     seed_opts: BTreeMap<String, Optimizer>,
     controller: Controller,
@@ -127,6 +130,7 @@ impl Trainer {
             registry,
             model,
             objective: data.objective(),
+            shard: Shard::WHOLE,
             data,
             host_opt,
             seed_opts: BTreeMap::new(),

@@ -4,7 +4,7 @@
 //! with the run's `cuda_graph` setting (replays once captured).
 
 use super::{seeds::germinate, TrainError, Trainer};
-use crate::{lifecycle::SeedStage, Result};
+use crate::{data::Shard, lifecycle::SeedStage, Result};
 use std::time::Instant;
 use tch::Device;
 
@@ -28,7 +28,7 @@ impl Trainer {
     /// and returns the last `steps` times in milliseconds, each step ending with the
     /// device idle.
     pub fn time_steps(&mut self, batch: i64, warmup: usize, steps: usize) -> Result<Vec<f64>> {
-        let first = self.data.train_batches(batch, 0, Default::default(), self.device).next();
+        let first = self.data.train_batches(batch, 0, (Default::default(), Shard::WHOLE), self.device).next();
         let (x, y) = first.ok_or(TrainError::Internal("the training set is empty"))?;
         let every = self.config.training.gradient_every;
         let mut totals = self.graphs.epoch_totals(self.device)?;

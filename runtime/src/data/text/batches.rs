@@ -1,7 +1,7 @@
 //! Batches of token windows: random windows for training, consecutive ones for
 //! validation. Targets are the inputs shifted by one token.
 
-use crate::data::rng::Rng;
+use crate::data::{rng::Rng, Shard};
 use tch::{Device, Kind, Tensor};
 
 /// The stream id under the epoch seed for the windows' starts.
@@ -46,11 +46,26 @@ impl TextBatches {
         seed: u64,
         device: Device,
     ) -> Self {
+        Self::random_share(tokens, (block_size, batch_size, num_batches), seed, Shard::WHOLE, device)
+    }
+
+    /// [`TextBatches::random`] for one rank of a multi-process run: the starts of
+    /// `world` ranks' batches drawn from `seed` as one sequence, this rank taking every
+    /// `world`-th (see [`Shard`]); one rank's share is the whole draw.
+    pub fn random_share(
+        tokens: &Tensor,
+        (block_size, batch_size, num_batches): (i64, i64, usize),
+        seed: u64,
+        shard: Shard,
+        device: Device,
+    ) -> Self {
         assert!(batch_size > 0, "batch size must be at least 1, got {batch_size}");
         let (inputs, targets) = windows(tokens, block_size, 1);
         let count = inputs.size()[0] as u64;
         let mut rng = Rng::stream(seed, &[WINDOW_STREAM]);
-        let starts = (0..num_batches * batch_size as usize).map(|_| rng.below(count) as i64).collect();
+        let draws = num_batches * batch_size as usize * shard.world.max(1);
+        let all: Vec<i64> = (0..draws).map(|_| rng.below(count) as i64).collect();
+        let starts = shard.take(&all);
         let batch_size = batch_size as usize;
         Self { inputs, targets, starts: Some(starts), batch_size, num_batches, device, next: 0 }
     }

@@ -51,8 +51,16 @@ impl TextDataset {
     /// One epoch of training batches: random windows drawn from `seed` (pass
     /// [`crate::data::epoch_seed`]`(run_seed, epoch)`). Panics if `batch_size` < 1.
     pub fn train_batches(&self, batch_size: i64, seed: u64, device: Device) -> TextBatches {
-        let n = self.batches_per_epoch(batch_size);
-        TextBatches::random(&self.train, self.block_size, batch_size, n, seed, device)
+        self.train_share(batch_size, seed, crate::data::Shard::WHOLE, device)
+    }
+
+    /// A rank's share of the epoch's training batches (see [`crate::data::Shard`]): each
+    /// rank takes the same number of batches of `batch_size`: the configured
+    /// `batches_per_epoch` (steps), or as many as cover the training tokens once in
+    /// expectation with every rank's batches together.
+    pub fn train_share(&self, batch_size: i64, seed: u64, shard: crate::data::Shard, device: Device) -> TextBatches {
+        let n = self.batches_per_epoch(batch_size * shard.world.max(1) as i64);
+        TextBatches::random_share(&self.train, (self.block_size, batch_size, n), seed, shard, device)
     }
 
     /// The validation pass: every whole window in order, the same every time. Panics if
