@@ -6,6 +6,11 @@
 //!   one autograd function.
 //! * `cpp/host_alloc.cpp` (always): glibc malloc thresholds for a CPU training process.
 //! * `cpp/context.cpp` (always): libtorch settings tch lacks (cuDNN determinism).
+//! * `cpp/dist.cpp` (always): c10d's TCP store, Gloo process groups and the
+//!   collectives. The wheel has no Gloo headers: `cpp/gloo_decl/` declares the few Gloo
+//!   types c10d's `ProcessGroupGloo.hpp` names (its README says why that suffices).
+//!   `cpp/dist_nccl.cpp` (NCCL process groups) joins the CUDA files below, with the
+//!   `nccl.h` of the wheel's `nvidia/nccl/include`.
 //! * `cpp/foreach.cpp` (always): only ATen's CPU-side headers. The `_foreach_*` ops
 //!   dispatch to CUDA kernels at run time when the tensors are on a GPU, so no CUDA
 //!   header is needed and it builds on a CPU-only machine (with `ESPER_RTC`, SGD on CUDA
@@ -96,7 +101,11 @@ fn cuda_includes(lib: &Path) -> Result<Vec<PathBuf>, String> {
             main.display()
         ));
     }
-    let mut dirs = vec![main];
+    let nccl = site.join("nvidia/nccl/include");
+    if !nccl.join("nccl.h").exists() {
+        return Err(format!("no nccl.h at {} (the torch wheel's nvidia-nccl package)", nccl.display()));
+    }
+    let mut dirs = vec![main, nccl];
     let triton = site.join("triton/backends/nvidia/include");
     if triton.exists() {
         dirs.push(triton); // crt/host_config.h, where the cu13 folder lacks it
@@ -129,7 +138,10 @@ fn main() {
         .file("cpp/straight.cpp")
         .file("cpp/host_alloc.cpp")
         .file("cpp/context.cpp")
+        .file("cpp/dist.cpp")
+        .define("USE_C10D_GLOO", None)
         .include("include")
+        .include("cpp/gloo_decl")
         .include(&out)
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
@@ -147,7 +159,9 @@ fn main() {
             .file("cpp/optim.cpp")
             .file("cpp/conv.cpp")
             .file("cpp/wgrad.cpp")
-            .define("ESPER_RTC", None);
+            .file("cpp/dist_nccl.cpp")
+            .define("ESPER_RTC", None)
+            .define("USE_C10D_NCCL", None);
         for dir in dirs {
             build.include(dir);
         }

@@ -29,6 +29,8 @@ typedef struct EsperStream EsperStream;
 
 typedef struct EsperSideStream EsperSideStream;
 typedef struct EsperGraph EsperGraph;
+typedef struct EsperStore EsperStore;
+typedef struct EsperGroup EsperGroup;
 
 /* The autocast state to restore on leaving: enabled, dtype, cache. */
 typedef struct EsperAutocastState {
@@ -68,6 +70,26 @@ int esper_autocast_enter(int cuda, EsperAutocastState *previous, char *err, size
 int esper_autocast_exit(int cuda, const EsperAutocastState *previous, char *err, size_t len);
 int esper_autocast_enabled(int cuda);
 
+/* dist.cpp: c10d. A TCP store at `host`:`port` (port 0 on the master: a free one, see
+ * esper_store_port) that `is_master` listens on and the others connect to; process
+ * groups over it, their keys under `prefix`; collectives that return once done (on a
+ * NCCL group, once the device has finished). `bucket_bytes` bounds the flat buffer the
+ * tensors of one dtype and device share; `*collectives` gets the number run. */
+EsperStore *esper_store_new(const char *host, int port, int world_size, int is_master, double timeout_s, char *err,
+                            size_t len);
+int esper_store_port(const EsperStore *store);
+void esper_store_free(EsperStore *store);
+EsperGroup *esper_group_gloo(EsperStore *store, const char *prefix, int rank, int size, double timeout_s, char *err,
+                             size_t len);
+void esper_group_free(EsperGroup *g);
+int esper_group_broadcast(EsperGroup *g, EsperTensor *const *ts, size_t n, int root, size_t bucket_bytes,
+                          size_t *collectives, char *err, size_t len);
+int esper_group_allreduce_sum(EsperGroup *g, EsperTensor *const *ts, size_t n, size_t bucket_bytes,
+                              size_t *collectives, char *err, size_t len);
+/* `*out`: every rank's `t`, stacked in rank order (a new leading dimension). */
+int esper_group_all_gather(EsperGroup *g, const EsperTensor *t, EsperTensor **out, char *err, size_t len);
+int esper_group_barrier(EsperGroup *g, char *err, size_t len);
+
 /* ---- CUDA builds only (build.rs found CUDA: the `esper_cuda` cfg, ESPER_RTC) ---- */
 
 /* graph.cpp: a side stream, and CUDA graphs captured on it. */
@@ -100,6 +122,10 @@ int esper_bn_relu(const EsperTensor *x, const EsperTensor *weight, const EsperTe
                   int pool, EsperTensor **out, char *err, size_t len);
 int esper_first_conv(const EsperTensor *x, const EsperTensor *w, EsperTensor **out, char *err, size_t len);
 int esper_conv3x3(const EsperTensor *x, const EsperTensor *w, EsperTensor **out, char *err, size_t len);
+
+/* dist_nccl.cpp: a NCCL process group whose collectives run on cuda:`device`. */
+EsperGroup *esper_group_nccl(EsperStore *store, const char *prefix, int rank, int size, int device, double timeout_s,
+                             char *err, size_t len);
 
 #ifdef __cplusplus
 } /* extern "C" */

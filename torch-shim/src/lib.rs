@@ -16,6 +16,7 @@
 //! The crate's README says what each piece is for and how to add a kernel.
 
 pub mod autocast;
+pub mod dist;
 pub mod graph;
 #[cfg(test)]
 mod program;

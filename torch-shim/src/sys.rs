@@ -29,6 +29,15 @@ pub struct EsperSideStream {
 pub struct EsperGraph {
     _opaque: [u8; 0],
 }
+/// Opaque handles of c10d (`cpp/dist.h`): a store, a process group.
+#[repr(C)]
+pub struct EsperStore {
+    _opaque: [u8; 0],
+}
+#[repr(C)]
+pub struct EsperGroup {
+    _opaque: [u8; 0],
+}
 
 // Every build.
 extern "C" {
@@ -83,6 +92,55 @@ extern "C" {
     pub fn esper_autocast_exit(cuda: c_int, previous: *const EsperAutocastState, err: *mut c_char, len: usize)
         -> c_int;
     pub fn esper_autocast_enabled(cuda: c_int) -> c_int;
+
+    pub fn esper_store_new(
+        host: *const c_char,
+        port: c_int,
+        world_size: c_int,
+        is_master: c_int,
+        timeout_s: f64,
+        err: *mut c_char,
+        len: usize,
+    ) -> *mut EsperStore;
+    pub fn esper_store_port(store: *const EsperStore) -> c_int;
+    pub fn esper_store_free(store: *mut EsperStore);
+    pub fn esper_group_gloo(
+        store: *mut EsperStore,
+        prefix: *const c_char,
+        rank: c_int,
+        size: c_int,
+        timeout_s: f64,
+        err: *mut c_char,
+        len: usize,
+    ) -> *mut EsperGroup;
+    pub fn esper_group_free(g: *mut EsperGroup);
+    pub fn esper_group_broadcast(
+        g: *mut EsperGroup,
+        ts: *const *mut C_tensor,
+        n: usize,
+        root: c_int,
+        bucket_bytes: usize,
+        collectives: *mut usize,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
+    pub fn esper_group_allreduce_sum(
+        g: *mut EsperGroup,
+        ts: *const *mut C_tensor,
+        n: usize,
+        bucket_bytes: usize,
+        collectives: *mut usize,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
+    pub fn esper_group_all_gather(
+        g: *mut EsperGroup,
+        t: *const C_tensor,
+        out: *mut *mut C_tensor,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
+    pub fn esper_group_barrier(g: *mut EsperGroup, err: *mut c_char, len: usize) -> c_int;
 }
 
 // CUDA builds only.
@@ -146,6 +204,17 @@ extern "C" {
         err: *mut c_char,
         len: usize,
     ) -> c_int;
+
+    pub fn esper_group_nccl(
+        store: *mut EsperStore,
+        prefix: *const c_char,
+        rank: c_int,
+        size: c_int,
+        device: c_int,
+        timeout_s: f64,
+        err: *mut c_char,
+        len: usize,
+    ) -> *mut EsperGroup;
 }
 
 #[cfg(test)]
@@ -184,6 +253,8 @@ mod tests {
             "EsperStream" => "EsperStream",
             "EsperSideStream" => "EsperSideStream",
             "EsperGraph" => "EsperGraph",
+            "EsperStore" => "EsperStore",
+            "EsperGroup" => "EsperGroup",
             "EsperAutocastState" => "EsperAutocastState",
             other => return Err(format!("a Rust type the check does not know: {other}")),
         })

@@ -1,0 +1,589 @@
+//! Data-parallel communication through libtorch's c10d (`cpp/dist.cpp`): a [`Store`]
+//! (c10d's TCPStore) the processes rendezvous through, and a [`ProcessGroup`] over it
+//! (Gloo on CPU tensors; NCCL on CUDA tensors where this build has CUDA) with the
+//! collectives a trainer needs: broadcast the initial parameters, sum the gradients,
+//! reduce metrics, broadcast rank 0's decisions, gather every rank's fingerprint, and
+//! a barrier.
+//!
+//! Every collective returns once it is done (on NCCL: once the device has finished),
+//! or with a [`ShimError`] naming the operation and the rank with c10d's message, for
+//! instance when a peer does not join it within the group's timeout (Gloo; NCCL's
+//! watchdog ends the process instead). Every rank must call the same collectives in the
+//! same order, with tensors of the same shapes and dtypes.
+//!
+//! Launched by `torchrun`, a process finds its rank and the store in [`Launch`].
+
+use crate::sys::{
+    esper_group_all_gather, esper_group_allreduce_sum, esper_group_barrier, esper_group_broadcast, esper_group_free,
+    esper_group_gloo, esper_store_free, esper_store_new, esper_store_port, EsperGroup, EsperStore,
+};
+use crate::{call, handles, ShimError};
+use std::ffi::{c_char, CString};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tch::{Device, Kind, Tensor};
+
+/// The most bytes the tensors of one dtype and device share in one collective's flat
+/// buffer: a bound on the copy's memory; a larger tensor goes alone.
+pub const BUCKET_BYTES: usize = 64 << 20;
+
+/// Which c10d process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Gloo, over TCP: CPU tensors.
+    Gloo,
+    /// NCCL, on `cuda:device` (this process's GPU): CUDA tensors on that device. Only
+    /// where this build has CUDA.
+    Nccl { device: usize },
+}
+
+impl Backend {
+    /// Where this backend's tensors live.
+    pub fn device(self) -> Device {
+        match self {
+            Backend::Gloo => Device::Cpu,
+            Backend::Nccl { device } => Device::Cuda(device),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Gloo => "gloo",
+            Backend::Nccl { .. } => "nccl",
+        }
+    }
+}
+
+/// Runs a shim call that returns a handle (null on failure, with the message).
+fn handle<T>(f: impl FnOnce(*mut c_char, usize) -> *mut T) -> Result<NonNull<T>, ShimError> {
+    let mut out = std::ptr::null_mut();
+    call(|err, len| {
+        out = f(err, len);
+        i32::from(out.is_null())
+    })?;
+    NonNull::new(out).ok_or_else(|| ShimError("the shim returned no handle".into()))
+}
+
+fn int(what: &str, n: usize) -> Result<i32, ShimError> {
+    i32::try_from(n).map_err(|_| ShimError(format!("{what} {n} is too large")))
+}
+
+/// A c10d TCP store: a key-value server one process runs (the master) and every process
+/// of the job connects to. Process groups rendezvous through it.
+pub struct Store {
+    ptr: NonNull<EsperStore>,
+    /// Process groups made over this store so far: each gets its own keys.
+    groups: AtomicUsize,
+}
+
+// SAFETY: c10d's TCPStore serializes its own operations (a lock around each request);
+// the handle is only read after construction and freed once, in `drop`.
+unsafe impl Send for Store {}
+// SAFETY: as above; `groups` is atomic.
+unsafe impl Sync for Store {}
+
+impl Store {
+    /// The store at `host:port`: the master listens there (on a free port where `port`
+    /// is 0: see [`Store::port`]), the others connect, retrying until `timeout`. The
+    /// master does not wait for the others here; [`ProcessGroup::new`] does.
+    pub fn new(host: &str, port: u16, world_size: usize, is_master: bool, timeout: Duration) -> Result<Self, ShimError> {
+        let c_host = CString::new(host).map_err(|_| ShimError(format!("a host name with a NUL byte: {host:?}")))?;
+        let world = int("a world size of", world_size)?;
+        // SAFETY: `c_host` is a NUL-terminated string alive for the call; the rest are
+        // plain values; the shim catches every C++ exception.
+        let ptr = handle(|err, len| unsafe {
+            esper_store_new(
+                c_host.as_ptr(),
+                i32::from(port),
+                world,
+                i32::from(is_master),
+                timeout.as_secs_f64(),
+                err,
+                len,
+            )
+        })?;
+        Ok(Self { ptr, groups: AtomicUsize::new(0) })
+    }
+
+    /// The port the store is at (the one the master picked, for a port of 0).
+    pub fn port(&self) -> u16 {
+        // SAFETY: `self.ptr` is a live store handle.
+        let port = unsafe { esper_store_port(self.ptr.as_ptr()) };
+        u16::try_from(port).unwrap_or(0)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // SAFETY: `self.ptr` came from `esper_store_new` and is freed once, here; process
+        // groups hold their own reference to the store.
+        unsafe { esper_store_free(self.ptr.as_ptr()) }
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store(port {})", self.port())
+    }
+}
+
+/// What a launcher such as `torchrun` tells each process it starts (environment
+/// variables `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`,
+/// `TORCHELASTIC_USE_AGENT_STORE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    pub rank: usize,
+    pub world_size: usize,
+    /// The rank among the processes of this machine: the GPU to use.
+    pub local_rank: usize,
+    pub master_addr: String,
+    pub master_port: u16,
+    /// The launcher's agent already runs the store at `master_addr:master_port`
+    /// (torchrun's default): every rank connects as a client.
+    pub agent_store: bool,
+}
+
+impl Launch {
+    /// The launch this process is part of; `None` where `WORLD_SIZE` is not set (a
+    /// process started on its own). Err names a variable that is missing or not a number.
+    pub fn from_env() -> Result<Option<Self>, ShimError> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`Launch::from_env`] with `var` for the environment.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, ShimError> {
+        if var("WORLD_SIZE").is_none() {
+            return Ok(None);
+        }
+        let number = |name: &str| -> Result<usize, ShimError> {
+            let text = var(name).ok_or_else(|| ShimError(format!("{name} is not set (WORLD_SIZE is)")))?;
+            text.trim().parse().map_err(|_| ShimError(format!("{name}={text:?} is not a non-negative integer")))
+        };
+        let (rank, world_size) = (number("RANK")?, number("WORLD_SIZE")?);
+        if world_size == 0 || rank >= world_size {
+            return Err(ShimError(format!("RANK={rank} is not a rank of WORLD_SIZE={world_size}")));
+        }
+        let local_rank = if var("LOCAL_RANK").is_some() { number("LOCAL_RANK")? } else { 0 };
+        let master_addr = var("MASTER_ADDR").ok_or_else(|| ShimError("MASTER_ADDR is not set (WORLD_SIZE is)".into()))?;
+        let port = number("MASTER_PORT")?;
+        let master_port =
+            u16::try_from(port).map_err(|_| ShimError(format!("MASTER_PORT={port} is not a TCP port")))?;
+        let agent_store = var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v == "True");
+        Ok(Some(Self { rank, world_size, local_rank, master_addr, master_port, agent_store }))
+    }
+
+    /// Whether this process runs the store: rank 0, unless the launcher's agent does.
+    pub fn store_is_master(&self) -> bool {
+        self.rank == 0 && !self.agent_store
+    }
+
+    /// This process's connection to (or, see [`Launch::store_is_master`], the server of)
+    /// the job's store.
+    pub fn store(&self, timeout: Duration) -> Result<Store, ShimError> {
+        Store::new(&self.master_addr, self.master_port, self.world_size, self.store_is_master(), timeout)
+    }
+}
+
+/// A c10d process group: `size` processes (ranks), each holding one; see the module's
+/// documentation for the rules its collectives follow.
+pub struct ProcessGroup {
+    ptr: NonNull<EsperGroup>,
+    rank: usize,
+    size: usize,
+    backend: Backend,
+}
+
+// SAFETY: c10d's process groups may be used from any thread; `ProcessGroup` is not
+// `Sync`, so its collectives are issued from one thread at a time, in order.
+unsafe impl Send for ProcessGroup {}
+
+impl ProcessGroup {
+    /// Joins the group of `size` ranks as `rank`: returns once every rank has joined
+    /// (Err after `timeout`). `timeout` also bounds each collective. Every process makes
+    /// its groups over its store in the same order (each gets its own keys).
+    pub fn new(store: &Store, backend: Backend, rank: usize, size: usize, timeout: Duration) -> Result<Self, ShimError> {
+        if size == 0 || rank >= size {
+            return Err(ShimError(format!("rank {rank} is not in a group of {size}")));
+        }
+        let n = store.groups.fetch_add(1, Ordering::SeqCst);
+        let prefix = CString::new(format!("esper/{}/{n}", backend.name())).map_err(|e| ShimError(e.to_string()))?;
+        let (r, s, seconds) = (int("rank", rank)?, int("group size", size)?, timeout.as_secs_f64());
+        let ptr = match backend {
+            // SAFETY: `store.ptr` is a live store handle and `prefix` a NUL-terminated
+            // string, both alive for the call; the group keeps its own reference to the
+            // store; the shim catches every C++ exception.
+            Backend::Gloo => handle(|err, len| unsafe {
+                esper_group_gloo(store.ptr.as_ptr(), prefix.as_ptr(), r, s, seconds, err, len)
+            })?,
+            Backend::Nccl { device } => nccl(store, &prefix, r, s, device, seconds)?,
+        };
+        Ok(Self { ptr, rank, size, backend })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Makes every tensor of `ts` (in place) what it is on rank `root`. Tensors of one
+    /// dtype go in one collective (up to [`BUCKET_BYTES`]); returns how many ran.
+    pub fn broadcast(&self, ts: &[&Tensor], root: usize) -> Result<usize, ShimError> {
+        let root = int("root", root)?;
+        let t = handles(ts);
+        let mut collectives = 0;
+        // SAFETY: `self.ptr` is a live group handle; `t` holds `t.len()` live tensor
+        // handles that outlive the call; `collectives` is a live usize the shim writes;
+        // exceptions are caught in the shim.
+        call(|err, len| unsafe {
+            esper_group_broadcast(self.ptr.as_ptr(), t.as_ptr(), t.len(), root, BUCKET_BYTES, &mut collectives, err, len)
+        })?;
+        Ok(collectives)
+    }
+
+    /// Replaces every tensor of `ts` (in place) with its sum over the ranks. Tensors of
+    /// one dtype go in one collective (up to [`BUCKET_BYTES`]); returns how many ran.
+    pub fn allreduce_sum(&self, ts: &[&Tensor]) -> Result<usize, ShimError> {
+        let t = handles(ts);
+        let mut collectives = 0;
+        // SAFETY: as in `broadcast`.
+        call(|err, len| unsafe {
+            esper_group_allreduce_sum(self.ptr.as_ptr(), t.as_ptr(), t.len(), BUCKET_BYTES, &mut collectives, err, len)
+        })?;
+        Ok(collectives)
+    }
+
+    /// The sum over the ranks of each of `values` (every rank passes as many): metrics.
+    pub fn allreduce_scalars(&self, values: &[f64]) -> Result<Vec<f64>, ShimError> {
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let t = Tensor::from_slice(values).to_device(self.backend.device());
+        self.allreduce_sum(&[&t])?;
+        Vec::<f64>::try_from(t.to_device(Device::Cpu)).map_err(|e| ShimError(e.to_string()))
+    }
+
+    /// Returns once every rank has called it.
+    pub fn barrier(&self) -> Result<(), ShimError> {
+        // SAFETY: `self.ptr` is a live group handle; exceptions are caught in the shim.
+        call(|err, len| unsafe { esper_group_barrier(self.ptr.as_ptr(), err, len) })
+    }
+
+    /// Rank `root`'s `bytes` on every rank (what the others pass is ignored): its length,
+    /// then its bytes.
+    pub fn broadcast_bytes(&self, root: usize, bytes: Vec<u8>) -> Result<Vec<u8>, ShimError> {
+        let device = self.backend.device();
+        let length = Tensor::from_slice(&[len_i64(bytes.len())?]).to_device(device);
+        self.broadcast(&[&length], root)?;
+        let n = usize::try_from(length.int64_value(&[0])).map_err(|e| ShimError(e.to_string()))?;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let payload =
+            if self.rank == root { Tensor::from_slice(&bytes) } else { Tensor::zeros([len_i64(n)?], (Kind::Uint8, Device::Cpu)) };
+        let payload = payload.to_device(device);
+        self.broadcast(&[&payload], root)?;
+        Vec::<u8>::try_from(payload.to_device(Device::Cpu)).map_err(|e| ShimError(e.to_string()))
+    }
+
+    /// Every rank's `bytes`, in rank order (they may differ in length).
+    pub fn all_gather_bytes(&self, bytes: Vec<u8>) -> Result<Vec<Vec<u8>>, ShimError> {
+        let device = self.backend.device();
+        let length = Tensor::from_slice(&[len_i64(bytes.len())?]).to_device(device);
+        let lengths = Vec::<i64>::try_from(self.all_gather(&length)?.reshape([-1]).to_device(Device::Cpu))
+            .map_err(|e| ShimError(e.to_string()))?;
+        let longest = lengths.iter().copied().max().unwrap_or(0);
+        if longest == 0 {
+            return Ok(vec![Vec::new(); self.size]);
+        }
+        let padded = Tensor::zeros([longest], (Kind::Uint8, Device::Cpu));
+        if !bytes.is_empty() {
+            let mut head = padded.narrow(0, 0, len_i64(bytes.len())?);
+            head.copy_(&Tensor::from_slice(&bytes));
+        }
+        let all = self.all_gather(&padded.to_device(device))?.to_device(Device::Cpu);
+        lengths
+            .iter()
+            .enumerate()
+            .map(|(r, &n)| {
+                let row = all.get(int("rank", r)?.into()).narrow(0, 0, n);
+                Vec::<u8>::try_from(row).map_err(|e| ShimError(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// Every rank's `t` (same shape and dtype everywhere), stacked in rank order.
+    fn all_gather(&self, t: &Tensor) -> Result<Tensor, ShimError> {
+        let mut out = std::ptr::null_mut();
+        // SAFETY: `self.ptr` is a live group handle, `t` a live tensor handle borrowed for
+        // the call; on success the shim stores in `out` a new `at::Tensor*` nothing else
+        // owns; exceptions are caught in the shim.
+        call(|err, len| unsafe { esper_group_all_gather(self.ptr.as_ptr(), t.as_ptr(), &mut out, err, len) })?;
+        // SAFETY: `out` is the fresh, owned handle written above; tch frees it on drop.
+        Ok(unsafe { Tensor::from_ptr(out) })
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        // SAFETY: `self.ptr` came from `esper_group_*` and is freed once, here.
+        unsafe { esper_group_free(self.ptr.as_ptr()) }
+    }
+}
+
+impl std::fmt::Debug for ProcessGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ProcessGroup({:?}, rank {} of {})", self.backend, self.rank, self.size)
+    }
+}
+
+fn len_i64(n: usize) -> Result<i64, ShimError> {
+    i64::try_from(n).map_err(|_| ShimError(format!("{n} bytes are too many")))
+}
+
+#[cfg(esper_cuda)]
+fn nccl(store: &Store, prefix: &CString, rank: i32, size: i32, device: usize, seconds: f64) -> Result<NonNull<EsperGroup>, ShimError> {
+    let device = int("CUDA device", device)?;
+    // SAFETY: as for Gloo in `ProcessGroup::new`.
+    handle(|err, len| unsafe {
+        crate::sys::esper_group_nccl(store.ptr.as_ptr(), prefix.as_ptr(), rank, size, device, seconds, err, len)
+    })
+}
+
+#[cfg(not(esper_cuda))]
+fn nccl(_: &Store, _: &CString, _: i32, _: i32, device: usize, _: f64) -> Result<NonNull<EsperGroup>, ShimError> {
+    Err(ShimError(format!("no NCCL on cuda:{device}: this build has no CUDA support: {}", env!("ESPER_NO_CUDA"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    /// Runs `f` as rank 0 and rank 1 of a Gloo group, each on its own thread with its own
+    /// store handle (rank 0's listens on a free port) and group; both results.
+    fn two_ranks<T: Send>(timeout: Duration, f: impl Fn(ProcessGroup) -> T + Sync) -> [T; 2] {
+        let server = Store::new("127.0.0.1", 0, 2, true, timeout).unwrap();
+        let port = server.port();
+        assert_ne!(port, 0, "the master picked a port");
+        std::thread::scope(|s| {
+            let f = &f;
+            let server = &server;
+            let zero = s.spawn(move || f(ProcessGroup::new(server, Backend::Gloo, 0, 2, timeout).unwrap()));
+            let one = s.spawn(move || {
+                let client = Store::new("127.0.0.1", port, 2, false, timeout).unwrap();
+                f(ProcessGroup::new(&client, Backend::Gloo, 1, 2, timeout).unwrap())
+            });
+            [zero.join().unwrap(), one.join().unwrap()]
+        })
+    }
+
+    const T: Duration = Duration::from_secs(20);
+
+    fn cpu(values: &[f32]) -> Tensor {
+        Tensor::from_slice(values)
+    }
+
+    #[test]
+    fn broadcast_makes_every_rank_hold_the_roots_tensors() {
+        let got = two_ranks(T, |g| {
+            let r = g.rank() as f32;
+            let a = cpu(&[r, r + 10.0, r + 20.0]).reshape([3, 1]);
+            let b = Tensor::from_slice(&[r as i64 * 7]);
+            let w = cpu(&[r; 4]).set_requires_grad(true); // a parameter: written in place
+            let collectives = g.broadcast(&[&a, &b, &w], 1).unwrap();
+            (Vec::<f32>::try_from(a.reshape([-1])).unwrap(), b.int64_value(&[0]), Vec::<f32>::try_from(w.detach()).unwrap(), collectives)
+        });
+        for (a, b, w, collectives) in got {
+            assert_eq!(a, [1.0, 11.0, 21.0], "rank 1's values");
+            assert_eq!(b, 7);
+            assert_eq!(w, [1.0; 4]);
+            assert_eq!(collectives, 2, "one for the float32 tensors, one for the int64 one");
+        }
+    }
+
+    #[test]
+    fn allreduce_sums_many_tensors_of_mixed_sizes_in_one_collective() {
+        let got = two_ranks(T, |g| {
+            let r = g.rank() as f32 + 1.0; // 1 and 2
+            let ts: Vec<Tensor> = (1..=5i64).map(|n| Tensor::full([n, n + 1], f64::from(r) * n as f64, (Kind::Float, Device::Cpu))).collect();
+            let strided = Tensor::full([4, 3], f64::from(r), (Kind::Float, Device::Cpu)).transpose(0, 1); // not contiguous
+            let mut all: Vec<&Tensor> = ts.iter().collect();
+            all.push(&strided);
+            let collectives = g.allreduce_sum(&all).unwrap();
+            let sums = g.allreduce_scalars(&[f64::from(r), 0.5]).unwrap();
+            (ts, strided, collectives, sums)
+        });
+        for (ts, strided, collectives, sums) in got {
+            assert_eq!(collectives, 1, "six float32 tensors, one flat buffer");
+            for (i, t) in ts.iter().enumerate() {
+                let n = (i + 1) as f64;
+                assert_eq!(t.size(), [i as i64 + 1, i as i64 + 2], "shapes kept");
+                assert!(t.eq(3.0 * n).all().int64_value(&[]) == 1, "1n + 2n on tensor {i}");
+            }
+            assert_eq!(strided.size(), [3, 4]);
+            assert!(strided.eq(3.0).all().int64_value(&[]) == 1, "a non-contiguous tensor gets its sum too");
+            assert_eq!(sums, [3.0, 1.0]);
+        }
+    }
+
+    #[test]
+    fn bytes_round_trip_and_the_barrier_waits_for_every_rank() {
+        let got = two_ranks(T, |g| {
+            let mine = format!("rank {} fingerprint", g.rank()).repeat(g.rank() + 1).into_bytes();
+            let decision = if g.rank() == 0 { br#"{"grow": true}"#.to_vec() } else { Vec::new() };
+            let decided = g.broadcast_bytes(0, decision).unwrap();
+            let empty = g.broadcast_bytes(1, Vec::new()).unwrap();
+            let all = g.all_gather_bytes(mine).unwrap();
+            let none = g.all_gather_bytes(if g.rank() == 1 { b"x".to_vec() } else { Vec::new() }).unwrap();
+            if g.rank() == 1 {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            let before = Instant::now();
+            g.barrier().unwrap();
+            (decided, empty, all, none, before.elapsed())
+        });
+        for (rank, (decided, empty, all, none, waited)) in got.into_iter().enumerate() {
+            assert_eq!(decided, br#"{"grow": true}"#);
+            assert!(empty.is_empty());
+            assert_eq!(all, [b"rank 0 fingerprint".to_vec(), b"rank 1 fingerprintrank 1 fingerprint".to_vec()]);
+            assert_eq!(none, [Vec::new(), b"x".to_vec()]);
+            if rank == 0 {
+                assert!(waited >= Duration::from_millis(200), "rank 0 waited for rank 1: {waited:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_collective_a_peer_never_joins_fails_within_the_timeout() {
+        let timeout = Duration::from_secs(2);
+        let (done, wait_done) = mpsc::channel::<()>();
+        let wait_done = std::sync::Mutex::new(wait_done);
+        let got = two_ranks(timeout, |g| {
+            if g.rank() == 1 {
+                // Never joins; stays in the group until rank 0 has its answer.
+                let _ = wait_done.lock().unwrap().recv_timeout(Duration::from_secs(30));
+                return None;
+            }
+            let t = cpu(&[1.0, 2.0]);
+            let start = Instant::now();
+            let result = g.allreduce_sum(&[&t]);
+            let _ = done.send(());
+            Some((result, start.elapsed()))
+        });
+        let (result, took) = got[0].as_ref().unwrap();
+        let e = result.as_ref().unwrap_err();
+        assert!(e.0.starts_with("allreduce on rank 0 of 2: "), "{e}");
+        assert!(e.0.to_lowercase().contains("timed out"), "{e}");
+        assert!(*took < Duration::from_secs(10), "an error after {took:?}");
+    }
+
+    #[test]
+    fn joining_alone_fails_within_the_timeout_and_bad_arguments_are_refused() {
+        let timeout = Duration::from_secs(2);
+        let server = Store::new("127.0.0.1", 0, 2, true, timeout).unwrap();
+        let start = Instant::now();
+        let e = ProcessGroup::new(&server, Backend::Gloo, 0, 2, timeout).unwrap_err();
+        assert!(e.0.starts_with("joining a Gloo process group on rank 0 of 2: "), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+        let e = ProcessGroup::new(&server, Backend::Gloo, 2, 2, timeout).unwrap_err();
+        assert_eq!(e.0, "rank 2 is not in a group of 2");
+        let e = Store::new("127.0.0.1", server.port(), 2, false, Duration::ZERO).unwrap_err();
+        assert!(e.0.contains("a timeout must be a positive number of seconds"), "{e}");
+    }
+
+    #[test]
+    fn torchrun_variables_say_who_runs_the_store() {
+        let vars = |pairs: &[(&str, &str)]| {
+            let map: std::collections::HashMap<String, String> =
+                pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            Launch::from_vars(move |name| map.get(name).cloned())
+        };
+        assert_eq!(vars(&[]).unwrap(), None, "not launched");
+        let torchrun = [
+            ("RANK", "0"),
+            ("WORLD_SIZE", "2"),
+            ("LOCAL_RANK", "0"),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", "29500"),
+            ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+        ];
+        let launch = vars(&torchrun).unwrap().unwrap();
+        assert_eq!(
+            launch,
+            Launch {
+                rank: 0,
+                world_size: 2,
+                local_rank: 0,
+                master_addr: "127.0.0.1".into(),
+                master_port: 29500,
+                agent_store: true
+            }
+        );
+        assert!(!launch.store_is_master(), "torchrun's agent runs the store");
+        let own = vars(&torchrun[..5]).unwrap().unwrap();
+        assert!(own.store_is_master(), "rank 0 runs it without an agent store");
+        let e = vars(&[("WORLD_SIZE", "2"), ("RANK", "2")]).unwrap_err();
+        assert_eq!(e.0, "RANK=2 is not a rank of WORLD_SIZE=2");
+        let e = vars(&[("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "x")]).unwrap_err();
+        assert_eq!(e.0, "MASTER_PORT=\"x\" is not a non-negative integer");
+    }
+
+    /// Each process of a `torchrun` launch (the README says how) joins a Gloo group
+    /// through the launcher's store and sums its rank with the others'.
+    #[test]
+    #[ignore = "run by torchrun: see torch-shim/README.md"]
+    fn launched_by_torchrun_the_ranks_meet() {
+        let launch = Launch::from_env().unwrap().expect("RANK, WORLD_SIZE, ... are set by the launcher");
+        let store = launch.store(T).unwrap();
+        let g = ProcessGroup::new(&store, Backend::Gloo, launch.rank, launch.world_size, T).unwrap();
+        let sum = g.allreduce_scalars(&[launch.rank as f64]).unwrap();
+        let n = launch.world_size as f64;
+        assert_eq!(sum, [n * (n - 1.0) / 2.0]);
+        let names = g.all_gather_bytes(format!("rank {}", launch.rank).into_bytes()).unwrap();
+        assert_eq!(names.len(), launch.world_size);
+        g.barrier().unwrap();
+    }
+
+    /// The allreduce test over NCCL, rank r on cuda:r (two threads of one process).
+    #[test]
+    #[cfg(esper_cuda)]
+    #[ignore = "needs two GPUs: scripts/test-gpu.sh"]
+    fn nccl_allreduce_sums_on_two_gpus() {
+        let gpus = tch::Cuda::device_count();
+        assert!(gpus >= 2, "needs two CUDA devices, found {gpus}");
+        let timeout = Duration::from_secs(60);
+        let server = Store::new("127.0.0.1", 0, 2, true, timeout).unwrap();
+        let port = server.port();
+        let run = |store: &Store, rank: usize| {
+            let g = ProcessGroup::new(store, Backend::Nccl { device: rank }, rank, 2, timeout).unwrap();
+            let device = Device::Cuda(rank);
+            let r = rank as f64 + 1.0;
+            let ts: Vec<Tensor> = (1..=5i64).map(|n| Tensor::full([n, n + 1], r * n as f64, (Kind::Float, device))).collect();
+            let collectives = g.allreduce_sum(&ts.iter().collect::<Vec<_>>()).unwrap();
+            let bytes = g.all_gather_bytes(vec![rank as u8; rank + 1]).unwrap();
+            g.barrier().unwrap();
+            (ts.iter().map(|t| t.to_device(Device::Cpu)).collect::<Vec<_>>(), collectives, bytes)
+        };
+        let got = std::thread::scope(|s| {
+            let zero = s.spawn(|| run(&server, 0));
+            let one = s.spawn(|| run(&Store::new("127.0.0.1", port, 2, false, timeout).unwrap(), 1));
+            [zero.join().unwrap(), one.join().unwrap()]
+        });
+        for (ts, collectives, bytes) in got {
+            assert_eq!(collectives, 1);
+            for (i, t) in ts.iter().enumerate() {
+                assert!(t.eq(3.0 * (i + 1) as f64).all().int64_value(&[]) == 1, "tensor {i}");
+            }
+            assert_eq!(bytes, [vec![0u8], vec![1u8, 1]]);
+        }
+    }
+}
