@@ -87,7 +87,13 @@ impl Store {
     /// The store at `host:port`: the master listens there (on a free port where `port`
     /// is 0: see [`Store::port`]), the others connect, retrying until `timeout`. The
     /// master does not wait for the others here; [`ProcessGroup::new`] does.
-    pub fn new(host: &str, port: u16, world_size: usize, is_master: bool, timeout: Duration) -> Result<Self, ShimError> {
+    pub fn new(
+        host: &str,
+        port: u16,
+        world_size: usize,
+        is_master: bool,
+        timeout: Duration,
+    ) -> Result<Self, ShimError> {
         let c_host = CString::new(host).map_err(|_| ShimError(format!("a host name with a NUL byte: {host:?}")))?;
         let world = int("a world size of", world_size)?;
         // SAFETY: `c_host` is a NUL-terminated string alive for the call; the rest are
@@ -165,7 +171,8 @@ impl Launch {
             return Err(ShimError(format!("RANK={rank} is not a rank of WORLD_SIZE={world_size}")));
         }
         let local_rank = if var("LOCAL_RANK").is_some() { number("LOCAL_RANK")? } else { 0 };
-        let master_addr = var("MASTER_ADDR").ok_or_else(|| ShimError("MASTER_ADDR is not set (WORLD_SIZE is)".into()))?;
+        let master_addr =
+            var("MASTER_ADDR").ok_or_else(|| ShimError("MASTER_ADDR is not set (WORLD_SIZE is)".into()))?;
         let port = number("MASTER_PORT")?;
         let master_port =
             u16::try_from(port).map_err(|_| ShimError(format!("MASTER_PORT={port} is not a TCP port")))?;
@@ -202,7 +209,13 @@ impl ProcessGroup {
     /// Joins the group of `size` ranks as `rank`: returns once every rank has joined
     /// (Err after `timeout`). `timeout` also bounds each collective. Every process makes
     /// its groups over its store in the same order (each gets its own keys).
-    pub fn new(store: &Store, backend: Backend, rank: usize, size: usize, timeout: Duration) -> Result<Self, ShimError> {
+    pub fn new(
+        store: &Store,
+        backend: Backend,
+        rank: usize,
+        size: usize,
+        timeout: Duration,
+    ) -> Result<Self, ShimError> {
         if size == 0 || rank >= size {
             return Err(ShimError(format!("rank {rank} is not in a group of {size}")));
         }
@@ -243,7 +256,16 @@ impl ProcessGroup {
         // handles that outlive the call; `collectives` is a live usize the shim writes;
         // exceptions are caught in the shim.
         call(|err, len| unsafe {
-            esper_group_broadcast(self.ptr.as_ptr(), t.as_ptr(), t.len(), root, BUCKET_BYTES, &mut collectives, err, len)
+            esper_group_broadcast(
+                self.ptr.as_ptr(),
+                t.as_ptr(),
+                t.len(),
+                root,
+                BUCKET_BYTES,
+                &mut collectives,
+                err,
+                len,
+            )
         })?;
         Ok(collectives)
     }
@@ -286,8 +308,11 @@ impl ProcessGroup {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let payload =
-            if self.rank == root { Tensor::from_slice(&bytes) } else { Tensor::zeros([len_i64(n)?], (Kind::Uint8, Device::Cpu)) };
+        let payload = if self.rank == root {
+            Tensor::from_slice(&bytes)
+        } else {
+            Tensor::zeros([len_i64(n)?], (Kind::Uint8, Device::Cpu))
+        };
         let payload = payload.to_device(device);
         self.broadcast(&[&payload], root)?;
         Vec::<u8>::try_from(payload.to_device(Device::Cpu)).map_err(|e| ShimError(e.to_string()))
@@ -349,7 +374,14 @@ fn len_i64(n: usize) -> Result<i64, ShimError> {
 }
 
 #[cfg(esper_cuda)]
-fn nccl(store: &Store, prefix: &CString, rank: i32, size: i32, device: usize, seconds: f64) -> Result<NonNull<EsperGroup>, ShimError> {
+fn nccl(
+    store: &Store,
+    prefix: &CString,
+    rank: i32,
+    size: i32,
+    device: usize,
+    seconds: f64,
+) -> Result<NonNull<EsperGroup>, ShimError> {
     let device = int("CUDA device", device)?;
     // SAFETY: as for Gloo in `ProcessGroup::new`.
     handle(|err, len| unsafe {
@@ -400,7 +432,12 @@ mod tests {
             let b = Tensor::from_slice(&[r as i64 * 7]);
             let w = cpu(&[r; 4]).set_requires_grad(true); // a parameter: written in place
             let collectives = g.broadcast(&[&a, &b, &w], 1).unwrap();
-            (Vec::<f32>::try_from(a.reshape([-1])).unwrap(), b.int64_value(&[0]), Vec::<f32>::try_from(w.detach()).unwrap(), collectives)
+            (
+                Vec::<f32>::try_from(a.reshape([-1])).unwrap(),
+                b.int64_value(&[0]),
+                Vec::<f32>::try_from(w.detach()).unwrap(),
+                collectives,
+            )
         });
         for (a, b, w, collectives) in got {
             assert_eq!(a, [1.0, 11.0, 21.0], "rank 1's values");
@@ -414,7 +451,9 @@ mod tests {
     fn allreduce_sums_many_tensors_of_mixed_sizes_in_one_collective() {
         let got = two_ranks(T, |g| {
             let r = g.rank() as f32 + 1.0; // 1 and 2
-            let ts: Vec<Tensor> = (1..=5i64).map(|n| Tensor::full([n, n + 1], f64::from(r) * n as f64, (Kind::Float, Device::Cpu))).collect();
+            let ts: Vec<Tensor> = (1..=5i64)
+                .map(|n| Tensor::full([n, n + 1], f64::from(r) * n as f64, (Kind::Float, Device::Cpu)))
+                .collect();
             let strided = Tensor::full([4, 3], f64::from(r), (Kind::Float, Device::Cpu)).transpose(0, 1); // not contiguous
             let mut all: Vec<&Tensor> = ts.iter().collect();
             all.push(&strided);
@@ -567,7 +606,8 @@ mod tests {
             let g = ProcessGroup::new(store, Backend::Nccl { device: rank }, rank, 2, timeout).unwrap();
             let device = Device::Cuda(rank);
             let r = rank as f64 + 1.0;
-            let ts: Vec<Tensor> = (1..=5i64).map(|n| Tensor::full([n, n + 1], r * n as f64, (Kind::Float, device))).collect();
+            let ts: Vec<Tensor> =
+                (1..=5i64).map(|n| Tensor::full([n, n + 1], r * n as f64, (Kind::Float, device))).collect();
             let collectives = g.allreduce_sum(&ts.iter().collect::<Vec<_>>()).unwrap();
             let bytes = g.all_gather_bytes(vec![rank as u8; rank + 1]).unwrap();
             g.barrier().unwrap();
