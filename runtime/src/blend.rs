@@ -131,7 +131,7 @@ impl BlendSettings {
 
 /// A seed's own choice of how it blends in, over its slot's [`BlendSettings`]: each
 /// field given replaces the slot's (a `[[lifecycle.schedule]]` entry can give them).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlendChoice {
     pub target: Option<AlphaTarget>,
     pub tempo: Option<BlendTempo>,

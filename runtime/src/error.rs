@@ -11,6 +11,7 @@ use crate::{
     config::{ConfigError, PreflightError, ResourceError},
     data::DataError,
     device::DeviceError,
+    distributed::DistError,
     host::{budget::BudgetError, HostError},
     lifecycle::LifecycleError,
     model::ModelError,
@@ -59,6 +60,8 @@ pub enum Error {
     HostFault(HostFault),
     /// A stop was requested ([`crate::train::StopSignal`]).
     Stopped(Stopped),
+    /// The ranks of a multi-process run (see [`crate::distributed`]).
+    Distributed(DistError),
 }
 
 /// `Result` with the library's [`Error`].
@@ -83,6 +86,7 @@ impl Error {
             Error::Checkpoint(e) => e,
             Error::HostFault(e) => e,
             Error::Stopped(e) => e,
+            Error::Distributed(e) => e,
         }
     }
 
@@ -175,6 +179,7 @@ from_module_errors!(
     Checkpoint(CheckpointError),
     HostFault(HostFault),
     Stopped(Stopped),
+    Distributed(DistError),
 );
 
 /// A libtorch failure of the trainer's own (no seed, no module of its own to name).

@@ -8,5 +8,6 @@
 //! job runs.
 
 mod containment;
+mod distributed;
 mod run_job;
 mod transformer_job;

@@ -11,7 +11,9 @@
 //! watchdog ends the process instead). Every rank must call the same collectives in the
 //! same order, with tensors of the same shapes and dtypes.
 //!
-//! Launched by `torchrun`, a process finds its rank and the store in [`Launch`].
+//! Who a process is (torchrun's variables) is the caller's to read: the runtime's
+//! `esper_runtime::distributed::RankEnv`; rank 0 runs the store unless torchrun's agent
+//! does (`TORCHELASTIC_USE_AGENT_STORE=True`), then every rank connects to it.
 
 use crate::sys::{
     esper_group_all_gather, esper_group_allreduce_sum, esper_group_barrier, esper_group_broadcast, esper_group_free,
@@ -131,64 +133,6 @@ impl Drop for Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Store(port {})", self.port())
-    }
-}
-
-/// What a launcher such as `torchrun` tells each process it starts (environment
-/// variables `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`,
-/// `TORCHELASTIC_USE_AGENT_STORE`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Launch {
-    pub rank: usize,
-    pub world_size: usize,
-    /// The rank among the processes of this machine: the GPU to use.
-    pub local_rank: usize,
-    pub master_addr: String,
-    pub master_port: u16,
-    /// The launcher's agent already runs the store at `master_addr:master_port`
-    /// (torchrun's default): every rank connects as a client.
-    pub agent_store: bool,
-}
-
-impl Launch {
-    /// The launch this process is part of; `None` where `WORLD_SIZE` is not set (a
-    /// process started on its own). Err names a variable that is missing or not a number.
-    pub fn from_env() -> Result<Option<Self>, ShimError> {
-        Self::from_vars(|name| std::env::var(name).ok())
-    }
-
-    /// [`Launch::from_env`] with `var` for the environment.
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, ShimError> {
-        if var("WORLD_SIZE").is_none() {
-            return Ok(None);
-        }
-        let number = |name: &str| -> Result<usize, ShimError> {
-            let text = var(name).ok_or_else(|| ShimError(format!("{name} is not set (WORLD_SIZE is)")))?;
-            text.trim().parse().map_err(|_| ShimError(format!("{name}={text:?} is not a non-negative integer")))
-        };
-        let (rank, world_size) = (number("RANK")?, number("WORLD_SIZE")?);
-        if world_size == 0 || rank >= world_size {
-            return Err(ShimError(format!("RANK={rank} is not a rank of WORLD_SIZE={world_size}")));
-        }
-        let local_rank = if var("LOCAL_RANK").is_some() { number("LOCAL_RANK")? } else { 0 };
-        let master_addr =
-            var("MASTER_ADDR").ok_or_else(|| ShimError("MASTER_ADDR is not set (WORLD_SIZE is)".into()))?;
-        let port = number("MASTER_PORT")?;
-        let master_port =
-            u16::try_from(port).map_err(|_| ShimError(format!("MASTER_PORT={port} is not a TCP port")))?;
-        let agent_store = var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v == "True");
-        Ok(Some(Self { rank, world_size, local_rank, master_addr, master_port, agent_store }))
-    }
-
-    /// Whether this process runs the store: rank 0, unless the launcher's agent does.
-    pub fn store_is_master(&self) -> bool {
-        self.rank == 0 && !self.agent_store
-    }
-
-    /// This process's connection to (or, see [`Launch::store_is_master`], the server of)
-    /// the job's store.
-    pub fn store(&self, timeout: Duration) -> Result<Store, ShimError> {
-        Store::new(&self.master_addr, self.master_port, self.world_size, self.store_is_master(), timeout)
     }
 }
 
@@ -537,59 +481,6 @@ mod tests {
         assert_eq!(e.0, "rank 2 is not in a group of 2");
         let e = Store::new("127.0.0.1", server.port(), 2, false, Duration::ZERO).unwrap_err();
         assert!(e.0.contains("a timeout must be a positive number of seconds"), "{e}");
-    }
-
-    #[test]
-    fn torchrun_variables_say_who_runs_the_store() {
-        let vars = |pairs: &[(&str, &str)]| {
-            let map: std::collections::HashMap<String, String> =
-                pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-            Launch::from_vars(move |name| map.get(name).cloned())
-        };
-        assert_eq!(vars(&[]).unwrap(), None, "not launched");
-        let torchrun = [
-            ("RANK", "0"),
-            ("WORLD_SIZE", "2"),
-            ("LOCAL_RANK", "0"),
-            ("MASTER_ADDR", "127.0.0.1"),
-            ("MASTER_PORT", "29500"),
-            ("TORCHELASTIC_USE_AGENT_STORE", "True"),
-        ];
-        let launch = vars(&torchrun).unwrap().unwrap();
-        assert_eq!(
-            launch,
-            Launch {
-                rank: 0,
-                world_size: 2,
-                local_rank: 0,
-                master_addr: "127.0.0.1".into(),
-                master_port: 29500,
-                agent_store: true
-            }
-        );
-        assert!(!launch.store_is_master(), "torchrun's agent runs the store");
-        let own = vars(&torchrun[..5]).unwrap().unwrap();
-        assert!(own.store_is_master(), "rank 0 runs it without an agent store");
-        let e = vars(&[("WORLD_SIZE", "2"), ("RANK", "2")]).unwrap_err();
-        assert_eq!(e.0, "RANK=2 is not a rank of WORLD_SIZE=2");
-        let e = vars(&[("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "x")]).unwrap_err();
-        assert_eq!(e.0, "MASTER_PORT=\"x\" is not a non-negative integer");
-    }
-
-    /// Each process of a `torchrun` launch (the README says how) joins a Gloo group
-    /// through the launcher's store and sums its rank with the others'.
-    #[test]
-    #[ignore = "run by torchrun: see torch-shim/README.md"]
-    fn launched_by_torchrun_the_ranks_meet() {
-        let launch = Launch::from_env().unwrap().expect("RANK, WORLD_SIZE, ... are set by the launcher");
-        let store = launch.store(T).unwrap();
-        let g = ProcessGroup::new(&store, Backend::Gloo, launch.rank, launch.world_size, T).unwrap();
-        let sum = g.allreduce_scalars(&[launch.rank as f64]).unwrap();
-        let n = launch.world_size as f64;
-        assert_eq!(sum, [n * (n - 1.0) / 2.0]);
-        let names = g.all_gather_bytes(format!("rank {}", launch.rank).into_bytes()).unwrap();
-        assert_eq!(names.len(), launch.world_size);
-        g.barrier().unwrap();
     }
 
     /// The allreduce test over NCCL, rank r on cuda:r (two threads of one process).

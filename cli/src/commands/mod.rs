@@ -4,6 +4,7 @@ mod compare;
 mod config;
 mod conformance;
 mod env;
+mod launch;
 mod plugins;
 mod run;
 mod scaffold;

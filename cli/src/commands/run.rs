@@ -52,6 +52,10 @@ pub struct RunArgs {
     /// files (checkpoints, events, report) first.
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
+    /// Run N local ranks of this run, data-parallel (each a child process with
+    /// torchrun's variables; see `[distributed]`). Under torchrun, leave it out.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    nproc: Option<u16>,
 }
 
 #[derive(Debug, Error)]
@@ -126,11 +130,17 @@ fn clear_for_new_run(dir: &Path, overwrite: bool) -> Result<(), OutputFolderErro
 }
 
 /// A run ready to go: its trainer, the progress bars, and the lock on its folder (held
-/// until the run's last file is written).
+/// until the run's last file is written; rank 0's, in a multi-process run).
 struct Prepared {
     trainer: Trainer,
     progress: MultiProgress,
-    _lock: RunLock,
+    _lock: Option<RunLock>,
+}
+
+/// Whether this process is rank 0 of a multi-process run, or the only one: the one that
+/// owns the run folder (its lock, checkpoints, events, report) and prints the table.
+fn leads() -> Result<bool> {
+    Ok(esper_runtime::distributed::RankEnv::from_env()?.is_none_or(|env| env.rank == 0))
 }
 
 impl RunArgs {
@@ -146,14 +156,22 @@ impl RunArgs {
             )
             .exit();
         }
+        if let Some(n) = self.nproc.filter(|&n| n > 1 && std::env::var_os("RANK").is_none()) {
+            let args = super::launch::without_nproc(std::env::args_os().skip(1));
+            return super::launch::launch(n as usize, args, self.rank_timeout()?);
+        }
         let stop = signals::install().context("installing the SIGINT and SIGTERM handlers")?;
         let Prepared { mut trainer, progress, _lock } = match &self.resume {
             Some(path) => self.resume(path)?,
             None => self.start()?,
         };
         trainer.set_stop_signal(stop.clone());
+        if !trainer.leads() {
+            // One set of bars on the terminal: rank 0's.
+            progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
         let end = trainer.run(&mut Bars::new(&progress))?;
-        if !trainer.history().is_empty() {
+        if !trainer.history().is_empty() && trainer.leads() {
             summarize(&trainer)?;
         }
         match end {
@@ -162,14 +180,26 @@ impl RunArgs {
         }
     }
 
+    /// How long the ranks of `--nproc` wait for each other (the run's `[distributed]
+    /// timeout_s`): what the launcher allows the others once one has failed.
+    fn rank_timeout(&self) -> Result<std::time::Duration> {
+        let config = match (&self.resume, &self.config) {
+            (Some(path), _) => Resume::open(path)?.config().clone(),
+            (None, Some(path)) => RunConfig::read(path)?,
+            (None, None) => RunConfig::default_job(Vec::new()),
+        };
+        Ok(std::time::Duration::from_secs_f64(config.distributed.timeout_s))
+    }
+
     /// Continues the run of `path` in its run folder: lock, the run's files checked
     /// (no links), the checkpoint read, logs set up as the run recorded them.
     fn resume(&self, path: &Path) -> Result<Prepared> {
         let dir = checkpoint::run_folder_of(path)?;
-        let lock = RunLock::acquire(&dir)?;
+        let lead = leads()?;
+        let lock = lead.then(|| RunLock::acquire(&dir)).transpose()?;
         run_folder::refuse_links(&dir)?;
         let resume = Resume::open(path)?;
-        let jsonl = resume.config().output.jsonl.then(|| RunFile::Events.path(&dir));
+        let jsonl = (lead && resume.config().output.jsonl).then(|| RunFile::Events.path(&dir));
         let progress = telemetry::init("info", jsonl.as_deref())?;
         let mut trainer = resume.into_trainer(&dir)?;
         if let Some(epochs) = self.epochs {
@@ -194,8 +224,9 @@ impl RunArgs {
         }
         let source = self.config.as_deref().unwrap_or("<built-in default job>".as_ref());
         config.validate(source)?;
-        let lock = prepare_output_folder(&config.output.dir, self.overwrite)?;
-        let jsonl = config.output.jsonl.then(|| RunFile::Events.path(&config.output.dir));
+        let lead = leads()?;
+        let lock = lead.then(|| prepare_output_folder(&config.output.dir, self.overwrite)).transpose()?;
+        let jsonl = (lead && config.output.jsonl).then(|| RunFile::Events.path(&config.output.dir));
         let progress = telemetry::init("info", jsonl.as_deref())?;
         for d in &config.deprecations {
             tracing::warn!("config: {d}");

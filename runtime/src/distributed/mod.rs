@@ -2,8 +2,10 @@
 //! also what `esper run --nproc N` sets for its children) and what `[distributed]` says.
 
 mod env;
+mod ranks;
 
 pub use env::{RankEnv, RankEnvError};
+pub use ranks::{DistError, Ranks};
 
 use serde::{Deserialize, Serialize};
 
@@ -27,8 +29,8 @@ pub struct DistributedConfig {
     /// How long a rank waits for the others (rendezvous, a collective) before it ends the
     /// run naming the rank it waited for.
     pub timeout_s: f64,
-    /// Synchronise BatchNorm's batch statistics across ranks (otherwise each rank's own,
-    /// as PyTorch's DDP).
+    /// Synchronise BatchNorm's batch statistics across ranks. Not supported yet: `true`
+    /// is refused; each rank uses its own statistics, as PyTorch's DDP does by default.
     pub sync_batchnorm: bool,
 }
 
@@ -48,6 +50,11 @@ impl DistributedConfig {
         if !(t > 0.0 && t.is_finite()) {
             return Err(format!("[distributed] timeout_s = {t:?} must be > 0 and finite (seconds)"));
         }
+        if self.sync_batchnorm {
+            return Err("[distributed] sync_batchnorm = true is not supported yet: leave it out (each rank \
+                        normalises with its own batch statistics, as PyTorch's DDP does by default)"
+                .into());
+        }
         Ok(())
     }
 }
@@ -66,5 +73,7 @@ mod tests {
         assert!(toml::from_str::<DistributedConfig>("backend = \"mpi\"\n").unwrap_err().to_string().contains("mpi"));
         let bad = DistributedConfig { timeout_s: 0.0, ..Default::default() };
         assert!(bad.validate().unwrap_err().contains("timeout_s = 0.0 must be > 0"));
+        let sync = DistributedConfig { sync_batchnorm: true, ..Default::default() };
+        assert!(sync.validate().unwrap_err().contains("sync_batchnorm = true is not supported yet"));
     }
 }

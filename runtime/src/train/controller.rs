@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// One decision for one slot.
-#[derive(Debug, Clone, PartialEq)]
+/// One decision for one slot (serde: what rank 0 of a multi-process run sends the others).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Action {
     Germinate {
         slot: String,

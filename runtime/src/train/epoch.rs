@@ -2,7 +2,7 @@
 //! seed (accuracy and counterfactual contribution), let the lifecycle and the
 //! controller act, and write the epoch's record.
 
-use super::{report::EpochRecord, report::SlotRecord, step, Observer, Trainer};
+use super::{report::EpochRecord, report::SlotRecord, step, Observer, TrainError, Trainer};
 use crate::{
     data::{epoch_seed, Objective},
     lifecycle::{LifecycleEvent, SeedStage},
@@ -112,14 +112,21 @@ impl Trainer {
             self.train_step(&x, &y, capture, &mut totals, events)?;
             observer.batch_done();
         }
-        let seen = totals.seen.max(1) as f64;
         // Reading the totals waits for the device: the time below includes every step.
-        let loss = totals.loss.f_double_value(&[])? / seen;
-        if !loss.is_finite() {
+        let mut sums =
+            [totals.loss.f_double_value(&[])?, totals.correct.f_int64_value(&[])? as f64, totals.seen as f64];
+        if !sums[0].is_finite() {
             // Steps with seeds were read as they went: these are the host's own.
             return Err(self.host_fault_at_epoch_end(&mut totals)?.into());
         }
-        let accuracy = 100.0 * totals.correct.f_int64_value(&[])? as f64 / seen;
+        if let Some(ranks) = &self.ranks {
+            // The epoch's record covers every rank's share; validation, on every rank,
+            // uses rank 0's running statistics.
+            sums = ranks.sum(&sums)?.try_into().map_err(|_| TrainError::Internal("the ranks' sums"))?;
+            ranks.share_buffers(&self.model)?;
+        }
+        let [loss_sum, correct, seen] = sums;
+        let (loss, accuracy) = (loss_sum / seen.max(1.0), 100.0 * correct / seen.max(1.0));
         Ok(TrainResult { loss, accuracy, steps: n_batches as u32, seconds: started.elapsed().as_secs_f64() })
     }
 
@@ -155,8 +162,7 @@ impl Trainer {
             slot.step_epoch()?;
         }
         self.collect_events(events);
-        self.act(epoch, events);
-        Ok(())
+        self.act(epoch, events)
     }
 
     fn log_rollback_costs(&self) {

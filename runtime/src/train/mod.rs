@@ -17,6 +17,7 @@ mod step;
 mod stop;
 mod timing;
 
+use crate::distributed::{DistError, RankEnv, Ranks};
 use crate::{
     config::RunConfig,
     data::{Objective, RunData, Shard},
@@ -60,6 +61,21 @@ pub struct Trainer {
     opening_events: Vec<LifecycleEvent>,
     /// Read before each training step: a stop requested ends the run there.
     stop: StopSignal,
+    /// The other ranks of a multi-process (data-parallel) run, if this is one.
+    ranks: Option<Ranks>,
+}
+
+/// A hash of the bytes of every parameter and buffer of `model`, by name: equal on two
+/// ranks exactly when their models are bit for bit the same (barring a collision).
+fn state_hash(model: &MorphogeneticModel) -> Result<u64, tch::TchError> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    for (name, t) in model.state() {
+        name.hash(&mut h);
+        let t = t.f_to_device(Device::Cpu)?.f_contiguous()?.f_reshape([-1])?.f_view_dtype(tch::Kind::Uint8)?;
+        Vec::<u8>::try_from(&t)?.hash(&mut h);
+    }
+    Ok(h.finish())
 }
 
 /// The key of slot `slot`'s gate-network optimizer among the seed optimizers.
@@ -89,7 +105,12 @@ fn contained<T>(epoch: u32, phase: &'static str, f: impl FnOnce() -> Result<T>) 
 impl Trainer {
     /// Loads the plugins and data and builds the model of `config`.
     pub fn new(config: RunConfig) -> Result<Self> {
-        let device = config.device.resolve()?;
+        let rank_env = RankEnv::from_env().map_err(DistError::Env)?;
+        let device = match (config.device.resolve()?, &rank_env) {
+            // Each rank of a CUDA run on its own GPU.
+            (Device::Cuda(_), Some(env)) => Device::Cuda(env.local_rank),
+            (device, _) => device,
+        };
         // Before anything is allocated: slots, memory against the limit, plugins loaded
         // and pinned, every blueprint the run names resolved (as `esper config check`).
         let preflight = config.preflight(Some(device))?;
@@ -108,6 +129,10 @@ impl Trainer {
         let mut model = MorphogeneticModel::new(config.host.clone(), &slots, config.slot.clone(), device)?;
         model.set_precision(config.training.precision);
         model.watch_seeds(config.training.seed_timeout()).map_err(TrainError::Watchdog)?;
+        let ranks = rank_env.map(|env| Ranks::join(env, &config.distributed, device)).transpose()?;
+        if let Some(ranks) = &ranks {
+            ranks.share_model(&model)?;
+        }
         let data = config.data.load().map_err(TrainError::Data)?;
         let outputs = config.host.num_outputs();
         if data.num_outputs() > outputs {
@@ -130,18 +155,23 @@ impl Trainer {
             registry,
             model,
             objective: data.objective(),
-            shard: Shard::WHOLE,
+            shard: ranks.as_ref().map_or(Shard::WHOLE, Ranks::shard),
             data,
             host_opt,
             seed_opts: BTreeMap::new(),
             controller,
             history: Vec::new(),
-            graphs: graph::StepGraphs::new(config.training.cuda_graph, device),
+            // The collectives of a data-parallel step are not captured: its steps run eagerly.
+            graphs: graph::StepGraphs::new(
+                if ranks.is_some() { crate::config::CudaGraphMode::Off } else { config.training.cuda_graph },
+                device,
+            ),
             config,
             device,
             guard: step::StepGuard::default(),
             opening_events: Vec::new(),
             stop: StopSignal::new(),
+            ranks,
         })
     }
 
@@ -176,7 +206,7 @@ impl Trainer {
         let start = self.history.last().map_or(0, |r| r.epoch);
         if start == 0 {
             let mut opening = Vec::new();
-            self.act(0, &mut opening); // scheduled germinations for epoch 1
+            self.act(0, &mut opening)?; // scheduled germinations for epoch 1
             self.opening_events = opening;
         }
         observer.run_started(start + 1, total);
@@ -193,8 +223,15 @@ impl Trainer {
                 outcome => outcome?,
             };
             observer.epoch_done(&record);
+            self.check_lockstep(epoch)?;
             if self.config.output.checkpoint {
-                contained(epoch, "writing the checkpoint", || Ok(self.save_checkpoint(epoch)?))?;
+                // Rank 0 writes; the others wait until the checkpoint is complete.
+                if self.leads() {
+                    contained(epoch, "writing the checkpoint", || Ok(self.save_checkpoint(epoch)?))?;
+                }
+                if let Some(ranks) = &self.ranks {
+                    ranks.barrier("waiting for rank 0's checkpoint")?;
+                }
             }
         }
         if let Some(side) = side {
@@ -205,11 +242,18 @@ impl Trainer {
     }
 
     /// The controller's decisions, applied. A failing action (a plugin that fails to
-    /// create, a probe refusal) is reported and the run goes on.
-    fn act(&mut self, epoch: u32, events: &mut Vec<LifecycleEvent>) {
+    /// create, a probe refusal) is reported and the run goes on; the ranks of a
+    /// multi-process run failing to agree end it.
+    fn act(&mut self, epoch: u32, events: &mut Vec<LifecycleEvent>) -> Result<()> {
         let val: Vec<f64> = self.history.iter().map(|r| self.objective.score(r.val_loss, r.val_accuracy)).collect();
         let gates = self.config.lifecycle.gates.clone();
-        for action in self.controller.decide(epoch, &val, &self.model) {
+        let actions = match &self.ranks {
+            // Decided once, on rank 0, and applied by every rank at the same step.
+            Some(ranks) => ranks.from_leader("decisions", || self.controller.decide(epoch, &val, &self.model))?,
+            None => self.controller.decide(epoch, &val, &self.model),
+        };
+        let germinating = actions.iter().any(|a| matches!(a, Action::Germinate { .. }));
+        for action in actions {
             let outcome = match &action {
                 Action::Germinate { slot, blueprint, options, seed_id, choice } => {
                     germinate_with(&mut self.model, &self.registry, (slot, blueprint, seed_id), options, *choice)
@@ -228,6 +272,34 @@ impl Trainer {
             self.collect_events(events);
         }
         self.sync_seed_optimizers();
+        if let (Some(ranks), true) = (&self.ranks, germinating) {
+            // New seeds start from rank 0's initial values on every rank.
+            ranks.share_model(&self.model)?;
+        }
+        Ok(())
+    }
+
+    /// Rank 0 of a multi-process run, or the single process: the one that writes.
+    pub fn leads(&self) -> bool {
+        self.ranks.as_ref().is_none_or(Ranks::leads)
+    }
+
+    /// A multi-process run's ranks compare their models after `epoch`: each slot's
+    /// stage, alpha and blueprint, and a hash of every parameter's and buffer's bytes.
+    fn check_lockstep(&self, epoch: u32) -> Result<()> {
+        let Some(ranks) = &self.ranks else { return Ok(()) };
+        let slots: Vec<String> = self
+            .model
+            .slots()
+            .iter()
+            .map(|s| {
+                let blueprint = s.lifecycle().state().map_or("-", |st| st.blueprint_id());
+                format!("{} {} {:.6} {blueprint}", s.id(), s.stage(), s.alpha())
+            })
+            .collect();
+        let hash = state_hash(&self.model)?;
+        ranks.check_lockstep(epoch, &format!("slots [{}], parameters {hash:016x}", slots.join(", ")))?;
+        Ok(())
     }
 
     /// Moves the events the slots produced into `events`, each emitted once.

@@ -177,6 +177,11 @@ impl Trainer {
         if let Err(e) = self.watched_backward(&loss) {
             return Err(self.blame_backward(x, y, e));
         }
+        if let Some(ranks) = &self.ranks {
+            // As DDP: every rank steps with the gradients averaged over all of them (so
+            // the gradient telemetry below is the same on every rank too).
+            ranks.average_gradients(&self.model).map_err(|e| Spoiled::Host(e.into()))?;
+        }
         if capture {
             // The host's loss so far this epoch, this step's included.
             let host_loss = || totals.loss.f_add(&loss);

@@ -1,0 +1,195 @@
+//! One rank's link to the others: the c10d process group (through the torch shim) and
+//! what the trainer does with it: start from rank 0's parameters, average gradients,
+//! take rank 0's decisions, and check every epoch that the ranks still agree.
+
+use super::{Backend, DistributedConfig, RankEnv, RankEnvError};
+use crate::{data::Shard, model::MorphogeneticModel};
+use esper_torch_shim::{
+    dist::{self, ProcessGroup, Store},
+    ShimError,
+};
+use serde::{de::DeserializeOwned, Serialize};
+use std::time::Duration;
+use tch::{Device, Tensor};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum DistError {
+    #[error("reading this rank's environment")]
+    Env(#[source] RankEnvError),
+    #[error("[distributed] backend = \"nccl\" needs a CUDA device, and this run's device is the CPU")]
+    NcclOnCpu,
+    #[error("rank {rank} of {world}: joining the other ranks at {addr}:{port}")]
+    Join {
+        rank: usize,
+        world: usize,
+        addr: String,
+        port: u16,
+        #[source]
+        source: ShimError,
+    },
+    /// A collective failed: a rank died, hung past the timeout, or the link broke.
+    #[error("rank {rank} of {world}: {what} failed (another rank ended or did not answer within [distributed] timeout_s = {timeout_s} s)")]
+    Collective {
+        rank: usize,
+        world: usize,
+        what: &'static str,
+        timeout_s: f64,
+        #[source]
+        source: ShimError,
+    },
+    #[error("rank {rank}: rank 0's {what} cannot be read: {cause}")]
+    Decode { rank: usize, what: &'static str, cause: String },
+    /// The ranks' models differ: the run cannot go on in lockstep.
+    #[error("after epoch {epoch} the ranks disagree: {differences}")]
+    Diverged { epoch: u32, differences: String },
+}
+
+/// This process's place in a multi-process run.
+pub struct Ranks {
+    group: ProcessGroup,
+    /// Kept alive for the group (rank 0's may be the store's server).
+    _store: Store,
+    env: RankEnv,
+    timeout_s: f64,
+}
+
+impl Ranks {
+    /// Joins the run's other ranks: rendezvous through the store at `MASTER_ADDR:
+    /// MASTER_PORT`, then the process group of `config`'s backend for `device`.
+    pub fn join(env: RankEnv, config: &DistributedConfig, device: Device) -> Result<Self, DistError> {
+        let backend = match (config.backend, device) {
+            (Backend::Nccl, Device::Cpu) => return Err(DistError::NcclOnCpu),
+            (Backend::Gloo, _) | (Backend::Auto, Device::Cpu) => dist::Backend::Gloo,
+            (_, Device::Cuda(index)) => dist::Backend::Nccl { device: index },
+            (_, other) => {
+                tracing::warn!(device = ?other, "no NCCL for this device: the ranks talk through Gloo");
+                dist::Backend::Gloo
+            }
+        };
+        let timeout = Duration::from_secs_f64(config.timeout_s);
+        let join = |source| DistError::Join {
+            rank: env.rank,
+            world: env.world_size,
+            addr: env.master_addr.clone(),
+            port: env.master_port,
+            source,
+        };
+        let is_master = env.rank == 0 && !env.agent_store;
+        let store = Store::new(&env.master_addr, env.master_port, env.world_size, is_master, timeout).map_err(join)?;
+        let group = ProcessGroup::new(&store, backend, env.rank, env.world_size, timeout).map_err(join)?;
+        tracing::info!(rank = env.rank, world = env.world_size, backend = ?backend, "joined the other ranks");
+        Ok(Self { group, _store: store, env, timeout_s: config.timeout_s })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.env.rank
+    }
+
+    pub fn world(&self) -> usize {
+        self.env.world_size
+    }
+
+    /// Rank 0: the one that decides, writes checkpoints and reports.
+    pub fn leads(&self) -> bool {
+        self.env.rank == 0
+    }
+
+    /// This rank's share of each epoch's training data.
+    pub fn shard(&self) -> Shard {
+        Shard { rank: self.env.rank, world: self.env.world_size }
+    }
+
+    fn failed(&self, what: &'static str) -> impl FnOnce(ShimError) -> DistError + '_ {
+        move |source| DistError::Collective {
+            rank: self.env.rank,
+            world: self.env.world_size,
+            what,
+            timeout_s: self.timeout_s,
+            source,
+        }
+    }
+
+    /// Makes every parameter and buffer of `model` (host, seeds, gates) rank 0's.
+    pub fn share_model(&self, model: &MorphogeneticModel) -> Result<(), DistError> {
+        let state = model.state();
+        let tensors: Vec<&Tensor> = state.iter().map(|(_, t)| t).collect();
+        tch::no_grad(|| self.group.broadcast(&tensors, 0)).map_err(self.failed("sharing rank 0's parameters"))?;
+        Ok(())
+    }
+
+    /// Makes the buffers of `model` (BatchNorm's running statistics) rank 0's, as DDP's
+    /// `broadcast_buffers` does: each rank normalises its training batches with their own
+    /// statistics, and every rank validates with rank 0's running ones.
+    pub fn share_buffers(&self, model: &MorphogeneticModel) -> Result<(), DistError> {
+        let buffers = model.buffers();
+        let tensors: Vec<&Tensor> = buffers.iter().map(|(_, t)| t).collect();
+        self.group.broadcast(&tensors, 0).map_err(self.failed("sharing rank 0's buffers"))?;
+        Ok(())
+    }
+
+    /// Averages the gradients of `model`'s trainable tensors across the ranks (in
+    /// place, by name, so every rank lines them up alike), as DDP does after backward.
+    pub fn average_gradients(&self, model: &MorphogeneticModel) -> Result<(), DistError> {
+        let grads: Vec<Tensor> = model
+            .state()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .map(|(_, t)| t.grad())
+            .filter(Tensor::defined)
+            .collect();
+        let refs: Vec<&Tensor> = grads.iter().collect();
+        self.group.allreduce_sum(&refs).map_err(self.failed("averaging the gradients"))?;
+        let scale = 1.0 / self.world() as f64;
+        for g in &grads {
+            let _ = g
+                .shallow_clone()
+                .f_mul_scalar_(scale)
+                .map_err(|e| self.failed("averaging the gradients")(ShimError(e.to_string())))?;
+        }
+        Ok(())
+    }
+
+    /// Sums `values` across the ranks.
+    pub fn sum(&self, values: &[f64]) -> Result<Vec<f64>, DistError> {
+        self.group.allreduce_scalars(values).map_err(self.failed("summing the epoch's totals"))
+    }
+
+    /// Rank 0's `value` on every rank: rank 0 computes it (`decide` runs there only).
+    pub fn from_leader<T: Serialize + DeserializeOwned>(
+        &self,
+        what: &'static str,
+        decide: impl FnOnce() -> T,
+    ) -> Result<T, DistError> {
+        let bytes = if self.leads() { serde_json::to_vec(&decide()).unwrap_or_default() } else { Vec::new() };
+        let bytes = self.group.broadcast_bytes(0, bytes).map_err(self.failed(what))?;
+        serde_json::from_slice(&bytes).map_err(|e| DistError::Decode { rank: self.rank(), what, cause: e.to_string() })
+    }
+
+    /// Compares every rank's `fingerprint` of its model after `epoch`: a difference
+    /// names the ranks and what each has.
+    pub fn check_lockstep(&self, epoch: u32, fingerprint: &str) -> Result<(), DistError> {
+        let all = self
+            .group
+            .all_gather_bytes(fingerprint.as_bytes().to_vec())
+            .map_err(self.failed("comparing the ranks' models"))?;
+        let texts: Vec<String> = all.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+        if texts.iter().all(|t| t == &texts[0]) {
+            return Ok(());
+        }
+        let differences = texts
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| *t != &texts[0])
+            .map(|(r, t)| format!("rank {r} has {t}, rank 0 has {}", texts[0]))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(DistError::Diverged { epoch, differences })
+    }
+
+    /// Waits for every rank (around rank 0's checkpoint writes).
+    pub fn barrier(&self, what: &'static str) -> Result<(), DistError> {
+        self.group.barrier().map_err(self.failed(what))
+    }
+}
