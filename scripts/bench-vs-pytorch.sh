@@ -10,6 +10,7 @@
 #   DEVICE=cuda BATCHES=8,128,1024 scripts/bench-vs-pytorch.sh
 #   PYTORCH_CHANNELS_LAST=1 scripts/bench-vs-pytorch.sh  # PyTorch in channels-last too
 #   scripts/bench-vs-pytorch.sh --host transformer  # the default transformer job's step
+#   PYTORCH_COMPILE=1 scripts/bench-vs-pytorch.sh --host transformer  # + PyTorch's torch.compile
 #
 # PyTorch runs NCHW by default (what a new user writes); this runtime's host is
 # channels-last by default ([host] memory_format).
@@ -65,7 +66,7 @@ trap 'rm -rf "$out"' EXIT
 for round in $(seq "$ROUNDS"); do
     echo "round $round/$ROUNDS: PyTorch ..." >&2
     "$PYTHON" scripts/bench/step_reference.py "${common[@]}" \
-        ${PYTORCH_CHANNELS_LAST:+--channels-last} >>"$out/pytorch.jsonl"
+        ${PYTORCH_CHANNELS_LAST:+--channels-last} ${PYTORCH_COMPILE:+--compile} >>"$out/pytorch.jsonl"
     echo "round $round/$ROUNDS: this runtime ..." >&2
     "$STEP_TIME" --plugin "$BIN/$PLUGIN_LIB" "${common[@]}" --cuda-graph off >>"$out/runtime.jsonl"
     if [[ "$DEVICE" == cuda ]]; then
@@ -111,4 +112,20 @@ for batch in sorted({r["batch"] for r in rt}):
         launches = f"{kernels[0]} / {mine[0].get('graph_nodes', '-')}" if kernels else "-"
         line += f" {s[0]:.3f} ({s[1]:.3f}-{s[2]:.3f}) | {ratio} | {cap:.1f} | {launches} |"
     print(line)
+# Each round's runtime against the PyTorch run just before it: on a shared machine whose
+# load changes from minute to minute, the pairs are steadier than the medians above.
+for batch in sorted({r["batch"] for r in rt}):
+    pairs = zip([r["eager_median_ms"] for r in py if r["batch"] == batch], [r["median_ms"] for r in rt if r["batch"] == batch])
+    ratios = [r / e for e, r in pairs]
+    print(f"batch {batch}: runtime / eager round by round {' '.join(f'{x:.2f}' for x in ratios)}; "
+          "median %.2fx (%.2f-%.2f)" % summary(ratios))
+    # The fastest single step of all rounds: the closest to a step no other process slowed.
+    e_min = min(r["eager_min_ms"] for r in py if r["batch"] == batch)
+    r_min = min(r["min_ms"] for r in rt if r["batch"] == batch)
+    print(f"batch {batch}: fastest step, PyTorch eager {e_min:.3f} ms, this runtime {r_min:.3f} ms: {r_min / e_min:.2f}x")
+    compiled = [(r["compiled_median_ms"], x["median_ms"]) for r, x in zip([r for r in py if r["batch"] == batch], [x for x in rt if x["batch"] == batch]) if "compiled_median_ms" in r]
+    if compiled:
+        c = summary([p for p, _ in compiled])
+        print(f"batch {batch}: PyTorch torch.compile {c[0]:.3f} ms ({c[1]:.3f}-{c[2]:.3f}); runtime / compiled round by round "
+              f"{' '.join(f'{r / p:.2f}' for p, r in compiled)}; median %.2fx" % statistics.median(r / p for p, r in compiled))
 PY

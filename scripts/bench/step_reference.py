@@ -19,7 +19,8 @@ the model is the parity reference's (tests/parity/transformer_host.py) on PyTorc
 ops, the seed the blueprint reference's (tests/parity/transformer_blueprints.py). Adam on
 host and seed (`torch.optim.Adam` with its defaults, `capturable` for the CUDA graph); one
 step = zero_grad, forward, next-token cross-entropy over every position, backward, both
-optimizer steps, the running sums kept on the device.
+optimizer steps, the running sums kept on the device. `--compile` times it once more with
+the forward and the loss through `torch.compile` (the optimizers eager).
 """
 
 import argparse
@@ -125,7 +126,7 @@ def adam_lr(job, key):
     return opt["lr"]
 
 
-def make_transformer(batch, device, seed, capturable=False):
+def make_transformer(batch, device, seed, capturable=False, compiled=False):
     sys.path.insert(0, str(REPO / "tests" / "parity"))
     from transformer_blueprints import forward as blueprint
     from transformer_host import forward, init_params, point_after
@@ -157,11 +158,17 @@ def make_transformer(batch, device, seed, capturable=False):
         opts.append(torch.optim.Adam(lora.values(), lr=adam_lr(job, "seed_optimizer"), capturable=capturable))
     totals = [torch.zeros((), device=device), torch.zeros((), dtype=torch.int64, device=device)]
 
+    def loss_and_logits():
+        logits = forward(host, params, x, fused=True, after_block=after_block)
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten()), logits
+
+    if compiled:
+        loss_and_logits = torch.compile(loss_and_logits)
+
     def step():
         for o in opts:
             o.zero_grad()
-        logits = forward(host, params, x, fused=True, after_block=after_block)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        loss, logits = loss_and_logits()
         loss.backward()
         for o in opts:
             o.step()
@@ -235,6 +242,7 @@ def main():
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms per shape")
     p.add_argument("--profile", action="store_true", help="print each batch's kernel time table to stderr")
+    p.add_argument("--compile", action="store_true", help="transformer: also time the step with torch.compile's forward and loss")
     a = p.parse_args()
     device = torch.device(a.device)
     torch.backends.cudnn.benchmark = a.cudnn_benchmark
@@ -244,9 +252,11 @@ def main():
             raise SystemExit("--channels-last is for the cnn host")
         batches = [int(b) for b in a.batches.split(",")] if a.batches else [None]
 
-        def build(batch, graph=False):
-            return make_transformer(batch, device, seed, capturable=graph)
+        def build(batch, graph=False, compiled=False):
+            return make_transformer(batch, device, seed, capturable=graph, compiled=compiled)
     else:
+        if a.compile:
+            raise SystemExit("--compile is for the transformer host")
         batches = [int(b) for b in (a.batches or "8,128").split(",")]
 
         def build(batch, graph=False):
@@ -255,7 +265,11 @@ def main():
     for batch in batches:
         step, batch = build(batch)
         row = {"host": a.host, "batch": batch, "seed": seed, "threads": torch.get_num_threads()}
-        row["eager_median_ms"] = statistics.median(timed(step, a.warmup, a.steps, device))
+        times = timed(step, a.warmup, a.steps, device)
+        row["eager_median_ms"] = statistics.median(times)
+        row["eager_min_ms"] = min(times)
+        if a.compile:
+            row["compiled_median_ms"] = statistics.median(timed(build(batch, compiled=True)[0], a.warmup, a.steps, device))
         if device.type == "cuda":
             g = graphed(build(batch, graph=True)[0], a.warmup, a.steps)
             row["graph_median_ms"] = statistics.median(g)
