@@ -11,13 +11,26 @@ and the running loss/accuracy sums kept on the device (as the runtime keeps them
 Written from the catalogue, as a PyTorch user would write it (eager, NCHW by default).
 Prints one JSON line per batch size: eager, and the whole step in one CUDA graph where CUDA
 exists.
+
+`--host transformer`: the default transformer job (configs/transformer.toml, read here for
+the model, the sequence length, the batch size and the learning rates) with a `lora` seed
+(rank 8) in TRAINING at r0c0, through the same isolation and straight-through estimator;
+the model is the parity reference's (tests/parity/transformer_host.py) on PyTorch's fused
+ops, the seed the blueprint reference's (tests/parity/transformer_blueprints.py). Adam on
+host and seed (`torch.optim.Adam` with its defaults, `capturable` for the CUDA graph); one
+step = zero_grad, forward, next-token cross-entropy over every position, backward, both
+optimizer steps, the running sums kept on the device. `--compile` times it once more with
+the forward and the loss through `torch.compile` (the optimizers eager).
 """
 
 import argparse
 import json
+import math
+import pathlib
 import statistics
 import sys
 import time
+import tomllib
 
 import torch
 import torch.nn as nn
@@ -94,6 +107,77 @@ def make(batch, device, seed, channels_last):
     return step
 
 
+REPO = pathlib.Path(__file__).resolve().parents[2]
+TRANSFORMER_JOB = REPO / "configs" / "transformer.toml"
+# The seed of the transformer benchmark: `lora` at r0c0 (injection point 0), its default rank.
+LORA_POINT = 0
+LORA_RANK = 8
+
+
+def transformer_job():
+    with open(TRANSFORMER_JOB, "rb") as f:
+        return tomllib.load(f)
+
+
+def adam_lr(job, key):
+    opt = job["training"][key]
+    if opt["kind"] != "adam" or set(opt) - {"kind", "lr"}:
+        raise SystemExit(f"{TRANSFORMER_JOB}: training.{key} is {opt}; this reference runs Adam with PyTorch's defaults")
+    return opt["lr"]
+
+
+def make_transformer(batch, device, seed, capturable=False, compiled=False):
+    sys.path.insert(0, str(REPO / "tests" / "parity"))
+    from transformer_blueprints import forward as blueprint
+    from transformer_host import forward, init_params, point_after
+
+    job = transformer_job()
+    host = job["host"]
+    if host.get("dropout", 0.0) != 0.0:
+        raise SystemExit(f"{TRANSFORMER_JOB}: host.dropout is {host['dropout']}; this reference has no dropout")
+    batch = batch or job["training"]["batch_size"]
+    torch.manual_seed(0)
+    params = init_params(host, device)
+    tokens = torch.randint(0, host["vocab_size"], (batch, job["data"]["block_size"] + 1), device=device)
+    x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+    opts = [torch.optim.Adam(params.values(), lr=adam_lr(job, "host_optimizer"), capturable=capturable)]
+    after_block = None
+    if seed:
+        c = host["n_embd"]
+        bound = 1 / math.sqrt(c)  # nn.Linear's default init; the way back up starts at zero
+        lora = {
+            "down_weight": torch.empty(LORA_RANK, c, device=device).uniform_(-bound, bound).requires_grad_(True),
+            "up_weight": torch.zeros(c, LORA_RANK, device=device, requires_grad=True),
+        }
+
+        def seeded(h):
+            s = blueprint("lora", lora, h.contiguous().detach())
+            return h + (s - s.detach())
+
+        after_block = {point_after(host, LORA_POINT): seeded}
+        opts.append(torch.optim.Adam(lora.values(), lr=adam_lr(job, "seed_optimizer"), capturable=capturable))
+    totals = [torch.zeros((), device=device), torch.zeros((), dtype=torch.int64, device=device)]
+
+    def loss_and_logits():
+        logits = forward(host, params, x, fused=True, after_block=after_block)
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten()), logits
+
+    if compiled:
+        loss_and_logits = torch.compile(loss_and_logits)
+
+    def step():
+        for o in opts:
+            o.zero_grad()
+        loss, logits = loss_and_logits()
+        loss.backward()
+        for o in opts:
+            o.step()
+        totals[0] += loss.detach() * y.numel()
+        totals[1] += (logits.argmax(-1) == y).sum()
+
+    return step, batch
+
+
 def timed(step, warmup, steps, device):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
@@ -149,27 +233,49 @@ def graphed(step, warmup, steps):
 
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--host", choices=("cnn", "transformer"), default="cnn")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batches", default="8,128")
+    p.add_argument("--batches", help="cnn: default 8,128; transformer: the job's batch size")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--no-seed", action="store_true")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms per shape")
     p.add_argument("--profile", action="store_true", help="print each batch's kernel time table to stderr")
+    p.add_argument("--compile", action="store_true", help="transformer: also time the step with torch.compile's forward and loss")
     a = p.parse_args()
     device = torch.device(a.device)
     torch.backends.cudnn.benchmark = a.cudnn_benchmark
-    for batch in map(int, a.batches.split(",")):
-        row = {"batch": batch, "seed": not a.no_seed, "threads": torch.get_num_threads()}
-        times = timed(make(batch, device, not a.no_seed, a.channels_last), a.warmup, a.steps, device)
+    seed = not a.no_seed
+    if a.host == "transformer":
+        if a.channels_last:
+            raise SystemExit("--channels-last is for the cnn host")
+        batches = [int(b) for b in a.batches.split(",")] if a.batches else [None]
+
+        def build(batch, graph=False, compiled=False):
+            return make_transformer(batch, device, seed, capturable=graph, compiled=compiled)
+    else:
+        if a.compile:
+            raise SystemExit("--compile is for the transformer host")
+        batches = [int(b) for b in (a.batches or "8,128").split(",")]
+
+        def build(batch, graph=False):
+            return make(batch, device, seed, a.channels_last), batch
+
+    for batch in batches:
+        step, batch = build(batch)
+        row = {"host": a.host, "batch": batch, "seed": seed, "threads": torch.get_num_threads()}
+        times = timed(step, a.warmup, a.steps, device)
         row["eager_median_ms"] = statistics.median(times)
+        row["eager_min_ms"] = min(times)
+        if a.compile:
+            row["compiled_median_ms"] = statistics.median(timed(build(batch, compiled=True)[0], a.warmup, a.steps, device))
         if device.type == "cuda":
-            g = graphed(make(batch, device, not a.no_seed, a.channels_last), a.warmup, a.steps)
+            g = graphed(build(batch, graph=True)[0], a.warmup, a.steps)
             row["graph_median_ms"] = statistics.median(g)
-            row["kernels"] = kernels_per_step(make(batch, device, not a.no_seed, a.channels_last))
+            row["kernels"] = kernels_per_step(build(batch)[0])
             if a.profile:
-                print(f"batch {batch}:", kernel_table(make(batch, device, not a.no_seed, a.channels_last)), file=sys.stderr)
+                print(f"batch {batch}:", kernel_table(build(batch)[0]), file=sys.stderr)
         print(json.dumps(row), flush=True)
 
 
