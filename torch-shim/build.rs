@@ -138,6 +138,12 @@ fn main() {
         .flag_if_supported("-Wno-unused-parameter")
         .opt_level(2)
         .warnings(false);
+    // Line tables only (`-g1`) where the profile asks for debug info (cargo says only
+    // whether, as `DEBUG`): full DWARF for libtorch's and ATen's templates makes the
+    // compile much slower, and backtraces and profilers need only the lines.
+    if env::var("DEBUG").is_ok_and(|debug| debug == "true") {
+        build.debug(false).flag("-g1");
+    }
     let cuda = cuda_includes(&lib);
     if let Ok(dirs) = &cuda {
         build
