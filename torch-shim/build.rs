@@ -104,6 +104,15 @@ fn cuda_includes(lib: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(dirs)
 }
 
+/// Whether `cargo clippy` runs this script. It builds the workspace's build scripts with
+/// clippy-driver as their rustc (`RUSTC_WORKSPACE_WRAPPER`), so cargo counts this one as
+/// another build script and runs it again beside the build's own run; clippy only checks
+/// and links nothing, so the C++ that the build compiles is not compiled a second time.
+fn clippy() -> bool {
+    env::var_os("RUSTC_WORKSPACE_WRAPPER")
+        .is_some_and(|wrapper| Path::new(&wrapper).file_stem().is_some_and(|stem| stem == "clippy-driver"))
+}
+
 fn main() {
     // Whole folders: a file added to one is seen too.
     for dir in ["cpp", "cuda", "include"] {
@@ -111,6 +120,7 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=ESPER_CUDA_INCLUDE");
+    println!("cargo:rerun-if-env-changed=RUSTC_WORKSPACE_WRAPPER");
     println!("cargo::rustc-check-cfg=cfg(esper_cuda)");
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     if let Err(why) = embed_kernels(&out) {
@@ -158,7 +168,9 @@ fn main() {
             build.include(dir);
         }
     }
-    build.compile("esper_torch_shim");
+    if !clippy() {
+        build.compile("esper_torch_shim");
+    }
     match cuda {
         Ok(_) => {
             println!("cargo:rustc-cfg=esper_cuda");
