@@ -11,9 +11,10 @@ log=$(mktemp "${TMPDIR:-/tmp}/cargo-reusing.XXXXXX")
 trap 'rm -f "$log"' EXIT
 CARGO_TERM_COLOR=never cargo "$@" 2>&1 | tee "$log"
 # "Compiling NAME vX.Y.Z" with no "(path)" after it: a crate from a registry.
-again=$(sed -n 's/^ *Compiling \([^ ]* v[^ ]*\)$/\1/p' "$log")
+again=$(sed -n 's/^ *Compiling \([^ ]*\) \(v[^ ]*\)$/\1 \2/p' "$log" | paste -sd, - | sed 's/,/, /g')
 if [[ -n $again ]]; then
-    echo "cargo-reusing: FAILED: \`cargo $*\` compiled again what the workspace build compiled:" \
-        $again "- its features or profile differ from the workspace's (see workspace-hack/Cargo.toml)" >&2
+    echo "cargo-reusing: FAILED: \`cargo $*\` compiled crates from crates.io that the workspace" \
+        "build compiled already: $again. Their features or profile differ from the workspace's:" \
+        "see docs/src/contributing.md (Build time)." >&2
     exit 1
 fi
