@@ -47,9 +47,11 @@ grep -q '^LIBTORCH = "/' .cargo/config.toml || fail "no absolute LIBTORCH in .ca
 # target/): the project's absolute rpath would make cargo rebuild every crate there,
 # tch included, and the runtime's next build rebuild them again. Test binaries in
 # target/debug/deps find libtorch through that rpath ($ORIGIN/../../.libtorch/lib).
-# Keep these flags equal to the runtime's .cargo/config.toml.
+# Keep these flags equal to the runtime's .cargo/config.toml. cargo-reusing.sh fails if
+# the build compiles any crate from crates.io again (tch, tokenizers, ...): with the
+# runtime's features and profile it reuses every one the workspace build compiled.
 export CARGO_TARGET_DIR="$root/target"
 export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS='-C link-arg=-Wl,-rpath,$ORIGIN/../../.libtorch/lib:$ORIGIN/../../../.libtorch/lib'
-cargo test || fail "cargo test of the new native plugin"
+"$root/scripts/cargo-reusing.sh" test || fail "cargo test of the new native plugin"
 rm -f "$root/target/debug/libmy_native.so"
 echo "test-scaffold: OK"

@@ -6,13 +6,20 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
 # The plugin libraries (cdylibs) the tests load must exist before the tests run.
 cargo build --workspace
-# The out-of-tree example plugin is its own Cargo project: build it here, into the same
-# target folder (so the compiled tch is reused: seconds, not minutes), because a cargo
-# run from inside `cargo test` could deadlock on that folder's lock.
-cargo build --manifest-path examples/blueprint-plugin/Cargo.toml --target-dir target
+# The out-of-tree example plugin is its own Cargo project: built here, into the same
+# target folder, because a cargo run from inside `cargo test` could deadlock on that
+# folder's lock. There it reuses the workspace's compiled dependencies, tch included, and
+# scripts/cargo-reusing.sh fails if it compiles one again. Built with its tests (--lib
+# puts the library in target/debug/): their dependency, esper-conformance, brings the
+# workspace's features, and they compile the runtime's crates as a plugin project's
+# dependencies, which the native project of scripts/test-scaffold.sh reuses. Then its
+# own one-line conformance test runs, as `cargo test` in its folder would run it.
+example=(--manifest-path examples/blueprint-plugin/Cargo.toml --target-dir target)
+scripts/cargo-reusing.sh build "${example[@]}" --lib --tests
+cargo test "${example[@]}" --test conformance
 # Likewise the plugin API frozen at ABI 1.0 and the plugin built against it, which the
 # loader tests load in this (newer) runtime.
-cargo build --manifest-path tests/abi-1.0/Cargo.toml --target-dir target
+scripts/cargo-reusing.sh build --manifest-path tests/abi-1.0/Cargo.toml --target-dir target
 # `esper plugin new` end to end: new portable and native plugins pass their own tests.
 scripts/test-scaffold.sh
 cargo test --workspace "$@"

@@ -113,6 +113,15 @@ fn cuda_includes(lib: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(dirs)
 }
 
+/// Whether `cargo clippy` runs this script. It builds the workspace's build scripts with
+/// clippy-driver as their rustc (`RUSTC_WORKSPACE_WRAPPER`), so cargo counts this one as
+/// another build script and runs it again beside the build's own run; clippy only checks
+/// and links nothing, so the C++ that the build compiles is not compiled a second time.
+fn clippy() -> bool {
+    env::var_os("RUSTC_WORKSPACE_WRAPPER")
+        .is_some_and(|wrapper| Path::new(&wrapper).file_stem().is_some_and(|stem| stem == "clippy-driver"))
+}
+
 fn main() {
     // Whole folders: a file added to one is seen too.
     for dir in ["cpp", "cuda", "include"] {
@@ -120,6 +129,7 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=ESPER_CUDA_INCLUDE");
+    println!("cargo:rerun-if-env-changed=RUSTC_WORKSPACE_WRAPPER");
     println!("cargo::rustc-check-cfg=cfg(esper_cuda)");
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     if let Err(why) = embed_kernels(&out) {
@@ -150,6 +160,12 @@ fn main() {
         .flag_if_supported("-Wno-unused-parameter")
         .opt_level(2)
         .warnings(false);
+    // Line tables only (`-g1`) where the profile asks for debug info (cargo says only
+    // whether, as `DEBUG`): full DWARF for libtorch's and ATen's templates makes the
+    // compile much slower, and backtraces and profilers need only the lines.
+    if env::var("DEBUG").is_ok_and(|debug| debug == "true") {
+        build.debug(false).flag("-g1");
+    }
     let cuda = cuda_includes(&lib);
     if let Ok(dirs) = &cuda {
         build
@@ -166,7 +182,9 @@ fn main() {
             build.include(dir);
         }
     }
-    build.compile("esper_torch_shim");
+    if !clippy() {
+        build.compile("esper_torch_shim");
+    }
     match cuda {
         Ok(_) => {
             println!("cargo:rustc-cfg=esper_cuda");

@@ -50,6 +50,17 @@ const CARGO_TOML: &str = include_str!("../../templates/Cargo.toml.in");
 const LIB_RS: &str = include_str!("../../templates/lib.rs.in");
 const CARGO_CONFIG: &str = include_str!("../../templates/config.toml.in");
 
+/// The runtime's dev profile, as the workspace's Cargo.toml has it (a test checks): a
+/// native project built into the runtime's target folder with the same profile reuses the
+/// runtime's compiled dependencies, tch among them.
+const NATIVE_PROFILE: &str = "[profile.dev]
+opt-level = 1
+debug = \"line-tables-only\"
+
+[profile.dev.package.\"*\"]
+debug = false
+";
+
 const PORTABLE_FORWARD: &str = "        \
         let conv = x.conv2d(&self.weight, Some(&self.bias), [1, 1], [1, 1], [1, 1], self.channels)?;
         x.add(&self.scale.tanh()?.mul(&conv)?)";
@@ -175,7 +186,7 @@ pub fn project_files(name: &str, kind: Kind, source: &Path, libtorch: &Path) -> 
              [dev-dependencies]\n# Only for the one-line conformance test (tests/conformance.rs).\n\
              esper-conformance = {{ path = \"{source}/conformance\" }}\n\n\
              # The runtime's own profile: with the same settings a shared target folder reuses\n\
-             # the runtime's compiled tch.\n[profile.dev]\nopt-level = 1\n"
+             # the runtime's compiled tch and other dependencies.\n{NATIVE_PROFILE}"
         ),
     };
     let test_crate = match kind {
@@ -266,7 +277,8 @@ impl NewArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_crate_name, type_name};
+    use super::{check_crate_name, project_files, type_name, Kind};
+    use std::path::Path;
 
     #[test]
     fn crate_names_follow_cargo() {
@@ -282,5 +294,16 @@ mod tests {
     fn type_names_are_camel_case() {
         assert_eq!(type_name("my-seed"), "MySeed");
         assert_eq!(type_name("gate_2x"), "Gate2x");
+    }
+
+    #[test]
+    fn a_native_project_has_the_runtimes_dev_profile() {
+        let profile = |manifest: &str| {
+            let table: toml::Table = manifest.parse().expect("a TOML manifest");
+            table.get("profile").cloned().expect("a [profile] table")
+        };
+        let files = project_files("my-native", Kind::Native, Path::new("/src"), Path::new("/src/.libtorch"));
+        let (_, manifest) = files.iter().find(|(path, _)| *path == "Cargo.toml").expect("a Cargo.toml");
+        assert_eq!(profile(manifest), profile(include_str!("../../../Cargo.toml")));
     }
 }
