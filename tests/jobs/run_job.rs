@@ -223,7 +223,7 @@ fn a_resumed_run_reaches_the_same_state_as_an_uninterrupted_one() {
 }
 
 /// An epoch's record without its timings, for comparing runs bit for bit.
-fn untimed(t: &Trainer) -> Vec<serde_json::Value> {
+pub(crate) fn untimed(t: &Trainer) -> Vec<serde_json::Value> {
     t.history()
         .iter()
         .map(|r| {

@@ -7,6 +7,7 @@ use esper_runtime::{
     lifecycle::{LifecycleEvent, SeedStage},
     train::{Silent, Trainer},
 };
+use crate::run_job::untimed;
 use esper_tests::{esper, one_job_at_a_time, plugin_lib, temp_dir, write_file, TextJob};
 use std::path::PathBuf;
 
@@ -97,18 +98,6 @@ fn a_language_model_resumed_while_blending_is_bit_exact() {
         b.set_epochs(4);
         b.run(&mut Silent).unwrap();
 
-        let untimed = |t: &Trainer| -> Vec<serde_json::Value> {
-            t.history()
-                .iter()
-                .map(|r| {
-                    let mut v = serde_json::to_value(r).unwrap();
-                    let fields = v.as_object_mut().unwrap();
-                    fields.remove("seconds");
-                    fields.remove("train_seconds");
-                    v
-                })
-                .collect()
-        };
         assert_eq!(untimed(&a), untimed(&b), "{blend}: the same history, every loss and event");
         let state = |t: &Trainer| t.model().state();
         let (sa, sb) = (state(&a), state(&b));
