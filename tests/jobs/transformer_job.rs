@@ -2,12 +2,12 @@
 //! library: the lifecycle judged on the validation loss, resume bit for bit, and the
 //! comparison over the transformer catalogue.
 
+use crate::run_job::untimed;
 use esper_runtime::{
     config::RunConfig,
     lifecycle::{LifecycleEvent, SeedStage},
     train::{Silent, Trainer},
 };
-use crate::run_job::untimed;
 use esper_tests::{esper, one_job_at_a_time, plugin_lib, temp_dir, write_file, TextJob};
 use std::path::PathBuf;
 
