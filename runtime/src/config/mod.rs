@@ -437,25 +437,7 @@ impl RunConfig {
     /// answer: loading checks the pin again on the bytes it loads).
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |message: String| ConfigError::Invalid { path: path.to_path_buf(), message };
-        if self.training.epochs == 0 {
-            return Err(invalid("training.epochs must be at least 1".into()));
-        }
-        if self.training.batch_size < 1 {
-            return Err(invalid(format!("training.batch_size must be at least 1, got {}", self.training.batch_size)));
-        }
-        for (key, opt) in [
-            ("training.host_optimizer", &self.training.host_optimizer),
-            ("training.seed_optimizer", &self.training.seed_optimizer),
-        ] {
-            opt.check(key).map_err(invalid)?;
-        }
-        if self.training.gradient_every == 0 {
-            return Err(invalid("training.gradient_every must be at least 1".into()));
-        }
-        let timeout = self.training.seed_timeout_s;
-        if !(timeout > 0.0 && timeout.is_finite()) {
-            return Err(invalid(format!("[training] seed_timeout_s = {timeout:?} must be > 0 and finite (seconds)")));
-        }
+        self.check_training().map_err(invalid)?;
         self.check_host().map_err(invalid)?;
         if self.slots.is_empty() && (!self.lifecycle.schedule.is_empty() || self.lifecycle.controller.enabled) {
             return Err(invalid("no slots: add `slots = [...]` or disable the controller and schedule".into()));
@@ -475,8 +457,8 @@ impl RunConfig {
                 )));
             }
         }
-        self.lifecycle.controller.validate(self.host.topology()).map_err(invalid)?;
-        self.distributed.validate().map_err(invalid)?;
+        let topology = self.host.topology();
+        self.lifecycle.controller.validate(topology).and_then(|()| self.distributed.validate()).map_err(invalid)?;
         self.check_controller_and_gates().map_err(invalid)?;
         let factor = self.lifecycle.plugin_param_factor;
         if !(factor > 0.0 && factor.is_finite()) {
@@ -493,6 +475,30 @@ impl RunConfig {
         }
         for p in &self.plugins {
             p.check(path)?;
+        }
+        Ok(())
+    }
+
+    /// `[training]`'s own values in range.
+    fn check_training(&self) -> Result<(), String> {
+        let t = &self.training;
+        if t.epochs == 0 {
+            return Err("training.epochs must be at least 1".into());
+        }
+        if t.batch_size < 1 {
+            return Err(format!("training.batch_size must be at least 1, got {}", t.batch_size));
+        }
+        for (key, opt) in
+            [("training.host_optimizer", &t.host_optimizer), ("training.seed_optimizer", &t.seed_optimizer)]
+        {
+            opt.check(key)?;
+        }
+        if t.gradient_every == 0 {
+            return Err("training.gradient_every must be at least 1".into());
+        }
+        let timeout = t.seed_timeout_s;
+        if !(timeout > 0.0 && timeout.is_finite()) {
+            return Err(format!("[training] seed_timeout_s = {timeout:?} must be > 0 and finite (seconds)"));
         }
         Ok(())
     }

@@ -78,6 +78,44 @@ fn state_hash(model: &MorphogeneticModel) -> Result<u64, tch::TchError> {
     Ok(h.finish())
 }
 
+/// On the CPU, where a step frees and reallocates its activations every step: keeps that
+/// memory in the process instead of faulting fresh pages in each time.
+fn keep_freed_memory_on(device: Device) {
+    if device == Device::Cpu {
+        if let Err(e) = esper_torch_shim::keep_freed_host_memory() {
+            tracing::debug!(reason = %e, "host allocator left as it is");
+        }
+    }
+}
+
+/// A multi-process run's link to the other ranks, the model made rank 0's; `None` for a
+/// single process.
+fn join_ranks(
+    env: Option<RankEnv>,
+    config: &RunConfig,
+    device: Device,
+    model: &MorphogeneticModel,
+) -> Result<Option<Ranks>, DistError> {
+    let Some(env) = env else { return Ok(None) };
+    let ranks = Ranks::join(env, &config.distributed, device)?;
+    ranks.share_model(model)?;
+    Ok(Some(ranks))
+}
+
+/// The host's logits cover the data's classes (image classes, or the tokenizer's
+/// vocabulary, known once the data is loaded).
+fn check_outputs(config: &RunConfig, data: &RunData) -> Result<(), TrainError> {
+    let outputs = config.host.num_outputs();
+    if data.num_outputs() <= outputs {
+        return Ok(());
+    }
+    let (setting, what) = match data.objective() {
+        Objective::Accuracy => ("[host] num_classes", "the data set's classes"),
+        Objective::Loss => ("[host] vocab_size", "the tokenizer's vocabulary"),
+    };
+    Err(TrainError::TooFewOutputs { setting, host: outputs, what, data: data.num_outputs() })
+}
+
 /// The key of slot `slot`'s gate-network optimizer among the seed optimizers.
 fn gate_key(slot: &str) -> String {
     format!("{slot}/gate")
@@ -115,13 +153,7 @@ impl Trainer {
         // and pinned, every blueprint the run names resolved (as `esper config check`).
         let preflight = config.preflight(Some(device))?;
         let (registry, rotation) = (preflight.registry, preflight.rotation);
-        if device == Device::Cpu {
-            // A CPU step frees and reallocates its activations every step: keep that
-            // memory in the process instead of faulting fresh pages in each time.
-            if let Err(e) = esper_torch_shim::keep_freed_host_memory() {
-                tracing::debug!(reason = %e, "host allocator left as it is");
-            }
-        }
+        keep_freed_memory_on(device);
         // libtorch's generator drives parameter init (and is re-seeded every epoch), so
         // the same config gives the same run, and a resumed one continues it exactly.
         tch::manual_seed(config.training.seed as i64);
@@ -129,19 +161,9 @@ impl Trainer {
         let mut model = MorphogeneticModel::new(config.host.clone(), &slots, config.slot.clone(), device)?;
         model.set_precision(config.training.precision);
         model.watch_seeds(config.training.seed_timeout()).map_err(TrainError::Watchdog)?;
-        let ranks = rank_env.map(|env| Ranks::join(env, &config.distributed, device)).transpose()?;
-        if let Some(ranks) = &ranks {
-            ranks.share_model(&model)?;
-        }
+        let ranks = join_ranks(rank_env, &config, device, &model)?;
         let data = config.data.load().map_err(TrainError::Data)?;
-        let outputs = config.host.num_outputs();
-        if data.num_outputs() > outputs {
-            let (setting, what) = match data.objective() {
-                Objective::Accuracy => ("[host] num_classes", "the data set's classes"),
-                Objective::Loss => ("[host] vocab_size", "the tokenizer's vocabulary"),
-            };
-            return Err(TrainError::TooFewOutputs { setting, host: outputs, what, data: data.num_outputs() }.into());
-        }
+        check_outputs(&config, &data)?;
         let host_opt = Optimizer::new(config.training.host_optimizer, model.host_parameters());
         let controller = Controller::new(
             config.lifecycle.controller.clone(),
