@@ -9,7 +9,7 @@ use esper_torch_shim::{
     ShimError,
 };
 use serde::{de::DeserializeOwned, Serialize};
-use std::time::Duration;
+use std::{cell::RefCell, time::Duration};
 use tch::{Device, Tensor};
 use thiserror::Error;
 
@@ -53,6 +53,10 @@ pub struct Ranks {
     _store: Store,
     env: RankEnv,
     timeout_s: f64,
+    /// The model's trainable tensors in name order and the model generation they were
+    /// listed at (listing them sorts every name: once per topology, not per step, as
+    /// the step's buffer list).
+    trainable: RefCell<Option<(u64, Vec<Tensor>)>>,
 }
 
 impl Ranks {
@@ -80,7 +84,7 @@ impl Ranks {
         let store = Store::new(&env.master_addr, env.master_port, env.world_size, is_master, timeout).map_err(join)?;
         let group = ProcessGroup::new(&store, backend, env.rank, env.world_size, timeout).map_err(join)?;
         tracing::info!(rank = env.rank, world = env.world_size, backend = ?backend, "joined the other ranks");
-        Ok(Self { group, _store: store, env, timeout_s: config.timeout_s })
+        Ok(Self { group, _store: store, env, timeout_s: config.timeout_s, trainable: RefCell::new(None) })
     }
 
     pub fn rank(&self) -> usize {
@@ -115,7 +119,7 @@ impl Ranks {
     pub fn share_model(&self, model: &MorphogeneticModel) -> Result<(), DistError> {
         let state = model.state();
         let tensors: Vec<&Tensor> = state.iter().map(|(_, t)| t).collect();
-        tch::no_grad(|| self.group.broadcast(&tensors, 0)).map_err(self.failed("sharing rank 0's parameters"))?;
+        self.group.broadcast(&tensors, 0).map_err(self.failed("sharing rank 0's parameters"))?;
         Ok(())
     }
 
@@ -132,13 +136,14 @@ impl Ranks {
     /// Averages the gradients of `model`'s trainable tensors across the ranks (in
     /// place, by name, so every rank lines them up alike), as DDP does after backward.
     pub fn average_gradients(&self, model: &MorphogeneticModel) -> Result<(), DistError> {
-        let grads: Vec<Tensor> = model
-            .state()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .map(|(_, t)| t.grad())
-            .filter(Tensor::defined)
-            .collect();
+        let mut cache = self.trainable.borrow_mut();
+        let generation = model.generation();
+        if cache.as_ref().is_none_or(|(listed, _)| *listed != generation) {
+            let trainable = model.state().into_iter().filter(|(_, t)| t.requires_grad()).map(|(_, t)| t).collect();
+            *cache = Some((generation, trainable));
+        }
+        let trainable = cache.as_ref().map_or(&[][..], |(_, t)| t.as_slice());
+        let grads: Vec<Tensor> = trainable.iter().map(Tensor::grad).filter(Tensor::defined).collect();
         let refs: Vec<&Tensor> = grads.iter().collect();
         self.group.allreduce_sum(&refs).map_err(self.failed("averaging the gradients"))?;
         let scale = 1.0 / self.world() as f64;
