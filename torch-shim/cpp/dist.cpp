@@ -80,12 +80,13 @@ size_t bucketed(const std::vector<at::Tensor> &ts, size_t bucket_bytes, Op op) {
         for (const auto &t : bucket) flat_views.push_back(t.reshape({-1}));
         auto flat = at::cat(flat_views);
         op(flat);
-        int64_t at = 0;
-        for (auto &t : bucket) {
-            int64_t n = t.numel();
-            t.copy_(flat.slice(0, at, at + n).view(t.sizes()));
-            at += n;
-        }
+        // Back into the tensors in one foreach copy (one kernel launch per bucket on CUDA).
+        std::vector<int64_t> numels;
+        numels.reserve(bucket.size());
+        for (const auto &t : bucket) numels.push_back(t.numel());
+        auto parts = flat.split_with_sizes(numels);
+        for (size_t i = 0; i < parts.size(); ++i) parts[i] = parts[i].view(bucket[i].sizes());
+        at::_foreach_copy_(bucket, parts);
     }
     return buckets.size();
 }
@@ -165,7 +166,7 @@ int esper_group_broadcast(EsperGroup *g, EsperTensor *const *ts, size_t n, int r
     }
 }
 
-int esper_group_allreduce_sum(EsperGroup *g, EsperTensor *const *ts, size_t n, size_t bucket_bytes,
+int esper_group_allreduce_sum(EsperGroup *g, EsperTensor *const *ts, size_t n, double scale, size_t bucket_bytes,
                               size_t *collectives, char *err, size_t len) {
     try {
         c10d::AllreduceOptions options;
@@ -173,6 +174,8 @@ int esper_group_allreduce_sum(EsperGroup *g, EsperTensor *const *ts, size_t n, s
         *collectives = bucketed(tensors(ts, n), bucket_bytes, [&](at::Tensor &t) {
             std::vector<at::Tensor> one{t};
             finish(g, g->backend->allreduce(one, options));
+            // Gloo has no AVG: one scaling per bucket (not per tensor) makes the mean.
+            if (scale != 1.0) t.mul_(scale);
         });
         return 0;
     } catch (const std::exception &e) {

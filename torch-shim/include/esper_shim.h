@@ -84,7 +84,8 @@ EsperGroup *esper_group_gloo(EsperStore *store, const char *prefix, int rank, in
 void esper_group_free(EsperGroup *g);
 int esper_group_broadcast(EsperGroup *g, EsperTensor *const *ts, size_t n, int root, size_t bucket_bytes,
                           size_t *collectives, char *err, size_t len);
-int esper_group_allreduce_sum(EsperGroup *g, EsperTensor *const *ts, size_t n, size_t bucket_bytes,
+/* Each tensor of `ts` becomes its sum over the ranks times `scale` (1 / size: the mean). */
+int esper_group_allreduce_sum(EsperGroup *g, EsperTensor *const *ts, size_t n, double scale, size_t bucket_bytes,
                               size_t *collectives, char *err, size_t len);
 /* `*out`: every rank's `t`, stacked in rank order (a new leading dimension). */
 int esper_group_all_gather(EsperGroup *g, const EsperTensor *t, EsperTensor **out, char *err, size_t len);

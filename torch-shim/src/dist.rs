@@ -217,11 +217,22 @@ impl ProcessGroup {
     /// Replaces every tensor of `ts` (in place) with its sum over the ranks. Tensors of
     /// one dtype go in one collective (up to [`BUCKET_BYTES`]); returns how many ran.
     pub fn allreduce_sum(&self, ts: &[&Tensor]) -> Result<usize, ShimError> {
+        self.allreduce_scaled(ts, 1.0)
+    }
+
+    /// [`ProcessGroup::allreduce_sum`] divided by the number of ranks: the mean over the ranks
+    /// (DDP's gradient averaging), scaled once per bucket.
+    pub fn allreduce_mean(&self, ts: &[&Tensor]) -> Result<usize, ShimError> {
+        self.allreduce_scaled(ts, 1.0 / self.size as f64)
+    }
+
+    fn allreduce_scaled(&self, ts: &[&Tensor], scale: f64) -> Result<usize, ShimError> {
         let t = handles(ts);
         let mut collectives = 0;
         // SAFETY: as in `broadcast`.
         call(|err, len| unsafe {
-            esper_group_allreduce_sum(self.ptr.as_ptr(), t.as_ptr(), t.len(), BUCKET_BYTES, &mut collectives, err, len)
+            let g = self.ptr.as_ptr();
+            esper_group_allreduce_sum(g, t.as_ptr(), t.len(), scale, BUCKET_BYTES, &mut collectives, err, len)
         })?;
         Ok(collectives)
     }
@@ -392,6 +403,24 @@ mod tests {
     }
 
     #[test]
+    fn allreduce_mean_divides_the_sum_by_the_ranks_in_buckets_and_alone() {
+        let got = two_ranks(T, |g| {
+            let r = f64::from(g.rank() as u8 + 1); // 1 and 2
+            let small = Tensor::full([3, 2], r, (Kind::Float, Device::Cpu));
+            let other = Tensor::full([5], 10.0 * r, (Kind::Float, Device::Cpu));
+            let alone = Tensor::full([4], r, (Kind::Double, Device::Cpu));
+            let collectives = g.allreduce_mean(&[&small, &other, &alone]).unwrap();
+            (small, other, alone, collectives)
+        });
+        for (small, other, alone, collectives) in got {
+            assert_eq!(collectives, 2, "float32 in one bucket, float64 alone");
+            assert!(small.eq(1.5).all().int64_value(&[]) == 1, "(1 + 2) / 2 in a bucket");
+            assert!(other.eq(15.0).all().int64_value(&[]) == 1, "(10 + 20) / 2 in a bucket");
+            assert!(alone.eq(1.5).all().int64_value(&[]) == 1, "(1 + 2) / 2 alone");
+        }
+    }
+
+    #[test]
     fn allreduce_sums_many_tensors_of_mixed_sizes_in_one_collective() {
         let got = two_ranks(T, |g| {
             let r = g.rank() as f32 + 1.0; // 1 and 2
@@ -481,6 +510,33 @@ mod tests {
         assert_eq!(e.0, "rank 2 is not in a group of 2");
         let e = Store::new("127.0.0.1", server.port(), 2, false, Duration::ZERO).unwrap_err();
         assert!(e.0.contains("a timeout must be a positive number of seconds"), "{e}");
+    }
+
+    /// Every collective over NCCL, on the one GPU a single-GPU machine has: a group of one
+    /// rank leaves the values as they are.
+    #[test]
+    #[cfg(esper_cuda)]
+    #[ignore = "needs CUDA: scripts/test-gpu.sh"]
+    fn nccl_group_of_one_reduces_broadcasts_and_scales_on_one_gpu() {
+        assert!(tch::Cuda::is_available(), "needs a CUDA device");
+        let timeout = Duration::from_secs(60);
+        let store = Store::new("127.0.0.1", 0, 1, true, timeout).unwrap();
+        let g = ProcessGroup::new(&store, Backend::Nccl { device: 0 }, 0, 1, timeout).unwrap();
+        let device = Device::Cuda(0);
+        let ts: Vec<Tensor> = (1..=3i64).map(|n| Tensor::full([n, 2], n as f64, (Kind::Float, device))).collect();
+        let strided = Tensor::full([4, 3], 2.0, (Kind::Float, device)).transpose(0, 1);
+        let mut all: Vec<&Tensor> = ts.iter().collect();
+        all.push(&strided);
+        assert_eq!(g.allreduce_sum(&all).unwrap(), 1, "one bucket on the GPU");
+        assert_eq!(g.allreduce_mean(&all).unwrap(), 1);
+        assert_eq!(g.broadcast(&all, 0).unwrap(), 1);
+        for (i, t) in ts.iter().enumerate() {
+            assert!(t.eq((i + 1) as f64).all().int64_value(&[]) == 1, "tensor {i} kept its values");
+        }
+        assert!(strided.eq(2.0).all().int64_value(&[]) == 1 && strided.size() == [3, 4]);
+        assert_eq!(g.allreduce_scalars(&[1.5, -2.0]).unwrap(), [1.5, -2.0]);
+        assert_eq!(g.all_gather_bytes(vec![7, 8]).unwrap(), [vec![7u8, 8]]);
+        g.barrier().unwrap();
     }
 
     /// The allreduce test over NCCL, rank r on cuda:r (two threads of one process).

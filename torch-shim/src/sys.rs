@@ -128,6 +128,7 @@ extern "C" {
         g: *mut EsperGroup,
         ts: *const *mut C_tensor,
         n: usize,
+        scale: f64,
         bucket_bytes: usize,
         collectives: *mut usize,
         err: *mut c_char,

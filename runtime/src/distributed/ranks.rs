@@ -145,14 +145,7 @@ impl Ranks {
         let trainable = cache.as_ref().map_or(&[][..], |(_, t)| t.as_slice());
         let grads: Vec<Tensor> = trainable.iter().map(Tensor::grad).filter(Tensor::defined).collect();
         let refs: Vec<&Tensor> = grads.iter().collect();
-        self.group.allreduce_sum(&refs).map_err(self.failed("averaging the gradients"))?;
-        let scale = 1.0 / self.world() as f64;
-        for g in &grads {
-            let _ = g
-                .shallow_clone()
-                .f_mul_scalar_(scale)
-                .map_err(|e| self.failed("averaging the gradients")(ShimError(e.to_string())))?;
-        }
+        self.group.allreduce_mean(&refs).map_err(self.failed("averaging the gradients"))?;
         Ok(())
     }
 
