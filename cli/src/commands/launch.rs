@@ -40,10 +40,21 @@ fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// libtorch's CPU threads for each of `nproc` ranks on `cores` cores: an equal share, so
+/// the ranks do not oversubscribe the machine (torchrun gives each rank 1).
+fn threads_per_rank(nproc: usize, cores: usize) -> usize {
+    (cores / nproc.max(1)).max(1)
+}
+
 /// Runs `nproc` ranks of `args` (this command's, `--nproc` removed) and waits for them.
+/// Unless `OMP_NUM_THREADS` is set, each rank gets its share of the cores for libtorch's
+/// CPU threads.
 pub fn launch(nproc: usize, args: Vec<OsString>, timeout: Duration) -> Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot locate the esper binary")?;
     let port = free_port()?;
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads =
+        std::env::var_os("OMP_NUM_THREADS").unwrap_or_else(|| threads_per_rank(nproc, cores).to_string().into());
     let received = Arc::new(AtomicUsize::new(0));
     for sig in [SIGINT, SIGTERM] {
         signal_hook::flag::register_usize(sig, Arc::clone(&received), sig as usize)
@@ -58,6 +69,7 @@ pub fn launch(nproc: usize, args: Vec<OsString>, timeout: Duration) -> Result<Ex
             .env("LOCAL_RANK", rank.to_string())
             .env("MASTER_ADDR", "127.0.0.1")
             .env("MASTER_PORT", port.to_string())
+            .env("OMP_NUM_THREADS", &threads)
             .env_remove("TORCHELASTIC_USE_AGENT_STORE")
             .spawn()
             .with_context(|| format!("starting rank {rank} of {nproc}"));
@@ -132,6 +144,14 @@ fn end_all(ranks: &mut [Child]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_rank_gets_an_equal_share_of_the_cores_and_at_least_one() {
+        assert_eq!(threads_per_rank(2, 16), 8);
+        assert_eq!(threads_per_rank(3, 16), 5);
+        assert_eq!(threads_per_rank(4, 2), 1);
+        assert_eq!(threads_per_rank(1, 2), 2);
+    }
 
     #[test]
     fn the_ranks_get_the_arguments_without_nproc() {
