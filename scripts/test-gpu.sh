@@ -109,8 +109,8 @@ case $mode in
         artifacts=$(build_artifacts)
         rm -rf "$dir"
         mkdir -p "$dir/tests"
-        copy() { # strip debug info: the debug binaries are ~150 MB, stripped a few MB
-            if command -v strip >/dev/null; then strip --strip-debug -o "$2" "$1"; else cp "$1" "$2"; fi
+        copy() { # strip: the debug binaries are ~150 MB, stripped a few MB (a panic still names its line)
+            if command -v strip >/dev/null; then strip --strip-all -o "$2" "$1"; else cp "$1" "$2"; fi
         }
         while IFS=$'\t' read -r kind name path; do
             case $kind in
