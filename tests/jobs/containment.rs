@@ -24,11 +24,12 @@ use tch::Device;
 const FIXTURE: &str = "esper-fixture-misbehaving";
 
 /// Each misbehaving blueprint of the fixture and the one conformance check it fails.
-const FAILS_ON: [(&str, &str); 6] = [
+const FAILS_ON: [(&str, &str); 7] = [
     ("inplace-input", "input_untouched"),
     ("wrong-dtype", "shape_dtype_device"),
     ("broadcast-output", "shape_dtype_device"),
     ("nan-after-n-steps", "finite_outputs"),
+    ("inf-output", "finite_outputs"),
     ("panic-in-drop", "no_panic"),
     ("backward-error", "device_move"),
 ];
@@ -70,6 +71,7 @@ fn each_misbehaving_seed_is_pruned_and_the_run_finishes() {
         ("wrong-dtype", "wrong_dtype", "channels_last"),
         ("broadcast-output", "wrong_shape", "channels_last"),
         ("nan-after-n-steps", "non_finite", "channels_last"),
+        ("inf-output", "non_finite", "channels_last"),
     ] {
         let dir = temp_dir(&format!("contain-{blueprint}-{memory_format}"));
         let (events, report) = run_binary(&dir, &config_text(Some(blueprint), memory_format, 2), 2);

@@ -200,3 +200,44 @@ fn two_ranks_at_batch_b_match_one_rank_at_batch_2b() {
         eprintln!("{file}: largest relative difference {worst:e}");
     }
 }
+
+/// A seed at fault on one rank only (the fixture misbehaves where `RANK` is 1) is pruned on
+/// both ranks at the same step: the run finishes, which it cannot if the ranks' models
+/// differ after an epoch. Rank 0's events name the fault, and for a fault seen in the
+/// step (not a health flag, which every rank reads as the union of all ranks' flags) the
+/// rank that saw it.
+#[test]
+fn a_seed_at_fault_on_one_rank_is_pruned_on_every_rank() {
+    let fixture = plugin_lib("esper-fixture-misbehaving");
+    // `inf-output`'s gradients stay finite: only rank 1's output flag shows it.
+    let cases = [
+        ("wrong-dtype", "wrong_dtype", true),
+        ("nan-after-n-steps", "non_finite", false),
+        ("inf-output", "non_finite", false),
+    ];
+    for (blueprint, code, names_rank) in cases {
+        let dir = temp_dir(&format!("dist-fault-{blueprint}"));
+        let job = SmallJob {
+            plugin: &fixture,
+            epochs: 2,
+            batch_size: 32,
+            memory_format: "channels_last",
+            blueprint: Some(blueprint),
+            sections: "[distributed]\ntimeout_s = 60.0\n",
+        };
+        let text = job.text().replace(
+            &format!("blueprint = \"{blueprint}\"\n"),
+            &format!("blueprint = \"{blueprint}\"\noptions = {{ rank = 1 }}\n"),
+        );
+        assert!(text.contains("options = { rank = 1 }"), "{text}");
+        let config = write_file(&dir, "run.toml", &text);
+        let out = esper().args(["run", "--nproc", "2"]).arg(&config).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{blueprint}: {stderr}");
+        let events = std::fs::read_to_string(dir.join("out/events.jsonl")).unwrap();
+        let pruned = events.lines().find(|l| l.contains("\"pruned\"") || l.contains("pruned (")).unwrap_or_default();
+        assert!(pruned.contains(code), "{blueprint}: {events}");
+        assert_eq!(pruned.contains("(on rank 1)"), names_rank, "{blueprint}: {pruned}");
+        assert_eq!(report(&dir)["epochs"].as_array().unwrap().len(), 2);
+    }
+}

@@ -3,13 +3,17 @@
 //! take rank 0's decisions, and check every epoch that the ranks still agree.
 
 use super::{Backend, DistributedConfig, RankEnv, RankEnvError};
-use crate::{data::Shard, model::MorphogeneticModel};
+use crate::{
+    data::Shard,
+    isolation::{FaultKind, SeedFault},
+    model::MorphogeneticModel,
+};
 use esper_torch_shim::{
     dist::{self, ProcessGroup, Store},
     ShimError,
 };
-use serde::{de::DeserializeOwned, Serialize};
-use std::{cell::RefCell, time::Duration};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::{cell::RefCell, path::PathBuf, time::Duration};
 use tch::{Device, Tensor};
 use thiserror::Error;
 
@@ -46,9 +50,43 @@ pub enum DistError {
     Diverged { epoch: u32, differences: String },
 }
 
+/// A seed fault as it travels to the other ranks.
+#[derive(Serialize, Deserialize)]
+struct FaultReport {
+    slot: String,
+    seed_id: String,
+    blueprint: String,
+    plugin: PathBuf,
+    code: String,
+    detail: String,
+}
+
+impl From<&SeedFault> for FaultReport {
+    fn from(f: &SeedFault) -> Self {
+        Self {
+            slot: f.slot.clone(),
+            seed_id: f.seed_id.clone(),
+            blueprint: f.blueprint.clone(),
+            plugin: f.plugin.clone(),
+            code: f.kind.code().to_string(),
+            detail: f.kind.to_string(),
+        }
+    }
+}
+
+impl FaultReport {
+    fn into_fault(self, rank: usize) -> SeedFault {
+        let kind = FaultKind::OnRank { rank, code: FaultKind::known_code(&self.code), detail: self.detail };
+        SeedFault { slot: self.slot, seed_id: self.seed_id, blueprint: self.blueprint, plugin: self.plugin, kind }
+    }
+}
+
 /// This process's place in a multi-process run.
 pub struct Ranks {
     group: ProcessGroup,
+    /// Gloo on the CPU for the step's small host-side agreements (seed faults), so a
+    /// NCCL run does not wait on its GPU for them; None when `group` is Gloo already.
+    control: Option<ProcessGroup>,
     /// Kept alive for the group (rank 0's may be the store's server).
     _store: Store,
     env: RankEnv,
@@ -83,8 +121,15 @@ impl Ranks {
         let is_master = env.rank == 0 && !env.agent_store;
         let store = Store::new(&env.master_addr, env.master_port, env.world_size, is_master, timeout).map_err(join)?;
         let group = ProcessGroup::new(&store, backend, env.rank, env.world_size, timeout).map_err(join)?;
+        let control = match backend {
+            dist::Backend::Gloo => None,
+            dist::Backend::Nccl { .. } => {
+                Some(ProcessGroup::new(&store, dist::Backend::Gloo, env.rank, env.world_size, timeout).map_err(join)?)
+            }
+        };
         tracing::info!(rank = env.rank, world = env.world_size, backend = ?backend, "joined the other ranks");
-        Ok(Self { group, _store: store, env, timeout_s: config.timeout_s, trainable: RefCell::new(None) })
+        let timeout_s = config.timeout_s;
+        Ok(Self { group, control, _store: store, env, timeout_s, trainable: RefCell::new(None) })
     }
 
     pub fn rank(&self) -> usize {
@@ -147,6 +192,59 @@ impl Ranks {
         let refs: Vec<&Tensor> = grads.iter().collect();
         self.group.allreduce_mean(&refs).map_err(self.failed("averaging the gradients"))?;
         Ok(())
+    }
+
+    /// Every rank's seed faults of this step, `local` (this rank's) among them: each
+    /// slot once, the lowest rank's fault first (this rank's own as it is, another's as
+    /// [`FaultKind::OnRank`]), so every rank contains the same seeds at the same step.
+    /// One scalar exchange when no rank has a fault.
+    pub fn faults_of_all(&self, local: Vec<SeedFault>) -> Result<Vec<SeedFault>, DistError> {
+        let control = self.control.as_ref().unwrap_or(&self.group);
+        let what = "agreeing on the seeds at fault";
+        let count = control.allreduce_scalars(&[local.len() as f64]).map_err(self.failed(what))?;
+        if count.first().copied().unwrap_or(0.0) == 0.0 {
+            return Ok(local);
+        }
+        let mine: Vec<FaultReport> = local.iter().map(FaultReport::from).collect();
+        let all = control.all_gather_bytes(serde_json::to_vec(&mine).unwrap_or_default()).map_err(self.failed(what))?;
+        let mut faults: Vec<SeedFault> = Vec::new();
+        for (rank, bytes) in all.iter().enumerate() {
+            let theirs: Vec<SeedFault> = if rank == self.rank() {
+                local.clone()
+            } else {
+                let reports: Vec<FaultReport> = serde_json::from_slice(bytes).map_err(|e| DistError::Decode {
+                    rank: self.rank(),
+                    what,
+                    cause: e.to_string(),
+                })?;
+                reports.into_iter().map(|r| r.into_fault(rank)).collect()
+            };
+            for fault in theirs {
+                if !faults.iter().any(|f| f.slot == fault.slot) {
+                    faults.push(fault);
+                }
+            }
+        }
+        Ok(faults)
+    }
+
+    /// Whether `holds` is true on every rank (a host-side scalar exchange).
+    pub fn on_all(&self, holds: bool) -> Result<bool, DistError> {
+        let control = self.control.as_ref().unwrap_or(&self.group);
+        let failing = control
+            .allreduce_scalars(&[if holds { 0.0 } else { 1.0 }])
+            .map_err(self.failed("agreeing on a finding"))?;
+        Ok(failing.first().copied() == Some(0.0))
+    }
+
+    /// `flags` (booleans) true where they are true on every rank: a false anywhere is
+    /// false everywhere. One all-reduce on the run's group (the flags stay on their device).
+    pub fn all_true(&self, flags: &Tensor) -> Result<Tensor, DistError> {
+        let what = "agreeing on the seeds' health";
+        let torch = |e: tch::TchError| self.failed(what)(ShimError(e.to_string()));
+        let failing = flags.f_logical_not().and_then(|f| f.f_to_kind(tch::Kind::Float)).map_err(torch)?;
+        self.group.allreduce_sum(&[&failing]).map_err(self.failed(what))?;
+        failing.f_eq(0.0).map_err(torch)
     }
 
     /// Sums `values` across the ranks.

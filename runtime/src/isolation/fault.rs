@@ -25,7 +25,23 @@ pub enum FaultKind {
     /// [`super::watchdog`]), in seconds.
     #[error("forward took {seconds:.1} s, over its limit of {limit_s} s ([training] seed_timeout_s)")]
     Timeout { seconds: f64, limit_s: f64 },
+    /// Another rank of a data-parallel run found this seed at fault (`code` and `detail`
+    /// are its [`FaultKind::code`] and text there): every rank prunes it at the same step.
+    #[error("{detail} (on rank {rank})")]
+    OnRank { rank: usize, code: &'static str, detail: String },
 }
+
+/// Every code [`FaultKind::code`] gives.
+pub const FAULT_CODES: [&str; 8] = [
+    "input_written",
+    "wrong_device",
+    "wrong_dtype",
+    "wrong_shape",
+    "forward_error",
+    "backward_error",
+    "non_finite",
+    "timeout",
+];
 
 impl FaultKind {
     /// A short stable code: the prune reason's first word, in events and the report.
@@ -36,7 +52,14 @@ impl FaultKind {
             FaultKind::Backward(_) => "backward_error",
             FaultKind::NonFinite { .. } => "non_finite",
             FaultKind::Timeout { .. } => "timeout",
+            FaultKind::OnRank { code, .. } => code,
         }
+    }
+
+    /// `code` as one of [`FAULT_CODES`] (another rank's code, read back from its
+    /// message); `forward_error` for a code this build does not know.
+    pub fn known_code(code: &str) -> &'static str {
+        FAULT_CODES.iter().find(|c| **c == code).copied().unwrap_or("forward_error")
     }
 }
 
@@ -55,5 +78,34 @@ impl SeedFault {
     /// The prune reason recorded in the lifecycle, events and report: `code: detail`.
     pub fn reason(&self) -> String {
         format!("{}: {}", self.kind.code(), self.kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    #[test]
+    fn every_code_is_listed_and_reads_back_from_another_rank() {
+        let kinds = [
+            FaultKind::Contract(ContractViolation::InputWritten { before: 0, after: 1 }),
+            FaultKind::Contract(ContractViolation::Device { expected: "cpu".into(), got: "cuda:0".into() }),
+            FaultKind::Contract(ContractViolation::Dtype { expected: Kind::Float, got: Kind::Half }),
+            FaultKind::Contract(ContractViolation::Shape { expected: vec![1], got: vec![2] }),
+            FaultKind::Forward("x".into()),
+            FaultKind::Backward("x".into()),
+            FaultKind::NonFinite { what: "outputs" },
+            FaultKind::Timeout { seconds: 2.0, limit_s: 1.0 },
+        ];
+        let codes: Vec<&str> = kinds.iter().map(FaultKind::code).collect();
+        assert_eq!(codes, FAULT_CODES);
+        for kind in &kinds {
+            let remote =
+                FaultKind::OnRank { rank: 1, code: FaultKind::known_code(kind.code()), detail: kind.to_string() };
+            assert_eq!(remote.code(), kind.code());
+            assert_eq!(remote.to_string(), format!("{kind} (on rank 1)"));
+        }
+        assert_eq!(FaultKind::known_code("from_a_newer_build"), "forward_error");
     }
 }

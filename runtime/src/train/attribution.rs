@@ -180,10 +180,15 @@ impl Trainer {
     /// The batch through the host alone (train mode, seeds bypassed, forward and
     /// backward): are its loss and the host's gradients finite? The BatchNorm statistics
     /// it moves are put back; the gradients it leaves are zeroed by the retried step.
+    /// In a multi-process run, finite only where it is on every rank (each tries its own
+    /// batch), so every rank blames alike.
     fn host_alone_finite(&mut self, x: &Tensor, y: &Tensor) -> Result<bool> {
         let finite = self.host_alone_step(x, y);
         self.guard.good.restore()?;
-        finite
+        match &self.ranks {
+            Some(ranks) => Ok(ranks.on_all(finite?)?),
+            None => finite,
+        }
     }
 
     fn host_alone_step(&mut self, x: &Tensor, y: &Tensor) -> Result<bool> {

@@ -182,20 +182,25 @@ impl Trainer {
     /// [`super::attribution`]).
     fn evaluate_contained(&mut self, eval: Eval<'_>, events: &mut Vec<LifecycleEvent>) -> Result<(f64, f64)> {
         loop {
-            let faults = match self.evaluate(eval) {
+            let (result, faults) = match self.evaluate(eval) {
                 Ok(result) => {
                     let faults = self.non_finite_outputs()?;
                     if !result.0.is_finite() {
                         self.judge_validation(&faults)?;
                     }
-                    if faults.is_empty() {
-                        return Ok(result);
-                    }
-                    faults
+                    (Some(result), faults)
                 }
-                Err(ModelError::Seed(fault)) => vec![*fault],
+                Err(ModelError::Seed(fault)) => (None, vec![*fault]),
                 Err(e) => return Err(e.into()),
             };
+            let faults = match &self.ranks {
+                // Every rank prunes the seeds any rank found at fault (see `Ranks::faults_of_all`).
+                Some(ranks) => ranks.faults_of_all(faults)?,
+                None => faults,
+            };
+            if let (Some(result), true) = (result, faults.is_empty()) {
+                return Ok(result);
+            }
             self.contain(faults, events)?;
         }
     }

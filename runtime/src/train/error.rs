@@ -4,7 +4,6 @@
 use crate::{
     data::DataError,
     lifecycle::{LifecycleEvent, SeedStage},
-    model::ModelError,
     run_folder::RunFolderError,
     Error,
 };
@@ -39,9 +38,6 @@ pub enum TrainError {
     /// The copy of the last good training state could not be taken.
     #[error("the rollback copy failed")]
     RollbackCopy(#[source] tch::TchError),
-    /// Reading the seeds' health flags during a replayed step failed.
-    #[error("reading seed health failed")]
-    Health(#[source] ModelError),
     #[error("replaying the training step's CUDA graph failed")]
     Replay(#[source] ShimError),
     #[error("entering the run's CUDA stream")]

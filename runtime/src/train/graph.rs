@@ -311,7 +311,7 @@ impl Trainer {
         if capture {
             // The graph added this step's loss to the epoch's sum already.
             let host_loss = || Ok(totals.loss.shallow_clone());
-            let health = self.read_health(host_loss).map_err(TrainError::Health)?;
+            let health = self.read_health(host_loss)?;
             if !health.is_clean() {
                 self.recover(x, y, health, totals, events)?;
                 // This batch again, eagerly (without the seed, if one was at fault).

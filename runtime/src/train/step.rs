@@ -171,12 +171,8 @@ impl Trainer {
     }
 
     fn attempt(&mut self, x: &Tensor, y: &Tensor, capture: bool, totals: &Totals) -> Result<(Tensor, Tensor), Spoiled> {
-        let logits = self.model.forward(x, true).map_err(from_model)?;
-        let loss = cross_entropy(&logits, y).map_err(|e| host_error("the loss", e))?;
-        self.zero_grads().map_err(|e| host_error("zeroing the gradients", e))?;
-        if let Err(e) = self.watched_backward(&loss) {
-            return Err(self.blame_backward(x, y, e));
-        }
+        let step = self.forward_backward(x, y);
+        let (loss, logits) = self.agreed(step)?;
         if let Some(ranks) = &self.ranks {
             // As DDP: every rank steps with the gradients averaged over all of them (so
             // the gradient telemetry below is the same on every rank too).
@@ -195,6 +191,33 @@ impl Trainer {
             opt.step().map_err(|e| host_error(&format!("the optimizer step of {id}"), e))?;
         }
         Ok((loss, logits))
+    }
+
+    fn forward_backward(&mut self, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor), Spoiled> {
+        let logits = self.model.forward(x, true).map_err(from_model)?;
+        let loss = cross_entropy(&logits, y).map_err(|e| host_error("the loss", e))?;
+        self.zero_grads().map_err(|e| host_error("zeroing the gradients", e))?;
+        if let Err(e) = self.watched_backward(&loss) {
+            return Err(self.blame_backward(x, y, e));
+        }
+        Ok((loss, logits))
+    }
+
+    /// In a multi-process run, a seed at fault on any rank spoils the step on every
+    /// rank: all contain the same seeds and take the step again together, so the models
+    /// stay alike. A single process's step is as it is.
+    fn agreed(&self, step: Result<(Tensor, Tensor), Spoiled>) -> Result<(Tensor, Tensor), Spoiled> {
+        let Some(ranks) = &self.ranks else { return step };
+        let (done, local) = match step {
+            Ok(done) => (Some(done), Vec::new()),
+            Err(Spoiled::Seeds(faults)) => (None, faults),
+            Err(other) => return Err(other),
+        };
+        let all = ranks.faults_of_all(local).map_err(|e| Spoiled::Host(e.into()))?;
+        match done {
+            Some(done) if all.is_empty() => Ok(done),
+            _ => Err(Spoiled::Seeds(all)),
+        }
     }
 
     /// `loss.backward()`, timed by the seed watchdog while seeds run (see the module
@@ -260,10 +283,7 @@ impl Trainer {
     /// (who is at fault is decided after the rollback). Gradients of a step found non-finite are
     /// not recorded (a seed's metrics would keep a NaN the host may have caused). Without
     /// seeds nothing is read (the epoch's end reads the loss sum).
-    pub(super) fn read_health(
-        &mut self,
-        host_loss: impl FnOnce() -> Result<Tensor, tch::TchError>,
-    ) -> Result<Health, ModelError> {
+    pub(super) fn read_health(&mut self, host_loss: impl FnOnce() -> Result<Tensor, tch::TchError>) -> Result<Health> {
         let Some((flagged, host_finite)) = self.read_flags(host_loss)? else { return Ok(Health::clean()) };
         let slots = self.model.slots();
         let seeds: Vec<SeedFault> =
@@ -284,11 +304,12 @@ impl Trainer {
     }
 
     /// The running seeds with a non-finite output flag, and whether `host_loss` is
-    /// finite, in one transfer; None (nothing read) when no seed runs.
+    /// finite, in one transfer; None (nothing read) when no seed runs. In a multi-process
+    /// run a flag set on any rank is set on all (every rank then judges alike).
     fn read_flags(
         &self,
         host_loss: impl FnOnce() -> Result<Tensor, tch::TchError>,
-    ) -> Result<Option<(Vec<usize>, bool)>, ModelError> {
+    ) -> Result<Option<(Vec<usize>, bool)>> {
         let (idx, mut flags): (Vec<usize>, Vec<Tensor>) = self
             .model
             .slots()
@@ -300,7 +321,11 @@ impl Trainer {
         flags.push(host_loss()?.f_isfinite()?);
         // Stacked where the first flag lives, then one transfer to the host.
         let on_one = flags.iter().map(|f| f.f_to_device(device)).collect::<Result<Vec<_>, _>>()?;
-        let read = Vec::<bool>::try_from(&Tensor::f_stack(&on_one, 0)?.f_to_device(tch::Device::Cpu)?)?;
+        let mut stacked = Tensor::f_stack(&on_one, 0)?;
+        if let Some(ranks) = &self.ranks {
+            stacked = ranks.all_true(&stacked)?;
+        }
+        let read = Vec::<bool>::try_from(&stacked.f_to_device(tch::Device::Cpu)?).map_err(ModelError::from)?;
         let host_finite = read.last().copied().unwrap_or(false);
         let flagged = idx.into_iter().zip(read).filter(|(_, ok)| !ok).map(|(i, _)| i).collect();
         Ok(Some((flagged, host_finite)))
