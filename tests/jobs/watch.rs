@@ -47,20 +47,32 @@ fn esper_watch_follows_a_live_run_then_prints_its_final_table() {
     let dir = temp_dir("watch-live");
     let config = job(&dir, 4, "");
     let out = dir.join("out");
-    // The watcher starts first: the run folder does not exist yet.
-    let watch = esper()
+    // The watcher starts first, and says it waits: the run folder does not exist yet.
+    let mut watch = esper()
         .args(["watch", "--plain", "--interval-ms", "50"])
         .arg(&out)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (seen, mut pipe) = (seen.clone(), watch.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut pipe, &mut chunk) {
+                seen.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        })
+    };
+    wait_for("esper watch to wait for the run", 60, || seen.lock().unwrap().contains("waiting for the run"));
+    assert!(!out.exists());
     let run = esper().arg("run").arg(&config).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let run = finish(run, "esper run", 300);
     assert!(run.status.success(), "{}\n{}", stdout(&run), stderr(&run));
     let watch = finish(watch, "esper watch to end with the run", 30);
-    let (shown, errors) = (stdout(&watch), stderr(&watch));
+    reader.join().unwrap();
+    let (shown, errors) = (seen.lock().unwrap().clone(), stderr(&watch));
     assert!(watch.status.success(), "{shown}\n{errors}");
     // It waited for the run, saw epochs appear while it ran, then the end.
     assert!(shown.starts_with(&format!("esper watch {}: waiting for the run", out.display())), "{shown}");

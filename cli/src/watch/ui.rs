@@ -10,7 +10,7 @@ use ratatui::{
     style::{Color, Modifier, Style},
     symbols::Marker,
     text::{Line, Span},
-    widgets::{Axis, Block, Cell, Chart, Clear, Dataset, GraphType, Paragraph, Row, Table, Wrap},
+    widgets::{Axis, Block, Cell, Chart, Clear, Dataset, GraphType, Paragraph, Row, Table},
     Frame,
 };
 
@@ -136,7 +136,8 @@ fn draw_epochs(frame: &mut Frame, area: Rect, view: &RunView) {
 
 fn draw_chart(frame: &mut Frame, area: Rect, view: &RunView) {
     let text = view.is_text();
-    let (train, val): (Vec<(f64, f64)>, Vec<(f64, f64)>) = if text {
+    type Curve = Vec<(f64, f64)>;
+    let (train, val): (Curve, Curve) = if text {
         view.epochs.iter().map(|r| ((r.epoch as f64, r.train_loss), (r.epoch as f64, r.val_loss))).unzip()
     } else {
         view.epochs.iter().map(|r| ((r.epoch as f64, r.train_accuracy), (r.epoch as f64, r.val_accuracy))).unzip()
@@ -281,7 +282,7 @@ fn draw_slot_history(frame: &mut Frame, area: Rect, view: &RunView, slot: &str) 
         Line::from(vec![Span::raw(format!("{:>3} ", e.epoch)), Span::styled(e.text(), level_style(e.level))])
     }));
     let block = Block::bordered().title(format!(" {slot}: stages by epoch, events (esc: all events) "));
-    frame.render_widget(Paragraph::new(lines).block(block).wrap(Wrap { trim: false }), area);
+    frame.render_widget(Paragraph::new(lines).block(block), area);
 }
 
 fn draw_help(frame: &mut Frame) {
@@ -366,11 +367,13 @@ mod tests {
         assert!(r0.contains(&format!("{} ", last[0].stage)) && r0.contains("norm"), "{r0}");
         assert!(r1.contains("PRUNED") || r1.contains("EMBARGOED"), "{r1}");
         assert!(r1.contains("inplace-input"), "{r1}");
-        // Each stage cell in its stage's colour.
+        // Each stage cell in its stage's colour: the recorded run ends HOLDING and EMBARGOED.
         let buffer = terminal.backend().buffer();
-        let y = text.lines().position(|l| l == r0).unwrap() as u16;
-        let x = r0.find(&last[0].stage.to_string()).unwrap() as u16;
-        assert_eq!(buffer[(r0[..x as usize].chars().count() as u16, y)].fg, stage_color(last[0].stage));
+        for (line, stage, color) in [(r0, "HOLDING", Color::Magenta), (r1, "EMBARGOED", Color::Red)] {
+            let y = text.lines().position(|l| l == line).unwrap() as u16;
+            let x = line[..line.find(stage).unwrap_or_else(|| panic!("{stage}: {line}"))].chars().count() as u16;
+            assert_eq!((buffer[(x, y)].fg, buffer[(x - 1, y)].fg), (color, Color::Reset), "{stage} in {line}");
+        }
         // The epoch table's rows, and the event log with the prune and its reason.
         for r in &view.epochs {
             assert!(text.lines().any(|l| l.trim_start_matches('│').trim_start().starts_with(&format!("{} ", r.epoch))));
