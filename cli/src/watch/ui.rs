@@ -142,8 +142,9 @@ fn draw_chart(frame: &mut Frame, area: Rect, view: &RunView) {
     } else {
         view.epochs.iter().map(|r| ((r.epoch as f64, r.train_accuracy), (r.epoch as f64, r.val_accuracy))).unzip()
     };
-    let last = view.epochs.last().map_or(1.0, |r| r.epoch as f64).max(1.0);
-    let first = view.epochs.first().map_or(1.0, |r| r.epoch as f64).min(last);
+    // At least one epoch wide, so the first epoch's point shows.
+    let first = view.epochs.first().map_or(1.0, |r| r.epoch as f64);
+    let last = view.epochs.last().map_or(1.0, |r| r.epoch as f64).max(first + 1.0);
     // The curves' range: to the nearest 10 points of accuracy (0.1 of loss), at least one step wide.
     let unit = if text { 0.1 } else { 10.0 };
     let values = train.iter().chain(&val).map(|p| p.1).filter(|v| v.is_finite());
@@ -405,10 +406,15 @@ mod tests {
     }
 
     #[test]
-    fn a_run_not_started_yet_draws_without_epochs_or_slots() {
+    fn a_run_not_started_or_one_epoch_in_draws_and_so_does_a_small_terminal() {
         let view = RunView { dir: "runs/x".into(), status: RunStatus::Waiting, epochs: vec![], log: vec![] };
         let text = buffer_text(render(&view, &UiState::default(), 80, 24).backend().buffer());
         assert!(text.contains("waiting for the run"), "{text}");
+        // One epoch done: its curves' points show.
+        let full = recorded();
+        let one = RunView { epochs: full.epochs[..1].to_vec(), ..full };
+        let text = buffer_text(render(&one, &UiState::default(), 80, 24).backend().buffer());
+        assert!(text.chars().any(|c| ('\u{2801}'..='\u{28ff}').contains(&c)), "no curve drawn:\n{text}");
         // A small terminal still draws.
         render(&view, &UiState::default(), 20, 5);
         render(&recorded(), &UiState { selected: Some(1), help: true }, 30, 8);
