@@ -33,13 +33,11 @@ fn finish(mut child: Child, what: &str, secs: u64) -> std::process::Output {
     child.wait_with_output().expect("collecting the child's output")
 }
 
-/// The table `esper run` printed: its header and one row per epoch.
-fn table_lines(run_stdout: &str) -> Vec<&str> {
-    run_stdout
-        .lines()
-        .skip_while(|l| !l.trim_start().starts_with("epoch train_loss"))
-        .take_while(|l| !l.starts_with("validation "))
-        .collect()
+/// The epoch table in `text` (as `esper run` prints it): its header and one row per epoch.
+fn table_lines(text: &str) -> Vec<&str> {
+    let mut lines = text.lines().skip_while(|l| !l.trim_start().starts_with("epoch train_loss"));
+    let header = lines.next().into_iter();
+    header.chain(lines.take_while(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))).collect()
 }
 
 #[test]
@@ -101,16 +99,23 @@ fn esper_watch_follows_a_live_run_then_prints_its_final_table() {
     assert!(once.starts_with(&format!("esper watch {}: finished, epoch 4\n", out.display())), "{once}");
     assert!(once.contains(&table), "{once}");
     assert!(once.contains("slots:\n  r0c1   ") && once.contains("norm ("), "the slot and its seed: {once}");
-    check_tensorboard(&out);
+    check_tensorboard(&out, 1);
+    // Resumed, the run adds an event file, and both read as one run; watch shows epoch 5.
+    let resumed = esper().args(["run", "--resume"]).arg(&out).args(["--epochs", "5"]).output().unwrap();
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    check_tensorboard(&out, 2);
+    let once = stdout(&esper().args(["watch", "--once"]).arg(&out).output().unwrap());
+    assert!(once.starts_with(&format!("esper watch {}: finished, epoch 5\n", out.display())), "{once}");
+    assert_eq!(table_lines(&once).len(), 6, "{once}");
 }
 
 /// TensorBoard's reader finds every scalar of every epoch with the value `report.json`
-/// records (as float32), and the lifecycle events as text.
-fn check_tensorboard(out: &Path) {
+/// records (as float32), and the lifecycle events as text, in the `runs` event files.
+fn check_tensorboard(out: &Path, runs: usize) {
     let logdir = out.join("tensorboard");
     let files: Vec<_> = std::fs::read_dir(&logdir).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(files.len(), 1, "one event file per esper run: {files:?}");
-    assert!(files[0].to_string_lossy().starts_with("events.out.tfevents."), "{files:?}");
+    assert_eq!(files.len(), runs, "one event file per esper run: {files:?}");
+    assert!(files.iter().all(|f| f.to_string_lossy().starts_with("events.out.tfevents.")), "{files:?}");
     let python = esper_tests::parity::python();
     let script = r#"
 import json, sys

@@ -214,6 +214,60 @@ mod tests {
     }
 
     #[test]
+    fn a_text_run_adds_its_perplexity_and_an_epoch_without_steps_no_step_time() {
+        use esper_runtime::{
+            lifecycle::SeedStage,
+            train::report::{SeedRecord, SlotRecord},
+        };
+        let slot = SlotRecord {
+            slot: "r0c1".into(),
+            stage: SeedStage::Blending,
+            alpha: 0.5,
+            contribution: Some(-0.25),
+            seed: Some(SeedRecord { blueprint: "norm".into(), epochs_in_stage: 2, parameters: 96 }),
+        };
+        let record = EpochRecord {
+            epoch: 3,
+            train_loss: 2.0,
+            train_accuracy: 40.0,
+            val_loss: 1.0,
+            val_accuracy: 50.0,
+            val_perplexity: Some(1f64.exp()),
+            seconds: 4.0,
+            steps: 0,
+            train_seconds: 0.0,
+            slots: vec![
+                slot,
+                SlotRecord {
+                    slot: "r1c1".into(),
+                    stage: SeedStage::Dormant,
+                    alpha: 0.0,
+                    contribution: None,
+                    seed: None,
+                },
+            ],
+            events: vec![],
+        };
+        let got: Vec<(String, f64)> = scalars(&record);
+        let want: Vec<(String, f64)> = [
+            ("loss/train", 2.0),
+            ("loss/val", 1.0),
+            ("accuracy/train", 40.0),
+            ("accuracy/val", 50.0),
+            ("time/epoch_s", 4.0),
+            ("perplexity/val", 1f64.exp()),
+            ("slot/r0c1/alpha", 0.5),
+            ("slot/r0c1/contribution", -0.25),
+            ("slot/r0c1/seed_parameters", 96.0),
+            ("slot/r1c1/alpha", 0.0),
+        ]
+        .into_iter()
+        .map(|(t, v)| (t.to_string(), v))
+        .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
     fn an_event_encodes_as_tensorflows_protobuf() {
         // wall_time 1.0 (field 1, fixed64), step 2 (field 2, varint), file_version "v" (field 3).
         let e = Event { wall_time: 1.0, step: 2, file_version: Some("v".into()), summary: None };

@@ -109,9 +109,9 @@ impl WatchArgs {
         let mut terminal = ratatui::init();
         let outcome = (|| -> Result<()> {
             loop {
-                // A read problem shows on the next poll's success; the view keeps what was read.
-                let _ = follower.poll();
-                let view = follower.view();
+                // A read problem shows in the footer; the view keeps what was read before.
+                let problem = follower.poll().err();
+                let view = view::RunView { problem, ..follower.view() };
                 terminal.draw(|frame| ui::draw(frame, &view, &ui))?;
                 if !event::poll(self.interval())? {
                     continue;

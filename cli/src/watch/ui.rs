@@ -80,7 +80,10 @@ pub fn draw(frame: &mut Frame, view: &RunView, ui: &UiState) {
         Span::styled("?", Style::new().add_modifier(Modifier::BOLD)),
         Span::raw(" help"),
     ]);
-    frame.render_widget(Paragraph::new(help).style(Style::new().fg(Color::Gray)), keys);
+    match &view.problem {
+        Some(problem) => frame.render_widget(Paragraph::new(format!(" {problem}")).style(Color::Red), keys),
+        None => frame.render_widget(Paragraph::new(help).style(Style::new().fg(Color::Gray)), keys),
+    }
     if ui.help {
         draw_help(frame);
     }
@@ -407,7 +410,8 @@ mod tests {
 
     #[test]
     fn a_run_not_started_or_one_epoch_in_draws_and_so_does_a_small_terminal() {
-        let view = RunView { dir: "runs/x".into(), status: RunStatus::Waiting, epochs: vec![], log: vec![] };
+        let view =
+            RunView { dir: "runs/x".into(), status: RunStatus::Waiting, epochs: vec![], log: vec![], problem: None };
         let text = buffer_text(render(&view, &UiState::default(), 80, 24).backend().buffer());
         assert!(text.contains("waiting for the run"), "{text}");
         // One epoch done: its curves' points show.
@@ -415,6 +419,10 @@ mod tests {
         let one = RunView { epochs: full.epochs[..1].to_vec(), ..full };
         let text = buffer_text(render(&one, &UiState::default(), 80, 24).backend().buffer());
         assert!(text.chars().any(|c| ('\u{2801}'..='\u{28ff}').contains(&c)), "no curve drawn:\n{text}");
+        // A problem reading the files takes the footer.
+        let bad = RunView { problem: Some("runs/x/report.json is not a run report: EOF".into()), ..view.clone() };
+        let text = buffer_text(render(&bad, &UiState::default(), 80, 24).backend().buffer());
+        assert_eq!(text.lines().last(), Some(" runs/x/report.json is not a run report: EOF"), "{text}");
         // A small terminal still draws.
         render(&view, &UiState::default(), 20, 5);
         render(&recorded(), &UiState { selected: Some(1), help: true }, 30, 8);

@@ -95,6 +95,8 @@ pub struct RunView {
     pub epochs: Vec<EpochRecord>,
     /// The event log, oldest first.
     pub log: Vec<LogEntry>,
+    /// Why the last look at the files failed (what was read before stays shown).
+    pub problem: Option<String>,
 }
 
 impl RunView {
@@ -260,7 +262,7 @@ impl Follower {
             None if self.offset > 0 || self.report.is_some() => RunStatus::Ended,
             None => RunStatus::Waiting,
         };
-        RunView { dir: self.dir.clone(), status, epochs, log }
+        RunView { dir: self.dir.clone(), status, epochs, log, problem: None }
     }
 }
 
