@@ -60,15 +60,16 @@ if [ -z "${LIBTORCH:-}" ] && [ ! -f "$venv/.cccl-13.0" ]; then
     fi
 fi
 
-# A Python with torch, safetensors and numpy for the PyTorch parity tests (tests/all/parity.rs),
-# linked as <repo>/.esper-python: the torch venv above (safetensors added once), or with
-# $LIBTORCH a python3 that already has both.
+# A Python with torch, safetensors and numpy for the PyTorch parity tests (tests/all/parity.rs)
+# and tensorboard for the TensorBoard log test (tests/jobs/watch.rs, TensorBoard's own reader),
+# linked as <repo>/.esper-python: the torch venv above (the packages added once), or with
+# $LIBTORCH a python3 that already has torch and safetensors.
 parity_python=""
 if [ -z "${LIBTORCH:-}" ]; then
-    if [ ! -f "$venv/.parity-deps-v2" ]; then
-        log "installing safetensors and numpy into $venv (for the PyTorch parity tests)"
-        "$venv/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir safetensors numpy
-        touch "$venv/.parity-deps-v2"
+    if [ ! -f "$venv/.parity-deps-v3" ]; then
+        log "installing safetensors, numpy and tensorboard into $venv (for the parity and TensorBoard tests)"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir safetensors numpy tensorboard
+        touch "$venv/.parity-deps-v3"
     fi
     parity_python="$venv/bin/python"
 elif command -v python3 >/dev/null && python3 -c 'import torch, safetensors' 2>/dev/null; then

@@ -3,8 +3,9 @@
 //! * `commands`: one module per command family (`run`, `plugins`, `config`, `conformance`);
 //! * `telemetry`: logs on stderr and `events.jsonl` (tracing);
 //! * `progress`: the progress bars (the trainer's observer);
-//! * `report`: the end-of-run table and `report.png`;
-//! * `signals`: SIGINT and SIGTERM stop a run at the next step.
+//! * `report`: the end-of-run table, `report.png` and the TensorBoard event files;
+//! * `signals`: SIGINT and SIGTERM stop a run at the next step;
+//! * `watch`: `esper watch`, the live view of a run from its folder.
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +14,7 @@ mod progress;
 mod report;
 mod signals;
 mod telemetry;
+mod watch;
 
 use clap::Parser;
 

@@ -28,7 +28,7 @@ fn tree(package: &str, edges: &str) -> Vec<String> {
         .collect()
 }
 
-const FRONT_END: [&str; 4] = ["clap", "indicatif", "plotters", "tracing-subscriber"];
+const FRONT_END: [&str; 6] = ["clap", "indicatif", "plotters", "tracing-subscriber", "ratatui", "crossterm"];
 
 #[test]
 fn the_runtime_library_and_the_conformance_suite_have_no_front_end_dependency() {

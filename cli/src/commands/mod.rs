@@ -39,6 +39,9 @@ enum Command {
     Plugin(scaffold::PluginCommand),
     /// Print where this runtime is as shell variables (`eval "$(esper env)"`).
     Env,
+    /// Watch a run live in the terminal (or replay a finished one): epochs, curves,
+    /// slots and lifecycle events.
+    Watch(crate::watch::WatchArgs),
 }
 
 /// Packages of the plugins shipped with the runtime: `norm`, the CNN library and the
@@ -81,6 +84,7 @@ impl Cli {
             Command::Compare(args) => args.run(),
             Command::Plugin(cmd) => cmd.run(),
             Command::Env => env::run(),
+            Command::Watch(args) => args.run(),
         }
     }
 }

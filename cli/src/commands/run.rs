@@ -9,7 +9,7 @@
 
 use crate::{
     progress::Bars,
-    report,
+    report::{self, tensorboard::TensorBoardWriter},
     signals::{self, StopCause},
     telemetry,
 };
@@ -170,7 +170,11 @@ impl RunArgs {
             // One set of bars on the terminal: rank 0's.
             progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
-        let end = trainer.run(&mut Bars::new(&progress))?;
+        let tensorboard = (trainer.leads() && trainer.config().output.tensorboard)
+            .then(|| TensorBoardWriter::create(&trainer.config().output.dir))
+            .transpose()
+            .context("starting the TensorBoard logs ([output] tensorboard = false turns them off)")?;
+        let end = trainer.run(&mut Watchers { bars: Bars::new(&progress), tensorboard })?;
         if !trainer.history().is_empty() && trainer.leads() {
             summarize(&trainer)?;
         }
@@ -236,6 +240,36 @@ impl RunArgs {
         }
         let trainer = Trainer::new(config).with_context(|| format!("config {}", source.display()))?;
         Ok(Prepared { trainer, progress, _lock: lock })
+    }
+}
+
+/// What follows a run from this process: the progress bars and the TensorBoard logs
+/// (rank 0's, when on).
+struct Watchers {
+    bars: Bars,
+    tensorboard: Option<TensorBoardWriter>,
+}
+
+impl esper_runtime::train::Observer for Watchers {
+    fn run_started(&mut self, first: u32, last: u32) {
+        self.bars.run_started(first, last);
+    }
+    fn epoch_started(&mut self, epoch: u32, batches: usize) {
+        self.bars.epoch_started(epoch, batches);
+    }
+    fn batch_done(&mut self) {
+        self.bars.batch_done();
+    }
+    fn epoch_done(&mut self, record: &esper_runtime::train::report::EpochRecord) {
+        self.bars.epoch_done(record);
+        if let Some(Err(e)) = self.tensorboard.as_mut().map(|tb| tb.epoch(record)) {
+            // The logs are a view of the run, not the run: it goes on without them.
+            tracing::warn!("TensorBoard logs stop after epoch {}: {e:#}", record.epoch);
+            self.tensorboard = None;
+        }
+    }
+    fn run_done(&mut self) {
+        self.bars.run_done();
     }
 }
 

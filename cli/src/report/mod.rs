@@ -5,6 +5,7 @@
 //! ([`esper_runtime::train::report::write_json`]).
 
 mod font;
+pub mod tensorboard;
 
 use anyhow::{Context, Result};
 use esper_runtime::{plugin::text::sanitize, train::report::EpochRecord};
@@ -191,6 +192,7 @@ mod tests {
                     stage: SeedStage::Blending,
                     alpha: e as f64 / 3.0,
                     contribution: None,
+                    seed: None,
                 }],
                 events: if e == 2 { vec![LifecycleEvent::Note("r0c1: advanced to BLENDING".into())] } else { vec![] },
             })

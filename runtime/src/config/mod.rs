@@ -17,7 +17,7 @@
 //! [slot]      # isolate_gradients, blend, alpha_curve, blend_tempo, alpha_target (every slot's;
 //!             # the blend settings are [`crate::blend::BlendSettings`])
 //! [lifecycle] # gates, schedule, controller, plugin_param_factor
-//! [output]    # dir, checkpoint, jsonl
+//! [output]    # dir, checkpoint, jsonl, tensorboard
 //! ```
 //!
 //! Validation also does the arithmetic that keeps a run from failing late: the host's
@@ -327,11 +327,14 @@ pub struct OutputConfig {
     pub checkpoint: bool,
     /// Write telemetry events as JSON lines (`events.jsonl`).
     pub jsonl: bool,
+    /// Write TensorBoard event files (`tensorboard/`): the epoch's scalars and its
+    /// lifecycle events as text.
+    pub tensorboard: bool,
 }
 
 impl Default for OutputConfig {
     fn default() -> Self {
-        Self { dir: PathBuf::from("runs/default"), checkpoint: true, jsonl: true }
+        Self { dir: PathBuf::from("runs/default"), checkpoint: true, jsonl: true, tensorboard: true }
     }
 }
 

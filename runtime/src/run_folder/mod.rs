@@ -24,10 +24,13 @@ pub enum RunFile {
     Plot,
     /// `.esper.lock`: the folder's lock; records the PID of the run holding it.
     Lock,
+    /// `tensorboard/`: TensorBoard event files, one per `esper run` of the run.
+    TensorBoard,
 }
 
 impl RunFile {
-    pub const ALL: [RunFile; 5] = [Self::Checkpoints, Self::Events, Self::Report, Self::Plot, Self::Lock];
+    pub const ALL: [RunFile; 6] =
+        [Self::Checkpoints, Self::Events, Self::Report, Self::Plot, Self::Lock, Self::TensorBoard];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -36,6 +39,7 @@ impl RunFile {
             Self::Report => "report.json",
             Self::Plot => "report.png",
             Self::Lock => ".esper.lock",
+            Self::TensorBoard => "tensorboard",
         }
     }
 
@@ -116,6 +120,7 @@ mod tests {
             "report.json",
             "report.png",
             ".esper.lock",
+            "tensorboard",
             "report.json.tmp",
             "report.png.tmp",
         ] {
@@ -144,7 +149,7 @@ mod tests {
         std::fs::write(dir.join("report.json"), "{}").unwrap();
         std::fs::write(dir.join("target.txt"), "keep").unwrap();
         refuse_links(&dir).unwrap();
-        for name in ["events.jsonl", "report.png", "checkpoints/latest"] {
+        for name in ["events.jsonl", "report.png", "tensorboard", "checkpoints/latest"] {
             std::os::unix::fs::symlink(dir.join("target.txt"), dir.join(name)).unwrap();
             let e = refuse_links(&dir).unwrap_err().to_string();
             assert!(e.starts_with(&format!("{} is a symbolic link", dir.join(name).display())), "{e}");

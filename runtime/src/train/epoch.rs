@@ -2,7 +2,10 @@
 //! seed (accuracy and counterfactual contribution), let the lifecycle and the
 //! controller act, and write the epoch's record.
 
-use super::{report::EpochRecord, report::SlotRecord, step, Observer, TrainError, Trainer};
+use super::{
+    report::{EpochRecord, SeedRecord, SlotRecord},
+    step, Observer, TrainError, Trainer,
+};
 use crate::{
     data::{epoch_seed, Objective},
     lifecycle::{LifecycleEvent, SeedStage},
@@ -52,6 +55,11 @@ impl Trainer {
                 stage: s.stage(),
                 alpha: s.alpha(),
                 contribution: contributions.get(s.id()).copied().flatten(),
+                seed: s.lifecycle().state().map(|state| SeedRecord {
+                    blueprint: state.blueprint_id().to_string(),
+                    epochs_in_stage: state.metrics().epochs_in_current_stage(),
+                    parameters: s.seed_parameters().iter().map(|t| t.numel() as i64).sum(),
+                }),
             })
             .collect();
         let record = EpochRecord {
@@ -79,6 +87,8 @@ impl Trainer {
             val_loss,
             val_accuracy,
             slots = %serde_json::to_string(&record.slots).unwrap_or_default(),
+            // The whole record, for a reader following the run (`esper watch`).
+            record = %serde_json::to_string(&record).unwrap_or_default(),
             "epoch {epoch}: train loss {:.4}, {val}", record.train_loss
         );
         self.history.push(record.clone());

@@ -15,6 +15,21 @@ pub struct SlotRecord {
     /// epoch): accuracy points, or loss points for text (see
     /// [`crate::data::Objective::score`]).
     pub contribution: Option<f64>,
+    /// The slot's live seed at the epoch's end (none in a DORMANT slot, and in records
+    /// from before they were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<SeedRecord>,
+}
+
+/// A slot's seed as an epoch's record keeps it: what `esper watch` shows in its slot grid
+/// and the TensorBoard logs plot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeedRecord {
+    pub blueprint: String,
+    /// Epochs the seed has spent in its current stage.
+    pub epochs_in_stage: u32,
+    /// The seed's trainable parameter count.
+    pub parameters: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
