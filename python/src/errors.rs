@@ -14,12 +14,7 @@ create_exception!(
 );
 create_exception!(esper_runtime, PluginError, EsperError, "A plugin library that cannot be loaded or used.");
 create_exception!(esper_runtime, RunError, EsperError, "A run that cannot start or go on.");
-create_exception!(
-    esper_runtime,
-    CheckpointError,
-    RunError,
-    "A checkpoint that cannot be written, found or read."
-);
+create_exception!(esper_runtime, CheckpointError, RunError, "A checkpoint that cannot be written, found or read.");
 
 /// `err` as the exception of its kind, with the runtime's message and causes.
 pub fn to_py(err: Error) -> PyErr {

@@ -120,12 +120,7 @@ impl Run {
     /// into `run_dir` (default: the config's `[output] dir`), which must be empty.
     #[new]
     #[pyo3(signature = (config, run_dir = None, *, epochs = None))]
-    fn new(
-        py: Python<'_>,
-        config: &Bound<'_, PyAny>,
-        run_dir: Option<PathBuf>,
-        epochs: Option<u32>,
-    ) -> PyResult<Self> {
+    fn new(py: Python<'_>, config: &Bound<'_, PyAny>, run_dir: Option<PathBuf>, epochs: Option<u32>) -> PyResult<Self> {
         let (mut config, source) = read_config(config)?;
         if let Some(dir) = run_dir {
             config.output.dir = dir;
@@ -232,8 +227,8 @@ impl Run {
         py.detach(move || trainer.save_checkpoint_to(&dir)).map_err(errors::from)
     }
 
-    /// The host's parameters by name, as torch tensors sharing the runtime's memory (an
-    /// in-place change is the runtime's too; they carry no autograd history).
+    /// The host's parameters and buffers by name, as torch tensors sharing the runtime's
+    /// memory (an in-place change is the runtime's too; they carry no autograd history).
     fn parameters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let open = self.open()?;
         Self::tensors(py, &checkpoint::named(open.trainer.model().host_vars()))
