@@ -63,7 +63,7 @@ fi
 # A Python with torch, safetensors and numpy for the PyTorch parity tests (tests/all/parity.rs)
 # and tensorboard for the TensorBoard log test (tests/jobs/watch.rs, TensorBoard's own reader),
 # linked as <repo>/.esper-python: the torch venv above (the packages added once), or with
-# $LIBTORCH a python3 that already has torch and safetensors.
+# $LIBTORCH the virtualenv that holds it or a python3, either with torch and safetensors already.
 parity_python=""
 if [ -z "${LIBTORCH:-}" ]; then
     if [ ! -f "$venv/.parity-deps-v3" ]; then
@@ -72,6 +72,10 @@ if [ -z "${LIBTORCH:-}" ]; then
         touch "$venv/.parity-deps-v3"
     fi
     parity_python="$venv/bin/python"
+elif owner=$(cd "$libtorch/../../../.." && pwd -P) && [ -f "$owner/pyvenv.cfg" ] \
+    && "$owner/bin/python" -c 'import torch, safetensors' 2>/dev/null; then
+    # $LIBTORCH is the torch of a virtualenv (as the torch venv above is): its Python.
+    parity_python="$owner/bin/python"
 elif command -v python3 >/dev/null && python3 -c 'import torch, safetensors' 2>/dev/null; then
     parity_python=$(command -v python3)
 else
@@ -80,4 +84,42 @@ fi
 if [ -n "$parity_python" ] && [ "$(readlink "$repo/.esper-python" 2>/dev/null || true)" != "$parity_python" ]; then
     ln -sfn "$parity_python" "$repo/.esper-python"
     log "linked $repo/.esper-python -> $parity_python"
+fi
+
+# The Python package esper_runtime (python/: PyO3, built by maturin into this target folder
+# with the dev profile, so it reuses the workspace's compiled crates), installed into the
+# venv whose torch is this libtorch: the torch venv above, or with $LIBTORCH the venv of
+# .esper-python when its torch is $LIBTORCH. Installed once (editable: the package's
+# Python files are python/esper_runtime/), then rebuilt in place.
+pkg_python=""
+if [ -n "$parity_python" ] && "$parity_python" - "$libtorch" <<'PY' 2>/dev/null; then
+import os, sys, torch
+same = os.path.realpath(os.path.dirname(torch.__file__)) == os.path.realpath(sys.argv[1])
+sys.exit(0 if same and sys.prefix != sys.base_prefix else 1)
+PY
+    pkg_python=$parity_python
+fi
+if [ -n "$pkg_python" ]; then
+    prefix=$("$pkg_python" -c 'import sys; print(sys.prefix)')
+    if [ ! -f "$prefix/.python-tools-v1" ]; then
+        log "installing maturin and pytest into $prefix (to build and test the Python package)"
+        "$prefix/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir "maturin>=1.9,<2" "pytest>=8"
+        touch "$prefix/.python-tools-v1"
+    fi
+    installed=$("$pkg_python" -c 'import esper_runtime, os; print(os.path.realpath(esper_runtime.__file__))' 2>/dev/null || true)
+    develop=(develop --quiet --manifest-path "$repo/python/Cargo.toml")
+    if [ "$installed" = "$(cd "$repo/python/esper_runtime" && pwd -P)/__init__.py" ]; then
+        develop+=(--skip-install)
+    else
+        log "building and installing the Python package esper_runtime into $prefix"
+    fi
+    # maturin's own lines (and its warning that patchelf is missing: the extension's
+    # rpath is set by python/build.rs) only when the build fails.
+    if ! out=$(cd "$repo" && VIRTUAL_ENV=$prefix "$prefix/bin/maturin" "${develop[@]}" 2>&1); then
+        printf '%s\n' "$out" >&2
+        log "building the Python package esper_runtime failed"
+        exit 1
+    fi
+else
+    log "no virtualenv whose torch is $libtorch: the Python package esper_runtime is not built (tests/python will fail)"
 fi

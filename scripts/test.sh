@@ -22,4 +22,9 @@ cargo test "${example[@]}" --test conformance
 scripts/cargo-reusing.sh build --manifest-path tests/abi-1.0/Cargo.toml --target-dir target
 # `esper plugin new` end to end: new portable and native plugins pass their own tests.
 scripts/test-scaffold.sh
+# The Python package (built and installed by scripts/setup.sh) and its pytest suite,
+# through the venv's Python: the link's own target, from which Python finds its venv.
+python=${ESPER_PYTHON:-$(readlink .esper-python || true)}
+[ -n "$python" ] || { echo "no .esper-python: scripts/setup.sh found no Python with torch" >&2; exit 1; }
+"$python" -m pytest -q tests/python
 cargo test --workspace "$@"

@@ -5,7 +5,7 @@
 use esper_runtime::{
     config::{sha256_hex, RunConfig},
     lifecycle::{LifecycleEvent, SeedStage},
-    train::{report::EpochRecord, Observer, RunEnd, Silent, StopSignal, Trainer},
+    train::{report::EpochRecord, EpochStep, Observer, RunEnd, Silent, StopSignal, Trainer},
 };
 use esper_tests::{esper, one_job_at_a_time, plugin_lib, temp_dir, write_file, SmallJob};
 use std::path::{Path, PathBuf};
@@ -220,6 +220,30 @@ fn a_resumed_run_reaches_the_same_state_as_an_uninterrupted_one() {
         assert!(x.equal(y), "parameters differ after resume");
     }
     assert!(a.history().iter().any(|r| r.slots[0].stage != SeedStage::Dormant));
+}
+
+#[test]
+fn a_run_stepped_an_epoch_at_a_time_is_the_run_and_takes_its_opening_decisions_once() {
+    let _one = one_job_at_a_time();
+    let norm = plugin_lib("esper-norm");
+    let whole = run_to_end(RunConfig::load(&small_config(&temp_dir("stepped-whole"), &norm, 3)).unwrap());
+    let dir = temp_dir("stepped");
+    let mut t = Trainer::new(RunConfig::load(&small_config(&dir, &norm, 3)).unwrap()).unwrap();
+    // Stopped before epoch 1: the opening decisions (the scheduled germination) are
+    // taken, and a later step must not take them again.
+    let stop = StopSignal::new();
+    stop.request(std::num::NonZeroUsize::MIN);
+    t.set_stop_signal(stop);
+    assert_eq!(t.step_epoch(&mut Silent).unwrap(), EpochStep::Stopped { epochs_done: 0 });
+    t.set_stop_signal(StopSignal::new());
+    assert_eq!(t.start().unwrap(), 1);
+    for epoch in 1..=3 {
+        assert_eq!(t.step_epoch(&mut Silent).unwrap(), EpochStep::Ran { epoch });
+    }
+    assert_eq!(t.step_epoch(&mut Silent).unwrap(), EpochStep::Over);
+    assert_eq!(t.next_epoch(), 4);
+    assert_eq!(untimed(&t), untimed(&whole));
+    assert_eq!(std::fs::read_to_string(dir.join("out/checkpoints/latest")).unwrap(), "epoch-0003");
 }
 
 /// An epoch's record without its timings, for comparing runs bit for bit.

@@ -33,7 +33,7 @@ use optim::Optimizer;
 use report::EpochRecord;
 pub use seeds::{germinate, germinate_with, restore};
 use std::collections::BTreeMap;
-pub use stop::{RunEnd, StopSignal, Stopped};
+pub use stop::{EpochStep, RunEnd, StopSignal, Stopped};
 use tch::{Device, Tensor};
 
 /// A training run: the model, its data, optimizers and controller, and the record of
@@ -61,6 +61,8 @@ pub struct Trainer {
     opening_events: Vec<LifecycleEvent>,
     /// Read before each training step: a stop requested ends the run there.
     stop: StopSignal,
+    /// The opening decisions are taken (see [`Trainer::start`]).
+    started: bool,
     /// The other ranks of a multi-process (data-parallel) run, if this is one.
     ranks: Option<Ranks>,
 }
@@ -193,6 +195,7 @@ impl Trainer {
             guard: step::StepGuard::default(),
             opening_events: Vec::new(),
             stop: StopSignal::new(),
+            started: false,
             ranks,
         })
     }
@@ -222,45 +225,85 @@ impl Trainer {
     /// through the [`StopSignal`] ends the run before the next training step: the epoch
     /// under way is abandoned (not recorded, not checkpointed), the ones before it kept.
     pub fn run(&mut self, observer: &mut dyn Observer) -> Result<RunEnd> {
-        let total = self.config.training.epochs;
         // With CUDA graphs, everything below runs on the run's stream (see `graph`).
         let side = self.graphs.side_stream()?;
-        let start = self.history.last().map_or(0, |r| r.epoch);
-        if start == 0 {
-            let mut opening = Vec::new();
-            self.act(0, &mut opening)?; // scheduled germinations for epoch 1
-            self.opening_events = opening;
-        }
-        observer.run_started(start + 1, total);
-        let mut end = RunEnd::Completed;
-        for epoch in start + 1..=total {
-            let record = match contained(epoch, "training", || {
-                self.stop.check()?;
-                self.epoch(epoch, observer)
-            }) {
-                Err(e) if e.is::<Stopped>() => {
-                    end = RunEnd::Stopped { epochs_done: epoch - 1 };
-                    break;
-                }
-                outcome => outcome?,
-            };
-            observer.epoch_done(&record);
-            self.check_lockstep(epoch)?;
-            if self.config.output.checkpoint {
-                // Rank 0 writes; the others wait until the checkpoint is complete.
-                if self.leads() {
-                    contained(epoch, "writing the checkpoint", || Ok(self.save_checkpoint(epoch)?))?;
-                }
-                if let Some(ranks) = &self.ranks {
-                    ranks.barrier("waiting for rank 0's checkpoint")?;
-                }
+        let first = self.start()?;
+        observer.run_started(first, self.config.training.epochs);
+        let end = loop {
+            match self.next_epoch_on_stream(observer)? {
+                EpochStep::Ran { .. } => {}
+                EpochStep::Stopped { epochs_done } => break RunEnd::Stopped { epochs_done },
+                EpochStep::Over => break RunEnd::Completed,
             }
-        }
+        };
         if let Some(side) = side {
             side.exit()?;
         }
         observer.run_done();
         Ok(end)
+    }
+
+    /// The epoch the run goes on with: 1 for a new run, the one after the last recorded
+    /// for a resumed one (past the last configured epoch once the run is over).
+    pub fn next_epoch(&self) -> u32 {
+        self.history.last().map_or(1, |r| r.epoch + 1)
+    }
+
+    /// Makes the run ready for its next epoch and returns that epoch: a new run takes
+    /// its opening decisions (the scheduled germinations for epoch 1) here, once.
+    /// [`Trainer::run`] and [`Trainer::step_epoch`] call it; calling it again does nothing.
+    pub fn start(&mut self) -> Result<u32> {
+        let next = self.next_epoch();
+        if next == 1 && !self.started {
+            let mut opening = Vec::new();
+            self.act(0, &mut opening)?; // scheduled germinations for epoch 1
+            self.opening_events = opening;
+        }
+        self.started = true;
+        Ok(next)
+    }
+
+    /// Runs the next epoch alone, for a caller that drives the run an epoch at a time
+    /// (between calls it may read or change the model): as one turn of [`Trainer::run`],
+    /// the record kept (read it with [`Trainer::history`]), the ranks compared and the
+    /// checkpoint written. With CUDA graphs the epoch runs on the run's stream, entered
+    /// and left around it, so work the caller queues between epochs is ordered with it.
+    pub fn step_epoch(&mut self, observer: &mut dyn Observer) -> Result<EpochStep> {
+        let side = self.graphs.side_stream()?;
+        self.start()?;
+        let step = self.next_epoch_on_stream(observer)?;
+        if let Some(side) = side {
+            side.exit()?;
+        }
+        Ok(step)
+    }
+
+    /// One turn of the run: the next epoch (unless the run is over or a stop was
+    /// requested), the observer told, the ranks compared, the checkpoint written.
+    fn next_epoch_on_stream(&mut self, observer: &mut dyn Observer) -> Result<EpochStep> {
+        let epoch = self.next_epoch();
+        if epoch > self.config.training.epochs {
+            return Ok(EpochStep::Over);
+        }
+        let record = match contained(epoch, "training", || {
+            self.stop.check()?;
+            self.epoch(epoch, observer)
+        }) {
+            Err(e) if e.is::<Stopped>() => return Ok(EpochStep::Stopped { epochs_done: epoch - 1 }),
+            outcome => outcome?,
+        };
+        observer.epoch_done(&record);
+        self.check_lockstep(epoch)?;
+        if self.config.output.checkpoint {
+            // Rank 0 writes; the others wait until the checkpoint is complete.
+            if self.leads() {
+                contained(epoch, "writing the checkpoint", || Ok(self.save_checkpoint(epoch)?))?;
+            }
+            if let Some(ranks) = &self.ranks {
+                ranks.barrier("waiting for rank 0's checkpoint")?;
+            }
+        }
+        Ok(EpochStep::Ran { epoch })
     }
 
     /// The controller's decisions, applied. A failing action (a plugin that fails to

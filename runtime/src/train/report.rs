@@ -57,11 +57,17 @@ pub struct EpochRecord {
 /// The `format` of `report.json`: 2 since events are tagged objects (1: plain lines).
 pub const REPORT_FORMAT: u32 = 2;
 
+/// The content of `report.json`: its format, the epochs' records and each slot's final
+/// state (`final_slots`, [`crate::model::MorphogeneticModel::report`] as JSON).
+pub fn to_json(history: &[EpochRecord], final_slots: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({ "format": REPORT_FORMAT, "epochs": history, "final_slots": final_slots })
+}
+
 /// Publishes `report.json` at `path` through tmp + rename (see
 /// [`crate::run_folder::files::publish`]): a failed write leaves the previous report as
 /// it was, and a symbolic link there is refused.
 pub fn write_json(path: &Path, history: &[EpochRecord], final_slots: &serde_json::Value) -> Result<(), TrainError> {
-    let report = serde_json::json!({ "format": REPORT_FORMAT, "epochs": history, "final_slots": final_slots });
+    let report = to_json(history, final_slots);
     let bytes =
         serde_json::to_vec_pretty(&report).map_err(|source| TrainError::Encode { path: path.to_path_buf(), source })?;
     crate::run_folder::files::publish(path, &bytes)

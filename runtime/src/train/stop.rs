@@ -61,3 +61,16 @@ pub enum RunEnd {
     /// the one after was abandoned part-way and left no trace.
     Stopped { epochs_done: u32 },
 }
+
+/// What one call of [`super::Trainer::step_epoch`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpochStep {
+    /// Epoch `epoch` ran: recorded (the last of [`super::Trainer::history`]) and, when the
+    /// run writes checkpoints, checkpointed.
+    Ran { epoch: u32 },
+    /// A stop was requested: the epoch after `epochs_done` was abandoned part-way and
+    /// left no trace.
+    Stopped { epochs_done: u32 },
+    /// The run's last epoch had run already: nothing was done.
+    Over,
+}

@@ -192,7 +192,21 @@ impl Trainer {
 
     /// Writes the checkpoint of `epoch` (atomically, see [`Writer`]).
     pub(super) fn save_checkpoint(&self, epoch: u32) -> Result<(), CheckpointError> {
-        let w = Writer::begin(&self.config.output.dir, epoch)?;
+        self.write_checkpoint(&self.config.output.dir, epoch).map(drop)
+    }
+
+    /// Writes a checkpoint of the run as it is after its last epoch into run folder
+    /// `dir` (its own, or another that [`Trainer::resume`] then continues from) and
+    /// returns the checkpoint's folder. [`Trainer::run`] writes one after each epoch when
+    /// `[output] checkpoint` is on; this is for a caller driving the run with
+    /// [`Trainer::step_epoch`] that wants one of its own.
+    pub fn save_checkpoint_to(&self, dir: &Path) -> Result<PathBuf, CheckpointError> {
+        self.write_checkpoint(dir, self.next_epoch() - 1)
+    }
+
+    /// Writes the checkpoint of `epoch` into run folder `output`.
+    fn write_checkpoint(&self, output: &Path, epoch: u32) -> Result<PathBuf, CheckpointError> {
+        let w = Writer::begin(output, epoch)?;
         w.tensors(HOST, &named(self.model.host_vars()))?;
         w.tensors(HOST_OPTIMIZER, &self.host_opt.state_tensors())?;
         for slot in self.model.slots() {
@@ -230,6 +244,6 @@ impl Trainer {
         w.json(STATE, &state)?;
         let dir = w.commit()?;
         tracing::debug!(checkpoint = %dir.display(), "checkpoint written");
-        Ok(())
+        Ok(dir)
     }
 }

@@ -1,0 +1,58 @@
+"""Type stubs of the extension module ``esper_runtime._native`` (re-exported by ``esper_runtime``)."""
+
+import os
+from types import TracebackType
+from typing import Any, Mapping
+
+import torch
+
+class EsperError(Exception):
+    """Any error of the Esper runtime."""
+
+class ConfigError(EsperError):
+    """A run config that cannot be read, parsed or checked (the message names the file and line)."""
+
+class PluginError(EsperError):
+    """A plugin library that cannot be loaded or used."""
+
+class RunError(EsperError):
+    """A run that cannot start or go on."""
+
+class CheckpointError(RunError):
+    """A checkpoint that cannot be written, found or read."""
+
+class Run:
+    """A training run of the Esper runtime, driven an epoch at a time."""
+
+    def __new__(
+        cls,
+        config: str | os.PathLike[str] | Mapping[str, Any],
+        run_dir: str | os.PathLike[str] | None = None,
+        *,
+        epochs: int | None = None,
+    ) -> Run: ...
+    @staticmethod
+    def resume(run_dir: str | os.PathLike[str], *, epochs: int | None = None) -> Run: ...
+    def step_epoch(self) -> dict[str, Any] | None: ...
+    @property
+    def next_epoch(self) -> int: ...
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def run_dir(self) -> os.PathLike[str]: ...
+    @property
+    def slots(self) -> list[str]: ...
+    def report(self) -> dict[str, Any]: ...
+    def events(self) -> list[dict[str, Any]]: ...
+    def save_checkpoint(self, run_dir: str | os.PathLike[str] | None = None) -> os.PathLike[str]: ...
+    def parameters(self) -> dict[str, torch.Tensor]: ...
+    def seed_parameters(self, slot: str) -> dict[str, torch.Tensor]: ...
+    def parameter_sums(self, slot: str | None = None) -> dict[str, float]: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Run: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool: ...
