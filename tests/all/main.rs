@@ -6,6 +6,7 @@ mod cli;
 mod config_limits;
 mod conformance;
 mod controller;
+mod decisions;
 mod custom_host;
 mod example_plugin;
 mod gpu;
