@@ -99,7 +99,11 @@ const BLUEPRINTS: [&str; 2] = ["cnn:norm", "cnn:conv_light"];
 fn ordinary() -> Vec<Observation> {
     let empty = || vec![slot("r0c1", Stage::Dormant, None), slot("r1c1", Stage::Dormant, None)];
     let growing = vec![slot("r0c1", Stage::Training, Some("cnn:norm")), slot("r1c1", Stage::Dormant, None)];
-    vec![observation(1, empty(), &BLUEPRINTS), observation(3, empty(), &BLUEPRINTS), observation(4, growing, &BLUEPRINTS)]
+    vec![
+        observation(1, empty(), &BLUEPRINTS),
+        observation(3, empty(), &BLUEPRINTS),
+        observation(4, growing, &BLUEPRINTS),
+    ]
 }
 
 /// The edge observations, each named.
@@ -162,7 +166,8 @@ fn check_one(o: &Observation, i: usize, p: Proposal) -> Result<Option<String>, S
     };
     let Some(id) = d.slot() else { return Ok(None) };
     let at = format!("epoch {}: decision {i} ({})", o.epoch, serde_json::to_string(&d).unwrap_or_default());
-    let index = o.slots.iter().position(|s| s.slot == id).ok_or_else(|| format!("{at} names no slot of the observation"))?;
+    let index =
+        o.slots.iter().position(|s| s.slot == id).ok_or_else(|| format!("{at} names no slot of the observation"))?;
     if let Decision::Germinate { blueprint, .. } = &d {
         if !o.blueprints.iter().any(|b| b == blueprint || b.rsplit(':').next() == Some(blueprint.as_str())) {
             return Err(format!("{at} names a blueprint not loaded ({})", o.blueprints.join(", ")));

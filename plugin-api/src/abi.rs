@@ -13,8 +13,8 @@ pub use crate::controller::{
 };
 pub use crate::params::{ParamSink, ParamSinkRef, ParamSink_TO, ParamSpec};
 pub use crate::root::{
-    blueprints, controllers, create_controller, create_seed, describe_options, handshake, init_root_module, standard_root, CreateRequest, PluginInfo,
-    PluginRoot, PluginRootRef, STANDARD_HEADER,
+    blueprints, controllers, create_controller, create_seed, describe_options, handshake, init_root_module,
+    standard_root, CreateRequest, PluginInfo, PluginRoot, PluginRootRef, STANDARD_HEADER,
 };
 pub use crate::seed::{SeedBox, SeedModule, SeedModule_TO};
 pub use crate::tensor::{TensorOut, TensorRef, TensorView};

@@ -27,8 +27,8 @@
 mod blueprint;
 mod controller;
 mod error;
-mod params;
 pub mod observation;
+mod params;
 mod root;
 mod seed;
 mod tensor;
@@ -39,8 +39,8 @@ pub mod abi;
 // The author's prelude: what a blueprint plugin uses (plus the two macros).
 pub use blueprint::{parse_options, Blueprint, NoOptions};
 pub use controller::Controller;
-pub use observation::{Decision, Observation, OBSERVATION_VERSION};
 pub use error::{panic_message, ErrorKind, PluginError};
+pub use observation::{Decision, Observation, OBSERVATION_VERSION};
 pub use params::{Init, Params};
 pub use seed::Seed;
 

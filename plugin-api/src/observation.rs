@@ -379,8 +379,8 @@ mod tests {
         embargoed.germinable = false;
         let mut blending = slot("r1c1", Stage::Blending);
         blending.partial_hold = true;
-        let m = observation(vec![slot("r0c1", Stage::Dormant), embargoed, blending, slot("x", Stage::Fossilized)])
-            .masks();
+        let m =
+            observation(vec![slot("r0c1", Stage::Dormant), embargoed, blending, slot("x", Stage::Fossilized)]).masks();
         assert_eq!(m.op, [true, true, true, true, true]);
         assert_eq!(m.slot[1], [true, false, false, false], "germinate: the dormant slot only");
         assert_eq!(m.slot[2], [false, false, true, false], "advance: the seed in flight");

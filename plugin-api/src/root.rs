@@ -59,8 +59,7 @@ pub struct PluginRoot {
     pub controllers: extern "C" fn() -> RResult<RVec<ControllerDescriptor>, PluginError>,
     /// ABI 1.3: creates controller `name` with its options (JSON text; empty means none).
     #[sabi(missing_field(option))]
-    pub create_controller:
-        extern "C" fn(name: RStr<'_>, options_json: RStr<'_>) -> RResult<ControllerBox, PluginError>,
+    pub create_controller: extern "C" fn(name: RStr<'_>, options_json: RStr<'_>) -> RResult<ControllerBox, PluginError>,
 }
 
 impl RootModule for PluginRootRef {
@@ -154,9 +153,7 @@ pub extern "C" fn controllers() -> RResult<RVec<ControllerDescriptor>, PluginErr
 /// The standard `create_controller` (ABI 1.3): finds the controller in this plugin's
 /// inventory and creates it with its options.
 pub extern "C" fn create_controller(name: RStr<'_>, options_json: RStr<'_>) -> RResult<ControllerBox, PluginError> {
-    guard("create_controller", || {
-        (crate::controller::registration(name.as_str())?.create)(options_json.as_str())
-    })
+    guard("create_controller", || (crate::controller::registration(name.as_str())?.create)(options_json.as_str()))
 }
 
 /// The blueprint `name` of this plugin's inventory.
@@ -180,7 +177,8 @@ fn guard<T>(context: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResul
 /// The standard root module, made of the functions above.
 pub fn standard_root() -> PluginRootRef {
     use abi_stable::prefix_type::PrefixTypeTrait;
-    PluginRoot { handshake, blueprints, create_seed, describe_options, controllers, create_controller }.leak_into_prefix()
+    PluginRoot { handshake, blueprints, create_seed, describe_options, controllers, create_controller }
+        .leak_into_prefix()
 }
 
 extern "C" fn standard_root_erased() -> RootModuleResult {

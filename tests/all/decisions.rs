@@ -46,9 +46,16 @@ fn a_germination_needs_a_known_dormant_slot_and_a_loaded_blueprint() {
         matches!(&action, Action::Germinate { seed_id, .. } if seed_id == "r0c1-norm-e4"),
         "a seed id is made up: {action:?}"
     );
-    assert_eq!(check(&seeded(SeedStage::Training), germinate(SLOT, "norm")), Err(Refusal::Occupied(SeedStage::Training)));
-    assert!(matches!(check(&empty(), germinate("r9c9", "norm")), Err(Refusal::UnknownSlot { valid }) if valid == [SLOT]));
-    assert!(matches!(check(&empty(), germinate(SLOT, "nope")), Err(Refusal::UnknownBlueprint(e)) if e.contains("nope")));
+    assert_eq!(
+        check(&seeded(SeedStage::Training), germinate(SLOT, "norm")),
+        Err(Refusal::Occupied(SeedStage::Training))
+    );
+    assert!(
+        matches!(check(&empty(), germinate("r9c9", "norm")), Err(Refusal::UnknownSlot { valid }) if valid == [SLOT])
+    );
+    assert!(
+        matches!(check(&empty(), germinate(SLOT, "nope")), Err(Refusal::UnknownBlueprint(e)) if e.contains("nope"))
+    );
     let mut half = germinate(SLOT, "norm");
     if let Decision::Germinate { alpha_target, .. } = &mut half {
         *alpha_target = Some(0.6);

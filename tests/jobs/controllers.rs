@@ -103,8 +103,9 @@ fn the_heuristic_behind_the_interface_records_the_same_events_as_before() {
 fn controller_job(controller: &Path, name: &str, epochs: u32) -> String {
     let cnn = plugin_lib("esper-cnn");
     let sections = "[lifecycle.gates]\nmode = \"permissive\"\nmin_blending_epochs = 1\n";
-    let text = SmallJob { plugin: &cnn, epochs, batch_size: 64, memory_format: "contiguous", blueprint: None, sections }
-        .text();
+    let text =
+        SmallJob { plugin: &cnn, epochs, batch_size: 64, memory_format: "contiguous", blueprint: None, sections }
+            .text();
     let table = format!("[lifecycle.controller]\nplugin = \"{}\"\nname = \"{name}\"\n", controller.display());
     text.replace("[lifecycle.controller]\nenabled = false\n", &table)
 }
@@ -168,8 +169,15 @@ fn observe_and_act_drive_a_run_from_outside() {
     let _one = one_job_at_a_time();
     let dir = temp_dir("controller-observe-act");
     let cnn = plugin_lib("esper-cnn");
-    let text = SmallJob { plugin: &cnn, epochs: 2, batch_size: 64, memory_format: "contiguous", blueprint: None, sections: "" }
-        .text();
+    let text = SmallJob {
+        plugin: &cnn,
+        epochs: 2,
+        batch_size: 64,
+        memory_format: "contiguous",
+        blueprint: None,
+        sections: "",
+    }
+    .text();
     let mut t = Trainer::new(RunConfig::load(&write_file(&dir, "run.toml", &text)).unwrap()).unwrap();
     t.set_decision_maker(Box::new(Waiting));
     let o = t.observe();
@@ -196,4 +204,25 @@ fn observe_and_act_drive_a_run_from_outside() {
     assert_eq!(t.observe().history.len(), 2);
     let first = &t.history()[0].events;
     assert!(first.iter().any(|e| matches!(e, LifecycleEvent::Germinated { .. })), "kept for epoch 1's record");
+}
+
+#[test]
+fn a_controller_the_library_lacks_or_a_schedule_beside_a_plugin_is_refused_by_config_check() {
+    let dir = temp_dir("controller-config-check");
+    let greedy = plugin_lib("esper-fixture-controller-greedy");
+    let config = write_file(&dir, "run.toml", &controller_job(&greedy, "nope", 2));
+    let out = esper().args(["config", "check"]).arg(&config).output().unwrap();
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("controller `nope`") && text.contains("(it has: greedy)"), "{text}");
+    let scheduled = controller_job(&greedy, "greedy", 2).replace(
+        "[output]",
+        "[[lifecycle.schedule]]\nepoch = 1\nslot = \"r0c1\"\nblueprint = \"conv_light\"\n\n[output]",
+    );
+    let out = esper().args(["config", "check"]).arg(write_file(&dir, "scheduled.toml", &scheduled)).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("lifecycle.schedule is the built-in controller's"), "{}", stderr(&out));
+    let good = write_file(&dir, "good.toml", &controller_job(&greedy, "greedy", 2));
+    let out = esper().args(["config", "check"]).arg(&good).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }

@@ -236,7 +236,8 @@ mod tests {
         assert!(plugin.validate(Topology::Cnn).unwrap_err().contains("plugin needs `name`"));
         let name = ControllerConfig { name: Some("greedy".into()), ..Default::default() };
         assert!(name.validate(Topology::Cnn).unwrap_err().contains("name needs `plugin`"));
-        let both = ControllerConfig { plugin: Some("libc.so".into()), name: Some("greedy".into()), ..Default::default() };
+        let both =
+            ControllerConfig { plugin: Some("libc.so".into()), name: Some("greedy".into()), ..Default::default() };
         both.validate(Topology::Cnn).unwrap();
         let rotation = ControllerConfig { blueprint: Some("norm".into()), ..both };
         assert!(rotation.validate(Topology::Cnn).unwrap_err().contains("chooses its own blueprints"));

@@ -173,8 +173,7 @@ impl RunConfig {
         registry.load(path)?;
         let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
         let Some(plugin) = registry.plugins().find(|p| p.path() == canonical) else { return Ok(()) };
-        let names: Vec<String> =
-            crate::plugin::controllers_of(plugin)?.iter().map(|d| d.name.to_string()).collect();
+        let names: Vec<String> = crate::plugin::controllers_of(plugin)?.iter().map(|d| d.name.to_string()).collect();
         if names.iter().any(|n| n == name) {
             return Ok(());
         }

@@ -14,8 +14,7 @@ mod observe;
 pub mod validate;
 
 use crate::{
-    lifecycle::LifecycleEvent, model::MorphogeneticModel, plugin::BlueprintRegistry,
-    train::controller::ControllerState,
+    lifecycle::LifecycleEvent, model::MorphogeneticModel, plugin::BlueprintRegistry, train::controller::ControllerState,
 };
 pub use esper_plugin_api::observation::{
     feature_len, ActionMasks, Decision, EpochObservation, GateObservation, Observation, Op, SlotObservation, Stage,
@@ -31,7 +30,10 @@ pub use validate::{validate, Refusal, Verdict};
 pub enum Proposal {
     Decision(Decision),
     /// Not a decision: the JSON given and why it does not read as one.
-    Malformed { json: String, error: String },
+    Malformed {
+        json: String,
+        error: String,
+    },
 }
 
 impl From<Decision> for Proposal {
@@ -91,11 +93,7 @@ pub trait DecisionMaker: Send {
 /// Asks `maker` for its decisions in `context` and validates them against the model
 /// and `registry`. An error or a panic of the maker is contained: no decision, one
 /// `controller_failed` event naming it and why.
-pub fn decide(
-    maker: &mut dyn DecisionMaker,
-    context: &DecisionContext<'_>,
-    registry: &BlueprintRegistry,
-) -> Verdict {
+pub fn decide(maker: &mut dyn DecisionMaker, context: &DecisionContext<'_>, registry: &BlueprintRegistry) -> Verdict {
     let outcome = catch_unwind(AssertUnwindSafe(|| maker.decide(context)))
         .unwrap_or_else(|p| Err(format!("panicked: {}", esper_plugin_api::panic_message(p.as_ref()))));
     let controller = maker.name().to_string();

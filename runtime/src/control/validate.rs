@@ -128,7 +128,13 @@ pub fn check(
     let action = match decision {
         Decision::Germinate { .. } => germination(decision, epoch, slot, registry)?,
         Decision::Advance { slot: id } => {
-            in_flight(slot).map_err(|s| if slot.prune_scheduled() { Refusal::PruneUnderWay } else { Refusal::CannotAdvance(s) })?;
+            in_flight(slot).map_err(|s| {
+                if slot.prune_scheduled() {
+                    Refusal::PruneUnderWay
+                } else {
+                    Refusal::CannotAdvance(s)
+                }
+            })?;
             Action::Advance { slot: id.clone() }
         }
         Decision::Continue { slot: id } if slot.at_partial_hold() && !slot.prune_scheduled() => {
@@ -136,7 +142,13 @@ pub fn check(
         }
         Decision::Continue { .. } => return Err(Refusal::NotAtPartialHold(slot.stage())),
         Decision::Prune { slot: id, reason } => {
-            in_flight(slot).map_err(|s| if slot.prune_scheduled() { Refusal::PruneUnderWay } else { Refusal::NothingToPrune(s) })?;
+            in_flight(slot).map_err(|s| {
+                if slot.prune_scheduled() {
+                    Refusal::PruneUnderWay
+                } else {
+                    Refusal::NothingToPrune(s)
+                }
+            })?;
             let reason = reason.clone().unwrap_or_else(|| "decided by the controller".to_string());
             Action::Prune { slot: id.clone(), reason }
         }
@@ -149,7 +161,8 @@ pub fn check(
 /// The slot's seed is in flight (GERMINATED to HOLDING) and not blending out; else its stage.
 fn in_flight(slot: &SeedSlot) -> Result<(), SeedStage> {
     let stage = slot.stage();
-    let flying = matches!(stage, SeedStage::Germinated | SeedStage::Training | SeedStage::Blending | SeedStage::Holding);
+    let flying =
+        matches!(stage, SeedStage::Germinated | SeedStage::Training | SeedStage::Blending | SeedStage::Holding);
     if flying && !slot.prune_scheduled() {
         Ok(())
     } else {
@@ -170,9 +183,7 @@ fn germination(
         return Err(Refusal::Occupied(slot.stage()));
     }
     registry.resolve(blueprint).map_err(|e| Refusal::UnknownBlueprint(e.to_string()))?;
-    let target = alpha_target
-        .map(|v| AlphaTarget::try_from(v).map_err(|_| Refusal::BadAlphaTarget(v)))
-        .transpose()?;
+    let target = alpha_target.map(|v| AlphaTarget::try_from(v).map_err(|_| Refusal::BadAlphaTarget(v))).transpose()?;
     let bare = blueprint.rsplit(':').next().unwrap_or(blueprint);
     Ok(Action::Germinate {
         slot: id.clone(),

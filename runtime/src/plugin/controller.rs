@@ -21,7 +21,11 @@ pub struct PluginController {
 
 impl PluginController {
     /// Creates controller `name` of `plugin` with `options` (a JSON object, or null).
-    pub(crate) fn create(plugin: Arc<LoadedPlugin>, name: &str, options: &serde_json::Value) -> Result<Self, LoadError> {
+    pub(crate) fn create(
+        plugin: Arc<LoadedPlugin>,
+        name: &str,
+        options: &serde_json::Value,
+    ) -> Result<Self, LoadError> {
         let fail = |message: String| LoadError::Controller {
             name: name.to_string(),
             path: plugin.path().to_path_buf(),
@@ -31,7 +35,10 @@ impl PluginController {
             return Err(fail("a portable plugin exports no controllers".into()));
         };
         let Some(create) = root.create_controller() else {
-            return Err(fail(format!("the plugin is built against ABI {}, before controllers (1.3)", plugin.abi_version())));
+            return Err(fail(format!(
+                "the plugin is built against ABI {}, before controllers (1.3)",
+                plugin.abi_version()
+            )));
         };
         let options = if options.is_null() { String::new() } else { options.to_string() };
         let created = catch_unwind(AssertUnwindSafe(|| create(name.into(), options.as_str().into())))
@@ -51,7 +58,11 @@ pub fn controllers_of(plugin: &LoadedPlugin) -> Result<Vec<ControllerDescriptor>
         path: path.clone(),
         message: format!("panicked: {}", esper_plugin_api::panic_message(p.as_ref())),
     })?;
-    let list = answer.into_result().map_err(|e| LoadError::Controller { name: "<list>".into(), path, message: e.to_string() })?;
+    let list = answer.into_result().map_err(|e| LoadError::Controller {
+        name: "<list>".into(),
+        path,
+        message: e.to_string(),
+    })?;
     Ok(list.into_iter().map(|d| super::text::sanitize_controller(&d)).collect())
 }
 

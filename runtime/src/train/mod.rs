@@ -28,8 +28,8 @@ use crate::{
     Result,
 };
 use controller::{Action, Controller};
-use esper_plugin_api::observation::Decision;
 pub use error::TrainError;
+use esper_plugin_api::observation::Decision;
 pub use observer::{Observer, Silent};
 use optim::Optimizer;
 use report::EpochRecord;
