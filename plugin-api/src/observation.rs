@@ -73,7 +73,7 @@ pub struct SlotObservation {
     /// Epochs the seed has spent in its stage (0 for an empty slot).
     pub epochs_in_stage: u32,
     pub alpha: f64,
-    /// The amplitude the seed's blend aims at (0 for an empty slot).
+    /// The amplitude the seed's blend aims at, its ramp's target from germination on (0 for an empty slot).
     pub alpha_target: f64,
     /// The seed's blueprint (`topology:name`), if there is a seed.
     pub blueprint: Option<String>,

@@ -8,7 +8,7 @@
 use esper_conformance::{run_suite, Status, SuiteOptions};
 use esper_runtime::{
     config::RunConfig,
-    control::{Decision, Stage, Waiting},
+    control::{Decision, DecisionContext, DecisionMaker, Proposal, Stage, Waiting},
     lifecycle::LifecycleEvent,
     train::{Silent, Trainer},
 };
@@ -160,6 +160,9 @@ fn conformance_fails_each_broken_controller_on_its_named_check_and_passes_greedy
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "greedy passes:\n{text}");
     assert!(text.contains("controller_well_formed"), "{text}");
+    let out = esper().args(["plugins", "inspect"]).arg(&greedy).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("controller greedy "), "inspect lists it:\n{text}");
     let out = esper().arg("conformance").arg(plugin_lib(FAILS_ON[2].0)).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "a broken controller fails `esper conformance`");
 }
@@ -199,11 +202,64 @@ fn observe_and_act_drive_a_run_from_outside() {
     let o = t.observe();
     assert_eq!(o.slots[0].stage, Stage::Germinated);
     assert_eq!(o.slots[0].blueprint.as_deref(), Some("cnn:conv_light"));
+    assert!(o.slots[0].seed_parameters > 0 && o.seed_parameters == o.slots[0].seed_parameters, "{o:?}");
+    assert_eq!((o.slots[0].alpha, o.slots[0].alpha_target), (0.0, 1.0));
+    assert_eq!(o.masks().slot[2], [true], "an advance is legal");
     assert!(o.free_slots.is_empty() && o.masks().slot[1] == [false], "no germination legal now");
     t.run(&mut Silent).unwrap();
     assert_eq!(t.observe().history.len(), 2);
     let first = &t.history()[0].events;
     assert!(first.iter().any(|e| matches!(e, LifecycleEvent::Germinated { .. })), "kept for epoch 1's record");
+    t.act(vec![Decision::Advance { slot: "r0c1".into() }]).unwrap();
+    let gate = t.observe().slots[0].last_gate.clone().expect("the gate just evaluated");
+    assert_eq!((gate.gate.as_str(), gate.passed), ("G1", true));
+}
+
+/// A decision maker that fails (`Err`) on odd epochs and panics on even ones.
+struct Failing;
+
+impl DecisionMaker for Failing {
+    fn name(&self) -> &str {
+        "failing"
+    }
+    fn decide(&mut self, context: &DecisionContext<'_>) -> Result<Vec<Proposal>, String> {
+        match context.observation.epoch % 2 {
+            1 => Err("no idea".into()),
+            _ => panic!("deliberate panic in decide"),
+        }
+    }
+}
+
+#[test]
+fn a_decision_maker_that_errs_or_panics_is_contained_and_the_run_waits() {
+    let _one = one_job_at_a_time();
+    let dir = temp_dir("controller-failing");
+    let cnn = plugin_lib("esper-cnn");
+    let text = SmallJob {
+        plugin: &cnn,
+        epochs: 2,
+        batch_size: 64,
+        memory_format: "contiguous",
+        blueprint: None,
+        sections: "",
+    }
+    .text();
+    let mut t = Trainer::new(RunConfig::load(&write_file(&dir, "run.toml", &text)).unwrap()).unwrap();
+    t.set_decision_maker(Box::new(Failing));
+    assert_eq!(t.decision_maker(), "failing");
+    t.run(&mut Silent).unwrap();
+    let failed: Vec<String> = t
+        .history()
+        .iter()
+        .flat_map(|r| r.events.iter())
+        .filter_map(|e| match e {
+            LifecycleEvent::ControllerFailed { controller, reason } if controller == "failing" => Some(reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 3, "before epoch 1 and after each epoch: {failed:?}");
+    assert!(failed[0].contains("panicked: deliberate panic in decide"), "{failed:?}");
+    assert_eq!(failed[1], "no idea");
 }
 
 #[test]

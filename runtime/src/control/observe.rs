@@ -88,7 +88,8 @@ fn slot_of(slot: &SeedSlot, run: &RunView<'_>) -> SlotObservation {
         stage: stage_of(slot.stage()),
         epochs_in_stage: metrics.map_or(0, |m| m.epochs_in_current_stage()),
         alpha: slot.alpha(),
-        alpha_target: state.map_or(0.0, |s| s.alpha_controller().alpha_target()),
+        // The ramp's target from germination on (full once continued; not 0 while blending out).
+        alpha_target: state.map_or(0.0, |s| s.blend().target.value().max(s.alpha_controller().alpha_target())),
         blueprint: state.filter(|_| live).map(|s| s.blueprint_id().to_string()),
         seed_parameters: slot.seed_parameters().iter().map(|t| t.numel() as u64).sum(),
         gradient_ratio: metrics.and_then(|m| m.seed_gradient_norm_ratio()),
