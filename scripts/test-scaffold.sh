@@ -2,7 +2,8 @@
 # End-to-end check of `esper plugin new`: in a fresh folder outside the checkout, with
 # LIBTORCH unset, a new portable plugin passes `cargo test` (the conformance suite, run
 # by this checkout's esper) with no tch or torch-sys in its dependency tree, and so does
-# a new native plugin. Prints the portable project's clean build-and-test wall time.
+# a new native plugin, and a new controller plugin, which then drives an `esper run` that
+# germinates a seed. Prints the portable project's clean build-and-test wall time.
 # Needs the built esper (`cargo build --workspace`, as scripts/test.sh runs first).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -54,4 +55,19 @@ export CARGO_TARGET_DIR="$root/target"
 export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS='-C link-arg=-Wl,-rpath,$ORIGIN/../../.libtorch/lib:$ORIGIN/../../../.libtorch/lib'
 "$root/scripts/cargo-reusing.sh" test || fail "cargo test of the new native plugin"
 rm -f "$root/target/debug/libmy_native.so"
+cd "$work"
+
+echo "== controller: esper plugin new my-controller --controller && cargo test, then esper run with it"
+"$ESPER" plugin new my-controller --controller
+cd my-controller
+"$root/scripts/cargo-reusing.sh" test || fail "cargo test of the new controller plugin"
+"$root/scripts/cargo-reusing.sh" build || fail "cargo build of the new controller plugin"
+lib="$root/target/debug/libmy_controller.so"
+[[ -f "$lib" ]] || fail "$lib was not built"
+# The generated run.toml, with the library where the shared target folder has it.
+sed "s|target/debug/libmy_controller.so|$lib|" run.toml >run-here.toml
+"$ESPER" run run-here.toml || fail "esper run with the controller"
+grep -q '"event": "germinated"' runs/my-controller/report.json || fail "the controller germinated nothing"
+echo "the controller plugin drove a run that germinated a seed"
+rm -f "$lib"
 echo "test-scaffold: OK"

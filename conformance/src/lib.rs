@@ -20,6 +20,7 @@
 
 mod checks;
 mod child;
+mod controllers;
 mod report;
 mod supervise;
 mod table;
@@ -107,7 +108,13 @@ impl Prepared {
         let (handshake, handshake_check) = handshake(&registry);
         let mut checks = vec![handshake_check];
         let keys: Vec<String> = registry.list().map(|(k, _, _)| k.to_string()).collect();
+        let controller_checks = controllers::controller_checks(&registry);
+        let has_controllers = controller_checks.first().is_some_and(|c| c.status == report::Status::Pass);
         let selected = match &options.blueprint {
+            None if keys.is_empty() && has_controllers => {
+                checks.push(CheckResult::pass(Check::Blueprints, "none (a controller library)"));
+                Vec::new()
+            }
             None if keys.is_empty() => {
                 checks.push(CheckResult::fail(
                     Check::Blueprints,
@@ -133,6 +140,7 @@ impl Prepared {
                 }
             },
         };
+        checks.extend(controller_checks);
         Ok(Self { plugin, registry, target, handshake, checks, selected })
     }
 
@@ -224,7 +232,7 @@ pub fn run_blueprint_observed(
     let mut results = Vec::new();
     for spec in &CHECKS {
         let (run, needs_seed) = match spec.scope {
-            Scope::Library | Scope::Process => continue,
+            Scope::Library | Scope::Controller | Scope::Process => continue,
             Scope::Seed(run) => (run, true),
             Scope::Blueprint(run) => (run, false),
         };

@@ -42,6 +42,10 @@ pub enum Check {
     // Per library.
     Handshake,
     Blueprints,
+    Controllers,
+    ControllerDeterministic,
+    ControllerEdgeObservations,
+    ControllerWellFormed,
     // Per blueprint.
     Metadata,
     Create,
@@ -83,6 +87,11 @@ impl Check {
     /// The checks run once per library, in report order.
     pub fn library() -> impl Iterator<Item = Check> {
         super::table::CHECKS.iter().filter(|s| s.scope.is_library()).map(|s| s.check)
+    }
+
+    /// The controller checks (run once per library, on each controller it exports).
+    pub fn controller() -> impl Iterator<Item = Check> {
+        super::table::CHECKS.iter().filter(|s| matches!(s.scope, super::table::Scope::Controller)).map(|s| s.check)
     }
 
     /// The checks run for each blueprint, in report order.

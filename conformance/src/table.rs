@@ -16,6 +16,9 @@ pub type Runner = fn(&Subject<'_>, Device) -> CheckResult;
 pub enum Scope {
     /// Once per library (run by the suite itself, before any blueprint).
     Library,
+    /// Once per library that exports controllers (ABI 1.3), on each of them; a library
+    /// without any reports only `controllers` (a skip).
+    Controller,
     /// For each blueprint.
     Blueprint(Runner),
     /// For each blueprint that can create a seed (skipped, saying why, otherwise).
@@ -46,7 +49,7 @@ pub struct CheckSpec {
 
 /// Every check, in report order (`no_panic` last of those run: it sums up the others'
 /// panics; the process supervisor's after it).
-pub const CHECKS: [CheckSpec; 20] = [
+pub const CHECKS: [CheckSpec; 24] = [
     CheckSpec {
         check: Check::Handshake,
         name: "handshake",
@@ -57,8 +60,34 @@ pub const CHECKS: [CheckSpec; 20] = [
     CheckSpec {
         check: Check::Blueprints,
         name: "blueprints",
-        what: "the library exports at least one blueprint (and the one asked for)",
+        what: "the library exports at least one blueprint or controller (and the blueprint asked for)",
         scope: Scope::Library,
+    },
+    CheckSpec {
+        check: Check::Controllers,
+        name: "controllers",
+        what: "the controllers the library exports (ABI 1.3) can be listed and created with no options",
+        scope: Scope::Controller,
+    },
+    CheckSpec {
+        check: Check::ControllerDeterministic,
+        name: "controller_deterministic",
+        what: "two fresh instances of each controller answer the same observations with the same decisions",
+        scope: Scope::Controller,
+    },
+    CheckSpec {
+        check: Check::ControllerEdgeObservations,
+        name: "controller_edge_observations",
+        what: "no error and no panic when no slot is free, every slot is embargoed, the history is empty, no \
+               blueprint is loaded, or there are no slots",
+        scope: Scope::Controller,
+    },
+    CheckSpec {
+        check: Check::ControllerWellFormed,
+        name: "controller_well_formed",
+        what: "every decision reads as one, names a slot and blueprint of the observation, is legal by its masks, \
+               at most one per slot",
+        scope: Scope::Controller,
     },
     CheckSpec {
         check: Check::Metadata,
@@ -193,7 +222,8 @@ mod tests {
             assert!(CHECKS[..i].iter().all(|s| s.name != spec.name), "{} twice", spec.name);
         }
         let process = CHECKS.iter().filter(|s| matches!(s.scope, Scope::Process)).count();
-        assert_eq!(Check::library().count() + Check::blueprint().count() + process, CHECKS.len());
+        let per_library = Check::library().count() + Check::controller().count();
+        assert_eq!(per_library + Check::blueprint().count() + process, CHECKS.len());
         assert_eq!(Check::blueprint().last(), Some(Check::NoPanic), "no_panic sums up the others: last");
         for spec in &CHECKS {
             assert_eq!(Check::from_name(spec.name), Some(spec.check));

@@ -8,10 +8,13 @@
 //! [`TensorRef`]/[`TensorOut`] handles and the [`ParamSink`] the runtime implements.
 
 pub use crate::blueprint::{BlueprintDescriptor, Registration};
+pub use crate::controller::{
+    ControllerBox, ControllerDescriptor, ControllerModule, ControllerModule_TO, ControllerRegistration,
+};
 pub use crate::params::{ParamSink, ParamSinkRef, ParamSink_TO, ParamSpec};
 pub use crate::root::{
-    blueprints, create_seed, describe_options, handshake, init_root_module, standard_root, CreateRequest, PluginInfo,
-    PluginRoot, PluginRootRef, STANDARD_HEADER,
+    blueprints, controllers, create_controller, create_seed, describe_options, handshake, init_root_module,
+    standard_root, CreateRequest, PluginInfo, PluginRoot, PluginRootRef, STANDARD_HEADER,
 };
 pub use crate::seed::{SeedBox, SeedModule, SeedModule_TO};
 pub use crate::tensor::{TensorOut, TensorRef, TensorView};

@@ -11,6 +11,10 @@
 //! esper_plugin_api::export_plugin!();                 // once per library
 //! ```
 //!
+//! A plugin may also export [`Controller`]s (ABI 1.3): each decides, from an
+//! [`Observation`] after every epoch, the lifecycle's next [`Decision`]s, and is
+//! registered with `esper_plugin_api::register_controller!(MyController);`.
+//!
 //! The crate root is the author's prelude: [`Blueprint`], [`Seed`], [`Params`] (with
 //! [`Params::sub`] for composite seeds), [`Init`], [`NoOptions`]/[`parse_options`],
 //! [`PluginError`] and the two macros. What crosses the boundary lives in [`abi`]
@@ -21,7 +25,9 @@
 #![allow(non_local_definitions)] // emitted by abi_stable's #[sabi_trait]
 
 mod blueprint;
+mod controller;
 mod error;
+pub mod observation;
 mod params;
 mod root;
 mod seed;
@@ -32,7 +38,9 @@ pub mod abi;
 
 // The author's prelude: what a blueprint plugin uses (plus the two macros).
 pub use blueprint::{parse_options, Blueprint, NoOptions};
+pub use controller::Controller;
 pub use error::{panic_message, ErrorKind, PluginError};
+pub use observation::{Decision, Observation, OBSERVATION_VERSION};
 pub use params::{Init, Params};
 pub use seed::Seed;
 

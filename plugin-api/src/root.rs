@@ -5,7 +5,10 @@
 //! panics, so none crosses the boundary.
 
 use crate::{
-    abi::{BlueprintDescriptor, Handshake, ParamSinkRef, Registration, SeedBox, ABI_VERSION, ABI_VERSION_STRINGS},
+    abi::{
+        BlueprintDescriptor, ControllerBox, ControllerDescriptor, ControllerRegistration, Handshake, ParamSinkRef,
+        Registration, SeedBox, ABI_VERSION, ABI_VERSION_STRINGS,
+    },
     ErrorKind, Params, PluginError,
 };
 use abi_stable::{
@@ -51,6 +54,12 @@ pub struct PluginRoot {
     /// blueprint publishes none. Absent in ABI 1.0 plugins: its accessor returns `None`.
     #[sabi(missing_field(option))]
     pub describe_options: extern "C" fn(blueprint: RStr<'_>) -> RResult<ROption<RString>, PluginError>,
+    /// ABI 1.3: the controllers the plugin exports. Absent before: its accessor returns `None`.
+    #[sabi(missing_field(option))]
+    pub controllers: extern "C" fn() -> RResult<RVec<ControllerDescriptor>, PluginError>,
+    /// ABI 1.3: creates controller `name` with its options (JSON text; empty means none).
+    #[sabi(missing_field(option))]
+    pub create_controller: extern "C" fn(name: RStr<'_>, options_json: RStr<'_>) -> RResult<ControllerBox, PluginError>,
 }
 
 impl RootModule for PluginRootRef {
@@ -134,6 +143,19 @@ pub extern "C" fn describe_options(blueprint: RStr<'_>) -> RResult<ROption<RStri
     })
 }
 
+/// The standard `controllers` (ABI 1.3): every controller registered in this plugin.
+pub extern "C" fn controllers() -> RResult<RVec<ControllerDescriptor>, PluginError> {
+    guard("controllers", || {
+        Ok(inventory::iter::<ControllerRegistration>.into_iter().map(ControllerRegistration::descriptor).collect())
+    })
+}
+
+/// The standard `create_controller` (ABI 1.3): finds the controller in this plugin's
+/// inventory and creates it with its options.
+pub extern "C" fn create_controller(name: RStr<'_>, options_json: RStr<'_>) -> RResult<ControllerBox, PluginError> {
+    guard("create_controller", || (crate::controller::registration(name.as_str())?.create)(options_json.as_str()))
+}
+
 /// The blueprint `name` of this plugin's inventory.
 fn registration(name: &str) -> Result<&'static Registration, PluginError> {
     inventory::iter::<Registration>.into_iter().find(|r| r.name == name).ok_or_else(|| {
@@ -155,7 +177,8 @@ fn guard<T>(context: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResul
 /// The standard root module, made of the functions above.
 pub fn standard_root() -> PluginRootRef {
     use abi_stable::prefix_type::PrefixTypeTrait;
-    PluginRoot { handshake, blueprints, create_seed, describe_options }.leak_into_prefix()
+    PluginRoot { handshake, blueprints, create_seed, describe_options, controllers, create_controller }
+        .leak_into_prefix()
 }
 
 extern "C" fn standard_root_erased() -> RootModuleResult {

@@ -10,10 +10,10 @@ use std::fmt;
 /// `k >= n`. A minor version only appends fields to the root module (an abi_stable
 /// prefix type), which a runtime reads as absent in an older plugin; anything else is
 /// a new major version.
-pub const ABI_VERSION: AbiVersion = AbiVersion::new(1, 2);
+pub const ABI_VERSION: AbiVersion = AbiVersion::new(1, 3);
 /// [`ABI_VERSION`] as `MAJOR.MINOR.0`: the version abi_stable compares (same major) when
 /// it opens a library, before the layout check. A unit test keeps the two equal.
-pub const ABI_VERSION_STRINGS: VersionStrings = VersionStrings::new("1.2.0");
+pub const ABI_VERSION_STRINGS: VersionStrings = VersionStrings::new("1.3.0");
 /// Version of this plugin API crate (`esper-plugin-api`): informational only, the runtime
 /// does not compare it.
 pub const PLUGIN_API_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -41,7 +41,8 @@ extern "C" {
 #endif
 
 #define ESPER_ABI_MAJOR 1
-#define ESPER_ABI_MINOR 2
+/* 1.3 added controllers, to native plugins only: this header is unchanged from 1.2. */
+#define ESPER_ABI_MINOR 3
 
 typedef int32_t esper_status;
 #define ESPER_OK 0

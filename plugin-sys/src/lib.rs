@@ -16,7 +16,7 @@ pub const HEADER_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/include/espe
 
 /// The ABI version this crate is built against (shared with native plugins).
 pub const ABI_MAJOR: u32 = 1;
-pub const ABI_MINOR: u32 = 2;
+pub const ABI_MINOR: u32 = 3;
 /// The one symbol a portable plugin exports: an [`EntryFn`].
 pub const ENTRY_SYMBOL: &str = "esper_portable_plugin";
 

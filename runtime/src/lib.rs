@@ -9,6 +9,8 @@
 //! * [`lifecycle`]: seed stages, transitions, gates, alpha schedule and metrics.
 //! * [`model`]: the morphogenetic model: host plus seed slots, germinate, prune, forward.
 //! * [`config`]: the run config (TOML).
+//! * [`control`]: who decides the lifecycle (the heuristic, a controller plugin, a
+//!   caller's decision maker), the observation it sees and the validation of its decisions.
 //! * [`train`]: the training job, controller, checkpoints and the run's record.
 //! * [`run_folder`]: a run's output folder: its lock, and its files written safely.
 //! * [`plugin`]: the plugin loader and blueprint registry (dynamic blueprint plugins
@@ -20,6 +22,7 @@
 
 pub mod blend;
 pub mod config;
+pub mod control;
 pub mod data;
 pub mod device;
 pub mod distributed;

@@ -304,7 +304,7 @@ fn env_prints_the_runtime_the_checkout_and_its_libtorch() {
     assert_eq!(path("ESPER").canonicalize().unwrap(), esper_tests::esper_bin().canonicalize().unwrap());
     assert!(path("ESPER_SOURCE").join("plugin-portable/Cargo.toml").is_file(), "{vars:?}");
     assert_eq!(vars["ESPER_ABI"], esper_plugin_api::abi::ABI_VERSION.to_string());
-    assert_eq!(vars["ESPER_ABI"], "1.2");
+    assert_eq!(vars["ESPER_ABI"], "1.3");
     let libtorch = path("LIBTORCH");
     assert!(libtorch.is_absolute() && libtorch.join("lib").is_dir(), "{vars:?}");
     assert_eq!(vars["LIBTORCH_CXX11_ABI"], "1");

@@ -381,7 +381,11 @@ fn esper_conformance_passes_norm_with_exit_status_zero() {
     assert_eq!(json["summary"]["fail"], 0);
     let library_checks: Vec<&str> =
         json["checks"].as_array().unwrap().iter().map(|c| c["check"].as_str().unwrap()).collect();
-    assert_eq!(library_checks, ["handshake", "blueprints"]);
+    assert_eq!(
+        library_checks,
+        ["handshake", "blueprints", "controllers"],
+        "a blueprint library reports no controller (a skip)"
+    );
     let blueprint = &json["blueprints"][0];
     assert_eq!(blueprint["name"], "cnn:norm");
     assert_eq!(blueprint["passed"], true);

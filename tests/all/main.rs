@@ -7,6 +7,7 @@ mod config_limits;
 mod conformance;
 mod controller;
 mod custom_host;
+mod decisions;
 mod example_plugin;
 mod gpu;
 mod host_seam;

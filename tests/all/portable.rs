@@ -116,10 +116,10 @@ fn the_esper_binary_checks_inspects_and_lists_the_c_plugin() {
     let lib = c_fixture("c_gain");
     let out = esper().arg("conformance").arg(&lib).output().unwrap();
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
-    assert!(stdout(&out).contains("(portable): ABI 1.2"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("(portable): ABI 1.3"), "{}", stdout(&out));
     let out = esper().args(["plugins", "inspect"]).arg(&lib).output().unwrap();
     let text = stdout(&out);
-    assert!(out.status.success() && text.contains("kind     portable, ABI 1.2"), "{text}");
+    assert!(out.status.success() && text.contains("kind     portable, ABI 1.3"), "{text}");
     assert!(text.contains("\"additionalProperties\": false"), "its options schema is shown: {text}");
 }
 
@@ -156,10 +156,10 @@ fn a_portable_plugin_of_an_older_minor_loads_and_runs() {
 fn portable_libraries_claiming_another_abi_or_without_a_forward_are_refused_by_message() {
     let refuse = |name: &str| BlueprintRegistry::new().load(&c_fixture(name)).expect_err("refused").to_string();
     let e = refuse("c_gain_abi_2_0");
-    assert!(e.contains("plugin built against ABI 2.0, runtime has ABI 1.2") && e.contains("another major"), "{e}");
+    assert!(e.contains("plugin built against ABI 2.0, runtime has ABI 1.3") && e.contains("another major"), "{e}");
     let e = refuse("c_gain_abi_1_9");
     assert!(
-        e.contains("plugin built against ABI 1.9, runtime has ABI 1.2") && e.contains("the plugin is newer"),
+        e.contains("plugin built against ABI 1.9, runtime has ABI 1.3") && e.contains("the plugin is newer"),
         "{e}"
     );
     let e = refuse("c_gain_null_forward");

@@ -9,6 +9,7 @@
 //! job runs.
 
 mod containment;
+mod controllers;
 mod distributed;
 mod run_job;
 mod transformer_job;

@@ -5,7 +5,7 @@ use crate::telemetry;
 use anyhow::Result;
 use clap::Subcommand;
 use esper_plugin_api::abi::ABI_VERSION;
-use esper_runtime::plugin::{BlueprintRegistry, OptionsSchema};
+use esper_runtime::plugin::{controllers_of, BlueprintRegistry, OptionsSchema};
 use std::{path::PathBuf, process::ExitCode};
 use tch::Device;
 
@@ -14,7 +14,7 @@ pub enum PluginsCommand {
     /// List the blueprints of plugin libraries or folders (default: the shipped plugins).
     List { paths: Vec<PathBuf> },
     /// Show a library's handshake and blueprints, with declared against actual
-    /// parameter counts for a channel count.
+    /// parameter counts for a channel count, and its controllers.
     Inspect {
         library: PathBuf,
         /// Channel count the blueprints are instantiated with.
@@ -51,6 +51,9 @@ impl PluginsCommand {
                         "", d.param_estimate
                     );
                     print_options_schema(&registry, key);
+                }
+                for c in controllers_of(plugin)? {
+                    println!("  controller {:<16} {}", c.name, c.description);
                 }
                 Ok(ExitCode::SUCCESS)
             }

@@ -1,6 +1,7 @@
-//! `esper plugin new NAME [--portable | --native] [--path DIR]`: a new plugin project,
-//! DIR/NAME, with one blueprint that is the identity at birth, its conformance test and
-//! its dependencies on this runtime's plugin crates (by path: they are not published).
+//! `esper plugin new NAME [--portable | --native | --controller] [--path DIR]`: a new
+//! plugin project, DIR/NAME, with one blueprint that is the identity at birth (or, with
+//! `--controller`, one controller and a run config that uses it), its conformance test
+//! and its dependencies on this runtime's plugin crates (by path: they are not published).
 
 use super::env::{libtorch_dir, source_dir};
 use anyhow::{bail, ensure, Context, Result};
@@ -26,6 +27,9 @@ pub struct NewArgs {
     /// A native plugin: tch built against this runtime's exact libtorch.
     #[arg(long)]
     pub native: bool,
+    /// A controller plugin (native): decides when to germinate, advance and prune.
+    #[arg(long, conflicts_with_all = ["portable", "native"])]
+    pub controller: bool,
     /// The folder to create the project in.
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub path: PathBuf,
@@ -44,11 +48,15 @@ impl PluginCommand {
 pub enum Kind {
     Portable,
     Native,
+    /// A native library with a controller instead of a blueprint.
+    Controller,
 }
 
 const CARGO_TOML: &str = include_str!("../../templates/Cargo.toml.in");
 const LIB_RS: &str = include_str!("../../templates/lib.rs.in");
 const CARGO_CONFIG: &str = include_str!("../../templates/config.toml.in");
+const CONTROLLER_RS: &str = include_str!("../../templates/controller.rs.in");
+const CONTROLLER_RUN: &str = include_str!("../../templates/controller-run.toml.in");
 
 /// The runtime's dev profile, as the workspace's Cargo.toml has it (a test checks): a
 /// native project built into the runtime's target folder with the same profile reuses the
@@ -176,12 +184,13 @@ pub fn project_files(name: &str, kind: Kind, source: &Path, libtorch: &Path) -> 
     let (kind_word, api, imports, forward) = match kind {
         Kind::Portable => ("portable", "esper_plugin_portable", format!("{common}, Tensor"), PORTABLE_FORWARD),
         Kind::Native => ("native", "esper_plugin_api", format!("tch::Tensor, {common}"), NATIVE_FORWARD),
+        Kind::Controller => ("controller", "esper_plugin_api", String::new(), ""),
     };
     let dependencies = match kind {
         Kind::Portable => {
             format!("[dependencies]\nesper-plugin-portable = {{ path = \"{source}/plugin-portable\" }}\n")
         }
-        Kind::Native => format!(
+        Kind::Native | Kind::Controller => format!(
             "[dependencies]\nesper-plugin-api = {{ path = \"{source}/plugin-api\" }}\n\n\
              [dev-dependencies]\n# Only for the one-line conformance test (tests/conformance.rs).\n\
              esper-conformance = {{ path = \"{source}/conformance\" }}\n\n\
@@ -191,8 +200,9 @@ pub fn project_files(name: &str, kind: Kind, source: &Path, libtorch: &Path) -> 
     };
     let test_crate = match kind {
         Kind::Portable => "esper_plugin_portable",
-        Kind::Native => "esper_conformance",
+        Kind::Native | Kind::Controller => "esper_conformance",
     };
+    let lib = name.replace('-', "_");
     let type_name = type_name(name);
     let values = [
         ("name", name),
@@ -204,28 +214,33 @@ pub fn project_files(name: &str, kind: Kind, source: &Path, libtorch: &Path) -> 
         ("imports", imports.as_str()),
         ("type", type_name.as_str()),
         ("forward", forward),
+        ("lib", lib.as_str()),
     ];
+    let lib_rs = if kind == Kind::Controller { CONTROLLER_RS } else { LIB_RS };
     let mut files = vec![
         ("Cargo.toml", fill(CARGO_TOML, &values)),
-        ("src/lib.rs", fill(LIB_RS, &values)),
+        ("src/lib.rs", fill(lib_rs, &values)),
         (
             "tests/conformance.rs",
             format!("//! The Esper conformance suite on this crate's own built plugin library.\n{test_crate}::conformance_test!();\n"),
         ),
         (".gitignore", "target/\n".to_string()),
     ];
-    if kind == Kind::Native {
+    if kind != Kind::Portable {
         files.push((".cargo/config.toml", fill(CARGO_CONFIG, &values)));
+    }
+    if kind == Kind::Controller {
+        files.push(("run.toml", fill(CONTROLLER_RUN, &values)));
     }
     files
 }
 
 impl NewArgs {
     fn kind(&self) -> Kind {
-        if self.native {
-            Kind::Native
-        } else {
-            Kind::Portable
+        match (self.native, self.controller) {
+            (_, true) => Kind::Controller,
+            (true, false) => Kind::Native,
+            (false, false) => Kind::Portable,
         }
     }
 
@@ -234,7 +249,7 @@ impl NewArgs {
         let kind = self.kind();
         let source = source_dir()?;
         let libtorch = libtorch_dir(&source);
-        if kind == Kind::Native {
+        if kind != Kind::Portable {
             ensure!(
                 libtorch.join("lib").is_dir(),
                 "a native plugin needs the runtime's libtorch, and {} has no lib/ folder: run scripts/setup.sh in {}",
@@ -265,8 +280,17 @@ impl NewArgs {
         if lock.is_file() {
             std::fs::copy(&lock, dir.join("Cargo.lock")).with_context(|| format!("cannot copy {}", lock.display()))?;
         }
-        let kind_word = if kind == Kind::Native { "native" } else { "portable" };
-        println!("created {kind_word} plugin `{}` in {} (blueprint cnn:{})", self.name, dir.display(), self.name);
+        match kind {
+            Kind::Controller => {
+                println!("created controller plugin `{}` in {} (controller {})", self.name, dir.display(), self.name);
+                println!("run it: cd {} && cargo build && esper run run.toml", dir.display());
+            }
+            Kind::Native | Kind::Portable => {
+                let kind_word = if kind == Kind::Native { "native" } else { "portable" };
+                let (name, dir) = (&self.name, dir.display());
+                println!("created {kind_word} plugin `{name}` in {dir} (blueprint cnn:{name})");
+            }
+        }
         println!(
             "next: cd {} && cargo test   (the conformance suite runs in `esper`: on PATH or $ESPER)",
             dir.display()
@@ -305,5 +329,19 @@ mod tests {
         let files = project_files("my-native", Kind::Native, Path::new("/src"), Path::new("/src/.libtorch"));
         let (_, manifest) = files.iter().find(|(path, _)| *path == "Cargo.toml").expect("a Cargo.toml");
         assert_eq!(profile(manifest), profile(include_str!("../../../Cargo.toml")));
+    }
+
+    #[test]
+    fn a_controller_project_registers_its_controller_and_a_run_config_that_selects_it() {
+        let files = project_files("my-ctl", Kind::Controller, Path::new("/src"), Path::new("/src/.libtorch"));
+        let file = |name: &str| files.iter().find(|(path, _)| *path == name).map(|(_, t)| t.as_str()).unwrap();
+        assert!(file("src/lib.rs").contains("esper_plugin_api::register_controller!(MyCtl);"));
+        assert!(file("src/lib.rs").contains("const NAME: &'static str = \"my-ctl\";"));
+        assert!(file("Cargo.toml").contains("esper-plugin-api = { path = \"/src/plugin-api\" }"));
+        let run: toml::Table = file("run.toml").parse().expect("a TOML run config");
+        let controller = &run["lifecycle"]["controller"];
+        assert_eq!(controller["plugin"].as_str(), Some("target/debug/libmy_ctl.so"));
+        assert_eq!(controller["name"].as_str(), Some("my-ctl"));
+        assert!(files.iter().any(|(path, _)| *path == ".cargo/config.toml"), "native: LIBTORCH and rpath");
     }
 }

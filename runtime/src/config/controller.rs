@@ -4,7 +4,7 @@
 use crate::host::Topology;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::PathBuf};
 
 /// esper-lite's rotation of CNN blueprints, the controller's default on a CNN host.
 pub const DEFAULT_ROTATION: [&str; 5] = ["conv_light", "conv_heavy", "attention", "norm", "depthwise"];
@@ -21,10 +21,23 @@ pub fn default_rotation(topology: Topology) -> &'static [&'static str] {
     }
 }
 
-/// The automatic controller.
+/// The automatic controller: the built-in heuristic (the keys below), or a controller
+/// plugin's (`plugin` and `name`, with `plugin_options`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControllerConfig {
+    /// A controller plugin library (relative to the config file): its controller `name`
+    /// decides instead of the built-in heuristic, whose keys then do not apply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PathBuf>,
+    /// The controller of `plugin` to use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The options of the plugin's controller (a table).
+    #[serde(skip_serializing_if = "Value::is_null")]
+    pub plugin_options: Value,
+    /// The built-in heuristic germinates (when false, it only walks seeds through the
+    /// gates and the schedule's germinations happen).
     pub enabled: bool,
     /// One blueprint to germinate (with `options`): a shortcut for `blueprints = [it]`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -77,6 +90,9 @@ pub struct ControllerConfig {
 impl Default for ControllerConfig {
     fn default() -> Self {
         Self {
+            plugin: None,
+            name: None,
+            plugin_options: Value::Null,
             enabled: true,
             blueprint: None,
             options: Value::Null,
@@ -121,6 +137,7 @@ impl ControllerConfig {
     /// The settings that cannot work together, named (on a host of `topology`).
     pub fn validate(&self, topology: Topology) -> Result<(), String> {
         let key = "lifecycle.controller";
+        self.validate_plugin()?;
         if self.blueprint.is_some() && self.blueprints.is_some() {
             return Err(format!("{key}: give `blueprint` (one) or `blueprints` (a rotation), not both"));
         }
@@ -148,6 +165,26 @@ impl ControllerConfig {
             return Err(format!("{key}.penalty_decay = {}: must be in [0, 1)", self.penalty_decay));
         }
         Ok(())
+    }
+}
+
+impl ControllerConfig {
+    /// The plugin controller's keys: `plugin` and `name` together, and nothing of the
+    /// built-in heuristic's rotation beside them.
+    fn validate_plugin(&self) -> Result<(), String> {
+        let key = "lifecycle.controller";
+        match (&self.plugin, &self.name) {
+            (Some(_), None) => Err(format!("{key}.plugin needs `name`: which of the library's controllers to use")),
+            (None, Some(_)) => Err(format!("{key}.name needs `plugin`: the controller library's path")),
+            (None, None) if !self.plugin_options.is_null() => {
+                Err(format!("{key}.plugin_options belongs to a controller plugin: give `plugin` and `name`"))
+            }
+            (Some(_), Some(_)) if self.blueprint.is_some() || self.blueprints.is_some() => Err(format!(
+                "{key}: `blueprint` and `blueprints` are the built-in controller's rotation; a controller plugin \
+                 (`plugin`) chooses its own blueprints"
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -195,6 +232,17 @@ mod tests {
             .contains("blueprint_options.attention: `attention` is not in the rotation"));
         let options = ControllerConfig { options: serde_json::json!({"x": 1}), ..Default::default() };
         assert!(options.validate(Topology::Cnn).unwrap_err().contains("options belongs to `blueprint`"));
+        let plugin = ControllerConfig { plugin: Some("libc.so".into()), ..Default::default() };
+        assert!(plugin.validate(Topology::Cnn).unwrap_err().contains("plugin needs `name`"));
+        let name = ControllerConfig { name: Some("greedy".into()), ..Default::default() };
+        assert!(name.validate(Topology::Cnn).unwrap_err().contains("name needs `plugin`"));
+        let both =
+            ControllerConfig { plugin: Some("libc.so".into()), name: Some("greedy".into()), ..Default::default() };
+        both.validate(Topology::Cnn).unwrap();
+        let rotation = ControllerConfig { blueprint: Some("norm".into()), ..both };
+        assert!(rotation.validate(Topology::Cnn).unwrap_err().contains("chooses its own blueprints"));
+        let options = ControllerConfig { plugin_options: serde_json::json!({"k": 1}), ..Default::default() };
+        assert!(options.validate(Topology::Cnn).unwrap_err().contains("plugin_options belongs"));
         let decay = ControllerConfig { penalty_decay: 1.5, ..Default::default() };
         assert!(decay.validate(Topology::Cnn).unwrap_err().contains("penalty_decay"));
     }

@@ -418,6 +418,9 @@ impl RunConfig {
         for p in &mut self.plugins {
             join(&mut p.path);
         }
+        if let Some(p) = &mut self.lifecycle.controller.plugin {
+            join(p);
+        }
         join(&mut self.output.dir);
         match &mut self.data {
             DataConfig::Cifar10 { path, .. } => join(path),
@@ -459,6 +462,13 @@ impl RunConfig {
                     s.epoch, self.training.epochs
                 )));
             }
+        }
+        if self.lifecycle.controller.plugin.is_some() && !self.lifecycle.schedule.is_empty() {
+            return Err(invalid(
+                "lifecycle.schedule is the built-in controller's; with a controller plugin (lifecycle.controller.plugin) \
+                 let the plugin germinate"
+                    .into(),
+            ));
         }
         let topology = self.host.topology();
         self.lifecycle.controller.validate(topology).and_then(|()| self.distributed.validate()).map_err(invalid)?;

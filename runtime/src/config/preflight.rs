@@ -108,6 +108,7 @@ impl RunConfig {
         for s in &self.lifecycle.schedule {
             self.check_topology(&registry, &s.blueprint, "lifecycle.schedule")?;
         }
+        self.check_controller_plugin(&mut registry)?;
         let rotation = self.controller_rotation(&registry)?;
         self.try_blueprints(&registry, &points, &rotation)?;
         Ok(Preflight { registry, estimate, limit, rotation })
@@ -142,7 +143,7 @@ impl RunConfig {
         registry: &BlueprintRegistry,
     ) -> Result<Vec<(String, serde_json::Value)>, PreflightError> {
         let ctl = &self.lifecycle.controller;
-        if !ctl.enabled {
+        if !ctl.enabled || ctl.plugin.is_some() {
             return Ok(Vec::new());
         }
         let host = self.host.topology();
@@ -162,6 +163,26 @@ impl RunConfig {
             self.check_topology(registry, b, &format!("lifecycle.controller.{setting}"))?;
         }
         Ok(rotation)
+    }
+
+    /// The controller plugin, if any, loaded (beside the `[[plugins]]`; the same file
+    /// twice is one library) and exporting the controller `name`.
+    fn check_controller_plugin(&self, registry: &mut BlueprintRegistry) -> Result<(), LoadError> {
+        let ctl = &self.lifecycle.controller;
+        let (Some(path), Some(name)) = (&ctl.plugin, &ctl.name) else { return Ok(()) };
+        registry.load(path)?;
+        let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
+        let Some(plugin) = registry.plugins().find(|p| p.path() == canonical) else { return Ok(()) };
+        let names: Vec<String> = crate::plugin::controllers_of(plugin)?.iter().map(|d| d.name.to_string()).collect();
+        if names.iter().any(|n| n == name) {
+            return Ok(());
+        }
+        let has = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+        Err(LoadError::Controller {
+            name: name.clone(),
+            path: canonical,
+            message: format!("no such controller in the library (it has: {has})"),
+        })
     }
 
     /// `blueprint`, named at `setting`, resolves and is of the host's topology.

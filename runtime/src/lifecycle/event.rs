@@ -123,6 +123,20 @@ pub enum LifecycleEvent {
         seconds: f64,
         limit_s: f64,
     },
+    /// A controller's decision the runtime refused (never applied): `controller` names
+    /// it, `slot` the slot (empty when the decision names none), `decision` is the decision
+    /// as JSON and `reason` why (see [`crate::control::validate`]).
+    DecisionRefused {
+        controller: String,
+        slot: String,
+        decision: String,
+        reason: String,
+    },
+    /// A controller failed (an error, or a panic, contained): the run waits this epoch.
+    ControllerFailed {
+        controller: String,
+        reason: String,
+    },
     /// An event recorded as text only (the first format).
     Note(String),
 }
@@ -168,6 +182,13 @@ impl fmt::Display for LifecycleEvent {
                          libtorch's kernels for the host and every seed together, none of them plugin code"
                     ),
                 }
+            }
+            LifecycleEvent::DecisionRefused { controller, slot, decision, reason } => {
+                let at = if slot.is_empty() { String::new() } else { format!("{slot}: ") };
+                write!(f, "{at}decision {decision} of controller `{controller}` refused: {reason}")
+            }
+            LifecycleEvent::ControllerFailed { controller, reason } => {
+                write!(f, "controller `{controller}` failed (contained; waiting this epoch): {reason}")
             }
             LifecycleEvent::Note(text) => f.write_str(text),
         }
@@ -240,6 +261,16 @@ enum Tagged {
         seconds: f64,
         limit_s: f64,
     },
+    DecisionRefused {
+        controller: String,
+        slot: String,
+        decision: String,
+        reason: String,
+    },
+    ControllerFailed {
+        controller: String,
+        reason: String,
+    },
     Note {
         text: String,
     },
@@ -283,6 +314,10 @@ impl From<LifecycleEvent> for Tagged {
             LifecycleEvent::SeedOverdue { slot, seed_id, blueprint, plugin, phase, seconds, limit_s } => {
                 Tagged::SeedOverdue { slot, seed_id, blueprint, plugin, phase, seconds, limit_s }
             }
+            LifecycleEvent::DecisionRefused { controller, slot, decision, reason } => {
+                Tagged::DecisionRefused { controller, slot, decision, reason }
+            }
+            LifecycleEvent::ControllerFailed { controller, reason } => Tagged::ControllerFailed { controller, reason },
             LifecycleEvent::Note(text) => Tagged::Note { text },
         }
     }
@@ -311,6 +346,10 @@ impl From<Tagged> for LifecycleEvent {
             Tagged::SeedOverdue { slot, seed_id, blueprint, plugin, phase, seconds, limit_s } => {
                 LifecycleEvent::SeedOverdue { slot, seed_id, blueprint, plugin, phase, seconds, limit_s }
             }
+            Tagged::DecisionRefused { controller, slot, decision, reason } => {
+                LifecycleEvent::DecisionRefused { controller, slot, decision, reason }
+            }
+            Tagged::ControllerFailed { controller, reason } => LifecycleEvent::ControllerFailed { controller, reason },
             Tagged::Note { text } => LifecycleEvent::Note(text),
         }
     }
@@ -332,6 +371,8 @@ impl LifecycleEvent {
             LifecycleEvent::ActionFailed { .. } => "action_failed",
             LifecycleEvent::ReleaseFailed { .. } => "release_failed",
             LifecycleEvent::SeedOverdue { .. } => "seed_overdue",
+            LifecycleEvent::DecisionRefused { .. } => "decision_refused",
+            LifecycleEvent::ControllerFailed { .. } => "controller_failed",
             LifecycleEvent::Note(_) => "note",
         }
     }
@@ -340,7 +381,12 @@ impl LifecycleEvent {
     /// actions named their slot).
     pub fn slot(&self) -> Option<&str> {
         match self {
-            LifecycleEvent::ActionFailed { slot, .. } if slot.is_empty() => None,
+            LifecycleEvent::ActionFailed { slot, .. } | LifecycleEvent::DecisionRefused { slot, .. }
+                if slot.is_empty() =>
+            {
+                None
+            }
+            LifecycleEvent::DecisionRefused { slot, .. } => Some(slot),
             LifecycleEvent::Germinated { slot, .. }
             | LifecycleEvent::GerminationFailed { slot, .. }
             | LifecycleEvent::ActionFailed { slot, .. }
@@ -353,7 +399,7 @@ impl LifecycleEvent {
             | LifecycleEvent::Quarantined { slot, .. }
             | LifecycleEvent::ReleaseFailed { slot, .. }
             | LifecycleEvent::SeedOverdue { slot, .. } => Some(slot),
-            LifecycleEvent::Note(_) => None,
+            LifecycleEvent::Note(_) | LifecycleEvent::ControllerFailed { .. } => None,
         }
     }
 
@@ -368,6 +414,8 @@ impl LifecycleEvent {
                 | LifecycleEvent::ActionFailed { .. }
                 | LifecycleEvent::ReleaseFailed { .. }
                 | LifecycleEvent::SeedOverdue { .. }
+                | LifecycleEvent::DecisionRefused { .. }
+                | LifecycleEvent::ControllerFailed { .. }
         )
     }
 
@@ -458,6 +506,13 @@ mod tests {
                 seconds: 2.25,
                 limit_s: 2.0,
             },
+            LifecycleEvent::DecisionRefused {
+                controller: "greedy".into(),
+                slot: "r0c1".into(),
+                decision: r#"{"op":"prune","slot":"r0c1"}"#.into(),
+                reason: "no seed to prune (DORMANT)".into(),
+            },
+            LifecycleEvent::ControllerFailed { controller: "greedy".into(), reason: "panicked: boom".into() },
             LifecycleEvent::Note("r0c1: GERMINATED -> TRAINING".into()),
         ];
         for e in all {

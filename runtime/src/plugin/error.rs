@@ -77,6 +77,9 @@ pub enum LoadError {
         source: std::io::Error,
     },
 
+    #[error("controller `{name}` of plugin {path}: {message}")]
+    Controller { name: String, path: PathBuf, message: String },
+
     #[error("plugin {path}: cannot load it pinned: a sha256 pin names one library file, not a folder")]
     PinnedFolder { path: PathBuf },
 

@@ -10,6 +10,7 @@
 //! libtorch and tch versions equal ours; no blueprint key is already taken. Every
 //! failure is a [`LoadError`] naming the file and the cause.
 
+mod controller;
 mod elf;
 mod error;
 mod kind;
@@ -20,6 +21,7 @@ mod registry;
 mod seed;
 pub mod text;
 
+pub use controller::{controllers_of, PluginController};
 pub use elf::{ElfProblem, Segment};
 pub use error::LoadError;
 pub use kind::{OptionsSchema, PluginKind};

@@ -170,6 +170,25 @@ impl BlueprintRegistry {
         self.plugins.iter().map(|p| p.as_ref())
     }
 
+    /// Creates controller `name` of the loaded library at `path` (as loaded: the same
+    /// file), with `options`.
+    pub fn create_controller(
+        &self,
+        path: &Path,
+        name: &str,
+        options: &serde_json::Value,
+    ) -> Result<super::PluginController, LoadError> {
+        let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        let plugin = self.plugins.iter().find(|p| p.path() == canonical || p.path() == path).ok_or_else(|| {
+            LoadError::Controller {
+                name: name.to_string(),
+                path: path.to_path_buf(),
+                message: "the library is not loaded".into(),
+            }
+        })?;
+        super::PluginController::create(plugin.clone(), name, options)
+    }
+
     /// Every blueprint: key, descriptor and the library it comes from, sorted by key.
     pub fn list(&self) -> impl Iterator<Item = (&str, &BlueprintDescriptor, &Path)> {
         self.entries.iter().map(|(k, e)| (k.as_str(), &e.descriptor, e.plugin.path()))

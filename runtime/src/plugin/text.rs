@@ -11,7 +11,7 @@
 //! the log line is escaped too). Sanitised text comes back unchanged: applying it twice
 //! is applying it once.
 
-use esper_plugin_api::abi::{BlueprintDescriptor, Handshake};
+use esper_plugin_api::abi::{BlueprintDescriptor, ControllerDescriptor, Handshake};
 use std::{borrow::Cow, fmt::Write as _};
 
 /// The most bytes of one plugin-provided text the runtime keeps (the marker included).
@@ -73,6 +73,14 @@ pub fn sanitize_descriptor(d: &BlueprintDescriptor) -> BlueprintDescriptor {
         name: sanitize_to(&d.name, MAX_NAME_BYTES).as_ref().into(),
         topology: sanitize_to(&d.topology, MAX_NAME_BYTES).as_ref().into(),
         param_estimate: d.param_estimate,
+        description: sanitize(&d.description).as_ref().into(),
+    }
+}
+
+/// A controller's descriptor with its name and description sanitised as a blueprint's.
+pub fn sanitize_controller(d: &ControllerDescriptor) -> ControllerDescriptor {
+    ControllerDescriptor {
+        name: sanitize_to(&d.name, MAX_NAME_BYTES).as_ref().into(),
         description: sanitize(&d.description).as_ref().into(),
     }
 }

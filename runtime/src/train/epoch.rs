@@ -43,7 +43,14 @@ impl Trainer {
         let train = self.train_epoch(epoch, observer, &mut events)?;
         let (val_loss, val_accuracy) = self.evaluate_contained(Eval::Full, &mut events)?;
         let contributions = self.measure_seeds(self.objective.score(val_loss, val_accuracy), &mut events)?;
-        self.advance_lifecycle(epoch, &mut events)?;
+        let latest = crate::control::EpochObservation {
+            epoch,
+            train_loss: train.loss,
+            train_accuracy: train.accuracy,
+            val_loss,
+            val_accuracy,
+        };
+        self.advance_lifecycle(epoch, latest, &mut events)?;
         self.collect_overdue(&mut events);
         self.log_rollback_costs();
         let slots = self
@@ -167,12 +174,17 @@ impl Trainer {
 
     /// The epoch's automatic stage changes (alpha ramps), then the controller's
     /// decisions for the next epoch, recorded as events.
-    fn advance_lifecycle(&mut self, epoch: u32, events: &mut Vec<LifecycleEvent>) -> Result<()> {
+    fn advance_lifecycle(
+        &mut self,
+        epoch: u32,
+        latest: crate::control::EpochObservation,
+        events: &mut Vec<LifecycleEvent>,
+    ) -> Result<()> {
         for slot in self.model.slots_mut() {
             slot.step_epoch()?;
         }
         self.collect_events(events);
-        self.act(epoch, events)
+        self.decide_and_apply(epoch, Some(latest), events)
     }
 
     fn log_rollback_costs(&self) {

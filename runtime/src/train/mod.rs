@@ -20,6 +20,7 @@ mod timing;
 use crate::distributed::{DistError, RankEnv, Ranks};
 use crate::{
     config::RunConfig,
+    control::{heuristic::Heuristic, DecisionContext, DecisionMaker, EpochObservation, Observation, RunView, Verdict},
     data::{Objective, RunData, Shard},
     lifecycle::LifecycleEvent,
     model::MorphogeneticModel,
@@ -28,6 +29,7 @@ use crate::{
 };
 use controller::{Action, Controller};
 pub use error::TrainError;
+use esper_plugin_api::observation::Decision;
 pub use observer::{Observer, Silent};
 use optim::Optimizer;
 use report::EpochRecord;
@@ -51,7 +53,8 @@ pub struct Trainer {
     shard: Shard,
     host_opt: Optimizer,
     seed_opts: BTreeMap<String, Optimizer>,
-    controller: Controller,
+    /// Who decides the lifecycle (see [`crate::control`]).
+    controller: Box<dyn DecisionMaker>,
     history: Vec<EpochRecord>,
     device: Device,
     guard: step::StepGuard,
@@ -142,6 +145,22 @@ fn contained<T>(epoch: u32, phase: &'static str, f: impl FnOnce() -> Result<T>) 
     outcome.map_err(|source| TrainError::Phase { epoch, phase, source: Box::new(source) }.into())
 }
 
+/// The run's decision maker: the controller plugin's controller the config names, or
+/// the built-in heuristic with its `rotation`.
+fn decision_maker(
+    config: &RunConfig,
+    registry: &BlueprintRegistry,
+    rotation: Vec<(String, serde_json::Value)>,
+    objective: Objective,
+) -> Result<Box<dyn DecisionMaker>> {
+    let ctl = &config.lifecycle.controller;
+    if let (Some(path), Some(name)) = (&ctl.plugin, &ctl.name) {
+        return Ok(Box::new(registry.create_controller(path, name, &ctl.plugin_options)?));
+    }
+    let heuristic = Controller::new(ctl.clone(), rotation, config.lifecycle.schedule.clone(), objective);
+    Ok(Box::new(Heuristic(heuristic)))
+}
+
 impl Trainer {
     /// Loads the plugins and data and builds the model of `config`.
     pub fn new(config: RunConfig) -> Result<Self> {
@@ -167,12 +186,7 @@ impl Trainer {
         let data = config.data.load().map_err(TrainError::Data)?;
         check_outputs(&config, &data)?;
         let host_opt = Optimizer::new(config.training.host_optimizer, model.host_parameters());
-        let controller = Controller::new(
-            config.lifecycle.controller.clone(),
-            rotation,
-            config.lifecycle.schedule.clone(),
-            data.objective(),
-        );
+        let controller = decision_maker(&config, &registry, rotation, data.objective())?;
         let (train, val, unit) = data.sizes();
         tracing::info!(device = ?device, train, val, unit, slots = ?config.slots, "run prepared");
         Ok(Self {
@@ -256,8 +270,8 @@ impl Trainer {
         let next = self.next_epoch();
         if next == 1 && !self.started {
             let mut opening = Vec::new();
-            self.act(0, &mut opening)?; // scheduled germinations for epoch 1
-            self.opening_events = opening;
+            self.decide_and_apply(0, None, &mut opening)?; // scheduled germinations for epoch 1
+            self.opening_events.extend(opening);
         }
         self.started = true;
         Ok(next)
@@ -306,19 +320,47 @@ impl Trainer {
         Ok(EpochStep::Ran { epoch })
     }
 
-    /// The controller's decisions, applied. A failing action (a plugin that fails to
-    /// create, a probe refusal) is reported and the run goes on; the ranks of a
-    /// multi-process run failing to agree end it.
-    fn act(&mut self, epoch: u32, events: &mut Vec<LifecycleEvent>) -> Result<()> {
+    /// The decision maker's decisions after `epoch` (whose metrics are `latest`, not
+    /// recorded yet; `events` are its events so far), validated and applied. A failing
+    /// action (a plugin that fails to create, a probe refusal) is reported and the run goes
+    /// on; the ranks of a multi-process run failing to agree end it.
+    fn decide_and_apply(
+        &mut self,
+        epoch: u32,
+        latest: Option<EpochObservation>,
+        events: &mut Vec<LifecycleEvent>,
+    ) -> Result<()> {
         let val: Vec<f64> = self.history.iter().map(|r| self.objective.score(r.val_loss, r.val_accuracy)).collect();
-        let gates = self.config.lifecycle.gates.clone();
-        let actions = match &self.ranks {
-            // Decided once, on rank 0, and applied by every rank at the same step.
-            Some(ranks) => ranks.from_leader("decisions", || self.controller.decide(epoch, &val, &self.model))?,
-            None => self.controller.decide(epoch, &val, &self.model),
+        let view = RunView {
+            epoch,
+            epochs: self.config.training.epochs,
+            objective: self.objective,
+            history: &self.history,
+            latest,
+            pending: events,
         };
-        let germinating = actions.iter().any(|a| matches!(a, Action::Germinate { .. }));
-        for action in actions {
+        let mut decide = || {
+            let observation = crate::control::observe(&self.model, &self.registry, &view);
+            let context = DecisionContext { observation: &observation, model: &self.model, val_score: &val };
+            let v = crate::control::decide(self.controller.as_mut(), &context, &self.registry);
+            (v.actions, v.refused)
+        };
+        let (actions, refused) = match &self.ranks {
+            // Decided once, on rank 0, and applied by every rank at the same step.
+            Some(ranks) => ranks.from_leader("decisions", decide)?,
+            None => decide(),
+        };
+        self.apply(Verdict { actions, refused }, events)
+    }
+
+    /// Applies validated decisions, recording the refusals first.
+    fn apply(&mut self, verdict: Verdict, events: &mut Vec<LifecycleEvent>) -> Result<()> {
+        let gates = self.config.lifecycle.gates.clone();
+        for refusal in verdict.refused {
+            record(refusal, events);
+        }
+        let germinating = verdict.actions.iter().any(|a| matches!(a, Action::Germinate { .. }));
+        for action in verdict.actions {
             let outcome = match &action {
                 Action::Germinate { slot, blueprint, options, seed_id, choice } => {
                     germinate_with(&mut self.model, &self.registry, (slot, blueprint, seed_id), options, *choice)
@@ -342,6 +384,50 @@ impl Trainer {
             ranks.share_model(&self.model)?;
         }
         Ok(())
+    }
+
+    /// What a controller would see now: the model after the last recorded epoch (0:
+    /// before the first), the run's history, and the events of decisions already applied
+    /// for the next epoch. See [`crate::control::Observation`] for its fields,
+    /// [`Observation::features`] for the flat vector and [`Observation::masks`] for the
+    /// decisions legal now.
+    pub fn observe(&self) -> Observation {
+        let view = RunView {
+            epoch: self.history.last().map_or(0, |r| r.epoch),
+            epochs: self.config.training.epochs,
+            objective: self.objective,
+            history: &self.history,
+            latest: None,
+            pending: &self.opening_events,
+        };
+        crate::control::observe(&self.model, &self.registry, &view)
+    }
+
+    /// Applies `decisions` now, before the next epoch, validated as a controller's are
+    /// (refusals name the controller `external`). Returns the events: refusals, and what
+    /// the decisions did (germinations, gate evaluations, prunes, failures); they are
+    /// also kept for the next epoch's record. For a single-process run (a multi-process
+    /// run's decisions come from its decision maker, on rank 0).
+    pub fn act(&mut self, decisions: Vec<Decision>) -> Result<Vec<LifecycleEvent>> {
+        let epoch = self.history.last().map_or(0, |r| r.epoch);
+        let proposals = decisions.into_iter().map(Into::into).collect();
+        let verdict = crate::control::validate("external", epoch, proposals, &self.model, &self.registry);
+        let mut events = Vec::new();
+        self.apply(verdict, &mut events)?;
+        self.opening_events.extend(events.iter().cloned());
+        Ok(events)
+    }
+
+    /// Makes `maker` decide after every epoch from now on, in place of the run's
+    /// controller (the config's heuristic or plugin). [`crate::control::Waiting`] makes
+    /// every decision come through [`Trainer::act`]; a Python callable is another.
+    pub fn set_decision_maker(&mut self, maker: Box<dyn DecisionMaker>) {
+        self.controller = maker;
+    }
+
+    /// The name of the decision maker in charge (`heuristic`, a plugin controller's name, ...).
+    pub fn decision_maker(&self) -> &str {
+        self.controller.name()
     }
 
     /// Rank 0 of a multi-process run, or the single process: the one that writes.
