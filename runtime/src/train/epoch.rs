@@ -53,22 +53,7 @@ impl Trainer {
         self.advance_lifecycle(epoch, latest, &mut events)?;
         self.collect_overdue(&mut events);
         self.log_rollback_costs();
-        let slots = self
-            .model
-            .slots()
-            .iter()
-            .map(|s| SlotRecord {
-                slot: s.id().into(),
-                stage: s.stage(),
-                alpha: s.alpha(),
-                contribution: contributions.get(s.id()).copied().flatten(),
-                seed: s.lifecycle().state().map(|state| SeedRecord {
-                    blueprint: state.blueprint_id().to_string(),
-                    epochs_in_stage: state.metrics().epochs_in_current_stage(),
-                    parameters: s.seed_parameters().iter().map(|t| t.numel() as i64).sum(),
-                }),
-            })
-            .collect();
+        let slots = self.slot_records(&contributions);
         let record = EpochRecord {
             epoch,
             train_loss: train.loss,
@@ -100,6 +85,25 @@ impl Trainer {
         );
         self.history.push(record.clone());
         Ok(record)
+    }
+
+    /// Each slot's state for the epoch's record, with the contributions measured.
+    fn slot_records(&self, contributions: &BTreeMap<String, Option<f64>>) -> Vec<SlotRecord> {
+        self.model
+            .slots()
+            .iter()
+            .map(|s| SlotRecord {
+                slot: s.id().into(),
+                stage: s.stage(),
+                alpha: s.alpha(),
+                contribution: contributions.get(s.id()).copied().flatten(),
+                seed: s.lifecycle().state().map(|state| SeedRecord {
+                    blueprint: state.blueprint_id().to_string(),
+                    epochs_in_stage: state.metrics().epochs_in_current_stage(),
+                    parameters: s.seed_parameters().iter().map(|t| t.numel() as i64).sum(),
+                }),
+            })
+            .collect()
     }
 
     /// One pass over the training batches (seeded per epoch), each through the
