@@ -4,6 +4,7 @@
 //! * `cpp/autocast.cpp` (always): bfloat16 autocast on the CPU or CUDA.
 //! * `cpp/straight.cpp` (always): the isolation layer's straight-through estimator as
 //!   one autograd function.
+//! * `cpp/dlpack.cpp` (always): a tensor as libtorch's own DLPack export.
 //! * `cpp/host_alloc.cpp` (always): glibc malloc thresholds for a CPU training process.
 //! * `cpp/context.cpp` (always): libtorch settings tch lacks (cuDNN determinism).
 //! * `cpp/dist.cpp` (always): c10d's TCP store, Gloo process groups and the
@@ -146,6 +147,7 @@ fn main() {
         .file("cpp/foreach.cpp")
         .file("cpp/autocast.cpp")
         .file("cpp/straight.cpp")
+        .file("cpp/dlpack.cpp")
         .file("cpp/host_alloc.cpp")
         .file("cpp/context.cpp")
         .file("cpp/dist.cpp")

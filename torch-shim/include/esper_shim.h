@@ -41,6 +41,11 @@ typedef struct EsperAutocastState {
 
 /* ---- Every build ---- */
 
+/* dlpack.cpp: `*out` is libtorch's `DLManagedTensor` of `t` (sharing its memory), freed by
+   its consumer through its deleter, or by `esper_dlpack_free` when nobody consumed it. */
+int esper_to_dlpack(const EsperTensor *t, void **out, char *err, size_t len);
+void esper_dlpack_free(void *managed);
+
 /* straight.cpp: `host + (seed - seed.detach())` in value and gradients, into `*out`. */
 int esper_straight_through(const EsperTensor *host, const EsperTensor *seed, EsperTensor **out, char *err,
                            size_t len);

@@ -17,6 +17,7 @@
 
 pub mod autocast;
 pub mod dist;
+pub mod dlpack;
 pub mod graph;
 #[cfg(test)]
 mod program;

@@ -4,7 +4,7 @@
 //! every function `cpp/` defines is in the header; the C++ compiler holds the
 //! definitions to the header's types (each file that defines one includes it).
 
-use std::ffi::{c_char, c_int};
+use std::ffi::{c_char, c_int, c_void};
 use torch_sys::C_tensor;
 
 /// `EsperAutocastState`: the autocast state to restore on leaving.
@@ -41,6 +41,8 @@ pub struct EsperGroup {
 
 // Every build.
 extern "C" {
+    pub fn esper_to_dlpack(t: *const C_tensor, out: *mut *mut c_void, err: *mut c_char, len: usize) -> c_int;
+    pub fn esper_dlpack_free(managed: *mut c_void);
     pub fn esper_straight_through(
         host: *const C_tensor,
         seed: *const C_tensor,
