@@ -16,7 +16,7 @@
 
 use crate::host::FeatureLayout;
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::Module, Device, Tensor};
+use tch::{nn, Device, TchError, Tensor};
 
 /// The blend a slot is configured with (`[slot] blend`; its default is
 /// [`crate::blend::BlendSettings`]'s).
@@ -58,13 +58,14 @@ impl GateNet {
     /// spatial means (as esper-lite); per token on sequences, `(B, T, 1)` from that
     /// token's features alone. (esper-lite averages over the tokens, which lets a
     /// causal model's early tokens see later ones through the gate.)
-    pub fn gate(&self, x: &Tensor) -> Tensor {
+    pub fn gate(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        let mlp = |x: &Tensor| -> Result<Tensor, TchError> {
+            let h = x.f_linear(&self.hidden.ws, self.hidden.bs.as_ref())?.f_relu()?;
+            h.f_linear(&self.out.ws, self.out.bs.as_ref())?.f_sigmoid()
+        };
         match self.layout {
-            FeatureLayout::Nchw => {
-                let pooled = x.mean_dim([2i64, 3].as_slice(), false, x.kind());
-                self.out.forward(&self.hidden.forward(&pooled).relu()).sigmoid().view([-1, 1, 1, 1])
-            }
-            FeatureLayout::Ntc => self.out.forward(&self.hidden.forward(x).relu()).sigmoid(),
+            FeatureLayout::Nchw => mlp(&x.f_mean_dim([2i64, 3].as_slice(), false, x.kind())?)?.f_view([-1, 1, 1, 1]),
+            FeatureLayout::Ntc => mlp(x),
         }
     }
 }
@@ -113,24 +114,26 @@ impl Blend {
 
     /// Blends `seed` into `host` with amplitude `alpha` (a 0-d tensor in [0, 1]).
     /// `seed_input` is what the seed received (the MULTIPLY reference and the gate's input).
-    pub fn apply(&self, host: &Tensor, seed: &Tensor, seed_input: &Tensor, alpha: &Tensor) -> Tensor {
+    /// Fallible as every op here: an error comes back (the caller blames the seed whose
+    /// output it is), never a panic.
+    pub fn apply(&self, host: &Tensor, seed: &Tensor, seed_input: &Tensor, alpha: &Tensor) -> Result<Tensor, TchError> {
         // lerp wants its weight in the stream's dtype (bfloat16 under autocast).
         let cast;
         let alpha = if alpha.kind() == host.kind() {
             alpha
         } else {
-            cast = alpha.to_kind(host.kind());
+            cast = alpha.f_to_kind(host.kind())?;
             &cast
         };
         match self {
-            Blend::Add => host.lerp_tensor(seed, alpha),
-            Blend::Multiply => host * ((seed - seed_input).tanh() * alpha + 1.0),
+            Blend::Add => host.f_lerp_tensor(seed, alpha),
+            Blend::Multiply => host.f_mul(&seed.f_sub(seed_input)?.f_tanh()?.f_mul(alpha)?.f_add_scalar(1.0)?),
             Blend::Gate(gate) => {
                 // Under autocast the gate network answers in bfloat16, while a stream
                 // kept in float32 (the transformer's residual) wants float32.
-                let g = gate.gate(seed_input);
-                let g = if g.kind() == host.kind() { g } else { g.to_kind(host.kind()) };
-                host.lerp_tensor(seed, &(g * alpha).clamp(0.0, 1.0))
+                let g = gate.gate(seed_input)?;
+                let g = if g.kind() == host.kind() { g } else { g.f_to_kind(host.kind())? };
+                host.f_lerp_tensor(seed, &g.f_mul(alpha)?.f_clamp(0.0, 1.0)?)
             }
         }
     }
@@ -156,7 +159,7 @@ mod tests {
             let blend = Blend::new(algo, 8, FeatureLayout::Nchw, Device::Cpu);
             assert_eq!(blend.algorithm(), algo);
             assert_eq!(blend.vars().is_some(), algo == BlendAlgorithm::Gate, "only GATE has variables");
-            let y = blend.apply(&h, &s, &h, &a(0.0));
+            let y = blend.apply(&h, &s, &h, &a(0.0)).unwrap();
             assert!((y - &h).abs().max().double_value(&[]) < 1e-7, "{algo:?}");
         }
     }
@@ -164,9 +167,9 @@ mod tests {
     #[test]
     fn add_at_one_is_the_seed_and_multiply_is_bounded() {
         let (h, s) = (t(&[2, 4, 2, 2]), t(&[2, 4, 2, 2]));
-        let y = Blend::Add.apply(&h, &s, &h, &a(1.0));
+        let y = Blend::Add.apply(&h, &s, &h, &a(1.0)).unwrap();
         assert!((y - &s).abs().max().double_value(&[]) < 1e-6);
-        let y = Blend::Multiply.apply(&h, &(&h + 100.0), &h, &a(0.5));
+        let y = Blend::Multiply.apply(&h, &(&h + 100.0), &h, &a(0.5)).unwrap();
         // tanh(100) ~ 1: y = 1.5 h
         assert!((y - &h * 1.5).abs().max().double_value(&[]) < 1e-5);
     }
@@ -185,9 +188,9 @@ mod tests {
         let blend = Blend::new(BlendAlgorithm::Gate, 4, FeatureLayout::Nchw, Device::Cpu);
         let Blend::Gate(gate) = &blend else { unreachable!("GATE makes a gate network") };
         let (h, s) = (t(&[3, 4, 2, 2]), t(&[3, 4, 2, 2]));
-        let g = gate.gate(&h);
+        let g = gate.gate(&h).unwrap();
         assert_eq!(g.size(), vec![3, 1, 1, 1]);
-        let y = blend.apply(&h, &s, &h, &a(1.0));
+        let y = blend.apply(&h, &s, &h, &a(1.0)).unwrap();
         let expected = &h + (&s - &h) * &g;
         assert!((y - expected).abs().max().double_value(&[]) < 1e-6);
     }
@@ -197,14 +200,26 @@ mod tests {
         let blend = Blend::new(BlendAlgorithm::Gate, 4, FeatureLayout::Ntc, Device::Cpu);
         let Blend::Gate(gate) = &blend else { unreachable!("GATE makes a gate network") };
         let (h, s) = (t(&[2, 5, 4]), t(&[2, 5, 4]));
-        assert_eq!(gate.gate(&h).size(), vec![2, 5, 1]);
-        let y = blend.apply(&h, &s, &h, &a(1.0));
+        assert_eq!(gate.gate(&h).unwrap().size(), vec![2, 5, 1]);
+        let y = blend.apply(&h, &s, &h, &a(1.0)).unwrap();
         // Changing the last token changes no earlier token's output.
         let h2 = h.copy();
         let _ = h2.narrow(1, 4, 1).fill_(3.0);
-        let y2 = blend.apply(&h2, &s, &h2, &a(1.0));
+        let y2 = blend.apply(&h2, &s, &h2, &a(1.0)).unwrap();
         let diff = (y2 - &y).abs().sum_dim_intlist([0i64, 2].as_slice(), false, Kind::Float);
         let per_token = Vec::<f32>::try_from(diff).unwrap();
         assert!(per_token[..4].iter().all(|d| *d == 0.0) && per_token[4] > 0.0, "{per_token:?}");
+    }
+
+    #[test]
+    fn a_blend_that_cannot_be_made_is_an_error_not_a_panic() {
+        let (h, s) = (t(&[2, 4, 2, 2]), t(&[2, 4, 2, 2]));
+        let wrong = t(&[3, 5]);
+        for algo in [BlendAlgorithm::Add, BlendAlgorithm::Multiply, BlendAlgorithm::Gate] {
+            let blend = Blend::new(algo, 4, FeatureLayout::Nchw, Device::Cpu);
+            assert!(blend.apply(&h, &wrong, &wrong, &a(0.5)).is_err(), "{algo:?}");
+        }
+        let gate = Blend::new(BlendAlgorithm::Gate, 4, FeatureLayout::Nchw, Device::Cpu);
+        assert!(gate.apply(&h, &s, &t(&[2, 7, 2, 2]), &a(0.5)).is_err(), "the gate network's input");
     }
 }

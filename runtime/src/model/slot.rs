@@ -235,7 +235,8 @@ impl SeedSlot {
         match blend {
             Some(blend) => {
                 let alpha = self.sync_alpha().map_err(|e| self.fault(FaultKind::Forward(e.to_string())))?;
-                Ok(blend.apply(&host, &out, &input, alpha))
+                let blended = blend.apply(&host, &out, &input, alpha);
+                blended.map_err(|e| self.fault(FaultKind::Forward(format!("blending its output failed: {e}"))))
             }
             None => straight_through(&host, &out).map_err(|e| self.fault(FaultKind::Forward(e.to_string()))),
         }
