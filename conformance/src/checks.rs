@@ -493,7 +493,7 @@ fn isolation(s: &Subject<'_>, feed: &dyn Fn(&Tensor) -> Tensor) -> Outcome {
         require_same_shape(&host, &out)?;
         let y = match route.blend() {
             None => straight_through(&host, &out).map_err(|e| e.to_string())?,
-            Some(b) => b.apply(&host, &out, &input, &blend_alpha(&host)),
+            Some(b) => b.apply(&host, &out, &input, &blend_alpha(&host)).map_err(|e| e.to_string())?,
         };
         let r = backward_through(&y)?;
         // What the host input's gradient is when nothing flows back through the seed.
@@ -544,7 +544,7 @@ fn channels_last_outcome(s: &Subject<'_>) -> Outcome {
     let out = s.forward(&seed, &input, true)?;
     require_same_shape(&host, &out)?;
     let y = straight_through(&host, &out).map_err(|e| e.to_string())?
-        + Blend::Add.apply(&host, &out, &input, &blend_alpha(&host));
+        + Blend::Add.apply(&host, &out, &input, &blend_alpha(&host)).map_err(|e| e.to_string())?;
     let r = backward_through(&y)?;
     if !topology.is_strided(&host) {
         return Err(format!("the host stream lost its {layout} layout"));
