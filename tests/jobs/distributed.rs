@@ -241,3 +241,54 @@ fn a_seed_at_fault_on_one_rank_is_pruned_on_every_rank() {
         assert_eq!(report(&dir)["epochs"].as_array().unwrap().len(), 2);
     }
 }
+
+/// A stop asked of one rank stops every rank at the same step: SIGINT to rank 1 alone
+/// (a rank stopping alone would leave rank 0 failing in its next exchange). Both exit 130;
+/// rank 0 writes the report of the epochs done and says why it stopped. Then Ctrl-C on
+/// `esper run --nproc 2`, which passes it on: one message, exit 130, no failure reported.
+#[test]
+fn a_stop_asked_of_one_rank_stops_every_rank_at_the_same_step() {
+    let dir = temp_dir("dist-sigint");
+    let config = job(&dir, 1000, 120);
+    let out = dir.join("out");
+    let port = free_port().to_string();
+    let rank = |r: &str| {
+        Command::new(esper_bin())
+            .arg("run")
+            .arg(&config)
+            .envs([("WORLD_SIZE", "2"), ("RANK", r), ("LOCAL_RANK", r), ("MASTER_ADDR", "127.0.0.1")])
+            .env("MASTER_PORT", &port)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (zero, one) = (rank("0"), rank("1"));
+    esper_tests::wait_for("the first checkpoint", 120, || out.join("checkpoints/epoch-0001/COMPLETE").is_file());
+    esper_tests::send_signal(one.id(), "INT");
+    let (zero, one) = (zero.wait_with_output().unwrap(), one.wait_with_output().unwrap());
+    let e0 = String::from_utf8_lossy(&zero.stderr);
+    assert_eq!((zero.status.code(), one.status.code()), (Some(130), Some(130)), "{e0}");
+    assert!(e0.contains("stopped by another rank's stop signal during epoch"), "{e0}");
+    let done = esper_tests::report_epochs(&out);
+    assert!(!done.is_empty() && done.len() < 1000, "{done:?}");
+
+    let mut resume = esper();
+    resume.args(["run", "--nproc", "2", "--resume"]).arg(&out).args(["--epochs", "1000"]);
+    let run = resume.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let before = done.len();
+    esper_tests::wait_for("a new epoch", 120, || {
+        esper_tests::report_epochs(&out).len() > before || latest_after(&out, before)
+    });
+    esper_tests::send_signal(run.id(), "INT");
+    let ended = run.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&ended.stderr);
+    assert_eq!(ended.status.code(), Some(130), "{stderr}");
+    assert_eq!(stderr.matches("stopped by SIGINT").count(), 1, "rank 0's message alone: {stderr}");
+    assert!(!stderr.contains("failed"), "{stderr}");
+}
+
+/// Whether `out` holds a checkpoint of an epoch after `epoch`.
+fn latest_after(out: &Path, epoch: usize) -> bool {
+    out.join(format!("checkpoints/epoch-{:04}/COMPLETE", epoch + 1)).is_file()
+}

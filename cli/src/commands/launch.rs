@@ -103,7 +103,7 @@ fn wait_all(mut ranks: Vec<Child>, received: &AtomicUsize, timeout: Duration) ->
             if status[r].is_none() {
                 if let Ok(Some(s)) = child.try_wait() {
                     status[r] = Some(s);
-                    if !s.success() && first_failure.is_none() {
+                    if !s.success() && !stopped(s) && first_failure.is_none() {
                         eprintln!(
                             "esper: rank {r} exited with {s}; waiting up to {} s for the others",
                             timeout.as_secs()
@@ -126,12 +126,23 @@ fn wait_all(mut ranks: Vec<Child>, received: &AtomicUsize, timeout: Duration) ->
         std::thread::sleep(Duration::from_millis(50));
     }
     match first_failure {
-        None => ExitCode::SUCCESS,
+        // Ranks stopped by a signal (every rank stops at the same step): their exit code.
+        None => status
+            .iter()
+            .flatten()
+            .find(|s| stopped(**s))
+            .and_then(|s| s.code())
+            .map_or(ExitCode::SUCCESS, |c| ExitCode::from(u8::try_from(c).unwrap_or(1))),
         Some((rank, s, _)) => {
             eprintln!("esper: the run failed: rank {rank} exited with {s}");
             ExitCode::from(s.code().and_then(|c| u8::try_from(c).ok()).filter(|c| *c != 0).unwrap_or(1))
         }
     }
+}
+
+/// A rank that ended as a run stopped by SIGINT or SIGTERM does (exit 130 or 143).
+fn stopped(s: ExitStatus) -> bool {
+    matches!(s.code(), Some(130 | 143))
 }
 
 fn end_all(ranks: &mut [Child]) {

@@ -276,10 +276,16 @@ impl esper_runtime::train::Observer for Watchers {
 /// What a run stopped by a signal says (on stderr) and its exit code: 130 for SIGINT,
 /// 143 for SIGTERM.
 fn stopped(trainer: &Trainer, epochs_done: u32, stop: &StopSignal) -> ExitCode {
-    let cause = stop.requested().and_then(StopCause::of).unwrap_or(StopCause::Interrupt);
+    let own = stop.requested().and_then(StopCause::of);
+    let cause = own.unwrap_or(StopCause::Interrupt);
+    if !trainer.leads() {
+        return ExitCode::from(cause.exit_code()); // one message: rank 0's
+    }
+    // A rank stops with the others when any of them is asked to (see `Ranks::agree_on_step`).
+    let by = own.map_or("another rank's stop signal", StopCause::name);
     let dir = &trainer.config().output.dir;
     let first = trainer.history().first().map_or(1, |r| r.epoch);
-    let mut text = format!("stopped by {} during epoch {}", cause.name(), epochs_done + 1);
+    let mut text = format!("stopped by {by} during epoch {}", epochs_done + 1);
     if trainer.history().is_empty() {
         text += ", before any epoch ended: no report and no checkpoint were written";
     } else {

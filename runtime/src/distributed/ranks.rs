@@ -196,15 +196,30 @@ impl Ranks {
 
     /// Every rank's seed faults of this step, `local` (this rank's) among them: each
     /// slot once, the lowest rank's fault first (this rank's own as it is, another's as
-    /// [`FaultKind::OnRank`]), so every rank contains the same seeds at the same step.
-    /// One scalar exchange when no rank has a fault.
+    /// [`FaultKind::OnRank`]), so every rank contains the same seeds at the same step;
+    /// and whether any rank was asked to stop (`stop` is this rank's), so every rank
+    /// stops at the same step and none is left waiting in an exchange. One exchange of
+    /// two numbers when no rank has a fault.
+    pub fn agree_on_step(&self, local: Vec<SeedFault>, stop: bool) -> Result<(Vec<SeedFault>, bool), DistError> {
+        let control = self.control.as_ref().unwrap_or(&self.group);
+        let what = "agreeing on the step";
+        let counts =
+            control.allreduce_scalars(&[local.len() as f64, f64::from(u8::from(stop))]).map_err(self.failed(what))?;
+        let stop = counts.get(1).copied().unwrap_or(0.0) > 0.0;
+        if counts.first().copied().unwrap_or(0.0) == 0.0 {
+            return Ok((local, stop));
+        }
+        Ok((self.gather_faults(local)?, stop))
+    }
+
+    /// [`Ranks::agree_on_step`]'s faults alone (outside the training step: validation).
     pub fn faults_of_all(&self, local: Vec<SeedFault>) -> Result<Vec<SeedFault>, DistError> {
+        self.agree_on_step(local, false).map(|(faults, _)| faults)
+    }
+
+    fn gather_faults(&self, local: Vec<SeedFault>) -> Result<Vec<SeedFault>, DistError> {
         let control = self.control.as_ref().unwrap_or(&self.group);
         let what = "agreeing on the seeds at fault";
-        let count = control.allreduce_scalars(&[local.len() as f64]).map_err(self.failed(what))?;
-        if count.first().copied().unwrap_or(0.0) == 0.0 {
-            return Ok(local);
-        }
         let mine: Vec<FaultReport> = local.iter().map(FaultReport::from).collect();
         let all = control.all_gather_bytes(serde_json::to_vec(&mine).unwrap_or_default()).map_err(self.failed(what))?;
         let mut faults: Vec<SeedFault> = Vec::new();

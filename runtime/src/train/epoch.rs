@@ -128,7 +128,11 @@ impl Trainer {
         // found at the epoch's end is judged.
         self.save_good(&totals)?;
         for (i, (x, y)) in batches.enumerate() {
-            self.stop.check()?; // a stop requested ends the epoch here, unrecorded
+            if self.ranks.is_none() {
+                // A stop requested ends the epoch here, unrecorded (the ranks of a
+                // multi-process run agree on it inside the step, see `step`).
+                self.stop.check()?;
+            }
             let capture = i % gradient_every == 0 || i + 1 == n_batches;
             self.train_step(&x, &y, capture, &mut totals, events)?;
             observer.batch_done();

@@ -300,7 +300,7 @@ impl Trainer {
             return Ok(EpochStep::Over);
         }
         let record = match contained(epoch, "training", || {
-            self.stop.check()?;
+            self.check_stop()?;
             self.epoch(epoch, observer)
         }) {
             Err(e) if e.is::<Stopped>() => return Ok(EpochStep::Stopped { epochs_done: epoch - 1 }),
@@ -318,6 +318,17 @@ impl Trainer {
             }
         }
         Ok(EpochStep::Ran { epoch })
+    }
+
+    /// `Err(Stopped)` once a stop is requested. The ranks of a multi-process run agree
+    /// first (every rank checks here, between epochs): a stop asked of any rank stops all.
+    fn check_stop(&self) -> Result<()> {
+        let requested = self.stop.requested().is_some();
+        match &self.ranks {
+            Some(ranks) if !ranks.on_all(!requested)? => Err(Stopped.into()),
+            Some(_) => Ok(()),
+            None => Ok(self.stop.check()?),
+        }
     }
 
     /// The decision maker's decisions after `epoch` (whose metrics are `latest`, not

@@ -16,7 +16,7 @@
 //! The backward pass, while seeds run, is timed by the seed watchdog as a whole (see
 //! [`crate::isolation::watchdog`]): reported when overdue, never pinned on a seed.
 
-use super::{attribution::Health, optim::StateCopy, rollback::TensorCopy, TrainError, Trainer};
+use super::{attribution::Health, optim::StateCopy, rollback::TensorCopy, Stopped, TrainError, Trainer};
 use crate::{
     isolation::{watchdog::CallGuard, FaultKind, SeedFault},
     lifecycle::LifecycleEvent,
@@ -205,7 +205,8 @@ impl Trainer {
 
     /// In a multi-process run, a seed at fault on any rank spoils the step on every
     /// rank: all contain the same seeds and take the step again together, so the models
-    /// stay alike. A single process's step is as it is.
+    /// stay alike. A stop requested on any rank stops every rank here, before the
+    /// optimizers step. A single process's step is as it is.
     fn agreed(&self, step: Result<(Tensor, Tensor), Spoiled>) -> Result<(Tensor, Tensor), Spoiled> {
         let Some(ranks) = &self.ranks else { return step };
         let (done, local) = match step {
@@ -213,8 +214,10 @@ impl Trainer {
             Err(Spoiled::Seeds(faults)) => (None, faults),
             Err(other) => return Err(other),
         };
-        let all = ranks.faults_of_all(local).map_err(|e| Spoiled::Host(e.into()))?;
+        let stop = self.stop.requested().is_some();
+        let (all, stop) = ranks.agree_on_step(local, stop).map_err(|e| Spoiled::Host(e.into()))?;
         match done {
+            _ if stop => Err(Spoiled::Host(Stopped.into())),
             Some(done) if all.is_empty() => Ok(done),
             _ => Err(Spoiled::Seeds(all)),
         }
