@@ -2,14 +2,15 @@
 //! record read as Python values and its parameters as torch tensors sharing the
 //! runtime's memory.
 
-use crate::{dlpack, errors};
+use crate::{controller, dlpack, errors};
 use esper_runtime::{
     config::RunConfig,
     run_folder::{self, RunFile, RunLock},
+    control::{ActionMasks, Waiting},
     train::{checkpoint, EpochStep, Silent, Trainer},
 };
 use pyo3::{
-    exceptions::PyKeyError,
+    exceptions::{PyKeyError, PyValueError},
     prelude::*,
     types::{PyDict, PyList},
 };
@@ -39,7 +40,7 @@ pub struct Run {
 }
 
 /// `value` (anything serde writes) as the Python value `json.loads` makes of it.
-fn to_python<'py, T: serde::Serialize>(py: Python<'py>, value: &T) -> PyResult<Bound<'py, PyAny>> {
+pub(crate) fn to_python<'py, T: serde::Serialize>(py: Python<'py>, value: &T) -> PyResult<Bound<'py, PyAny>> {
     let text = serde_json::to_string(value).map_err(|e| errors::RunError::new_err(e.to_string()))?;
     py.import("json")?.getattr("loads")?.call1((text,))
 }
@@ -73,6 +74,48 @@ fn new_run_folder(dir: &Path) -> PyResult<RunLock> {
         )));
     }
     Ok(lock)
+}
+
+/// Puts `controller` in charge of `trainer`'s decisions: `None` keeps the config's (the
+/// built-in heuristic or a controller plugin), `"external"` leaves every decision to
+/// `Run.act`, a callable decides from Python ([`controller::PyController`]).
+fn set_controller(trainer: &mut Trainer, controller: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    let Some(controller) = controller else { return Ok(()) };
+    if controller.is_callable() {
+        trainer.set_decision_maker(Box::new(controller::PyController::new(controller.clone().unbind())));
+        return Ok(());
+    }
+    match controller.extract::<String>() {
+        Ok(name) if name == "external" => {
+            trainer.set_decision_maker(Box::new(Waiting));
+            Ok(())
+        }
+        _ => Err(PyValueError::new_err(format!(
+            "controller={}: expected None (the config's controller), \"external\" (decisions only through \
+             Run.act) or a callable taking the observation",
+            controller.repr()?
+        ))),
+    }
+}
+
+/// `values` as a 1-D (or, with `rows`, 2-D) torch tensor.
+fn torch_of<'py, T: tch::kind::Element>(py: Python<'py>, values: &[T], rows: Option<i64>) -> PyResult<Bound<'py, PyAny>> {
+    let tensor = Tensor::from_slice(values);
+    let tensor = match rows {
+        Some(rows) => tensor.f_view([rows, -1]).map_err(|e| errors::RunError::new_err(e.to_string()))?,
+        None => tensor,
+    };
+    dlpack::to_torch(py, &tensor)
+}
+
+/// The masks as a dict of torch bool tensors: `op` (5), `slot` (5 by slots), `blueprint`.
+fn masks_to_torch<'py>(py: Python<'py>, masks: &ActionMasks) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    dict.set_item("op", torch_of(py, &masks.op, None)?)?;
+    let slot: Vec<bool> = masks.slot.iter().flatten().copied().collect();
+    dict.set_item("slot", torch_of(py, &slot, Some(masks.slot.len() as i64))?)?;
+    dict.set_item("blueprint", torch_of(py, &masks.blueprint, None)?)?;
+    Ok(dict)
 }
 
 /// The sum of `tensor`'s elements, computed by the runtime (in double precision).
@@ -117,10 +160,20 @@ impl Run {
 #[pymethods]
 impl Run {
     /// A new run of `config` (a path to a TOML file, or a dict of the same keys), writing
-    /// into `run_dir` (default: the config's `[output] dir`), which must be empty.
+    /// into `run_dir` (default: the config's `[output] dir`), which must be empty;
+    /// `epochs`, `seed` and `checkpoint` replace `[training] epochs`, `[training] seed`
+    /// and `[output] checkpoint`; `controller` as in [`set_controller`].
     #[new]
-    #[pyo3(signature = (config, run_dir = None, *, epochs = None))]
-    fn new(py: Python<'_>, config: &Bound<'_, PyAny>, run_dir: Option<PathBuf>, epochs: Option<u32>) -> PyResult<Self> {
+    #[pyo3(signature = (config, run_dir = None, *, epochs = None, seed = None, checkpoint = None, controller = None))]
+    fn new(
+        py: Python<'_>,
+        config: &Bound<'_, PyAny>,
+        run_dir: Option<PathBuf>,
+        epochs: Option<u32>,
+        seed: Option<u64>,
+        checkpoint: Option<bool>,
+        controller: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
         let (mut config, source) = read_config(config)?;
         if let Some(dir) = run_dir {
             config.output.dir = dir;
@@ -128,17 +181,29 @@ impl Run {
         if let Some(epochs) = epochs {
             config.training.epochs = epochs;
         }
+        if let Some(seed) = seed {
+            config.training.seed = seed;
+        }
+        if let Some(checkpoint) = checkpoint {
+            config.output.checkpoint = checkpoint;
+        }
         config.validate(&source).map_err(errors::from)?;
         let lock = new_run_folder(&config.output.dir)?;
-        let trainer = py.detach(|| SendWrapper::new(Trainer::new(config))).take().map_err(errors::to_py)?;
+        let mut trainer = py.detach(|| SendWrapper::new(Trainer::new(config))).take().map_err(errors::to_py)?;
+        set_controller(&mut trainer, controller)?;
         Ok(Self { open: Some(Open { trainer, _lock: lock }) })
     }
 
     /// Continues the run of `run_dir` (a run folder, or a checkpoint in it) from its
     /// latest checkpoint, in that folder; `epochs` extends it to that many.
     #[staticmethod]
-    #[pyo3(signature = (run_dir, *, epochs = None))]
-    fn resume(py: Python<'_>, run_dir: PathBuf, epochs: Option<u32>) -> PyResult<Self> {
+    #[pyo3(signature = (run_dir, *, epochs = None, controller = None))]
+    fn resume(
+        py: Python<'_>,
+        run_dir: PathBuf,
+        epochs: Option<u32>,
+        controller: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
         let dir = checkpoint::run_folder_of(&run_dir).map_err(errors::from)?;
         let lock = RunLock::acquire(&dir).map_err(errors::from)?;
         run_folder::refuse_links(&dir).map_err(errors::from)?;
@@ -147,6 +212,7 @@ impl Run {
         if let Some(epochs) = epochs {
             trainer.set_epochs(epochs);
         }
+        set_controller(&mut trainer, controller)?;
         Ok(Self { open: Some(Open { trainer, _lock: lock }) })
     }
 
@@ -181,6 +247,47 @@ impl Run {
     fn run_dir(&self) -> PyResult<PathBuf> {
         let open = self.open()?;
         Ok(open.trainer.config().output.dir.clone())
+    }
+
+    /// The name of the decision maker in charge: `heuristic`, a controller plugin's
+    /// controller, `python` (a callable) or `external` (decisions only through `act`).
+    #[getter]
+    fn controller(&self) -> PyResult<String> {
+        Ok(self.open()?.trainer.decision_maker().to_string())
+    }
+
+    /// What a controller would see now (after the last epoch, with the decisions already
+    /// taken for the next one), as a dict (the observation of docs/src/guide/controllers.md).
+    fn observe<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        to_python(py, &self.open()?.trainer.observe())
+    }
+
+    /// The observation as a flat float32 torch tensor (`feature_len(len(slots),
+    /// len(blueprints))` long, the documented layout) and the masks of the decisions
+    /// legal now: a dict of torch bool tensors `op` (5), `slot` (5 by slots), `blueprint`.
+    fn observe_vector<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyDict>)> {
+        let observation = self.open()?.trainer.observe();
+        Ok((torch_of(py, &observation.features(), None)?, masks_to_torch(py, &observation.masks())?))
+    }
+
+    /// Applies a decision (a dict tagged by `op`) or a list of them now, before the next
+    /// epoch, validated as a controller's: returns the events (as `events()` gives them,
+    /// with the number of the epoch whose record keeps them: the next), an illegal or
+    /// malformed decision a `decision_refused` event, never applied.
+    fn act<'py>(&mut self, py: Python<'py>, decisions: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+        let proposals = controller::proposals(decisions)?;
+        let open = self.open_mut()?;
+        // The events go into the next epoch's record: they carry its number, as in `events()`.
+        let epoch = open.trainer.next_epoch();
+        let mut trainer = SendWrapper::new(&mut open.trainer);
+        let events = py.detach(move || trainer.act(proposals)).map_err(errors::to_py)?;
+        let list = PyList::empty(py);
+        for event in &events {
+            let event = to_python(py, event)?;
+            event.set_item("epoch", epoch)?;
+            list.append(event)?;
+        }
+        Ok(list)
     }
 
     /// The slots of the model, in execution order.
