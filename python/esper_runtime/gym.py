@@ -71,6 +71,10 @@ class SeedEnv(gymnasium.Env):
 
     ``epochs`` and ``run_root`` (the folder the episodes' temporary run folders go in)
     are optional. Episodes write no checkpoints.
+
+    Each run seeds libtorch's global generator (``torch.manual_seed``'s, in this process)
+    when it starts and at every epoch: a policy in the same process should sample from a
+    ``torch.Generator`` of its own.
     """
 
     metadata = {"render_modes": []}
@@ -204,8 +208,11 @@ def _flat(masks: Mapping[str, np.ndarray]) -> np.ndarray:
     op = masks["op"].astype(bool)
     slot = masks["slot"][1:].any(axis=0)
     blueprint = masks["blueprint"].astype(bool)
-    heads = [op, slot if slot.any() else np.ones_like(slot), blueprint if blueprint.any() else np.ones(max(len(blueprint), 1), bool)]
-    return np.concatenate(heads)
+    if not slot.any():
+        slot = np.ones_like(slot)
+    if not blueprint.any():
+        blueprint = np.ones(max(len(blueprint), 1), bool)
+    return np.concatenate([op, slot, blueprint])
 
 
 gymnasium.register(id=ENV_ID, entry_point="esper_runtime.gym:SeedEnv")
