@@ -5,8 +5,8 @@
 use crate::{controller, dlpack, errors};
 use esper_runtime::{
     config::RunConfig,
-    run_folder::{self, RunFile, RunLock},
     control::{ActionMasks, Waiting},
+    run_folder::{self, RunFile, RunLock},
     train::{checkpoint, EpochStep, Silent, Trainer},
 };
 use pyo3::{
@@ -99,7 +99,11 @@ fn set_controller(trainer: &mut Trainer, controller: Option<&Bound<'_, PyAny>>) 
 }
 
 /// `values` as a 1-D (or, with `rows`, 2-D) torch tensor.
-fn torch_of<'py, T: tch::kind::Element>(py: Python<'py>, values: &[T], rows: Option<i64>) -> PyResult<Bound<'py, PyAny>> {
+fn torch_of<'py, T: tch::kind::Element>(
+    py: Python<'py>,
+    values: &[T],
+    rows: Option<i64>,
+) -> PyResult<Bound<'py, PyAny>> {
     let tensor = Tensor::from_slice(values);
     let tensor = match rows {
         Some(rows) => tensor.f_view([rows, -1]).map_err(|e| errors::RunError::new_err(e.to_string()))?,

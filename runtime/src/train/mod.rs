@@ -410,10 +410,7 @@ impl Trainer {
     /// (germinations, gate evaluations, prunes, failures); they are also kept for the
     /// next epoch's record. For a single-process run (a multi-process run's decisions
     /// come from its decision maker, on rank 0).
-    pub fn act<P: Into<Proposal>>(
-        &mut self,
-        decisions: impl IntoIterator<Item = P>,
-    ) -> Result<Vec<LifecycleEvent>> {
+    pub fn act<P: Into<Proposal>>(&mut self, decisions: impl IntoIterator<Item = P>) -> Result<Vec<LifecycleEvent>> {
         let epoch = self.history.last().map_or(0, |r| r.epoch);
         let proposals = decisions.into_iter().map(Into::into).collect();
         let verdict = crate::control::validate("external", epoch, proposals, &self.model, &self.registry);
