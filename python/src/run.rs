@@ -5,7 +5,7 @@
 use crate::{controller, dlpack, errors};
 use esper_runtime::{
     config::RunConfig,
-    control::{ActionMasks, Waiting},
+    control::{ActionMasks, DecisionMaker, Waiting},
     run_folder::{self, RunFile, RunLock},
     train::{checkpoint, EpochStep, Silent, Trainer},
 };
@@ -76,20 +76,17 @@ fn new_run_folder(dir: &Path) -> PyResult<RunLock> {
     Ok(lock)
 }
 
-/// Puts `controller` in charge of `trainer`'s decisions: `None` keeps the config's (the
-/// built-in heuristic or a controller plugin), `"external"` leaves every decision to
-/// `Run.act`, a callable decides from Python ([`controller::PyController`]).
-fn set_controller(trainer: &mut Trainer, controller: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-    let Some(controller) = controller else { return Ok(()) };
+/// The decision maker `controller` asks for: `None` keeps the config's (the built-in
+/// heuristic or a controller plugin), `"external"` leaves every decision to `Run.act`
+/// ([`Waiting`]), a callable decides from Python ([`controller::PyController`]). Read
+/// before the run is built, so a bad one costs nothing.
+fn decision_maker(controller: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Box<dyn DecisionMaker>>> {
+    let Some(controller) = controller else { return Ok(None) };
     if controller.is_callable() {
-        trainer.set_decision_maker(Box::new(controller::PyController::new(controller.clone().unbind())));
-        return Ok(());
+        return Ok(Some(Box::new(controller::PyController::new(controller.clone().unbind()))));
     }
     match controller.extract::<String>() {
-        Ok(name) if name == "external" => {
-            trainer.set_decision_maker(Box::new(Waiting));
-            Ok(())
-        }
+        Ok(name) if name == "external" => Ok(Some(Box::new(Waiting))),
         _ => Err(PyValueError::new_err(format!(
             "controller={}: expected None (the config's controller), \"external\" (decisions only through \
              Run.act) or a callable taking the observation",
@@ -166,7 +163,7 @@ impl Run {
     /// A new run of `config` (a path to a TOML file, or a dict of the same keys), writing
     /// into `run_dir` (default: the config's `[output] dir`), which must be empty;
     /// `epochs`, `seed` and `checkpoint` replace `[training] epochs`, `[training] seed`
-    /// and `[output] checkpoint`; `controller` as in [`set_controller`].
+    /// and `[output] checkpoint`; `controller` as in [`decision_maker`].
     #[new]
     #[pyo3(signature = (config, run_dir = None, *, epochs = None, seed = None, checkpoint = None, controller = None))]
     fn new(
@@ -178,6 +175,7 @@ impl Run {
         checkpoint: Option<bool>,
         controller: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let maker = decision_maker(controller)?;
         let (mut config, source) = read_config(config)?;
         if let Some(dir) = run_dir {
             config.output.dir = dir;
@@ -194,7 +192,9 @@ impl Run {
         config.validate(&source).map_err(errors::from)?;
         let lock = new_run_folder(&config.output.dir)?;
         let mut trainer = py.detach(|| SendWrapper::new(Trainer::new(config))).take().map_err(errors::to_py)?;
-        set_controller(&mut trainer, controller)?;
+        if let Some(maker) = maker {
+            trainer.set_decision_maker(maker);
+        }
         Ok(Self { open: Some(Open { trainer, _lock: lock }) })
     }
 
@@ -208,6 +208,7 @@ impl Run {
         epochs: Option<u32>,
         controller: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let maker = decision_maker(controller)?;
         let dir = checkpoint::run_folder_of(&run_dir).map_err(errors::from)?;
         let lock = RunLock::acquire(&dir).map_err(errors::from)?;
         run_folder::refuse_links(&dir).map_err(errors::from)?;
@@ -216,7 +217,9 @@ impl Run {
         if let Some(epochs) = epochs {
             trainer.set_epochs(epochs);
         }
-        set_controller(&mut trainer, controller)?;
+        if let Some(maker) = maker {
+            trainer.set_decision_maker(maker);
+        }
         Ok(Self { open: Some(Open { trainer, _lock: lock }) })
     }
 

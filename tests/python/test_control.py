@@ -120,6 +120,7 @@ def test_the_config_controller_is_the_default_and_a_bad_one_is_refused(norm_plug
     assert run.step_epoch()["events"][0]["event"] == "germinated", "the schedule of the config's controller"
     with pytest.raises(ValueError, match="controller='tamiyo'"):
         er.Run(small_job(norm_plugin, tmp_path / "b"), controller="tamiyo")
+    assert not (tmp_path / "b").exists(), "refused before the run folder is made"
     external = er.Run(small_job(norm_plugin, tmp_path / "c", epochs=1), controller="external")
     assert external.controller == "external"
     assert external.step_epoch()["events"] == [], "no schedule: decisions only through act"
@@ -130,3 +131,16 @@ def test_seed_and_checkpoint_replace_the_config(tiny: dict, tmp_path: Path) -> N
     losses = [r.step_epoch()["train_loss"] for r in runs]
     assert losses[0] == losses[1] != losses[2]
     assert not (tmp_path / "0" / "checkpoints").exists()
+
+
+def test_a_resumed_run_takes_a_controller(tiny: dict, tmp_path: Path) -> None:
+    with er.Run(tiny, tmp_path) as run:
+        assert run.controller == "heuristic"
+        run.step_epoch()
+    seen: list[int] = []
+    with er.Run.resume(tmp_path, controller=lambda o: seen.append(o["epoch"])) as resumed:
+        assert resumed.controller == "python"
+        resumed.step_epoch()
+    assert seen == [2]
+    with er.Run.resume(tmp_path, controller="external") as resumed:
+        assert resumed.controller == "external"
