@@ -4,9 +4,11 @@
 
 use esper_runtime::control::{DecisionContext, DecisionMaker, Proposal};
 use pyo3::{
+    exceptions::{PyKeyboardInterrupt, PySystemExit},
     prelude::*,
     types::{PyDict, PyList, PyTuple},
 };
+use std::sync::{Arc, Mutex};
 
 /// What events name a Python controller.
 pub const NAME: &str = "python";
@@ -16,14 +18,38 @@ pub const NAME: &str = "python";
 /// `step_epoch`, whose GIL-free section it re-enters with [`Python::attach`]. An
 /// exception it raises, or an answer that is not one of those, is its failure: the run
 /// contains it as a plugin controller's (a `controller_failed` event, no decision).
+/// A `KeyboardInterrupt` or `SystemExit` is contained the same way and also kept in
+/// its [`Interrupt`], for `step_epoch` to raise once the epoch is over: Ctrl-C stops
+/// the loop driving the run, as it would without a controller.
 pub struct PyController {
     callable: Py<PyAny>,
+    interrupt: Interrupt,
 }
 
+/// A `KeyboardInterrupt` or `SystemExit` the callable raised, not raised yet.
+pub type Interrupt = Arc<Mutex<Option<PyErr>>>;
+
 impl PyController {
-    pub fn new(callable: Py<PyAny>) -> Self {
-        Self { callable }
+    pub fn new(callable: Py<PyAny>) -> (Self, Interrupt) {
+        let interrupt = Interrupt::default();
+        (Self { callable, interrupt: interrupt.clone() }, interrupt)
     }
+
+    /// `err` as the failure's text, kept in the [`Interrupt`] when it is one.
+    fn failure(&self, py: Python<'_>, err: PyErr) -> String {
+        let text = described(py, &err);
+        if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
+            if let Ok(mut pending) = self.interrupt.lock() {
+                pending.get_or_insert(err);
+            }
+        }
+        text
+    }
+}
+
+/// Takes the interrupt `interrupt` holds, if any.
+pub fn take(interrupt: &Interrupt) -> Option<PyErr> {
+    interrupt.lock().ok().and_then(|mut pending| pending.take())
 }
 
 impl DecisionMaker for PyController {
@@ -34,7 +60,7 @@ impl DecisionMaker for PyController {
     fn decide(&mut self, context: &DecisionContext<'_>) -> Result<Vec<Proposal>, String> {
         Python::attach(|py| {
             let observation = crate::run::to_python(py, context.observation).map_err(|e| described(py, &e))?;
-            let answer = self.callable.call1(py, (observation,)).map_err(|e| described(py, &e))?;
+            let answer = self.callable.call1(py, (observation,)).map_err(|e| self.failure(py, e))?;
             proposals(answer.bind(py)).map_err(|e| described(py, &e))
         })
     }

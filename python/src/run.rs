@@ -25,6 +25,8 @@ use tch::{Kind, Tensor};
 struct Open {
     trainer: Trainer,
     _lock: RunLock,
+    /// A Python controller's pending interrupt (see [`controller::PyController`]).
+    interrupt: Option<controller::Interrupt>,
 }
 
 /// A training run of the Esper runtime, driven an epoch at a time.
@@ -76,17 +78,35 @@ fn new_run_folder(dir: &Path) -> PyResult<RunLock> {
     Ok(lock)
 }
 
+/// A decision maker asked for (none: the config's), and a Python controller's interrupt.
+#[derive(Default)]
+struct Maker {
+    maker: Option<Box<dyn DecisionMaker>>,
+    interrupt: Option<controller::Interrupt>,
+}
+
+impl Maker {
+    /// Puts it in charge of `trainer`: the run, open.
+    fn open(self, mut trainer: Trainer, lock: RunLock) -> Run {
+        if let Some(maker) = self.maker {
+            trainer.set_decision_maker(maker);
+        }
+        Run { open: Some(Open { trainer, _lock: lock, interrupt: self.interrupt }) }
+    }
+}
+
 /// The decision maker `controller` asks for: `None` keeps the config's (the built-in
 /// heuristic or a controller plugin), `"external"` leaves every decision to `Run.act`
 /// ([`Waiting`]), a callable decides from Python ([`controller::PyController`]). Read
 /// before the run is built, so a bad one costs nothing.
-fn decision_maker(controller: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Box<dyn DecisionMaker>>> {
-    let Some(controller) = controller else { return Ok(None) };
+fn decision_maker(controller: Option<&Bound<'_, PyAny>>) -> PyResult<Maker> {
+    let Some(controller) = controller else { return Ok(Maker::default()) };
     if controller.is_callable() {
-        return Ok(Some(Box::new(controller::PyController::new(controller.clone().unbind()))));
+        let (maker, interrupt) = controller::PyController::new(controller.clone().unbind());
+        return Ok(Maker { maker: Some(Box::new(maker)), interrupt: Some(interrupt) });
     }
     match controller.extract::<String>() {
-        Ok(name) if name == "external" => Ok(Some(Box::new(Waiting))),
+        Ok(name) if name == "external" => Ok(Maker { maker: Some(Box::new(Waiting)), interrupt: None }),
         _ => Err(PyValueError::new_err(format!(
             "controller={}: expected None (the config's controller), \"external\" (decisions only through \
              Run.act) or a callable taking the observation",
@@ -191,11 +211,8 @@ impl Run {
         }
         config.validate(&source).map_err(errors::from)?;
         let lock = new_run_folder(&config.output.dir)?;
-        let mut trainer = py.detach(|| SendWrapper::new(Trainer::new(config))).take().map_err(errors::to_py)?;
-        if let Some(maker) = maker {
-            trainer.set_decision_maker(maker);
-        }
-        Ok(Self { open: Some(Open { trainer, _lock: lock }) })
+        let trainer = py.detach(|| SendWrapper::new(Trainer::new(config))).take().map_err(errors::to_py)?;
+        Ok(maker.open(trainer, lock))
     }
 
     /// Continues the run of `run_dir` (a run folder, or a checkpoint in it) from its
@@ -217,18 +234,20 @@ impl Run {
         if let Some(epochs) = epochs {
             trainer.set_epochs(epochs);
         }
-        if let Some(maker) = maker {
-            trainer.set_decision_maker(maker);
-        }
-        Ok(Self { open: Some(Open { trainer, _lock: lock }) })
+        Ok(maker.open(trainer, lock))
     }
 
     /// Runs the next epoch (the GIL released meanwhile) and returns its record as a dict
-    /// (as in report.json), or `None` when the run is over.
+    /// (as in report.json), or `None` when the run is over. A `KeyboardInterrupt` or
+    /// `SystemExit` a Python controller raised is raised here, once the epoch is over.
     fn step_epoch<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         let open = self.open_mut()?;
         let mut trainer = SendWrapper::new(&mut open.trainer);
-        let step = py.detach(move || trainer.step_epoch(&mut Silent)).map_err(errors::to_py)?;
+        let step = py.detach(move || trainer.step_epoch(&mut Silent));
+        if let Some(interrupt) = open.interrupt.as_ref().and_then(controller::take) {
+            return Err(interrupt);
+        }
+        let step = step.map_err(errors::to_py)?;
         match (step, open.trainer.history().last()) {
             (EpochStep::Ran { .. }, Some(record)) => Ok(Some(to_python(py, record)?)),
             _ => Ok(None),

@@ -144,3 +144,28 @@ def test_a_resumed_run_takes_a_controller(tiny: dict, tmp_path: Path) -> None:
     assert seen == [2]
     with er.Run.resume(tmp_path, controller="external") as resumed:
         assert resumed.controller == "external"
+
+
+def test_an_interrupt_in_the_callable_is_raised_by_step_epoch_once_the_epoch_is_over(
+    tiny: dict, tmp_path: Path
+) -> None:
+    def policy(observation: dict) -> None:
+        if observation["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    run = er.Run(tiny, tmp_path, controller=policy)
+    with pytest.raises(KeyboardInterrupt):
+        run.step_epoch()
+    assert run.next_epoch == 2, "epoch 1 is recorded"
+    (failed,) = [e for e in run.events() if e["event"] == "controller_failed"]
+    assert failed["reason"].startswith("KeyboardInterrupt"), failed
+    assert run.step_epoch()["epoch"] == 2, "raised once; the run goes on"
+
+
+def test_the_callable_cannot_reenter_its_run(tiny: dict, tmp_path: Path) -> None:
+    runs: list[er.Run] = []
+    run = er.Run(tiny, tmp_path, controller=lambda o: runs[0].observe())
+    runs.append(run)
+    record = run.step_epoch()
+    failed = [e for e in record["events"] if e["event"] == "controller_failed"]
+    assert failed and "borrow" in failed[0]["reason"], record["events"]
