@@ -106,6 +106,12 @@ if [ -n "$pkg_python" ]; then
         "$prefix/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir "maturin>=1.9,<2" "pytest>=8"
         touch "$prefix/.python-tools-v1"
     fi
+    # gymnasium for esper_runtime.gym (SeedEnv), its tests and examples/python.
+    if [ ! -f "$prefix/.python-gym-v1" ]; then
+        log "installing gymnasium into $prefix (for esper_runtime.gym and examples/python)"
+        "$prefix/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir "gymnasium>=1.1,<2"
+        touch "$prefix/.python-gym-v1"
+    fi
     installed=$("$pkg_python" -c 'import esper_runtime, os; print(os.path.realpath(esper_runtime.__file__))' 2>/dev/null || true)
     develop=(develop --quiet --manifest-path "$repo/python/Cargo.toml")
     if [ "$installed" = "$(cd "$repo/python/esper_runtime" && pwd -P)/__init__.py" ]; then

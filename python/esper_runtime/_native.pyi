@@ -2,7 +2,7 @@
 
 import os
 from types import TracebackType
-from typing import Any, Mapping
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
 
@@ -21,6 +21,14 @@ class RunError(EsperError):
 class CheckpointError(RunError):
     """A checkpoint that cannot be written, found or read."""
 
+def feature_len(slots: int, blueprints: int) -> int:
+    """The length of the observation vector of a run with ``slots`` slots and ``blueprints`` loaded blueprints."""
+
+#: A decision: a dict tagged by ``op`` (see docs/src/guide/controllers.md).
+_Decision = Mapping[str, Any]
+#: What a controller callable is given (the observation) and returns.
+_Controller = Callable[[dict[str, Any]], _Decision | Sequence[_Decision] | None]
+
 class Run:
     """A training run of the Esper runtime, driven an epoch at a time."""
 
@@ -30,9 +38,17 @@ class Run:
         run_dir: str | os.PathLike[str] | None = None,
         *,
         epochs: int | None = None,
+        seed: int | None = None,
+        checkpoint: bool | None = None,
+        controller: _Controller | Literal["external"] | None = None,
     ) -> Run: ...
     @staticmethod
-    def resume(run_dir: str | os.PathLike[str], *, epochs: int | None = None) -> Run: ...
+    def resume(
+        run_dir: str | os.PathLike[str],
+        *,
+        epochs: int | None = None,
+        controller: _Controller | Literal["external"] | None = None,
+    ) -> Run: ...
     def step_epoch(self) -> dict[str, Any] | None: ...
     @property
     def next_epoch(self) -> int: ...
@@ -42,6 +58,11 @@ class Run:
     def run_dir(self) -> os.PathLike[str]: ...
     @property
     def slots(self) -> list[str]: ...
+    @property
+    def controller(self) -> str: ...
+    def observe(self) -> dict[str, Any]: ...
+    def observe_vector(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+    def act(self, decisions: _Decision | Sequence[_Decision]) -> list[dict[str, Any]]: ...
     def report(self) -> dict[str, Any]: ...
     def events(self) -> list[dict[str, Any]]: ...
     def save_checkpoint(self, run_dir: str | os.PathLike[str] | None = None) -> os.PathLike[str]: ...

@@ -4,11 +4,19 @@
 //! parameters reach Python as torch tensors sharing memory with the runtime
 //! ([`dlpack`]); the runtime's errors arrive as the exceptions of [`errors`].
 
+mod controller;
 mod dlpack;
 mod errors;
 mod run;
 
 use pyo3::prelude::*;
+
+/// The length of the observation vector of a run with `slots` slots and `blueprints`
+/// loaded blueprints (see `Run.observe_vector`).
+#[pyfunction]
+fn feature_len(slots: usize, blueprints: usize) -> usize {
+    esper_runtime::control::feature_len(slots, blueprints)
+}
 
 #[pymodule]
 #[pyo3(name = "_native")]
@@ -20,5 +28,6 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("RunError", py.get_type::<errors::RunError>())?;
     m.add("CheckpointError", py.get_type::<errors::CheckpointError>())?;
     m.add_class::<run::Run>()?;
+    m.add_function(wrap_pyfunction!(feature_len, m)?)?;
     Ok(())
 }

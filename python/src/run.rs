@@ -2,14 +2,15 @@
 //! record read as Python values and its parameters as torch tensors sharing the
 //! runtime's memory.
 
-use crate::{dlpack, errors};
+use crate::{controller, dlpack, errors};
 use esper_runtime::{
     config::RunConfig,
+    control::{ActionMasks, DecisionMaker, Waiting},
     run_folder::{self, RunFile, RunLock},
     train::{checkpoint, EpochStep, Silent, Trainer},
 };
 use pyo3::{
-    exceptions::PyKeyError,
+    exceptions::{PyKeyError, PyValueError},
     prelude::*,
     types::{PyDict, PyList},
 };
@@ -24,6 +25,8 @@ use tch::{Kind, Tensor};
 struct Open {
     trainer: Trainer,
     _lock: RunLock,
+    /// A Python controller's pending interrupt (see [`controller::PyController`]).
+    interrupt: Option<controller::Interrupt>,
 }
 
 /// A training run of the Esper runtime, driven an epoch at a time.
@@ -39,7 +42,7 @@ pub struct Run {
 }
 
 /// `value` (anything serde writes) as the Python value `json.loads` makes of it.
-fn to_python<'py, T: serde::Serialize>(py: Python<'py>, value: &T) -> PyResult<Bound<'py, PyAny>> {
+pub(crate) fn to_python<'py, T: serde::Serialize>(py: Python<'py>, value: &T) -> PyResult<Bound<'py, PyAny>> {
     let text = serde_json::to_string(value).map_err(|e| errors::RunError::new_err(e.to_string()))?;
     py.import("json")?.getattr("loads")?.call1((text,))
 }
@@ -73,6 +76,67 @@ fn new_run_folder(dir: &Path) -> PyResult<RunLock> {
         )));
     }
     Ok(lock)
+}
+
+/// A decision maker asked for (none: the config's), and a Python controller's interrupt.
+#[derive(Default)]
+struct Maker {
+    maker: Option<Box<dyn DecisionMaker>>,
+    interrupt: Option<controller::Interrupt>,
+}
+
+impl Maker {
+    /// Puts it in charge of `trainer`: the run, open.
+    fn open(self, mut trainer: Trainer, lock: RunLock) -> Run {
+        if let Some(maker) = self.maker {
+            trainer.set_decision_maker(maker);
+        }
+        Run { open: Some(Open { trainer, _lock: lock, interrupt: self.interrupt }) }
+    }
+}
+
+/// The decision maker `controller` asks for: `None` keeps the config's (the built-in
+/// heuristic or a controller plugin), `"external"` leaves every decision to `Run.act`
+/// ([`Waiting`]), a callable decides from Python ([`controller::PyController`]). Read
+/// before the run is built, so a bad one costs nothing.
+fn decision_maker(controller: Option<&Bound<'_, PyAny>>) -> PyResult<Maker> {
+    let Some(controller) = controller else { return Ok(Maker::default()) };
+    if controller.is_callable() {
+        let (maker, interrupt) = controller::PyController::new(controller.clone().unbind());
+        return Ok(Maker { maker: Some(Box::new(maker)), interrupt: Some(interrupt) });
+    }
+    match controller.extract::<String>() {
+        Ok(name) if name == "external" => Ok(Maker { maker: Some(Box::new(Waiting)), interrupt: None }),
+        _ => Err(PyValueError::new_err(format!(
+            "controller={}: expected None (the config's controller), \"external\" (decisions only through \
+             Run.act) or a callable taking the observation",
+            controller.repr()?
+        ))),
+    }
+}
+
+/// `values` as a 1-D (or, with `rows`, 2-D) torch tensor.
+fn torch_of<'py, T: tch::kind::Element>(
+    py: Python<'py>,
+    values: &[T],
+    rows: Option<i64>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let tensor = Tensor::from_slice(values);
+    let tensor = match rows {
+        Some(rows) => tensor.f_view([rows, -1]).map_err(|e| errors::RunError::new_err(e.to_string()))?,
+        None => tensor,
+    };
+    dlpack::to_torch(py, &tensor)
+}
+
+/// The masks as a dict of torch bool tensors: `op` (5), `slot` (5 by slots), `blueprint`.
+fn masks_to_torch<'py>(py: Python<'py>, masks: &ActionMasks) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    dict.set_item("op", torch_of(py, &masks.op, None)?)?;
+    let slot: Vec<bool> = masks.slot.iter().flatten().copied().collect();
+    dict.set_item("slot", torch_of(py, &slot, Some(masks.slot.len() as i64))?)?;
+    dict.set_item("blueprint", torch_of(py, &masks.blueprint, None)?)?;
+    Ok(dict)
 }
 
 /// The sum of `tensor`'s elements, computed by the runtime (in double precision).
@@ -117,10 +181,21 @@ impl Run {
 #[pymethods]
 impl Run {
     /// A new run of `config` (a path to a TOML file, or a dict of the same keys), writing
-    /// into `run_dir` (default: the config's `[output] dir`), which must be empty.
+    /// into `run_dir` (default: the config's `[output] dir`), which must be empty;
+    /// `epochs`, `seed` and `checkpoint` replace `[training] epochs`, `[training] seed`
+    /// and `[output] checkpoint`; `controller` as in [`decision_maker`].
     #[new]
-    #[pyo3(signature = (config, run_dir = None, *, epochs = None))]
-    fn new(py: Python<'_>, config: &Bound<'_, PyAny>, run_dir: Option<PathBuf>, epochs: Option<u32>) -> PyResult<Self> {
+    #[pyo3(signature = (config, run_dir = None, *, epochs = None, seed = None, checkpoint = None, controller = None))]
+    fn new(
+        py: Python<'_>,
+        config: &Bound<'_, PyAny>,
+        run_dir: Option<PathBuf>,
+        epochs: Option<u32>,
+        seed: Option<u64>,
+        checkpoint: Option<bool>,
+        controller: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let maker = decision_maker(controller)?;
         let (mut config, source) = read_config(config)?;
         if let Some(dir) = run_dir {
             config.output.dir = dir;
@@ -128,17 +203,29 @@ impl Run {
         if let Some(epochs) = epochs {
             config.training.epochs = epochs;
         }
+        if let Some(seed) = seed {
+            config.training.seed = seed;
+        }
+        if let Some(checkpoint) = checkpoint {
+            config.output.checkpoint = checkpoint;
+        }
         config.validate(&source).map_err(errors::from)?;
         let lock = new_run_folder(&config.output.dir)?;
         let trainer = py.detach(|| SendWrapper::new(Trainer::new(config))).take().map_err(errors::to_py)?;
-        Ok(Self { open: Some(Open { trainer, _lock: lock }) })
+        Ok(maker.open(trainer, lock))
     }
 
     /// Continues the run of `run_dir` (a run folder, or a checkpoint in it) from its
     /// latest checkpoint, in that folder; `epochs` extends it to that many.
     #[staticmethod]
-    #[pyo3(signature = (run_dir, *, epochs = None))]
-    fn resume(py: Python<'_>, run_dir: PathBuf, epochs: Option<u32>) -> PyResult<Self> {
+    #[pyo3(signature = (run_dir, *, epochs = None, controller = None))]
+    fn resume(
+        py: Python<'_>,
+        run_dir: PathBuf,
+        epochs: Option<u32>,
+        controller: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let maker = decision_maker(controller)?;
         let dir = checkpoint::run_folder_of(&run_dir).map_err(errors::from)?;
         let lock = RunLock::acquire(&dir).map_err(errors::from)?;
         run_folder::refuse_links(&dir).map_err(errors::from)?;
@@ -147,15 +234,20 @@ impl Run {
         if let Some(epochs) = epochs {
             trainer.set_epochs(epochs);
         }
-        Ok(Self { open: Some(Open { trainer, _lock: lock }) })
+        Ok(maker.open(trainer, lock))
     }
 
     /// Runs the next epoch (the GIL released meanwhile) and returns its record as a dict
-    /// (as in report.json), or `None` when the run is over.
+    /// (as in report.json), or `None` when the run is over. A `KeyboardInterrupt` or
+    /// `SystemExit` a Python controller raised is raised here, once the epoch is over.
     fn step_epoch<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         let open = self.open_mut()?;
         let mut trainer = SendWrapper::new(&mut open.trainer);
-        let step = py.detach(move || trainer.step_epoch(&mut Silent)).map_err(errors::to_py)?;
+        let step = py.detach(move || trainer.step_epoch(&mut Silent));
+        if let Some(interrupt) = open.interrupt.as_ref().and_then(controller::take) {
+            return Err(interrupt);
+        }
+        let step = step.map_err(errors::to_py)?;
         match (step, open.trainer.history().last()) {
             (EpochStep::Ran { .. }, Some(record)) => Ok(Some(to_python(py, record)?)),
             _ => Ok(None),
@@ -181,6 +273,47 @@ impl Run {
     fn run_dir(&self) -> PyResult<PathBuf> {
         let open = self.open()?;
         Ok(open.trainer.config().output.dir.clone())
+    }
+
+    /// The name of the decision maker in charge: `heuristic`, a controller plugin's
+    /// controller, `python` (a callable) or `external` (decisions only through `act`).
+    #[getter]
+    fn controller(&self) -> PyResult<String> {
+        Ok(self.open()?.trainer.decision_maker().to_string())
+    }
+
+    /// What a controller would see now (after the last epoch, with the decisions already
+    /// taken for the next one), as a dict (the observation of docs/src/guide/controllers.md).
+    fn observe<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        to_python(py, &self.open()?.trainer.observe())
+    }
+
+    /// The observation as a flat float32 torch tensor (`feature_len(len(slots),
+    /// len(blueprints))` long, the documented layout) and the masks of the decisions
+    /// legal now: a dict of torch bool tensors `op` (5), `slot` (5 by slots), `blueprint`.
+    fn observe_vector<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyDict>)> {
+        let observation = self.open()?.trainer.observe();
+        Ok((torch_of(py, &observation.features(), None)?, masks_to_torch(py, &observation.masks())?))
+    }
+
+    /// Applies a decision (a dict tagged by `op`) or a list of them now, before the next
+    /// epoch, validated as a controller's: returns the events (as `events()` gives them,
+    /// with the number of the epoch whose record keeps them: the next), an illegal or
+    /// malformed decision a `decision_refused` event, never applied.
+    fn act<'py>(&mut self, py: Python<'py>, decisions: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+        let proposals = controller::proposals(decisions)?;
+        let open = self.open_mut()?;
+        // The events go into the next epoch's record: they carry its number, as in `events()`.
+        let epoch = open.trainer.next_epoch();
+        let mut trainer = SendWrapper::new(&mut open.trainer);
+        let events = py.detach(move || trainer.act(proposals)).map_err(errors::to_py)?;
+        let list = PyList::empty(py);
+        for event in &events {
+            let event = to_python(py, event)?;
+            event.set_item("epoch", epoch)?;
+            list.append(event)?;
+        }
+        Ok(list)
     }
 
     /// The slots of the model, in execution order.

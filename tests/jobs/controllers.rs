@@ -199,6 +199,13 @@ fn observe_and_act_drive_a_run_from_outside() {
     assert!(matches!(&events[..], [LifecycleEvent::Germinated { slot, .. }] if slot == "r0c1"), "{events:?}");
     let refused = t.act(vec![grow]).unwrap();
     assert!(matches!(&refused[..], [LifecycleEvent::DecisionRefused { controller, .. }] if controller == "external"));
+    // What does not read as a decision is refused by name too, never applied.
+    let malformed = Proposal::from_value(serde_json::json!({"op": "prune"}));
+    let refused = t.act([malformed]).unwrap();
+    assert!(
+        matches!(&refused[..], [LifecycleEvent::DecisionRefused { reason, .. }] if reason.contains("not a decision")),
+        "{refused:?}"
+    );
     let o = t.observe();
     assert_eq!(o.slots[0].stage, Stage::Germinated);
     assert_eq!(o.slots[0].blueprint.as_deref(), Some("cnn:conv_light"));

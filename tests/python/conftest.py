@@ -45,6 +45,20 @@ def small_job(plugin: Path, out: Path, epochs: int = 3) -> dict:
     }
 
 
+def env_job(plugin: Path, epochs: int = 3) -> dict:
+    """The tiny job for environments and controllers: small_job's, smaller data (two steps
+    an epoch), no schedule, the heuristic off (the policy decides); under a second a run."""
+    job = small_job(plugin, Path("unused"), epochs)
+    job["data"].update(train_size=128, val_size=64)
+    del job["lifecycle"]["schedule"], job["output"]
+    return job
+
+
+@pytest.fixture
+def tiny(norm_plugin: Path) -> dict:
+    return env_job(norm_plugin)
+
+
 @pytest.fixture
 def job(norm_plugin: Path, tmp_path: Path) -> dict:
     return small_job(norm_plugin, tmp_path / "out")

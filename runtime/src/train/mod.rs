@@ -20,7 +20,9 @@ mod timing;
 use crate::distributed::{DistError, RankEnv, Ranks};
 use crate::{
     config::RunConfig,
-    control::{heuristic::Heuristic, DecisionContext, DecisionMaker, EpochObservation, Observation, RunView, Verdict},
+    control::{
+        heuristic::Heuristic, DecisionContext, DecisionMaker, EpochObservation, Observation, Proposal, RunView, Verdict,
+    },
     data::{Objective, RunData, Shard},
     lifecycle::LifecycleEvent,
     model::MorphogeneticModel,
@@ -29,7 +31,6 @@ use crate::{
 };
 use controller::{Action, Controller};
 pub use error::TrainError;
-use esper_plugin_api::observation::Decision;
 pub use observer::{Observer, Silent};
 use optim::Optimizer;
 use report::EpochRecord;
@@ -415,11 +416,12 @@ impl Trainer {
     }
 
     /// Applies `decisions` now, before the next epoch, validated as a controller's are
-    /// (refusals name the controller `external`). Returns the events: refusals, and what
-    /// the decisions did (germinations, gate evaluations, prunes, failures); they are
-    /// also kept for the next epoch's record. For a single-process run (a multi-process
-    /// run's decisions come from its decision maker, on rank 0).
-    pub fn act(&mut self, decisions: Vec<Decision>) -> Result<Vec<LifecycleEvent>> {
+    /// (refusals name the controller `external`; a [`Proposal::Malformed`] is refused as
+    /// not a decision). Returns the events: refusals, and what the decisions did
+    /// (germinations, gate evaluations, prunes, failures); they are also kept for the
+    /// next epoch's record. For a single-process run (a multi-process run's decisions
+    /// come from its decision maker, on rank 0).
+    pub fn act<P: Into<Proposal>>(&mut self, decisions: impl IntoIterator<Item = P>) -> Result<Vec<LifecycleEvent>> {
         let epoch = self.history.last().map_or(0, |r| r.epoch);
         let proposals = decisions.into_iter().map(Into::into).collect();
         let verdict = crate::control::validate("external", epoch, proposals, &self.model, &self.registry);
