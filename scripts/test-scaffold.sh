@@ -61,7 +61,10 @@ echo "== controller: esper plugin new my-controller --controller && cargo test, 
 "$ESPER" plugin new my-controller --controller
 cd my-controller
 "$root/scripts/cargo-reusing.sh" test || fail "cargo test of the new controller plugin"
-"$root/scripts/cargo-reusing.sh" build || fail "cargo build of the new controller plugin"
+# The library itself, built with the tests' features (as scripts/test.sh builds the
+# example plugin): a plain `cargo build` leaves out the dev-dependencies, whose features
+# the workspace's compiled crates have, and would compile them all again.
+"$root/scripts/cargo-reusing.sh" build --lib --tests || fail "cargo build of the new controller plugin"
 lib="$root/target/debug/libmy_controller.so"
 [[ -f "$lib" ]] || fail "$lib was not built"
 # The generated run.toml, with the library where the shared target folder has it.

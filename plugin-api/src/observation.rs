@@ -128,8 +128,9 @@ pub struct Observation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Decision {
-    /// Do nothing this epoch.
-    Wait,
+    /// Do nothing this epoch. (A struct variant, so a stray field is refused as on the
+    /// others.)
+    Wait {},
     /// A seed of `blueprint` in the DORMANT slot `slot`, with the blueprint's `options`;
     /// `alpha_target` (0.5, 0.7 or 1.0) and `tempo` (epochs of the blend ramp) over the
     /// slot's settings; `seed_id` is made up when not given.
@@ -161,7 +162,7 @@ impl Decision {
     /// The slot it is for (none for [`Decision::Wait`]).
     pub fn slot(&self) -> Option<&str> {
         match self {
-            Decision::Wait => None,
+            Decision::Wait {} => None,
             Decision::Germinate { slot, .. }
             | Decision::Advance { slot }
             | Decision::Continue { slot }
@@ -172,7 +173,7 @@ impl Decision {
     /// The operation's index in the operation head ([`Op::ALL`]).
     pub fn op(&self) -> Op {
         match self {
-            Decision::Wait => Op::Wait,
+            Decision::Wait {} => Op::Wait,
             Decision::Germinate { .. } => Op::Germinate,
             Decision::Advance { .. } => Op::Advance,
             Decision::Continue { .. } => Op::Continue,
@@ -336,7 +337,10 @@ mod tests {
         let d: Decision = serde_json::from_str(r#"{"op": "germinate", "slot": "r0c1", "blueprint": "norm"}"#).unwrap();
         assert_eq!(d.slot(), Some("r0c1"));
         assert!(matches!(d, Decision::Germinate { ref options, .. } if options.is_null()));
-        assert_eq!(serde_json::from_str::<Decision>(r#"{"op": "wait"}"#).unwrap(), Decision::Wait);
+        assert_eq!(serde_json::from_str::<Decision>(r#"{"op": "wait"}"#).unwrap(), Decision::Wait {});
+        assert_eq!(serde_json::to_string(&Decision::Wait {}).unwrap(), r#"{"op":"wait"}"#);
+        let stray = serde_json::from_str::<Decision>(r#"{"op": "wait", "x": 1}"#).unwrap_err().to_string();
+        assert!(stray.contains("unknown field `x`"), "{stray}");
         let e = serde_json::from_str::<Decision>(r#"{"op": "advance", "slot": "a", "slto": 1}"#).unwrap_err();
         assert!(e.to_string().contains("slto"), "{e}");
         assert!(serde_json::from_str::<Decision>(r#"{"op": "grow"}"#).is_err());

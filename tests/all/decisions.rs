@@ -81,7 +81,7 @@ fn refusals_are_events_naming_the_controller_and_nothing_refused_is_applied() {
     let model = seeded(SeedStage::Training);
     let proposals = vec![
         Proposal::from_value(serde_json::json!({"op": "advance"})),
-        Decision::Wait.into(),
+        Decision::Wait {}.into(),
         Decision::Advance { slot: SLOT.into() }.into(),
         Decision::Prune { slot: SLOT.into(), reason: None }.into(),
         germinate("r9c9", "norm").into(),

@@ -167,10 +167,9 @@ fn conformance_fails_each_broken_controller_on_its_named_check_and_passes_greedy
     assert_eq!(out.status.code(), Some(1), "a broken controller fails `esper conformance`");
 }
 
-#[test]
-fn observe_and_act_drive_a_run_from_outside() {
-    let _one = one_job_at_a_time();
-    let dir = temp_dir("controller-observe-act");
+/// A trainer of a 2-epoch CNN job with the CNN catalogue, no seed scheduled.
+fn small_cnn_trainer(name: &str) -> Trainer {
+    let dir = temp_dir(name);
     let cnn = plugin_lib("esper-cnn");
     let text = SmallJob {
         plugin: &cnn,
@@ -181,7 +180,13 @@ fn observe_and_act_drive_a_run_from_outside() {
         sections: "",
     }
     .text();
-    let mut t = Trainer::new(RunConfig::load(&write_file(&dir, "run.toml", &text)).unwrap()).unwrap();
+    Trainer::new(RunConfig::load(&write_file(&dir, "run.toml", &text)).unwrap()).unwrap()
+}
+
+#[test]
+fn observe_and_act_drive_a_run_from_outside() {
+    let _one = one_job_at_a_time();
+    let mut t = small_cnn_trainer("controller-observe-act");
     t.set_decision_maker(Box::new(Waiting));
     let o = t.observe();
     assert_eq!((o.epoch, o.free_slots.as_slice()), (0, ["r0c1".to_string()].as_slice()));
@@ -240,18 +245,7 @@ impl DecisionMaker for Failing {
 #[test]
 fn a_decision_maker_that_errs_or_panics_is_contained_and_the_run_waits() {
     let _one = one_job_at_a_time();
-    let dir = temp_dir("controller-failing");
-    let cnn = plugin_lib("esper-cnn");
-    let text = SmallJob {
-        plugin: &cnn,
-        epochs: 2,
-        batch_size: 64,
-        memory_format: "contiguous",
-        blueprint: None,
-        sections: "",
-    }
-    .text();
-    let mut t = Trainer::new(RunConfig::load(&write_file(&dir, "run.toml", &text)).unwrap()).unwrap();
+    let mut t = small_cnn_trainer("controller-failing");
     t.set_decision_maker(Box::new(Failing));
     assert_eq!(t.decision_maker(), "failing");
     t.run(&mut Silent).unwrap();

@@ -38,6 +38,22 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Rank `rank` of a 2-rank run of `config` started by hand (torchrun's variables, the
+/// store at `port`), its stderr piped.
+fn rank_of_two(config: &Path, port: u16, rank: u8) -> std::process::Child {
+    let r = rank.to_string();
+    Command::new(esper_bin())
+        .arg("run")
+        .arg(config)
+        .envs([("WORLD_SIZE", "2"), ("RANK", &r), ("LOCAL_RANK", &r), ("MASTER_ADDR", "127.0.0.1")])
+        .env("MASTER_PORT", port.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// The epochs' stages of slot 0 in `report`.
 fn stages(report: &serde_json::Value) -> Vec<String> {
     report["epochs"].as_array().unwrap().iter().map(|e| e["slots"][0]["stage"].as_str().unwrap().to_string()).collect()
@@ -103,20 +119,8 @@ fn torchrun_launches_the_ranks() {
 fn a_killed_rank_ends_the_other_within_the_timeout_and_the_run_resumes() {
     let dir = temp_dir("dist-kill");
     let config = job(&dir, 6, 5);
-    let port = free_port().to_string();
-    let rank = |r: &str| {
-        Command::new(esper_bin())
-            .arg("run")
-            .arg(&config)
-            .envs([("WORLD_SIZE", "2"), ("RANK", r), ("LOCAL_RANK", r), ("MASTER_ADDR", "127.0.0.1")])
-            .env("MASTER_PORT", &port)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let (zero, mut one) = (rank("0"), rank("1"));
+    let port = free_port();
+    let (zero, mut one) = (rank_of_two(&config, port, 0), rank_of_two(&config, port, 1));
     // Once epoch 2's checkpoint is complete, rank 1 dies.
     let latest = dir.join("out/checkpoints/epoch-0002");
     let started = Instant::now();
@@ -251,19 +255,8 @@ fn a_stop_asked_of_one_rank_stops_every_rank_at_the_same_step() {
     let dir = temp_dir("dist-sigint");
     let config = job(&dir, 1000, 120);
     let out = dir.join("out");
-    let port = free_port().to_string();
-    let rank = |r: &str| {
-        Command::new(esper_bin())
-            .arg("run")
-            .arg(&config)
-            .envs([("WORLD_SIZE", "2"), ("RANK", r), ("LOCAL_RANK", r), ("MASTER_ADDR", "127.0.0.1")])
-            .env("MASTER_PORT", &port)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let (zero, one) = (rank("0"), rank("1"));
+    let port = free_port();
+    let (zero, one) = (rank_of_two(&config, port, 0), rank_of_two(&config, port, 1));
     esper_tests::wait_for("the first checkpoint", 120, || out.join("checkpoints/epoch-0001/COMPLETE").is_file());
     esper_tests::send_signal(one.id(), "INT");
     let (zero, one) = (zero.wait_with_output().unwrap(), one.wait_with_output().unwrap());

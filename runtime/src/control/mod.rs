@@ -127,7 +127,7 @@ mod tests {
     #[test]
     fn a_list_reads_each_decision_on_its_own() {
         let list = Proposal::list_from_json(r#"[{"op": "wait"}, {"op": "advance"}, 7]"#).unwrap();
-        assert_eq!(list[0], Proposal::Decision(Decision::Wait));
+        assert_eq!(list[0], Proposal::Decision(Decision::Wait {}));
         assert!(matches!(&list[1], Proposal::Malformed { error, .. } if error.contains("slot")), "{list:?}");
         assert!(matches!(&list[2], Proposal::Malformed { json, .. } if json == "7"), "{list:?}");
         assert!(Proposal::list_from_json("{").unwrap_err().contains("not a JSON array"));

@@ -83,7 +83,7 @@ pub fn validate(
     for proposal in proposals {
         let (json, checked) = match proposal {
             Proposal::Malformed { json, error } => (json, Err(Refusal::Malformed(error))),
-            Proposal::Decision(Decision::Wait) => continue,
+            Proposal::Decision(Decision::Wait {}) => continue,
             Proposal::Decision(d) => {
                 (serde_json::to_string(&d).unwrap_or_default(), check(&d, epoch, model, registry, &mut decided))
             }
@@ -152,7 +152,7 @@ pub fn check(
             let reason = reason.clone().unwrap_or_else(|| "decided by the controller".to_string());
             Action::Prune { slot: id.clone(), reason }
         }
-        Decision::Wait => return Err(Refusal::Malformed("`wait` is not applied".into())),
+        Decision::Wait {} => return Err(Refusal::Malformed("`wait` is not applied".into())),
     };
     decided.insert(id.to_string());
     Ok(action)
