@@ -6,8 +6,9 @@
 #
 #   scripts/test-gpu.sh               set up, build and run them here (needs cargo and a GPU)
 #   scripts/test-gpu.sh --pack [DIR]  build here (no GPU needed) and put the test binaries,
-#                                     the esper binary and the plugin libraries, stripped,
-#                                     into DIR (default .gpu-carry, git-ignored)
+#                                     the esper binary, the plugin libraries and the Python
+#                                     package, stripped, into DIR (default .gpu-carry,
+#                                     git-ignored)
 #   scripts/test-gpu.sh --prebuilt [DIR]
 #                                     run the binaries packed in DIR, on a machine without
 #                                     cargo (the GPU machine): libtorch comes from
@@ -87,11 +88,37 @@ for line in sys.stdin:
         print("test\t%s\t%s" % (m["target"]["name"], m["executable"]))
     elif kinds == ["bin"] and m["target"]["name"] == "esper" and m.get("executable"):
         print("bin\tesper\t%s" % m["executable"])
+    elif "cdylib" in kinds and m["target"]["name"] == "esper_runtime_py":  # the Python module
+        for f in m["filenames"]:
+            if f.endswith(".so"):
+                print("py\t_native\t%s" % f)
     elif "cdylib" in kinds:
         for f in m["filenames"]:
             if f.endswith(".so"):
                 print("lib\t%s\t%s" % (m["target"]["name"], f))
 '
+}
+
+# The Python package's CUDA test (tests/python/test_gpu.py: several runs share one GPU),
+# run by `python` (with torch and pytest); fails unless it ran and passed (a skip, for
+# want of CUDA, fails here).
+run_python_suite() {
+    local python=$1 out
+    log "python: $python -m pytest tests/python/test_gpu.py"
+    if ! "$python" -c 'import pytest' 2>/dev/null; then
+        log "python: $python has no pytest: tests/python/test_gpu.py did not run"
+        return 1
+    fi
+    if ! out=$("$python" -m pytest -q -rs tests/python/test_gpu.py 2>&1); then
+        printf '%s\n' "$out" >&2
+        log "python: FAILED"
+        return 1
+    fi
+    printf '%s\n' "$out" >&2
+    if ! grep -Eq '[1-9][0-9]* passed' <<<"$out" || grep -q skipped <<<"$out"; then
+        log "python: the CUDA test did not run"
+        return 1
+    fi
 }
 
 case $mode in
@@ -103,6 +130,7 @@ case $mode in
             [ -n "$bin" ] || { log "no test binary for $s"; exit 1; }
             run_suite "$s" "$bin" || status=1
         done
+        run_python_suite "$(readlink .esper-python)" || status=1
         exit $status
         ;;
     pack)
@@ -117,8 +145,13 @@ case $mode in
                 test) copy "$path" "$dir/tests/$name" ;;
                 bin) copy "$path" "$dir/$name" ;;
                 lib) copy "$path" "$dir/$(basename "$path")" ;;
+                py) # the package esper_runtime: its Python files and the extension module
+                    mkdir -p "$dir/python/esper_runtime"
+                    cp python/esper_runtime/*.py python/esper_runtime/*.pyi python/esper_runtime/py.typed "$dir/python/esper_runtime/"
+                    copy "$path" "$dir/python/esper_runtime/_native.abi3.so" ;;
             esac
         done <<<"$artifacts"
+        [ -f "$dir/python/esper_runtime/_native.abi3.so" ] || { log "the Python module was not built"; exit 1; }
         for s in "${suites[@]}"; do
             [ -x "$dir/tests/$s" ] || { log "no test binary for $s"; exit 1; }
         done
@@ -142,6 +175,9 @@ case $mode in
         for s in "${suites[@]}"; do
             run_suite "$s" "$dir/tests/$s" || status=1
         done
+        # The packed Python package, by a Python with torch (and pytest): $ESPER_PYTHON, else
+        # python3.
+        PYTHONPATH="$dir/python${PYTHONPATH:+:$PYTHONPATH}" run_python_suite "${ESPER_PYTHON:-python3}" || status=1
         exit $status
         ;;
 esac
