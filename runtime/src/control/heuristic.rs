@@ -1,6 +1,6 @@
 //! The built-in heuristic ([`Controller`], esper-lite's Tamiyo heuristic) as a
 //! [`DecisionMaker`]: its actions become decisions, which validation turns back into
-//! the same actions (the seed id and blend choice are carried), so a run decides and
+//! the same actions (the seed id and blend choice kept), so a run decides and
 //! records exactly what it did before controllers were pluggable.
 
 use super::{DecisionContext, DecisionMaker, Proposal};
