@@ -6,6 +6,7 @@ use crate::{controller, dlpack, errors};
 use esper_runtime::{
     config::RunConfig,
     control::{ActionMasks, DecisionMaker, Waiting},
+    lifecycle::LifecycleEvent,
     run_folder::{self, RunFile, RunLock},
     train::{checkpoint, EpochStep, Silent, Trainer},
 };
@@ -45,6 +46,16 @@ pub struct Run {
 pub(crate) fn to_python<'py, T: serde::Serialize>(py: Python<'py>, value: &T) -> PyResult<Bound<'py, PyAny>> {
     let text = serde_json::to_string(value).map_err(|e| errors::RunError::new_err(e.to_string()))?;
     py.import("json")?.getattr("loads")?.call1((text,))
+}
+
+/// Appends `events` to `list` as dicts, each tagged with the `epoch` whose record keeps it.
+fn append_events(list: &Bound<'_, PyList>, events: &[LifecycleEvent], epoch: u32) -> PyResult<()> {
+    for event in events {
+        let event = to_python(list.py(), event)?;
+        event.set_item("epoch", epoch)?;
+        list.append(event)?;
+    }
+    Ok(())
 }
 
 /// The config `config` names: a path to a TOML file, or a dict written out as TOML (by
@@ -308,11 +319,7 @@ impl Run {
         let mut trainer = SendWrapper::new(&mut open.trainer);
         let events = py.detach(move || trainer.act(proposals)).map_err(errors::to_py)?;
         let list = PyList::empty(py);
-        for event in &events {
-            let event = to_python(py, event)?;
-            event.set_item("epoch", epoch)?;
-            list.append(event)?;
-        }
+        append_events(&list, &events, epoch)?;
         Ok(list)
     }
 
@@ -338,11 +345,7 @@ impl Run {
         let open = self.open()?;
         let list = PyList::empty(py);
         for record in open.trainer.history() {
-            for event in &record.events {
-                let event = to_python(py, event)?;
-                event.set_item("epoch", record.epoch)?;
-                list.append(event)?;
-            }
+            append_events(&list, &record.events, record.epoch)?;
         }
         Ok(list)
     }

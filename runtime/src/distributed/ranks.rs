@@ -150,6 +150,12 @@ impl Ranks {
         Shard { rank: self.env.rank, world: self.env.world_size }
     }
 
+    /// The group for the step's small host-side agreements: the CPU Gloo one beside a
+    /// NCCL run's, else the run's own.
+    fn control(&self) -> &ProcessGroup {
+        self.control.as_ref().unwrap_or(&self.group)
+    }
+
     fn failed(&self, what: &'static str) -> impl FnOnce(ShimError) -> DistError + '_ {
         move |source| DistError::Collective {
             rank: self.env.rank,
@@ -201,7 +207,7 @@ impl Ranks {
     /// stops at the same step and none is left waiting in an exchange. One exchange of
     /// two numbers when no rank has a fault.
     pub fn agree_on_step(&self, local: Vec<SeedFault>, stop: bool) -> Result<(Vec<SeedFault>, bool), DistError> {
-        let control = self.control.as_ref().unwrap_or(&self.group);
+        let control = self.control();
         let what = "agreeing on the step";
         let counts =
             control.allreduce_scalars(&[local.len() as f64, f64::from(u8::from(stop))]).map_err(self.failed(what))?;
@@ -218,7 +224,7 @@ impl Ranks {
     }
 
     fn gather_faults(&self, local: Vec<SeedFault>) -> Result<Vec<SeedFault>, DistError> {
-        let control = self.control.as_ref().unwrap_or(&self.group);
+        let control = self.control();
         let what = "agreeing on the seeds at fault";
         let mine: Vec<FaultReport> = local.iter().map(FaultReport::from).collect();
         let all = control.all_gather_bytes(serde_json::to_vec(&mine).unwrap_or_default()).map_err(self.failed(what))?;
@@ -245,7 +251,7 @@ impl Ranks {
 
     /// Whether `holds` is true on every rank (a host-side scalar exchange).
     pub fn on_all(&self, holds: bool) -> Result<bool, DistError> {
-        let control = self.control.as_ref().unwrap_or(&self.group);
+        let control = self.control();
         let failing = control
             .allreduce_scalars(&[if holds { 0.0 } else { 1.0 }])
             .map_err(self.failed("agreeing on a finding"))?;

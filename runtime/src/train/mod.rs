@@ -261,7 +261,12 @@ impl Trainer {
     /// The epoch the run goes on with: 1 for a new run, the one after the last recorded
     /// for a resumed one (past the last configured epoch once the run is over).
     pub fn next_epoch(&self) -> u32 {
-        self.history.last().map_or(1, |r| r.epoch + 1)
+        self.epochs_done() + 1
+    }
+
+    /// The last recorded epoch (0 before the first).
+    fn epochs_done(&self) -> u32 {
+        self.history.last().map_or(0, |r| r.epoch)
     }
 
     /// Makes the run ready for its next epoch and returns that epoch: a new run takes
@@ -405,7 +410,7 @@ impl Trainer {
     /// decisions legal now.
     pub fn observe(&self) -> Observation {
         let view = RunView {
-            epoch: self.history.last().map_or(0, |r| r.epoch),
+            epoch: self.epochs_done(),
             epochs: self.config.training.epochs,
             objective: self.objective,
             history: &self.history,
@@ -422,7 +427,7 @@ impl Trainer {
     /// next epoch's record. For a single-process run (a multi-process run's decisions
     /// come from its decision maker, on rank 0).
     pub fn act<P: Into<Proposal>>(&mut self, decisions: impl IntoIterator<Item = P>) -> Result<Vec<LifecycleEvent>> {
-        let epoch = self.history.last().map_or(0, |r| r.epoch);
+        let epoch = self.epochs_done();
         let proposals = decisions.into_iter().map(Into::into).collect();
         let verdict = crate::control::validate("external", epoch, proposals, &self.model, &self.registry);
         let mut events = Vec::new();
