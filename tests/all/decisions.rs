@@ -77,6 +77,15 @@ fn advance_continue_and_prune_need_a_seed_that_can_take_them() {
 }
 
 #[test]
+fn a_seed_blending_out_for_a_prune_takes_neither_an_advance_nor_another_prune() {
+    let mut model = seeded(SeedStage::Holding);
+    model.slot_mut(SLOT).unwrap().schedule_prune(3, "test").unwrap();
+    assert!(model.slot(SLOT).unwrap().prune_scheduled(), "premise: the seed blends out over 3 epochs");
+    assert_eq!(check(&model, Decision::Advance { slot: SLOT.into() }), Err(Refusal::PruneUnderWay));
+    assert_eq!(check(&model, Decision::Prune { slot: SLOT.into(), reason: None }), Err(Refusal::PruneUnderWay));
+}
+
+#[test]
 fn refusals_are_events_naming_the_controller_and_nothing_refused_is_applied() {
     let model = seeded(SeedStage::Training);
     let proposals = vec![

@@ -128,13 +128,7 @@ pub fn check(
     let action = match decision {
         Decision::Germinate { .. } => germination(decision, epoch, slot, registry)?,
         Decision::Advance { slot: id } => {
-            in_flight(slot).map_err(|s| {
-                if slot.prune_scheduled() {
-                    Refusal::PruneUnderWay
-                } else {
-                    Refusal::CannotAdvance(s)
-                }
-            })?;
+            in_flight(slot, Refusal::CannotAdvance)?;
             Action::Advance { slot: id.clone() }
         }
         Decision::Continue { slot: id } if slot.at_partial_hold() && !slot.prune_scheduled() => {
@@ -142,13 +136,7 @@ pub fn check(
         }
         Decision::Continue { .. } => return Err(Refusal::NotAtPartialHold(slot.stage())),
         Decision::Prune { slot: id, reason } => {
-            in_flight(slot).map_err(|s| {
-                if slot.prune_scheduled() {
-                    Refusal::PruneUnderWay
-                } else {
-                    Refusal::NothingToPrune(s)
-                }
-            })?;
+            in_flight(slot, Refusal::NothingToPrune)?;
             let reason = reason.clone().unwrap_or_else(|| "decided by the controller".to_string());
             Action::Prune { slot: id.clone(), reason }
         }
@@ -158,15 +146,16 @@ pub fn check(
     Ok(action)
 }
 
-/// The slot's seed is in flight (GERMINATED to HOLDING) and not blending out; else its stage.
-fn in_flight(slot: &SeedSlot) -> Result<(), SeedStage> {
+/// The slot's seed is in flight (GERMINATED to HOLDING) and not blending out; else
+/// `PruneUnderWay` for one blending out, or `otherwise` of its stage.
+fn in_flight(slot: &SeedSlot, otherwise: fn(SeedStage) -> Refusal) -> Result<(), Refusal> {
     let stage = slot.stage();
     let flying =
         matches!(stage, SeedStage::Germinated | SeedStage::Training | SeedStage::Blending | SeedStage::Holding);
-    if flying && !slot.prune_scheduled() {
-        Ok(())
-    } else {
-        Err(stage)
+    match (flying, slot.prune_scheduled()) {
+        (true, false) => Ok(()),
+        (_, true) => Err(Refusal::PruneUnderWay),
+        (false, false) => Err(otherwise(stage)),
     }
 }
 
