@@ -147,6 +147,16 @@ EsperGroup *esper_group_gloo(EsperStore *store, const char *prefix, int rank, in
 }
 
 void esper_group_free(EsperGroup *g) {
+    // A NCCL group is shut down first, as destroy_process_group() does (else c10d warns
+    // at exit that it was not); Gloo's needs nothing. A failure to shut down is reported,
+    // never thrown: the group is freed either way.
+    if (g->device) {
+        try {
+            g->backend->shutdown();
+        } catch (const std::exception &e) {
+            std::fprintf(stderr, "esper: shutting down the NCCL group of rank %d: %s\n", g->rank, esper::message(e));
+        }
+    }
     delete g;
 }
 

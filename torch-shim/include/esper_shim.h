@@ -96,6 +96,14 @@ int esper_group_allreduce_sum(EsperGroup *g, EsperTensor *const *ts, size_t n, d
 int esper_group_all_gather(EsperGroup *g, const EsperTensor *t, EsperTensor **out, char *err, size_t len);
 int esper_group_barrier(EsperGroup *g, char *err, size_t len);
 
+/* sync_bn.cpp: BatchNorm in training mode with the statistics of every rank of `g`
+ * (weight and bias of x's channels, dimension 1), with autograd, into `*out` (a new
+ * tensor the caller owns); the running statistics are updated in place. Every rank
+ * must call it, and run its backward, in the same order. */
+int esper_sync_batch_norm(EsperGroup *g, const EsperTensor *x, const EsperTensor *weight, const EsperTensor *bias,
+                          const EsperTensor *running_mean, const EsperTensor *running_var, double momentum, double eps,
+                          EsperTensor **out, char *err, size_t len);
+
 /* ---- CUDA builds only (build.rs found CUDA: the `esper_cuda` cfg, ESPER_RTC) ---- */
 
 /* graph.cpp: a side stream, and CUDA graphs captured on it. */

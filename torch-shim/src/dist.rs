@@ -15,9 +15,11 @@
 //! `esper_runtime::distributed::RankEnv`; rank 0 runs the store unless torchrun's agent
 //! does (`TORCHELASTIC_USE_AGENT_STORE=True`), then every rank connects to it.
 
+use crate::rtc::BatchNormParams;
 use crate::sys::{
     esper_group_all_gather, esper_group_allreduce_sum, esper_group_barrier, esper_group_broadcast, esper_group_free,
-    esper_group_gloo, esper_store_free, esper_store_new, esper_store_port, EsperGroup, EsperStore,
+    esper_group_gloo, esper_store_free, esper_store_new, esper_store_port, esper_sync_batch_norm, EsperGroup,
+    EsperStore,
 };
 use crate::{call, handles, ShimError};
 use std::ffi::{c_char, CString};
@@ -299,6 +301,39 @@ impl ProcessGroup {
             .collect()
     }
 
+    /// BatchNorm of `x` (channels in dimension 1) in training mode with the statistics
+    /// of the global batch, every rank's `x` together, as PyTorch's SyncBatchNorm:
+    /// differentiable in `x`, the weight and the bias; the running statistics updated in
+    /// place with the global mean and unbiased variance, the same on every rank. The
+    /// weight and bias gradients are this rank's own (averaging the gradients over the
+    /// ranks makes them the global batch's). One all-gather forward and one all-reduce
+    /// backward: every rank must run the same BatchNorms forward and backward, in the
+    /// same order. `x` lives on this group's device.
+    pub fn sync_batch_norm(&self, x: &Tensor, bn: &BatchNormParams<'_>) -> Result<Tensor, ShimError> {
+        let mut out = std::ptr::null_mut();
+        // SAFETY: `self.ptr` is a live group handle and every tensor a live tch handle
+        // borrowed for the call (the running statistics are written in place, as
+        // libtorch's BatchNorm writes them); on success the shim stores in `out` a new
+        // `at::Tensor*` nothing else owns; exceptions are caught in the shim.
+        call(|err, len| unsafe {
+            esper_sync_batch_norm(
+                self.ptr.as_ptr(),
+                x.as_ptr(),
+                bn.weight.as_ptr(),
+                bn.bias.as_ptr(),
+                bn.running_mean.as_ptr(),
+                bn.running_var.as_ptr(),
+                bn.momentum,
+                bn.eps,
+                &mut out,
+                err,
+                len,
+            )
+        })?;
+        // SAFETY: `out` is the fresh, owned handle written above; tch frees it on drop.
+        Ok(unsafe { Tensor::from_ptr(out) })
+    }
+
     /// Every rank's `t` (same shape and dtype everywhere), stacked in rank order.
     fn all_gather(&self, t: &Tensor) -> Result<Tensor, ShimError> {
         let mut out = std::ptr::null_mut();
@@ -572,5 +607,185 @@ mod tests {
             }
             assert_eq!(bytes, [vec![0u8], vec![1u8, 1]]);
         }
+    }
+
+    /// A BatchNorm layer's tensors for the sync-BatchNorm tests: weight, bias and
+    /// running statistics of `c` channels (the weight not all ones, the statistics not
+    /// the defaults, so that each one's part shows).
+    struct Bn {
+        weight: Tensor,
+        bias: Tensor,
+        mean: Tensor,
+        var: Tensor,
+    }
+
+    impl Bn {
+        fn new(c: i64) -> Self {
+            let ramp = Tensor::arange(c, (Kind::Float, Device::Cpu));
+            Self {
+                weight: (&ramp * 0.25 + 0.5).set_requires_grad(true),
+                bias: (&ramp * -0.1).set_requires_grad(true),
+                mean: &ramp * 0.01,
+                var: &ramp * 0.1 + 1.0,
+            }
+        }
+
+        fn params(&self) -> BatchNormParams<'_> {
+            let (running_mean, running_var) = (&self.mean, &self.var);
+            BatchNormParams {
+                weight: &self.weight,
+                bias: &self.bias,
+                running_mean,
+                running_var,
+                momentum: 0.1,
+                eps: 1e-5,
+            }
+        }
+
+        /// libtorch's own training-mode BatchNorm of `x`, on these tensors.
+        fn libtorch(&self, x: &Tensor) -> Tensor {
+            let p = self.params();
+            Tensor::batch_norm(
+                x,
+                Some(p.weight),
+                Some(p.bias),
+                Some(p.running_mean),
+                Some(p.running_var),
+                true,
+                p.momentum,
+                p.eps,
+                false,
+            )
+        }
+    }
+
+    fn close(a: &Tensor, b: &Tensor, what: &str) {
+        let diff = (a - b).abs().max().double_value(&[]);
+        let scale = b.abs().max().double_value(&[]);
+        assert!(diff <= 1e-5 * (1.0 + scale), "{what}: differs by {diff}\n{a}\n{b}");
+    }
+
+    /// Rank `rank`'s input: 3 samples of 4 channels, 5 by 2, in channels-last memory
+    /// (the host's format), with a per-rank offset so that the ranks' means differ.
+    /// Drawn from a generator of its own (the ranks' threads run at once).
+    fn rank_input(rank: i64) -> Tensor {
+        let x = seeded_randn(7 + rank) * (1.0 + rank as f64) + 3.0 * rank as f64;
+        x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]).set_requires_grad(true)
+    }
+
+    fn seeded_randn(seed: i64) -> Tensor {
+        let mut state = seed as u64;
+        let values: Vec<f32> = (0..3 * 4 * 5 * 2)
+            .map(|_| {
+                // A small LCG, then Box-Muller: reproducible on any thread.
+                let mut uniform = || {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+                };
+                let (u, v) = (uniform(), uniform());
+                ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+            })
+            .collect();
+        Tensor::from_slice(&values).reshape([3, 4, 5, 2])
+    }
+
+    #[test]
+    fn sync_batch_norm_over_two_ranks_is_batch_norm_over_the_global_batch() {
+        let upstream = |rank: i64| seeded_randn(100 + rank);
+        // Each rank: its output, input gradient, weight and bias gradients, running
+        // statistics.
+        let got = two_ranks(T, |g| {
+            let rank = g.rank() as i64;
+            let (x, bn) = (rank_input(rank), Bn::new(4));
+            let y = g.sync_batch_norm(&x, &bn.params()).unwrap();
+            (&y * upstream(rank)).sum(Kind::Float).backward();
+            [y.detach(), x.grad(), bn.weight.grad(), bn.bias.grad(), bn.mean.copy(), bn.var.copy()]
+        });
+        // The reference: libtorch's BatchNorm over both ranks' inputs at once.
+        let (x0, x1, bn) = (rank_input(0), rank_input(1), Bn::new(4));
+        let y = bn.libtorch(&Tensor::cat(&[&x0, &x1], 0));
+        (&y * Tensor::cat(&[upstream(0), upstream(1)], 0)).sum(Kind::Float).backward();
+        for (r, (rank, x)) in got.iter().zip([&x0, &x1]).enumerate() {
+            close(&rank[0], &y.detach().narrow(0, 3 * r as i64, 3), &format!("rank {r}'s output"));
+            close(&rank[1], &x.grad(), &format!("rank {r}'s input gradient"));
+            close(&rank[4], &bn.mean, &format!("rank {r}'s running mean"));
+            close(&rank[5], &bn.var, &format!("rank {r}'s running variance"));
+        }
+        // The weight and bias gradients are each rank's own: their sum is the global one.
+        close(&(&got[0][2] + &got[1][2]), &bn.weight.grad(), "the weight gradient summed over the ranks");
+        close(&(&got[0][3] + &got[1][3]), &bn.bias.grad(), "the bias gradient summed over the ranks");
+    }
+
+    #[test]
+    fn sync_batch_norm_in_a_group_of_one_is_libtorchs_batch_norm_and_refuses_bad_input() {
+        let store = Store::new("127.0.0.1", 0, 1, true, T).unwrap();
+        let g = ProcessGroup::new(&store, Backend::Gloo, 0, 1, T).unwrap();
+        // 4-d channels-last and 3-d (N, C, L) inputs.
+        for x in [rank_input(1), Tensor::randn([6, 4, 7], (Kind::Float, Device::Cpu)).set_requires_grad(true)] {
+            let (ours, theirs) = (Bn::new(4), Bn::new(4));
+            let y = g.sync_batch_norm(&x, &ours.params()).unwrap();
+            y.square().sum(Kind::Float).backward();
+            let gx = x.grad().copy();
+            let _ = x.grad().zero_();
+            let y_ref = theirs.libtorch(&x);
+            y_ref.square().sum(Kind::Float).backward();
+            close(&y, &y_ref, "output");
+            close(&gx, &x.grad(), "input gradient");
+            close(&ours.weight.grad(), &theirs.weight.grad(), "weight gradient");
+            close(&ours.bias.grad(), &theirs.bias.grad(), "bias gradient");
+            close(&ours.mean, &theirs.mean, "running mean");
+            close(&ours.var, &theirs.var, "running variance");
+        }
+        let bn = Bn::new(4);
+        let wrong = Bn::new(3);
+        let x = Tensor::randn([2, 4, 3], (Kind::Float, Device::Cpu));
+        let mixed = BatchNormParams { weight: &wrong.weight, ..bn.params() };
+        let e = g.sync_batch_norm(&x, &mixed).unwrap_err().to_string();
+        assert!(e.contains("synchronised BatchNorm on rank 0 of 1") && e.contains("of 4 values"), "{e}");
+        let one = Tensor::randn([1, 4], (Kind::Float, Device::Cpu));
+        let e = g.sync_batch_norm(&one, &bn.params()).unwrap_err().to_string();
+        assert!(e.contains("more than 1 value per channel"), "{e}");
+    }
+
+    /// On a GPU through NCCL (a group of one): the synchronised BatchNorm is libtorch's,
+    /// in float32, and in bfloat16 it keeps the input's dtype with float32 statistics.
+    #[test]
+    #[cfg(esper_cuda)]
+    #[ignore = "needs CUDA: scripts/test-gpu.sh"]
+    fn nccl_sync_batch_norm_on_one_gpu_is_libtorchs_batch_norm() {
+        assert!(tch::Cuda::is_available(), "needs a CUDA device");
+        let timeout = Duration::from_secs(60);
+        let store = Store::new("127.0.0.1", 0, 1, true, timeout).unwrap();
+        let g = ProcessGroup::new(&store, Backend::Nccl { device: 0 }, 0, 1, timeout).unwrap();
+        let cuda = Device::Cuda(0);
+        let on_gpu = |bn: Bn| Bn {
+            weight: bn.weight.detach().to_device(cuda).set_requires_grad(true),
+            bias: bn.bias.detach().to_device(cuda).set_requires_grad(true),
+            mean: bn.mean.to_device(cuda),
+            var: bn.var.to_device(cuda),
+        };
+        let x = rank_input(1).detach().to_device(cuda).set_requires_grad(true);
+        let (ours, theirs) = (on_gpu(Bn::new(4)), on_gpu(Bn::new(4)));
+        let y = g.sync_batch_norm(&x, &ours.params()).unwrap();
+        y.square().sum(Kind::Float).backward();
+        let gx = x.grad().copy();
+        let _ = x.grad().zero_();
+        let y_ref = theirs.libtorch(&x);
+        y_ref.square().sum(Kind::Float).backward();
+        let cpu = |t: &Tensor| t.to_device(Device::Cpu);
+        close(&cpu(&y), &cpu(&y_ref), "output");
+        close(&cpu(&gx), &cpu(&x.grad()), "input gradient");
+        close(&cpu(&ours.weight.grad()), &cpu(&theirs.weight.grad()), "weight gradient");
+        close(&cpu(&ours.mean), &cpu(&theirs.mean), "running mean");
+        close(&cpu(&ours.var), &cpu(&theirs.var), "running variance");
+        let half = x.detach().to_kind(Kind::BFloat16).set_requires_grad(true);
+        let y = g.sync_batch_norm(&half, &ours.params()).unwrap();
+        assert_eq!(y.kind(), Kind::BFloat16);
+        y.to_kind(Kind::Float).sum(Kind::Float).backward();
+        assert_eq!(half.grad().kind(), Kind::BFloat16);
+        assert_eq!(ours.weight.grad().kind(), Kind::Float);
+        // A CPU tensor on a NCCL group is refused, with where it should be.
+        let e = g.sync_batch_norm(&rank_input(0), &Bn::new(4).params()).unwrap_err().to_string();
+        assert!(e.contains("live on cuda:0"), "{e}");
     }
 }

@@ -144,6 +144,19 @@ extern "C" {
         len: usize,
     ) -> c_int;
     pub fn esper_group_barrier(g: *mut EsperGroup, err: *mut c_char, len: usize) -> c_int;
+    pub fn esper_sync_batch_norm(
+        g: *mut EsperGroup,
+        x: *const C_tensor,
+        weight: *const C_tensor,
+        bias: *const C_tensor,
+        running_mean: *const C_tensor,
+        running_var: *const C_tensor,
+        momentum: f64,
+        eps: f64,
+        out: *mut *mut C_tensor,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
 }
 
 // CUDA builds only.

@@ -471,7 +471,11 @@ impl RunConfig {
             ));
         }
         let topology = self.host.topology();
-        self.lifecycle.controller.validate(topology).and_then(|()| self.distributed.validate()).map_err(invalid)?;
+        self.lifecycle
+            .controller
+            .validate(topology)
+            .and_then(|()| self.distributed.validate(topology))
+            .map_err(invalid)?;
         self.check_controller_and_gates().map_err(invalid)?;
         let factor = self.lifecycle.plugin_param_factor;
         if !(factor > 0.0 && factor.is_finite()) {

@@ -7,6 +7,7 @@ mod ranks;
 pub use env::{RankEnv, RankEnvError};
 pub use ranks::{DistError, Ranks};
 
+use crate::host::Topology;
 use serde::{Deserialize, Serialize};
 
 /// Which c10d backend the ranks talk through.
@@ -29,8 +30,8 @@ pub struct DistributedConfig {
     /// How long a rank waits for the others (rendezvous, a collective) before it ends the
     /// run naming the rank it waited for.
     pub timeout_s: f64,
-    /// Synchronise BatchNorm's batch statistics across ranks. Not supported yet: `true`
-    /// is refused; each rank uses its own statistics, as PyTorch's DDP does by default.
+    /// Normalise the host's BatchNorms in training with the statistics of every rank's
+    /// batch together (PyTorch's SyncBatchNorm), not each rank's own (DDP's default).
     pub sync_batchnorm: bool,
 }
 
@@ -44,15 +45,15 @@ impl Default for DistributedConfig {
 }
 
 impl DistributedConfig {
-    /// The settings' own checks.
-    pub fn validate(&self) -> Result<(), String> {
+    /// The settings' own checks, for a run whose host has `topology`.
+    pub fn validate(&self, topology: Topology) -> Result<(), String> {
         let t = self.timeout_s;
         if !(t > 0.0 && t.is_finite()) {
             return Err(format!("[distributed] timeout_s = {t:?} must be > 0 and finite (seconds)"));
         }
-        if self.sync_batchnorm {
-            return Err("[distributed] sync_batchnorm = true is not supported yet: leave it out (each rank \
-                        normalises with its own batch statistics, as PyTorch's DDP does by default)"
+        if self.sync_batchnorm && topology == Topology::Transformer {
+            return Err("[distributed] sync_batchnorm = true, but the transformer host has no BatchNorm (its \
+                        LayerNorms use no batch statistics): leave it out"
                 .into());
         }
         Ok(())
@@ -72,8 +73,10 @@ mod tests {
         assert_eq!((c.backend, c.timeout_s), (Backend::Gloo, 5.0));
         assert!(toml::from_str::<DistributedConfig>("backend = \"mpi\"\n").unwrap_err().to_string().contains("mpi"));
         let bad = DistributedConfig { timeout_s: 0.0, ..Default::default() };
-        assert!(bad.validate().unwrap_err().contains("timeout_s = 0.0 must be > 0"));
+        assert!(bad.validate(Topology::Cnn).unwrap_err().contains("timeout_s = 0.0 must be > 0"));
         let sync = DistributedConfig { sync_batchnorm: true, ..Default::default() };
-        assert!(sync.validate().unwrap_err().contains("sync_batchnorm = true is not supported yet"));
+        assert_eq!(sync.validate(Topology::Cnn), Ok(()));
+        let e = sync.validate(Topology::Transformer).unwrap_err();
+        assert!(e.contains("the transformer host has no BatchNorm"), "{e}");
     }
 }

@@ -87,6 +87,9 @@ pub struct Ranks {
     /// Gloo on the CPU for the step's small host-side agreements (seed faults), so a
     /// NCCL run does not wait on its GPU for them; None when `group` is Gloo already.
     control: Option<ProcessGroup>,
+    /// The group for the host's synchronised BatchNorms (`[distributed] sync_batchnorm`),
+    /// until the model takes it.
+    batch_norm: Option<ProcessGroup>,
     /// Kept alive for the group (rank 0's may be the store's server).
     _store: Store,
     env: RankEnv,
@@ -127,9 +130,15 @@ impl Ranks {
                 Some(ProcessGroup::new(&store, dist::Backend::Gloo, env.rank, env.world_size, timeout).map_err(join)?)
             }
         };
+        // The synchronised BatchNorms' own group, on the run's backend: their exchanges,
+        // inside the forward and the backward, are ordered with nothing else's.
+        let batch_norm = match config.sync_batchnorm {
+            true => Some(ProcessGroup::new(&store, backend, env.rank, env.world_size, timeout).map_err(join)?),
+            false => None,
+        };
         tracing::info!(rank = env.rank, world = env.world_size, backend = ?backend, "joined the other ranks");
         let timeout_s = config.timeout_s;
-        Ok(Self { group, control, _store: store, env, timeout_s, trainable: RefCell::new(None) })
+        Ok(Self { group, control, batch_norm, _store: store, env, timeout_s, trainable: RefCell::new(None) })
     }
 
     pub fn rank(&self) -> usize {
@@ -143,6 +152,12 @@ impl Ranks {
     /// Rank 0: the one that decides, writes checkpoints and reports.
     pub fn leads(&self) -> bool {
         self.env.rank == 0
+    }
+
+    /// The process group for synchronised BatchNorm statistics, where `[distributed]
+    /// sync_batchnorm = true` (once: the model keeps it).
+    pub fn take_batch_norm_group(&mut self) -> Option<ProcessGroup> {
+        self.batch_norm.take()
     }
 
     /// This rank's share of each epoch's training data.

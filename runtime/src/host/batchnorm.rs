@@ -9,7 +9,15 @@
 //! per-channel sums run in another order), the running statistics are updated as
 //! libtorch does (momentum, unbiased variance).
 
-use esper_torch_shim::rtc::{self, BatchNormParams};
+use esper_torch_shim::{
+    dist::ProcessGroup,
+    rtc::{self, BatchNormParams},
+    ShimError,
+};
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Mutex,
+};
 use tch::{nn, Tensor};
 
 /// `relu(bn(x))`, pooled 2x2 when `pool`, through the fused kernels, or None where they
@@ -19,19 +27,90 @@ pub(crate) fn bn_relu(x: &Tensor, bn: &nn::BatchNorm, config: &nn::BatchNormConf
     if !x.device().is_cuda() || super::pool::fused_state().is_err() {
         return None;
     }
+    rtc::bn_relu(x, &params(bn, config)?, pool).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "fused BatchNorm failed; using libtorch's");
+        None
+    })
+}
+
+/// `bn`'s tensors and `config`'s settings as the shim takes them (None for a BatchNorm
+/// without weight and bias: the caller runs libtorch's).
+fn params<'a>(bn: &'a nn::BatchNorm, config: &nn::BatchNormConfig) -> Option<BatchNormParams<'a>> {
     let (Some(weight), Some(bias)) = (&bn.ws, &bn.bs) else {
         return None;
     };
-    let params = BatchNormParams {
+    Some(BatchNormParams {
         weight,
         bias,
         running_mean: &bn.running_mean,
         running_var: &bn.running_var,
         momentum: config.momentum,
         eps: config.eps,
-    };
-    rtc::bn_relu(x, &params, pool).unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "fused BatchNorm failed; using libtorch's");
-        None
     })
+}
+
+/// The host's BatchNorm statistics synchronised across the ranks of a multi-process run
+/// (`[distributed] sync_batchnorm = true`): while armed (the training step's forward, see
+/// [`crate::model::MorphogeneticModel::forward_step`]), each BatchNorm normalises with the
+/// statistics of every rank's batch together, over its own process group, as PyTorch's
+/// SyncBatchNorm (see `esper_torch_shim::dist::ProcessGroup::sync_batch_norm`). Every other
+/// forward (evaluation, the attribution's host-alone pass, finding a failing seed) keeps
+/// its own batch's statistics: only the step's forward runs on every rank at once.
+///
+/// A failed exchange (a rank gone, a timeout) is kept for the model to report after the
+/// forward (the host's steps cannot fail); that forward goes on with this rank's own
+/// statistics and no further exchange.
+pub struct BatchNormSync {
+    group: Mutex<ProcessGroup>,
+    armed: AtomicBool,
+    failure: Mutex<Option<ShimError>>,
+}
+
+impl BatchNormSync {
+    /// BatchNorm synchronised over `group`: a process group of its own (its collectives
+    /// are ordered with nothing else's).
+    pub fn new(group: ProcessGroup) -> Self {
+        Self { group: Mutex::new(group), armed: AtomicBool::new(false), failure: Mutex::new(None) }
+    }
+
+    /// Synchronises the training-mode BatchNorms run until the guard drops.
+    pub fn arm(&self) -> Armed<'_> {
+        self.armed.store(true, Ordering::Relaxed);
+        Armed(self)
+    }
+
+    /// The failure of an exchange since the last call, if any.
+    pub fn take_failure(&self) -> Option<ShimError> {
+        self.failure.lock().ok().and_then(|mut f| f.take())
+    }
+
+    /// `bn(x)` with the statistics of every rank, when armed and no exchange failed; None
+    /// otherwise (the caller runs its own).
+    pub(crate) fn apply(&self, x: &Tensor, bn: &nn::BatchNorm, config: &nn::BatchNormConfig) -> Option<Tensor> {
+        if !self.armed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let params = params(bn, config)?;
+        let mut failure = self.failure.lock().ok()?;
+        if failure.is_some() {
+            return None;
+        }
+        let result = self.group.lock().ok()?.sync_batch_norm(x, &params);
+        result.map_err(|e| *failure = Some(e)).ok()
+    }
+}
+
+impl std::fmt::Debug for BatchNormSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BatchNormSync")
+    }
+}
+
+/// While it lives, [`BatchNormSync`] synchronises.
+pub struct Armed<'a>(&'a BatchNormSync);
+
+impl Drop for Armed<'_> {
+    fn drop(&mut self) {
+        self.0.armed.store(false, Ordering::Relaxed);
+    }
 }

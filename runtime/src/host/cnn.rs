@@ -7,9 +7,11 @@
 //! to the logits); segments are plain index ranges, computed once.
 
 use super::{
-    seam::segment_between, FeatureLayout, Host, HostError, HostKernels, InjectionPoint, MemoryFormat, Segment, Topology,
+    seam::segment_between, BatchNormSync, FeatureLayout, Host, HostError, HostKernels, InjectionPoint, MemoryFormat,
+    Segment, Topology,
 };
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use tch::{nn, nn::ModuleT, Tensor};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,6 +101,8 @@ pub struct CnnHost {
     head: nn::Linear,
     ops: Vec<Op>,
     points: Vec<InjectionPoint>,
+    /// The ranks' shared BatchNorm statistics, where `[distributed] sync_batchnorm`.
+    bn_sync: Option<Arc<BatchNormSync>>,
 }
 
 impl CnnHost {
@@ -156,7 +160,7 @@ impl CnnHost {
                 }
             });
         }
-        Ok(Self { config, blocks, head, ops, points })
+        Ok(Self { config, blocks, head, ops, points, bn_sync: None })
     }
 
     pub fn config(&self) -> &CnnHostConfig {
@@ -211,6 +215,10 @@ impl CnnHost {
     fn block(&self, i: usize, x: &Tensor, train: bool, pool: bool) -> Tensor {
         let block = &self.blocks[i];
         let y = self.own_conv(i, x, &block.conv.ws).unwrap_or_else(|| x.apply(&block.conv));
+        let synced = self.bn_sync.as_ref().filter(|_| train).and_then(|s| s.apply(&y, &block.bn, &bn_config()));
+        if let Some(y) = synced {
+            return if pool { super::pool::max_pool2x2(&y, true, self.config.kernels.pool) } else { y.relu() };
+        }
         if train && self.config.kernels.batchnorm {
             let with_pool = pool && self.config.kernels.pool;
             if let Some(z) = super::batchnorm::bn_relu(&y, &block.bn, &bn_config(), with_pool) {
@@ -280,6 +288,10 @@ impl Host for CnnHost {
     }
     fn run_segment(&self, segment: Segment, x: &Tensor, train: bool) -> Tensor {
         CnnHost::run_segment(self, segment, x, train)
+    }
+    fn synchronise_batch_norm(&mut self, sync: Arc<BatchNormSync>) -> Result<(), HostError> {
+        self.bn_sync = Some(sync);
+        Ok(())
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self

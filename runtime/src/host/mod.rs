@@ -15,6 +15,7 @@ mod pool;
 pub mod seam;
 pub mod transformer;
 
+pub use batchnorm::{Armed, BatchNormSync};
 pub use budget::HostBudget;
 pub use cnn::{CnnHost, CnnHostConfig};
 pub use config::HostConfig;

@@ -107,6 +107,9 @@ pub enum HostError {
     Config(String),
     #[error("unknown injection point `{name}`; valid: {}", .valid.join(", "))]
     UnknownPoint { name: String, valid: Vec<String> },
+    /// Synchronising the BatchNorm statistics with the other ranks failed.
+    #[error("synchronising the BatchNorm statistics with the other ranks: {0}")]
+    BatchNormSync(String),
     #[error("segment from `{from}` to `{to}` runs backwards (execution order: {})", .order.join(", "))]
     Backwards { from: String, to: String, order: Vec<String> },
 }
@@ -172,6 +175,17 @@ pub trait Host: Send {
     /// Runs the steps of `segment` on `x` (prepared, when the segment starts at the
     /// input), in train mode or not.
     fn run_segment(&self, segment: Segment, x: &Tensor, train: bool) -> Tensor;
+
+    /// Makes the host's training-mode BatchNorms use the statistics of every rank while
+    /// `sync` is armed (`[distributed] sync_batchnorm = true`). A host without BatchNorm
+    /// refuses, as the default does.
+    fn synchronise_batch_norm(&mut self, sync: std::sync::Arc<super::BatchNormSync>) -> Result<(), HostError> {
+        drop(sync);
+        Err(HostError::Config(format!(
+            "[distributed] sync_batchnorm = true, but the {} host has no BatchNorm to synchronise",
+            self.topology()
+        )))
+    }
 
     /// The host as [`Any`], for a caller that needs its concrete type (see
     /// [`<dyn Host>::downcast_ref`](trait.Host.html#method.downcast_ref)).

@@ -10,12 +10,13 @@ pub use slot::{SeedSlot, SlotConfig, SlotReport, PROBE_BATCH, PROBE_SIZE, PROBE_
 
 use crate::{
     blend::BlendChoice,
-    host::{Host, HostConfig, HostError, InjectionPoint, Segment},
+    host::{BatchNormSync, Host, HostConfig, HostError, InjectionPoint, Segment},
     isolation::{GradientSample, SeedWatch, Watchdog},
     lifecycle::Lifecycle,
     plugin::PluginSeed,
 };
 use esper_torch_shim::autocast::Bf16Autocast;
+use std::sync::Arc;
 use tch::{nn, Device, Tensor};
 
 pub struct MorphogeneticModel {
@@ -32,6 +33,17 @@ pub struct MorphogeneticModel {
     precision: Precision,
     /// The seed watchdog, once [`MorphogeneticModel::watch_seeds`] started it.
     watchdog: Option<Watchdog>,
+    /// The host's BatchNorm statistics shared with the other ranks in the training
+    /// step's forward, where `[distributed] sync_batchnorm` (see [`Self::forward_step`]).
+    bn_sync: Option<Arc<BatchNormSync>>,
+}
+
+/// Whether a forward stops at the first seed at fault, or runs the host to the logits
+/// regardless (see [`MorphogeneticModel::forward_step`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Run {
+    UntilAFault,
+    ToTheEnd,
 }
 
 /// The injection points of `slot_ids` on `host`, in execution order; each must be a
@@ -87,7 +99,16 @@ impl MorphogeneticModel {
         plan.push(host.segment(prev, None)?);
         let layout = host.topology().layout();
         let slots = points.iter().map(|p| SeedSlot::new(&p.id, p.channels, layout, slot_config.clone())).collect();
-        Ok(Self { host_vs, host, slots, plan, generation: 0, precision: Precision::Fp32, watchdog: None })
+        Ok(Self {
+            host_vs,
+            host,
+            slots,
+            plan,
+            generation: 0,
+            precision: Precision::Fp32,
+            watchdog: None,
+            bn_sync: None,
+        })
     }
 
     /// The host, through the seam (`host().downcast_ref::<CnnHost>()` for the built-in
@@ -137,20 +158,50 @@ impl MorphogeneticModel {
 
     /// Logits for `x` (NCHW); the host's memory format is applied once, here.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor, ModelError> {
-        self.run(x, train, &|_| false)
+        self.run(x, train, &|_| false, Run::UntilAFault)
+    }
+
+    /// The training step's forward (train mode). Where the host's BatchNorms are
+    /// synchronised across ranks ([`Self::synchronise_batch_norm`]), this is the one
+    /// forward that exchanges their statistics, and a seed at fault does not cut it
+    /// short: the host runs to the logits with that seed passed over (and the seeds after
+    /// it), so every rank makes the same exchanges, and the fault is returned after.
+    pub fn forward_step(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let Some(sync) = &self.bn_sync else { return self.forward(x, true) };
+        let armed = sync.arm();
+        let logits = self.run(x, true, &|_| false, Run::ToTheEnd);
+        drop(armed);
+        match sync.take_failure() {
+            Some(e) => Err(HostError::BatchNormSync(e.to_string()).into()),
+            None => logits,
+        }
+    }
+
+    /// Synchronises the host's BatchNorm statistics in [`Self::forward_step`] through
+    /// `sync` (refused by a host without BatchNorm).
+    pub fn synchronise_batch_norm(&mut self, sync: BatchNormSync) -> Result<(), ModelError> {
+        let sync = Arc::new(sync);
+        self.host.synchronise_batch_norm(Arc::clone(&sync))?;
+        self.bn_sync = Some(sync);
+        Ok(())
+    }
+
+    /// Whether [`Self::forward_step`] exchanges BatchNorm statistics with other ranks.
+    pub fn synchronises_batch_norm(&self) -> bool {
+        self.bn_sync.is_some()
     }
 
     /// The counterfactual forward (eval mode): slot `id` with its alpha forced to 0,
     /// which for every blend is the host stream itself.
     pub fn forward_counterfactual(&self, x: &Tensor, id: &str) -> Result<Tensor, ModelError> {
         let bypass = self.index(id)?;
-        self.run(x, false, &|i| i == bypass)
+        self.run(x, false, &|i| i == bypass, Run::UntilAFault)
     }
 
     /// The forward with only slot `only` running its seed (the others pass the host
     /// through): to find which seed a failing backward belongs to.
     pub fn forward_only(&self, x: &Tensor, train: bool, only: usize) -> Result<Tensor, ModelError> {
-        self.run(x, train, &|i| i != only)
+        self.run(x, train, &|i| i != only, Run::UntilAFault)
     }
 
     /// Starts the seed watchdog (one thread, stopped with the model): every seed call
@@ -172,7 +223,7 @@ impl MorphogeneticModel {
     /// The host alone: every slot passes the host's features through, whatever its seed
     /// (to tell a host's non-finite values from a seed's).
     pub fn forward_host_only(&self, x: &Tensor, train: bool) -> Result<Tensor, ModelError> {
-        self.run(x, train, &|_| true)
+        self.run(x, train, &|_| true, Run::UntilAFault)
     }
 
     /// Float32, or bfloat16 mixed precision for every forward from now on.
@@ -184,25 +235,32 @@ impl MorphogeneticModel {
         self.precision
     }
 
-    fn run(&self, x: &Tensor, train: bool, bypass: &dyn Fn(usize) -> bool) -> Result<Tensor, ModelError> {
+    fn run(&self, x: &Tensor, train: bool, bypass: &dyn Fn(usize) -> bool, run: Run) -> Result<Tensor, ModelError> {
         if self.precision == Precision::Fp32 {
-            return self.run_in(x, train, bypass);
+            return self.run_in(x, train, bypass, run);
         }
         let autocast = Bf16Autocast::enter(self.device().is_cuda())?;
-        let logits = self.run_in(x, train, bypass)?;
+        let logits = self.run_in(x, train, bypass, run)?;
         drop(autocast);
         Ok(logits.f_to_kind(tch::Kind::Float)?)
     }
 
-    fn run_in(&self, x: &Tensor, train: bool, bypass: &dyn Fn(usize) -> bool) -> Result<Tensor, ModelError> {
+    fn run_in(&self, x: &Tensor, train: bool, bypass: &dyn Fn(usize) -> bool, run: Run) -> Result<Tensor, ModelError> {
         let mut h = self.host.prepare_input(x);
+        let mut fault = None;
         for (i, slot) in self.slots.iter().enumerate() {
             h = self.host.run_segment(self.plan[i], &h, train);
-            if !bypass(i) {
-                h = slot.forward(h, train)?;
+            if bypass(i) || fault.is_some() {
+                continue;
+            }
+            match slot.forward(h.shallow_clone(), train) {
+                Ok(out) => h = out,
+                Err(e) if run == Run::ToTheEnd => fault = Some(e),
+                Err(e) => return Err(e),
             }
         }
-        Ok(self.host.run_segment(self.plan[self.slots.len()], &h, train))
+        let logits = self.host.run_segment(self.plan[self.slots.len()], &h, train);
+        fault.map_or(Ok(logits), Err)
     }
 
     /// Puts each running seed's alpha on the device where it changed (before a CUDA graph

@@ -24,6 +24,7 @@ use crate::{
         heuristic::Heuristic, DecisionContext, DecisionMaker, EpochObservation, Observation, Proposal, RunView, Verdict,
     },
     data::{Objective, RunData, Shard},
+    host::BatchNormSync,
     lifecycle::LifecycleEvent,
     model::MorphogeneticModel,
     plugin::BlueprintRegistry,
@@ -183,7 +184,10 @@ impl Trainer {
         let mut model = MorphogeneticModel::new(config.host.clone(), &slots, config.slot.clone(), device)?;
         model.set_precision(config.training.precision);
         model.watch_seeds(config.training.seed_timeout()).map_err(TrainError::Watchdog)?;
-        let ranks = join_ranks(rank_env, &config, device, &model)?;
+        let mut ranks = join_ranks(rank_env, &config, device, &model)?;
+        if let Some(group) = ranks.as_mut().and_then(Ranks::take_batch_norm_group) {
+            model.synchronise_batch_norm(BatchNormSync::new(group))?;
+        }
         let data = config.data.load().map_err(TrainError::Data)?;
         check_outputs(&config, &data)?;
         let host_opt = Optimizer::new(config.training.host_optimizer, model.host_parameters());

@@ -194,8 +194,13 @@ impl Trainer {
     }
 
     fn forward_backward(&mut self, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor), Spoiled> {
-        let logits = self.model.forward(x, true).map_err(from_model)?;
-        let loss = cross_entropy(&logits, y).map_err(|e| host_error("the loss", e))?;
+        let forward = self.model.forward_step(x).map_err(from_model).and_then(|logits| {
+            let loss = cross_entropy(&logits, y).map_err(|e| host_error("the loss", e))?;
+            Ok((loss, logits))
+        });
+        // Synchronised BatchNorms exchange in the backward too: the ranks first agree on
+        // the forward's faults, so that every rank runs the backward or none does.
+        let (loss, logits) = if self.model.synchronises_batch_norm() { self.agreed(forward)? } else { forward? };
         self.zero_grads().map_err(|e| host_error("zeroing the gradients", e))?;
         if let Err(e) = self.watched_backward(&loss) {
             return Err(self.blame_backward(x, y, e));

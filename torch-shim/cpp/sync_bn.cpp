@@ -1,0 +1,154 @@
+// Synchronised BatchNorm (training mode) over a c10d process group: every rank
+// normalises with the statistics of the whole global batch, as PyTorch's SyncBatchNorm
+// does, on Gloo (CPU tensors) as on NCCL (CUDA tensors).
+//
+// Forward: each rank's per-channel mean and biased variance and its count (in float64)
+// are all-gathered, combined (the parallel variance: the ranks' variances plus the spread
+// of their means), x is normalised with them and the running statistics are updated
+// with the unbiased global variance, so they stay the same on every rank. Backward: the
+// per-channel sums of dy and dy * x-hat are all-reduced, and the input gradient is
+// BatchNorm's with those global sums. The weight and bias gradients are this rank's own,
+// as PyTorch's: the trainer's gradient averaging turns them into the global batch's.
+//
+// Every rank must run the same forwards and backwards through it, in the same order: the
+// collectives are matched by order. The group's backend is kept alive by the autograd
+// graph (a capsule in the saved data), so a backward after the caller dropped its
+// handle still finds it. Statistics are float32 whatever x's dtype (bfloat16 under
+// autocast); the output has x's dtype. No exception crosses the C boundary.
+#include "dist.h"
+#include "esper_shim.h"
+
+#include "error.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <utility>
+#include <vector>
+
+namespace {
+
+// The dimensions a channel's statistics run over: all but dimension 1.
+std::vector<int64_t> reduced_dims(const at::Tensor &x) {
+    std::vector<int64_t> dims{0};
+    for (int64_t d = 2; d < x.dim(); ++d) dims.push_back(d);
+    return dims;
+}
+
+// Shape [1, C, 1, ...] of x's rank: a per-channel vector broadcast over x.
+std::vector<int64_t> channel_shape(const at::Tensor &x) {
+    std::vector<int64_t> shape(static_cast<size_t>(x.dim()), 1);
+    shape[1] = x.size(1);
+    return shape;
+}
+
+c10::intrusive_ptr<c10d::Backend> backend_of(torch::autograd::AutogradContext *ctx) {
+    return c10::static_intrusive_pointer_cast<c10d::Backend>(ctx->saved_data["group"].toCapsule());
+}
+
+struct SyncBatchNorm : torch::autograd::Function<SyncBatchNorm> {
+    static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &x, const at::Tensor &weight,
+                              const at::Tensor &bias, const EsperGroup *g, const at::Tensor &running_mean,
+                              const at::Tensor &running_var, double momentum, double eps) {
+        const int64_t C = x.size(1);
+        const auto dims = reduced_dims(x);
+        const at::Tensor xf = x.to(at::kFloat);
+        auto [var, mean] = at::var_mean(xf, dims, /*correction=*/0, /*keepdim=*/false);
+        const double count = static_cast<double>(x.numel() / C);
+        // [mean (C), var (C), count] of this rank, then of every rank: [size, 2C + 1].
+        at::Tensor local = at::cat({mean.to(at::kDouble), var.to(at::kDouble),
+                                    at::full({1}, count, mean.options().dtype(at::kDouble))});
+        std::vector<at::Tensor> input{local};
+        std::vector<std::vector<at::Tensor>> gathered(1);
+        for (int r = 0; r < g->size; ++r) gathered[0].push_back(at::empty_like(local));
+        g->backend->allgather(gathered, input)->wait();
+        const at::Tensor all = at::stack(gathered[0]);
+        const at::Tensor means = all.narrow(1, 0, C), vars = all.narrow(1, C, C), counts = all.narrow(1, 2 * C, 1);
+        const at::Tensor total = counts.sum();  // a tensor: no wait for the device here
+        const at::Tensor global_mean = (means * counts).sum(0) / total;
+        const at::Tensor global_var = ((vars + (means - global_mean).square()) * counts).sum(0) / total;
+        {
+            at::NoGradGuard no_grad;
+            const at::Tensor unbiased = global_var * (total / (total - 1).clamp_min(1));
+            at::Tensor rm = running_mean, rv = running_var;
+            rm.mul_(1 - momentum).add_(global_mean.to(rm.scalar_type()), momentum);
+            rv.mul_(1 - momentum).add_(unbiased.to(rv.scalar_type()), momentum);
+        }
+        const auto shape = channel_shape(x);
+        const at::Tensor m = global_mean.to(at::kFloat), invstd = (global_var + eps).rsqrt().to(at::kFloat);
+        const at::Tensor scale = invstd * weight.to(at::kFloat);
+        const at::Tensor y = (xf - m.view(shape)) * scale.view(shape) + bias.to(at::kFloat).view(shape);
+        ctx->save_for_backward({x, weight, m, invstd, total.to(at::kFloat)});
+        ctx->saved_data["group"] = c10::IValue::make_capsule(g->backend);
+        return y.to(x.scalar_type());
+    }
+
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
+                                                   torch::autograd::variable_list grads) {
+        const auto saved = ctx->get_saved_variables();
+        const at::Tensor &x = saved[0], &weight = saved[1], &mean = saved[2], &invstd = saved[3], &total = saved[4];
+        const int64_t C = x.size(1);
+        const auto dims = reduced_dims(x);
+        const auto shape = channel_shape(x);
+        const at::Tensor dy = grads[0].to(at::kFloat);
+        const at::Tensor xhat = (x.to(at::kFloat) - mean.view(shape)) * invstd.view(shape);
+        const at::Tensor sum_dy = dy.sum(dims), sum_dy_xhat = (dy * xhat).sum(dims);
+        // This rank's weight and bias gradients; the global sums for the input's.
+        std::vector<at::Tensor> sums{at::cat({sum_dy, sum_dy_xhat})};
+        c10d::AllreduceOptions options;
+        options.reduceOp = c10d::ReduceOp::SUM;
+        backend_of(ctx)->allreduce(sums, options)->wait();
+        const at::Tensor mean_dy = sums[0].narrow(0, 0, C) / total, mean_dy_xhat = sums[0].narrow(0, C, C) / total;
+        const at::Tensor scale = invstd * weight.to(at::kFloat);
+        const at::Tensor dx = (dy - mean_dy.view(shape) - xhat * mean_dy_xhat.view(shape)) * scale.view(shape);
+        return {dx.to(x.scalar_type()),
+                sum_dy_xhat.to(weight.scalar_type()),
+                sum_dy.to(weight.scalar_type()),
+                at::Tensor(),
+                at::Tensor(),
+                at::Tensor(),
+                at::Tensor(),
+                at::Tensor()};
+    }
+};
+
+}  // namespace
+
+extern "C" {
+
+int esper_sync_batch_norm(EsperGroup *g, const EsperTensor *x, const EsperTensor *weight, const EsperTensor *bias,
+                          const EsperTensor *running_mean, const EsperTensor *running_var, double momentum, double eps,
+                          EsperTensor **out, char *err, size_t len) {
+    try {
+        *out = nullptr;
+        TORCH_CHECK(x->dim() >= 2, "a BatchNorm input needs a channel dimension, got size ", x->sizes());
+        const int64_t C = x->size(1);
+        // One value per channel is enough where another rank adds more; none never is.
+        TORCH_CHECK(x->numel() > 0 && (x->numel() > C || g->size > 1),
+                    "expected more than 1 value per channel when training, got input of size ", x->sizes());
+        for (const at::Tensor *t : {weight, bias, running_mean, running_var}) {
+            TORCH_CHECK(t->defined() && t->dim() == 1 && t->size(0) == C, "a BatchNorm of ", C,
+                        " channels needs weight, bias and running statistics of ", C, " values");
+        }
+        const at::Device expected = g->device.value_or(at::Device(at::kCPU));
+        TORCH_CHECK(x->device() == expected, "the ", g->device ? "NCCL" : "Gloo", " group's tensors live on ",
+                    expected, ", not on ", x->device());
+        at::Tensor y;
+        {
+            // The running statistics are updated in place (through the caller's handles, as
+            // libtorch's BatchNorm updates its buffers), not recorded by autograd.
+            at::Tensor rm = running_mean->detach(), rv = running_var->detach();
+            y = SyncBatchNorm::apply(*x, *weight, *bias, g, rm, rv, momentum, eps);
+        }
+        *out = new at::Tensor(std::move(y));
+        return 0;
+    } catch (const std::exception &e) {
+        if (err && len) {
+            std::snprintf(err, len, "synchronised BatchNorm on rank %d of %d: %s", g->rank, g->size,
+                          esper::message(e));
+        }
+        return 1;
+    }
+}
+
+}  // extern "C"
