@@ -11,6 +11,9 @@
 //! watchdog ends the process instead). Every rank must call the same collectives in the
 //! same order, with tensors of the same shapes and dtypes.
 //!
+//! [`GradSync`] (`dist/grad_sync.rs`) averages a parameter set's gradients with
+//! allreduces started from autograd hooks while the backward runs.
+//!
 //! Who a process is (torchrun's variables) is the caller's to read: the runtime's
 //! `esper_runtime::distributed::RankEnv`; rank 0 runs the store unless torchrun's agent
 //! does (`TORCHELASTIC_USE_AGENT_STORE=True`), then every rank connects to it.
@@ -25,6 +28,9 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
+
+mod grad_sync;
+pub use grad_sync::GradSync;
 
 /// The most bytes the tensors of one dtype and device share in one collective's flat
 /// buffer: a bound on the copy's memory; a larger tensor goes alone.
@@ -357,7 +363,7 @@ mod tests {
 
     /// Runs `f` as rank 0 and rank 1 of a Gloo group, each on its own thread with its own
     /// store handle (rank 0's listens on a free port) and group; both results.
-    fn two_ranks<T: Send>(timeout: Duration, f: impl Fn(ProcessGroup) -> T + Sync) -> [T; 2] {
+    pub(super) fn two_ranks<T: Send>(timeout: Duration, f: impl Fn(ProcessGroup) -> T + Sync) -> [T; 2] {
         let server = Store::new("127.0.0.1", 0, 2, true, timeout).unwrap();
         let port = server.port();
         assert_ne!(port, 0, "the master picked a port");
@@ -373,7 +379,7 @@ mod tests {
         })
     }
 
-    const T: Duration = Duration::from_secs(20);
+    pub(super) const T: Duration = Duration::from_secs(20);
 
     fn cpu(values: &[f32]) -> Tensor {
         Tensor::from_slice(values)
