@@ -256,10 +256,8 @@ mod tests {
             for step in 0..2 {
                 crate::clear_grads(&p).unwrap();
                 sync.begin().unwrap();
-                let mut l = loss(&net, &input(g.rank(), step));
-                if g.rank() == step {
-                    l = l + (&one * &one).sum(Kind::Float) * 3.0;
-                }
+                let l = loss(&net, &input(g.rank(), step));
+                let l = if g.rank() == step { l + (&one * &one).sum(Kind::Float) * 3.0 } else { l };
                 l.backward();
                 let during = sync.launched();
                 let start = Instant::now();
