@@ -381,29 +381,4 @@ mod tests {
         loss(&p, &input(0, 0)).backward();
         assert_eq!(sync.finish().unwrap(), sync.buckets(), "the step armed first still finishes");
     }
-
-    /// The overlap on NCCL, on the one GPU of a single-GPU machine: a group of one leaves
-    /// the gradients as they are; the backward (on autograd's device thread) starts the
-    /// buckets.
-    #[test]
-    #[cfg(esper_cuda)]
-    #[ignore = "needs CUDA: run scripts/test-gpu.sh"]
-    fn grad_sync_nccl_group_of_one_on_one_gpu() {
-        assert!(tch::Cuda::is_available(), "needs a CUDA device");
-        let store = Store::new("127.0.0.1", 0, 1, true, Duration::from_secs(60)).unwrap();
-        let g = ProcessGroup::new(&store, Backend::Nccl { device: 0 }, 0, 1, Duration::from_secs(60)).unwrap();
-        let gpu = Device::Cuda(0);
-        let p: Vec<Tensor> = mlp().iter().map(|t| t.detach().to_device(gpu).set_requires_grad(true)).collect();
-        let mut sync = GradSync::new(&g, &refs(&p), 160).unwrap();
-        let x = input(0, 0).to_device(gpu);
-        sync.begin().unwrap();
-        loss(&p, &x).backward();
-        assert_eq!(sync.launched(), 3, "every bucket started inside backward()");
-        assert_eq!(sync.finish().unwrap(), 3);
-        let want = local(0, 0);
-        for (i, t) in p.iter().enumerate() {
-            let diff = (t.grad().to_device(Device::Cpu) - &want[i]).abs().max().double_value(&[]);
-            assert!(diff < 1e-4, "parameter {i}: off by {diff} from the CPU's gradient");
-        }
-    }
 }
