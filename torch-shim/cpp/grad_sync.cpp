@@ -395,8 +395,12 @@ void esper_grad_sync_free(EsperGradSync *s) {
 }
 
 int esper_grad_post_hooks(const EsperTensor *t) {
-    auto accumulator = torch::autograd::impl::try_get_grad_accumulator(*t);
-    return accumulator ? static_cast<int>(accumulator->post_hooks().size()) : -1;
+    try {
+        auto accumulator = torch::autograd::impl::try_get_grad_accumulator(*t);
+        return accumulator ? static_cast<int>(accumulator->post_hooks().size()) : -1;
+    } catch (const std::exception &) {
+        return -1;  // a tensor without autograd metadata to look in
+    }
 }
 
 }  // extern "C"

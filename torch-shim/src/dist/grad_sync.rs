@@ -149,8 +149,8 @@ mod tests {
 
     /// The post hooks on `t`'s gradient accumulator; None where it has none alive.
     fn post_hooks(t: &Tensor) -> Option<usize> {
-        // SAFETY: `t` is a live tensor handle borrowed for the call; the shim catches
-        // nothing because it throws nothing (a lookup and a size).
+        // SAFETY: `t` is a live tensor handle borrowed for the call; exceptions are
+        // caught in the shim.
         let n = unsafe { esper_grad_post_hooks(t.as_ptr()) };
         usize::try_from(n).ok()
     }
