@@ -13,6 +13,8 @@
 //!   `cpp/dist_nccl.cpp` (NCCL process groups) joins the CUDA files below, with the
 //!   `nccl.h` of the wheel's `nvidia/nccl/include`.
 //! * `cpp/sync_bn.cpp` (always): BatchNorm synchronised over a c10d process group.
+//! * `cpp/grad_sync.cpp` (always): gradients averaged across the ranks in buckets whose
+//!   allreduce is launched from autograd hooks while the backward runs (Gloo or NCCL).
 //! * `cpp/foreach.cpp` (always): only ATen's CPU-side headers. The `_foreach_*` ops
 //!   dispatch to CUDA kernels at run time when the tensors are on a GPU, so no CUDA
 //!   header is needed and it builds on a CPU-only machine (with `ESPER_RTC`, SGD on CUDA
@@ -153,6 +155,7 @@ fn main() {
         .file("cpp/context.cpp")
         .file("cpp/dist.cpp")
         .file("cpp/sync_bn.cpp")
+        .file("cpp/grad_sync.cpp")
         .define("USE_C10D_GLOO", None)
         .include("include")
         .include("cpp/gloo_decl")

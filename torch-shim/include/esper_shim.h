@@ -104,6 +104,26 @@ int esper_sync_batch_norm(EsperGroup *g, const EsperTensor *x, const EsperTensor
                           const EsperTensor *running_mean, const EsperTensor *running_var, double momentum, double eps,
                           EsperTensor **out, char *err, size_t len);
 
+/* ---- grad_sync.cpp (every build): gradients averaged across the ranks during the backward ----
+ * Post hooks on the gradient accumulators of `params` (leaf tensors that require a
+ * gradient, on the group's device, each once), their gradients in `*buckets` buckets
+ * (reverse order, one dtype each, up to `bucket_bytes`). Between `begin` and `finish`,
+ * a bucket's allreduce is launched as soon as its gradients and the earlier buckets are
+ * ready; `finish` launches the rest, waits for all and writes each `.grad` as the sum
+ * over the ranks times `scale` (a parameter without a gradient on this rank adds zeros;
+ * one without a gradient on every rank keeps its `.grad`); `abandon` (nonzero) does the
+ * same collectives and writes no gradient. `*collectives` gets the number run. Freeing
+ * removes the hooks. `esper_grad_post_hooks`: the post hooks on `t`'s gradient
+ * accumulator, -1 where it has none alive. */
+typedef struct EsperGradSync EsperGradSync;
+EsperGradSync *esper_grad_sync_new(EsperGroup *g, EsperTensor *const *params, size_t n, size_t bucket_bytes,
+                                   double scale, size_t *buckets, char *err, size_t len);
+int esper_grad_sync_begin(EsperGradSync *s, char *err, size_t len);
+size_t esper_grad_sync_launched(EsperGradSync *s);
+int esper_grad_sync_finish(EsperGradSync *s, int abandon, size_t *collectives, char *err, size_t len);
+void esper_grad_sync_free(EsperGradSync *s);
+int esper_grad_post_hooks(const EsperTensor *t);
+
 /* ---- CUDA builds only (build.rs found CUDA: the `esper_cuda` cfg, ESPER_RTC) ---- */
 
 /* graph.cpp: a side stream, and CUDA graphs captured on it. */

@@ -11,6 +11,9 @@
 //! watchdog ends the process instead). Every rank must call the same collectives in the
 //! same order, with tensors of the same shapes and dtypes.
 //!
+//! [`GradSync`] (`dist/grad_sync.rs`) averages a parameter set's gradients with
+//! allreduces started from autograd hooks while the backward runs.
+//!
 //! Who a process is (torchrun's variables) is the caller's to read: the runtime's
 //! `esper_runtime::distributed::RankEnv`; rank 0 runs the store unless torchrun's agent
 //! does (`TORCHELASTIC_USE_AGENT_STORE=True`), then every rank connects to it.
@@ -27,6 +30,9 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
+
+mod grad_sync;
+pub use grad_sync::GradSync;
 
 /// The most bytes the tensors of one dtype and device share in one collective's flat
 /// buffer: a bound on the copy's memory; a larger tensor goes alone.
@@ -392,7 +398,7 @@ mod tests {
 
     /// Runs `f` as rank 0 and rank 1 of a Gloo group, each on its own thread with its own
     /// store handle (rank 0's listens on a free port) and group; both results.
-    fn two_ranks<T: Send>(timeout: Duration, f: impl Fn(ProcessGroup) -> T + Sync) -> [T; 2] {
+    pub(super) fn two_ranks<T: Send>(timeout: Duration, f: impl Fn(ProcessGroup) -> T + Sync) -> [T; 2] {
         let server = Store::new("127.0.0.1", 0, 2, true, timeout).unwrap();
         let port = server.port();
         assert_ne!(port, 0, "the master picked a port");
@@ -408,7 +414,7 @@ mod tests {
         })
     }
 
-    const T: Duration = Duration::from_secs(20);
+    pub(super) const T: Duration = Duration::from_secs(20);
 
     fn cpu(values: &[f32]) -> Tensor {
         Tensor::from_slice(values)
@@ -572,6 +578,46 @@ mod tests {
         assert_eq!(g.allreduce_scalars(&[1.5, -2.0]).unwrap(), [1.5, -2.0]);
         assert_eq!(g.all_gather_bytes(vec![7, 8]).unwrap(), [vec![7u8, 8]]);
         g.barrier().unwrap();
+    }
+
+    /// [`GradSync`] over NCCL on the one GPU of a single-GPU machine: the backward (on
+    /// autograd's device thread) starts every bucket; a group of one leaves the gradients
+    /// as they were without it. (Here, not beside `GradSync`'s other tests, so that
+    /// scripts/test-gpu.sh's filter for this module's NCCL tests selects it.)
+    #[test]
+    #[cfg(esper_cuda)]
+    #[ignore = "needs CUDA: scripts/test-gpu.sh"]
+    fn nccl_grad_sync_group_of_one_starts_buckets_in_the_backward() {
+        assert!(tch::Cuda::is_available(), "needs a CUDA device");
+        let timeout = Duration::from_secs(60);
+        let store = Store::new("127.0.0.1", 0, 1, true, timeout).unwrap();
+        let g = ProcessGroup::new(&store, Backend::Nccl { device: 0 }, 0, 1, timeout).unwrap();
+        let gpu = Device::Cuda(0);
+        let shapes: [&[i64]; 4] = [&[4, 8], &[8], &[8, 3], &[3]];
+        let params: Vec<Tensor> = shapes
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                let n: i64 = s.iter().product();
+                (Tensor::arange(n, (Kind::Float, gpu)) * 0.37 + k as f64).sin().reshape(*s).set_requires_grad(true)
+            })
+            .collect();
+        let refs: Vec<&Tensor> = params.iter().collect();
+        let x = Tensor::arange(20, (Kind::Float, gpu)).cos().reshape([5, 4]);
+        let loss =
+            || ((x.matmul(&params[0]) + &params[1]).tanh().matmul(&params[2]) + &params[3]).square().sum(Kind::Float);
+        loss().backward();
+        let want: Vec<Tensor> = params.iter().map(|p| p.grad().copy()).collect();
+        crate::clear_grads(&refs).unwrap();
+        // At 64 bytes: [b 12], [w 96], [b 32], [w 128].
+        let mut sync = GradSync::new(&g, &refs, 64).unwrap();
+        sync.begin().unwrap();
+        loss().backward();
+        assert_eq!(sync.launched(), 4, "every bucket started inside backward()");
+        assert_eq!(sync.finish().unwrap(), 4);
+        for (i, p) in params.iter().enumerate() {
+            assert!(p.grad().allclose(&want[i], 1e-6, 1e-6, false), "parameter {i}");
+        }
     }
 
     /// The allreduce test over NCCL, rank r on cuda:r (two threads of one process).

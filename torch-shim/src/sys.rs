@@ -38,6 +38,11 @@ pub struct EsperStore {
 pub struct EsperGroup {
     _opaque: [u8; 0],
 }
+/// Opaque handle of `cpp/grad_sync.cpp`: a parameter set's gradient hooks and buckets.
+#[repr(C)]
+pub struct EsperGradSync {
+    _opaque: [u8; 0],
+}
 
 // Every build.
 extern "C" {
@@ -159,6 +164,31 @@ extern "C" {
     ) -> c_int;
 }
 
+// Every build: cpp/grad_sync.cpp.
+extern "C" {
+    pub fn esper_grad_sync_new(
+        g: *mut EsperGroup,
+        params: *const *mut C_tensor,
+        n: usize,
+        bucket_bytes: usize,
+        scale: f64,
+        buckets: *mut usize,
+        err: *mut c_char,
+        len: usize,
+    ) -> *mut EsperGradSync;
+    pub fn esper_grad_sync_begin(s: *mut EsperGradSync, err: *mut c_char, len: usize) -> c_int;
+    pub fn esper_grad_sync_launched(s: *mut EsperGradSync) -> usize;
+    pub fn esper_grad_sync_finish(
+        s: *mut EsperGradSync,
+        abandon: c_int,
+        collectives: *mut usize,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
+    pub fn esper_grad_sync_free(s: *mut EsperGradSync);
+    pub fn esper_grad_post_hooks(t: *const C_tensor) -> c_int;
+}
+
 // CUDA builds only.
 #[cfg(esper_cuda)]
 extern "C" {
@@ -271,6 +301,7 @@ mod tests {
             "EsperGraph" => "EsperGraph",
             "EsperStore" => "EsperStore",
             "EsperGroup" => "EsperGroup",
+            "EsperGradSync" => "EsperGradSync",
             "EsperAutocastState" => "EsperAutocastState",
             other => return Err(format!("a Rust type the check does not know: {other}")),
         })
