@@ -275,6 +275,9 @@ fn a_seed_at_fault_on_one_rank_is_pruned_on_every_rank() {
         ("wrong-dtype", "wrong_dtype", true, false),
         ("nan-after-n-steps", "non_finite", false, false),
         ("inf-output", "non_finite", false, false),
+        // Rank 1's backward fails part way: its share of the gradient exchange, started
+        // in the backward, is completed with zeros so that rank 0's ends.
+        ("backward-error", "backward_error", true, false),
         ("wrong-dtype", "wrong_dtype", true, true),
     ];
     for (blueprint, code, names_rank, sync) in cases {

@@ -9,11 +9,15 @@ use crate::{
     model::MorphogeneticModel,
 };
 use esper_torch_shim::{
-    dist::{self, ProcessGroup, Store},
+    dist::{self, GradSync, ProcessGroup, Store},
     ShimError,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use std::{cell::RefCell, path::PathBuf, time::Duration};
+use std::{
+    cell::{Cell, RefCell},
+    path::PathBuf,
+    time::Duration,
+};
 use tch::{Device, Tensor};
 use thiserror::Error;
 
@@ -45,6 +49,9 @@ pub enum DistError {
     },
     #[error("rank {rank}: rank 0's {what} cannot be read: {cause}")]
     Decode { rank: usize, what: &'static str, cause: String },
+    /// A step of the exchange was asked for out of order (a bug of the trainer's).
+    #[error("{0} was used before it was made")]
+    Internal(&'static str),
     /// The ranks' models differ: the run cannot go on in lockstep.
     #[error("after epoch {epoch} the ranks disagree: {differences}")]
     Diverged { epoch: u32, differences: String },
@@ -83,10 +90,12 @@ impl FaultReport {
 
 /// This process's place in a multi-process run.
 pub struct Ranks {
+    /// The run's group: parameters, buffers, gradients (NCCL on CUDA, Gloo on the CPU).
     group: ProcessGroup,
-    /// Gloo on the CPU for the step's small host-side agreements (seed faults), so a
-    /// NCCL run does not wait on its GPU for them; None when `group` is Gloo already.
-    control: Option<ProcessGroup>,
+    /// Gloo on the CPU for the step's small host-side agreements (seed faults, a stop),
+    /// so a NCCL run does not wait on its GPU for them, and none runs on `group` while
+    /// the backward's gradient exchanges are in flight there.
+    control: ProcessGroup,
     /// The group for the host's synchronised BatchNorms (`[distributed] sync_batchnorm`),
     /// until the model takes it.
     batch_norm: Option<ProcessGroup>,
@@ -94,10 +103,12 @@ pub struct Ranks {
     _store: Store,
     env: RankEnv,
     timeout_s: f64,
-    /// The model's trainable tensors in name order and the model generation they were
-    /// listed at (listing them sorts every name: once per topology, not per step, as
-    /// the step's buffer list).
-    trainable: RefCell<Option<(u64, Vec<Tensor>)>>,
+    /// The gradient exchange hooked into the backward of the model's trainable tensors
+    /// (in name order), and the model generation they were listed at: rebuilt when a
+    /// seed comes or goes, not per step.
+    gradients: RefCell<Option<(u64, GradSync)>>,
+    /// Whether the gradient exchange is armed (begun, not yet finished).
+    exchanging: Cell<bool>,
 }
 
 impl Ranks {
@@ -124,12 +135,8 @@ impl Ranks {
         let is_master = env.rank == 0 && !env.agent_store;
         let store = Store::new(&env.master_addr, env.master_port, env.world_size, is_master, timeout).map_err(join)?;
         let group = ProcessGroup::new(&store, backend, env.rank, env.world_size, timeout).map_err(join)?;
-        let control = match backend {
-            dist::Backend::Gloo => None,
-            dist::Backend::Nccl { .. } => {
-                Some(ProcessGroup::new(&store, dist::Backend::Gloo, env.rank, env.world_size, timeout).map_err(join)?)
-            }
-        };
+        let control =
+            ProcessGroup::new(&store, dist::Backend::Gloo, env.rank, env.world_size, timeout).map_err(join)?;
         // The synchronised BatchNorms' own group, on the run's backend: their exchanges,
         // inside the forward and the backward, are ordered with nothing else's.
         let batch_norm = match config.sync_batchnorm {
@@ -138,7 +145,16 @@ impl Ranks {
         };
         tracing::info!(rank = env.rank, world = env.world_size, backend = ?backend, "joined the other ranks");
         let timeout_s = config.timeout_s;
-        Ok(Self { group, control, batch_norm, _store: store, env, timeout_s, trainable: RefCell::new(None) })
+        Ok(Self {
+            group,
+            control,
+            batch_norm,
+            _store: store,
+            env,
+            timeout_s,
+            gradients: RefCell::new(None),
+            exchanging: Cell::new(false),
+        })
     }
 
     pub fn rank(&self) -> usize {
@@ -165,10 +181,9 @@ impl Ranks {
         Shard { rank: self.env.rank, world: self.env.world_size }
     }
 
-    /// The group for the step's small host-side agreements: the CPU Gloo one beside a
-    /// NCCL run's, else the run's own.
+    /// The group for the step's small host-side agreements.
     fn control(&self) -> &ProcessGroup {
-        self.control.as_ref().unwrap_or(&self.group)
+        &self.control
     }
 
     fn failed(&self, what: &'static str) -> impl FnOnce(ShimError) -> DistError + '_ {
@@ -199,20 +214,44 @@ impl Ranks {
         Ok(())
     }
 
-    /// Averages the gradients of `model`'s trainable tensors across the ranks (in
-    /// place, by name, so every rank lines them up alike), as DDP does after backward.
-    pub fn average_gradients(&self, model: &MorphogeneticModel) -> Result<(), DistError> {
-        let mut cache = self.trainable.borrow_mut();
+    /// Arms the gradient exchange for the step's backward, as DDP's: the gradients of
+    /// `model`'s trainable tensors (lined up by name, so alike on every rank) are summed
+    /// across the ranks in buckets, each bucket's all-reduce started as soon as the
+    /// backward has made its gradients, while the rest of the backward runs. Every rank
+    /// must then call [`Ranks::finish_gradients`], whatever the step's fate.
+    pub fn begin_gradients(&self, model: &MorphogeneticModel) -> Result<(), DistError> {
+        let mut cache = self.gradients.borrow_mut();
         let generation = model.generation();
         if cache.as_ref().is_none_or(|(listed, _)| *listed != generation) {
-            let trainable = model.state().into_iter().filter(|(_, t)| t.requires_grad()).map(|(_, t)| t).collect();
-            *cache = Some((generation, trainable));
+            // The old hooks go before the new ones are made (a seed's tensors may be in both).
+            *cache = None;
+            let state = model.state();
+            let trainable: Vec<&Tensor> = state.iter().map(|(_, t)| t).filter(|t| t.requires_grad()).collect();
+            let sync = GradSync::new(&self.group, &trainable, dist::BUCKET_BYTES);
+            *cache = Some((generation, sync.map_err(self.failed("hooking the gradient exchange"))?));
         }
-        let trainable = cache.as_ref().map_or(&[][..], |(_, t)| t.as_slice());
-        let grads: Vec<Tensor> = trainable.iter().map(Tensor::grad).filter(Tensor::defined).collect();
-        let refs: Vec<&Tensor> = grads.iter().collect();
-        self.group.allreduce_mean(&refs).map_err(self.failed("averaging the gradients"))?;
+        let (_, sync) = cache.as_mut().ok_or(DistError::Internal("the gradient exchange"))?;
+        sync.begin().map_err(self.failed("starting the gradient exchange"))?;
+        self.exchanging.set(true);
         Ok(())
+    }
+
+    /// Ends the step's gradient exchange: with `kept`, waits for every bucket and leaves
+    /// in each gradient its mean over the ranks (every rank steps with the same
+    /// gradients, so the gradient telemetry is the same on every rank too); without (a
+    /// step this rank discards: a fault in its forward or backward), sends its share of
+    /// the buckets not yet sent (zeros where no gradient was made) so that the others'
+    /// exchange completes, and writes no gradient. The ranks' agreement on the step
+    /// (after this) discards it on every rank. Once per step: a second call does nothing
+    /// (a backward after it, such as one to find a failing seed, exchanges nothing).
+    pub fn finish_gradients(&self, kept: bool) -> Result<(), DistError> {
+        if !self.exchanging.replace(false) {
+            return Ok(());
+        }
+        let mut cache = self.gradients.borrow_mut();
+        let (_, sync) = cache.as_mut().ok_or(DistError::Internal("the gradient exchange"))?;
+        let done = if kept { sync.finish() } else { sync.abandon() };
+        done.map(drop).map_err(self.failed("averaging the gradients"))
     }
 
     /// Every rank's seed faults of this step, `local` (this rank's) among them: each

@@ -171,13 +171,15 @@ impl Trainer {
     }
 
     fn attempt(&mut self, x: &Tensor, y: &Tensor, capture: bool, totals: &Totals) -> Result<(Tensor, Tensor), Spoiled> {
-        let step = self.forward_backward(x, y);
-        let (loss, logits) = self.agreed(step)?;
         if let Some(ranks) = &self.ranks {
-            // As DDP: every rank steps with the gradients averaged over all of them (so
-            // the gradient telemetry below is the same on every rank too).
-            ranks.average_gradients(&self.model).map_err(|e| Spoiled::Host(e.into()))?;
+            ranks.begin_gradients(&self.model).map_err(|e| Spoiled::Host(e.into()))?;
         }
+        let step = self.forward_backward(x, y);
+        // As DDP: every rank steps with the gradients averaged over all of them, their
+        // exchange overlapped with the backward. Every rank ends it, whatever its step's
+        // fate, before they agree on the step.
+        self.finish_gradients(step.is_ok())?;
+        let (loss, logits) = self.agreed(step)?;
         if capture {
             // The host's loss so far this epoch, this step's included.
             let host_loss = || totals.loss.f_add(&loss);
@@ -203,9 +205,18 @@ impl Trainer {
         let (loss, logits) = if self.model.synchronises_batch_norm() { self.agreed(forward)? } else { forward? };
         self.zero_grads().map_err(|e| host_error("zeroing the gradients", e))?;
         if let Err(e) = self.watched_backward(&loss) {
+            // The peers' exchange completes first: the blame's own backwards exchange nothing.
+            self.finish_gradients(false)?;
             return Err(self.blame_backward(x, y, e));
         }
         Ok((loss, logits))
+    }
+
+    /// Ends the step's gradient exchange on a multi-process run (see
+    /// `Ranks::finish_gradients`); once per step.
+    fn finish_gradients(&self, kept: bool) -> Result<(), Spoiled> {
+        let Some(ranks) = &self.ranks else { return Ok(()) };
+        ranks.finish_gradients(kept).map_err(|e| Spoiled::Host(e.into()))
     }
 
     /// In a multi-process run, a seed at fault on any rank spoils the step on every
