@@ -553,16 +553,23 @@ mod tests {
         assert!(e.0.contains("a timeout must be a positive number of seconds"), "{e}");
     }
 
+    /// A NCCL group of one rank on cuda:0 (and its store, to keep alive beside it).
+    #[cfg(esper_cuda)]
+    fn nccl_group_of_one() -> (Store, ProcessGroup) {
+        assert!(tch::Cuda::is_available(), "needs a CUDA device");
+        let timeout = Duration::from_secs(60);
+        let store = Store::new("127.0.0.1", 0, 1, true, timeout).unwrap();
+        let g = ProcessGroup::new(&store, Backend::Nccl { device: 0 }, 0, 1, timeout).unwrap();
+        (store, g)
+    }
+
     /// Every collective over NCCL, on the one GPU a single-GPU machine has: a group of one
     /// rank leaves the values as they are.
     #[test]
     #[cfg(esper_cuda)]
     #[ignore = "needs CUDA: scripts/test-gpu.sh"]
     fn nccl_group_of_one_reduces_broadcasts_and_scales_on_one_gpu() {
-        assert!(tch::Cuda::is_available(), "needs a CUDA device");
-        let timeout = Duration::from_secs(60);
-        let store = Store::new("127.0.0.1", 0, 1, true, timeout).unwrap();
-        let g = ProcessGroup::new(&store, Backend::Nccl { device: 0 }, 0, 1, timeout).unwrap();
+        let (_store, g) = nccl_group_of_one();
         let device = Device::Cuda(0);
         let ts: Vec<Tensor> = (1..=3i64).map(|n| Tensor::full([n, 2], n as f64, (Kind::Float, device))).collect();
         let strided = Tensor::full([4, 3], 2.0, (Kind::Float, device)).transpose(0, 1);
@@ -588,10 +595,7 @@ mod tests {
     #[cfg(esper_cuda)]
     #[ignore = "needs CUDA: scripts/test-gpu.sh"]
     fn nccl_grad_sync_group_of_one_starts_buckets_in_the_backward() {
-        assert!(tch::Cuda::is_available(), "needs a CUDA device");
-        let timeout = Duration::from_secs(60);
-        let store = Store::new("127.0.0.1", 0, 1, true, timeout).unwrap();
-        let g = ProcessGroup::new(&store, Backend::Nccl { device: 0 }, 0, 1, timeout).unwrap();
+        let (_store, g) = nccl_group_of_one();
         let gpu = Device::Cuda(0);
         let shapes: [&[i64]; 4] = [&[4, 8], &[8], &[8, 3], &[3]];
         let params: Vec<Tensor> = shapes
@@ -799,10 +803,7 @@ mod tests {
     #[cfg(esper_cuda)]
     #[ignore = "needs CUDA: scripts/test-gpu.sh"]
     fn nccl_sync_batch_norm_on_one_gpu_is_libtorchs_batch_norm() {
-        assert!(tch::Cuda::is_available(), "needs a CUDA device");
-        let timeout = Duration::from_secs(60);
-        let store = Store::new("127.0.0.1", 0, 1, true, timeout).unwrap();
-        let g = ProcessGroup::new(&store, Backend::Nccl { device: 0 }, 0, 1, timeout).unwrap();
+        let (_store, g) = nccl_group_of_one();
         let cuda = Device::Cuda(0);
         let on_gpu = |bn: Bn| Bn {
             weight: bn.weight.detach().to_device(cuda).set_requires_grad(true),
