@@ -88,6 +88,25 @@ fn two_ranks_through_nproc_train_in_lockstep_on_half_the_data_each() {
     assert_eq!(resumed["epochs"][1]["steps"], report["epochs"][0]["steps"], "epoch 2 on two ranks");
 }
 
+/// bfloat16 mixed precision on two ranks, with synchronised BatchNorms (which take the
+/// bfloat16 activations and keep float32 statistics): the ranks train in lockstep (their
+/// models compared every epoch) through the seed's lifecycle, and the loss falls.
+#[test]
+fn two_ranks_train_in_bf16_with_synchronised_batchnorm() {
+    let dir = temp_dir("dist-bf16");
+    let text = std::fs::read_to_string(job(&dir, 3, 60)).unwrap();
+    let text = text.replace("gradient_every = 2", "gradient_every = 2\nprecision = \"bf16\"");
+    let text = text.replace("[distributed]\n", "[distributed]\nsync_batchnorm = true\n");
+    assert!(text.contains("precision = \"bf16\"") && text.contains("sync_batchnorm = true"), "{text}");
+    let config = write_file(&dir, "run.toml", &text);
+    let out = esper().args(["run", "--nproc", "2"]).arg(&config).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = report(&dir);
+    assert!(stages(&report).contains(&"BLENDING".to_string()), "{:?}", stages(&report));
+    let loss = |e: usize| report["epochs"][e]["train_loss"].as_f64().unwrap();
+    assert!(loss(2) < loss(0), "the loss fell: {} then {}", loss(0), loss(2));
+}
+
 #[test]
 fn torchrun_launches_the_ranks() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the repository");
