@@ -108,7 +108,10 @@ pub enum HostError {
     #[error("unknown injection point `{name}`; valid: {}", .valid.join(", "))]
     UnknownPoint { name: String, valid: Vec<String> },
     /// Synchronising the BatchNorm statistics with the other ranks failed.
-    #[error("synchronising the BatchNorm statistics with the other ranks: {0}")]
+    #[error(
+        "synchronising the BatchNorm statistics with the other ranks failed (another rank ended or did not \
+         answer within [distributed] timeout_s): {0}"
+    )]
     BatchNormSync(String),
     #[error("segment from `{from}` to `{to}` runs backwards (execution order: {})", .order.join(", "))]
     Backwards { from: String, to: String, order: Vec<String> },

@@ -253,10 +253,13 @@ impl MorphogeneticModel {
             if bypass(i) || fault.is_some() {
                 continue;
             }
+            if run == Run::UntilAFault {
+                h = slot.forward(h, train)?;
+                continue;
+            }
             match slot.forward(h.shallow_clone(), train) {
                 Ok(out) => h = out,
-                Err(e) if run == Run::ToTheEnd => fault = Some(e),
-                Err(e) => return Err(e),
+                Err(e) => fault = Some(e),
             }
         }
         let logits = self.host.run_segment(self.plan[self.slots.len()], &h, train);
