@@ -51,9 +51,16 @@ struct SyncBatchNorm : torch::autograd::Function<SyncBatchNorm> {
                               const at::Tensor &bias, const EsperGroup *g, const at::Tensor &running_mean,
                               const at::Tensor &running_var, double momentum, double eps) {
         const int64_t C = x.size(1);
-        const auto dims = reduced_dims(x);
+        // float32 statistics whatever x's dtype (libtorch's would be bfloat16's).
         const at::Tensor xf = x.to(at::kFloat);
-        auto [var, mean] = at::var_mean(xf, dims, /*correction=*/0, /*keepdim=*/false);
+        // This rank's mean and biased variance, in two passes: exact to float32's rounding
+        // (libtorch's BatchNorm statistics kernel, batch_norm_update_stats, accumulates
+        // errors of 1e-5 of the variance on the CPU; at::var_mean's Welford reduction over
+        // the channels-last dimensions is 8 times slower than these two passes).
+        const auto dims = reduced_dims(x);
+        const at::Tensor mean = xf.mean(dims);
+        at::Tensor centred = xf - mean.view(channel_shape(x));
+        const at::Tensor var = centred.mul_(centred).mean(dims);
         const double count = static_cast<double>(x.numel() / C);
         // [mean (C), var (C), count] of this rank, then of every rank: [size, 2C + 1].
         at::Tensor local = at::cat({mean.to(at::kDouble), var.to(at::kDouble),
@@ -74,10 +81,12 @@ struct SyncBatchNorm : torch::autograd::Function<SyncBatchNorm> {
             rm.mul_(1 - momentum).add_(global_mean.to(rm.scalar_type()), momentum);
             rv.mul_(1 - momentum).add_(unbiased.to(rv.scalar_type()), momentum);
         }
-        const auto shape = channel_shape(x);
-        const at::Tensor m = global_mean.to(at::kFloat), invstd = (global_var + eps).rsqrt().to(at::kFloat);
-        const at::Tensor scale = invstd * weight.to(at::kFloat);
-        const at::Tensor y = (xf - m.view(shape)) * scale.view(shape) + bias.to(at::kFloat).view(shape);
+        const at::Tensor m = global_mean.to(at::kFloat), v = global_var.to(at::kFloat);
+        const at::Tensor invstd = (global_var + eps).rsqrt().to(at::kFloat);
+        // Normalised with the global statistics in one pass: BatchNorm in evaluation mode
+        // with them as its statistics.
+        const at::Tensor y = at::batch_norm(xf, weight.to(at::kFloat), bias.to(at::kFloat), m, v, /*training=*/false,
+                                            0.0, eps, /*cudnn_enabled=*/true);
         ctx->save_for_backward({x, weight, m, invstd, total.to(at::kFloat)});
         ctx->saved_data["group"] = c10::IValue::make_capsule(g->backend);
         return y.to(x.scalar_type());
@@ -88,19 +97,24 @@ struct SyncBatchNorm : torch::autograd::Function<SyncBatchNorm> {
         const auto saved = ctx->get_saved_variables();
         const at::Tensor &x = saved[0], &weight = saved[1], &mean = saved[2], &invstd = saved[3], &total = saved[4];
         const int64_t C = x.size(1);
-        const auto dims = reduced_dims(x);
         const auto shape = channel_shape(x);
-        const at::Tensor dy = grads[0].to(at::kFloat);
-        const at::Tensor xhat = (x.to(at::kFloat) - mean.view(shape)) * invstd.view(shape);
-        const at::Tensor sum_dy = dy.sum(dims), sum_dy_xhat = (dy * xhat).sum(dims);
-        // This rank's weight and bias gradients; the global sums for the input's.
+        const at::Tensor xf = x.to(at::kFloat), dy = grads[0].to(at::kFloat), w = weight.to(at::kFloat);
+        // This rank's sums of dy and dy * x-hat, in BatchNorm's own backward reduction
+        // (its weight and bias gradients with the global statistics): this rank's weight
+        // and bias gradients, and its share of the global sums.
+        const auto reduced = at::native_batch_norm_backward(dy, xf, w, std::nullopt, std::nullopt, mean, invstd,
+                                                            /*train=*/true, 0.0, {false, true, true});
+        const at::Tensor &sum_dy_xhat = std::get<1>(reduced), &sum_dy = std::get<2>(reduced);
         std::vector<at::Tensor> sums{at::cat({sum_dy, sum_dy_xhat})};
         c10d::AllreduceOptions options;
         options.reduceOp = c10d::ReduceOp::SUM;
         backend_of(ctx)->allreduce(sums, options)->wait();
         const at::Tensor mean_dy = sums[0].narrow(0, 0, C) / total, mean_dy_xhat = sums[0].narrow(0, C, C) / total;
-        const at::Tensor scale = invstd * weight.to(at::kFloat);
-        const at::Tensor dx = (dy - mean_dy.view(shape) - xhat * mean_dy_xhat.view(shape)) * scale.view(shape);
+        // dx = (dy - mean_dy - x-hat * mean_dy_xhat) * invstd * w, as
+        // dy * a + (x - mean) * b + c with per-channel a, b, c: three passes over x.
+        const at::Tensor a = invstd * w, b = -a * invstd * mean_dy_xhat, c = -a * mean_dy;
+        at::Tensor dx = at::addcmul(c.view(shape), dy, a.view(shape));
+        dx.addcmul_(xf - mean.view(shape), b.view(shape));
         return {dx.to(x.scalar_type()),
                 sum_dy_xhat.to(weight.scalar_type()),
                 sum_dy.to(weight.scalar_type()),

@@ -671,7 +671,11 @@ mod tests {
 
     impl Bn {
         fn new(c: i64) -> Self {
-            let ramp = Tensor::arange(c, (Kind::Float, Device::Cpu));
+            Self::of_kind(c, Kind::Float)
+        }
+
+        fn of_kind(c: i64, kind: Kind) -> Self {
+            let ramp = Tensor::arange(c, (kind, Device::Cpu));
             Self {
                 weight: (&ramp * 0.25 + 0.5).set_requires_grad(true),
                 bias: (&ramp * -0.1).set_requires_grad(true),
@@ -715,9 +719,14 @@ mod tests {
         assert!(diff <= 1e-5 * (1.0 + scale), "{what}: differs by {diff}\n{a}\n{b}");
     }
 
-    /// Rank `rank`'s input: 3 samples of 4 channels, 5 by 2, in channels-last memory
-    /// (the host's format), with a per-rank offset so that the ranks' means differ.
-    /// Drawn from a generator of its own (the ranks' threads run at once).
+    /// A rank's input: [`BATCH`] samples of 4 channels, 64 by 32 (as many values a
+    /// channel as the host's first BatchNorm has at batch 8: enough for float32 sums to
+    /// stray), in channels-last memory (the host's format).
+    const INPUT: [i64; 4] = [BATCH, 4, 64, 32];
+    const BATCH: i64 = 8;
+
+    /// Rank `rank`'s input (see [`INPUT`]), with a per-rank offset so that the ranks'
+    /// means differ. Drawn from a generator of its own (the ranks' threads run at once).
     fn rank_input(rank: i64) -> Tensor {
         let x = seeded_randn(7 + rank) * (1.0 + rank as f64) + 3.0 * rank as f64;
         x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]).set_requires_grad(true)
@@ -725,7 +734,7 @@ mod tests {
 
     fn seeded_randn(seed: i64) -> Tensor {
         let mut state = seed as u64;
-        let values: Vec<f32> = (0..3 * 4 * 5 * 2)
+        let values: Vec<f32> = (0..INPUT.iter().product::<i64>())
             .map(|_| {
                 // A small LCG, then Box-Muller: reproducible on any thread.
                 let mut uniform = || {
@@ -736,11 +745,14 @@ mod tests {
                 ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
             })
             .collect();
-        Tensor::from_slice(&values).reshape([3, 4, 5, 2])
+        Tensor::from_slice(&values).reshape(INPUT)
     }
 
     #[test]
     fn sync_batch_norm_over_two_ranks_is_batch_norm_over_the_global_batch() {
+        // One thread per op, as each rank of a CPU run has on the 2-core machines: sums in
+        // one sequence, where float32 errors add up most.
+        tch::set_num_threads(1);
         let upstream = |rank: i64| seeded_randn(100 + rank);
         // Each rank: its output, input gradient, weight and bias gradients, running
         // statistics.
@@ -751,19 +763,28 @@ mod tests {
             (&y * upstream(rank)).sum(Kind::Float).backward();
             [y.detach(), x.grad(), bn.weight.grad(), bn.bias.grad(), bn.mean.copy(), bn.var.copy()]
         });
-        // The reference: libtorch's BatchNorm over both ranks' inputs at once.
-        let (x0, x1, bn) = (rank_input(0), rank_input(1), Bn::new(4));
+        // The reference: libtorch's BatchNorm over both ranks' inputs at once, in float64,
+        // to within float32's rounding (statistics that accumulate errors of 1e-5, as
+        // libtorch's float32 BatchNorm kernel does on the CPU, fail it).
+        let double = |t: Tensor| t.detach().to_kind(Kind::Double).set_requires_grad(true);
+        let (x0, x1, bn) = (double(rank_input(0)), double(rank_input(1)), Bn::of_kind(4, Kind::Double));
         let y = bn.libtorch(&Tensor::cat(&[&x0, &x1], 0));
-        (&y * Tensor::cat(&[upstream(0), upstream(1)], 0)).sum(Kind::Float).backward();
+        let dy = Tensor::cat(&[upstream(0), upstream(1)], 0).to_kind(Kind::Double);
+        (&y * dy).sum(Kind::Double).backward();
+        let exact = |a: &Tensor, b: &Tensor, what: &str| {
+            let diff = (a.to_kind(Kind::Double) - b).abs().max().double_value(&[]);
+            let scale = b.abs().max().double_value(&[]);
+            assert!(diff <= 1e-6 * (1.0 + scale), "{what}: differs by {diff} from float64's\n{a}\n{b}");
+        };
         for (r, (rank, x)) in got.iter().zip([&x0, &x1]).enumerate() {
-            close(&rank[0], &y.detach().narrow(0, 3 * r as i64, 3), &format!("rank {r}'s output"));
-            close(&rank[1], &x.grad(), &format!("rank {r}'s input gradient"));
-            close(&rank[4], &bn.mean, &format!("rank {r}'s running mean"));
-            close(&rank[5], &bn.var, &format!("rank {r}'s running variance"));
+            exact(&rank[0], &y.detach().narrow(0, BATCH * r as i64, BATCH), &format!("rank {r}'s output"));
+            exact(&rank[1], &x.grad(), &format!("rank {r}'s input gradient"));
+            exact(&rank[4], &bn.mean, &format!("rank {r}'s running mean"));
+            exact(&rank[5], &bn.var, &format!("rank {r}'s running variance"));
         }
         // The weight and bias gradients are each rank's own: their sum is the global one.
-        close(&(&got[0][2] + &got[1][2]), &bn.weight.grad(), "the weight gradient summed over the ranks");
-        close(&(&got[0][3] + &got[1][3]), &bn.bias.grad(), "the bias gradient summed over the ranks");
+        exact(&(&got[0][2] + &got[1][2]), &bn.weight.grad(), "the weight gradient summed over the ranks");
+        exact(&(&got[0][3] + &got[1][3]), &bn.bias.grad(), "the bias gradient summed over the ranks");
     }
 
     #[test]
