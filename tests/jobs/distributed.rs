@@ -68,6 +68,7 @@ fn two_ranks_through_nproc_train_in_lockstep_on_half_the_data_each() {
     assert!(out.status.success(), "{stderr}");
     // Both ranks joined and compared their models every epoch (a difference ends the run).
     assert_eq!(stderr.matches("joined the other ranks").count(), 2, "{stderr}");
+    assert_eq!(stderr.matches("a data-parallel run: its steps are not captured").count(), 2, "{stderr}");
     let report = report(&dir);
     let s = stages(&report);
     assert!(s.contains(&"BLENDING".to_string()), "the seed went on in lockstep: {s:?}");

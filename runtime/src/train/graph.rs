@@ -90,8 +90,11 @@ pub(super) struct StepGraphs {
 }
 
 impl StepGraphs {
-    pub fn new(mode: CudaGraphMode, device: Device) -> Self {
+    /// Graphs as `mode` asks on `device`; off, for `data_parallel`, in a run of several
+    /// ranks (its collectives are not captured: every step runs eagerly).
+    pub fn new(mode: CudaGraphMode, device: Device, data_parallel: bool) -> Self {
         let stream = match (mode, device) {
+            _ if data_parallel => Err("a data-parallel run: its steps are not captured".to_string()),
             (CudaGraphMode::Off, _) => Err("off in the config ([training] cuda_graph = \"off\")".to_string()),
             (_, Device::Cpu | Device::Mps | Device::Vulkan) => Err(format!("the device is {device:?}, not CUDA")),
             (CudaGraphMode::Auto, Device::Cuda(index)) => CudaStream::new(index).map_err(|e| e.to_string()),

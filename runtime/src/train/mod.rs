@@ -204,11 +204,7 @@ impl Trainer {
             seed_opts: BTreeMap::new(),
             controller,
             history: Vec::new(),
-            // The collectives of a data-parallel step are not captured: its steps run eagerly.
-            graphs: graph::StepGraphs::new(
-                if ranks.is_some() { crate::config::CudaGraphMode::Off } else { config.training.cuda_graph },
-                device,
-            ),
+            graphs: graph::StepGraphs::new(config.training.cuda_graph, device, ranks.is_some()),
             config,
             device,
             guard: step::StepGuard::default(),
