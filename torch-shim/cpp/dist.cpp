@@ -17,7 +17,6 @@
 
 #include <cstdio>
 #include <exception>
-#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -54,23 +53,15 @@ std::vector<at::Tensor> tensors(EsperTensor *const *ts, size_t n) {
 template <class Op>
 size_t bucketed(const std::vector<at::Tensor> &ts, size_t bucket_bytes, Op op) {
     at::NoGradGuard no_grad;  // parameters that require gradients are written in place
-    std::vector<std::vector<at::Tensor>> buckets;
-    std::map<std::pair<int, std::string>, std::pair<size_t, size_t>> open;  // key -> (bucket, bytes)
     for (const auto &t : ts) {
         TORCH_CHECK(t.defined(), "an undefined tensor in the list");
         TORCH_CHECK(t.layout() == at::kStrided, "a sparse tensor in the list");
-        auto key = std::make_pair(static_cast<int>(t.scalar_type()), t.device().str());
-        size_t bytes = t.nbytes();
-        auto it = open.find(key);
-        if (it != open.end() && it->second.second + bytes <= bucket_bytes) {
-            buckets[it->second.first].push_back(t);
-            it->second.second += bytes;
-        } else {
-            open[key] = {buckets.size(), bytes};
-            buckets.push_back({t});
-        }
     }
-    for (auto &bucket : buckets) {
+    const auto members = esper::dist::buckets(ts, /*reverse=*/false, bucket_bytes);
+    for (const auto &indices : members) {
+        std::vector<at::Tensor> bucket;
+        bucket.reserve(indices.size());
+        for (size_t k : indices) bucket.push_back(ts[k]);
         if (bucket.size() == 1 && bucket[0].is_contiguous()) {
             op(bucket[0]);
             continue;
@@ -88,7 +79,7 @@ size_t bucketed(const std::vector<at::Tensor> &ts, size_t bucket_bytes, Op op) {
         for (size_t i = 0; i < parts.size(); ++i) parts[i] = parts[i].view(bucket[i].sizes());
         at::_foreach_copy_(bucket, parts);
     }
-    return buckets.size();
+    return members.size();
 }
 
 }  // namespace

@@ -9,9 +9,13 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstddef>
+#include <map>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 // A c10d store (a TCPStore) the process groups rendezvous through.
 struct EsperStore {
@@ -40,6 +44,31 @@ inline std::chrono::milliseconds timeout(double seconds) {
 // `store` with every key under `prefix/`: the keys of one process group.
 inline c10::intrusive_ptr<c10d::Store> prefixed(const EsperStore *store, const char *prefix) {
     return c10::make_intrusive<c10d::PrefixStore>(prefix, store->store);
+}
+
+// The buckets of `ts` for collectives that run many tensors at once, the same on every
+// rank for the same list: the tensors taken in order (last first where `reverse`, as
+// gradients become ready in the backward), those of one dtype and device together, up to
+// `bucket_bytes` a bucket (a larger tensor alone). Each bucket lists indices into `ts`.
+inline std::vector<std::vector<size_t>> buckets(const std::vector<at::Tensor> &ts, bool reverse,
+                                                size_t bucket_bytes) {
+    std::vector<std::vector<size_t>> out;
+    std::map<std::pair<int, std::string>, std::pair<size_t, size_t>> open;  // key -> (bucket, bytes)
+    for (size_t n = 0; n < ts.size(); ++n) {
+        const size_t k = reverse ? ts.size() - 1 - n : n;
+        const auto &t = ts[k];
+        auto key = std::make_pair(static_cast<int>(t.scalar_type()), t.device().str());
+        size_t bytes = t.nbytes();
+        auto it = open.find(key);
+        if (it != open.end() && it->second.second + bytes <= bucket_bytes) {
+            out[it->second.first].push_back(k);
+            it->second.second += bytes;
+        } else {
+            open[key] = {out.size(), bytes};
+            out.push_back({k});
+        }
+    }
+    return out;
 }
 
 inline void check_ranks(int rank, int size) {

@@ -55,7 +55,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <exception>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -254,28 +253,6 @@ class ReadyHook : public ag::FunctionPostHook {
     size_t index_;
 };
 
-// Bucket membership over `params` in reverse order, cpp/dist.cpp's `bucketed` rule: the
-// tensors of one dtype and device, in turn, up to `bucket_bytes` a bucket (a larger one
-// alone).
-std::vector<std::vector<size_t>> reverse_buckets(const std::vector<at::Tensor> &params, size_t bucket_bytes) {
-    std::vector<std::vector<size_t>> buckets;
-    std::map<std::pair<int, std::string>, std::pair<size_t, size_t>> open;  // key -> (bucket, bytes)
-    for (size_t k = params.size(); k-- > 0;) {
-        const auto &t = params[k];
-        auto key = std::make_pair(static_cast<int>(t.scalar_type()), t.device().str());
-        size_t bytes = t.nbytes();
-        auto it = open.find(key);
-        if (it != open.end() && it->second.second + bytes <= bucket_bytes) {
-            buckets[it->second.first].push_back(k);
-            it->second.second += bytes;
-        } else {
-            open[key] = {buckets.size(), bytes};
-            buckets.push_back({k});
-        }
-    }
-    return buckets;
-}
-
 void check_param(const EsperGroup *g, const at::Tensor &t, size_t i) {
     TORCH_CHECK(t.defined(), "parameter ", i, " is an undefined tensor");
     TORCH_CHECK(t.requires_grad(), "parameter ", i, " does not require a gradient");
@@ -319,7 +296,7 @@ EsperGradSync *esper_grad_sync_new(EsperGroup *g, EsperTensor *const *params, si
             state->params.push_back(t);
         }
         state->where.resize(n);
-        for (auto &members : reverse_buckets(state->params, bucket_bytes)) {
+        for (auto &members : esper::dist::buckets(state->params, /*reverse=*/true, bucket_bytes)) {
             Bucket bucket;
             for (size_t i : members) {
                 state->where[i] = {state->buckets.size(), bucket.params.size()};
