@@ -9,6 +9,7 @@
 //! per-channel sums run in another order), the running statistics are updated as
 //! libtorch does (momentum, unbiased variance).
 
+use super::HostError;
 use esper_torch_shim::{
     dist::ProcessGroup,
     rtc::{self, BatchNormParams},
@@ -62,15 +63,17 @@ fn params<'a>(bn: &'a nn::BatchNorm, config: &nn::BatchNormConfig) -> Option<Bat
 /// statistics and no further exchange.
 pub struct BatchNormSync {
     group: Mutex<ProcessGroup>,
+    /// `[distributed] timeout_s`, for the failure's message.
+    timeout_s: f64,
     armed: AtomicBool,
     failure: Mutex<Option<ShimError>>,
 }
 
 impl BatchNormSync {
     /// BatchNorm synchronised over `group`: a process group of its own (its collectives
-    /// are ordered with nothing else's).
-    pub fn new(group: ProcessGroup) -> Self {
-        Self { group: Mutex::new(group), armed: AtomicBool::new(false), failure: Mutex::new(None) }
+    /// are ordered with nothing else's), made with `[distributed] timeout_s`.
+    pub fn new(group: ProcessGroup, timeout_s: f64) -> Self {
+        Self { group: Mutex::new(group), timeout_s, armed: AtomicBool::new(false), failure: Mutex::new(None) }
     }
 
     /// Synchronises the training-mode BatchNorms run until the guard drops.
@@ -79,9 +82,10 @@ impl BatchNormSync {
         Armed(self)
     }
 
-    /// The failure of an exchange since the last call, if any.
-    pub fn take_failure(&self) -> Option<ShimError> {
-        self.failure.lock().ok().and_then(|mut f| f.take())
+    /// The failure of an exchange since the last call, if any, as the host's error.
+    pub fn take_failure(&self) -> Option<HostError> {
+        let cause = self.failure.lock().ok().and_then(|mut f| f.take())?;
+        Some(HostError::BatchNormSync { timeout_s: self.timeout_s, cause: cause.to_string() })
     }
 
     /// `bn(x)` with the statistics of every rank, when armed and no exchange failed; None

@@ -110,9 +110,9 @@ pub enum HostError {
     /// Synchronising the BatchNorm statistics with the other ranks failed.
     #[error(
         "synchronising the BatchNorm statistics with the other ranks failed (another rank ended or did not \
-         answer within [distributed] timeout_s): {0}"
+         answer within [distributed] timeout_s = {timeout_s} s): {cause}"
     )]
-    BatchNormSync(String),
+    BatchNormSync { timeout_s: f64, cause: String },
     #[error("segment from `{from}` to `{to}` runs backwards (execution order: {})", .order.join(", "))]
     Backwards { from: String, to: String, order: Vec<String> },
 }
@@ -182,8 +182,7 @@ pub trait Host: Send {
     /// Makes the host's training-mode BatchNorms use the statistics of every rank while
     /// `sync` is armed (`[distributed] sync_batchnorm = true`). A host without BatchNorm
     /// refuses, as the default does.
-    fn synchronise_batch_norm(&mut self, sync: std::sync::Arc<super::BatchNormSync>) -> Result<(), HostError> {
-        drop(sync);
+    fn synchronise_batch_norm(&mut self, _sync: std::sync::Arc<super::BatchNormSync>) -> Result<(), HostError> {
         Err(HostError::Config(format!(
             "[distributed] sync_batchnorm = true, but the {} host has no BatchNorm to synchronise",
             self.topology()

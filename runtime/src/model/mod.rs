@@ -172,7 +172,7 @@ impl MorphogeneticModel {
         let logits = self.run(x, true, &|_| false, Run::ToTheEnd);
         drop(armed);
         match sync.take_failure() {
-            Some(e) => Err(HostError::BatchNormSync(e.to_string()).into()),
+            Some(e) => Err(e.into()),
             None => logits,
         }
     }

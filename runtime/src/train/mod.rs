@@ -186,7 +186,7 @@ impl Trainer {
         model.watch_seeds(config.training.seed_timeout()).map_err(TrainError::Watchdog)?;
         let mut ranks = join_ranks(rank_env, &config, device, &model)?;
         if let Some(group) = ranks.as_mut().and_then(Ranks::take_batch_norm_group) {
-            model.synchronise_batch_norm(BatchNormSync::new(group))?;
+            model.synchronise_batch_norm(BatchNormSync::new(group, config.distributed.timeout_s))?;
         }
         let data = config.data.load().map_err(TrainError::Data)?;
         check_outputs(&config, &data)?;
