@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the CUDA tests: every test marked `#[ignore = "needs CUDA: run scripts/test-gpu.sh"]`
-# (the `gpu` module of the tests/all binary, and the CUDA test of tests/jobs' `containment`). They are ignored by a plain
-# `cargo test`, so a machine without a GPU never counts them as passed; here they run, and
-# this script FAILS when no CUDA device can be used (each test asserts it first).
+# (the `gpu` module of the tests/all binary, and the CUDA tests of tests/jobs' `containment`
+# and `distributed`). They are ignored by a plain `cargo test`, so a machine without a GPU
+# never counts them as passed; here they run, and this script FAILS when no CUDA device
+# can be used (each test asserts it first).
 #
 #   scripts/test-gpu.sh               set up, build and run them here (needs cargo and a GPU)
 #   scripts/test-gpu.sh --pack [DIR]  build here (no GPU needed) and put the test binaries,
@@ -38,13 +39,16 @@ log() { printf '[test-gpu] %s\n' "$*" >&2; }
 
 # The test binaries and, for each, the libtest filters that select its CUDA tests
 # (with --ignored: only the ignored tests whose names match one filter).
-# esper_torch_shim: the shim's NCCL tests (its unit tests); the one that needs two GPUs is
-# skipped, and says so, on a machine with one.
+# esper_torch_shim: the shim's NCCL tests (its unit tests); jobs' distributed::nccl_ tests:
+# ranks over NCCL. Those that need two GPUs are skipped, and the script says so, on a
+# machine with one.
 suites=(all jobs esper_torch_shim)
-declare -A filter=([all]="gpu::" [jobs]="containment::" [esper_torch_shim]="dist::tests::nccl_")
+declare -A filter=([all]="gpu::" [jobs]="containment:: distributed::nccl_" [esper_torch_shim]="dist::tests::nccl_")
 if command -v nvidia-smi >/dev/null && [ "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')" -lt 2 ]; then
     filter[esper_torch_shim]+=" --skip two_gpus"
-    printf '[test-gpu] fewer than two GPUs: dist::tests::nccl_allreduce_sums_on_two_gpus is not run\n' >&2
+    filter[jobs]+=" --skip two_gpus"
+    printf '[test-gpu] fewer than two GPUs: the tests named *two_gpus* (%s) are not run\n' \
+        "dist::tests::nccl_allreduce_sums_on_two_gpus, distributed::nccl_two_gpus_train_in_lockstep_in_cuda_graphs" >&2
 fi
 
 # Runs one test binary's CUDA tests; fails unless at least one ran and none failed.

@@ -14,6 +14,7 @@
 use esper_runtime::{
     config::RunConfig,
     device::cuda_available,
+    distributed::RankEnv,
     host::{is_channels_last, to_channels_last, CnnHostConfig, HostKernels},
     isolation::{GradientHealthMonitor, GradientSample},
     lifecycle::{LifecycleEvent, SeedStage},
@@ -235,9 +236,28 @@ fn graph_job_with(
     epochs: u32,
     training: &str,
 ) -> Trainer {
+    let config = graph_config(name, plugin, blueprint, mode, epochs, training, "");
+    let mut t = Trainer::new(config).unwrap();
+    t.run(&mut Silent).unwrap();
+    t
+}
+
+/// [`graph_job_with`]'s config, with the sections `more` added.
+fn graph_config(
+    name: &str,
+    plugin: &std::path::Path,
+    blueprint: &str,
+    mode: &str,
+    epochs: u32,
+    training: &str,
+    more: &str,
+) -> RunConfig {
     let dir = temp_dir(name);
-    let sections = "[slot]\nblend_tempo = 2\n\n[lifecycle.gates]\nmode = \"permissive\"\nmin_blending_epochs = 1\n\
-                    min_gradient_health_for_blending = 0.0\n";
+    let sections = format!(
+        "[slot]\nblend_tempo = 2\n\n[lifecycle.gates]\nmode = \"permissive\"\nmin_blending_epochs = 1\n\
+         min_gradient_health_for_blending = 0.0\n{more}"
+    );
+    let sections = sections.as_str();
     let job = SmallJob {
         plugin,
         epochs,
@@ -251,9 +271,7 @@ fn graph_job_with(
         .replace("device = \"cpu\"", "device = \"cuda\"")
         .replace("train_size = 256", "train_size = 512")
         .replace("gradient_every = 2", &format!("gradient_every = 4\ncuda_graph = \"{mode}\"\n{training}"));
-    let mut t = Trainer::new(RunConfig::load(&write_file(&dir, "run.toml", &text)).unwrap()).unwrap();
-    t.run(&mut Silent).unwrap();
-    t
+    RunConfig::load(&write_file(&dir, "run.toml", &text)).unwrap()
 }
 
 /// Every lifecycle event of the run, in order.
@@ -347,6 +365,66 @@ fn cuda_graph_replays_match_eager_steps_across_germination_and_stage_changes() {
     }
     let acc = |t: &Trainer| t.history().iter().map(|r| r.val_accuracy).collect::<Vec<_>>();
     eprintln!("val accuracy: eager {:?}, graph {:?}", acc(&eager), acc(&graphed));
+}
+
+/// [`graph_job`]'s run as the one rank of a data-parallel run over NCCL (a world of one,
+/// on the one GPU), its BatchNorms synchronised where `sync_batchnorm`.
+fn rank_of_one_job(name: &str, mode: &str, epochs: u32, sync_batchnorm: bool) -> Trainer {
+    let norm = plugin_lib("esper-norm");
+    let more = format!("\n[distributed]\nbackend = \"nccl\"\nsync_batchnorm = {sync_batchnorm}\n");
+    let config = graph_config(name, &norm, "norm", mode, epochs, "", &more);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let env = RankEnv {
+        rank: 0,
+        world_size: 1,
+        local_rank: 0,
+        master_addr: "127.0.0.1".into(),
+        master_port: port,
+        agent_store: false,
+    };
+    let mut t = Trainer::for_rank(config, Some(env)).unwrap();
+    t.run(&mut Silent).unwrap();
+    t
+}
+
+/// On ranks over NCCL the whole data-parallel step is captured: the gradient buckets'
+/// allreduces (started by the backward's hooks) and the synchronised BatchNorms'
+/// exchanges run inside the graph at each replay. A world of one rank (all one GPU
+/// allows) runs every collective, each leaving its values as they were: the run is the
+/// single process's, and with synchronised BatchNorms the replays are that rank's eager
+/// steps (cuDNN deterministic, as above).
+#[test]
+#[ignore = "needs CUDA: run scripts/test-gpu.sh"]
+fn data_parallel_steps_over_nccl_are_captured_in_cuda_graphs() {
+    gpu();
+    let _deterministic = Held::deterministic_cudnn();
+    let norm = plugin_lib("esper-norm");
+    let epochs = 4;
+    let single = graph_job("graph-single", &norm, "norm", "auto", epochs);
+    let ranked = rank_of_one_job("graph-rank", "auto", epochs, false);
+    let synced = rank_of_one_job("graph-rank-sync", "auto", epochs, true);
+    let synced_eager = rank_of_one_job("graph-rank-sync-eager", "off", epochs, true);
+    let stages = |t: &Trainer| t.history().iter().map(|r| r.slots[0].stage).collect::<Vec<_>>();
+    assert!(stages(&single).contains(&SeedStage::Blending), "{:?}", stages(&single));
+    for (what, t) in [("ranked", &ranked), ("synchronised", &synced)] {
+        let stats = t.graph_stats();
+        eprintln!("{what}: graph stats {stats:?}, last refusal: {:?}", t.last_graph_refusal());
+        assert_eq!(t.graphs_off(), None, "{what}");
+        assert_eq!(stats.refusals, 0, "{what}: {stats:?}");
+        assert!(stats.captures >= 3 && stats.replays > stats.eager_steps, "{what}: {stats:?}");
+        assert_eq!(stages(t), stages(&single), "{what}");
+    }
+    assert!(
+        ranked.graph_stats().last_graph_nodes > single.graph_stats().last_graph_nodes,
+        "the collectives and the buckets' copies are in the graph: {} nodes against {}",
+        ranked.graph_stats().last_graph_nodes,
+        single.graph_stats().last_graph_nodes
+    );
+    let ranked_diff = max_abs_diff(&state(&single), &state(&ranked));
+    let synced_diff = max_abs_diff(&state(&synced_eager), &state(&synced));
+    eprintln!("max |single - rank of one| = {ranked_diff:e}, max |sync eager - sync graph| = {synced_diff:e}");
+    assert!(ranked_diff <= 1e-5, "{ranked_diff:e}");
+    assert!(synced_diff <= 1e-5, "{synced_diff:e}");
 }
 
 #[test]

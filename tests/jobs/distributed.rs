@@ -1,5 +1,6 @@
 //! Data-parallel runs on the CPU with Gloo: ranks through `esper run --nproc`, through
-//! torchrun, and started by hand to kill one. Every rank compares its model with the
+//! torchrun, and started by hand to kill one (and, on a machine with two GPUs, over NCCL
+//! in CUDA graphs). Every rank compares its model with the
 //! others' after each epoch (slots, stages, alphas and a hash of every parameter's bytes)
 //! and the run stops if they differ, so a run that finishes ran in lockstep.
 
@@ -68,7 +69,7 @@ fn two_ranks_through_nproc_train_in_lockstep_on_half_the_data_each() {
     assert!(out.status.success(), "{stderr}");
     // Both ranks joined and compared their models every epoch (a difference ends the run).
     assert_eq!(stderr.matches("joined the other ranks").count(), 2, "{stderr}");
-    assert_eq!(stderr.matches("a data-parallel run: its steps are not captured").count(), 2, "{stderr}");
+    assert_eq!(stderr.matches("the device is Cpu, not CUDA").count(), 2, "{stderr}");
     let report = report(&dir);
     let s = stages(&report);
     assert!(s.contains(&"BLENDING".to_string()), "the seed went on in lockstep: {s:?}");
@@ -87,6 +88,34 @@ fn two_ranks_through_nproc_train_in_lockstep_on_half_the_data_each() {
     let resumed = self::report(&single);
     assert_eq!(resumed["epochs"].as_array().unwrap().len(), 2);
     assert_eq!(resumed["epochs"][1]["steps"], report["epochs"][0]["steps"], "epoch 2 on two ranks");
+}
+
+/// Two ranks over NCCL, each on its own GPU, their steps captured in CUDA graphs (the
+/// gradient allreduces and the synchronised BatchNorms' exchanges inside): the run ends
+/// with the ranks' models compared every epoch (bit for bit), the seed's lifecycle in
+/// lockstep, and steps replayed on both ranks.
+#[test]
+#[ignore = "needs two GPUs: run scripts/test-gpu.sh"]
+fn nccl_two_gpus_train_in_lockstep_in_cuda_graphs() {
+    let gpus = tch::Cuda::device_count();
+    assert!(gpus >= 2, "needs two CUDA devices, found {gpus}");
+    for sync in [false, true] {
+        let dir = temp_dir(&format!("dist-nccl-graphs-{sync}"));
+        let text = std::fs::read_to_string(job(&dir, 3, 120)).unwrap();
+        let text = text.replace("device = \"cpu\"", "device = \"cuda\"");
+        let text = text.replace("[distributed]\n", &format!("[distributed]\nsync_batchnorm = {sync}\n"));
+        let config = write_file(&dir, "run.toml", &text);
+        let log = "info,esper_runtime::train::graph=debug";
+        let out = esper().args(["run", "--nproc", "2"]).arg(&config).env("RUST_LOG", log).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(stderr.matches("CUDA graphs on").count(), 2, "{stderr}");
+        assert!(!stderr.contains("cuda_graph_refused"), "{stderr}");
+        // One capture per topology on each rank: the seed's stage changes twice at least.
+        assert!(stderr.matches("training step captured").count() >= 4, "{stderr}");
+        let report = report(&dir);
+        assert!(stages(&report).contains(&"BLENDING".to_string()), "{:?}", stages(&report));
+    }
 }
 
 /// bfloat16 mixed precision on two ranks, with synchronised BatchNorms (which take the

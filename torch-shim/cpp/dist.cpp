@@ -15,6 +15,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <atomic>
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -37,6 +38,18 @@ int fail(const EsperGroup *g, const char *what, const std::exception &e, char *e
 void finish(const EsperGroup *g, const c10::intrusive_ptr<c10d::Work> &work) {
     work->wait();
     if (g->device && g->device->is_cuda()) at::accelerator::synchronizeDevice(g->device->index());
+}
+
+// Whether esper_group_free aborts NCCL groups (see esper_groups_abort_on_free).
+std::atomic<bool> &abort_on_free() {
+    static std::atomic<bool> abort{false};
+    return abort;
+}
+
+// Starts a collective on `g` (see esper::dist::start).
+template <class Start>
+c10::intrusive_ptr<c10d::Work> start(const EsperGroup *g, Start start) {
+    return esper::dist::start(!g->device.has_value(), start);
 }
 
 std::vector<at::Tensor> tensors(EsperTensor *const *ts, size_t n) {
@@ -137,13 +150,23 @@ EsperGroup *esper_group_gloo(EsperStore *store, const char *prefix, int rank, in
     }
 }
 
+void esper_groups_abort_on_free(void) {
+    abort_on_free().store(true);
+}
+
 void esper_group_free(EsperGroup *g) {
     // A NCCL group is shut down first, as destroy_process_group() does (else c10d warns
-    // at exit that it was not); Gloo's needs nothing. A failure to shut down is reported,
-    // never thrown: the group is freed either way.
+    // at exit that it was not); Gloo's needs nothing. Once this process's ranks failed it
+    // is aborted instead: shutting down waits for its kernels, and one waiting for a peer
+    // that is gone (inside a CUDA graph no watchdog ends it) never finishes. A failure to
+    // shut down is reported, never thrown: the group is freed either way.
     if (g->device) {
         try {
-            g->backend->shutdown();
+            if (abort_on_free().load()) {
+                g->backend->abort();
+            } else {
+                g->backend->shutdown();
+            }
         } catch (const std::exception &e) {
             std::fprintf(stderr, "esper: shutting down the NCCL group of rank %d: %s\n", g->rank, esper::message(e));
         }
@@ -159,7 +182,7 @@ int esper_group_broadcast(EsperGroup *g, EsperTensor *const *ts, size_t n, int r
         options.rootRank = root;
         *collectives = bucketed(tensors(ts, n), bucket_bytes, [&](at::Tensor &t) {
             std::vector<at::Tensor> one{t};
-            finish(g, g->backend->broadcast(one, options));
+            finish(g, start(g, [&] { return g->backend->broadcast(one, options); }));
         });
         return 0;
     } catch (const std::exception &e) {
@@ -174,7 +197,7 @@ int esper_group_allreduce_sum(EsperGroup *g, EsperTensor *const *ts, size_t n, d
         options.reduceOp = c10d::ReduceOp::SUM;
         *collectives = bucketed(tensors(ts, n), bucket_bytes, [&](at::Tensor &t) {
             std::vector<at::Tensor> one{t};
-            finish(g, g->backend->allreduce(one, options));
+            finish(g, start(g, [&] { return g->backend->allreduce(one, options); }));
             // Gloo has no AVG: one scaling per bucket (not per tensor) makes the mean.
             if (scale != 1.0) t.mul_(scale);
         });
@@ -189,7 +212,7 @@ int esper_group_all_gather(EsperGroup *g, const EsperTensor *t, EsperTensor **ou
         std::vector<at::Tensor> input{t->contiguous()};
         std::vector<std::vector<at::Tensor>> outputs(1);
         for (int r = 0; r < g->size; ++r) outputs[0].push_back(at::empty_like(input[0]));
-        finish(g, g->backend->allgather(outputs, input));
+        finish(g, start(g, [&] { return g->backend->allgather(outputs, input); }));
         *out = new at::Tensor(at::stack(outputs[0]));
         return 0;
     } catch (const std::exception &e) {
@@ -201,7 +224,7 @@ int esper_group_barrier(EsperGroup *g, char *err, size_t len) {
     try {
         c10d::BarrierOptions options;
         if (g->device && g->device->is_cuda()) options.device_ids = {g->device->index()};
-        finish(g, g->backend->barrier(options));
+        finish(g, start(g, [&] { return g->backend->barrier(options); }));
         return 0;
     } catch (const std::exception &e) {
         return fail(g, "barrier", e, err, len);

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstddef>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -69,6 +70,26 @@ inline std::vector<std::vector<size_t>> buckets(const std::vector<at::Tensor> &t
         }
     }
     return out;
+}
+
+// Starts a collective: `start()` calls the backend, which queues the work and returns
+// it. Gloo's (`gloo`) are started one at a time in the process: c10d's flight recorder,
+// on by default, logs every collective started and, on a group's first one, adds the
+// group to a map before it takes its lock (libtorch 2.11,
+// FlightRecorder::recordWithResetEnabled), so two threads starting collectives at once
+// can corrupt it (ranks as threads of one process crashed in it). NCCL's are not
+// serialised: a group's first collective makes its communicator, which waits for every
+// rank's, and ranks sharing one process would wait on each other through the lock.
+inline std::mutex &start_lock() {
+    static std::mutex lock;
+    return lock;
+}
+
+template <class Start>
+c10::intrusive_ptr<c10d::Work> start(bool gloo, Start start) {
+    if (!gloo) return start();
+    std::lock_guard<std::mutex> guard(start_lock());
+    return start();
 }
 
 inline void check_ranks(int rank, int size) {

@@ -22,6 +22,14 @@
 // tensors; `abandon` (after a failed backward) launches and waits alike but writes no
 // gradient. Either way every rank runs the same collectives, so no peer is left waiting.
 //
+// Inside a CUDA graph capture (a NCCL group: its collectives are captured with the
+// backward, and run at each replay) a step ends with `finish` in its captured form,
+// which never reads the device from the host: a parameter this rank had no gradient for
+// keeps its `.grad` (a captured backward reaches the same parameters on every rank: the
+// graph has no data-dependent path). A capture that fails ends with `discard`: the
+// buckets' captured collectives are dropped, never waited for, and nothing is launched
+// (no collective ran; the ranks agree on the capture's outcome before any step runs).
+//
 // Each bucket's flat buffer is its gradients, then one presence flag per parameter (1
 // where this rank had its gradient): summed by the same allreduce, they say which
 // parameters had a gradient on some rank. Those get the mean in `.grad` on every rank
@@ -77,6 +85,7 @@ struct Bucket {
 
 struct State {
     c10::intrusive_ptr<c10d::Backend> backend;
+    bool gloo = true;  // a Gloo group (else NCCL)
     int rank = 0;
     int size = 1;
     double scale = 1.0;
@@ -124,7 +133,7 @@ struct State {
             c10d::AllreduceOptions options;
             options.reduceOp = c10d::ReduceOp::SUM;
             std::vector<at::Tensor> one{bucket.flat};
-            bucket.work = backend->allreduce(one, options);
+            bucket.work = esper::dist::start(gloo, [&] { return backend->allreduce(one, options); });
         } catch (const std::exception &e) {
             note(std::string("launching bucket ") + std::to_string(b) + ": " + esper::message(e));
         }
@@ -167,12 +176,12 @@ struct State {
     }
 
     // The mean of bucket `b` into the `.grad` of each parameter some rank had a gradient
-    // for (see the top of this file).
-    void write_back(Bucket &bucket) {
+    // for (see the top of this file); `captured`: of each this rank had one for.
+    void write_back(Bucket &bucket, bool captured) {
         auto data = bucket.flat.narrow(0, 0, bucket.data);
         if (scale != 1.0) data.mul_(scale);  // Gloo has no AVG: one scaling per bucket
         bool all_here = true;
-        for (size_t i : bucket.params) all_here = all_here && had[i];
+        for (size_t i : bucket.params) all_here = all_here && (had[i] || captured);
         at::Tensor flags;  // read only where this rank lacked a gradient
         if (!all_here) {
             flags = bucket.flat.narrow(0, bucket.data, static_cast<int64_t>(bucket.params.size()))
@@ -182,7 +191,7 @@ struct State {
         for (size_t pos = 0; pos < bucket.params.size(); ++pos) {
             size_t i = bucket.params[pos];
             at::Tensor &param = params[i];
-            if (!had[i] && flags[static_cast<int64_t>(pos)].item<float>() <= 0.0f) continue;
+            if (!had[i] && (captured || flags[static_cast<int64_t>(pos)].item<float>() <= 0.0f)) continue;
             if (!param.grad().defined()) {
                 param.mutable_grad() = at::empty_like(param, at::MemoryFormat::Preserve);
             }
@@ -192,12 +201,18 @@ struct State {
         if (!grads.empty()) at::_foreach_copy_(grads, means);
     }
 
-    // The end of a step: the rest of the buckets launched, all waited for, the means
-    // written back unless `abandon` or the step failed; disarmed. Returns the step's
-    // error (empty: none) and sets `*collectives`.
-    std::string end(bool abandon, size_t *collectives) {
+    // The end of a step (see the top of this file): the rest of the buckets launched,
+    // all waited for, the means written back unless abandoned or the step failed;
+    // disarmed. Returns the step's error (empty: none) and sets `*collectives`.
+    std::string end(EsperGradSyncEnd how, size_t *collectives) {
         std::lock_guard<std::mutex> lock(mutex);
         if (!armed) note("finish or abandon without begin (no gradient was collected)");
+        if (how == ESPER_GRAD_SYNC_DISCARD) {
+            for (auto &bucket : buckets) bucket.work.reset();
+            *collectives = launched;
+            reset();
+            return {};
+        }
         while (next < buckets.size()) launch(next++);
         for (size_t b = 0; b < buckets.size(); ++b) {
             auto &work = buckets[b].work;
@@ -211,10 +226,10 @@ struct State {
             }
             work.reset();
         }
-        if (!abandon && error.empty()) {
+        if (how != ESPER_GRAD_SYNC_ABANDON && error.empty()) {
             try {
                 at::NoGradGuard no_grad;
-                for (auto &bucket : buckets) write_back(bucket);
+                for (auto &bucket : buckets) write_back(bucket, how == ESPER_GRAD_SYNC_FINISH_CAPTURED);
             } catch (const std::exception &e) {
                 note(std::string("writing the averaged gradients back: ") + esper::message(e));
             }
@@ -285,6 +300,7 @@ EsperGradSync *esper_grad_sync_new(EsperGroup *g, EsperTensor *const *params, si
         TORCH_CHECK(scale > 0.0 && std::isfinite(scale), "a scale must be positive and finite, not ", scale);
         auto state = std::make_shared<State>();
         state->backend = g->backend;
+        state->gloo = !g->device.has_value();
         state->rank = g->rank;
         state->size = g->size;
         state->scale = scale;
@@ -354,11 +370,13 @@ size_t esper_grad_sync_launched(EsperGradSync *s) {
     }
 }
 
-int esper_grad_sync_finish(EsperGradSync *s, int abandon, size_t *collectives, char *err, size_t len) {
+int esper_grad_sync_finish(EsperGradSync *s, EsperGradSyncEnd how, size_t *collectives, char *err, size_t len) {
     State &state = *s->state;
     std::string error;
     try {
-        error = state.end(abandon != 0, collectives);
+        TORCH_CHECK(how >= ESPER_GRAD_SYNC_FINISH && how <= ESPER_GRAD_SYNC_DISCARD, "no way to end a step numbered ",
+                    static_cast<int>(how));
+        error = state.end(how, collectives);
     } catch (const std::exception &e) {
         error = esper::message(e);
     }

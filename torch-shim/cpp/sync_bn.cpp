@@ -68,7 +68,7 @@ struct SyncBatchNorm : torch::autograd::Function<SyncBatchNorm> {
         std::vector<at::Tensor> input{local};
         std::vector<std::vector<at::Tensor>> gathered(1);
         for (int r = 0; r < g->size; ++r) gathered[0].push_back(at::empty_like(local));
-        g->backend->allgather(gathered, input)->wait();
+        esper::dist::start(!g->device, [&] { return g->backend->allgather(gathered, input); })->wait();
         const at::Tensor all = at::stack(gathered[0]);
         const at::Tensor means = all.narrow(1, 0, C), vars = all.narrow(1, C, C), counts = all.narrow(1, 2 * C, 1);
         const at::Tensor total = counts.sum();  // a tensor: no wait for the device here
@@ -108,7 +108,8 @@ struct SyncBatchNorm : torch::autograd::Function<SyncBatchNorm> {
         std::vector<at::Tensor> sums{at::cat({sum_dy, sum_dy_xhat})};
         c10d::AllreduceOptions options;
         options.reduceOp = c10d::ReduceOp::SUM;
-        backend_of(ctx)->allreduce(sums, options)->wait();
+        const auto backend = backend_of(ctx);
+        esper::dist::start(x.is_cpu(), [&] { return backend->allreduce(sums, options); })->wait();
         const at::Tensor mean_dy = sums[0].narrow(0, 0, C) / total, mean_dy_xhat = sums[0].narrow(0, C, C) / total;
         // dx = (dy - mean_dy - x-hat * mean_dy_xhat) * invstd * w, as
         // dy * a + (x - mean) * b + c with per-channel a, b, c: three passes over x.

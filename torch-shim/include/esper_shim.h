@@ -87,6 +87,9 @@ void esper_store_free(EsperStore *store);
 EsperGroup *esper_group_gloo(EsperStore *store, const char *prefix, int rank, int size, double timeout_s, char *err,
                              size_t len);
 void esper_group_free(EsperGroup *g);
+/* From now on, a NCCL group freed is aborted (its kernels waiting for a peer end at once)
+ * rather than shut down (which waits for them to finish): for a process whose ranks failed. */
+void esper_groups_abort_on_free(void);
 int esper_group_broadcast(EsperGroup *g, EsperTensor *const *ts, size_t n, int root, size_t bucket_bytes,
                           size_t *collectives, char *err, size_t len);
 /* Each tensor of `ts` becomes its sum over the ranks times `scale` (1 / size: the mean). */
@@ -111,16 +114,25 @@ int esper_sync_batch_norm(EsperGroup *g, const EsperTensor *x, const EsperTensor
  * a bucket's allreduce is launched as soon as its gradients and the earlier buckets are
  * ready; `finish` launches the rest, waits for all and writes each `.grad` as the sum
  * over the ranks times `scale` (a parameter without a gradient on this rank adds zeros;
- * one without a gradient on every rank keeps its `.grad`); `abandon` (nonzero) does the
- * same collectives and writes no gradient. `*collectives` gets the number run. Freeing
- * removes the hooks. `esper_grad_post_hooks`: the post hooks on `t`'s gradient
- * accumulator, -1 where it has none alive. */
+ * one without a gradient on every rank keeps its `.grad`); `ABANDON` does the same
+ * collectives and writes no gradient; `FINISH_CAPTURED` is `FINISH` inside a CUDA graph
+ * capture (no host read: a parameter without a gradient on this rank keeps its `.grad`);
+ * `DISCARD` ends a failed capture (no collective launched or waited for, nothing
+ * written). `*collectives` gets the number run. Freeing removes the hooks.
+ * `esper_grad_post_hooks`: the post hooks on `t`'s gradient accumulator, -1 where it has
+ * none alive. */
 typedef struct EsperGradSync EsperGradSync;
+typedef enum EsperGradSyncEnd {
+    ESPER_GRAD_SYNC_FINISH = 0,
+    ESPER_GRAD_SYNC_ABANDON = 1,
+    ESPER_GRAD_SYNC_FINISH_CAPTURED = 2,
+    ESPER_GRAD_SYNC_DISCARD = 3,
+} EsperGradSyncEnd;
 EsperGradSync *esper_grad_sync_new(EsperGroup *g, EsperTensor *const *params, size_t n, size_t bucket_bytes,
                                    double scale, size_t *buckets, char *err, size_t len);
 int esper_grad_sync_begin(EsperGradSync *s, char *err, size_t len);
 size_t esper_grad_sync_launched(EsperGradSync *s);
-int esper_grad_sync_finish(EsperGradSync *s, int abandon, size_t *collectives, char *err, size_t len);
+int esper_grad_sync_finish(EsperGradSync *s, EsperGradSyncEnd how, size_t *collectives, char *err, size_t len);
 void esper_grad_sync_free(EsperGradSync *s);
 int esper_grad_post_hooks(const EsperTensor *t);
 

@@ -352,6 +352,15 @@ impl ProcessGroup {
     }
 }
 
+/// Marks this process's ranks as failed: from now on a NCCL group dropped is aborted, its
+/// kernels waiting for a peer ended at once, instead of shut down, which waits for them
+/// to finish (and never returns where a peer is gone and no watchdog ends the wait, as
+/// inside a CUDA graph). For every group of the process, once and for good.
+pub fn abort_groups_on_drop() {
+    // SAFETY: no arguments; it sets an atomic flag in the shim.
+    unsafe { crate::sys::esper_groups_abort_on_free() }
+}
+
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
         // SAFETY: `self.ptr` came from `esper_group_*` and is freed once, here.
@@ -684,6 +693,17 @@ mod tests {
             }
         }
 
+        /// The same layer on `device`.
+        #[cfg(esper_cuda)]
+        fn on(self, device: Device) -> Self {
+            Self {
+                weight: self.weight.detach().to_device(device).set_requires_grad(true),
+                bias: self.bias.detach().to_device(device).set_requires_grad(true),
+                mean: self.mean.to_device(device),
+                var: self.var.to_device(device),
+            }
+        }
+
         fn params(&self) -> BatchNormParams<'_> {
             let (running_mean, running_var) = (&self.mean, &self.var);
             BatchNormParams {
@@ -826,14 +846,8 @@ mod tests {
     fn nccl_sync_batch_norm_on_one_gpu_is_libtorchs_batch_norm() {
         let (_store, g) = nccl_group_of_one();
         let cuda = Device::Cuda(0);
-        let on_gpu = |bn: Bn| Bn {
-            weight: bn.weight.detach().to_device(cuda).set_requires_grad(true),
-            bias: bn.bias.detach().to_device(cuda).set_requires_grad(true),
-            mean: bn.mean.to_device(cuda),
-            var: bn.var.to_device(cuda),
-        };
         let x = rank_input(1).detach().to_device(cuda).set_requires_grad(true);
-        let (ours, theirs) = (on_gpu(Bn::new(4)), on_gpu(Bn::new(4)));
+        let (ours, theirs) = (Bn::new(4).on(cuda), Bn::new(4).on(cuda));
         let y = g.sync_batch_norm(&x, &ours.params()).unwrap();
         y.square().sum(Kind::Float).backward();
         let gx = x.grad().copy();
@@ -855,5 +869,64 @@ mod tests {
         // A CPU tensor on a NCCL group is refused, with where it should be.
         let e = g.sync_batch_norm(&rank_input(0), &Bn::new(4).params()).unwrap_err().to_string();
         assert!(e.contains("live on cuda:0"), "{e}");
+    }
+
+    /// A training step captured in a CUDA graph on a NCCL group of one: the synchronised
+    /// BatchNorm's exchanges and the gradient buckets' allreduces are captured with the
+    /// backward and run at each replay. The gradients are the sum over the group times 2
+    /// (so a replay that left out the write-back would show), checked against libtorch's
+    /// BatchNorm on each replay's new input.
+    #[test]
+    #[cfg(esper_cuda)]
+    #[ignore = "needs CUDA: scripts/test-gpu.sh"]
+    fn nccl_grad_sync_and_sync_batch_norm_replay_in_a_cuda_graph() {
+        use crate::graph::{Capture, CudaStream, SideStream};
+        let (_store, g) = nccl_group_of_one();
+        let cuda = Device::Cuda(0);
+        let stream = CudaStream::new(0).unwrap();
+        let _side = SideStream::enter(&stream).unwrap();
+        let (ours, theirs) = (Bn::new(4).on(cuda), Bn::new(4).on(cuda));
+        let scale = (Tensor::arange(4, (Kind::Float, cuda)) * 0.3 + 0.5).reshape([1, 4, 1, 1]);
+        let (w, w_ref) = (scale.copy().set_requires_grad(true), scale.copy().set_requires_grad(true));
+        let x = rank_input(0).detach().to_device(cuda);
+        let params = [&w, &ours.weight, &ours.bias];
+        let mut sync = GradSync::with_scale(&g, &params, 64, 2.0).unwrap();
+        let step = || (g.sync_batch_norm(&x, &ours.params()).unwrap() * &w).square().sum(Kind::Float).backward();
+        // An eager step first, as the trainer's warm-up (NCCL's communicator is made on
+        // first use, which a capture cannot do).
+        sync.begin().unwrap();
+        step();
+        sync.finish().unwrap();
+        theirs.mean.shallow_clone().copy_(&ours.mean);
+        theirs.var.shallow_clone().copy_(&ours.var);
+        crate::clear_grads(&params).unwrap();
+        let capture = Capture::begin().unwrap();
+        sync.begin().unwrap();
+        step();
+        let collectives = sync.finish_captured().unwrap();
+        let graph = capture.end().unwrap();
+        assert!(collectives >= 1, "the buckets' allreduces were captured");
+        let cpu = |t: &Tensor| t.to_device(Device::Cpu);
+        for k in 1..=2 {
+            x.shallow_clone().copy_(&rank_input(k).to_device(cuda));
+            graph.replay().unwrap();
+            crate::clear_grads(&[&w_ref, &theirs.weight, &theirs.bias]).unwrap();
+            (theirs.libtorch(&x) * &w_ref).square().sum(Kind::Float).backward();
+            close(&cpu(&w.grad()), &cpu(&(w_ref.grad() * 2.0)), "scale gradient");
+            close(&cpu(&ours.weight.grad()), &cpu(&(theirs.weight.grad() * 2.0)), "BatchNorm weight gradient");
+            close(&cpu(&ours.bias.grad()), &cpu(&(theirs.bias.grad() * 2.0)), "BatchNorm bias gradient");
+            close(&cpu(&ours.mean), &cpu(&theirs.mean), "running mean");
+            close(&cpu(&ours.var), &cpu(&theirs.var), "running variance");
+        }
+        // A capture that fails is discarded: nothing launched or waited for, and the next
+        // step works.
+        let capture = Capture::begin().unwrap();
+        sync.begin().unwrap();
+        step();
+        sync.discard().unwrap();
+        drop(capture);
+        sync.begin().unwrap();
+        step();
+        sync.finish().unwrap();
     }
 }

@@ -121,6 +121,7 @@ extern "C" {
         len: usize,
     ) -> *mut EsperGroup;
     pub fn esper_group_free(g: *mut EsperGroup);
+    pub fn esper_groups_abort_on_free();
     pub fn esper_group_broadcast(
         g: *mut EsperGroup,
         ts: *const *mut C_tensor,
@@ -164,6 +165,16 @@ extern "C" {
     ) -> c_int;
 }
 
+/// How a [`GradSync`](crate::dist::GradSync) step ends (`EsperGradSyncEnd`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GradSyncEnd {
+    Finish = 0,
+    Abandon = 1,
+    FinishCaptured = 2,
+    Discard = 3,
+}
+
 // Every build: cpp/grad_sync.cpp.
 extern "C" {
     pub fn esper_grad_sync_new(
@@ -180,7 +191,7 @@ extern "C" {
     pub fn esper_grad_sync_launched(s: *mut EsperGradSync) -> usize;
     pub fn esper_grad_sync_finish(
         s: *mut EsperGradSync,
-        abandon: c_int,
+        how: GradSyncEnd,
         collectives: *mut usize,
         err: *mut c_char,
         len: usize,
@@ -302,6 +313,7 @@ mod tests {
             "EsperStore" => "EsperStore",
             "EsperGroup" => "EsperGroup",
             "EsperGradSync" => "EsperGradSync",
+            "GradSyncEnd" => "EsperGradSyncEnd",
             "EsperAutocastState" => "EsperAutocastState",
             other => return Err(format!("a Rust type the check does not know: {other}")),
         })

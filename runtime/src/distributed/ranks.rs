@@ -109,6 +109,8 @@ pub struct Ranks {
     gradients: RefCell<Option<(u64, GradSync)>>,
     /// Whether the gradient exchange is armed (begun, not yet finished).
     exchanging: Cell<bool>,
+    /// Whether the run's collectives are NCCL's (which a CUDA graph can capture).
+    nccl: bool,
 }
 
 impl Ranks {
@@ -154,6 +156,7 @@ impl Ranks {
             timeout_s,
             gradients: RefCell::new(None),
             exchanging: Cell::new(false),
+            nccl: matches!(backend, dist::Backend::Nccl { .. }),
         })
     }
 
@@ -168,6 +171,15 @@ impl Ranks {
     /// Rank 0: the one that decides, writes checkpoints and reports.
     pub fn leads(&self) -> bool {
         self.env.rank == 0
+    }
+
+    /// Why this run's training steps cannot be captured in CUDA graphs, if they cannot:
+    /// a graph captures NCCL's collectives, not Gloo's (which go through the host).
+    pub fn why_not_captured(&self) -> Option<&'static str> {
+        (!self.nccl).then_some(
+            "the ranks talk through Gloo, whose collectives a CUDA graph cannot capture ([distributed] backend = \
+             \"auto\" or \"nccl\" on CUDA)",
+        )
     }
 
     /// The process group for synchronised BatchNorm statistics, where `[distributed]
@@ -186,13 +198,19 @@ impl Ranks {
         &self.control
     }
 
+    /// A collective's failure as the run's error. The run ends: this process's NCCL
+    /// groups are aborted when dropped, not drained (a kernel may wait for a peer that is
+    /// gone).
     fn failed(&self, what: &'static str) -> impl FnOnce(ShimError) -> DistError + '_ {
-        move |source| DistError::Collective {
-            rank: self.env.rank,
-            world: self.env.world_size,
-            what,
-            timeout_s: self.timeout_s,
-            source,
+        move |source| {
+            dist::abort_groups_on_drop();
+            DistError::Collective {
+                rank: self.env.rank,
+                world: self.env.world_size,
+                what,
+                timeout_s: self.timeout_s,
+                source,
+            }
         }
     }
 
@@ -245,13 +263,34 @@ impl Ranks {
     /// (after this) discards it on every rank. Once per step: a second call does nothing
     /// (a backward after it, such as one to find a failing seed, exchanges nothing).
     pub fn finish_gradients(&self, kept: bool) -> Result<(), DistError> {
+        let end = if kept { GradSync::finish } else { GradSync::abandon };
+        self.end_gradients(end, "averaging the gradients")
+    }
+
+    /// Ends the step's gradient exchange inside a CUDA graph capture: the buckets'
+    /// collectives, the waits and the means written into the gradients are captured with
+    /// the backward, and run at each replay (see `GradSync::finish_captured`).
+    pub fn finish_gradients_captured(&self) -> Result<(), DistError> {
+        self.end_gradients(GradSync::finish_captured, "capturing the gradient exchange")
+    }
+
+    /// Ends, without any exchange, a gradient exchange armed for a capture that failed
+    /// (no collective ran: a capture runs nothing). Nothing to do where none is armed.
+    pub fn discard_gradients(&self) -> Result<(), DistError> {
+        self.end_gradients(GradSync::discard, "discarding a captured gradient exchange")
+    }
+
+    fn end_gradients(
+        &self,
+        end: fn(&mut GradSync) -> Result<usize, ShimError>,
+        what: &'static str,
+    ) -> Result<(), DistError> {
         if !self.exchanging.replace(false) {
             return Ok(());
         }
         let mut cache = self.gradients.borrow_mut();
         let (_, sync) = cache.as_mut().ok_or(DistError::Internal("the gradient exchange"))?;
-        let done = if kept { sync.finish() } else { sync.abandon() };
-        done.map(drop).map_err(self.failed("averaging the gradients"))
+        end(sync).map(drop).map_err(self.failed(what))
     }
 
     /// Every rank's seed faults of this step, `local` (this rank's) among them: each

@@ -100,7 +100,13 @@ impl BatchNormSync {
             return None;
         }
         let result = self.group.lock().ok()?.sync_batch_norm(x, &params);
-        result.map_err(|e| *failure = Some(e)).ok()
+        result
+            .map_err(|e| {
+                // The run ends: the groups are aborted, not drained (see `abort_groups_on_drop`).
+                esper_torch_shim::dist::abort_groups_on_drop();
+                *failure = Some(e)
+            })
+            .ok()
     }
 }
 

@@ -24,7 +24,17 @@
 //!   cannot be captured, a host sync) is not blamed: the capture is abandoned and that
 //!   topology runs eagerly, the reason logged; the eager step then judges the seed.
 //! * **Where it falls back.** The CPU, `cuda_graph = "off"`, a build without CUDA graph
-//!   support, a batch of another shape (the last, partial one): eager steps, as before.
+//!   support, a batch of another shape (the last, partial one), a multi-process run whose
+//!   ranks talk through Gloo: eager steps, as before.
+//! * **On ranks** (a multi-process run on NCCL), the graph holds the whole data-parallel
+//!   step: the gradient buckets' allreduces, started by the backward's hooks, and the
+//!   synchronised BatchNorms' exchanges are captured with the kernels around them, on
+//!   NCCL's own stream, and run at each replay. A capture runs no collective, so the
+//!   ranks agree on its outcome before anything runs: if any rank's capture failed,
+//!   every rank drops its graph and runs that topology eagerly, so every rank always runs
+//!   the same collectives in the same order. Before each replay the ranks agree on a stop
+//!   (as the eager step does after its backward), on the CPU group, so a stop asked of one
+//!   rank ends every rank at the same step.
 //!
 //! The epoch's loss and accuracy sums are added inside the graph, into accumulators the
 //! run keeps (zeroed each epoch); a rollback puts them back with the rest of the state
@@ -90,12 +100,12 @@ pub(super) struct StepGraphs {
 }
 
 impl StepGraphs {
-    /// Graphs as `mode` asks on `device`; off, for `data_parallel`, in a run of several
-    /// ranks (its collectives are not captured: every step runs eagerly).
-    pub fn new(mode: CudaGraphMode, device: Device, data_parallel: bool) -> Self {
+    /// Graphs as `mode` asks on `device`; off where `not_captured` says why (a run of
+    /// several ranks whose collectives a graph cannot capture).
+    pub fn new(mode: CudaGraphMode, device: Device, not_captured: Option<&str>) -> Self {
         let stream = match (mode, device) {
-            _ if data_parallel => Err("a data-parallel run: its steps are not captured".to_string()),
             (CudaGraphMode::Off, _) => Err("off in the config ([training] cuda_graph = \"off\")".to_string()),
+            (_, Device::Cuda(_)) if not_captured.is_some() => Err(not_captured.unwrap_or_default().to_string()),
             (_, Device::Cpu | Device::Mps | Device::Vulkan) => Err(format!("the device is {device:?}, not CUDA")),
             (CudaGraphMode::Auto, Device::Cuda(index)) => CudaStream::new(index).map_err(|e| e.to_string()),
         };
@@ -206,7 +216,8 @@ impl Trainer {
             self.graphs.warm += 1;
             return self.eager_step(x, y, capture, totals, events);
         }
-        match self.capture(x, y, totals) {
+        let captured = self.capture(x, y, totals);
+        match self.agree_on_capture(captured)? {
             Ok(()) => self.replay(x, y, capture, totals, events),
             Err(why) => {
                 tracing::warn!(event = "cuda_graph_refused", reason = %why, "capturing the training step failed: this topology runs eagerly");
@@ -216,6 +227,23 @@ impl Trainer {
                 self.eager_step(x, y, capture, totals, events)
             }
         }
+    }
+
+    /// In a multi-process run, whether every rank captured the step: where one did not,
+    /// the others drop their graph too (with why), so every rank runs the same
+    /// collectives; a capture runs none, so none is pending. A single process's outcome
+    /// is as it is.
+    fn agree_on_capture(&mut self, captured: Result<(), String>) -> Result<Result<(), String>> {
+        let Some(ranks) = &self.ranks else { return Ok(captured) };
+        if ranks.on_all(captured.is_ok())? {
+            return Ok(captured);
+        }
+        if captured.is_ok() {
+            self.graphs.current = None;
+            self.graphs.stats.captures -= 1;
+            return Ok(Err("another rank could not capture this step (its log says why)".into()));
+        }
+        Ok(captured)
     }
 
     fn eager_step(
@@ -238,10 +266,27 @@ impl Trainer {
         let inputs = x.f_detach_copy().and_then(|x| Ok((x, y.f_detach_copy()?))).map_err(|e| e.to_string())?;
         self.model.sync_alpha().map_err(|e| e.to_string())?;
         let counts = self.optimizer_counts();
-        let capture = shim::Capture::begin().map_err(|e| e.to_string())?;
+        if let Some(ranks) = &self.ranks {
+            // Armed before the capture: a first arming after a change lists the tensors and
+            // makes the buckets, whose memory must not come from the graph's pool.
+            ranks.begin_gradients(&self.model).map_err(|e| crate::error::chain(&e))?;
+        }
+        let capture = shim::Capture::begin().map_err(|e| e.to_string());
+        let capture = match (capture, &self.ranks) {
+            (Err(e), Some(ranks)) => {
+                ranks.discard_gradients().map_err(|e| crate::error::chain(&e))?;
+                return Err(e);
+            }
+            (capture, _) => capture?,
+        };
         let attempt =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.captured_step(&inputs.0, &inputs.1, totals)))
                 .unwrap_or_else(|payload| Err(esper_plugin_api::panic_message(payload.as_ref())));
+        if let Some(ranks) = &self.ranks {
+            // A step that failed before its exchange's end: the captured collectives go
+            // with the capture (after a captured end this does nothing).
+            ranks.discard_gradients().map_err(|e| crate::error::chain(&e))?;
+        }
         let outcome = attempt.and_then(|outputs| capture.end().map(|g| (g, outputs)).map_err(|e| e.to_string()));
         self.set_optimizer_counts(&counts);
         let (graph, ()) = outcome.map_err(|e| crate::torch_error::summary(&e))?;
@@ -263,12 +308,19 @@ impl Trainer {
     /// as computed, where zeroed ones would take a kernel and an add per parameter. They
     /// stay the parameters' gradients after capture (each replay rewrites them), and an
     /// eager step between replays (a partial batch) zeroes and fills these same tensors.
+    ///
+    /// On ranks, the gradient exchange armed before the capture ends inside it (its
+    /// collectives captured), and the forward is the training step's, which exchanges the
+    /// synchronised BatchNorms' statistics.
     fn captured_step(&mut self, x: &Tensor, y: &Tensor, totals: &Totals) -> Result<(), String> {
-        let logits = self.model.forward(x, true).map_err(|e| crate::error::chain(&e))?;
+        let logits = self.model.forward_step(x).map_err(|e| crate::error::chain(&e))?;
         let loss = cross_entropy(&logits, y).map_err(|e| e.to_string())?;
         let had: Vec<Vec<bool>> =
             self.optimizers_mut().map(Optimizer::clear_grads).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
         self.watched_backward(&loss).map_err(|e| e.to_string())?;
+        if let Some(ranks) = &self.ranks {
+            ranks.finish_gradients_captured().map_err(|e| crate::error::chain(&e))?;
+        }
         for (opt, had) in self.optimizers_mut().zip(&had) {
             opt.zero_missing_grads(had).map_err(|e| e.to_string())?;
         }
@@ -303,6 +355,13 @@ impl Trainer {
         totals: &mut Totals,
         events: &mut Vec<LifecycleEvent>,
     ) -> Result<()> {
+        if let Some(ranks) = &self.ranks {
+            // A stop asked of any rank stops them all here, before the step, as the eager
+            // step's agreement does after its backward.
+            if ranks.agree_on_step(Vec::new(), self.stop.requested().is_some())?.1 {
+                return Err(super::Stopped.into());
+            }
+        }
         let c = self.graphs.current.as_ref().ok_or(TrainError::Internal("no graph to replay"))?;
         c.x.shallow_clone().f_copy_(x)?;
         c.y.shallow_clone().f_copy_(y)?;

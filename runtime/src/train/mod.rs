@@ -164,9 +164,17 @@ fn decision_maker(
 }
 
 impl Trainer {
-    /// Loads the plugins and data and builds the model of `config`.
+    /// Loads the plugins and data and builds the model of `config`; a rank of a
+    /// multi-process run where torchrun's variables say so ([`RankEnv::from_env`]).
     pub fn new(config: RunConfig) -> Result<Self> {
         let rank_env = RankEnv::from_env().map_err(DistError::Env)?;
+        Self::for_rank(config, rank_env)
+    }
+
+    /// [`Trainer::new`] as rank `rank_env` of a multi-process run (`None`: a single
+    /// process), whatever the environment says. A world of one rank is a data-parallel run
+    /// of one process: its groups have one member and its steps run every collective.
+    pub fn for_rank(config: RunConfig, rank_env: Option<RankEnv>) -> Result<Self> {
         let device = match (config.device.resolve()?, &rank_env) {
             // Each rank of a CUDA run on its own GPU.
             (Device::Cuda(_), Some(env)) => Device::Cuda(env.local_rank),
@@ -204,7 +212,11 @@ impl Trainer {
             seed_opts: BTreeMap::new(),
             controller,
             history: Vec::new(),
-            graphs: graph::StepGraphs::new(config.training.cuda_graph, device, ranks.is_some()),
+            graphs: graph::StepGraphs::new(
+                config.training.cuda_graph,
+                device,
+                ranks.as_ref().and_then(Ranks::why_not_captured),
+            ),
             config,
             device,
             guard: step::StepGuard::default(),

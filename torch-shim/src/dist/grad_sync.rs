@@ -13,7 +13,7 @@
 use super::{handle, ProcessGroup};
 use crate::sys::{
     esper_grad_sync_begin, esper_grad_sync_finish, esper_grad_sync_free, esper_grad_sync_launched, esper_grad_sync_new,
-    EsperGradSync,
+    EsperGradSync, GradSyncEnd,
 };
 use crate::{call, handles, ShimError};
 use std::ptr::NonNull;
@@ -101,7 +101,23 @@ impl GradSync {
     /// bucket). Err where a collective or a hook failed: every collective was still
     /// started and waited for, no `.grad` was written; the step is to be discarded.
     pub fn finish(&mut self) -> Result<usize, ShimError> {
-        self.end(false)
+        self.end(GradSyncEnd::Finish)
+    }
+
+    /// [`GradSync::finish`] inside a CUDA graph capture on a NCCL group: the buckets'
+    /// collectives, the waits and the writes into `.grad` are captured (they run at each
+    /// replay), and nothing is read from the device. A parameter this rank had no
+    /// gradient for keeps its `.grad`: a captured backward has no data-dependent path, so
+    /// it reaches the same parameters on every rank.
+    pub fn finish_captured(&mut self) -> Result<usize, ShimError> {
+        self.end(GradSyncEnd::FinishCaptured)
+    }
+
+    /// Ends a step whose capture failed: the collectives captured so far are dropped
+    /// (a capture runs none), none is started or waited for, no `.grad` is written.
+    /// The ranks must agree that the capture failed before any of them runs a step.
+    pub fn discard(&mut self) -> Result<usize, ShimError> {
+        self.end(GradSyncEnd::Discard)
     }
 
     /// After a forward or backward that failed (or any step to discard): starts the
@@ -110,16 +126,15 @@ impl GradSync {
     /// collectives run. The peers' `finish` succeeds and averages a partial gradient of
     /// this rank: the caller's own exchange (which step to discard) must tell them.
     pub fn abandon(&mut self) -> Result<usize, ShimError> {
-        self.end(true)
+        self.end(GradSyncEnd::Abandon)
     }
 
-    fn end(&mut self, abandon: bool) -> Result<usize, ShimError> {
+    fn end(&mut self, how: GradSyncEnd) -> Result<usize, ShimError> {
         let mut collectives = 0;
-        // SAFETY: `self.ptr` is a live handle; `collectives` a live usize the shim
-        // writes; exceptions are caught in the shim.
-        call(|err, len| unsafe {
-            esper_grad_sync_finish(self.ptr.as_ptr(), i32::from(abandon), &mut collectives, err, len)
-        })?;
+        // SAFETY: `self.ptr` is a live handle; `how` is one of the enum's values (the C
+        // side checks the range too); `collectives` a live usize the shim writes;
+        // exceptions are caught in the shim.
+        call(|err, len| unsafe { esper_grad_sync_finish(self.ptr.as_ptr(), how, &mut collectives, err, len) })?;
         Ok(collectives)
     }
 }
