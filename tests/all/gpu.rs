@@ -411,7 +411,9 @@ fn data_parallel_steps_over_nccl_are_captured_in_cuda_graphs() {
         eprintln!("{what}: graph stats {stats:?}, last refusal: {:?}", t.last_graph_refusal());
         assert_eq!(t.graphs_off(), None, "{what}");
         assert_eq!(stats.refusals, 0, "{what}: {stats:?}");
-        assert!(stats.captures >= 3 && stats.replays > stats.eager_steps, "{what}: {stats:?}");
+        // One capture per topology, as the single process.
+        assert_eq!(stats.captures, single.graph_stats().captures, "{what}: {stats:?}");
+        assert!(stats.captures >= 2 && stats.replays > stats.eager_steps, "{what}: {stats:?}");
         assert_eq!(stages(t), stages(&single), "{what}");
     }
     assert!(

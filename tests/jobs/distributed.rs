@@ -342,6 +342,9 @@ fn a_seed_at_fault_on_one_rank_is_pruned_on_every_rank() {
         // in the backward, is completed with zeros so that rank 0's ends.
         ("backward-error", "backward_error", true, false),
         ("wrong-dtype", "wrong_dtype", true, true),
+        // With synchronised BatchNorms, rank 0's backward waits in the BatchNorms'
+        // exchanges: rank 1 makes those its failed backward did not, with zeros.
+        ("backward-error", "backward_error", true, true),
     ];
     for (blueprint, code, names_rank, sync) in cases {
         let dir = temp_dir(&format!("dist-fault-{blueprint}-{sync}"));

@@ -132,7 +132,7 @@ void esper_store_free(EsperStore *store) {
 
 EsperGroup *esper_group_gloo(EsperStore *store, const char *prefix, int rank, int size, double timeout_s, char *err,
                              size_t len) {
-    EsperGroup tmp{{}, rank, size, std::nullopt};
+    EsperGroup tmp{{}, rank, size, std::nullopt, {}};
     try {
         esper::dist::check_ranks(rank, size);
         auto ms = timeout(timeout_s);
@@ -143,6 +143,7 @@ EsperGroup *esper_group_gloo(EsperStore *store, const char *prefix, int rank, in
         options->timeout = ms;
         tmp.backend = c10::make_intrusive<c10d::ProcessGroupGloo>(esper::dist::prefixed(store, prefix), rank, size,
                                                                   options);
+        tmp.owed = c10::make_intrusive<esper::dist::Owed>(tmp.backend);
         return new EsperGroup(std::move(tmp));
     } catch (const std::exception &e) {
         fail(&tmp, "joining a Gloo process group", e, err, len);

@@ -6,6 +6,7 @@
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/Store.hpp>
+#include <ATen/core/ivalue.h>
 
 #include <chrono>
 #include <cmath>
@@ -23,13 +24,54 @@ struct EsperStore {
     c10::intrusive_ptr<c10d::Store> store;
 };
 
-// A process group: c10d's backend, this process's rank, the group's size, and the
-// device a NCCL group's collectives run on (none for Gloo).
+namespace esper::dist {
+
+// The exchanges a group's synchronised BatchNorms owe their backward (cpp/sync_bn.cpp):
+// each forward adds one, its backward takes it back (the last first, as a backward runs
+// the layers in reverse). A backward that fails part way leaves some owed, which
+// `esper_sync_batch_norm_release` pays with zeros so the peers' backwards complete.
+struct Owed : torch::CustomClassHolder {
+    struct Exchange {
+        int64_t numel;
+        at::TensorOptions options;
+    };
+
+    explicit Owed(c10::intrusive_ptr<c10d::Backend> backend) : backend(std::move(backend)) {}
+
+    void add(int64_t numel, at::TensorOptions options) {
+        std::lock_guard<std::mutex> guard(mutex);
+        exchanges.push_back({numel, options});
+    }
+
+    // The last exchange owed, taken off the list (none: the list was cleared since).
+    std::optional<Exchange> take() {
+        std::lock_guard<std::mutex> guard(mutex);
+        if (exchanges.empty()) return std::nullopt;
+        Exchange last = exchanges.back();
+        exchanges.pop_back();
+        return last;
+    }
+
+    void clear() {
+        std::lock_guard<std::mutex> guard(mutex);
+        exchanges.clear();
+    }
+
+    c10::intrusive_ptr<c10d::Backend> backend;
+    std::mutex mutex;
+    std::vector<Exchange> exchanges;
+};
+
+}  // namespace esper::dist
+
+// A process group: c10d's backend, this process's rank, the group's size, the device a
+// NCCL group's collectives run on (none for Gloo), and the BatchNorm exchanges owed on it.
 struct EsperGroup {
     c10::intrusive_ptr<c10d::Backend> backend;
     int rank;
     int size;
     std::optional<at::Device> device;
+    c10::intrusive_ptr<esper::dist::Owed> owed;
 };
 
 namespace esper::dist {

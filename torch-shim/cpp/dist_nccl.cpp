@@ -18,7 +18,7 @@ extern "C" {
 
 EsperGroup *esper_group_nccl(EsperStore *store, const char *prefix, int rank, int size, int device, double timeout_s,
                              char *err, size_t len) {
-    EsperGroup tmp{{}, rank, size, at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(device))};
+    EsperGroup tmp{{}, rank, size, at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(device)), {}};
     try {
         esper::dist::check_ranks(rank, size);
         auto options = c10d::ProcessGroupNCCL::Options::create();
@@ -26,6 +26,7 @@ EsperGroup *esper_group_nccl(EsperStore *store, const char *prefix, int rank, in
         c10::DeviceGuard guard(tmp.device.value());
         tmp.backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(esper::dist::prefixed(store, prefix), rank, size,
                                                                   std::move(options));
+        tmp.owed = c10::make_intrusive<esper::dist::Owed>(tmp.backend);
         return new EsperGroup(std::move(tmp));
     } catch (const std::exception &e) {
         if (err && len) {

@@ -13,7 +13,11 @@
 // Every rank must run the same forwards and backwards through it, in the same order: the
 // collectives are matched by order. The group's backend is kept alive by the autograd
 // graph (a capsule in the saved data), so a backward after the caller dropped its
-// handle still finds it. Statistics are float32 whatever x's dtype (bfloat16 under
+// handle still finds it. Each forward adds the exchange its backward owes to the group's
+// list, and the backward takes it back: after a backward that failed on this rank alone,
+// `esper_sync_batch_norm_release` makes the exchanges still owed, with zeros, so that the
+// other ranks' backwards complete (their step is then discarded by the ranks' agreement);
+// `esper_sync_batch_norm_forget` clears the list where no backward follows on any rank. Statistics are float32 whatever x's dtype (bfloat16 under
 // autocast); the output has x's dtype. No exception crosses the C boundary.
 #include "dist.h"
 #include "esper_shim.h"
@@ -42,8 +46,8 @@ std::vector<int64_t> channel_shape(const at::Tensor &x) {
     return shape;
 }
 
-c10::intrusive_ptr<c10d::Backend> backend_of(torch::autograd::AutogradContext *ctx) {
-    return c10::static_intrusive_pointer_cast<c10d::Backend>(ctx->saved_data["group"].toCapsule());
+c10::intrusive_ptr<esper::dist::Owed> owed_of(torch::autograd::AutogradContext *ctx) {
+    return c10::static_intrusive_pointer_cast<esper::dist::Owed>(ctx->saved_data["owed"].toCapsule());
 }
 
 struct SyncBatchNorm : torch::autograd::Function<SyncBatchNorm> {
@@ -88,7 +92,8 @@ struct SyncBatchNorm : torch::autograd::Function<SyncBatchNorm> {
         const at::Tensor y = at::batch_norm(xf, weight.to(at::kFloat), bias.to(at::kFloat), m, v, /*training=*/false,
                                             0.0, eps, /*cudnn_enabled=*/true);
         ctx->save_for_backward({x, weight, m, invstd, total.to(at::kFloat)});
-        ctx->saved_data["group"] = c10::IValue::make_capsule(g->backend);
+        ctx->saved_data["owed"] = c10::IValue::make_capsule(g->owed);
+        g->owed->add(2 * C, xf.options());
         return y.to(x.scalar_type());
     }
 
@@ -108,8 +113,9 @@ struct SyncBatchNorm : torch::autograd::Function<SyncBatchNorm> {
         std::vector<at::Tensor> sums{at::cat({sum_dy, sum_dy_xhat})};
         c10d::AllreduceOptions options;
         options.reduceOp = c10d::ReduceOp::SUM;
-        const auto backend = backend_of(ctx);
-        esper::dist::start(x.is_cpu(), [&] { return backend->allreduce(sums, options); })->wait();
+        const auto owed = owed_of(ctx);
+        owed->take();
+        esper::dist::start(x.is_cpu(), [&] { return owed->backend->allreduce(sums, options); })->wait();
         const at::Tensor mean_dy = sums[0].narrow(0, 0, C) / total, mean_dy_xhat = sums[0].narrow(0, C, C) / total;
         // dx = (dy - mean_dy - x-hat * mean_dy_xhat) * invstd * w, as
         // dy * a + (x - mean) * b + c with per-channel a, b, c: three passes over x.
@@ -163,6 +169,34 @@ int esper_sync_batch_norm(EsperGroup *g, const EsperTensor *x, const EsperTensor
                           esper::message(e));
         }
         return 1;
+    }
+}
+
+int esper_sync_batch_norm_release(EsperGroup *g, size_t *exchanges, char *err, size_t len) {
+    *exchanges = 0;
+    try {
+        c10d::AllreduceOptions options;
+        options.reduceOp = c10d::ReduceOp::SUM;
+        while (auto owed = g->owed->take()) {
+            std::vector<at::Tensor> zeros{at::zeros({owed->numel}, owed->options)};
+            esper::dist::start(!g->device, [&] { return g->backend->allreduce(zeros, options); })->wait();
+            ++*exchanges;
+        }
+        return 0;
+    } catch (const std::exception &e) {
+        if (err && len) {
+            std::snprintf(err, len, "releasing the BatchNorm exchanges of rank %d of %d: %s", g->rank, g->size,
+                          esper::message(e));
+        }
+        return 1;
+    }
+}
+
+void esper_sync_batch_norm_forget(EsperGroup *g) {
+    try {
+        g->owed->clear();
+    } catch (const std::exception &) {
+        // The lock failed (std::system_error): nothing was owed that can be cleared.
     }
 }
 

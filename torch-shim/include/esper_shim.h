@@ -106,6 +106,11 @@ int esper_group_barrier(EsperGroup *g, char *err, size_t len);
 int esper_sync_batch_norm(EsperGroup *g, const EsperTensor *x, const EsperTensor *weight, const EsperTensor *bias,
                           const EsperTensor *running_mean, const EsperTensor *running_var, double momentum, double eps,
                           EsperTensor **out, char *err, size_t len);
+/* The backward exchanges still owed by this rank's synchronised BatchNorms (a backward
+ * that failed part way), made with zeros, the last first; `*exchanges` gets how many.
+ * `forget` clears the list without an exchange (no backward follows on any rank). */
+int esper_sync_batch_norm_release(EsperGroup *g, size_t *exchanges, char *err, size_t len);
+void esper_sync_batch_norm_forget(EsperGroup *g);
 
 /* ---- grad_sync.cpp (every build): gradients averaged across the ranks during the backward ----
  * Post hooks on the gradient accumulators of `params` (leaf tensors that require a

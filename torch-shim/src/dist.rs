@@ -21,8 +21,8 @@
 use crate::rtc::BatchNormParams;
 use crate::sys::{
     esper_group_all_gather, esper_group_allreduce_sum, esper_group_barrier, esper_group_broadcast, esper_group_free,
-    esper_group_gloo, esper_store_free, esper_store_new, esper_store_port, esper_sync_batch_norm, EsperGroup,
-    EsperStore,
+    esper_group_gloo, esper_store_free, esper_store_new, esper_store_port, esper_sync_batch_norm,
+    esper_sync_batch_norm_forget, esper_sync_batch_norm_release, EsperGroup, EsperStore,
 };
 use crate::{call, handles, ShimError};
 use std::ffi::{c_char, CString};
@@ -338,6 +338,24 @@ impl ProcessGroup {
         })?;
         // SAFETY: `out` is the fresh, owned handle written above; tch frees it on drop.
         Ok(unsafe { Tensor::from_ptr(out) })
+    }
+
+    /// After this rank's backward failed part way: makes, with zeros, the backward
+    /// exchanges its synchronised BatchNorms still owe (the last first), so that the other
+    /// ranks' backwards complete (every rank must then discard the step). Returns how
+    /// many were made.
+    pub fn release_batch_norm_exchanges(&self) -> Result<usize, ShimError> {
+        let mut exchanges = 0;
+        // SAFETY: `self.ptr` is a live group handle; `exchanges` a live usize the shim
+        // writes; exceptions are caught in the shim.
+        call(|err, len| unsafe { esper_sync_batch_norm_release(self.ptr.as_ptr(), &mut exchanges, err, len) })?;
+        Ok(exchanges)
+    }
+
+    /// Forgets the backward exchanges owed (a forward no rank runs the backward of).
+    pub fn forget_batch_norm_exchanges(&self) {
+        // SAFETY: `self.ptr` is a live group handle; the shim catches every exception.
+        unsafe { esper_sync_batch_norm_forget(self.ptr.as_ptr()) }
     }
 
     /// Every rank's `t` (same shape and dtype everywhere), stacked in rank order.
@@ -768,6 +786,36 @@ mod tests {
         Tensor::from_slice(&values).reshape(INPUT)
     }
 
+    /// A backward that fails on rank 1 alone: rank 1 makes the two BatchNorms'
+    /// backward exchanges its backward did not, with zeros, and rank 0's backward then
+    /// completes (its input gradient is finite; without the release it would wait until
+    /// the timeout). A forward whose backward no rank runs is forgotten: the next step's
+    /// exchanges pair up.
+    #[test]
+    fn sync_batch_norm_exchanges_owed_by_a_failed_backward_are_released() {
+        let got = two_ranks(T, |g| {
+            let rank = g.rank() as i64;
+            let (x, first, second) = (rank_input(rank), Bn::new(4), Bn::new(4));
+            let forward = || g.sync_batch_norm(&g.sync_batch_norm(&x, &first.params()).unwrap(), &second.params());
+            let y = forward().unwrap();
+            let released = if rank == 1 {
+                drop(y);
+                g.release_batch_norm_exchanges().unwrap()
+            } else {
+                y.square().sum(Kind::Float).backward();
+                0
+            };
+            let finite = rank == 1 || x.grad().isfinite().all().int64_value(&[]) == 1;
+            // A forward on every rank, then no backward anywhere.
+            drop(forward().unwrap());
+            g.forget_batch_norm_exchanges();
+            assert_eq!(g.release_batch_norm_exchanges().unwrap(), 0, "nothing owed once forgotten");
+            forward().unwrap().square().sum(Kind::Float).backward();
+            (released, finite)
+        });
+        assert_eq!(got, [(0, true), (2, true)]);
+    }
+
     #[test]
     fn sync_batch_norm_over_two_ranks_is_batch_norm_over_the_global_batch() {
         // One thread per op, as each rank of a CPU run has on the 2-core machines: sums in
@@ -908,7 +956,7 @@ mod tests {
         assert!(collectives >= 1, "the buckets' allreduces were captured");
         let cpu = |t: &Tensor| t.to_device(Device::Cpu);
         for k in 1..=2 {
-            x.shallow_clone().copy_(&rank_input(k).to_device(cuda));
+            x.shallow_clone().copy_(&rank_input(k).detach().to_device(cuda));
             graph.replay().unwrap();
             crate::clear_grads(&[&w_ref, &theirs.weight, &theirs.bias]).unwrap();
             (theirs.libtorch(&x) * &w_ref).square().sum(Kind::Float).backward();

@@ -163,6 +163,13 @@ extern "C" {
         err: *mut c_char,
         len: usize,
     ) -> c_int;
+    pub fn esper_sync_batch_norm_release(
+        g: *mut EsperGroup,
+        exchanges: *mut usize,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
+    pub fn esper_sync_batch_norm_forget(g: *mut EsperGroup);
 }
 
 /// How a [`GradSync`](crate::dist::GradSync) step ends (`EsperGradSyncEnd`).

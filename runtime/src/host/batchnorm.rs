@@ -76,10 +76,27 @@ impl BatchNormSync {
         Self { group: Mutex::new(group), timeout_s, armed: AtomicBool::new(false), failure: Mutex::new(None) }
     }
 
-    /// Synchronises the training-mode BatchNorms run until the guard drops.
+    /// Synchronises the training-mode BatchNorms run until the guard drops. The backward
+    /// exchanges an earlier forward still owed are forgotten: that step's backward was
+    /// skipped on every rank (the ranks agreed on a fault in its forward).
     pub fn arm(&self) -> Armed<'_> {
+        if let Ok(group) = self.group.lock() {
+            group.forget_batch_norm_exchanges();
+        }
         self.armed.store(true, Ordering::Relaxed);
         Armed(self)
+    }
+
+    /// After this rank's backward failed part way: the exchanges its BatchNorms' backwards
+    /// still owe are made with zeros, so that the other ranks' backwards complete (the
+    /// ranks then discard the step). Returns how many were made.
+    pub fn release(&self) -> Result<usize, HostError> {
+        let failed = |cause: String| HostError::BatchNormSync { timeout_s: self.timeout_s, cause };
+        let group = self.group.lock().map_err(|e| failed(e.to_string()))?;
+        group.release_batch_norm_exchanges().map_err(|e| {
+            esper_torch_shim::dist::abort_groups_on_drop();
+            failed(e.to_string())
+        })
     }
 
     /// The failure of an exchange since the last call, if any, as the host's error.

@@ -186,6 +186,16 @@ impl MorphogeneticModel {
         Ok(())
     }
 
+    /// After this rank's backward of [`Self::forward_step`] failed part way: makes, with
+    /// zeros, the synchronised BatchNorms' backward exchanges it still owes, so the other
+    /// ranks' backwards complete (see `BatchNormSync::release`). Nothing without them.
+    pub fn release_batch_norm_exchanges(&self) -> Result<usize, ModelError> {
+        match &self.bn_sync {
+            Some(sync) => Ok(sync.release()?),
+            None => Ok(0),
+        }
+    }
+
     /// Whether [`Self::forward_step`] exchanges BatchNorm statistics with other ranks.
     pub fn synchronises_batch_norm(&self) -> bool {
         self.bn_sync.is_some()

@@ -205,7 +205,17 @@ impl Trainer {
         let (loss, logits) = if self.model.synchronises_batch_norm() { self.agreed(forward)? } else { forward? };
         self.zero_grads().map_err(|e| host_error("zeroing the gradients", e))?;
         if let Err(e) = self.watched_backward(&loss) {
-            // The peers' exchange completes first: the blame's own backwards exchange nothing.
+            // The peers' exchanges complete first (the BatchNorms' backward ones, then the
+            // gradients'): the blame's own backwards exchange nothing.
+            if self.ranks.is_some() {
+                let released = self
+                    .model
+                    .release_batch_norm_exchanges()
+                    .map_err(|e| host_error("the backward's BatchNorm exchanges", e))?;
+                if released > 0 {
+                    tracing::debug!(exchanges = released, "the failed backward's BatchNorm exchanges made with zeros");
+                }
+            }
             self.finish_gradients(false)?;
             return Err(self.blame_backward(x, y, e));
         }
