@@ -271,13 +271,14 @@ impl Trainer {
             // makes the buckets, whose memory must not come from the graph's pool.
             ranks.begin_gradients(&self.model).map_err(|e| crate::error::chain(&e))?;
         }
-        let capture = shim::Capture::begin().map_err(|e| e.to_string());
-        let capture = match (capture, &self.ranks) {
-            (Err(e), Some(ranks)) => {
-                ranks.discard_gradients().map_err(|e| crate::error::chain(&e))?;
-                return Err(e);
+        let capture = match shim::Capture::begin() {
+            Ok(capture) => capture,
+            Err(e) => {
+                if let Some(ranks) = &self.ranks {
+                    ranks.discard_gradients().map_err(|e| crate::error::chain(&e))?;
+                }
+                return Err(e.to_string());
             }
-            (capture, _) => capture?,
         };
         let attempt =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.captured_step(&inputs.0, &inputs.1, totals)))
