@@ -62,6 +62,15 @@ impl RankEnv {
         let agent_store = var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true"));
         Ok(Some(RankEnv { rank, world_size, local_rank, master_addr, master_port, agent_store }))
     }
+
+    /// The GPU this rank of a CUDA run takes, `cuda:LOCAL_RANK`, on a machine with `gpus`
+    /// CUDA devices.
+    pub fn gpu(&self, gpus: usize) -> Result<tch::Device, super::DistError> {
+        if self.local_rank < gpus {
+            return Ok(tch::Device::Cuda(self.local_rank));
+        }
+        Err(super::DistError::NoGpuForRank { rank: self.rank, local_rank: self.local_rank, gpus })
+    }
 }
 
 #[cfg(test)]
@@ -85,6 +94,18 @@ mod tests {
         let r = read(&full).unwrap().unwrap();
         assert_eq!((r.rank, r.world_size, r.local_rank, r.master_port, r.agent_store), (1, 2, 1, 29500, true));
         assert_eq!(r.master_addr, "127.0.0.1");
+    }
+
+    #[test]
+    fn each_rank_of_a_cuda_run_takes_the_gpu_of_its_local_rank_if_there_is_one() {
+        let env = [("WORLD_SIZE", "4"), ("RANK", "3"), ("LOCAL_RANK", "1"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "1")];
+        let r = read(&env).unwrap().unwrap();
+        assert_eq!(r.gpu(2).unwrap(), tch::Device::Cuda(1));
+        let e = r.gpu(1).unwrap_err().to_string();
+        assert!(
+            e.starts_with("rank 3 has LOCAL_RANK = 1, and each rank of a CUDA run takes the GPU cuda:LOCAL_RANK, but this machine has 1 CUDA device(s): start at most 1 rank(s)"),
+            "{e}"
+        );
     }
 
     #[test]

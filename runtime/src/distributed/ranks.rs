@@ -28,6 +28,12 @@ pub enum DistError {
     Env(#[source] RankEnvError),
     #[error("[distributed] backend = \"nccl\" needs a CUDA device, and this run's device is the CPU")]
     NcclOnCpu,
+    /// A rank of a CUDA run takes `cuda:LOCAL_RANK`, and this machine has fewer GPUs.
+    #[error(
+        "rank {rank} has LOCAL_RANK = {local_rank}, and each rank of a CUDA run takes the GPU cuda:LOCAL_RANK, but \
+         this machine has {gpus} CUDA device(s): start at most {gpus} rank(s) on it, or set device = \"cpu\""
+    )]
+    NoGpuForRank { rank: usize, local_rank: usize, gpus: usize },
     #[error("rank {rank} of {world}: joining the other ranks at {addr}:{port}")]
     Join {
         rank: usize,

@@ -177,7 +177,7 @@ impl Trainer {
     pub fn for_rank(config: RunConfig, rank_env: Option<RankEnv>) -> Result<Self> {
         let device = match (config.device.resolve()?, &rank_env) {
             // Each rank of a CUDA run on its own GPU.
-            (Device::Cuda(_), Some(env)) => Device::Cuda(env.local_rank),
+            (Device::Cuda(_), Some(env)) => env.gpu(tch::Cuda::device_count().max(0) as usize)?,
             (device, _) => device,
         };
         // Before anything is allocated: slots, memory against the limit, plugins loaded
