@@ -24,13 +24,8 @@
 
 namespace {
 
+using esper::dist::fail;
 using esper::dist::timeout;
-
-// Writes "`what` on rank R of N: <c10d's message>" into `err`; returns 1.
-int fail(const EsperGroup *g, const char *what, const std::exception &e, char *err, size_t len) {
-    if (err && len) std::snprintf(err, len, "%s on rank %d of %d: %s", what, g->rank, g->size, esper::message(e));
-    return 1;
-}
 
 // Waits for `work`; rethrows its failure. A CUDA group's work is queued on a stream:
 // waiting makes the current stream wait for it, synchronizing the device makes the
@@ -143,7 +138,7 @@ EsperGroup *esper_group_gloo(EsperStore *store, const char *prefix, int rank, in
         options->timeout = ms;
         tmp.backend = c10::make_intrusive<c10d::ProcessGroupGloo>(esper::dist::prefixed(store, prefix), rank, size,
                                                                   options);
-        tmp.owed = c10::make_intrusive<esper::dist::Owed>(tmp.backend);
+        tmp.owed = c10::make_intrusive<esper::dist::Owed>(tmp.backend, /*gloo=*/true);
         return new EsperGroup(std::move(tmp));
     } catch (const std::exception &e) {
         fail(&tmp, "joining a Gloo process group", e, err, len);

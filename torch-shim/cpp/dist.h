@@ -3,6 +3,8 @@
 #pragma once
 #include "esper_shim.h"
 
+#include "error.h"
+
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/Store.hpp>
@@ -11,6 +13,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstddef>
+#include <cstdio>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -26,6 +29,26 @@ struct EsperStore {
 
 namespace esper::dist {
 
+// Starts a collective: `start()` calls the backend, which queues the work and returns
+// it. Gloo's (`gloo`) are started one at a time in the process: c10d's flight recorder,
+// on by default, logs every collective started and, on a group's first one, adds the
+// group to a map before it takes its lock (libtorch 2.11,
+// FlightRecorder::recordWithResetEnabled), so two threads starting collectives at once
+// can corrupt it (ranks as threads of one process crashed in it). NCCL's are not
+// serialised: a group's first collective makes its communicator, which waits for every
+// rank's, and ranks sharing one process would wait on each other through the lock.
+inline std::mutex &start_lock() {
+    static std::mutex lock;
+    return lock;
+}
+
+template <class Start>
+c10::intrusive_ptr<c10d::Work> start(bool gloo, Start start) {
+    if (!gloo) return start();
+    std::lock_guard<std::mutex> guard(start_lock());
+    return start();
+}
+
 // The exchanges a group's synchronised BatchNorms owe their backward (cpp/sync_bn.cpp):
 // each forward adds one, its backward takes it back (the last first, as a backward runs
 // the layers in reverse). A backward that fails part way leaves some owed, which
@@ -36,7 +59,14 @@ struct Owed : torch::CustomClassHolder {
         at::TensorOptions options;
     };
 
-    explicit Owed(c10::intrusive_ptr<c10d::Backend> backend) : backend(std::move(backend)) {}
+    Owed(c10::intrusive_ptr<c10d::Backend> backend, bool gloo) : backend(std::move(backend)), gloo(gloo) {}
+
+    // One exchange: `sums` summed over the ranks, in place, waited for.
+    void allreduce_sum(std::vector<at::Tensor> &sums) {
+        c10d::AllreduceOptions options;
+        options.reduceOp = c10d::ReduceOp::SUM;
+        start(gloo, [&] { return backend->allreduce(sums, options); })->wait();
+    }
 
     void add(int64_t numel, at::TensorOptions options) {
         std::lock_guard<std::mutex> guard(mutex);
@@ -58,6 +88,7 @@ struct Owed : torch::CustomClassHolder {
     }
 
     c10::intrusive_ptr<c10d::Backend> backend;
+    bool gloo;  // a Gloo group (else NCCL)
     std::mutex mutex;
     std::vector<Exchange> exchanges;
 };
@@ -114,24 +145,10 @@ inline std::vector<std::vector<size_t>> buckets(const std::vector<at::Tensor> &t
     return out;
 }
 
-// Starts a collective: `start()` calls the backend, which queues the work and returns
-// it. Gloo's (`gloo`) are started one at a time in the process: c10d's flight recorder,
-// on by default, logs every collective started and, on a group's first one, adds the
-// group to a map before it takes its lock (libtorch 2.11,
-// FlightRecorder::recordWithResetEnabled), so two threads starting collectives at once
-// can corrupt it (ranks as threads of one process crashed in it). NCCL's are not
-// serialised: a group's first collective makes its communicator, which waits for every
-// rank's, and ranks sharing one process would wait on each other through the lock.
-inline std::mutex &start_lock() {
-    static std::mutex lock;
-    return lock;
-}
-
-template <class Start>
-c10::intrusive_ptr<c10d::Work> start(bool gloo, Start start) {
-    if (!gloo) return start();
-    std::lock_guard<std::mutex> guard(start_lock());
-    return start();
+// Writes "`what` on rank R of N: <c10d's message>" into `err`; returns 1.
+inline int fail(const EsperGroup *g, const char *what, const std::exception &e, char *err, size_t len) {
+    if (err && len) std::snprintf(err, len, "%s on rank %d of %d: %s", what, g->rank, g->size, esper::message(e));
+    return 1;
 }
 
 inline void check_ranks(int rank, int size) {

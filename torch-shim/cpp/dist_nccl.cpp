@@ -26,7 +26,7 @@ EsperGroup *esper_group_nccl(EsperStore *store, const char *prefix, int rank, in
         c10::DeviceGuard guard(tmp.device.value());
         tmp.backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(esper::dist::prefixed(store, prefix), rank, size,
                                                                   std::move(options));
-        tmp.owed = c10::make_intrusive<esper::dist::Owed>(tmp.backend);
+        tmp.owed = c10::make_intrusive<esper::dist::Owed>(tmp.backend, /*gloo=*/false);
         return new EsperGroup(std::move(tmp));
     } catch (const std::exception &e) {
         if (err && len) {

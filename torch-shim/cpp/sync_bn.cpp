@@ -111,11 +111,9 @@ struct SyncBatchNorm : torch::autograd::Function<SyncBatchNorm> {
                                                             /*train=*/true, 0.0, {false, true, true});
         const at::Tensor &sum_dy_xhat = std::get<1>(reduced), &sum_dy = std::get<2>(reduced);
         std::vector<at::Tensor> sums{at::cat({sum_dy, sum_dy_xhat})};
-        c10d::AllreduceOptions options;
-        options.reduceOp = c10d::ReduceOp::SUM;
         const auto owed = owed_of(ctx);
         owed->take();
-        esper::dist::start(x.is_cpu(), [&] { return owed->backend->allreduce(sums, options); })->wait();
+        owed->allreduce_sum(sums);
         const at::Tensor mean_dy = sums[0].narrow(0, 0, C) / total, mean_dy_xhat = sums[0].narrow(0, C, C) / total;
         // dx = (dy - mean_dy - x-hat * mean_dy_xhat) * invstd * w, as
         // dy * a + (x - mean) * b + c with per-channel a, b, c: three passes over x.
@@ -164,31 +162,21 @@ int esper_sync_batch_norm(EsperGroup *g, const EsperTensor *x, const EsperTensor
         *out = new at::Tensor(std::move(y));
         return 0;
     } catch (const std::exception &e) {
-        if (err && len) {
-            std::snprintf(err, len, "synchronised BatchNorm on rank %d of %d: %s", g->rank, g->size,
-                          esper::message(e));
-        }
-        return 1;
+        return esper::dist::fail(g, "synchronised BatchNorm", e, err, len);
     }
 }
 
 int esper_sync_batch_norm_release(EsperGroup *g, size_t *exchanges, char *err, size_t len) {
     *exchanges = 0;
     try {
-        c10d::AllreduceOptions options;
-        options.reduceOp = c10d::ReduceOp::SUM;
         while (auto owed = g->owed->take()) {
             std::vector<at::Tensor> zeros{at::zeros({owed->numel}, owed->options)};
-            esper::dist::start(!g->device, [&] { return g->backend->allreduce(zeros, options); })->wait();
+            g->owed->allreduce_sum(zeros);
             ++*exchanges;
         }
         return 0;
     } catch (const std::exception &e) {
-        if (err && len) {
-            std::snprintf(err, len, "releasing the BatchNorm exchanges of rank %d of %d: %s", g->rank, g->size,
-                          esper::message(e));
-        }
-        return 1;
+        return esper::dist::fail(g, "releasing the BatchNorm exchanges", e, err, len);
     }
 }
 

@@ -103,11 +103,11 @@ impl StepGraphs {
     /// Graphs as `mode` asks on `device`; off where `not_captured` says why (a run of
     /// several ranks whose collectives a graph cannot capture).
     pub fn new(mode: CudaGraphMode, device: Device, not_captured: Option<&str>) -> Self {
-        let stream = match (mode, device) {
-            (CudaGraphMode::Off, _) => Err("off in the config ([training] cuda_graph = \"off\")".to_string()),
-            (_, Device::Cuda(_)) if not_captured.is_some() => Err(not_captured.unwrap_or_default().to_string()),
-            (_, Device::Cpu | Device::Mps | Device::Vulkan) => Err(format!("the device is {device:?}, not CUDA")),
-            (CudaGraphMode::Auto, Device::Cuda(index)) => CudaStream::new(index).map_err(|e| e.to_string()),
+        let stream = match (mode, device, not_captured) {
+            (CudaGraphMode::Off, _, _) => Err("off in the config ([training] cuda_graph = \"off\")".to_string()),
+            (_, Device::Cpu | Device::Mps | Device::Vulkan, _) => Err(format!("the device is {device:?}, not CUDA")),
+            (_, Device::Cuda(_), Some(why)) => Err(why.to_string()),
+            (CudaGraphMode::Auto, Device::Cuda(index), None) => CudaStream::new(index).map_err(|e| e.to_string()),
         };
         let (stream, off) = match stream {
             Ok(s) => (Some(s), None),
